@@ -1,0 +1,3 @@
+//! The sideload bundle engine.
+
+pub mod image;

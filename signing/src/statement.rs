@@ -1,0 +1,302 @@
+//! The statement: the small, signed description of a bundle.
+//!
+//! A statement is what release engineers sign. It names the image the device will produce (down
+//! to the exact manifest bytes), what the device must already hold, and the payload's size and
+//! digest, so signing the statement signs the payload too without the signer ever seeing it.
+//!
+//! It is stored and signed as *canonical JSON*: object keys sorted by byte value, no
+//! insignificant whitespace, integers only (no floats anywhere in the schema), strings escaped
+//! as `serde_json` escapes them. [`Statement::to_canonical_json`] produces that form and
+//! [`Statement::from_canonical_json`] refuses anything else, so one statement has exactly one
+//! byte encoding and a signature can never be moved onto a differently-parsed twin.
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Digest, RepositoryName, Tag};
+
+/// The bundle format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest statement accepted, in bytes. Real statements are a few KiB (one digest per layer);
+/// the cap keeps a hostile header from making a reader allocate.
+pub const MAX_STATEMENT_LEN: u32 = 1024 * 1024;
+
+/// What a bundle claims, and what its signatures cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// Bundle format version; readers refuse versions they do not know.
+    pub format_version: u32,
+    /// The image the device will hold once the bundle is applied.
+    pub target: Target,
+    /// Content the device must already hold, by uncompressed layer digest (diff_id). Layers the
+    /// target shares with the device are listed here and cost nothing in the payload.
+    pub requires: Vec<Digest>,
+    /// Size and digest of everything after the bundle's header.
+    pub payload: PayloadInfo,
+    /// Per-repository sequence number: a device refuses a bundle whose sequence is not greater
+    /// than the last one it applied for the repository (anti-rollback).
+    pub sequence: u64,
+    /// Lets this bundle go to a device that already applied a higher sequence. Only for
+    /// deliberate downgrades; signed like everything else.
+    pub allow_downgrade: bool,
+    /// Creation time, seconds since the Unix epoch (UTC).
+    pub created_at: u64,
+    /// Expiry, seconds since the Unix epoch (UTC). A device refuses the bundle after this time.
+    pub expires_at: u64,
+    /// Who ordered this bundle (free text, e.g. a ticket or a person).
+    pub ordered_by: String,
+    /// Whom to contact about it (free text).
+    pub contact: String,
+}
+
+/// The image a bundle produces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Repository the device stores the image under.
+    pub repository: RepositoryName,
+    /// Tags that move to the image once it is complete and checked.
+    pub tags: Vec<Tag>,
+    /// Platform from the image config.
+    pub platform: Platform,
+    /// Digest of the image config blob: the image ID.
+    pub config_digest: Digest,
+    /// Per layer, bottom first: how to rebuild and store it.
+    pub layers: Vec<TargetLayer>,
+    /// Media type of the manifest the device produces.
+    pub manifest_media_type: String,
+    /// The exact manifest bytes (UTF-8 JSON) the device produces, embedded as a string so that
+    /// canonicalising the statement never touches them.
+    pub manifest: String,
+    /// sha256 of `manifest`; the device checks it produced exactly this.
+    pub manifest_digest: Digest,
+    /// Where the image came from, for humans and audit.
+    pub source: SourceRef,
+}
+
+/// Platform triple from the image config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// e.g. `linux`, `windows`.
+    pub os: String,
+    /// e.g. `amd64`, `arm64`.
+    pub architecture: String,
+    /// e.g. `v8`; empty when the config has none.
+    pub variant: String,
+}
+
+/// One layer of the target image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetLayer {
+    /// Digest of the uncompressed layer tar.
+    pub diff_id: Digest,
+    /// Size of the uncompressed layer tar in bytes.
+    pub size: u64,
+    /// How the device stores the layer blob.
+    pub storage: LayerStorage,
+}
+
+/// How a rebuilt layer is stored as a blob on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerStorage {
+    /// The blob is the uncompressed tar; its digest is the diff_id.
+    Uncompressed {
+        /// Layer media type in the produced manifest.
+        media_type: String,
+    },
+}
+
+impl LayerStorage {
+    /// Digest and size of the blob the device stores for a layer.
+    pub fn blob(&self, layer: &TargetLayer) -> (Digest, u64) {
+        match self {
+            LayerStorage::Uncompressed { .. } => (layer.diff_id.clone(), layer.size),
+        }
+    }
+}
+
+/// Where the target image was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    /// The reference the builder was given (registry reference, archive path, layout path).
+    pub reference: String,
+    /// Manifest digest at the source, when it had one (registries and OCI layouts do;
+    /// classic `docker save` archives do not).
+    pub manifest_digest: Option<Digest>,
+}
+
+/// Size and digest of the bundle payload, plus what it takes to decode it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadInfo {
+    /// Payload length in bytes (the bundle is exactly header + this).
+    pub size: u64,
+    /// sha256 of the payload bytes.
+    pub sha256: Digest,
+    /// zstd window log the payload was compressed with; the decoder caps its window to this, so
+    /// a device knows the memory it needs before it starts.
+    pub window_log: u32,
+    /// Decoded length of the payload stream; the decoder stops with an error past it.
+    pub decoded_size: u64,
+    /// Temporary disk the decoder needs for base data it gathers before rebuilding layers.
+    pub scratch_bytes: u64,
+}
+
+/// Why statement bytes could not be read as a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    /// Not valid JSON for the schema (including unknown fields and bad names).
+    #[error("statement is not valid: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// Valid, but not in canonical form: someone re-encoded it.
+    #[error("statement is not in canonical JSON form")]
+    NotCanonical,
+    /// Larger than [`MAX_STATEMENT_LEN`].
+    #[error("statement is {0} bytes, more than the {MAX_STATEMENT_LEN} allowed")]
+    TooLarge(usize),
+}
+
+impl Statement {
+    /// Canonical JSON bytes: what is stored in the bundle and what signatures cover.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).expect("statement serializes");
+        let mut out = Vec::with_capacity(4096);
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    /// Parses statement bytes, refusing anything that is not exactly canonical.
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Statement, StatementError> {
+        if bytes.len() > MAX_STATEMENT_LEN as usize {
+            return Err(StatementError::TooLarge(bytes.len()));
+        }
+        let statement: Statement =
+            serde_json::from_slice(bytes).map_err(StatementError::Malformed)?;
+        if statement.to_canonical_json() != bytes {
+            return Err(StatementError::NotCanonical);
+        }
+        Ok(statement)
+    }
+
+    /// Digest of the canonical bytes; identifies the bundle.
+    pub fn digest(&self) -> Digest {
+        Digest::of_bytes(&self.to_canonical_json())
+    }
+}
+
+/// Writes `value` as canonical JSON. Keys are sorted here explicitly rather than relying on
+/// serde_json's map type, whose order changes if any crate in the build enables its
+/// `preserve_order` feature.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("string serializes");
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalar serializes"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small, valid statement for tests across the crate.
+    pub fn sample() -> Statement {
+        let d = |b: &[u8]| Digest::of_bytes(b);
+        Statement {
+            format_version: FORMAT_VERSION,
+            target: Target {
+                repository: "edge/app".parse().unwrap(),
+                tags: vec!["v2".parse().unwrap()],
+                platform: Platform {
+                    os: "linux".into(),
+                    architecture: "amd64".into(),
+                    variant: String::new(),
+                },
+                config_digest: d(b"config"),
+                layers: vec![TargetLayer {
+                    diff_id: d(b"layer"),
+                    size: 10240,
+                    storage: LayerStorage::Uncompressed {
+                        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                    },
+                }],
+                manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                manifest: "{\"schemaVersion\":2}".into(),
+                manifest_digest: d(b"{\"schemaVersion\":2}"),
+                source: SourceRef {
+                    reference: "oci:/tmp/app:v2".into(),
+                    manifest_digest: None,
+                },
+            },
+            requires: vec![d(b"base")],
+            payload: PayloadInfo {
+                size: 100,
+                sha256: d(b"payload"),
+                window_log: 27,
+                decoded_size: 200,
+                scratch_bytes: 0,
+            },
+            sequence: 7,
+            allow_downgrade: false,
+            created_at: 1_790_000_000,
+            expires_at: 1_800_000_000,
+            ordered_by: "ticket OPS-1".into(),
+            contact: "ops@example.com".into(),
+        }
+    }
+
+    #[test]
+    fn canonical_round_trip() {
+        let s = sample();
+        let bytes = s.to_canonical_json();
+        assert_eq!(Statement::from_canonical_json(&bytes).unwrap(), s);
+        // Keys sorted, no whitespace.
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("{\"allow_downgrade\":false,\"contact\":"));
+        assert!(!text.contains(": "));
+    }
+
+    #[test]
+    fn non_canonical_refused() {
+        let s = sample();
+        let pretty = serde_json::to_vec_pretty(&s).unwrap();
+        assert!(matches!(
+            Statement::from_canonical_json(&pretty),
+            Err(StatementError::NotCanonical)
+        ));
+        let mut unknown: serde_json::Value = serde_json::to_value(&s).unwrap();
+        unknown["extra"] = 1.into();
+        assert!(matches!(
+            Statement::from_canonical_json(&serde_json::to_vec(&unknown).unwrap()),
+            Err(StatementError::Malformed(_))
+        ));
+    }
+}
