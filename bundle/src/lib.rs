@@ -1,3 +1,52 @@
-//! The sideload bundle engine.
+//! The sideload bundle engine: image model, bundle format, delta encoder and decoder.
+//!
+//! # Design overview
+//!
+//! A *bundle* is one file that rebuilds one image on a device from what the device already
+//! holds. Its front is a small signed [`Statement`](sideload_signing::Statement) (what image
+//! will exist, what must already be there, the payload's size and sha256) followed by a
+//! signature slot; after them, the payload. [`container`] reads and writes that frame,
+//! [`payload`] the record stream inside the payload, [`build`] is the encoder and [`apply`] the
+//! decoder; [`verify`] makes the trust decisions. [`image`] reads images from docker-archives,
+//! OCI layouts and registries and writes them back.
+//!
+//! The types fit together like this:
+//!
+//! ```text
+//! ImageSource (target) + [ImageSource] (bases) --build_bundle--> bundle file (unsigned)
+//! bundle file --container::attach_signatures--> signed bundle   (signatures made offline)
+//! signed bundle + TrustPolicy --verify_head--> TrustedHead --apply_trusted(BaseStore)--> image
+//! ```
+//!
+//! What it deliberately does not do: run a server, talk to the local registry or engine, keep
+//! device state (anti-rollback sequences are passed in through `VerifyContext`). Those belong
+//! to the registry plugin and the USB loader.
+//!
+//! Bounded resources: nothing reads a layer or a payload into memory. The largest buffers are
+//! the zstd window (declared in the statement, capped by [`Limits`]) and one patch's base range.
+//! Every length in a bundle is checked against [`Limits`] before it sizes anything.
+//!
+//! Tests: `cargo test -p sideload-bundle`. The image tests start a real `docker-registry` on
+//! loopback and use `skopeo`; `.ci/run` installs both.
 
+pub mod apply;
+pub mod build;
+pub mod container;
+pub mod demo;
+pub mod error;
+pub mod fsutil;
 pub mod image;
+pub mod limits;
+pub mod manifest;
+pub mod payload;
+pub mod progress;
+pub mod stream;
+pub mod verify;
+
+pub use apply::{apply_bundle, apply_trusted, ApplyReport, BaseStore, ImageSet, Output};
+pub use build::{build_bundle, BuildOptions, BuildReport, LayerEncoding, LayerReport};
+pub use container::{attach_signatures, open_bundle, read_head, BundleHead};
+pub use error::Error;
+pub use limits::Limits;
+pub use progress::{NoProgress, Progress};
+pub use verify::{verify_bundle, verify_head, TrustedHead};

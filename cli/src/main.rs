@@ -1,1 +1,95 @@
-fn main() {}
+//! `sideload`: the cloud-side command line. Parses arguments, wires the library crates, maps
+//! outcomes to exit codes. Everything else lives in `sideload-bundle` and `sideload-signing`.
+
+mod commands;
+mod progress;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code: the bundle was refused (untrusted, tampered, truncated, expired, replayed).
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit code: something failed that is not the bundle's fault (I/O, disk, missing base).
+pub const EXIT_ERROR: u8 = 1;
+
+/// Build, sign-attach, inspect, verify and apply signed image delta bundles.
+///
+/// Exit codes: 0 success, 1 error, 2 usage, 3 bundle refused.
+#[derive(Parser)]
+#[command(name = "sideload", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an unsigned bundle that turns the base images on a device into the target image.
+    Build(commands::build::BuildArgs),
+    /// Show what a bundle contains, without trusting it.
+    Inspect(commands::inspect::InspectArgs),
+    /// Write a bundle's statement to a file, for signing on the offline machine.
+    Statement(commands::inspect::StatementArgs),
+    /// Attach signature files (made by `sideload-sign sign`) to a bundle, in place.
+    Attach(commands::inspect::AttachArgs),
+    /// Check a bundle against a trust policy: signatures, expiry, sequence, payload digest.
+    Verify(commands::apply::VerifyArgs),
+    /// Verify a bundle and rebuild its image from base images into a new archive or layout.
+    Apply(commands::apply::ApplyArgs),
+}
+
+/// Options shared by commands that read images from registries.
+#[derive(Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry user name for basic auth (`docker://` references).
+    #[arg(long, env = "SIDELOAD_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// Environment variable holding the registry password (never pass a password as an argument).
+    #[arg(long, default_value = "SIDELOAD_REGISTRY_PASSWORD")]
+    registry_password_env: String,
+    /// Registry host[:port] to reach over plain HTTP (a loopback test registry); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Directory to cache pulled blobs in (default: a temporary directory).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIDELOAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(args) => commands::build::run(args),
+        Command::Inspect(args) => commands::inspect::run_inspect(args),
+        Command::Statement(args) => commands::inspect::run_statement(args),
+        Command::Attach(args) => commands::inspect::run_attach(args),
+        Command::Verify(args) => commands::apply::run_verify(args),
+        Command::Apply(args) => commands::apply::run_apply(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            match err.downcast_ref::<sideload_bundle::Error>() {
+                Some(e) if e.is_refusal() => {
+                    eprintln!("what to do: {}", e.advice());
+                    ExitCode::from(EXIT_REFUSED)
+                }
+                Some(e) => {
+                    eprintln!("what to do: {}", e.advice());
+                    ExitCode::from(EXIT_ERROR)
+                }
+                None => ExitCode::from(EXIT_ERROR),
+            }
+        }
+    }
+}

@@ -110,9 +110,9 @@ impl Digest {
 impl FromStr for Digest {
     type Err = InvalidName;
     fn from_str(s: &str) -> Result<Self, InvalidName> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| InvalidName::new("digest", s, "only sha256:<hex> digests are accepted"))?;
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            InvalidName::new("digest", s, "only sha256:<hex> digests are accepted")
+        })?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(InvalidName::new(
                 "digest",
@@ -218,9 +218,11 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(d.short(), "e3b0c44298fc");
-        assert!("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
-            .parse::<Digest>()
-            .is_err());
+        assert!(
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+                .parse::<Digest>()
+                .is_err()
+        );
         assert!("sha512:00".parse::<Digest>().is_err());
         assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
     }
@@ -230,7 +232,9 @@ mod tests {
         for ok in ["app", "edge/app", "a.b/c_d/e__f/g--h", "library/python3"] {
             assert!(ok.parse::<RepositoryName>().is_ok(), "{ok}");
         }
-        for bad in ["", "App", "../x", "a//b", "/a", "a/", "a/./b", "a..b", "a___b", "a b", "a\0b"] {
+        for bad in [
+            "", "App", "../x", "a//b", "/a", "a/", "a/./b", "a..b", "a___b", "a b", "a\0b",
+        ] {
             assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?}");
         }
     }

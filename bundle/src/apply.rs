@@ -1,0 +1,605 @@
+//! The decoder: a trusted bundle + the images on the device → the rebuilt image.
+//!
+//! One sequential read of the payload: hash-and-count the raw bytes, zstd-decode with the window
+//! capped to what the statement declares, cap the decoded stream at its declared size, and walk
+//! the records. Base data referenced by copy/patch operations is gathered first, with one
+//! sequential pass over each needed base layer, into a scratch file whose size the statement
+//! declares. Each rebuilt layer is streamed to a staging file while hashed, and is accepted only
+//! if its size and diff_id match the statement.
+//!
+//! Everything is written into a staging directory beside the output; the output appears (by
+//! rename) only when every blob is checked, the manifest digest is the one the statement signs,
+//! and the payload hashed to the statement's digest. Any failure removes the staging directory.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
+
+use crate::error::Error;
+use crate::image::oci_layout::OciLayoutSource;
+use crate::image::write::{write_docker_archive, OciLayoutWriter};
+use crate::image::{ImageError, ImageSource};
+use crate::limits::Limits;
+use crate::manifest::config_diff_ids;
+use crate::payload::{Extent, PatchKind, PayloadReader, Record, RecordError};
+use crate::progress::Progress;
+use crate::stream::{CappedReader, HashingReader};
+use crate::verify::{check_payload_digest, verify_head, TrustedHead};
+
+/// Where the device's existing layers come from.
+pub trait BaseStore {
+    /// True if the device holds the layer.
+    fn contains(&self, diff_id: &Digest) -> bool;
+    /// Opens a held layer as its uncompressed stream (which fails at its end on a digest
+    /// mismatch). `None` if the layer is not held.
+    fn open_layer(&self, diff_id: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError>;
+}
+
+/// A [`BaseStore`] over a set of images (archives, layouts) on disk.
+pub struct ImageSet {
+    images: Vec<Box<dyn ImageSource>>,
+    by_diff_id: HashMap<Digest, (usize, usize)>,
+}
+
+impl ImageSet {
+    /// Indexes the layers of `images`.
+    pub fn new(images: Vec<Box<dyn ImageSource>>) -> Self {
+        let mut by_diff_id = HashMap::new();
+        for (i, image) in images.iter().enumerate() {
+            for (j, layer) in image.image().layers.iter().enumerate() {
+                by_diff_id.entry(layer.diff_id.clone()).or_insert((i, j));
+            }
+        }
+        ImageSet { images, by_diff_id }
+    }
+
+    /// The images in the set.
+    pub fn images(&self) -> &[Box<dyn ImageSource>] {
+        &self.images
+    }
+}
+
+impl BaseStore for ImageSet {
+    fn contains(&self, diff_id: &Digest) -> bool {
+        self.by_diff_id.contains_key(diff_id)
+    }
+
+    fn open_layer(&self, diff_id: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+        match self.by_diff_id.get(diff_id) {
+            Some(&(i, j)) => self.images[i].open_layer(j).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What form the rebuilt image is written in.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A new OCI image layout directory; the image is tagged with the statement's first tag.
+    OciLayout(PathBuf),
+    /// A new `docker save`-style archive (what `docker load` takes), tagged
+    /// `repository:tag` for every tag of the statement.
+    DockerArchive(PathBuf),
+}
+
+impl Output {
+    fn path(&self) -> &Path {
+        match self {
+            Output::OciLayout(p) | Output::DockerArchive(p) => p,
+        }
+    }
+}
+
+/// What an apply produced.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// The statement that was applied.
+    pub statement: Statement,
+    /// Layers rebuilt from the payload.
+    pub rebuilt_layers: usize,
+    /// Layers copied from images already on the device.
+    pub reused_layers: usize,
+    /// Where the image was written.
+    pub output: PathBuf,
+}
+
+/// Verifies and applies a bundle, writing the rebuilt image to `output`, which must not exist.
+pub fn apply_bundle(
+    path: &Path,
+    policy: &TrustPolicy,
+    ctx: &VerifyContext,
+    bases: &dyn BaseStore,
+    output: &Output,
+    limits: &Limits,
+    progress: &dyn Progress,
+) -> Result<ApplyReport, Error> {
+    let trusted = verify_head(path, policy, ctx, limits)?;
+    apply_trusted(path, trusted, bases, output, limits, progress)
+}
+
+/// Applies a bundle whose head was already verified by [`verify_head`].
+pub fn apply_trusted(
+    path: &Path,
+    trusted: TrustedHead,
+    bases: &dyn BaseStore,
+    output: &Output,
+    limits: &Limits,
+    progress: &dyn Progress,
+) -> Result<ApplyReport, Error> {
+    let TrustedHead {
+        head,
+        statement,
+        mut file,
+    } = trusted;
+    let name = head.name.clone();
+    let out_path = output.path();
+    if out_path.exists() {
+        return Err(Error::OutputExists(out_path.to_owned()));
+    }
+    for diff_id in &statement.requires {
+        if !bases.contains(diff_id) {
+            return Err(Error::MissingBase {
+                bundle: name,
+                diff_id: diff_id.clone(),
+            });
+        }
+    }
+    let parent = out_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // The output holds every layer uncompressed, plus scratch data while decoding; a docker
+    // archive is written from the staged layout, so it needs the image twice.
+    let image_bytes: u64 = statement.target.layers.iter().map(|l| l.size).sum::<u64>()
+        + statement.target.manifest.len() as u64
+        + (1 << 20);
+    let copies = if matches!(output, Output::DockerArchive(_)) { 2 } else { 1 };
+    let needed = image_bytes * copies + statement.payload.scratch_bytes;
+    let available = crate::fsutil::available_space(parent)?;
+    if available < needed {
+        return Err(Error::InsufficientDisk {
+            path: parent.to_owned(),
+            needed,
+            available,
+        });
+    }
+
+    let staging = tempfile::Builder::new()
+        .prefix(".sideload-apply-")
+        .tempdir_in(parent)
+        .map_err(Error::io("creating staging directory in", parent))?;
+    let layout = staging.path().join("image");
+    let mut writer = OciLayoutWriter::create(&layout)?;
+
+    file.seek(SeekFrom::Start(head.payload_offset()))
+        .map_err(Error::io("reading bundle", path))?;
+    let decoded = decode_payload(
+        &name,
+        &statement,
+        &mut file,
+        bases,
+        &writer,
+        staging.path(),
+        limits,
+        progress,
+    );
+    let counts = match decoded {
+        Ok(counts) => counts,
+        Err(e) if e.is_refusal() => {
+            // A damaged payload usually breaks decoding before its digest can be compared;
+            // say so plainly when that is the cause.
+            check_payload_digest(&mut file, &head, &statement, path)?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+
+    // The manifest: exactly the signed bytes, whose digest the statement names.
+    let target = &statement.target;
+    let manifest_digest = writer.add_manifest(
+        target.manifest.as_bytes(),
+        &target.manifest_media_type,
+        target.tags.first().map(|t| t.as_str()),
+        Some(&target.platform),
+    )?;
+    if manifest_digest != target.manifest_digest {
+        return Err(Error::CorruptPayload {
+            bundle: name,
+            reason: format!(
+                "produced manifest {manifest_digest}, the statement says {}",
+                target.manifest_digest
+            ),
+        });
+    }
+    writer.finish()?;
+
+    match output {
+        Output::OciLayout(dir) => {
+            fs::rename(&layout, dir).map_err(Error::io("moving rebuilt image to", dir))?;
+        }
+        Output::DockerArchive(archive) => {
+            let reference = format!("oci:{}", layout.display());
+            let source =
+                OciLayoutSource::open(&layout, None, &target.platform, &reference)?;
+            let tags: Vec<String> = target
+                .tags
+                .iter()
+                .map(|t| format!("{}:{t}", target.repository))
+                .collect();
+            write_docker_archive(&source, archive, &tags)?;
+        }
+    }
+    crate::fsutil::sync_parent(out_path)?;
+    Ok(ApplyReport {
+        statement,
+        rebuilt_layers: counts.0,
+        reused_layers: counts.1,
+        output: out_path.to_owned(),
+    })
+}
+
+/// Walks the payload records and writes config and layer blobs into the staged layout.
+/// Returns (rebuilt, reused) layer counts.
+#[allow(clippy::too_many_arguments)]
+fn decode_payload(
+    name: &str,
+    statement: &Statement,
+    file: &mut File,
+    bases: &dyn BaseStore,
+    writer: &OciLayoutWriter,
+    staging: &Path,
+    limits: &Limits,
+    progress: &dyn Progress,
+) -> Result<(usize, usize), Error> {
+    let corrupt = |reason: String| Error::CorruptPayload {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let record_err = |e: RecordError| corrupt(e.to_string());
+    let payload = &statement.payload;
+    let raw = HashingReader::new(BufReader::new(file.take(payload.size)));
+    let mut zstd = zstd::stream::read::Decoder::new(raw).map_err(|e| corrupt(e.to_string()))?;
+    zstd.window_log_max(payload.window_log)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let decoded = CappedReader::new(zstd, payload.decoded_size, "decoded payload");
+    let mut reader = PayloadReader::new(decoded, limits.max_extents);
+
+    // Config first.
+    let config_len = match reader.next_record().map_err(record_err)? {
+        Record::Config { len } => len,
+        other => return Err(corrupt(format!("expected the config record first, found {other:?}"))),
+    };
+    crate::container::check_limit(name, "image config", config_len.into(), limits.max_config.into())?;
+    let mut config = Vec::with_capacity(config_len as usize);
+    reader
+        .body(config_len.into())
+        .read_to_end(&mut config)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if config.len() != config_len as usize {
+        return Err(corrupt("payload ends inside the config".into()));
+    }
+    let config_digest = Digest::of_bytes(&config);
+    if config_digest != statement.target.config_digest {
+        return Err(corrupt(format!(
+            "config is {config_digest}, the statement says {}",
+            statement.target.config_digest
+        )));
+    }
+    let diff_ids = config_diff_ids(&config).map_err(corrupt)?;
+    let expected: Vec<&Digest> = statement.target.layers.iter().map(|l| &l.diff_id).collect();
+    if diff_ids.iter().collect::<Vec<_>>() != expected {
+        return Err(corrupt(
+            "the config's rootfs.diff_ids differ from the statement's layers".into(),
+        ));
+    }
+    writer.put_blob_bytes(&config)?;
+
+    // Extents, gathered into scratch.
+    let extents = match reader.next_record().map_err(record_err)? {
+        Record::Extents(e) => e,
+        other => return Err(corrupt(format!("expected the extents record, found {other:?}"))),
+    };
+    let scratch = gather_extents(name, statement, &extents, bases, staging)?;
+
+    let mut rebuilt = 0;
+    let mut reused = 0;
+    for (index, layer) in statement.target.layers.iter().enumerate() {
+        progress.start(
+            &format!("layer {}/{}", index + 1, statement.target.layers.len()),
+            layer.size,
+        );
+        let record = reader.next_record().map_err(record_err)?;
+        match record {
+            Record::Present { index: i } if i as usize == index => {
+                if !statement.requires.contains(&layer.diff_id) {
+                    return Err(corrupt(format!(
+                        "layer {index} is marked present but the statement does not require it"
+                    )));
+                }
+                if !writer.has_blob(&layer.diff_id) {
+                    let stream = bases
+                        .open_layer(&layer.diff_id)?
+                        .ok_or_else(|| Error::MissingBase {
+                            bundle: name.to_owned(),
+                            diff_id: layer.diff_id.clone(),
+                        })?;
+                    writer.put_blob_verified(stream, &layer.diff_id, Some(layer.size))?;
+                }
+                reused += 1;
+            }
+            Record::Layer { index: i } if i as usize == index => {
+                let mut blob = writer.blob_writer()?;
+                apply_ops(name, &mut reader, &scratch, layer.size, limits, &mut blob, progress)?;
+                blob.commit(Some((&layer.diff_id, Some(layer.size))))
+                    .map_err(|e| match e {
+                        ImageError::DigestMismatch { actual, .. } => Error::LayerMismatch {
+                            bundle: name.to_owned(),
+                            index,
+                            expected: layer.diff_id.clone(),
+                            actual,
+                        },
+                        other => Error::Image(other),
+                    })?;
+                rebuilt += 1;
+            }
+            other => {
+                return Err(corrupt(format!(
+                    "expected the record of layer {index}, found {other:?}"
+                )))
+            }
+        }
+        progress.finish();
+    }
+    match reader.next_record().map_err(record_err)? {
+        Record::End => {}
+        other => return Err(corrupt(format!("expected END, found {other:?}"))),
+    }
+    reader.expect_eof().map_err(record_err)?;
+    // Drain what zstd has not asked for (a frame epilogue) so the digest covers every byte.
+    let mut zstd = reader.into_inner().into_inner();
+    io::copy(&mut zstd, &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
+    // Bytes zstd buffered but did not use were hashed when they were read.
+    let mut raw = zstd.finish().into_inner();
+    io::copy(&mut raw, &mut io::sink()).map_err(Error::io("reading bundle", name))?;
+    let (digest, count) = raw.finish();
+    if count != payload.size {
+        return Err(Error::Truncated {
+            bundle: name.to_owned(),
+            part: "payload",
+            expected: payload.size,
+            available: count,
+        });
+    }
+    if digest != payload.sha256 {
+        return Err(Error::PayloadDigestMismatch {
+            bundle: name.to_owned(),
+            expected: payload.sha256.clone(),
+            actual: digest,
+        });
+    }
+    Ok((rebuilt, reused))
+}
+
+/// The scratch store: gathered base ranges, addressed by offset.
+struct Scratch {
+    file: Option<File>,
+    len: u64,
+}
+
+/// Gathers every extent into one scratch file, with one sequential pass over each base layer
+/// that extents reference. Extents must be sorted by (requires_index, offset), must not
+/// overlap, and must add up to the statement's `scratch_bytes`.
+fn gather_extents(
+    name: &str,
+    statement: &Statement,
+    extents: &[Extent],
+    bases: &dyn BaseStore,
+    staging: &Path,
+) -> Result<Scratch, Error> {
+    let corrupt = |reason: String| Error::CorruptPayload {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let total = extents
+        .iter()
+        .try_fold(0u64, |acc, e| acc.checked_add(e.len))
+        .ok_or_else(|| corrupt("extent lengths overflow".into()))?;
+    if total != statement.payload.scratch_bytes {
+        return Err(corrupt(format!(
+            "extents add up to {total} bytes, the statement declares {}",
+            statement.payload.scratch_bytes
+        )));
+    }
+    for pair in extents.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let ordered = (a.requires_index, a.offset.saturating_add(a.len)) <= (b.requires_index, b.offset)
+            || a.requires_index < b.requires_index;
+        if !ordered {
+            return Err(corrupt("extents are not sorted and disjoint".into()));
+        }
+    }
+    if extents.is_empty() {
+        return Ok(Scratch { file: None, len: 0 });
+    }
+    let path = staging.join("scratch");
+    let mut out = BufWriter::new(
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(Error::io("creating", &path))?,
+    );
+    let mut start = 0;
+    while start < extents.len() {
+        let which = extents[start].requires_index;
+        let end = start + extents[start..].iter().take_while(|e| e.requires_index == which).count();
+        let diff_id = statement
+            .requires
+            .get(which as usize)
+            .ok_or_else(|| corrupt(format!("extent names base {which}, which the statement does not require")))?;
+        let mut stream = bases.open_layer(diff_id)?.ok_or_else(|| Error::MissingBase {
+            bundle: name.to_owned(),
+            diff_id: diff_id.clone(),
+        })?;
+        let mut pos = 0u64;
+        for extent in &extents[start..end] {
+            let skip = extent.offset - pos;
+            let skipped = io::copy(&mut (&mut stream).take(skip), &mut io::sink())
+                .map_err(Error::io("reading base layer", diff_id.as_str()))?;
+            let copied = io::copy(&mut (&mut stream).take(extent.len), &mut out)
+                .map_err(Error::io("gathering base layer", diff_id.as_str()))?;
+            if skipped != skip || copied != extent.len {
+                return Err(corrupt(format!(
+                    "extent at {}+{} is past the end of base layer {diff_id}",
+                    extent.offset, extent.len
+                )));
+            }
+            pos = extent.offset + extent.len;
+        }
+        // Read to the end so the base layer's digest is checked: scratch data must come from
+        // the layer the statement names, not from a damaged copy.
+        io::copy(&mut stream, &mut io::sink()).map_err(Error::io("reading base layer", diff_id.as_str()))?;
+        start = end;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io("writing", &path)(e.into_error()))?;
+    Ok(Scratch {
+        file: Some(file),
+        len: total,
+    })
+}
+
+impl Scratch {
+    fn range(&self, name: &str, offset: u64, len: u64) -> Result<io::Take<File>, Error> {
+        let end = offset.checked_add(len);
+        match (&self.file, end) {
+            (Some(file), Some(end)) if end <= self.len => {
+                let mut f = file.try_clone().map_err(Error::io("reading scratch", "scratch"))?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(Error::io("reading scratch", "scratch"))?;
+                Ok(f.take(len))
+            }
+            _ => Err(Error::CorruptPayload {
+                bundle: name.to_owned(),
+                reason: format!(
+                    "operation reads scratch {offset}+{len}, the store holds {} bytes",
+                    self.len
+                ),
+            }),
+        }
+    }
+}
+
+/// Applies one layer's operations up to `END_LAYER`, writing at most `size` bytes.
+fn apply_ops<R: Read>(
+    name: &str,
+    reader: &mut PayloadReader<R>,
+    scratch: &Scratch,
+    size: u64,
+    limits: &Limits,
+    out: &mut impl Write,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let corrupt = |reason: String| Error::CorruptPayload {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let mut written = 0u64;
+    let claim = |len: u64, written: &mut u64| -> Result<(), Error> {
+        match written.checked_add(len) {
+            Some(total) if total <= size => {
+                *written = total;
+                Ok(())
+            }
+            _ => Err(corrupt(format!(
+                "layer would grow past its declared {size} bytes"
+            ))),
+        }
+    };
+    let write_err = |e: io::Error| corrupt(format!("writing layer: {e}"));
+    loop {
+        match reader.next_record().map_err(|e| corrupt(e.to_string()))? {
+            Record::Literal { len } => {
+                claim(len, &mut written)?;
+                let copied = io::copy(&mut reader.body(len), out).map_err(write_err)?;
+                if copied != len {
+                    return Err(corrupt("payload ends inside a literal".into()));
+                }
+                progress.advance(len);
+            }
+            Record::Copy { scratch_offset, len } => {
+                claim(len, &mut written)?;
+                io::copy(&mut scratch.range(name, scratch_offset, len)?, out).map_err(write_err)?;
+                progress.advance(len);
+            }
+            Record::Patch {
+                kind,
+                scratch_offset,
+                base_len,
+                out_len,
+                patch_len,
+            } => {
+                claim(out_len, &mut written)?;
+                crate::container::check_limit(name, "patch base", base_len, limits.max_patch_base)?;
+                crate::container::check_limit(name, "patch output", out_len, limits.max_patch_output)?;
+                // A patch is never much larger than its output (bsdiff's raw form is about
+                // output + 24 bytes per control triple).
+                crate::container::check_limit(
+                    name,
+                    "patch",
+                    patch_len,
+                    limits.max_patch_output.saturating_mul(2),
+                )?;
+                let mut base = Vec::with_capacity(base_len as usize);
+                scratch
+                    .range(name, scratch_offset, base_len)?
+                    .read_to_end(&mut base)
+                    .map_err(Error::io("reading scratch", "scratch"))?;
+                let mut body = reader.body(patch_len);
+                let produced = match kind {
+                    PatchKind::Zstd => {
+                        let mut dec = zstd::stream::read::Decoder::with_dictionary(
+                            BufReader::new(&mut body),
+                            &base,
+                        )
+                        .map_err(|e| corrupt(format!("zstd patch: {e}")))?;
+                        let mut capped = CappedReader::new(&mut dec, out_len, "patch output");
+                        io::copy(&mut capped, out).map_err(|e| corrupt(format!("zstd patch: {e}")))?
+                    }
+                    PatchKind::Bsdiff => {
+                        let mut new = Vec::with_capacity(out_len as usize);
+                        bsdiff::patch(&base, &mut body, &mut new)
+                            .map_err(|e| corrupt(format!("bsdiff patch: {e}")))?;
+                        if new.len() as u64 > out_len {
+                            return Err(corrupt("bsdiff patch output larger than declared".into()));
+                        }
+                        out.write_all(&new).map_err(write_err)?;
+                        new.len() as u64
+                    }
+                };
+                // Both decoders must have consumed the whole patch body.
+                let rest = io::copy(&mut body, &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
+                if produced != out_len || rest != 0 {
+                    return Err(corrupt(format!(
+                        "patch produced {produced} bytes (declared {out_len}) and left {rest} patch bytes unread"
+                    )));
+                }
+                progress.advance(out_len);
+            }
+            Record::EndLayer => {
+                if written != size {
+                    return Err(corrupt(format!(
+                        "layer ends after {written} bytes, the statement declares {size}"
+                    )));
+                }
+                return Ok(());
+            }
+            other => return Err(corrupt(format!("unexpected {other:?} inside a layer"))),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The bundle file: a fixed header, the statement, a signature slot, then the payload.
+//!
+//! ```text
+//! offset 0   magic "SIDELOAD" (8 bytes)
+//!        8   format version, u16 big-endian (1)
+//!       10   flags, u16 big-endian (0; readers refuse other values)
+//!       12   statement length S, u32 big-endian
+//!       16   signature slot length G, u32 big-endian
+//!       20   12 zero bytes (reserved)
+//!       32   statement: S bytes of canonical JSON
+//!     32+S   signature slot: G bytes, a JSON array of signatures padded with spaces
+//!   32+S+G   payload: exactly statement.payload.size bytes, then end of file
+//! ```
+//!
+//! The slot is reserved when the bundle is built, so attaching signatures later rewrites only
+//! the slot, never the payload. See `docs/bundle-format.md`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use sideload_signing::Signature;
+
+use crate::error::Error;
+use crate::limits::Limits;
+
+/// First bytes of every bundle.
+pub const MAGIC: [u8; 8] = *b"SIDELOAD";
+/// The container version this build writes and reads.
+pub const CONTAINER_VERSION: u16 = 1;
+/// Length of the fixed header.
+pub const HEADER_LEN: u64 = 32;
+/// Default signature slot size: room for about 30 Ed25519 signatures.
+pub const DEFAULT_SIGNATURE_SLOT: u32 = 4096;
+
+/// The front of a bundle: everything needed to decide whether to trust it.
+#[derive(Debug, Clone)]
+pub struct BundleHead {
+    /// Name used in messages (usually the file name).
+    pub name: String,
+    /// The statement exactly as stored (what signatures cover).
+    pub statement_bytes: Vec<u8>,
+    /// Signatures found in the slot.
+    pub signatures: Vec<Signature>,
+    /// Size of the signature slot.
+    pub signature_slot: u32,
+}
+
+impl BundleHead {
+    /// Offset of the signature slot in the file.
+    pub fn signature_slot_offset(&self) -> u64 {
+        HEADER_LEN + self.statement_bytes.len() as u64
+    }
+
+    /// Offset of the payload in the file.
+    pub fn payload_offset(&self) -> u64 {
+        self.signature_slot_offset() + u64::from(self.signature_slot)
+    }
+}
+
+/// Reads the header, statement and signatures from the front of a bundle. Reads at most
+/// `HEADER_LEN + max_statement + max_signature_slot` bytes and allocates only after each length
+/// is checked against `limits`.
+pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<BundleHead, Error> {
+    let mut header = [0u8; HEADER_LEN as usize];
+    read_part(reader, &mut header, name, "header")?;
+    if header[..8] != MAGIC {
+        return Err(Error::NotABundle {
+            bundle: name.to_owned(),
+        });
+    }
+    let version = u16::from_be_bytes([header[8], header[9]]);
+    if version != CONTAINER_VERSION {
+        return Err(Error::UnsupportedVersion {
+            bundle: name.to_owned(),
+            found: version,
+            supported: CONTAINER_VERSION,
+        });
+    }
+    let flags = u16::from_be_bytes([header[10], header[11]]);
+    if flags != 0 || header[20..].iter().any(|&b| b != 0) {
+        return Err(Error::UnsupportedVersion {
+            bundle: name.to_owned(),
+            found: version,
+            supported: CONTAINER_VERSION,
+        });
+    }
+    let statement_len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
+    let slot_len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    check_limit(name, "statement", statement_len.into(), limits.max_statement.into())?;
+    check_limit(name, "signature slot", slot_len.into(), limits.max_signature_slot.into())?;
+
+    let mut statement_bytes = vec![0u8; statement_len as usize];
+    read_part(reader, &mut statement_bytes, name, "statement")?;
+    let mut slot = vec![0u8; slot_len as usize];
+    read_part(reader, &mut slot, name, "signature slot")?;
+    let signatures = decode_slot(&slot, name, limits)?;
+    Ok(BundleHead {
+        name: name.to_owned(),
+        statement_bytes,
+        signatures,
+        signature_slot: slot_len,
+    })
+}
+
+/// Opens a bundle file and reads its head; the file is left positioned at the payload.
+pub fn open_bundle(path: &Path, limits: &Limits) -> Result<(BundleHead, File), Error> {
+    let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
+    let head = read_head(&mut file, &bundle_name(path), limits)?;
+    Ok((head, file))
+}
+
+/// The name a bundle goes by in messages: its file name.
+pub fn bundle_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Writes a complete bundle: header, statement, a signature slot holding `signatures`, then
+/// the payload copied from `payload`.
+pub fn write_bundle(
+    out: &mut impl Write,
+    statement_bytes: &[u8],
+    signatures: &[Signature],
+    slot_len: u32,
+    payload: &mut impl Read,
+) -> std::io::Result<u64> {
+    let slot = encode_slot(signatures, slot_len).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("signatures do not fit a {slot_len}-byte slot"),
+        )
+    })?;
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..10].copy_from_slice(&CONTAINER_VERSION.to_be_bytes());
+    let statement_len = u32::try_from(statement_bytes.len()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "statement too large")
+    })?;
+    header[12..16].copy_from_slice(&statement_len.to_be_bytes());
+    header[16..20].copy_from_slice(&slot_len.to_be_bytes());
+    out.write_all(&header)?;
+    out.write_all(statement_bytes)?;
+    out.write_all(&slot)?;
+    let copied = std::io::copy(payload, out)?;
+    Ok(HEADER_LEN + statement_bytes.len() as u64 + u64::from(slot_len) + copied)
+}
+
+/// Adds signatures to a bundle in place, rewriting only its signature slot. A signature by a
+/// key already in the slot replaces the old one. Returns the signatures now in the slot.
+pub fn attach_signatures(
+    path: &Path,
+    new: &[Signature],
+    limits: &Limits,
+) -> Result<Vec<Signature>, Error> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io("opening bundle for writing", path))?;
+    let head = read_head(&mut file, &bundle_name(path), limits)?;
+    let mut signatures = head.signatures.clone();
+    for sig in new {
+        signatures.retain(|s| s.key_id != sig.key_id);
+        signatures.push(sig.clone());
+    }
+    if signatures.len() > limits.max_signatures {
+        return Err(Error::SignatureSlotFull {
+            bundle: head.name,
+            slot: head.signature_slot,
+        });
+    }
+    let slot = encode_slot(&signatures, head.signature_slot).ok_or(Error::SignatureSlotFull {
+        bundle: head.name.clone(),
+        slot: head.signature_slot,
+    })?;
+    file.seek(SeekFrom::Start(head.signature_slot_offset()))
+        .and_then(|_| file.write_all(&slot))
+        .and_then(|_| file.sync_all())
+        .map_err(Error::io("writing signature slot of", path))?;
+    Ok(signatures)
+}
+
+/// The slot's bytes: compact JSON array, padded with spaces. `None` if it does not fit.
+fn encode_slot(signatures: &[Signature], slot_len: u32) -> Option<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(signatures).expect("signatures serialize");
+    if bytes.len() > slot_len as usize {
+        return None;
+    }
+    bytes.resize(slot_len as usize, b' ');
+    Some(bytes)
+}
+
+fn decode_slot(slot: &[u8], name: &str, limits: &Limits) -> Result<Vec<Signature>, Error> {
+    let malformed = |reason: String| Error::MalformedSignatures {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let end = slot.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    if end == 0 {
+        return Err(malformed("the slot is empty (not even an empty list)".into()));
+    }
+    let signatures: Vec<Signature> =
+        serde_json::from_slice(&slot[..end]).map_err(|e| malformed(e.to_string()))?;
+    if signatures.len() > limits.max_signatures {
+        return Err(malformed(format!(
+            "{} signatures, more than the {} allowed",
+            signatures.len(),
+            limits.max_signatures
+        )));
+    }
+    Ok(signatures)
+}
+
+fn read_part(reader: &mut impl Read, buf: &mut [u8], name: &str, part: &'static str) -> Result<(), Error> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(Error::Truncated {
+                    bundle: name.to_owned(),
+                    part,
+                    expected: buf.len() as u64,
+                    available: filled as u64,
+                })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "reading bundle",
+                    path: name.into(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_limit(name: &str, field: &'static str, value: u64, limit: u64) -> Result<(), Error> {
+    if value > limit {
+        return Err(Error::OverLimit {
+            bundle: name.to_owned(),
+            field,
+            value,
+            limit,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! The payload's record stream (after zstd decoding).
+//!
+//! ```text
+//! "SLPAYLD1"
+//! 0x01 CONFIG   u32 len, len bytes (the image config blob, exact bytes)
+//! 0x02 EXTENTS  u32 count, count x (u32 requires_index, u64 offset, u64 len)
+//! then for every target layer, bottom first, one of:
+//! 0x03 PRESENT  u32 layer_index                     (the device holds it: statement.requires)
+//! 0x04 LAYER    u32 layer_index, then operations, then 0x1F END_LAYER
+//!        0x10 LITERAL      u64 len, len bytes
+//!        0x11 COPY         u64 scratch_offset, u64 len
+//!        0x12 PATCH_ZSTD   u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
+//!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
+//! 0xFF END
+//! ```
+//! Integers are little-endian. The stream is pull-parsed like tar-rs reads a tar: a record
+//! header, then its body as a bounded reader; nothing a record declares sizes a buffer before
+//! it is checked against [`Limits`](crate::Limits). This module only encodes and decodes
+//! records; what they mean is the decoder's business ([`crate::apply`]).
+//!
+//! Writing by hand: the format is a handful of fixed-width records and no serialization crate
+//! gives a streaming, length-checked reader for it.
+
+use std::io::{self, Read, Write};
+
+/// First bytes of the decoded payload.
+pub const PAYLOAD_MAGIC: [u8; 8] = *b"SLPAYLD1";
+
+const TAG_CONFIG: u8 = 0x01;
+const TAG_EXTENTS: u8 = 0x02;
+const TAG_PRESENT: u8 = 0x03;
+const TAG_LAYER: u8 = 0x04;
+const TAG_LITERAL: u8 = 0x10;
+const TAG_COPY: u8 = 0x11;
+const TAG_PATCH_ZSTD: u8 = 0x12;
+const TAG_PATCH_BSDIFF: u8 = 0x13;
+const TAG_END_LAYER: u8 = 0x1F;
+const TAG_END: u8 = 0xFF;
+
+/// A range of a base layer's uncompressed content that the decoder gathers into scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Index into `statement.requires`: which base layer.
+    pub requires_index: u32,
+    /// Offset in that layer's uncompressed tar.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Which patch algorithm a patch operation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// A zstd frame compressed with the base range as a raw-content dictionary.
+    Zstd,
+    /// A bsdiff patch (the `bsdiff` crate's raw format) against the base range.
+    Bsdiff,
+}
+
+/// One record of the payload, as the reader yields it. Records with a body (`Config`,
+/// `Literal`, `Patch`) are followed by that many bytes, read with [`PayloadReader::body`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// The image config; `len` bytes follow.
+    Config {
+        /// Body length.
+        len: u32,
+    },
+    /// The extents table.
+    Extents(Vec<Extent>),
+    /// Target layer `index` is already on the device.
+    Present {
+        /// Layer index.
+        index: u32,
+    },
+    /// Target layer `index` is rebuilt by the operations that follow, up to `EndLayer`.
+    Layer {
+        /// Layer index.
+        index: u32,
+    },
+    /// `len` literal bytes follow.
+    Literal {
+        /// Body length.
+        len: u64,
+    },
+    /// Copy `len` bytes from the scratch store at `scratch_offset`.
+    Copy {
+        /// Offset in scratch.
+        scratch_offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Apply a patch to a scratch range; `patch_len` patch bytes follow.
+    Patch {
+        /// Algorithm.
+        kind: PatchKind,
+        /// Offset of the base range in scratch.
+        scratch_offset: u64,
+        /// Length of the base range.
+        base_len: u64,
+        /// Length of the patched output.
+        out_len: u64,
+        /// Body length.
+        patch_len: u64,
+    },
+    /// End of the current layer's operations.
+    EndLayer,
+    /// End of the payload.
+    End,
+}
+
+/// Why a record stream could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Underlying read failed (including a digest or size check of an adapter below).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Bytes that are not a valid record.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Pull parser over a decoded payload stream.
+pub struct PayloadReader<R> {
+    inner: R,
+    max_extents: u32,
+    started: bool,
+}
+
+impl<R: Read> PayloadReader<R> {
+    /// Wraps a decoded payload stream. `max_extents` caps the extents table.
+    pub fn new(inner: R, max_extents: u32) -> Self {
+        PayloadReader {
+            inner,
+            max_extents,
+            started: false,
+        }
+    }
+
+    /// Reads the next record header (and the extents table, which is small and checked).
+    pub fn next_record(&mut self) -> Result<Record, RecordError> {
+        if !self.started {
+            let mut magic = [0u8; 8];
+            self.inner.read_exact(&mut magic).map_err(eof_as_invalid)?;
+            if magic != PAYLOAD_MAGIC {
+                return Err(RecordError::Invalid("payload does not start with SLPAYLD1".into()));
+            }
+            self.started = true;
+        }
+        let tag = self.u8()?;
+        Ok(match tag {
+            TAG_CONFIG => Record::Config { len: self.u32()? },
+            TAG_EXTENTS => {
+                let count = self.u32()?;
+                if count > self.max_extents {
+                    return Err(RecordError::Invalid(format!(
+                        "{count} extents, more than the {} allowed",
+                        self.max_extents
+                    )));
+                }
+                let mut extents = Vec::with_capacity(count.min(1 << 16) as usize);
+                for _ in 0..count {
+                    extents.push(Extent {
+                        requires_index: self.u32()?,
+                        offset: self.u64()?,
+                        len: self.u64()?,
+                    });
+                }
+                Record::Extents(extents)
+            }
+            TAG_PRESENT => Record::Present { index: self.u32()? },
+            TAG_LAYER => Record::Layer { index: self.u32()? },
+            TAG_LITERAL => Record::Literal { len: self.u64()? },
+            TAG_COPY => Record::Copy {
+                scratch_offset: self.u64()?,
+                len: self.u64()?,
+            },
+            TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF => Record::Patch {
+                kind: if tag == TAG_PATCH_ZSTD {
+                    PatchKind::Zstd
+                } else {
+                    PatchKind::Bsdiff
+                },
+                scratch_offset: self.u64()?,
+                base_len: self.u64()?,
+                out_len: self.u64()?,
+                patch_len: self.u64()?,
+            },
+            TAG_END_LAYER => Record::EndLayer,
+            TAG_END => Record::End,
+            other => {
+                return Err(RecordError::Invalid(format!(
+                    "unknown record type 0x{other:02x}"
+                )))
+            }
+        })
+    }
+
+    /// The body of the last record, as a reader bounded to `len` bytes. The caller must read it
+    /// to the end before asking for the next record.
+    pub fn body(&mut self, len: u64) -> io::Take<&mut R> {
+        (&mut self.inner).take(len)
+    }
+
+    /// Checks that nothing follows the `End` record.
+    pub fn expect_eof(&mut self) -> Result<(), RecordError> {
+        let mut byte = [0u8; 1];
+        match self.inner.read(&mut byte)? {
+            0 => Ok(()),
+            _ => Err(RecordError::Invalid("data after the END record".into())),
+        }
+    }
+
+    /// The underlying stream.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        let mut b = [0u8; 1];
+        self.inner.read_exact(&mut b).map_err(eof_as_invalid)?;
+        Ok(b[0])
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        let mut b = [0u8; 4];
+        self.inner.read_exact(&mut b).map_err(eof_as_invalid)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        let mut b = [0u8; 8];
+        self.inner.read_exact(&mut b).map_err(eof_as_invalid)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+fn eof_as_invalid(e: io::Error) -> RecordError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        RecordError::Invalid("payload ends in the middle of a record".into())
+    } else {
+        RecordError::Io(e)
+    }
+}
+
+/// Writes a record stream. The caller is responsible for the order the format requires; the
+/// decoder checks it.
+pub struct PayloadWriter<W: Write> {
+    inner: W,
+}
+
+impl<W: Write> PayloadWriter<W> {
+    /// Starts a payload: writes the magic.
+    pub fn new(mut inner: W) -> io::Result<Self> {
+        inner.write_all(&PAYLOAD_MAGIC)?;
+        Ok(PayloadWriter { inner })
+    }
+
+    /// The config record with its bytes.
+    pub fn config(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "config over 4 GiB"))?;
+        self.inner.write_all(&[TAG_CONFIG])?;
+        self.inner.write_all(&len.to_le_bytes())?;
+        self.inner.write_all(bytes)
+    }
+
+    /// The extents table.
+    pub fn extents(&mut self, extents: &[Extent]) -> io::Result<()> {
+        let count = u32::try_from(extents.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many extents"))?;
+        self.inner.write_all(&[TAG_EXTENTS])?;
+        self.inner.write_all(&count.to_le_bytes())?;
+        for e in extents {
+            self.inner.write_all(&e.requires_index.to_le_bytes())?;
+            self.inner.write_all(&e.offset.to_le_bytes())?;
+            self.inner.write_all(&e.len.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Target layer `index` is already on the device.
+    pub fn present(&mut self, index: u32) -> io::Result<()> {
+        self.inner.write_all(&[TAG_PRESENT])?;
+        self.inner.write_all(&index.to_le_bytes())
+    }
+
+    /// Starts the operations of target layer `index`.
+    pub fn begin_layer(&mut self, index: u32) -> io::Result<()> {
+        self.inner.write_all(&[TAG_LAYER])?;
+        self.inner.write_all(&index.to_le_bytes())
+    }
+
+    /// Literal bytes.
+    pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(&[TAG_LITERAL])?;
+        self.inner.write_all(&(bytes.len() as u64).to_le_bytes())?;
+        self.inner.write_all(bytes)
+    }
+
+    /// Copy from scratch.
+    pub fn copy(&mut self, scratch_offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_all(&[TAG_COPY])?;
+        self.inner.write_all(&scratch_offset.to_le_bytes())?;
+        self.inner.write_all(&len.to_le_bytes())
+    }
+
+    /// A patch against a scratch range.
+    pub fn patch(
+        &mut self,
+        kind: PatchKind,
+        scratch_offset: u64,
+        base_len: u64,
+        out_len: u64,
+        patch: &[u8],
+    ) -> io::Result<()> {
+        let tag = match kind {
+            PatchKind::Zstd => TAG_PATCH_ZSTD,
+            PatchKind::Bsdiff => TAG_PATCH_BSDIFF,
+        };
+        self.inner.write_all(&[tag])?;
+        for v in [scratch_offset, base_len, out_len, patch.len() as u64] {
+            self.inner.write_all(&v.to_le_bytes())?;
+        }
+        self.inner.write_all(patch)
+    }
+
+    /// Ends the current layer.
+    pub fn end_layer(&mut self) -> io::Result<()> {
+        self.inner.write_all(&[TAG_END_LAYER])
+    }
+
+    /// Ends the payload and returns the underlying writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.inner.write_all(&[TAG_END])?;
+        Ok(self.inner)
+    }
+
+    /// The underlying writer (e.g. to flush a compressor at a layer boundary).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.config(b"{}").unwrap();
+        let extents = [Extent {
+            requires_index: 0,
+            offset: 512,
+            len: 100,
+        }];
+        w.extents(&extents).unwrap();
+        w.present(0).unwrap();
+        w.begin_layer(1).unwrap();
+        w.literal(b"hello").unwrap();
+        w.copy(0, 100).unwrap();
+        w.patch(PatchKind::Zstd, 0, 100, 7, b"xyz").unwrap();
+        w.end_layer().unwrap();
+        let bytes = w.finish().unwrap();
+
+        let mut r = PayloadReader::new(&bytes[..], 10);
+        assert_eq!(r.next_record().unwrap(), Record::Config { len: 2 });
+        let mut body = Vec::new();
+        r.body(2).read_to_end(&mut body).unwrap();
+        assert_eq!(body, b"{}");
+        assert_eq!(r.next_record().unwrap(), Record::Extents(extents.to_vec()));
+        assert_eq!(r.next_record().unwrap(), Record::Present { index: 0 });
+        assert_eq!(r.next_record().unwrap(), Record::Layer { index: 1 });
+        assert_eq!(r.next_record().unwrap(), Record::Literal { len: 5 });
+        io::copy(&mut r.body(5), &mut io::sink()).unwrap();
+        assert_eq!(
+            r.next_record().unwrap(),
+            Record::Copy {
+                scratch_offset: 0,
+                len: 100
+            }
+        );
+        assert!(matches!(
+            r.next_record().unwrap(),
+            Record::Patch {
+                kind: PatchKind::Zstd,
+                patch_len: 3,
+                ..
+            }
+        ));
+        io::copy(&mut r.body(3), &mut io::sink()).unwrap();
+        assert_eq!(r.next_record().unwrap(), Record::EndLayer);
+        assert_eq!(r.next_record().unwrap(), Record::End);
+        r.expect_eof().unwrap();
+    }
+
+    #[test]
+    fn hostile_counts_and_tags() {
+        // An extents count over the cap is refused before anything is allocated for it.
+        let mut bytes = PAYLOAD_MAGIC.to_vec();
+        bytes.push(TAG_EXTENTS);
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = PayloadReader::new(&bytes[..], 1000).next_record().unwrap_err();
+        assert!(err.to_string().contains("more than the 1000 allowed"), "{err}");
+
+        let mut bytes = PAYLOAD_MAGIC.to_vec();
+        bytes.push(0x77);
+        let err = PayloadReader::new(&bytes[..], 10).next_record().unwrap_err();
+        assert!(err.to_string().contains("unknown record type 0x77"));
+
+        let err = PayloadReader::new(&b"SLPAYLD"[..], 10).next_record().unwrap_err();
+        assert!(err.to_string().contains("middle of a record"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Trust decisions on a bundle file: the head first (before any payload byte is read), then the
+//! payload's size and digest.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use sideload_signing::{verify_statement, Statement, TrustPolicy, VerifyContext};
+
+use crate::container::{check_limit, open_bundle, BundleHead};
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::manifest::check_statement_manifest;
+use crate::image::digest_reader::digest_of_reader;
+
+/// A bundle whose statement and signatures the trust policy accepted, with the file positioned
+/// at the start of the payload. The payload itself is not checked yet.
+pub struct TrustedHead {
+    /// Header, statement bytes and signatures.
+    pub head: BundleHead,
+    /// The accepted statement.
+    pub statement: Statement,
+    /// The open bundle file.
+    pub file: File,
+}
+
+/// Opens a bundle and checks everything that can be checked without reading the payload:
+/// header, signatures against the policy, expiry, sequence, the statement's own consistency and
+/// limits, and that the file has exactly the length it declares.
+pub fn verify_head(
+    path: &Path,
+    policy: &TrustPolicy,
+    ctx: &VerifyContext,
+    limits: &Limits,
+) -> Result<TrustedHead, Error> {
+    let (head, file) = open_bundle(path, limits)?;
+    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
+        .map_err(|refusal| Error::Refused {
+            bundle: head.name.clone(),
+            refusal,
+        })?;
+    check_statement(&head.name, &statement, limits)?;
+    let expected = head.payload_offset() + statement.payload.size;
+    let actual = file
+        .metadata()
+        .map_err(Error::io("reading metadata of bundle", path))?
+        .len();
+    if actual < expected {
+        return Err(Error::Truncated {
+            bundle: head.name.clone(),
+            part: "payload",
+            expected: statement.payload.size,
+            available: actual.saturating_sub(head.payload_offset()),
+        });
+    }
+    if actual > expected {
+        return Err(Error::SizeMismatch {
+            bundle: head.name.clone(),
+            expected,
+            actual,
+        });
+    }
+    Ok(TrustedHead {
+        head,
+        statement,
+        file,
+    })
+}
+
+/// Checks the statement's limits and internal consistency (a signed statement can still come
+/// from a buggy builder; the device must not act on one that contradicts itself).
+pub fn check_statement(name: &str, statement: &Statement, limits: &Limits) -> Result<(), Error> {
+    let p = &statement.payload;
+    check_limit(name, "payload", p.size, limits.max_payload)?;
+    check_limit(name, "decoded payload", p.decoded_size, limits.max_decoded)?;
+    check_limit(name, "scratch store", p.scratch_bytes, limits.max_scratch)?;
+    check_limit(name, "zstd window log", p.window_log.into(), limits.max_window_log.into())?;
+    check_limit(
+        name,
+        "layer count",
+        statement.target.layers.len() as u64,
+        limits.max_layers as u64,
+    )?;
+    check_statement_manifest(&statement.target).map_err(|reason| Error::CorruptPayload {
+        bundle: name.to_owned(),
+        reason: format!("statement is inconsistent: {reason}"),
+    })
+}
+
+/// Full verification without side effects: [`verify_head`], then one sequential read of the
+/// payload to check its sha256 against the statement.
+pub fn verify_bundle(
+    path: &Path,
+    policy: &TrustPolicy,
+    ctx: &VerifyContext,
+    limits: &Limits,
+) -> Result<Statement, Error> {
+    let TrustedHead {
+        head,
+        statement,
+        mut file,
+    } = verify_head(path, policy, ctx, limits)?;
+    check_payload_digest(&mut file, &head, &statement, path)?;
+    Ok(statement)
+}
+
+/// Hashes the payload from the file and compares it with the statement.
+pub(crate) fn check_payload_digest(
+    file: &mut File,
+    head: &BundleHead,
+    statement: &Statement,
+    path: &Path,
+) -> Result<(), Error> {
+    file.seek(SeekFrom::Start(head.payload_offset()))
+        .map_err(Error::io("reading bundle", path))?;
+    let (actual, len) = digest_of_reader(file.take(statement.payload.size))
+        .map_err(Error::io("reading bundle", path))?;
+    if len != statement.payload.size {
+        return Err(Error::Truncated {
+            bundle: head.name.clone(),
+            part: "payload",
+            expected: statement.payload.size,
+            available: len,
+        });
+    }
+    if actual != statement.payload.sha256 {
+        return Err(Error::PayloadDigestMismatch {
+            bundle: head.name.clone(),
+            expected: statement.payload.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}

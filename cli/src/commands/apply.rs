@@ -1,0 +1,195 @@
+//! `sideload verify` and `sideload apply`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sideload_bundle::{apply_trusted, verify_bundle, verify_head, ImageSet, Limits, Output};
+use sideload_signing::{parse_statement, TrustPolicy, VerifyContext};
+
+use super::{now, open_images, print_json};
+use crate::progress::TermProgress;
+use crate::state::SequenceState;
+use crate::RegistryArgs;
+
+/// Arguments of `sideload verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The bundle file.
+    bundle: PathBuf,
+    /// Trust policy (TOML): trusted keys, threshold, repositories per key.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Anti-rollback state written by `sideload apply --state`; without it, no sequence is
+    /// recorded and any sequence passes.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sideload apply`.
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The bundle file.
+    bundle: PathBuf,
+    /// Trust policy (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// An image on this machine the bundle may need (same syntax as `build`); repeatable.
+    #[arg(long = "base", short = 'b')]
+    bases: Vec<String>,
+    /// A directory of images: every `*.tar` in it (docker-archive) and every subdirectory that
+    /// is an OCI layout.
+    #[arg(long)]
+    base_dir: Option<PathBuf>,
+    /// Where to write the rebuilt image: `oci:DIR` or `docker-archive:PATH` (must not exist).
+    #[arg(long, short = 'o')]
+    output: String,
+    /// Anti-rollback state: read before, updated after a successful apply.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Runs `sideload verify`: no side effects.
+pub fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
+    let policy = TrustPolicy::load(&args.policy)?;
+    let ctx = context_for(&args.bundle, args.state.as_deref())?;
+    let outcome = verify_bundle(&args.bundle, &policy, &ctx, &Limits::default());
+    report(&args.bundle, args.json, outcome.map(|s| {
+        format!(
+            "{} → {}:{} ({}), sequence {}",
+            args.bundle.display(),
+            s.target.repository,
+            s.target.tags.first().map(|t| t.as_str()).unwrap_or(""),
+            s.target.manifest_digest,
+            s.sequence
+        )
+    }))
+}
+
+/// Runs `sideload apply`.
+pub fn run_apply(args: ApplyArgs) -> Result<ExitCode> {
+    let policy = TrustPolicy::load(&args.policy)?;
+    let output = parse_output(&args.output)?;
+    let mut state = match &args.state {
+        Some(p) => Some(SequenceState::load(p)?),
+        None => None,
+    };
+    let ctx = context_for(&args.bundle, args.state.as_deref())?;
+    let limits = Limits::default();
+    // Trust first: no base image is opened and no byte of payload read for an untrusted bundle.
+    let trusted = match verify_head(&args.bundle, &policy, &ctx, &limits) {
+        Ok(t) => t,
+        Err(e) => return report(&args.bundle, args.json, Err(e)),
+    };
+    let mut references = args.bases.clone();
+    if let Some(dir) = &args.base_dir {
+        references.extend(images_in_dir(dir)?);
+    }
+    let bases = ImageSet::new(open_images(&references, &args.registry)?);
+    let progress = TermProgress::new(args.json);
+    let outcome = apply_trusted(&args.bundle, trusted, &bases, &output, &limits, &progress);
+    if let (Ok(applied), Some(state), Some(path)) = (&outcome, state.as_mut(), &args.state) {
+        let s = &applied.statement;
+        state.record(path, s.target.repository.as_str(), s.sequence)?;
+    }
+    report(&args.bundle, args.json, outcome.map(|r| {
+        format!(
+            "{} → {} ({}:{}, manifest {}, config {}); {} layer(s) rebuilt, {} reused",
+            args.bundle.display(),
+            r.output.display(),
+            r.statement.target.repository,
+            r.statement.target.tags.first().map(|t| t.as_str()).unwrap_or(""),
+            r.statement.target.manifest_digest,
+            r.statement.target.config_digest,
+            r.rebuilt_layers,
+            r.reused_layers
+        )
+    }))
+}
+
+/// Prints the outcome and chooses the exit code: 0 ok, 3 refused, 1 error.
+fn report(bundle: &Path, json: bool, outcome: Result<String, sideload_bundle::Error>) -> Result<ExitCode> {
+    match outcome {
+        Ok(message) => {
+            if json {
+                print_json(&serde_json::json!({ "bundle": bundle, "ok": true, "message": message }));
+            } else {
+                println!("OK: {message}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let refused = e.is_refusal();
+            if json {
+                print_json(&serde_json::json!({
+                    "bundle": bundle,
+                    "ok": false,
+                    "refused": refused,
+                    "code": e.code(),
+                    "reason": e.to_string(),
+                    "advice": e.advice(),
+                }));
+            } else {
+                eprintln!("{}: {e}", if refused { "REFUSED" } else { "FAILED" });
+                eprintln!("what to do: {}", e.advice());
+            }
+            Ok(ExitCode::from(if refused { crate::EXIT_REFUSED } else { crate::EXIT_ERROR }))
+        }
+    }
+}
+
+/// The verification context: now, and the sequence recorded for the bundle's repository.
+/// Reads the (untrusted) repository name only to look the sequence up.
+fn context_for(bundle: &Path, state: Option<&Path>) -> Result<VerifyContext> {
+    let recorded_sequence = match state {
+        Some(path) => {
+            let state = SequenceState::load(path)?;
+            let (head, _) = sideload_bundle::open_bundle(bundle, &Limits::default())?;
+            match parse_statement(&head.statement_bytes) {
+                Ok(s) => state.get(s.target.repository.as_str()),
+                // verify_statement refuses it with the precise reason.
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    Ok(VerifyContext {
+        now: now(),
+        recorded_sequence,
+    })
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    if let Some(dir) = spec.strip_prefix("oci:") {
+        Ok(Output::OciLayout(dir.into()))
+    } else if let Some(path) = spec.strip_prefix("docker-archive:") {
+        Ok(Output::DockerArchive(path.into()))
+    } else {
+        bail!("--output must be oci:DIR or docker-archive:PATH, not {spec:?}")
+    }
+}
+
+/// Image references for every docker-archive (`*.tar`) and OCI layout directory in `dir`.
+fn images_in_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_file() && path.extension().is_some_and(|e| e == "tar") {
+            found.push(format!("docker-archive:{}", path.display()));
+        } else if meta.is_dir() && path.join("oci-layout").is_file() {
+            found.push(format!("oci:{}", path.display()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}

@@ -1,0 +1,199 @@
+//! `sideload build`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sideload_bundle::{build_bundle, BuildOptions, LayerEncoding};
+use sideload_signing::{RepositoryName, Tag};
+
+use super::{now, open_images, print_json};
+use crate::progress::TermProgress;
+use crate::RegistryArgs;
+
+/// Arguments of `sideload build`.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The new image: `docker-archive:PATH[:REF]`, `oci:DIR[:TAG]`, `docker://HOST/REPO:TAG`,
+    /// or a bare path (file = docker-archive, directory = OCI layout).
+    target: String,
+    /// An image already on the device (same syntax); repeat for every image it holds. Layers
+    /// the device has cost nothing.
+    #[arg(long = "base", short = 'b')]
+    bases: Vec<String>,
+    /// Where to write the bundle.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Repository the device stores the image under (default: from the target's tag).
+    #[arg(long)]
+    repository: Option<String>,
+    /// Tag to set on the device; repeatable (default: from the target's tag).
+    #[arg(long = "tag", short = 't')]
+    tags: Vec<String>,
+    /// Anti-rollback sequence for the repository (default: current Unix time, which grows).
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// Let this bundle go to devices that applied a higher sequence (deliberate downgrade).
+    #[arg(long)]
+    allow_downgrade: bool,
+    /// How long the bundle stays valid, e.g. `30d`, `12h`.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    expires_in: Duration,
+    /// Who ordered the bundle (ticket, person); recorded in the signed statement.
+    #[arg(long, default_value = "")]
+    ordered_by: String,
+    /// Whom to contact about the bundle; recorded in the signed statement.
+    #[arg(long, default_value = "")]
+    contact: String,
+    /// zstd level for the payload (1-22).
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// zstd window log; the device needs 2^N bytes of memory to decode (max 27).
+    #[arg(long, default_value_t = 27)]
+    window_log: u32,
+    /// Bytes reserved at the front for signatures (about 130 bytes each).
+    #[arg(long, default_value_t = sideload_bundle::container::DEFAULT_SIGNATURE_SLOT)]
+    signature_slot: u32,
+    /// Compression threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Also write the statement here, ready for `sideload-sign sign`.
+    #[arg(long)]
+    statement_out: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Runs `sideload build`.
+pub fn run(args: BuildArgs) -> Result<ExitCode> {
+    let target = open_images(std::slice::from_ref(&args.target), &args.registry)?
+        .pop()
+        .expect("one image");
+    let bases = open_images(&args.bases, &args.registry)?;
+    let (default_repo, default_tag) = default_name(&target.image().repo_tags);
+    let repository: RepositoryName = match args.repository.or(default_repo) {
+        Some(r) => r.parse()?,
+        None => bail!(
+            "{} has no repository name; pass --repository",
+            target.image().reference
+        ),
+    };
+    let tags: Vec<Tag> = if args.tags.is_empty() {
+        vec![default_tag.unwrap_or_else(|| "latest".into()).parse()?]
+    } else {
+        args.tags.iter().map(|t| t.parse()).collect::<Result<_, _>>()?
+    };
+    let now = now();
+    let mut options = BuildOptions::new(repository, tags, now);
+    options.sequence = args.sequence.unwrap_or(now);
+    options.allow_downgrade = args.allow_downgrade;
+    options.expires_at = now + args.expires_in.as_secs();
+    options.ordered_by = args.ordered_by;
+    options.contact = args.contact;
+    options.zstd_level = args.level;
+    options.window_log = args.window_log;
+    options.signature_slot = args.signature_slot;
+    options.threads = args.threads;
+
+    let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
+        bases.iter().map(|b| b.as_ref()).collect();
+    let progress = TermProgress::new(args.json);
+    let report = build_bundle(target.as_ref(), &base_refs, &options, &args.output, &progress)?;
+    if let Some(path) = &args.statement_out {
+        std::fs::write(path, report.statement.to_canonical_json())
+            .with_context(|| format!("writing statement {}", path.display()))?;
+    }
+
+    let source_size = report.source_image_size();
+    if args.json {
+        let layers: Vec<_> = report
+            .layers
+            .iter()
+            .map(|l| {
+                let (encoding, base) = match &l.encoding {
+                    LayerEncoding::Present { base } => ("present", Some(base.as_str())),
+                    LayerEncoding::Literal => ("literal", None),
+                };
+                serde_json::json!({
+                    "diff_id": l.diff_id,
+                    "size": l.size,
+                    "source_blob_size": l.source_blob_size,
+                    "encoding": encoding,
+                    "base": base,
+                    "payload_bytes": l.payload_bytes,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "bundle": report.bundle,
+            "bundle_size": report.bundle_size,
+            "payload_size": report.statement.payload.size,
+            "source_image_size": source_size,
+            "statement_digest": report.statement.digest(),
+            "manifest_digest": report.statement.target.manifest_digest,
+            "config_digest": report.statement.target.config_digest,
+            "layers": layers,
+        }));
+    } else {
+        println!(
+            "wrote {} ({} bytes; the image's layer blobs are {} bytes, {:.2} %)",
+            report.bundle.display(),
+            report.bundle_size,
+            source_size,
+            100.0 * report.bundle_size as f64 / source_size.max(1) as f64
+        );
+        for (i, l) in report.layers.iter().enumerate() {
+            let how = match &l.encoding {
+                LayerEncoding::Present { base } => format!("on device (in {base})"),
+                LayerEncoding::Literal => "sent".to_owned(),
+            };
+            println!(
+                "  layer {i} {} {:>12} bytes: {how}, {} payload bytes",
+                l.diff_id.short(),
+                l.size,
+                l.payload_bytes
+            );
+        }
+        println!(
+            "unsigned: export the statement with `sideload statement {}`, sign it offline with `sideload-sign sign`, then `sideload attach`",
+            report.bundle.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Repository and tag from the first `repo:tag` the source gives, with any registry host
+/// removed (the device stores images under its own registry).
+fn default_name(repo_tags: &[String]) -> (Option<String>, Option<String>) {
+    let Some(first) = repo_tags.first() else {
+        return (None, None);
+    };
+    let (name, tag) = match first.rfind(':') {
+        Some(i) if !first[i..].contains('/') => (&first[..i], Some(first[i + 1..].to_owned())),
+        _ => (first.as_str(), None),
+    };
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        parts.remove(0);
+    }
+    (Some(parts.join("/")), tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn names_from_repo_tags() {
+        let n = |s: &str| default_name(&[s.to_owned()]);
+        assert_eq!(n("edge/app:v2"), (Some("edge/app".into()), Some("v2".into())));
+        assert_eq!(n("localhost:5000/edge/app:v2"), (Some("edge/app".into()), Some("v2".into())));
+        assert_eq!(n("registry.example/app"), (Some("app".into()), None));
+        assert_eq!(default_name(&[]), (None, None));
+    }
+}

@@ -1,0 +1,54 @@
+//! One module per subcommand; helpers they share.
+
+pub mod apply;
+pub mod build;
+pub mod inspect;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use sideload_bundle::image::{open_image, BasicAuth, ImageLocation, ImageSource, OpenOptions};
+
+use crate::RegistryArgs;
+
+/// Current time, Unix seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Prints a JSON value on stdout, pretty.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON serializes"));
+}
+
+/// Opens every image reference, in order.
+pub fn open_images(references: &[String], registry: &RegistryArgs) -> Result<Vec<Box<dyn ImageSource>>> {
+    let auth = match &registry.registry_user {
+        Some(user) => Some(BasicAuth {
+            username: user.clone(),
+            password: std::env::var(&registry.registry_password_env).with_context(|| {
+                format!(
+                    "--registry-user is set but the password variable {} is not",
+                    registry.registry_password_env
+                )
+            })?,
+        }),
+        None => None,
+    };
+    let options = OpenOptions {
+        auth,
+        insecure_registries: registry.insecure_registries.clone(),
+        cache_dir: registry.cache_dir.clone(),
+        ..OpenOptions::default()
+    };
+    references
+        .iter()
+        .map(|r| {
+            let location: ImageLocation = r.parse().with_context(|| format!("image reference {r}"))?;
+            open_image(&location, &options).with_context(|| format!("opening image {r}"))
+        })
+        .collect()
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The end-to-end demo on defaults: make two real images, make signing keys, build a bundle from
+# v1 to v2, sign it "offline", verify it, apply it on a pretend device that holds v1, and show
+# with skopeo that the rebuilt image is the source image (same config digest, same layers).
+# Needs no arguments; writes everything under ./demo-output (removed and made anew).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/install-deps.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+step "Building sideload (release)"
+cargo build --release --locked --quiet --workspace --examples
+BIN=target/release
+OUT=demo-output
+rm -rf "$OUT"
+mkdir -p "$OUT"/{images,device,keys,offline}
+
+step "1. Two real images from real files: edge/app:v1 and edge/app:v2 (same base layer, updated app layer)"
+run "$BIN/examples/make-demo-images" "$OUT/images"
+
+step "2. The device already holds v1, as 'docker save' writes it"
+run skopeo copy --quiet "oci:$OUT/images/app-v1:v1" "docker-archive:$OUT/device/app-v1.tar:edge/app:v1"
+
+step "3. Three release keys on the air-gapped signing machine"
+for name in alice bob carol; do
+  run "$BIN/sideload-sign" keygen --name "$name" --dir "$OUT/keys" --repositories 'edge/*' >/dev/null
+done
+{
+  echo "# Device trust policy: any 2 of these 3 keys, for repositories under edge/"
+  echo "threshold = 2"
+  for name in alice bob carol; do "$BIN/sideload-sign" pubkey "$OUT/keys/$name.pub" --repositories 'edge/*'; done
+} >"$OUT/device/trust.toml"
+echo "wrote $OUT/device/trust.toml (2 of 3)"
+
+step "4. CI builds the bundle v1 → v2 against what the device holds (unsigned) and exports the statement"
+run "$BIN/sideload" build "oci:$OUT/images/app-v2:v2" --base "docker-archive:$OUT/device/app-v1.tar" \
+  --output "$OUT/app-v2.bundle" --repository edge/app --tag v2 \
+  --ordered-by "demo.sh" --contact "release@example.com" \
+  --statement-out "$OUT/offline/app-v2.statement.json"
+
+step "5. Offline: alice and bob sign the statement ($(stat -c %s "$OUT/offline/app-v2.statement.json") bytes cross the air gap, not the payload)"
+run "$BIN/sideload-sign" sign --key "$OUT/keys/alice.key" "$OUT/offline/app-v2.statement.json" -o "$OUT/offline/alice.sig"
+run "$BIN/sideload-sign" sign --key "$OUT/keys/bob.key" "$OUT/offline/app-v2.statement.json" -o "$OUT/offline/bob.sig"
+
+step "6. Attach the signatures (rewrites only the signature slot, not the payload)"
+run "$BIN/sideload" attach "$OUT/app-v2.bundle" "$OUT/offline/alice.sig" "$OUT/offline/bob.sig"
+run "$BIN/sideload" inspect "$OUT/app-v2.bundle"
+
+step "7. On the device: verify against the trust policy"
+run "$BIN/sideload" verify "$OUT/app-v2.bundle" --policy "$OUT/device/trust.toml" --state "$OUT/device/state.json"
+
+step "8. On the device: apply, with the images it holds as bases"
+run "$BIN/sideload" apply "$OUT/app-v2.bundle" --policy "$OUT/device/trust.toml" \
+  --base-dir "$OUT/device" --state "$OUT/device/state.json" \
+  --output "docker-archive:$OUT/device/app-v2.tar"
+
+step "9. Check with skopeo: the rebuilt image is the source image"
+src_config=$(skopeo inspect --config --raw "oci:$OUT/images/app-v2:v2" | sha256sum | cut -d' ' -f1)
+new_config=$(skopeo inspect --config --raw "docker-archive:$OUT/device/app-v2.tar" | sha256sum | cut -d' ' -f1)
+echo "config digest (image ID): source sha256:$src_config"
+echo "                          rebuilt sha256:$new_config"
+[ "$src_config" = "$new_config" ] || { echo "MISMATCH: config differs" >&2; exit 1; }
+# The layers: hash every layer.tar in the rebuilt archive and compare with the config's diff_ids.
+python3 - "$OUT/device/app-v2.tar" <<'PY'
+import hashlib, json, sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    manifest = json.load(t.extractfile("manifest.json"))[0]
+    config = json.load(t.extractfile(manifest["Config"]))
+    for i, (name, diff_id) in enumerate(zip(manifest["Layers"], config["rootfs"]["diff_ids"])):
+        h = hashlib.sha256()
+        f = t.extractfile(name)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        actual = "sha256:" + h.hexdigest()
+        print(f"layer {i}: {actual} {'==' if actual == diff_id else '!='} diff_id")
+        if actual != diff_id:
+            sys.exit(1)
+PY
+echo "the rebuilt image has the source's config and exactly its layers"
+
+step "10. Sizes"
+layers_size=$(du -cb "$OUT"/images/app-v2/blobs/sha256/* | tail -1 | cut -f1)
+bundle_size=$(stat -c %s "$OUT/app-v2.bundle")
+echo "image v2 as stored (gzip blobs): $layers_size bytes; bundle v1 → v2: $bundle_size bytes"
+
+step "11. What a device refuses"
+cp "$OUT/app-v2.bundle" "$OUT/tampered.bundle"
+printf 'X' | dd of="$OUT/tampered.bundle" bs=1 seek=$(( $(stat -c %s "$OUT/tampered.bundle") - 100 )) conv=notrunc status=none
+printf '$ sideload verify tampered.bundle (one payload byte changed)\n'
+"$BIN/sideload" verify "$OUT/tampered.bundle" --policy "$OUT/device/trust.toml" && exit 1 || echo "(exit $?)"
+printf '$ sideload verify app-v2.bundle again (already applied: replay)\n'
+"$BIN/sideload" verify "$OUT/app-v2.bundle" --policy "$OUT/device/trust.toml" --state "$OUT/device/state.json" && exit 1 || echo "(exit $?)"
+
+step "Done: everything is in $OUT/"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages sideload's demo and tests use, from Debian's archive:
+#   docker-registry  the open-source distribution registry (a real registry on loopback)
+#   skopeo           a real registry client and image-format converter
+# Idempotent: installs only what is missing.
+set -euo pipefail
+packages=(docker-registry skopeo ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing: ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
