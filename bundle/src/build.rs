@@ -178,6 +178,8 @@ pub fn build_bundle(
         PayloadWriter::new(HashingWriter::new(zstd)).map_err(io_err("writing payload of"))?;
     writer.config(&image.config.bytes).map_err(io_err("writing payload of"))?;
     writer.extents(&[]).map_err(io_err("writing payload of"))?;
+    // Flush so the config's bytes are not counted against the first layer.
+    writer.get_mut().flush().map_err(io_err("writing payload of"))?;
 
     let mut requires: Vec<Digest> = Vec::new();
     let mut seen_required: HashSet<Digest> = HashSet::new();
