@@ -15,11 +15,16 @@ pub const EXIT_REFUSED: u8 = 3;
 /// Exit code: something failed that is not the bundle's fault (I/O, disk, missing base).
 pub const EXIT_ERROR: u8 = 1;
 
-/// Build, sign-attach, inspect, verify and apply signed image delta bundles.
-///
-/// Exit codes: 0 success, 1 error, 2 usage, 3 bundle refused.
+/// Build, attach signatures to, inspect, verify and apply signed image delta bundles.
 #[derive(Parser)]
-#[command(name = "sideload", version, about, long_about = None)]
+#[command(
+    name = "sideload",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 bundle refused (untrusted, tampered, \
+                  truncated, expired, replayed).\nSigning keys and signatures: the offline tool \
+                  `sideload-sign`.\nLogs: SIDELOAD_LOG=debug."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

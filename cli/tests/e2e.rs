@@ -1,0 +1,231 @@
+//! End to end through the `sideload` binary, as the demo does it: real images from real files,
+//! a `docker save` archive written by skopeo as what the device holds, keys and offline
+//! signatures, build → statement → sign → attach → verify → apply, then the rebuilt image
+//! compared with the source by skopeo and by the image model. Also the exit codes of refusals.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sideload_bundle::image::{open_image, ImageSource, OpenOptions};
+use sideload_signing::{key_entry_toml, write_keypair, SigningKey};
+
+fn sideload(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sideload"))
+        .args(args)
+        .output()
+        .expect("sideload runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sideload(args);
+    assert!(
+        out.status.success(),
+        "sideload {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn skopeo_config_digest(reference: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw", reference])
+        .output()
+        .expect("skopeo runs (installed by test.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sideload_signing::Digest::of_bytes(&out.stdout).to_string()
+}
+
+fn open(reference: &str) -> Box<dyn ImageSource> {
+    open_image(&reference.parse().unwrap(), &OpenOptions::default()).unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    policy: PathBuf,
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    sideload_bundle::demo::make_demo_images(&root.join("images")).unwrap();
+    fs::create_dir_all(root.join("device")).unwrap();
+    let status = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:v1", root.join("images/app-v1").display()),
+            &format!("docker-archive:{}:edge/app:v1", root.join("device/app-v1.tar").display()),
+        ])
+        .status()
+        .expect("skopeo runs (installed by test.sh)");
+    assert!(status.success());
+    let keys = root.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let mut policy = String::from("threshold = 2\n");
+    for name in ["alice", "bob", "carol"] {
+        write_keypair(&keys, name).unwrap();
+        let key = SigningKey::read_pem_file(&keys.join(format!("{name}.key"))).unwrap();
+        policy.push_str(&key_entry_toml(&key.public_key(), &["edge/*".parse().unwrap()], None));
+    }
+    let policy_path = root.join("device/trust.toml");
+    fs::write(&policy_path, policy).unwrap();
+    Setup {
+        _dir: dir,
+        root,
+        policy: policy_path,
+    }
+}
+
+/// Signs the statement file with the named keys as the offline tool does; returns the
+/// signature files.
+fn sign_offline(s: &Setup, statement: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let bytes = fs::read(statement).unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let key = SigningKey::read_pem_file(&s.root.join(format!("keys/{name}.key"))).unwrap();
+            let sig = s.root.join(format!("{name}.sig"));
+            fs::write(&sig, key.sign_statement(&bytes).to_json()).unwrap();
+            sig
+        })
+        .collect()
+}
+
+#[test]
+fn build_sign_verify_apply_reproduces_the_image() {
+    let s = setup();
+    let r = &s.root;
+    let bundle = r.join("app-v2.bundle");
+    let target = format!("oci:{}:v2", r.join("images/app-v2").display());
+    let base = format!("docker-archive:{}", r.join("device/app-v1.tar").display());
+    let report = json(&sideload(&[
+        "build", &target, "--base", &base, "-o", p(&bundle), "--repository", "edge/app", "--tag", "v2",
+        "--sequence", "5", "--ordered-by", "e2e test", "--contact", "ops@example.com", "--level", "9", "--json",
+    ]));
+    assert_eq!(report["layers"][0]["encoding"], "present");
+    assert_eq!(report["layers"][1]["encoding"], "literal");
+    assert!(report["bundle_size"].as_u64().unwrap() < report["source_image_size"].as_u64().unwrap());
+
+    // Unsigned: refused, exit 3, nothing written.
+    let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "unsigned");
+
+    let statement = r.join("app-v2.statement.json");
+    ok(&["statement", p(&bundle), "-o", p(&statement)]);
+    assert!(fs::metadata(&statement).unwrap().len() < 8192, "statement is a few KiB");
+    let sigs = sign_offline(&s, &statement, &["alice", "bob"]);
+    let payload_before = fs::read(&bundle).unwrap();
+    ok(&["attach", p(&bundle), p(&sigs[0]), p(&sigs[1])]);
+    let payload_after = fs::read(&bundle).unwrap();
+    assert_eq!(payload_before.len(), payload_after.len(), "attach keeps the file length");
+    let tail = payload_before.len() - report["payload_size"].as_u64().unwrap() as usize;
+    assert_eq!(payload_before[tail..], payload_after[tail..], "attach leaves the payload alone");
+
+    let inspect = json(&sideload(&["inspect", p(&bundle), "--json"]));
+    assert_eq!(inspect["signed_by"].as_array().unwrap().len(), 2);
+    assert_eq!(inspect["statement"]["target"]["repository"], "edge/app");
+    assert_eq!(inspect["statement"]["ordered_by"], "e2e test");
+
+    let state = r.join("device/state.json");
+    ok(&["verify", p(&bundle), "--policy", p(&s.policy), "--state", p(&state)]);
+    let rebuilt = r.join("device/app-v2.tar");
+    ok(&[
+        "apply", p(&bundle), "--policy", p(&s.policy), "--base-dir", p(&r.join("device")),
+        "--state", p(&state), "--output", &format!("docker-archive:{}", rebuilt.display()),
+    ]);
+
+    // The rebuilt image is the source image: skopeo sees the same config, the image model
+    // the same diff_ids, and every layer stream verifies against its diff_id.
+    let rebuilt_ref = format!("docker-archive:{}", rebuilt.display());
+    assert_eq!(skopeo_config_digest(&rebuilt_ref), skopeo_config_digest(&target));
+    let (a, b) = (open(&rebuilt_ref), open(&target));
+    assert_eq!(a.image().config.digest, b.image().config.digest);
+    assert_eq!(a.image().diff_ids(), b.image().diff_ids());
+    assert_eq!(a.image().repo_tags, vec!["edge/app:v2".to_owned()]);
+    for i in 0..a.image().layers.len() {
+        std::io::copy(&mut a.open_layer(i).unwrap(), &mut std::io::sink()).unwrap();
+    }
+
+    // Replay: the state now records sequence 5.
+    let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--state", p(&state), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "rollback");
+
+    // A tampered copy: refused with exit 3, and apply writes nothing.
+    let tampered = r.join("tampered.bundle");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let at = bytes.len() - 50;
+    bytes[at] ^= 0xff;
+    fs::write(&tampered, bytes).unwrap();
+    let out = sideload(&["verify", p(&tampered), "--policy", p(&s.policy), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "payload_digest_mismatch");
+    let never = r.join("never.tar");
+    let out = sideload(&[
+        "apply", p(&tampered), "--policy", p(&s.policy), "--base-dir", p(&r.join("device")),
+        "--output", &format!("docker-archive:{}", never.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tampered.bundle"));
+    assert!(!never.exists());
+
+    // Without the base image: an error (exit 1), not a refusal; nothing written.
+    let empty = r.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let out = sideload(&[
+        "apply", p(&bundle), "--policy", p(&s.policy), "--base-dir", p(&empty),
+        "--output", &format!("oci:{}", never.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs base layer"));
+    assert!(!never.exists());
+}
+
+#[test]
+fn one_signature_is_not_enough_for_two_of_three() {
+    let s = setup();
+    let r = &s.root;
+    let bundle = r.join("one.bundle");
+    let statement = r.join("one.statement.json");
+    ok(&[
+        "build", &format!("oci:{}:v2", r.join("images/app-v2").display()), "-o", p(&bundle),
+        "--repository", "edge/app", "--level", "3", "--statement-out", p(&statement),
+    ]);
+    let sigs = sign_offline(&s, &statement, &["carol"]);
+    ok(&["attach", p(&bundle), p(&sigs[0])]);
+    let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report = json(&out);
+    assert_eq!(report["code"], "too_few_signatures");
+    assert!(report["advice"].as_str().unwrap().len() > 10);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["build", "inspect", "statement", "attach", "verify", "apply"] {
+        let out = ok(&[cmd, "--help"]);
+        assert!(out.contains("Usage: sideload"), "{cmd}: {out}");
+    }
+    let out = ok(&["--help"]);
+    assert!(out.contains("3 bundle refused"));
+    // Usage errors exit 2.
+    assert_eq!(sideload(&["build"]).status.code(), Some(2));
+}
