@@ -415,8 +415,8 @@ fn gather_extents(
     }
     for pair in extents.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let ordered = (a.requires_index, a.offset.saturating_add(a.len)) <= (b.requires_index, b.offset)
-            || a.requires_index < b.requires_index;
+        let ordered =
+            (a.requires_index, a.offset.saturating_add(a.len)) <= (b.requires_index, b.offset);
         if !ordered {
             return Err(corrupt("extents are not sorted and disjoint".into()));
         }
@@ -458,7 +458,7 @@ fn gather_extents(
                     extent.offset, extent.len
                 )));
             }
-            pos = extent.offset + extent.len;
+            pos = extent.offset.saturating_add(extent.len);
         }
         // Read to the end so the base layer's digest is checked: scratch data must come from
         // the layer the statement names, not from a damaged copy.

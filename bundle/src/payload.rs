@@ -393,6 +393,45 @@ mod tests {
         r.expect_eof().unwrap();
     }
 
+    /// Random record streams: the reader returns records or errors, never panics, and never
+    /// allocates more than the extents cap allows.
+    #[test]
+    fn random_streams_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes = PAYLOAD_MAGIC.to_vec();
+            // Bias towards valid tags so parsing gets past the first record.
+            for i in 0..len {
+                let r = next();
+                bytes.push(if i % 9 == 0 {
+                    [TAG_CONFIG, TAG_EXTENTS, TAG_LAYER, TAG_LITERAL, TAG_COPY, TAG_PATCH_BSDIFF, TAG_END][(r % 7) as usize]
+                } else {
+                    r as u8
+                });
+            }
+            let mut reader = PayloadReader::new(&bytes[..], 4);
+            for _ in 0..16 {
+                match reader.next_record() {
+                    Ok(Record::Literal { len }) | Ok(Record::Patch { patch_len: len, .. }) => {
+                        let _ = io::copy(&mut reader.body(len), &mut io::sink());
+                    }
+                    Ok(Record::Config { len }) => {
+                        let _ = io::copy(&mut reader.body(len.into()), &mut io::sink());
+                    }
+                    Ok(Record::End) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+
     #[test]
     fn hostile_counts_and_tags() {
         // An extents count over the cap is refused before anything is allocated for it.

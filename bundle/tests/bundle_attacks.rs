@@ -574,3 +574,31 @@ fn hostile_tar_names_are_data_not_paths() {
         assert!(!path.exists(), "{} was created", path.display());
     }
 }
+
+/// Random multi-byte damage anywhere in a bundle: always an error (never a panic, never an
+/// output), whatever the damage hits.
+#[test]
+fn random_damage_is_always_refused() {
+    let f = fixture();
+    let bytes = fs::read(&f.bundle).unwrap();
+    let path = f.dir.path().join("random.bundle");
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + next() % 8 {
+            let at = (next() % b.len() as u64) as usize;
+            b[at] = next() as u8;
+        }
+        if b == bytes {
+            continue;
+        }
+        fs::write(&path, &b).unwrap();
+        f.assert_refused(&path, |e| e.is_refusal());
+    }
+}
