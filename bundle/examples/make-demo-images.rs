@@ -7,8 +7,16 @@ fn main() {
         .unwrap_or_else(|| "demo-output/images".to_owned());
     match sideload_bundle::demo::make_demo_images(std::path::Path::new(&out)) {
         Ok(images) => {
-            println!("{}  edge/app:v1  manifest {}", images.v1.display(), images.v1_manifest);
-            println!("{}  edge/app:v2  manifest {}", images.v2.display(), images.v2_manifest);
+            println!(
+                "{}  edge/app:v1  manifest {}",
+                images.v1.display(),
+                images.v1_manifest
+            );
+            println!(
+                "{}  edge/app:v2  manifest {}",
+                images.v2.display(),
+                images.v2_manifest
+            );
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -35,7 +35,8 @@ pub trait BaseStore {
     fn contains(&self, diff_id: &Digest) -> bool;
     /// Opens a held layer as its uncompressed stream (which fails at its end on a digest
     /// mismatch). `None` if the layer is not held.
-    fn open_layer(&self, diff_id: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError>;
+    fn open_layer(&self, diff_id: &Digest)
+        -> Result<Option<Box<dyn Read + Send + '_>>, ImageError>;
 }
 
 /// A [`BaseStore`] over a set of images (archives, layouts) on disk.
@@ -67,7 +68,10 @@ impl BaseStore for ImageSet {
         self.by_diff_id.contains_key(diff_id)
     }
 
-    fn open_layer(&self, diff_id: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+    fn open_layer(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
         match self.by_diff_id.get(diff_id) {
             Some(&(i, j)) => self.images[i].open_layer(j).map(Some),
             None => Ok(None),
@@ -156,7 +160,11 @@ pub fn apply_trusted(
     let image_bytes: u64 = statement.target.layers.iter().map(|l| l.size).sum::<u64>()
         + statement.target.manifest.len() as u64
         + (1 << 20);
-    let copies = if matches!(output, Output::DockerArchive(_)) { 2 } else { 1 };
+    let copies = if matches!(output, Output::DockerArchive(_)) {
+        2
+    } else {
+        1
+    };
     let needed = image_bytes * copies + statement.payload.scratch_bytes;
     let available = crate::fsutil::available_space(parent)?;
     if available < needed {
@@ -222,8 +230,7 @@ pub fn apply_trusted(
         }
         Output::DockerArchive(archive) => {
             let reference = format!("oci:{}", layout.display());
-            let source =
-                OciLayoutSource::open(&layout, None, &target.platform, &reference)?;
+            let source = OciLayoutSource::open(&layout, None, &target.platform, &reference)?;
             let tags: Vec<String> = target
                 .tags
                 .iter()
@@ -270,9 +277,18 @@ fn decode_payload(
     // Config first.
     let config_len = match reader.next_record().map_err(record_err)? {
         Record::Config { len } => len,
-        other => return Err(corrupt(format!("expected the config record first, found {other:?}"))),
+        other => {
+            return Err(corrupt(format!(
+                "expected the config record first, found {other:?}"
+            )))
+        }
     };
-    crate::container::check_limit(name, "image config", config_len.into(), limits.max_config.into())?;
+    crate::container::check_limit(
+        name,
+        "image config",
+        config_len.into(),
+        limits.max_config.into(),
+    )?;
     let mut config = Vec::with_capacity(config_len as usize);
     reader
         .body(config_len.into())
@@ -300,7 +316,11 @@ fn decode_payload(
     // Extents, gathered into scratch.
     let extents = match reader.next_record().map_err(record_err)? {
         Record::Extents(e) => e,
-        other => return Err(corrupt(format!("expected the extents record, found {other:?}"))),
+        other => {
+            return Err(corrupt(format!(
+                "expected the extents record, found {other:?}"
+            )))
+        }
     };
     let scratch = gather_extents(name, statement, &extents, bases, staging)?;
 
@@ -320,19 +340,28 @@ fn decode_payload(
                     )));
                 }
                 if !writer.has_blob(&layer.diff_id) {
-                    let stream = bases
-                        .open_layer(&layer.diff_id)?
-                        .ok_or_else(|| Error::MissingBase {
-                            bundle: name.to_owned(),
-                            diff_id: layer.diff_id.clone(),
-                        })?;
+                    let stream =
+                        bases
+                            .open_layer(&layer.diff_id)?
+                            .ok_or_else(|| Error::MissingBase {
+                                bundle: name.to_owned(),
+                                diff_id: layer.diff_id.clone(),
+                            })?;
                     writer.put_blob_verified(stream, &layer.diff_id, Some(layer.size))?;
                 }
                 reused += 1;
             }
             Record::Layer { index: i } if i as usize == index => {
                 let mut blob = writer.blob_writer()?;
-                apply_ops(name, &mut reader, &scratch, layer.size, limits, &mut blob, progress)?;
+                apply_ops(
+                    name,
+                    &mut reader,
+                    &scratch,
+                    layer.size,
+                    limits,
+                    &mut blob,
+                    progress,
+                )?;
                 blob.commit(Some((&layer.diff_id, Some(layer.size))))
                     .map_err(|e| match e {
                         ImageError::DigestMismatch { actual, .. } => Error::LayerMismatch {
@@ -436,15 +465,22 @@ fn gather_extents(
     let mut start = 0;
     while start < extents.len() {
         let which = extents[start].requires_index;
-        let end = start + extents[start..].iter().take_while(|e| e.requires_index == which).count();
-        let diff_id = statement
-            .requires
-            .get(which as usize)
-            .ok_or_else(|| corrupt(format!("extent names base {which}, which the statement does not require")))?;
-        let mut stream = bases.open_layer(diff_id)?.ok_or_else(|| Error::MissingBase {
-            bundle: name.to_owned(),
-            diff_id: diff_id.clone(),
+        let end = start
+            + extents[start..]
+                .iter()
+                .take_while(|e| e.requires_index == which)
+                .count();
+        let diff_id = statement.requires.get(which as usize).ok_or_else(|| {
+            corrupt(format!(
+                "extent names base {which}, which the statement does not require"
+            ))
         })?;
+        let mut stream = bases
+            .open_layer(diff_id)?
+            .ok_or_else(|| Error::MissingBase {
+                bundle: name.to_owned(),
+                diff_id: diff_id.clone(),
+            })?;
         let mut pos = 0u64;
         for extent in &extents[start..end] {
             let skip = extent.offset - pos;
@@ -462,7 +498,8 @@ fn gather_extents(
         }
         // Read to the end so the base layer's digest is checked: scratch data must come from
         // the layer the statement names, not from a damaged copy.
-        io::copy(&mut stream, &mut io::sink()).map_err(Error::io("reading base layer", diff_id.as_str()))?;
+        io::copy(&mut stream, &mut io::sink())
+            .map_err(Error::io("reading base layer", diff_id.as_str()))?;
         start = end;
     }
     let file = out
@@ -479,7 +516,9 @@ impl Scratch {
         let end = offset.checked_add(len);
         match (&self.file, end) {
             (Some(file), Some(end)) if end <= self.len => {
-                let mut f = file.try_clone().map_err(Error::io("reading scratch", "scratch"))?;
+                let mut f = file
+                    .try_clone()
+                    .map_err(Error::io("reading scratch", "scratch"))?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(Error::io("reading scratch", "scratch"))?;
                 Ok(f.take(len))
@@ -532,7 +571,10 @@ fn apply_ops<R: Read>(
                 }
                 progress.advance(len);
             }
-            Record::Copy { scratch_offset, len } => {
+            Record::Copy {
+                scratch_offset,
+                len,
+            } => {
                 claim(len, &mut written)?;
                 io::copy(&mut scratch.range(name, scratch_offset, len)?, out).map_err(write_err)?;
                 progress.advance(len);
@@ -546,7 +588,12 @@ fn apply_ops<R: Read>(
             } => {
                 claim(out_len, &mut written)?;
                 crate::container::check_limit(name, "patch base", base_len, limits.max_patch_base)?;
-                crate::container::check_limit(name, "patch output", out_len, limits.max_patch_output)?;
+                crate::container::check_limit(
+                    name,
+                    "patch output",
+                    out_len,
+                    limits.max_patch_output,
+                )?;
                 // A patch is never much larger than its output (bsdiff's raw form is about
                 // output + 24 bytes per control triple).
                 crate::container::check_limit(
@@ -569,7 +616,8 @@ fn apply_ops<R: Read>(
                         )
                         .map_err(|e| corrupt(format!("zstd patch: {e}")))?;
                         let mut capped = CappedReader::new(&mut dec, out_len, "patch output");
-                        io::copy(&mut capped, out).map_err(|e| corrupt(format!("zstd patch: {e}")))?
+                        io::copy(&mut capped, out)
+                            .map_err(|e| corrupt(format!("zstd patch: {e}")))?
                     }
                     PatchKind::Bsdiff => {
                         let mut new = Vec::with_capacity(out_len as usize);
@@ -583,7 +631,8 @@ fn apply_ops<R: Read>(
                     }
                 };
                 // Both decoders must have consumed the whole patch body.
-                let rest = io::copy(&mut body, &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
+                let rest =
+                    io::copy(&mut body, &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
                 if produced != out_len || rest != 0 {
                     return Err(corrupt(format!(
                         "patch produced {produced} bytes (declared {out_len}) and left {rest} patch bytes unread"

@@ -17,13 +17,13 @@ use sideload_signing::{
 
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
 use crate::error::Error;
-use crate::image::ImageSource;
+use crate::image::digest_reader::HashingWriter;
 use crate::image::spec::media_types::{OCI_LAYER_TAR, OCI_MANIFEST};
 use crate::image::spec::Descriptor;
+use crate::image::ImageSource;
 use crate::manifest::build_manifest;
 use crate::payload::PayloadWriter;
 use crate::progress::Progress;
-use crate::image::digest_reader::HashingWriter;
 
 /// Size of one literal record; also the read buffer of the encoder.
 const LITERAL_CHUNK: usize = 1 << 20;
@@ -157,11 +157,16 @@ pub fn build_bundle(
     let mut on_device: HashMap<&Digest, &str> = HashMap::new();
     for base in bases {
         for layer in &base.image().layers {
-            on_device.entry(&layer.diff_id).or_insert(&base.image().reference);
+            on_device
+                .entry(&layer.diff_id)
+                .or_insert(&base.image().reference);
         }
     }
 
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let io_err = |what| Error::io(what, out);
@@ -176,10 +181,15 @@ pub fn build_bundle(
         .map_err(io_err("configuring zstd for"))?;
     let mut writer =
         PayloadWriter::new(HashingWriter::new(zstd)).map_err(io_err("writing payload of"))?;
-    writer.config(&image.config.bytes).map_err(io_err("writing payload of"))?;
+    writer
+        .config(&image.config.bytes)
+        .map_err(io_err("writing payload of"))?;
     writer.extents(&[]).map_err(io_err("writing payload of"))?;
     // Flush so the config's bytes are not counted against the first layer.
-    writer.get_mut().flush().map_err(io_err("writing payload of"))?;
+    writer
+        .get_mut()
+        .flush()
+        .map_err(io_err("writing payload of"))?;
 
     let mut requires: Vec<Digest> = Vec::new();
     let mut seen_required: HashSet<Digest> = HashSet::new();
@@ -187,28 +197,44 @@ pub fn build_bundle(
     let mut reports = Vec::with_capacity(image.layers.len());
     let mut buf = vec![0u8; LITERAL_CHUNK];
     for (index, layer) in image.layers.iter().enumerate() {
-        let index32 = u32::try_from(index).map_err(|_| Error::InvalidBuild("too many layers".into()))?;
-        progress.start(&format!("layer {}/{}", index + 1, image.layers.len()), layer.blob_size);
+        let index32 =
+            u32::try_from(index).map_err(|_| Error::InvalidBuild("too many layers".into()))?;
+        progress.start(
+            &format!("layer {}/{}", index + 1, image.layers.len()),
+            layer.blob_size,
+        );
         let before = compressed_so_far(&mut writer);
         let mut stream = target.open_layer(index)?;
         let (encoding, size) = if let Some(base) = on_device.get(&layer.diff_id) {
-            writer.present(index32).map_err(io_err("writing payload of"))?;
+            writer
+                .present(index32)
+                .map_err(io_err("writing payload of"))?;
             if seen_required.insert(layer.diff_id.clone()) {
                 requires.push(layer.diff_id.clone());
             }
             // The manifest needs the uncompressed size; counting also checks the diff_id.
             let size = std::io::copy(&mut stream, &mut std::io::sink())
                 .map_err(|e| layer_read_error(image, index, e))?;
-            (LayerEncoding::Present { base: base.to_string() }, size)
+            (
+                LayerEncoding::Present {
+                    base: base.to_string(),
+                },
+                size,
+            )
         } else {
-            writer.begin_layer(index32).map_err(io_err("writing payload of"))?;
+            writer
+                .begin_layer(index32)
+                .map_err(io_err("writing payload of"))?;
             let mut size = 0u64;
             loop {
-                let n = read_full(&mut stream, &mut buf).map_err(|e| layer_read_error(image, index, e))?;
+                let n = read_full(&mut stream, &mut buf)
+                    .map_err(|e| layer_read_error(image, index, e))?;
                 if n == 0 {
                     break;
                 }
-                writer.literal(&buf[..n]).map_err(io_err("writing payload of"))?;
+                writer
+                    .literal(&buf[..n])
+                    .map_err(io_err("writing payload of"))?;
                 size += n as u64;
                 progress.advance(n as u64);
             }
@@ -216,7 +242,10 @@ pub fn build_bundle(
             (LayerEncoding::Literal, size)
         };
         drop(stream);
-        writer.get_mut().flush().map_err(io_err("writing payload of"))?;
+        writer
+            .get_mut()
+            .flush()
+            .map_err(io_err("writing payload of"))?;
         let payload_bytes = compressed_so_far(&mut writer) - before;
         progress.finish();
         layers.push(TargetLayer {
@@ -286,7 +315,8 @@ pub fn build_bundle(
         contact: options.contact.clone(),
     };
 
-    let mut bundle = tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating bundle in", dir))?;
+    let mut bundle =
+        tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating bundle in", dir))?;
     payload_file
         .seek(SeekFrom::Start(0))
         .map_err(io_err("reading back payload of"))?;

@@ -87,8 +87,18 @@ pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<
     }
     let statement_len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
     let slot_len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
-    check_limit(name, "statement", statement_len.into(), limits.max_statement.into())?;
-    check_limit(name, "signature slot", slot_len.into(), limits.max_signature_slot.into())?;
+    check_limit(
+        name,
+        "statement",
+        statement_len.into(),
+        limits.max_statement.into(),
+    )?;
+    check_limit(
+        name,
+        "signature slot",
+        slot_len.into(),
+        limits.max_signature_slot.into(),
+    )?;
 
     let mut statement_bytes = vec![0u8; statement_len as usize];
     read_part(reader, &mut statement_bytes, name, "statement")?;
@@ -199,7 +209,9 @@ fn decode_slot(slot: &[u8], name: &str, limits: &Limits) -> Result<Vec<Signature
     };
     let end = slot.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
     if end == 0 {
-        return Err(malformed("the slot is empty (not even an empty list)".into()));
+        return Err(malformed(
+            "the slot is empty (not even an empty list)".into(),
+        ));
     }
     let signatures: Vec<Signature> =
         serde_json::from_slice(&slot[..end]).map_err(|e| malformed(e.to_string()))?;
@@ -213,7 +225,12 @@ fn decode_slot(slot: &[u8], name: &str, limits: &Limits) -> Result<Vec<Signature
     Ok(signatures)
 }
 
-fn read_part(reader: &mut impl Read, buf: &mut [u8], name: &str, part: &'static str) -> Result<(), Error> {
+fn read_part(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    name: &str,
+    part: &'static str,
+) -> Result<(), Error> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -239,7 +256,12 @@ fn read_part(reader: &mut impl Read, buf: &mut [u8], name: &str, part: &'static 
     Ok(())
 }
 
-pub(crate) fn check_limit(name: &str, field: &'static str, value: u64, limit: u64) -> Result<(), Error> {
+pub(crate) fn check_limit(
+    name: &str,
+    field: &'static str,
+    value: u64,
+    limit: u64,
+) -> Result<(), Error> {
     if value > limit {
         return Err(Error::OverLimit {
             bundle: name.to_owned(),

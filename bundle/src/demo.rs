@@ -84,7 +84,11 @@ pub fn make_demo_images(out: &Path) -> Result<DemoImages, ImageError> {
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             format!("APP_VERSION={version}"),
         ],
-        labels: [("org.opencontainers.image.version".to_owned(), version.to_owned())].into(),
+        labels: [(
+            "org.opencontainers.image.version".to_owned(),
+            version.to_owned(),
+        )]
+        .into(),
         ..ConfigExtras::default()
     };
     let v1 = out.join("app-v1");
@@ -142,7 +146,13 @@ fn make_app(root: &Path, version: &str) -> io::Result<()> {
 fn upgrade(root: &Path) -> io::Result<()> {
     let lib = root.join("opt/app/app-1.1/lib");
     let mut changed = 0;
-    for module in ["Carp.pm", "Exporter.pm", "Config.pm", "strict.pm", "warnings.pm"] {
+    for module in [
+        "Carp.pm",
+        "Exporter.pm",
+        "Config.pm",
+        "strict.pm",
+        "warnings.pm",
+    ] {
         let path = lib.join(module);
         if path.is_file() {
             let mut text = fs::read(&path)?;
@@ -152,7 +162,9 @@ fn upgrade(root: &Path) -> io::Result<()> {
         }
     }
     if changed == 0 {
-        return Err(io::Error::other(format!("{APP_DIR} has no modules to change")));
+        return Err(io::Error::other(format!(
+            "{APP_DIR} has no modules to change"
+        )));
     }
     fs::write(
         root.join("opt/app/app.conf"),

@@ -7,7 +7,11 @@ use crate::image::spec::{ConfigSpec, Descriptor, ManifestSpec};
 
 /// The OCI manifest for an image whose layers are stored as given. Deterministic bytes: the
 /// statement carries them and the device must reproduce their digest.
-pub fn build_manifest(config_digest: &Digest, config_size: u64, layers: Vec<Descriptor>) -> Vec<u8> {
+pub fn build_manifest(
+    config_digest: &Digest,
+    config_size: u64,
+    layers: Vec<Descriptor>,
+) -> Vec<u8> {
     let manifest = ManifestSpec {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_owned()),

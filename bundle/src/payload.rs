@@ -143,7 +143,9 @@ impl<R: Read> PayloadReader<R> {
             let mut magic = [0u8; 8];
             self.inner.read_exact(&mut magic).map_err(eof_as_invalid)?;
             if magic != PAYLOAD_MAGIC {
-                return Err(RecordError::Invalid("payload does not start with SLPAYLD1".into()));
+                return Err(RecordError::Invalid(
+                    "payload does not start with SLPAYLD1".into(),
+                ));
             }
             self.started = true;
         }
@@ -411,7 +413,15 @@ mod tests {
             for i in 0..len {
                 let r = next();
                 bytes.push(if i % 9 == 0 {
-                    [TAG_CONFIG, TAG_EXTENTS, TAG_LAYER, TAG_LITERAL, TAG_COPY, TAG_PATCH_BSDIFF, TAG_END][(r % 7) as usize]
+                    [
+                        TAG_CONFIG,
+                        TAG_EXTENTS,
+                        TAG_LAYER,
+                        TAG_LITERAL,
+                        TAG_COPY,
+                        TAG_PATCH_BSDIFF,
+                        TAG_END,
+                    ][(r % 7) as usize]
                 } else {
                     r as u8
                 });
@@ -438,15 +448,24 @@ mod tests {
         let mut bytes = PAYLOAD_MAGIC.to_vec();
         bytes.push(TAG_EXTENTS);
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-        let err = PayloadReader::new(&bytes[..], 1000).next_record().unwrap_err();
-        assert!(err.to_string().contains("more than the 1000 allowed"), "{err}");
+        let err = PayloadReader::new(&bytes[..], 1000)
+            .next_record()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 1000 allowed"),
+            "{err}"
+        );
 
         let mut bytes = PAYLOAD_MAGIC.to_vec();
         bytes.push(0x77);
-        let err = PayloadReader::new(&bytes[..], 10).next_record().unwrap_err();
+        let err = PayloadReader::new(&bytes[..], 10)
+            .next_record()
+            .unwrap_err();
         assert!(err.to_string().contains("unknown record type 0x77"));
 
-        let err = PayloadReader::new(&b"SLPAYLD"[..], 10).next_record().unwrap_err();
+        let err = PayloadReader::new(&b"SLPAYLD"[..], 10)
+            .next_record()
+            .unwrap_err();
         assert!(err.to_string().contains("middle of a record"));
     }
 }

@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn capped_reader_stops_overrun() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let mut ok = CappedReader::new(&data[..], 100, "x");
         assert_eq!(io::copy(&mut ok, &mut io::sink()).unwrap(), 100);
         let mut over = CappedReader::new(&data[..], 99, "payload");

@@ -9,9 +9,9 @@ use sideload_signing::{verify_statement, Statement, TrustPolicy, VerifyContext};
 
 use crate::container::{check_limit, open_bundle, BundleHead};
 use crate::error::Error;
+use crate::image::digest_reader::digest_of_reader;
 use crate::limits::Limits;
 use crate::manifest::check_statement_manifest;
-use crate::image::digest_reader::digest_of_reader;
 
 /// A bundle whose statement and signatures the trust policy accepted, with the file positioned
 /// at the start of the payload. The payload itself is not checked yet.
@@ -74,7 +74,12 @@ pub fn check_statement(name: &str, statement: &Statement, limits: &Limits) -> Re
     check_limit(name, "payload", p.size, limits.max_payload)?;
     check_limit(name, "decoded payload", p.decoded_size, limits.max_decoded)?;
     check_limit(name, "scratch store", p.scratch_bytes, limits.max_scratch)?;
-    check_limit(name, "zstd window log", p.window_log.into(), limits.max_window_log.into())?;
+    check_limit(
+        name,
+        "zstd window log",
+        p.window_log.into(),
+        limits.max_window_log.into(),
+    )?;
     check_limit(
         name,
         "layer count",

@@ -36,7 +36,9 @@ struct Fixture {
 }
 
 fn open(layout: &Path) -> Box<dyn ImageSource> {
-    Box::new(OciLayoutSource::open(layout, None, &linux_amd64(), &layout.display().to_string()).unwrap())
+    Box::new(
+        OciLayoutSource::open(layout, None, &linux_amd64(), &layout.display().to_string()).unwrap(),
+    )
 }
 
 fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
@@ -54,13 +56,21 @@ fn keys(n: usize) -> Vec<SigningKey> {
 fn policy_for(keys: &[&SigningKey], threshold: usize) -> TrustPolicy {
     let mut text = format!("threshold = {threshold}\n");
     for k in keys {
-        text.push_str(&key_entry_toml(&k.public_key(), &["edge/*".parse().unwrap()], None));
+        text.push_str(&key_entry_toml(
+            &k.public_key(),
+            &["edge/*".parse().unwrap()],
+            None,
+        ));
     }
     TrustPolicy::from_toml(&text, Path::new("test-policy.toml")).unwrap()
 }
 
 fn options() -> BuildOptions {
-    let mut o = BuildOptions::new("edge/app".parse().unwrap(), vec!["v2".parse().unwrap()], NOW);
+    let mut o = BuildOptions::new(
+        "edge/app".parse().unwrap(),
+        vec!["v2".parse().unwrap()],
+        NOW,
+    );
     o.sequence = 10;
     o.zstd_level = 3;
     o
@@ -68,34 +78,85 @@ fn options() -> BuildOptions {
 
 fn sign(bundle: &Path, keys: &[&SigningKey]) {
     let (head, _) = sideload_bundle::open_bundle(bundle, &Limits::default()).unwrap();
-    let sigs: Vec<Signature> = keys.iter().map(|k| k.sign_statement(&head.statement_bytes)).collect();
+    let sigs: Vec<Signature> = keys
+        .iter()
+        .map(|k| k.sign_statement(&head.statement_bytes))
+        .collect();
     sideload_bundle::attach_signatures(bundle, &sigs, &Limits::default()).unwrap();
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    let licence = fs::read("/usr/share/common-licenses/Apache-2.0").unwrap_or_else(|_| b"licence text ".repeat(500));
-    write_tree(&src.join("base"), &[("etc/os-release", b"ID=demo\n"), ("usr/share/licence", &licence)]);
-    write_tree(&src.join("app1"), &[("opt/app/app.conf", b"version = 1\n"), ("opt/app/readme", &licence[..2000])]);
-    write_tree(&src.join("app2"), &[("opt/app/app.conf", b"version = 2\n"), ("opt/app/readme", &licence[..2500])]);
+    let licence = fs::read("/usr/share/common-licenses/Apache-2.0")
+        .unwrap_or_else(|_| b"licence text ".repeat(500));
+    write_tree(
+        &src.join("base"),
+        &[
+            ("etc/os-release", b"ID=demo\n"),
+            ("usr/share/licence", &licence),
+        ],
+    );
+    write_tree(
+        &src.join("app1"),
+        &[
+            ("opt/app/app.conf", b"version = 1\n"),
+            ("opt/app/readme", &licence[..2000]),
+        ],
+    );
+    write_tree(
+        &src.join("app2"),
+        &[
+            ("opt/app/app.conf", b"version = 2\n"),
+            ("opt/app/readme", &licence[..2500]),
+        ],
+    );
     let v1 = dir.path().join("v1");
     let v2 = dir.path().join("v2");
-    build_image(&v1, "v1", &[&src.join("base"), &src.join("app1")], &ConfigExtras::default()).unwrap();
-    build_image(&v2, "v2", &[&src.join("base"), &src.join("app2")], &ConfigExtras::default()).unwrap();
+    build_image(
+        &v1,
+        "v1",
+        &[&src.join("base"), &src.join("app1")],
+        &ConfigExtras::default(),
+    )
+    .unwrap();
+    build_image(
+        &v2,
+        "v2",
+        &[&src.join("base"), &src.join("app2")],
+        &ConfigExtras::default(),
+    )
+    .unwrap();
     let keys = keys(3);
     let policy = policy_for(&[&keys[0], &keys[1], &keys[2]], 2);
     let bundle = dir.path().join("app.bundle");
     let target = open(&v2);
     let base = open(&v1);
-    build_bundle(target.as_ref(), &[base.as_ref()], &options(), &bundle, &NoProgress).unwrap();
+    build_bundle(
+        target.as_ref(),
+        &[base.as_ref()],
+        &options(),
+        &bundle,
+        &NoProgress,
+    )
+    .unwrap();
     sign(&bundle, &[&keys[0], &keys[1]]);
-    Fixture { dir, keys, policy, v1, v2, bundle }
+    Fixture {
+        dir,
+        keys,
+        policy,
+        v1,
+        v2,
+        bundle,
+    }
 }
 
 impl Fixture {
     fn ctx(&self) -> VerifyContext {
-        VerifyContext { now: NOW + 60, recorded_sequence: None }
+        VerifyContext {
+            now: NOW + 60,
+            recorded_sequence: None,
+        }
     }
 
     fn bases(&self) -> ImageSet {
@@ -105,7 +166,15 @@ impl Fixture {
     /// Applies `bundle` to a fresh output path; returns the result and whether the output exists.
     fn apply(&self, bundle: &Path, ctx: &VerifyContext) -> (Result<(), Error>, bool) {
         let out = self.dir.path().join(format!("out-{}", rand_suffix()));
-        let result = apply_bundle(bundle, &self.policy, ctx, &self.bases(), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress);
+        let result = apply_bundle(
+            bundle,
+            &self.policy,
+            ctx,
+            &self.bases(),
+            &Output::OciLayout(out.clone()),
+            &Limits::default(),
+            &NoProgress,
+        );
         (result.map(|_| ()), out.exists())
     }
 
@@ -132,14 +201,20 @@ impl Fixture {
         let bytes = fs::read(&self.bundle).unwrap();
         let head = read_head(&mut &bytes[..], "b", &Limits::default()).unwrap();
         let payload = bytes[head.payload_offset() as usize..].to_vec();
-        (Statement::from_canonical_json(&head.statement_bytes).unwrap(), payload)
+        (
+            Statement::from_canonical_json(&head.statement_bytes).unwrap(),
+            payload,
+        )
     }
 
     /// Writes a bundle with the given statement and payload, signed by keys 0 and 1.
     fn forge(&self, name: &str, statement: &Statement, payload: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);
         let bytes = statement.to_canonical_json();
-        let sigs = [self.keys[0].sign_statement(&bytes), self.keys[1].sign_statement(&bytes)];
+        let sigs = [
+            self.keys[0].sign_statement(&bytes),
+            self.keys[1].sign_statement(&bytes),
+        ];
         let mut f = fs::File::create(&path).unwrap();
         write_bundle(&mut f, &bytes, &sigs, 4096, &mut &payload[..]).unwrap();
         path
@@ -158,7 +233,11 @@ impl Fixture {
     fn layer_bytes(&self, layout: &Path, index: usize) -> Vec<u8> {
         let source = open(layout);
         let mut bytes = Vec::new();
-        source.open_layer(index).unwrap().read_to_end(&mut bytes).unwrap();
+        source
+            .open_layer(index)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
         bytes
     }
 
@@ -174,7 +253,12 @@ fn rand_suffix() -> String {
 }
 
 fn no_staging(dir: &Path) -> bool {
-    fs::read_dir(dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".sideload-apply-"))
+    fs::read_dir(dir).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".sideload-apply-")
+    })
 }
 
 fn refusal(err: &Error) -> Option<&Refusal> {
@@ -188,27 +272,61 @@ fn refusal(err: &Error) -> Option<&Refusal> {
 fn applies_and_rebuilds_the_exact_image() {
     let f = fixture();
     let out = f.dir.path().join("rebuilt");
-    let report = apply_bundle(&f.bundle, &f.policy, &f.ctx(), &f.bases(), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress).unwrap();
+    let report = apply_bundle(
+        &f.bundle,
+        &f.policy,
+        &f.ctx(),
+        &f.bases(),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!((report.rebuilt_layers, report.reused_layers), (1, 1));
     let rebuilt = open(&out);
     let source = open(&f.v2);
     assert_eq!(rebuilt.image().config.digest, source.image().config.digest);
     assert_eq!(rebuilt.image().diff_ids(), source.image().diff_ids());
-    assert_eq!(rebuilt.image().manifest.as_ref().unwrap().digest, report.statement.target.manifest_digest);
+    assert_eq!(
+        rebuilt.image().manifest.as_ref().unwrap().digest,
+        report.statement.target.manifest_digest
+    );
     for i in 0..2 {
         assert_eq!(f.layer_bytes(&out, i), f.layer_bytes(&f.v2, i), "layer {i}");
     }
     // Errors say which bundle they are about.
-    let (err, _) = f.apply(&f.bundle, &VerifyContext { now: NOW + 60, recorded_sequence: Some(10) });
-    assert!(err.unwrap_err().to_string().starts_with("app.bundle: refused"));
+    let (err, _) = f.apply(
+        &f.bundle,
+        &VerifyContext {
+            now: NOW + 60,
+            recorded_sequence: Some(10),
+        },
+    );
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .starts_with("app.bundle: refused"));
 }
 
 #[test]
 fn docker_archive_output_is_the_same_image() {
     let f = fixture();
     let out = f.dir.path().join("rebuilt.tar");
-    apply_bundle(&f.bundle, &f.policy, &f.ctx(), &f.bases(), &Output::DockerArchive(out.clone()), &Limits::default(), &NoProgress).unwrap();
-    let rebuilt = sideload_bundle::image::open_image(&format!("docker-archive:{}", out.display()).parse().unwrap(), &Default::default()).unwrap();
+    apply_bundle(
+        &f.bundle,
+        &f.policy,
+        &f.ctx(),
+        &f.bases(),
+        &Output::DockerArchive(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let rebuilt = sideload_bundle::image::open_image(
+        &format!("docker-archive:{}", out.display()).parse().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
     let source = open(&f.v2);
     assert_eq!(rebuilt.image().config.digest, source.image().config.digest);
     assert_eq!(rebuilt.image().diff_ids(), source.image().diff_ids());
@@ -221,7 +339,11 @@ fn against_itself_the_payload_is_a_few_hundred_bytes() {
     let out = f.dir.path().join("self.bundle");
     let v2 = open(&f.v2);
     let report = build_bundle(v2.as_ref(), &[v2.as_ref()], &options(), &out, &NoProgress).unwrap();
-    assert!(report.statement.payload.size < 1000, "payload {} bytes", report.statement.payload.size);
+    assert!(
+        report.statement.payload.size < 1000,
+        "payload {} bytes",
+        report.statement.payload.size
+    );
     assert_eq!(report.statement.requires.len(), 2);
 }
 
@@ -230,10 +352,18 @@ fn without_base_the_payload_is_smaller_than_the_gzip_image() {
     let dir = tempfile::tempdir().unwrap();
     let images = sideload_bundle::demo::make_demo_images(dir.path()).unwrap();
     let v2 = open(&images.v2);
-    let gzip_size: u64 = v2.image().layers.iter().map(|l| l.blob_size).sum::<u64>() + v2.image().config.bytes.len() as u64;
+    let gzip_size: u64 = v2.image().layers.iter().map(|l| l.blob_size).sum::<u64>()
+        + v2.image().config.bytes.len() as u64;
     let mut o = options();
     o.zstd_level = 19;
-    let report = build_bundle(v2.as_ref(), &[], &o, &dir.path().join("full.bundle"), &NoProgress).unwrap();
+    let report = build_bundle(
+        v2.as_ref(),
+        &[],
+        &o,
+        &dir.path().join("full.bundle"),
+        &NoProgress,
+    )
+    .unwrap();
     assert!(report.statement.requires.is_empty());
     assert!(
         report.statement.payload.size < gzip_size,
@@ -249,8 +379,27 @@ fn two_of_three_and_a_policy_trusting_only_one_signer() {
     // Trusts key 0 and key 2, needs both: key 1's signature is from an unknown key.
     let narrow = policy_for(&[&f.keys[0], &f.keys[2]], 2);
     let out = f.dir.path().join("narrow");
-    let err = apply_bundle(&f.bundle, &narrow, &f.ctx(), &f.bases(), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress).unwrap_err();
-    assert!(matches!(refusal(&err), Some(Refusal::UnknownKey { valid: 1, required: 2, .. })), "{err:?}");
+    let err = apply_bundle(
+        &f.bundle,
+        &narrow,
+        &f.ctx(),
+        &f.bases(),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            refusal(&err),
+            Some(Refusal::UnknownKey {
+                valid: 1,
+                required: 2,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     assert!(!out.exists());
 }
 
@@ -262,21 +411,51 @@ fn unknown_key_expired_and_replayed() {
     // Replace the signatures by one from a key nobody trusts.
     let (head, _) = sideload_bundle::open_bundle(&unknown, &Limits::default()).unwrap();
     let mut bytes = fs::read(&unknown).unwrap();
-    let slot = format!("[{}]", stranger[0].sign_statement(&head.statement_bytes).to_json().trim());
+    let slot = format!(
+        "[{}]",
+        stranger[0]
+            .sign_statement(&head.statement_bytes)
+            .to_json()
+            .trim()
+    );
     let at = head.signature_slot_offset() as usize;
     bytes[at..at + head.signature_slot as usize].fill(b' ');
     bytes[at..at + slot.len()].copy_from_slice(slot.as_bytes());
     fs::write(&unknown, bytes).unwrap();
-    let err = f.assert_refused(&unknown, |e| matches!(refusal(e), Some(Refusal::UnknownKey { .. })));
+    let err = f.assert_refused(&unknown, |e| {
+        matches!(refusal(e), Some(Refusal::UnknownKey { .. }))
+    });
     assert_eq!(err.code(), "unknown_key");
 
-    let (result, exists) = f.apply(&f.bundle, &VerifyContext { now: NOW + 91 * 24 * 3600, recorded_sequence: None });
-    assert!(matches!(refusal(&result.unwrap_err()), Some(Refusal::Expired { .. })));
+    let (result, exists) = f.apply(
+        &f.bundle,
+        &VerifyContext {
+            now: NOW + 91 * 24 * 3600,
+            recorded_sequence: None,
+        },
+    );
+    assert!(matches!(
+        refusal(&result.unwrap_err()),
+        Some(Refusal::Expired { .. })
+    ));
     assert!(!exists);
 
-    let (result, exists) = f.apply(&f.bundle, &VerifyContext { now: NOW + 60, recorded_sequence: Some(10) });
+    let (result, exists) = f.apply(
+        &f.bundle,
+        &VerifyContext {
+            now: NOW + 60,
+            recorded_sequence: Some(10),
+        },
+    );
     let err = result.unwrap_err();
-    assert!(matches!(refusal(&err), Some(Refusal::Rollback { sequence: 10, recorded: 10, .. })));
+    assert!(matches!(
+        refusal(&err),
+        Some(Refusal::Rollback {
+            sequence: 10,
+            recorded: 10,
+            ..
+        })
+    ));
     assert!(err.advice().contains("higher sequence"), "{}", err.advice());
     assert!(!exists);
 }
@@ -329,16 +508,35 @@ fn flipped_bytes_in_every_part_are_refused() {
     for at in statement_range {
         flip(at);
         f.assert_refused(&path, |e| {
-            matches!(refusal(e), Some(Refusal::BadSignature { .. } | Refusal::MalformedStatement(_) | Refusal::UnknownFormatVersion { .. }))
+            matches!(
+                refusal(e),
+                Some(
+                    Refusal::BadSignature { .. }
+                        | Refusal::MalformedStatement(_)
+                        | Refusal::UnknownFormatVersion { .. }
+                )
+            )
         });
     }
     // Signatures: every byte of the used part of the slot.
-    let used = slot_range.start + bytes[slot_range.clone()].iter().rposition(|&b| b != b' ').unwrap() + 1;
+    let used = slot_range.start
+        + bytes[slot_range.clone()]
+            .iter()
+            .rposition(|&b| b != b' ')
+            .unwrap()
+        + 1;
     for at in slot_range.start..used {
         flip(at);
         f.assert_refused(&path, |e| {
             matches!(e, Error::MalformedSignatures { .. })
-                || matches!(refusal(e), Some(Refusal::BadSignature { .. } | Refusal::UnknownKey { .. } | Refusal::TooFewSignatures { .. }))
+                || matches!(
+                    refusal(e),
+                    Some(
+                        Refusal::BadSignature { .. }
+                            | Refusal::UnknownKey { .. }
+                            | Refusal::TooFewSignatures { .. }
+                    )
+                )
         });
     }
     // Payload: every byte; whatever breaks first, the error says the payload is not the signed one.
@@ -352,13 +550,35 @@ fn flipped_bytes_in_every_part_are_refused() {
 #[test]
 fn a_header_that_lies_about_sizes_allocates_nothing() {
     let f = fixture();
-    let huge = f.copy_with("huge.bundle", |b| b[12..16].copy_from_slice(&u32::MAX.to_be_bytes()));
-    let err = f.assert_refused(&huge, |e| matches!(e, Error::OverLimit { field: "statement", .. }));
+    let huge = f.copy_with("huge.bundle", |b| {
+        b[12..16].copy_from_slice(&u32::MAX.to_be_bytes())
+    });
+    let err = f.assert_refused(&huge, |e| {
+        matches!(
+            e,
+            Error::OverLimit {
+                field: "statement",
+                ..
+            }
+        )
+    });
     assert!(err.to_string().contains("over the limit"));
-    let slot = f.copy_with("slot.bundle", |b| b[16..20].copy_from_slice(&u32::MAX.to_be_bytes()));
-    f.assert_refused(&slot, |e| matches!(e, Error::OverLimit { field: "signature slot", .. }));
+    let slot = f.copy_with("slot.bundle", |b| {
+        b[16..20].copy_from_slice(&u32::MAX.to_be_bytes())
+    });
+    f.assert_refused(&slot, |e| {
+        matches!(
+            e,
+            Error::OverLimit {
+                field: "signature slot",
+                ..
+            }
+        )
+    });
     let version = f.copy_with("version.bundle", |b| b[9] = 2);
-    f.assert_refused(&version, |e| matches!(e, Error::UnsupportedVersion { found: 2, .. }));
+    f.assert_refused(&version, |e| {
+        matches!(e, Error::UnsupportedVersion { found: 2, .. })
+    });
     let magic = f.copy_with("magic.bundle", |b| b[0] = b'X');
     f.assert_refused(&magic, |e| matches!(e, Error::NotABundle { .. }));
 }
@@ -371,46 +591,77 @@ fn a_signed_statement_that_lies_is_refused() {
     // Payload size: longer than the file, shorter than the file.
     let mut s = statement.clone();
     s.payload.size += 1;
-    f.assert_refused(&f.forge("size-up.bundle", &s, &payload), |e| matches!(e, Error::Truncated { part: "payload", .. }));
+    f.assert_refused(&f.forge("size-up.bundle", &s, &payload), |e| {
+        matches!(
+            e,
+            Error::Truncated {
+                part: "payload",
+                ..
+            }
+        )
+    });
     let mut s = statement.clone();
     s.payload.size -= 1;
-    f.assert_refused(&f.forge("size-down.bundle", &s, &payload), |e| matches!(e, Error::SizeMismatch { .. }));
+    f.assert_refused(&f.forge("size-down.bundle", &s, &payload), |e| {
+        matches!(e, Error::SizeMismatch { .. })
+    });
 
     // Payload expands past its declared decoded size.
     let mut s = statement.clone();
     s.payload.decoded_size = 100;
-    let err = f.assert_refused(&f.forge("bomb.bundle", &s, &payload), |e| matches!(e, Error::CorruptPayload { .. }));
+    let err = f.assert_refused(&f.forge("bomb.bundle", &s, &payload), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("larger than declared"), "{err}");
 
     // A zstd window larger than the device allows.
     let mut s = statement.clone();
     s.payload.window_log = 31;
-    f.assert_refused(&f.forge("window.bundle", &s, &payload), |e| matches!(e, Error::OverLimit { field: "zstd window log", .. }));
+    f.assert_refused(&f.forge("window.bundle", &s, &payload), |e| {
+        matches!(
+            e,
+            Error::OverLimit {
+                field: "zstd window log",
+                ..
+            }
+        )
+    });
 
     // Scratch space declared without extents.
     let mut s = statement.clone();
     s.payload.scratch_bytes = 1 << 20;
-    let err = f.assert_refused(&f.forge("scratch.bundle", &s, &payload), |e| matches!(e, Error::CorruptPayload { .. }));
+    let err = f.assert_refused(&f.forge("scratch.bundle", &s, &payload), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("extents add up to 0"), "{err}");
 
     // A manifest that does not match the statement's layers.
     let mut s = statement.clone();
     s.target.layers[1].size -= 512;
-    let err = f.assert_refused(&f.forge("manifest.bundle", &s, &payload), |e| matches!(e, Error::CorruptPayload { .. }));
-    assert!(err.to_string().contains("statement is inconsistent"), "{err}");
+    let err = f.assert_refused(&f.forge("manifest.bundle", &s, &payload), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
+    assert!(
+        err.to_string().contains("statement is inconsistent"),
+        "{err}"
+    );
 
     // A layer declared smaller than what the payload makes (manifest kept consistent).
     let mut s = statement.clone();
     s.target.layers[1].size -= 512;
     fix_manifest(&mut s);
-    let err = f.assert_refused(&f.forge("layer-size.bundle", &s, &payload), |e| matches!(e, Error::CorruptPayload { .. }));
+    let err = f.assert_refused(&f.forge("layer-size.bundle", &s, &payload), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("grow past its declared"), "{err}");
 
     // A different config digest.
     let mut s = statement.clone();
     s.target.config_digest = Digest::of_bytes(b"another config");
     fix_manifest(&mut s);
-    let err = f.assert_refused(&f.forge("config.bundle", &s, &payload), |e| matches!(e, Error::CorruptPayload { .. }));
+    let err = f.assert_refused(&f.forge("config.bundle", &s, &payload), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("config is sha256:"), "{err}");
 }
 
@@ -419,16 +670,30 @@ fn fix_manifest(s: &mut Statement) {
         .target
         .layers
         .iter()
-        .map(|l| Descriptor::new("application/vnd.oci.image.layer.v1.tar", l.diff_id.clone(), l.size))
+        .map(|l| {
+            Descriptor::new(
+                "application/vnd.oci.image.layer.v1.tar",
+                l.diff_id.clone(),
+                l.size,
+            )
+        })
         .collect();
-    let config_size = serde_json::from_str::<serde_json::Value>(&s.target.manifest).unwrap()["config"]["size"].as_u64().unwrap();
-    let manifest = sideload_bundle::manifest::build_manifest(&s.target.config_digest, config_size, layers);
+    let config_size = serde_json::from_str::<serde_json::Value>(&s.target.manifest).unwrap()
+        ["config"]["size"]
+        .as_u64()
+        .unwrap();
+    let manifest =
+        sideload_bundle::manifest::build_manifest(&s.target.config_digest, config_size, layers);
     s.target.manifest_digest = Digest::of_bytes(&manifest);
     s.target.manifest = String::from_utf8(manifest).unwrap();
 }
 
 /// Payload records for the fixture's target, with layer 0 present and layer 1 made by `ops`.
-fn records(f: &Fixture, extents: &[Extent], ops: impl FnOnce(&mut PayloadWriter<Vec<u8>>)) -> Vec<u8> {
+fn records(
+    f: &Fixture,
+    extents: &[Extent],
+    ops: impl FnOnce(&mut PayloadWriter<Vec<u8>>),
+) -> Vec<u8> {
     let mut w = PayloadWriter::new(Vec::new()).unwrap();
     w.config(&f.config_bytes()).unwrap();
     w.extents(extents).unwrap();
@@ -449,7 +714,12 @@ fn a_literal_longer_than_its_layer_is_refused_before_it_is_read() {
     let mut bomb = vec![0x10];
     bomb.extend_from_slice(&(1u64 << 40).to_le_bytes());
     rec.splice(end_layer..end_layer, bomb);
-    let err = f.assert_refused(&f.forge_records("literal.bundle", statement, &rec), |e| matches!(e, Error::CorruptPayload { .. } | Error::PayloadDigestMismatch { .. }));
+    let err = f.assert_refused(&f.forge_records("literal.bundle", statement, &rec), |e| {
+        matches!(
+            e,
+            Error::CorruptPayload { .. } | Error::PayloadDigestMismatch { .. }
+        )
+    });
     assert!(err.to_string().contains("grow past its declared"), "{err}");
 }
 
@@ -464,11 +734,27 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     s.requires.push(base_diff_id.clone());
     let base_index = (s.requires.len() - 1) as u32;
     s.payload.scratch_bytes = base.len() as u64;
-    let whole = [Extent { requires_index: base_index, offset: 0, len: base.len() as u64 }];
+    let whole = [Extent {
+        requires_index: base_index,
+        offset: 0,
+        len: base.len() as u64,
+    }];
 
     // zstd with the base layer as dictionary.
-    let patch = zstd::bulk::Compressor::with_dictionary(19, &base).unwrap().compress(&target).unwrap();
-    let rec = records(&f, &whole, |w| w.patch(PatchKind::Zstd, 0, base.len() as u64, target.len() as u64, &patch).unwrap());
+    let patch = zstd::bulk::Compressor::with_dictionary(19, &base)
+        .unwrap()
+        .compress(&target)
+        .unwrap();
+    let rec = records(&f, &whole, |w| {
+        w.patch(
+            PatchKind::Zstd,
+            0,
+            base.len() as u64,
+            target.len() as u64,
+            &patch,
+        )
+        .unwrap()
+    });
     let bundle = f.forge_records("zstd-patch.bundle", s.clone(), &rec);
     let (result, exists) = f.apply(&bundle, &f.ctx());
     result.unwrap();
@@ -478,7 +764,16 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     // bsdiff.
     let mut patch = Vec::new();
     bsdiff::diff(&base, &target, &mut patch).unwrap();
-    let rec = records(&f, &whole, |w| w.patch(PatchKind::Bsdiff, 0, base.len() as u64, target.len() as u64, &patch).unwrap());
+    let rec = records(&f, &whole, |w| {
+        w.patch(
+            PatchKind::Bsdiff,
+            0,
+            base.len() as u64,
+            target.len() as u64,
+            &patch,
+        )
+        .unwrap()
+    });
     let (result, _) = f.apply(&f.forge_records("bsdiff.bundle", s.clone(), &rec), &f.ctx());
     result.unwrap();
 
@@ -487,7 +782,11 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     assert!(common > 512, "fixture layers share a tar prefix");
     let mut s2 = s.clone();
     s2.payload.scratch_bytes = common;
-    let extents = [Extent { requires_index: base_index, offset: 0, len: common }];
+    let extents = [Extent {
+        requires_index: base_index,
+        offset: 0,
+        len: common,
+    }];
     let rec = records(&f, &extents, |w| {
         w.copy(0, 100).unwrap();
         w.copy(100, common - 100).unwrap();
@@ -500,17 +799,53 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     let rec = records(&f, &extents, |w| {
         w.copy(common - 10, 20).unwrap();
     });
-    let err = f.assert_refused(&f.forge_records("copy-out.bundle", s2.clone(), &rec), |e| matches!(e, Error::CorruptPayload { .. }));
+    let err = f.assert_refused(&f.forge_records("copy-out.bundle", s2.clone(), &rec), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("operation reads scratch"), "{err}");
-    let wrong = zstd::bulk::Compressor::with_dictionary(3, &base).unwrap().compress(&base[..target.len().min(base.len())]).unwrap();
-    let rec = records(&f, &whole, |w| w.patch(PatchKind::Zstd, 0, base.len() as u64, target.len().min(base.len()) as u64, &wrong).unwrap());
-    f.assert_refused(&f.forge_records("wrong.bundle", s.clone(), &rec), |e| matches!(e, Error::LayerMismatch { index: 1, .. } | Error::CorruptPayload { .. }));
+    let wrong = zstd::bulk::Compressor::with_dictionary(3, &base)
+        .unwrap()
+        .compress(&base[..target.len().min(base.len())])
+        .unwrap();
+    let rec = records(&f, &whole, |w| {
+        w.patch(
+            PatchKind::Zstd,
+            0,
+            base.len() as u64,
+            target.len().min(base.len()) as u64,
+            &wrong,
+        )
+        .unwrap()
+    });
+    f.assert_refused(&f.forge_records("wrong.bundle", s.clone(), &rec), |e| {
+        matches!(
+            e,
+            Error::LayerMismatch { index: 1, .. } | Error::CorruptPayload { .. }
+        )
+    });
 
     // Extents that name a layer the statement does not require, or overlap.
     let mut bad = s.clone();
     bad.payload.scratch_bytes = 20;
-    let rec = records(&f, &[Extent { requires_index: 0, offset: 0, len: 10 }, Extent { requires_index: 0, offset: 5, len: 10 }], |_| {});
-    let err = f.assert_refused(&f.forge_records("overlap.bundle", bad, &rec), |e| matches!(e, Error::CorruptPayload { .. }));
+    let rec = records(
+        &f,
+        &[
+            Extent {
+                requires_index: 0,
+                offset: 0,
+                len: 10,
+            },
+            Extent {
+                requires_index: 0,
+                offset: 5,
+                len: 10,
+            },
+        ],
+        |_| {},
+    );
+    let err = f.assert_refused(&f.forge_records("overlap.bundle", bad, &rec), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
     assert!(err.to_string().contains("sorted and disjoint"), "{err}");
 }
 
@@ -518,12 +853,33 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
 fn missing_base_and_existing_output_fail_without_writing() {
     let f = fixture();
     let out = f.dir.path().join("nobase");
-    let err = apply_bundle(&f.bundle, &f.policy, &f.ctx(), &ImageSet::new(vec![]), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress).unwrap_err();
-    assert!(matches!(err, Error::MissingBase { .. }) && !err.is_refusal(), "{err:?}");
+    let err = apply_bundle(
+        &f.bundle,
+        &f.policy,
+        &f.ctx(),
+        &ImageSet::new(vec![]),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::MissingBase { .. }) && !err.is_refusal(),
+        "{err:?}"
+    );
     assert!(!out.exists());
     fs::create_dir(&out).unwrap();
     fs::write(out.join("keep"), b"x").unwrap();
-    let err = apply_bundle(&f.bundle, &f.policy, &f.ctx(), &f.bases(), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress).unwrap_err();
+    let err = apply_bundle(
+        &f.bundle,
+        &f.policy,
+        &f.ctx(),
+        &f.bases(),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::OutputExists(_)));
     assert_eq!(fs::read(out.join("keep")).unwrap(), b"x");
 }
@@ -555,8 +911,22 @@ fn hostile_tar_names_are_data_not_paths() {
     }))
     .unwrap();
     let (config_digest, config_size) = w.put_blob_bytes(&config).unwrap();
-    let manifest = sideload_bundle::manifest::build_manifest(&config_digest, config_size, vec![Descriptor::new("application/vnd.oci.image.layer.v1.tar", diff_id.clone(), size)]);
-    w.add_manifest(&manifest, "application/vnd.oci.image.manifest.v1+json", Some("v1"), None).unwrap();
+    let manifest = sideload_bundle::manifest::build_manifest(
+        &config_digest,
+        config_size,
+        vec![Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar",
+            diff_id.clone(),
+            size,
+        )],
+    );
+    w.add_manifest(
+        &manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+        Some("v1"),
+        None,
+    )
+    .unwrap();
     w.finish().unwrap();
 
     let keys = keys(1);
@@ -568,9 +938,26 @@ fn hostile_tar_names_are_data_not_paths() {
     let work = dir.path().join("deep/er");
     fs::create_dir_all(&work).unwrap();
     let out = work.join("out");
-    apply_bundle(&bundle, &policy, &VerifyContext { now: NOW, recorded_sequence: None }, &ImageSet::new(vec![]), &Output::OciLayout(out.clone()), &Limits::default(), &NoProgress).unwrap();
+    apply_bundle(
+        &bundle,
+        &policy,
+        &VerifyContext {
+            now: NOW,
+            recorded_sequence: None,
+        },
+        &ImageSet::new(vec![]),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!(open(&out).image().diff_ids(), vec![diff_id]);
-    for path in [dir.path().join("escape"), dir.path().join("deep/escape"), PathBuf::from("/etc/sideload-abs"), dir.path().join("b")] {
+    for path in [
+        dir.path().join("escape"),
+        dir.path().join("deep/escape"),
+        PathBuf::from("/etc/sideload-abs"),
+        dir.path().join("b"),
+    ] {
         assert!(!path.exists(), "{} was created", path.display());
     }
 }

@@ -31,7 +31,10 @@ impl SequenceState {
         if let Some(map) = value.get("sequences").and_then(Value::as_object) {
             for (repo, seq) in map {
                 let seq = seq.as_u64().with_context(|| {
-                    format!("state file {}: sequence of {repo} is not a number", path.display())
+                    format!(
+                        "state file {}: sequence of {repo} is not a number",
+                        path.display()
+                    )
                 })?;
                 sequences.insert(repo.clone(), seq);
             }
@@ -48,7 +51,10 @@ impl SequenceState {
     pub fn record(&mut self, path: &Path, repository: &str, sequence: u64) -> Result<()> {
         self.sequences.insert(repository.to_owned(), sequence);
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "sequences": self.sequences }))?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("writing state in {}", dir.display()))?;
         tmp.write_all(&body)?;

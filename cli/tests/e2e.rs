@@ -43,7 +43,11 @@ fn skopeo_config_digest(reference: &str) -> String {
         .args(["inspect", "--config", "--raw", reference])
         .output()
         .expect("skopeo runs (installed by test.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sideload_signing::Digest::of_bytes(&out.stdout).to_string()
 }
 
@@ -71,7 +75,10 @@ fn setup() -> Setup {
             "copy",
             "--quiet",
             &format!("oci:{}:v1", root.join("images/app-v1").display()),
-            &format!("docker-archive:{}:edge/app:v1", root.join("device/app-v1.tar").display()),
+            &format!(
+                "docker-archive:{}:edge/app:v1",
+                root.join("device/app-v1.tar").display()
+            ),
         ])
         .status()
         .expect("skopeo runs (installed by test.sh)");
@@ -82,7 +89,11 @@ fn setup() -> Setup {
     for name in ["alice", "bob", "carol"] {
         write_keypair(&keys, name).unwrap();
         let key = SigningKey::read_pem_file(&keys.join(format!("{name}.key"))).unwrap();
-        policy.push_str(&key_entry_toml(&key.public_key(), &["edge/*".parse().unwrap()], None));
+        policy.push_str(&key_entry_toml(
+            &key.public_key(),
+            &["edge/*".parse().unwrap()],
+            None,
+        ));
     }
     let policy_path = root.join("device/trust.toml");
     fs::write(&policy_path, policy).unwrap();
@@ -116,12 +127,31 @@ fn build_sign_verify_apply_reproduces_the_image() {
     let target = format!("oci:{}:v2", r.join("images/app-v2").display());
     let base = format!("docker-archive:{}", r.join("device/app-v1.tar").display());
     let report = json(&sideload(&[
-        "build", &target, "--base", &base, "-o", p(&bundle), "--repository", "edge/app", "--tag", "v2",
-        "--sequence", "5", "--ordered-by", "e2e test", "--contact", "ops@example.com", "--level", "9", "--json",
+        "build",
+        &target,
+        "--base",
+        &base,
+        "-o",
+        p(&bundle),
+        "--repository",
+        "edge/app",
+        "--tag",
+        "v2",
+        "--sequence",
+        "5",
+        "--ordered-by",
+        "e2e test",
+        "--contact",
+        "ops@example.com",
+        "--level",
+        "9",
+        "--json",
     ]));
     assert_eq!(report["layers"][0]["encoding"], "present");
     assert_eq!(report["layers"][1]["encoding"], "literal");
-    assert!(report["bundle_size"].as_u64().unwrap() < report["source_image_size"].as_u64().unwrap());
+    assert!(
+        report["bundle_size"].as_u64().unwrap() < report["source_image_size"].as_u64().unwrap()
+    );
 
     // Unsigned: refused, exit 3, nothing written.
     let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--json"]);
@@ -130,14 +160,25 @@ fn build_sign_verify_apply_reproduces_the_image() {
 
     let statement = r.join("app-v2.statement.json");
     ok(&["statement", p(&bundle), "-o", p(&statement)]);
-    assert!(fs::metadata(&statement).unwrap().len() < 8192, "statement is a few KiB");
+    assert!(
+        fs::metadata(&statement).unwrap().len() < 8192,
+        "statement is a few KiB"
+    );
     let sigs = sign_offline(&s, &statement, &["alice", "bob"]);
     let payload_before = fs::read(&bundle).unwrap();
     ok(&["attach", p(&bundle), p(&sigs[0]), p(&sigs[1])]);
     let payload_after = fs::read(&bundle).unwrap();
-    assert_eq!(payload_before.len(), payload_after.len(), "attach keeps the file length");
+    assert_eq!(
+        payload_before.len(),
+        payload_after.len(),
+        "attach keeps the file length"
+    );
     let tail = payload_before.len() - report["payload_size"].as_u64().unwrap() as usize;
-    assert_eq!(payload_before[tail..], payload_after[tail..], "attach leaves the payload alone");
+    assert_eq!(
+        payload_before[tail..],
+        payload_after[tail..],
+        "attach leaves the payload alone"
+    );
 
     let inspect = json(&sideload(&["inspect", p(&bundle), "--json"]));
     assert_eq!(inspect["signed_by"].as_array().unwrap().len(), 2);
@@ -145,17 +186,35 @@ fn build_sign_verify_apply_reproduces_the_image() {
     assert_eq!(inspect["statement"]["ordered_by"], "e2e test");
 
     let state = r.join("device/state.json");
-    ok(&["verify", p(&bundle), "--policy", p(&s.policy), "--state", p(&state)]);
+    ok(&[
+        "verify",
+        p(&bundle),
+        "--policy",
+        p(&s.policy),
+        "--state",
+        p(&state),
+    ]);
     let rebuilt = r.join("device/app-v2.tar");
     ok(&[
-        "apply", p(&bundle), "--policy", p(&s.policy), "--base-dir", p(&r.join("device")),
-        "--state", p(&state), "--output", &format!("docker-archive:{}", rebuilt.display()),
+        "apply",
+        p(&bundle),
+        "--policy",
+        p(&s.policy),
+        "--base-dir",
+        p(&r.join("device")),
+        "--state",
+        p(&state),
+        "--output",
+        &format!("docker-archive:{}", rebuilt.display()),
     ]);
 
     // The rebuilt image is the source image: skopeo sees the same config, the image model
     // the same diff_ids, and every layer stream verifies against its diff_id.
     let rebuilt_ref = format!("docker-archive:{}", rebuilt.display());
-    assert_eq!(skopeo_config_digest(&rebuilt_ref), skopeo_config_digest(&target));
+    assert_eq!(
+        skopeo_config_digest(&rebuilt_ref),
+        skopeo_config_digest(&target)
+    );
     let (a, b) = (open(&rebuilt_ref), open(&target));
     assert_eq!(a.image().config.digest, b.image().config.digest);
     assert_eq!(a.image().diff_ids(), b.image().diff_ids());
@@ -165,7 +224,15 @@ fn build_sign_verify_apply_reproduces_the_image() {
     }
 
     // Replay: the state now records sequence 5.
-    let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--state", p(&state), "--json"]);
+    let out = sideload(&[
+        "verify",
+        p(&bundle),
+        "--policy",
+        p(&s.policy),
+        "--state",
+        p(&state),
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(json(&out)["code"], "rollback");
 
@@ -180,8 +247,14 @@ fn build_sign_verify_apply_reproduces_the_image() {
     assert_eq!(json(&out)["code"], "payload_digest_mismatch");
     let never = r.join("never.tar");
     let out = sideload(&[
-        "apply", p(&tampered), "--policy", p(&s.policy), "--base-dir", p(&r.join("device")),
-        "--output", &format!("docker-archive:{}", never.display()),
+        "apply",
+        p(&tampered),
+        "--policy",
+        p(&s.policy),
+        "--base-dir",
+        p(&r.join("device")),
+        "--output",
+        &format!("docker-archive:{}", never.display()),
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tampered.bundle"));
@@ -191,8 +264,14 @@ fn build_sign_verify_apply_reproduces_the_image() {
     let empty = r.join("empty");
     fs::create_dir_all(&empty).unwrap();
     let out = sideload(&[
-        "apply", p(&bundle), "--policy", p(&s.policy), "--base-dir", p(&empty),
-        "--output", &format!("oci:{}", never.display()),
+        "apply",
+        p(&bundle),
+        "--policy",
+        p(&s.policy),
+        "--base-dir",
+        p(&empty),
+        "--output",
+        &format!("oci:{}", never.display()),
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs base layer"));
@@ -206,8 +285,16 @@ fn one_signature_is_not_enough_for_two_of_three() {
     let bundle = r.join("one.bundle");
     let statement = r.join("one.statement.json");
     ok(&[
-        "build", &format!("oci:{}:v2", r.join("images/app-v2").display()), "-o", p(&bundle),
-        "--repository", "edge/app", "--level", "3", "--statement-out", p(&statement),
+        "build",
+        &format!("oci:{}:v2", r.join("images/app-v2").display()),
+        "-o",
+        p(&bundle),
+        "--repository",
+        "edge/app",
+        "--level",
+        "3",
+        "--statement-out",
+        p(&statement),
     ]);
     let sigs = sign_offline(&s, &statement, &["carol"]);
     ok(&["attach", p(&bundle), p(&sigs[0])]);

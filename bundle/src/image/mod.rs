@@ -67,19 +67,6 @@ pub use oci_layout::OciLayoutSource;
 pub use registry::RegistrySource;
 pub use write::{write_docker_archive, write_oci_layout, OciLayoutWriter};
 
-/// Opens the image named `ref_name` (or the only one) in the OCI layout directory `dir`, for
-/// `linux/amd64` when it is a multi-platform image.
-pub fn open_oci_layout(
-    dir: &std::path::Path,
-    ref_name: Option<&str>,
-) -> Result<Box<dyn ImageSource>, ImageError> {
-    let location = ImageLocation::OciLayout {
-        path: dir.to_owned(),
-        reference: ref_name.map(str::to_owned),
-    };
-    open_image(&location, &OpenOptions::default())
-}
-
 /// Largest manifest, config, index or `manifest.json` read into memory, in bytes.
 pub const MAX_JSON_LEN: u64 = 16 * 1024 * 1024;
 

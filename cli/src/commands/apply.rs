@@ -63,16 +63,20 @@ pub fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let policy = TrustPolicy::load(&args.policy)?;
     let ctx = context_for(&args.bundle, args.state.as_deref())?;
     let outcome = verify_bundle(&args.bundle, &policy, &ctx, &Limits::default());
-    report(&args.bundle, args.json, outcome.map(|s| {
-        format!(
-            "{} → {}:{} ({}), sequence {}",
-            args.bundle.display(),
-            s.target.repository,
-            s.target.tags.first().map(|t| t.as_str()).unwrap_or(""),
-            s.target.manifest_digest,
-            s.sequence
-        )
-    }))
+    report(
+        &args.bundle,
+        args.json,
+        outcome.map(|s| {
+            format!(
+                "{} → {}:{} ({}), sequence {}",
+                args.bundle.display(),
+                s.target.repository,
+                s.target.tags.first().map(|t| t.as_str()).unwrap_or(""),
+                s.target.manifest_digest,
+                s.sequence
+            )
+        }),
+    )
 }
 
 /// Runs `sideload apply`.
@@ -101,27 +105,42 @@ pub fn run_apply(args: ApplyArgs) -> Result<ExitCode> {
         let s = &applied.statement;
         state.record(path, s.target.repository.as_str(), s.sequence)?;
     }
-    report(&args.bundle, args.json, outcome.map(|r| {
-        format!(
-            "{} → {} ({}:{}, manifest {}, config {}); {} layer(s) rebuilt, {} reused",
-            args.bundle.display(),
-            r.output.display(),
-            r.statement.target.repository,
-            r.statement.target.tags.first().map(|t| t.as_str()).unwrap_or(""),
-            r.statement.target.manifest_digest,
-            r.statement.target.config_digest,
-            r.rebuilt_layers,
-            r.reused_layers
-        )
-    }))
+    report(
+        &args.bundle,
+        args.json,
+        outcome.map(|r| {
+            format!(
+                "{} → {} ({}:{}, manifest {}, config {}); {} layer(s) rebuilt, {} reused",
+                args.bundle.display(),
+                r.output.display(),
+                r.statement.target.repository,
+                r.statement
+                    .target
+                    .tags
+                    .first()
+                    .map(|t| t.as_str())
+                    .unwrap_or(""),
+                r.statement.target.manifest_digest,
+                r.statement.target.config_digest,
+                r.rebuilt_layers,
+                r.reused_layers
+            )
+        }),
+    )
 }
 
 /// Prints the outcome and chooses the exit code: 0 ok, 3 refused, 1 error.
-fn report(bundle: &Path, json: bool, outcome: Result<String, sideload_bundle::Error>) -> Result<ExitCode> {
+fn report(
+    bundle: &Path,
+    json: bool,
+    outcome: Result<String, sideload_bundle::Error>,
+) -> Result<ExitCode> {
     match outcome {
         Ok(message) => {
             if json {
-                print_json(&serde_json::json!({ "bundle": bundle, "ok": true, "message": message }));
+                print_json(
+                    &serde_json::json!({ "bundle": bundle, "ok": true, "message": message }),
+                );
             } else {
                 println!("OK: {message}");
             }
@@ -142,7 +161,11 @@ fn report(bundle: &Path, json: bool, outcome: Result<String, sideload_bundle::Er
                 eprintln!("{}: {e}", if refused { "REFUSED" } else { "FAILED" });
                 eprintln!("what to do: {}", e.advice());
             }
-            Ok(ExitCode::from(if refused { crate::EXIT_REFUSED } else { crate::EXIT_ERROR }))
+            Ok(ExitCode::from(if refused {
+                crate::EXIT_REFUSED
+            } else {
+                crate::EXIT_ERROR
+            }))
         }
     }
 }

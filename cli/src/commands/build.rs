@@ -86,7 +86,10 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     let tags: Vec<Tag> = if args.tags.is_empty() {
         vec![default_tag.unwrap_or_else(|| "latest".into()).parse()?]
     } else {
-        args.tags.iter().map(|t| t.parse()).collect::<Result<_, _>>()?
+        args.tags
+            .iter()
+            .map(|t| t.parse())
+            .collect::<Result<_, _>>()?
     };
     let now = now();
     let mut options = BuildOptions::new(repository, tags, now);
@@ -103,7 +106,13 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
         bases.iter().map(|b| b.as_ref()).collect();
     let progress = TermProgress::new(args.json);
-    let report = build_bundle(target.as_ref(), &base_refs, &options, &args.output, &progress)?;
+    let report = build_bundle(
+        target.as_ref(),
+        &base_refs,
+        &options,
+        &args.output,
+        &progress,
+    )?;
     if let Some(path) = &args.statement_out {
         std::fs::write(path, report.statement.to_canonical_json())
             .with_context(|| format!("writing statement {}", path.display()))?;
@@ -178,7 +187,9 @@ fn default_name(repo_tags: &[String]) -> (Option<String>, Option<String>) {
         _ => (first.as_str(), None),
     };
     let mut parts: Vec<&str> = name.split('/').collect();
-    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+    if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+    {
         parts.remove(0);
     }
     (Some(parts.join("/")), tag)
@@ -191,8 +202,14 @@ mod tests {
     #[test]
     fn names_from_repo_tags() {
         let n = |s: &str| default_name(&[s.to_owned()]);
-        assert_eq!(n("edge/app:v2"), (Some("edge/app".into()), Some("v2".into())));
-        assert_eq!(n("localhost:5000/edge/app:v2"), (Some("edge/app".into()), Some("v2".into())));
+        assert_eq!(
+            n("edge/app:v2"),
+            (Some("edge/app".into()), Some("v2".into()))
+        );
+        assert_eq!(
+            n("localhost:5000/edge/app:v2"),
+            (Some("edge/app".into()), Some("v2".into()))
+        );
         assert_eq!(n("registry.example/app"), (Some("app".into()), None));
         assert_eq!(default_name(&[]), (None, None));
     }

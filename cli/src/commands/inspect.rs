@@ -91,7 +91,10 @@ pub fn run_inspect(args: InspectArgs) -> Result<ExitCode> {
     }
     println!(
         "  {:<18} window 2^{}, decodes to {} bytes, scratch {} bytes",
-        "decoding", statement.payload.window_log, statement.payload.decoded_size, statement.payload.scratch_bytes
+        "decoding",
+        statement.payload.window_log,
+        statement.payload.decoded_size,
+        statement.payload.scratch_bytes
     );
     if statement.expires_at < super::now() {
         println!("  note: expired at {}", rfc3339(statement.expires_at));
@@ -122,7 +125,9 @@ pub fn run_attach(args: AttachArgs) -> Result<ExitCode> {
     let signatures = args
         .signatures
         .iter()
-        .map(|p| Signature::read_file(p).with_context(|| format!("reading signature {}", p.display())))
+        .map(|p| {
+            Signature::read_file(p).with_context(|| format!("reading signature {}", p.display()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let all = attach_signatures(&args.bundle, &signatures, &Limits::default())?;
     let ids: Vec<&str> = all.iter().map(|s| s.key_id.as_str()).collect();

@@ -21,11 +21,17 @@ pub fn now() -> u64 {
 
 /// Prints a JSON value on stdout, pretty.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON serializes")
+    );
 }
 
 /// Opens every image reference, in order.
-pub fn open_images(references: &[String], registry: &RegistryArgs) -> Result<Vec<Box<dyn ImageSource>>> {
+pub fn open_images(
+    references: &[String],
+    registry: &RegistryArgs,
+) -> Result<Vec<Box<dyn ImageSource>>> {
     let auth = match &registry.registry_user {
         Some(user) => Some(BasicAuth {
             username: user.clone(),
@@ -47,7 +53,8 @@ pub fn open_images(references: &[String], registry: &RegistryArgs) -> Result<Vec
     references
         .iter()
         .map(|r| {
-            let location: ImageLocation = r.parse().with_context(|| format!("image reference {r}"))?;
+            let location: ImageLocation =
+                r.parse().with_context(|| format!("image reference {r}"))?;
             open_image(&location, &options).with_context(|| format!("opening image {r}"))
         })
         .collect()
