@@ -11,7 +11,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 step "Building sideload (release)"
-cargo build --release --locked --quiet --workspace --examples
+cargo build --release --locked --quiet --workspace --bins --examples
 BIN=target/release
 OUT=demo-output
 rm -rf "$OUT"
