@@ -47,7 +47,7 @@ enum Command {
 }
 
 /// Options shared by commands that read images from registries.
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone)]
 pub struct RegistryArgs {
     /// Registry user name for basic auth (`docker://` references).
     #[arg(long, env = "SIDELOAD_REGISTRY_USER")]
@@ -61,6 +61,9 @@ pub struct RegistryArgs {
     /// Directory to cache pulled blobs in (default: a temporary directory).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Platform to pick from multi-platform images: `os/arch[/variant]`.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
 }
 
 fn main() -> ExitCode {

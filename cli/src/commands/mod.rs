@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use sideload_bundle::image::{open_image, BasicAuth, ImageLocation, ImageSource, OpenOptions};
+use sideload_signing::Platform;
 
 use crate::RegistryArgs;
 
@@ -25,6 +26,21 @@ pub fn print_json(value: &serde_json::Value) {
         "{}",
         serde_json::to_string_pretty(value).expect("JSON serializes")
     );
+}
+
+/// `os/arch[/variant]` as a platform.
+fn parse_platform(text: &str) -> Result<Platform> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+            os: (*os).to_owned(),
+            architecture: (*arch).to_owned(),
+            variant: parts.get(2).map(|v| (*v).to_owned()).unwrap_or_default(),
+        }),
+        _ => {
+            anyhow::bail!("--platform must be os/arch[/variant], e.g. linux/arm64/v8, not {text:?}")
+        }
+    }
 }
 
 /// Opens every image reference, in order.
@@ -45,10 +61,10 @@ pub fn open_images(
         None => None,
     };
     let options = OpenOptions {
+        platform: parse_platform(&registry.platform)?,
         auth,
         insecure_registries: registry.insecure_registries.clone(),
         cache_dir: registry.cache_dir.clone(),
-        ..OpenOptions::default()
     };
     references
         .iter()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The delta benchmark: sideload against plain layer transfer, bsdiff, xdelta3, zstd --patch-from,
+# rdiff and HDiffPatch, on the same inputs (the demo images as `docker save` archives), in three
+# scenarios (app-update, same-image, no-base). Prints a table per scenario and writes
+# bench/results/latest.md. Exits non-zero if any tool's output does not reproduce the target.
+#
+#   bench/run.sh [--zstd-level N]     (N = 20..22 adds --ultra; default 19)
+#
+# Installs what it needs from Debian's archive and PyPI (as root, or through sudo), builds
+# sideload in release mode into target/ (or $CARGO_TARGET_DIR), works in a temporary directory
+# that it removes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# --- 1. installs ----------------------------------------------------------------------------
+# Debian package -> a command it provides.
+declare -A deb=([bsdiff]=bspatch [xdelta3]=xdelta3 [zstd]=zstd [rdiff]=rdiff [time]=/usr/bin/time [skopeo]=skopeo)
+missing=()
+for pkg in "${!deb[@]}"; do
+  command -v "${deb[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing from Debian: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import hdiffpatch' 2>/dev/null; then
+  echo "installing from PyPI: hdiffpatch" >&2
+  python3 -m pip install --quiet hdiffpatch
+fi
+
+# --- 2. build -------------------------------------------------------------------------------
+echo "== building sideload (release)"
+cargo build --release --locked --quiet -p sideload-cli -p sideload-bundle -p sideload-signing --examples --bins
+
+# --- 3. run ---------------------------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sideload-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p bench/results
+start=$(date +%s)
+status=0
+python3 bench/bench.py --bin "${CARGO_TARGET_DIR:-$ROOT/target}/release" --work "$WORK" \
+  --out bench/results/latest.md "$@" || status=$?
+echo "benchmark took $(( $(date +%s) - start )) s (build not included)"
+exit "$status"
