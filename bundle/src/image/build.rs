@@ -17,7 +17,7 @@ use sideload_signing::Digest;
 
 use super::digest_reader::HashingWriter;
 use super::spec::{linux_amd64, media_types, Descriptor, ManifestSpec};
-use super::write::OciLayoutWriter;
+use super::write::{entry_header, OciLayoutWriter};
 use super::ImageError;
 
 fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -31,17 +31,6 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
 }
 
 /// Writes the contents of `dir` (not `dir` itself) as a deterministic layer tar: every
@@ -58,14 +47,14 @@ pub fn layer_tar_from_dir(dir: &Path, out: impl Write) -> io::Result<()> {
         let mode = meta.permissions().mode() & 0o7777;
         let kind = meta.file_type();
         if kind.is_dir() {
-            let mut h = header(tar::EntryType::Directory, mode, 0);
+            let mut h = entry_header(tar::EntryType::Directory, mode, 0);
             tar.append_data(&mut h, &rel, io::empty())?;
         } else if kind.is_symlink() {
             let target = fs::read_link(&full)?;
-            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            let mut h = entry_header(tar::EntryType::Symlink, 0o777, 0);
             tar.append_link(&mut h, &rel, &target)?;
         } else if kind.is_file() {
-            let mut h = header(tar::EntryType::Regular, mode, meta.len());
+            let mut h = entry_header(tar::EntryType::Regular, mode, meta.len());
             tar.append_data(&mut h, &rel, File::open(&full)?)?;
         } else {
             return Err(io::Error::new(

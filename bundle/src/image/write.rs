@@ -502,7 +502,8 @@ fn write_docker_archive_to(
     sync_dir(parent).map_err(|e| io_error(out, "sync", parent, e))
 }
 
-fn entry_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+/// A deterministic tar header: owner 0:0, mtime 0, so the same content gives the same bytes.
+pub(crate) fn entry_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
