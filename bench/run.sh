@@ -4,7 +4,7 @@
 # scenarios (app-update, same-image, no-base). Prints a table per scenario and writes
 # bench/results/latest.md. Exits non-zero if any tool's output does not reproduce the target.
 #
-#   bench/run.sh [--zstd-level N]     (N = 20..22 adds --ultra; default 19)
+#   bench/run.sh [--zstd-level N]     (zstd level; 20..22 adds --ultra; default 22)
 #
 # Installs what it needs from Debian's archive and PyPI (as root, or through sudo), builds
 # sideload in release mode into target/ (or $CARGO_TARGET_DIR), works in a temporary directory

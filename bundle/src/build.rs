@@ -59,7 +59,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Defaults for everything but the names: level 19, 128 MiB window, 4 KiB signature slot.
+    /// Defaults for everything but the names: level 19, 128 MiB window, 1 KiB signature slot.
     pub fn new(repository: RepositoryName, tags: Vec<Tag>, now: u64) -> Self {
         BuildOptions {
             repository,

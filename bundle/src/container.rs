@@ -30,8 +30,9 @@ pub const MAGIC: [u8; 8] = *b"SIDELOAD";
 pub const CONTAINER_VERSION: u16 = 1;
 /// Length of the fixed header.
 pub const HEADER_LEN: u64 = 32;
-/// Default signature slot size: room for about 30 Ed25519 signatures.
-pub const DEFAULT_SIGNATURE_SLOT: u32 = 4096;
+/// Default signature slot size: room for 7 Ed25519 signatures (about 130 bytes each), enough
+/// for any sensible k-of-n policy; every byte of it travels over the link.
+pub const DEFAULT_SIGNATURE_SLOT: u32 = 1024;
 
 /// The front of a bundle: everything needed to decide whether to trust it.
 #[derive(Debug, Clone)]
