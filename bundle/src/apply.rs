@@ -322,7 +322,14 @@ fn decode_payload(
             )))
         }
     };
-    let scratch = gather_extents(name, statement, &extents, bases, staging)?;
+    let scratch = gather_extents(
+        name,
+        &statement.requires,
+        statement.payload.scratch_bytes,
+        &extents,
+        bases,
+        staging,
+    )?;
 
     let mut rebuilt = 0;
     let mut reused = 0;
@@ -413,7 +420,7 @@ fn decode_payload(
 }
 
 /// The scratch store: gathered base ranges, addressed by offset.
-struct Scratch {
+pub(crate) struct Scratch {
     file: Option<File>,
     len: u64,
 }
@@ -421,9 +428,10 @@ struct Scratch {
 /// Gathers every extent into one scratch file, with one sequential pass over each base layer
 /// that extents reference. Extents must be sorted by (requires_index, offset), must not
 /// overlap, and must add up to the statement's `scratch_bytes`.
-fn gather_extents(
+pub(crate) fn gather_extents(
     name: &str,
-    statement: &Statement,
+    requires: &[Digest],
+    scratch_bytes: u64,
     extents: &[Extent],
     bases: &dyn BaseStore,
     staging: &Path,
@@ -436,10 +444,9 @@ fn gather_extents(
         .iter()
         .try_fold(0u64, |acc, e| acc.checked_add(e.len))
         .ok_or_else(|| corrupt("extent lengths overflow".into()))?;
-    if total != statement.payload.scratch_bytes {
+    if total != scratch_bytes {
         return Err(corrupt(format!(
-            "extents add up to {total} bytes, the statement declares {}",
-            statement.payload.scratch_bytes
+            "extents add up to {total} bytes, the statement declares {scratch_bytes}"
         )));
     }
     for pair in extents.windows(2) {
@@ -470,7 +477,7 @@ fn gather_extents(
                 .iter()
                 .take_while(|e| e.requires_index == which)
                 .count();
-        let diff_id = statement.requires.get(which as usize).ok_or_else(|| {
+        let diff_id = requires.get(which as usize).ok_or_else(|| {
             corrupt(format!(
                 "extent names base {which}, which the statement does not require"
             ))
@@ -512,7 +519,7 @@ fn gather_extents(
 }
 
 impl Scratch {
-    fn range(&self, name: &str, offset: u64, len: u64) -> Result<io::Take<File>, Error> {
+    pub(crate) fn range(&self, name: &str, offset: u64, len: u64) -> Result<io::Take<File>, Error> {
         let end = offset.checked_add(len);
         match (&self.file, end) {
             (Some(file), Some(end)) if end <= self.len => {

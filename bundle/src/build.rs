@@ -1,12 +1,20 @@
 //! The encoder: target image + images on the device → unsigned bundle.
 //!
-//! Today it emits the two simplest operations: a target layer the device already holds (same
-//! diff_id in any base image) becomes a `PRESENT` record and costs nothing; every other layer is
-//! sent as literal bytes. All literals go through one zstd stream with long-distance matching,
-//! so data repeated across layers is sent once. The format already carries copy and patch
-//! operations (see [`crate::payload`]) for the file-level delta encoder.
+//! 1. A target layer the device already holds (same diff_id in any base image) becomes a
+//!    `PRESENT` record and costs nothing.
+//! 2. Every base layer is scanned once for its files ([`crate::delta`]); every other target layer
+//!    is scanned once (and spooled to a temporary file).
+//! 3. Each file of a target layer is planned: identical content anywhere on the device is a
+//!    `COPY`; a similar file (same path, same path with versions changed, same name and size
+//!    class) is patched, with zstd using the old file as dictionary or with bsdiff, whichever is
+//!    smaller, and only if that beats sending it; the rest, and all tar headers, are literals.
+//! 4. The base ranges the plan needs become the payload's extents; the encoder gathers them
+//!    exactly as the device will (one pass per base layer) to compute patches against them.
+//! 5. Everything goes through one zstd stream with long-distance matching, so literal data
+//!    repeated across files and layers is sent once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -15,14 +23,16 @@ use sideload_signing::{
     TargetLayer, FORMAT_VERSION,
 };
 
+use crate::apply::BaseStore;
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
+use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, RegionPlan};
 use crate::error::Error;
 use crate::image::digest_reader::HashingWriter;
 use crate::image::spec::media_types::{OCI_LAYER_TAR, OCI_MANIFEST};
 use crate::image::spec::Descriptor;
 use crate::image::ImageSource;
 use crate::manifest::build_manifest;
-use crate::payload::PayloadWriter;
+use crate::payload::{Extent, PatchKind, PayloadWriter};
 use crate::progress::Progress;
 
 /// Size of one literal record; also the read buffer of the encoder.
@@ -86,8 +96,29 @@ pub enum LayerEncoding {
         /// Reference of the base image that holds it.
         base: String,
     },
-    /// Sent as literal bytes.
-    Literal,
+    /// Rebuilt from copies, patches and literals.
+    Delta(DeltaStats),
+}
+
+/// What a rebuilt layer is made of (uncompressed bytes of the layer tar).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaStats {
+    /// Files copied from identical content on the device, and their bytes.
+    pub copied_files: u64,
+    /// Bytes copied.
+    pub copied_bytes: u64,
+    /// Files patched with zstd (old file as dictionary).
+    pub zstd_patched_files: u64,
+    /// Files patched with bsdiff.
+    pub bsdiff_patched_files: u64,
+    /// Bytes of the patched files (their new size).
+    pub patched_bytes: u64,
+    /// Bytes of the patches themselves.
+    pub patch_bytes: u64,
+    /// Bytes sent as literals: tar headers, new files, files no patch made smaller.
+    pub literal_bytes: u64,
+    /// References of the base images the copies and patches came from.
+    pub bases: Vec<String>,
 }
 
 /// What one target layer cost.
@@ -167,10 +198,81 @@ pub fn build_bundle(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut payload_file =
-        tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let io_err = |what| Error::io(what, out);
 
+    // Which target layers need sending, and what the device holds to build them from.
+    let to_send: Vec<usize> = (0..image.layers.len())
+        .filter(|&i| !on_device.contains_key(&image.layers[i].diff_id))
+        .collect();
+    let base_layers = BaseLayers::new(bases);
+    let mut index = BaseIndex::default();
+    if !to_send.is_empty() {
+        for (i, (diff_id, source, layer)) in base_layers.list.iter().enumerate() {
+            progress.start(
+                &format!("scan base {}/{}", i + 1, base_layers.list.len()),
+                0,
+            );
+            let scan = scan_layer(source.open_layer(*layer)?).map_err(|e| {
+                Error::InvalidBuild(format!(
+                    "{}: reading base layer {diff_id}: {e}",
+                    source.image().reference
+                ))
+            })?;
+            index.add_layer(i, &scan);
+            progress.finish();
+        }
+    }
+    let mut scans: HashMap<usize, (LayerScan, File)> = HashMap::new();
+    for &i in &to_send {
+        progress.start(&format!("scan layer {}/{}", i + 1, image.layers.len()), 0);
+        let mut spool =
+            tempfile::tempfile_in(dir).map_err(Error::io("creating spool file in", dir))?;
+        let scan = scan_layer(Tee {
+            inner: target.open_layer(i)?,
+            copy: BufWriter::new(&mut spool),
+        })
+        .map_err(|e| layer_read_error(image, i, e))?;
+        scans.insert(i, (scan, spool));
+        progress.finish();
+    }
+
+    // The plan, and the base ranges it needs.
+    let mut requires: Vec<Digest> = Vec::new();
+    for layer in &image.layers {
+        if on_device.contains_key(&layer.diff_id) && !requires.contains(&layer.diff_id) {
+            requires.push(layer.diff_id.clone());
+        }
+    }
+    let mut plans: HashMap<usize, Vec<RegionPlan>> = HashMap::new();
+    let mut wanted: Vec<BaseRef> = Vec::new();
+    for &i in &to_send {
+        let plan: Vec<RegionPlan> = scans[&i]
+            .0
+            .regions
+            .iter()
+            .map(|r| plan_region(&index, r))
+            .collect();
+        for p in &plan {
+            if let RegionPlan::Copy(at) | RegionPlan::Patch(at) = p {
+                wanted.push(*at);
+            }
+        }
+        plans.insert(i, plan);
+    }
+    let layout = ScratchLayout::new(&wanted, &base_layers, &mut requires);
+    let scratch_dir =
+        tempfile::tempdir_in(dir).map_err(Error::io("creating scratch directory in", dir))?;
+    let scratch = crate::apply::gather_extents(
+        &out.display().to_string(),
+        &requires,
+        layout.total,
+        &layout.extents,
+        &base_layers,
+        scratch_dir.path(),
+    )?;
+
+    let mut payload_file =
+        tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
     let mut zstd = zstd::stream::write::Encoder::new(hashed, options.zstd_level)
         .map_err(io_err("starting zstd for"))?;
@@ -184,36 +286,27 @@ pub fn build_bundle(
     writer
         .config(&image.config.bytes)
         .map_err(io_err("writing payload of"))?;
-    writer.extents(&[]).map_err(io_err("writing payload of"))?;
+    writer
+        .extents(&layout.extents)
+        .map_err(io_err("writing payload of"))?;
     // Flush so the config's bytes are not counted against the first layer.
     writer
         .get_mut()
         .flush()
         .map_err(io_err("writing payload of"))?;
 
-    let mut requires: Vec<Digest> = Vec::new();
-    let mut seen_required: HashSet<Digest> = HashSet::new();
     let mut layers = Vec::with_capacity(image.layers.len());
     let mut reports = Vec::with_capacity(image.layers.len());
-    let mut buf = vec![0u8; LITERAL_CHUNK];
     for (index, layer) in image.layers.iter().enumerate() {
         let index32 =
             u32::try_from(index).map_err(|_| Error::InvalidBuild("too many layers".into()))?;
-        progress.start(
-            &format!("layer {}/{}", index + 1, image.layers.len()),
-            layer.blob_size,
-        );
         let before = compressed_so_far(&mut writer);
-        let mut stream = target.open_layer(index)?;
         let (encoding, size) = if let Some(base) = on_device.get(&layer.diff_id) {
             writer
                 .present(index32)
                 .map_err(io_err("writing payload of"))?;
-            if seen_required.insert(layer.diff_id.clone()) {
-                requires.push(layer.diff_id.clone());
-            }
             // The manifest needs the uncompressed size; counting also checks the diff_id.
-            let size = std::io::copy(&mut stream, &mut std::io::sink())
+            let size = std::io::copy(&mut target.open_layer(index)?, &mut std::io::sink())
                 .map_err(|e| layer_read_error(image, index, e))?;
             (
                 LayerEncoding::Present {
@@ -222,32 +315,44 @@ pub fn build_bundle(
                 size,
             )
         } else {
+            let (scan, spool) = scans.get_mut(&index).expect("scanned");
+            progress.start(
+                &format!("encode layer {}/{}", index + 1, image.layers.len()),
+                scan.len,
+            );
             writer
                 .begin_layer(index32)
                 .map_err(io_err("writing payload of"))?;
-            let mut size = 0u64;
-            loop {
-                let n = read_full(&mut stream, &mut buf)
-                    .map_err(|e| layer_read_error(image, index, e))?;
-                if n == 0 {
-                    break;
-                }
-                writer
-                    .literal(&buf[..n])
-                    .map_err(io_err("writing payload of"))?;
-                size += n as u64;
-                progress.advance(n as u64);
-            }
+            let mut encoder = LayerEncoder {
+                writer: &mut writer,
+                scratch: &scratch,
+                layout: &layout,
+                level: options.zstd_level,
+                stats: DeltaStats::default(),
+                progress,
+                name: out.display().to_string(),
+            };
+            spool
+                .seek(SeekFrom::Start(0))
+                .map_err(io_err("reading spool of"))?;
+            encoder.encode(
+                &mut std::io::BufReader::new(&mut *spool),
+                scan,
+                &plans[&index],
+                &base_layers,
+            )?;
+            let mut stats = encoder.stats;
             writer.end_layer().map_err(io_err("writing payload of"))?;
-            (LayerEncoding::Literal, size)
+            stats.bases.sort();
+            stats.bases.dedup();
+            progress.finish();
+            (LayerEncoding::Delta(stats), scan.len)
         };
-        drop(stream);
         writer
             .get_mut()
             .flush()
             .map_err(io_err("writing payload of"))?;
         let payload_bytes = compressed_so_far(&mut writer) - before;
-        progress.finish();
         layers.push(TargetLayer {
             diff_id: layer.diff_id.clone(),
             size,
@@ -305,7 +410,7 @@ pub fn build_bundle(
             sha256: payload_digest,
             window_log: options.window_log,
             decoded_size,
-            scratch_bytes: 0,
+            scratch_bytes: layout.total,
         },
         sequence: options.sequence,
         allow_downgrade: options.allow_downgrade,
@@ -315,6 +420,7 @@ pub fn build_bundle(
         contact: options.contact.clone(),
     };
 
+    drop(scratch);
     let mut bundle =
         tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating bundle in", dir))?;
     payload_file
@@ -333,7 +439,13 @@ pub fn build_bundle(
         w.flush().map_err(io_err("writing"))?;
         n
     };
-    bundle.as_file().sync_all().map_err(io_err("syncing"))?;
+    // Bundles are not secret; tempfile creates files owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    bundle
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|_| bundle.as_file().sync_all())
+        .map_err(io_err("syncing"))?;
     bundle
         .persist(out)
         .map_err(|e| Error::io("renaming bundle into place at", out)(e.error))?;
@@ -345,6 +457,278 @@ pub fn build_bundle(
         statement,
         layers: reports,
     })
+}
+
+/// The distinct layers of the base images, in a fixed order, as a [`BaseStore`] for gathering.
+struct BaseLayers<'a> {
+    list: Vec<(Digest, &'a dyn ImageSource, usize)>,
+}
+
+impl<'a> BaseLayers<'a> {
+    fn new(bases: &[&'a dyn ImageSource]) -> Self {
+        let mut list: Vec<(Digest, &'a dyn ImageSource, usize)> = Vec::new();
+        for base in bases {
+            for (i, layer) in base.image().layers.iter().enumerate() {
+                if !list.iter().any(|(d, _, _)| d == &layer.diff_id) {
+                    list.push((layer.diff_id.clone(), *base, i));
+                }
+            }
+        }
+        BaseLayers { list }
+    }
+}
+
+impl BaseStore for BaseLayers<'_> {
+    fn contains(&self, diff_id: &Digest) -> bool {
+        self.list.iter().any(|(d, _, _)| d == diff_id)
+    }
+
+    fn open_layer(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>, crate::image::ImageError> {
+        match self.list.iter().find(|(d, _, _)| d == diff_id) {
+            Some((_, source, i)) => source.open_layer(*i).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Where each needed base range lands in the scratch store: the merged, sorted extents and a
+/// lookup from (base layer, offset) to scratch offset.
+struct ScratchLayout {
+    extents: Vec<Extent>,
+    /// Per base layer (index in `BaseLayers::list`): its extents as (offset, len, scratch
+    /// offset), sorted by offset.
+    by_layer: HashMap<usize, Vec<(u64, u64, u64)>>,
+    total: u64,
+}
+
+impl ScratchLayout {
+    /// Merges the wanted ranges per base layer; adds the base layers to `requires`.
+    fn new(wanted: &[BaseRef], bases: &BaseLayers<'_>, requires: &mut Vec<Digest>) -> Self {
+        let mut by_layer: Vec<(usize, u64, u64)> = wanted
+            .iter()
+            .map(|w| (w.layer, w.offset, w.offset + w.len))
+            .collect();
+        by_layer.sort_unstable();
+        let mut merged: Vec<(usize, u64, u64)> = Vec::new();
+        for (layer, start, end) in by_layer {
+            match merged.last_mut() {
+                Some(last) if last.0 == layer && start <= last.2 => last.2 = last.2.max(end),
+                _ => merged.push((layer, start, end)),
+            }
+        }
+        // requires_index must grow with the extents' order: number base layers as they come.
+        let mut extents = Vec::with_capacity(merged.len());
+        let mut starts = Vec::with_capacity(merged.len());
+        let mut total = 0u64;
+        for (layer, start, end) in merged {
+            let diff_id = &bases.list[layer].0;
+            let requires_index = match requires.iter().position(|d| d == diff_id) {
+                Some(i) => i,
+                None => {
+                    requires.push(diff_id.clone());
+                    requires.len() - 1
+                }
+            };
+            extents.push(Extent {
+                requires_index: requires_index as u32,
+                offset: start,
+                len: end - start,
+            });
+            starts.push((layer, total));
+            total += end - start;
+        }
+        // The format wants extents sorted by (requires_index, offset).
+        let mut order: Vec<usize> = (0..extents.len()).collect();
+        order.sort_by_key(|&i| (extents[i].requires_index, extents[i].offset));
+        let mut sorted_extents = Vec::with_capacity(extents.len());
+        let mut by_layer: HashMap<usize, Vec<(u64, u64, u64)>> = HashMap::new();
+        let mut offset = 0u64;
+        for i in order {
+            let e = extents[i];
+            sorted_extents.push(e);
+            by_layer
+                .entry(starts[i].0)
+                .or_default()
+                .push((e.offset, e.len, offset));
+            offset += e.len;
+        }
+        // Within one base layer, extents are already in offset order.
+        ScratchLayout {
+            extents: sorted_extents,
+            by_layer,
+            total,
+        }
+    }
+
+    /// Scratch offset of a wanted base range.
+    fn scratch_offset(&self, at: &BaseRef) -> u64 {
+        let list = &self.by_layer[&at.layer];
+        let i = list.partition_point(|&(offset, _, _)| offset <= at.offset) - 1;
+        let (offset, len, start) = list[i];
+        debug_assert!(
+            at.offset + at.len <= offset + len,
+            "wanted range inside its extent"
+        );
+        start + (at.offset - offset)
+    }
+}
+
+/// Copies what is read into `copy` (the target layer's spool file).
+struct Tee<R, W> {
+    inner: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        if n == 0 {
+            self.copy.flush()?;
+        }
+        Ok(n)
+    }
+}
+
+/// Largest file also tried with bsdiff (its suffix sort needs about 9 bytes per old byte).
+const MAX_BSDIFF_FILE: usize = 16 << 20;
+
+/// Emits one target layer's operations from its spooled bytes and its plan.
+struct LayerEncoder<'a, W: Write> {
+    writer: &'a mut PayloadWriter<W>,
+    scratch: &'a crate::apply::Scratch,
+    layout: &'a ScratchLayout,
+    level: i32,
+    stats: DeltaStats,
+    progress: &'a dyn Progress,
+    name: String,
+}
+
+impl<W: Write> LayerEncoder<'_, W> {
+    fn encode(
+        &mut self,
+        spool: &mut impl Read,
+        scan: &LayerScan,
+        plan: &[RegionPlan],
+        bases: &BaseLayers<'_>,
+    ) -> Result<(), Error> {
+        let mut pos = 0u64;
+        for (region, plan) in scan.regions.iter().zip(plan) {
+            self.literal(spool, region.offset - pos)?;
+            pos = region.offset + region.len;
+            match plan {
+                RegionPlan::Copy(at) => {
+                    skip(spool, region.len).map_err(self.io_err())?;
+                    self.writer
+                        .copy(self.layout.scratch_offset(at), region.len)
+                        .map_err(self.io_err())?;
+                    self.stats.copied_files += 1;
+                    self.stats.copied_bytes += region.len;
+                    self.stats
+                        .bases
+                        .push(bases.list[at.layer].1.image().reference.clone());
+                    self.progress.advance(region.len);
+                }
+                RegionPlan::Patch(at) => {
+                    let mut new = vec![0u8; region.len as usize];
+                    spool.read_exact(&mut new).map_err(self.io_err())?;
+                    if self.patch(&new, at)? {
+                        self.stats
+                            .bases
+                            .push(bases.list[at.layer].1.image().reference.clone());
+                    }
+                    self.progress.advance(region.len);
+                }
+                RegionPlan::Literal => self.literal(spool, region.len)?,
+            }
+        }
+        self.literal(spool, scan.len - pos)
+    }
+
+    /// Sends `new` as the smallest of: zstd patch, bsdiff patch, literal. Returns whether a
+    /// patch was used.
+    fn patch(&mut self, new: &[u8], at: &BaseRef) -> Result<bool, Error> {
+        let scratch_offset = self.layout.scratch_offset(at);
+        let mut old = Vec::with_capacity(at.len as usize);
+        self.scratch
+            .range(&self.name, scratch_offset, at.len)?
+            .read_to_end(&mut old)
+            .map_err(self.io_err())?;
+        let compress_err =
+            |e: std::io::Error| Error::InvalidBuild(format!("compressing a patch: {e}"));
+        let literal_cost = zstd::bulk::compress(new, self.level)
+            .map_err(compress_err)?
+            .len();
+        let mut compressor =
+            zstd::bulk::Compressor::with_dictionary(self.level, &old).map_err(compress_err)?;
+        let window = (usize::BITS - (old.len() + new.len()).leading_zeros()).clamp(10, 27);
+        compressor
+            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window))
+            .map_err(compress_err)?;
+        let zstd_patch = compressor.compress(new).map_err(compress_err)?;
+        let mut best = (PatchKind::Zstd, zstd_patch.len(), zstd_patch);
+        if old.len() <= MAX_BSDIFF_FILE && new.len() <= MAX_BSDIFF_FILE {
+            let mut raw = Vec::new();
+            bsdiff::diff(&old, new, &mut raw).map_err(compress_err)?;
+            // The raw patch is mostly zeros; the payload's zstd stream compresses it.
+            let cost = zstd::bulk::compress(&raw, self.level)
+                .map_err(compress_err)?
+                .len();
+            if cost < best.1 {
+                best = (PatchKind::Bsdiff, cost, raw);
+            }
+        }
+        if best.1 >= literal_cost {
+            self.writer.literal(new).map_err(self.io_err())?;
+            self.stats.literal_bytes += new.len() as u64;
+            return Ok(false);
+        }
+        let (kind, _, patch) = best;
+        self.writer
+            .patch(kind, scratch_offset, at.len, new.len() as u64, &patch)
+            .map_err(self.io_err())?;
+        match kind {
+            PatchKind::Zstd => self.stats.zstd_patched_files += 1,
+            PatchKind::Bsdiff => self.stats.bsdiff_patched_files += 1,
+        }
+        self.stats.patched_bytes += new.len() as u64;
+        self.stats.patch_bytes += patch.len() as u64;
+        Ok(true)
+    }
+
+    /// Sends the next `len` spool bytes as literal records.
+    fn literal(&mut self, spool: &mut impl Read, len: u64) -> Result<(), Error> {
+        let mut left = len;
+        let mut buf = vec![0u8; LITERAL_CHUNK.min(len as usize)];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            spool.read_exact(&mut buf[..n]).map_err(self.io_err())?;
+            self.writer.literal(&buf[..n]).map_err(self.io_err())?;
+            left -= n as u64;
+            self.progress.advance(n as u64);
+        }
+        self.stats.literal_bytes += len;
+        Ok(())
+    }
+
+    fn io_err(&self) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            what: "encoding a layer for",
+            path: self.name.clone().into(),
+            source,
+        }
+    }
+}
+
+fn skip(reader: &mut impl Read, len: u64) -> std::io::Result<()> {
+    let copied = std::io::copy(&mut reader.take(len), &mut std::io::sink())?;
+    if copied != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 /// Compressed bytes written so far (after a flush, exact).
@@ -359,18 +743,4 @@ fn layer_read_error(image: &crate::image::Image, index: usize, e: std::io::Error
         "{}: reading layer {index} ({}): {e}",
         image.reference, image.layers[index].diff_id
     ))
-}
-
-/// Reads until `buf` is full or the stream ends.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

@@ -32,6 +32,7 @@
 pub mod apply;
 pub mod build;
 pub mod container;
+pub mod delta;
 pub mod demo;
 pub mod error;
 pub mod fsutil;

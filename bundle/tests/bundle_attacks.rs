@@ -633,7 +633,7 @@ fn a_signed_statement_that_lies_is_refused() {
     let err = f.assert_refused(&f.forge("scratch.bundle", &s, &payload), |e| {
         matches!(e, Error::CorruptPayload { .. })
     });
-    assert!(err.to_string().contains("extents add up to 0"), "{err}");
+    assert!(err.to_string().contains("extents add up to"), "{err}");
 
     // A manifest that does not match the statement's layers.
     let mut s = statement.clone();
@@ -707,7 +707,8 @@ fn records(
 #[test]
 fn a_literal_longer_than_its_layer_is_refused_before_it_is_read() {
     let f = fixture();
-    let (statement, _) = f.statement();
+    let (mut statement, _) = f.statement();
+    statement.payload.scratch_bytes = 0;
     let mut rec = records(&f, &[], |_| {});
     // Replace the empty layer by a literal record that declares a terabyte and holds nothing.
     let end_layer = rec.len() - 2;

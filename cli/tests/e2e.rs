@@ -148,7 +148,12 @@ fn build_sign_verify_apply_reproduces_the_image() {
         "--json",
     ]));
     assert_eq!(report["layers"][0]["encoding"], "present");
-    assert_eq!(report["layers"][1]["encoding"], "literal");
+    assert_eq!(report["layers"][1]["encoding"], "delta");
+    assert!(report["layers"][1]["copied_files"].as_u64().unwrap() > 100);
+    assert!(
+        report["bundle_size"].as_u64().unwrap() < 100_000,
+        "a file-level delta, not the layer"
+    );
     assert!(
         report["bundle_size"].as_u64().unwrap() < report["source_image_size"].as_u64().unwrap()
     );

@@ -124,18 +124,30 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
             .layers
             .iter()
             .map(|l| {
-                let (encoding, base) = match &l.encoding {
-                    LayerEncoding::Present { base } => ("present", Some(base.as_str())),
-                    LayerEncoding::Literal => ("literal", None),
-                };
-                serde_json::json!({
+                let mut value = serde_json::json!({
                     "diff_id": l.diff_id,
                     "size": l.size,
                     "source_blob_size": l.source_blob_size,
-                    "encoding": encoding,
-                    "base": base,
                     "payload_bytes": l.payload_bytes,
-                })
+                });
+                match &l.encoding {
+                    LayerEncoding::Present { base } => {
+                        value["encoding"] = "present".into();
+                        value["bases"] = serde_json::json!([base]);
+                    }
+                    LayerEncoding::Delta(d) => {
+                        value["encoding"] = "delta".into();
+                        value["bases"] = serde_json::json!(d.bases);
+                        value["copied_files"] = d.copied_files.into();
+                        value["copied_bytes"] = d.copied_bytes.into();
+                        value["zstd_patched_files"] = d.zstd_patched_files.into();
+                        value["bsdiff_patched_files"] = d.bsdiff_patched_files.into();
+                        value["patched_bytes"] = d.patched_bytes.into();
+                        value["patch_bytes"] = d.patch_bytes.into();
+                        value["literal_bytes"] = d.literal_bytes.into();
+                    }
+                }
+                value
             })
             .collect();
         print_json(&serde_json::json!({
@@ -159,7 +171,17 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         for (i, l) in report.layers.iter().enumerate() {
             let how = match &l.encoding {
                 LayerEncoding::Present { base } => format!("on device (in {base})"),
-                LayerEncoding::Literal => "sent".to_owned(),
+                LayerEncoding::Delta(d) => format!(
+                    "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B literal{}",
+                    d.copied_files,
+                    d.copied_bytes,
+                    d.zstd_patched_files,
+                    d.bsdiff_patched_files,
+                    d.patched_bytes,
+                    d.patch_bytes,
+                    d.literal_bytes,
+                    if d.bases.is_empty() { String::new() } else { format!("; from {}", d.bases.join(", ")) }
+                ),
             };
             println!(
                 "  layer {i} {} {:>12} bytes: {how}, {} payload bytes",
