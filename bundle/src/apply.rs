@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
@@ -26,7 +26,7 @@ use crate::limits::Limits;
 use crate::manifest::config_diff_ids;
 use crate::payload::{Extent, PatchKind, PayloadReader, Record, RecordError};
 use crate::progress::Progress;
-use crate::stream::{CappedReader, HashingReader};
+use crate::stream::{CappedReader, Frames, HashingReader};
 use crate::verify::{check_payload_digest, verify_head, TrustedHead};
 
 /// Where the device's existing layers come from.
@@ -267,11 +267,9 @@ fn decode_payload(
     };
     let record_err = |e: RecordError| corrupt(e.to_string());
     let payload = &statement.payload;
-    let raw = HashingReader::new(BufReader::new(file.take(payload.size)));
-    let mut zstd = zstd::stream::read::Decoder::new(raw).map_err(|e| corrupt(e.to_string()))?;
-    zstd.window_log_max(payload.window_log)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let decoded = CappedReader::new(zstd, payload.decoded_size, "decoded payload");
+    let raw = BufReader::new(HashingReader::new(file.take(payload.size)));
+    let frames = Frames::new(raw, payload.window_log).map_err(|e| corrupt(e.to_string()))?;
+    let decoded = CappedReader::new(frames, payload.decoded_size, "decoded payload");
     let mut reader = PayloadReader::new(decoded, limits.max_extents);
 
     // Config first.
@@ -338,7 +336,12 @@ fn decode_payload(
             &format!("layer {}/{}", index + 1, statement.target.layers.len()),
             layer.size,
         );
-        let record = reader.next_record().map_err(record_err)?;
+        let record = loop {
+            match reader.next_record().map_err(record_err)? {
+                Record::Frame(ranges) => next_frame(name, &mut reader, &scratch, &ranges, limits)?,
+                other => break other,
+            }
+        };
         match record {
             Record::Present { index: i } if i as usize == index => {
                 if !statement.requires.contains(&layer.diff_id) {
@@ -395,10 +398,9 @@ fn decode_payload(
     }
     reader.expect_eof().map_err(record_err)?;
     // Drain what zstd has not asked for (a frame epilogue) so the digest covers every byte.
-    let mut zstd = reader.into_inner().into_inner();
-    io::copy(&mut zstd, &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
-    // Bytes zstd buffered but did not use were hashed when they were read.
-    let mut raw = zstd.finish().into_inner();
+    let frames = reader.into_inner().into_inner();
+    // Bytes buffered but not decoded were hashed when they were read.
+    let mut raw = frames.into_inner().into_inner();
     io::copy(&mut raw, &mut io::sink()).map_err(Error::io("reading bundle", name))?;
     let (digest, count) = raw.finish();
     if count != payload.size {
@@ -417,6 +419,37 @@ fn decode_payload(
         });
     }
     Ok((rebuilt, reused))
+}
+
+/// Handles a FRAME record: builds the next frame's dictionary from scratch ranges (capped by
+/// [`Limits::max_dictionary`]) and switches the decoder to it.
+fn next_frame<R: BufRead>(
+    name: &str,
+    reader: &mut PayloadReader<CappedReader<Frames<R>>>,
+    scratch: &Scratch,
+    ranges: &[(u64, u64)],
+    limits: &Limits,
+) -> Result<(), Error> {
+    let total = ranges
+        .iter()
+        .try_fold(0u64, |acc, (_, len)| acc.checked_add(*len))
+        .unwrap_or(u64::MAX);
+    crate::container::check_limit(name, "frame dictionary", total, limits.max_dictionary)?;
+    let mut dictionary = Vec::with_capacity(total as usize);
+    for &(offset, len) in ranges {
+        scratch
+            .range(name, offset, len)?
+            .read_to_end(&mut dictionary)
+            .map_err(Error::io("reading scratch", "scratch"))?;
+    }
+    reader
+        .get_mut()
+        .get_mut()
+        .next_frame(&dictionary)
+        .map_err(|e| Error::CorruptPayload {
+            bundle: name.to_owned(),
+            reason: format!("starting the next zstd frame: {e}"),
+        })
 }
 
 /// The scratch store: gathered base ranges, addressed by offset.

@@ -206,6 +206,7 @@ pub fn build_bundle(
         .collect();
     let base_layers = BaseLayers::new(bases);
     let mut index = BaseIndex::default();
+    let mut base_scans: Vec<LayerScan> = Vec::new();
     if !to_send.is_empty() {
         for (i, (diff_id, source, layer)) in base_layers.list.iter().enumerate() {
             progress.start(
@@ -219,6 +220,7 @@ pub fn build_bundle(
                 ))
             })?;
             index.add_layer(i, &scan);
+            base_scans.push(scan);
             progress.finish();
         }
     }
@@ -244,6 +246,7 @@ pub fn build_bundle(
         }
     }
     let mut plans: HashMap<usize, Vec<RegionPlan>> = HashMap::new();
+    let mut dictionaries: HashMap<usize, Vec<BaseRef>> = HashMap::new();
     let mut wanted: Vec<BaseRef> = Vec::new();
     for &i in &to_send {
         let plan: Vec<RegionPlan> = scans[&i]
@@ -257,6 +260,10 @@ pub fn build_bundle(
                 wanted.push(*at);
             }
         }
+        let dictionary =
+            frame_dictionary(&plan, &base_scans, crate::Limits::default().max_dictionary);
+        wanted.extend(&dictionary);
+        dictionaries.insert(i, dictionary);
         plans.insert(i, plan);
     }
     let layout = ScratchLayout::new(&wanted, &base_layers, &mut requires);
@@ -274,13 +281,7 @@ pub fn build_bundle(
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
-    let mut zstd = zstd::stream::write::Encoder::new(hashed, options.zstd_level)
-        .map_err(io_err("starting zstd for"))?;
-    zstd.long_distance_matching(true)
-        .and_then(|_| zstd.window_log(options.window_log))
-        .and_then(|_| zstd.include_checksum(false))
-        .and_then(|_| zstd.multithread(options.threads))
-        .map_err(io_err("configuring zstd for"))?;
+    let zstd = FrameEncoder::new(hashed, options).map_err(io_err("starting zstd for"))?;
     let mut writer =
         PayloadWriter::new(HashingWriter::new(zstd)).map_err(io_err("writing payload of"))?;
     writer
@@ -320,6 +321,30 @@ pub fn build_bundle(
                 &format!("encode layer {}/{}", index + 1, image.layers.len()),
                 scan.len,
             );
+            let dictionary = &dictionaries[&index];
+            if !dictionary.is_empty() {
+                // Tar headers of the target are mostly those of a base layer with a few bytes
+                // changed: a frame whose dictionary is that layer's headers sends them cheaply.
+                let ranges: Vec<(u64, u64)> = dictionary
+                    .iter()
+                    .map(|at| (layout.scratch_offset(at), at.len))
+                    .collect();
+                let mut bytes = Vec::new();
+                for &(offset, len) in &ranges {
+                    scratch
+                        .range(&out.display().to_string(), offset, len)?
+                        .read_to_end(&mut bytes)
+                        .map_err(io_err("reading scratch of"))?;
+                }
+                writer
+                    .frame(&ranges)
+                    .map_err(io_err("writing payload of"))?;
+                writer
+                    .get_mut()
+                    .get_mut()
+                    .next_frame(&bytes)
+                    .map_err(io_err("writing payload of"))?;
+            }
             writer
                 .begin_layer(index32)
                 .map_err(io_err("writing payload of"))?;
@@ -370,8 +395,8 @@ pub fn build_bundle(
     }
 
     let counted = writer.finish().map_err(io_err("writing payload of"))?;
-    let (zstd, _, decoded_size) = counted.finish();
-    let hashed = zstd.finish().map_err(io_err("finishing zstd for"))?;
+    let (frames, _, decoded_size) = counted.finish();
+    let hashed = frames.finish().map_err(io_err("finishing zstd for"))?;
     let (buffered, payload_digest, payload_size) = hashed.finish();
     buffered
         .into_inner()
@@ -733,9 +758,123 @@ fn skip(reader: &mut impl Read, len: u64) -> std::io::Result<()> {
 
 /// Compressed bytes written so far (after a flush, exact).
 fn compressed_so_far<W: Write>(
-    writer: &mut PayloadWriter<HashingWriter<zstd::stream::write::Encoder<'_, HashingWriter<W>>>>,
+    writer: &mut PayloadWriter<HashingWriter<FrameEncoder<HashingWriter<W>>>>,
 ) -> u64 {
     writer.get_mut().get_mut().get_ref().count()
+}
+
+/// The dictionary for a target layer's frame: the metadata (everything but file contents:
+/// headers, PAX records, padding) of the base layer the layer draws most from, in archive
+/// order, up to `cap` bytes. Empty when the layer draws from no base.
+fn frame_dictionary(plan: &[RegionPlan], base_scans: &[LayerScan], cap: u64) -> Vec<BaseRef> {
+    let mut uses: HashMap<usize, usize> = HashMap::new();
+    for p in plan {
+        if let RegionPlan::Copy(at) | RegionPlan::Patch(at) = p {
+            *uses.entry(at.layer).or_default() += 1;
+        }
+    }
+    let Some((&layer, _)) = uses
+        .iter()
+        .max_by_key(|(layer, n)| (**n, std::cmp::Reverse(**layer)))
+    else {
+        return Vec::new();
+    };
+    let scan = &base_scans[layer];
+    let mut gaps = Vec::new();
+    let mut pos = 0u64;
+    let mut total = 0u64;
+    let ends = scan
+        .regions
+        .iter()
+        .map(|r| (r.offset, r.offset + r.len))
+        .chain(std::iter::once((scan.len, scan.len)));
+    for (start, end) in ends {
+        let len = (start - pos).min(cap - total);
+        if len > 0 {
+            gaps.push(BaseRef {
+                layer,
+                offset: pos,
+                len,
+            });
+            total += len;
+        }
+        pos = end;
+        if total == cap {
+            break;
+        }
+    }
+    gaps
+}
+
+/// The payload's zstd stream as a series of frames, each with its own dictionary.
+struct FrameEncoder<W: Write> {
+    current: Option<zstd::stream::write::Encoder<'static, W>>,
+    level: i32,
+    window_log: u32,
+    threads: u32,
+}
+
+impl<W: Write> FrameEncoder<W> {
+    fn new(inner: W, options: &BuildOptions) -> std::io::Result<Self> {
+        let mut frames = FrameEncoder {
+            current: None,
+            level: options.zstd_level,
+            window_log: options.window_log,
+            threads: options.threads,
+        };
+        frames.start(inner, &[])?;
+        Ok(frames)
+    }
+
+    fn start(&mut self, inner: W, dictionary: &[u8]) -> std::io::Result<()> {
+        let mut zstd =
+            zstd::stream::write::Encoder::with_dictionary(inner, self.level, dictionary)?;
+        zstd.long_distance_matching(true)?;
+        zstd.window_log(self.window_log)?;
+        zstd.include_checksum(false)?;
+        zstd.multithread(self.threads)?;
+        self.current = Some(zstd);
+        Ok(())
+    }
+
+    /// Ends the current frame and starts one compressed with `dictionary`.
+    fn next_frame(&mut self, dictionary: &[u8]) -> std::io::Result<()> {
+        let inner = self
+            .current
+            .take()
+            .expect("a frame is always open")
+            .finish()?;
+        self.start(inner, dictionary)
+    }
+
+    fn get_ref(&self) -> &W {
+        self.current
+            .as_ref()
+            .expect("a frame is always open")
+            .get_ref()
+    }
+
+    fn finish(mut self) -> std::io::Result<W> {
+        self.current
+            .take()
+            .expect("a frame is always open")
+            .finish()
+    }
+}
+
+impl<W: Write> Write for FrameEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.current
+            .as_mut()
+            .expect("a frame is always open")
+            .write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.current
+            .as_mut()
+            .expect("a frame is always open")
+            .flush()
+    }
 }
 
 fn layer_read_error(image: &crate::image::Image, index: usize, e: std::io::Error) -> Error {

@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_patch_base: u64,
     /// Largest output of one patch operation (held in memory by the bsdiff decoder).
     pub max_patch_output: u64,
+    /// Largest dictionary of one zstd frame of the payload (held in memory while the frame is
+    /// decoded, beside the window).
+    pub max_dictionary: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_scratch: 64 * GIB,
             max_patch_base: 64 << 20,
             max_patch_output: 64 << 20,
+            max_dictionary: 32 << 20,
         }
     }
 }

@@ -5,15 +5,21 @@
 //! 0x01 CONFIG   u32 len, len bytes (the image config blob, exact bytes)
 //! 0x02 EXTENTS  u32 count, count x (u32 requires_index, u64 offset, u64 len)
 //! then for every target layer, bottom first, one of:
+//! 0x05 FRAME    u32 count, count x (u64 scratch_offset, u64 len)
+//!               (between layers: the zstd frame ends here; the next one is compressed with
+//!                those scratch ranges, concatenated, as its dictionary)
 //! 0x03 PRESENT  u32 layer_index                     (the device holds it: statement.requires)
 //! 0x04 LAYER    u32 layer_index, then operations, then 0x1F END_LAYER
-//!        0x10 LITERAL      u64 len, len bytes
-//!        0x11 COPY         u64 scratch_offset, u64 len
+//!        0x10 LITERAL      varint len, len bytes
+//!        0x11 COPY         varint zigzag(scratch_offset - cursor), varint len
+//!                          (cursor: end of the previous COPY in the payload, 0 at first)
 //!        0x12 PATCH_ZSTD   u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //! 0xFF END
 //! ```
-//! Integers are little-endian. The stream is pull-parsed like tar-rs reads a tar: a record
+//! Integers are little-endian; a varint is LEB128 (7 bits a byte, low first, at most 10 bytes),
+//! zigzag maps signed to unsigned (0, -1, 1, -2, ... → 0, 1, 2, 3, ...). Copies are the most
+//! frequent record (one per unchanged file), so they are relative and short. The stream is pull-parsed like tar-rs reads a tar: a record
 //! header, then its body as a bounded reader; nothing a record declares sizes a buffer before
 //! it is checked against [`Limits`](crate::Limits). This module only encodes and decodes
 //! records; what they mean is the decoder's business ([`crate::apply`]).
@@ -30,6 +36,7 @@ const TAG_CONFIG: u8 = 0x01;
 const TAG_EXTENTS: u8 = 0x02;
 const TAG_PRESENT: u8 = 0x03;
 const TAG_LAYER: u8 = 0x04;
+const TAG_FRAME: u8 = 0x05;
 const TAG_LITERAL: u8 = 0x10;
 const TAG_COPY: u8 = 0x11;
 const TAG_PATCH_ZSTD: u8 = 0x12;
@@ -68,6 +75,9 @@ pub enum Record {
     },
     /// The extents table.
     Extents(Vec<Extent>),
+    /// The current zstd frame ends; the next is compressed with these scratch ranges
+    /// (offset, length), concatenated, as its dictionary.
+    Frame(Vec<(u64, u64)>),
     /// Target layer `index` is already on the device.
     Present {
         /// Layer index.
@@ -125,6 +135,7 @@ pub struct PayloadReader<R> {
     inner: R,
     max_extents: u32,
     started: bool,
+    copy_cursor: u64,
 }
 
 impl<R: Read> PayloadReader<R> {
@@ -134,6 +145,7 @@ impl<R: Read> PayloadReader<R> {
             inner,
             max_extents,
             started: false,
+            copy_cursor: 0,
         }
     }
 
@@ -170,13 +182,38 @@ impl<R: Read> PayloadReader<R> {
                 }
                 Record::Extents(extents)
             }
+            TAG_FRAME => {
+                let count = self.u32()?;
+                if count > self.max_extents {
+                    return Err(RecordError::Invalid(format!(
+                        "frame dictionary of {count} ranges, more than the {} allowed",
+                        self.max_extents
+                    )));
+                }
+                let mut ranges = Vec::with_capacity(count.min(1 << 16) as usize);
+                for _ in 0..count {
+                    ranges.push((self.u64()?, self.u64()?));
+                }
+                Record::Frame(ranges)
+            }
             TAG_PRESENT => Record::Present { index: self.u32()? },
             TAG_LAYER => Record::Layer { index: self.u32()? },
-            TAG_LITERAL => Record::Literal { len: self.u64()? },
-            TAG_COPY => Record::Copy {
-                scratch_offset: self.u64()?,
-                len: self.u64()?,
+            TAG_LITERAL => Record::Literal {
+                len: self.varint()?,
             },
+            TAG_COPY => {
+                let delta = unzigzag(self.varint()?);
+                let len = self.varint()?;
+                let scratch_offset = self
+                    .copy_cursor
+                    .checked_add_signed(delta)
+                    .ok_or_else(|| RecordError::Invalid("copy offset out of range".into()))?;
+                self.copy_cursor = scratch_offset.saturating_add(len);
+                Record::Copy {
+                    scratch_offset,
+                    len,
+                }
+            }
             TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF => Record::Patch {
                 kind: if tag == TAG_PATCH_ZSTD {
                     PatchKind::Zstd
@@ -218,6 +255,11 @@ impl<R: Read> PayloadReader<R> {
         self.inner
     }
 
+    /// The underlying stream (to switch zstd frames at a FRAME record).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     fn u8(&mut self) -> Result<u8, RecordError> {
         let mut b = [0u8; 1];
         self.inner.read_exact(&mut b).map_err(eof_as_invalid)?;
@@ -233,6 +275,46 @@ impl<R: Read> PayloadReader<R> {
         self.inner.read_exact(&mut b).map_err(eof_as_invalid)?;
         Ok(u64::from_le_bytes(b))
     }
+    fn varint(&mut self) -> Result<u64, RecordError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(RecordError::Invalid("varint overflows 64 bits".into()));
+            }
+            value |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(RecordError::Invalid("varint longer than 10 bytes".into()))
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn write_varint(w: &mut impl Write, mut v: u64) -> io::Result<()> {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            buf[n] = b;
+            n += 1;
+            break;
+        }
+        buf[n] = b | 0x80;
+        n += 1;
+    }
+    w.write_all(&buf[..n])
 }
 
 fn eof_as_invalid(e: io::Error) -> RecordError {
@@ -247,13 +329,17 @@ fn eof_as_invalid(e: io::Error) -> RecordError {
 /// decoder checks it.
 pub struct PayloadWriter<W: Write> {
     inner: W,
+    copy_cursor: u64,
 }
 
 impl<W: Write> PayloadWriter<W> {
     /// Starts a payload: writes the magic.
     pub fn new(mut inner: W) -> io::Result<Self> {
         inner.write_all(&PAYLOAD_MAGIC)?;
-        Ok(PayloadWriter { inner })
+        Ok(PayloadWriter {
+            inner,
+            copy_cursor: 0,
+        })
     }
 
     /// The config record with its bytes.
@@ -279,6 +365,20 @@ impl<W: Write> PayloadWriter<W> {
         Ok(())
     }
 
+    /// Ends the current zstd frame; the caller then starts the next frame with the
+    /// dictionary made of these scratch ranges.
+    pub fn frame(&mut self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        let count = u32::try_from(ranges.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many ranges"))?;
+        self.inner.write_all(&[TAG_FRAME])?;
+        self.inner.write_all(&count.to_le_bytes())?;
+        for (offset, len) in ranges {
+            self.inner.write_all(&offset.to_le_bytes())?;
+            self.inner.write_all(&len.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Target layer `index` is already on the device.
     pub fn present(&mut self, index: u32) -> io::Result<()> {
         self.inner.write_all(&[TAG_PRESENT])?;
@@ -294,15 +394,19 @@ impl<W: Write> PayloadWriter<W> {
     /// Literal bytes.
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.inner.write_all(&[TAG_LITERAL])?;
-        self.inner.write_all(&(bytes.len() as u64).to_le_bytes())?;
+        write_varint(&mut self.inner, bytes.len() as u64)?;
         self.inner.write_all(bytes)
     }
 
     /// Copy from scratch.
     pub fn copy(&mut self, scratch_offset: u64, len: u64) -> io::Result<()> {
         self.inner.write_all(&[TAG_COPY])?;
-        self.inner.write_all(&scratch_offset.to_le_bytes())?;
-        self.inner.write_all(&len.to_le_bytes())
+        // Offsets stay far below 2^63 (they are bounded by the scratch store).
+        let delta = scratch_offset.wrapping_sub(self.copy_cursor) as i64;
+        write_varint(&mut self.inner, zigzag(delta))?;
+        write_varint(&mut self.inner, len)?;
+        self.copy_cursor = scratch_offset + len;
+        Ok(())
     }
 
     /// A patch against a scratch range.
@@ -356,6 +460,7 @@ mod tests {
             len: 100,
         }];
         w.extents(&extents).unwrap();
+        w.frame(&[(0, 10), (20, 5)]).unwrap();
         w.present(0).unwrap();
         w.begin_layer(1).unwrap();
         w.literal(b"hello").unwrap();
@@ -370,6 +475,10 @@ mod tests {
         r.body(2).read_to_end(&mut body).unwrap();
         assert_eq!(body, b"{}");
         assert_eq!(r.next_record().unwrap(), Record::Extents(extents.to_vec()));
+        assert_eq!(
+            r.next_record().unwrap(),
+            Record::Frame(vec![(0, 10), (20, 5)])
+        );
         assert_eq!(r.next_record().unwrap(), Record::Present { index: 0 });
         assert_eq!(r.next_record().unwrap(), Record::Layer { index: 1 });
         assert_eq!(r.next_record().unwrap(), Record::Literal { len: 5 });
@@ -440,6 +549,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn varints_and_relative_copies() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            write_varint(&mut b, v).unwrap();
+            let mut r = PayloadReader::new(&b[..], 0);
+            assert_eq!(r.varint().unwrap(), v);
+        }
+        for v in [0i64, -1, 1, -1000, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.copy(1000, 10).unwrap();
+        w.copy(500, 20).unwrap();
+        w.copy(1 << 40, 1).unwrap();
+        let bytes = w.finish().unwrap();
+        assert!(
+            bytes.len() < 8 + 3 * 12,
+            "copies are short: {}",
+            bytes.len()
+        );
+        let mut r = PayloadReader::new(&bytes[..], 0);
+        for (scratch_offset, len) in [(1000, 10), (500, 20), (1 << 40, 1)] {
+            assert_eq!(
+                r.next_record().unwrap(),
+                Record::Copy {
+                    scratch_offset,
+                    len
+                }
+            );
+        }
+        // An overlong varint and a copy before offset 0 are refused.
+        let mut bad = PAYLOAD_MAGIC.to_vec();
+        bad.push(TAG_COPY);
+        bad.extend_from_slice(&[0xff; 11]);
+        assert!(PayloadReader::new(&bad[..], 0).next_record().is_err());
+        let mut bad = PAYLOAD_MAGIC.to_vec();
+        bad.push(TAG_COPY);
+        bad.extend_from_slice(&[0x03, 0x01]);
+        let err = PayloadReader::new(&bad[..], 0).next_record().unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 
     #[test]

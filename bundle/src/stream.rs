@@ -62,6 +62,11 @@ impl<R> CappedReader<R> {
     pub fn into_inner(self) -> R {
         self.inner
     }
+
+    /// The wrapped reader, in place.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
 }
 
 impl<R: Read> Read for CappedReader<R> {
@@ -81,6 +86,61 @@ impl<R: Read> Read for CappedReader<R> {
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+/// The payload's zstd frames read as one stream. Each frame is decoded on its own (so a frame
+/// cannot run on into the next), and [`Frames::next_frame`] starts the next one with its
+/// dictionary when a FRAME record says so.
+pub struct Frames<R: io::BufRead> {
+    current: Option<zstd::stream::read::Decoder<'static, R>>,
+    window_log: u32,
+}
+
+impl<R: io::BufRead> Frames<R> {
+    /// Starts decoding the first frame (no dictionary), with the window capped at
+    /// `2^window_log`.
+    pub fn new(inner: R, window_log: u32) -> io::Result<Self> {
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(inner)?;
+        decoder.window_log_max(window_log)?;
+        Ok(Frames {
+            current: Some(decoder.single_frame()),
+            window_log,
+        })
+    }
+
+    /// Ends the current frame, which must have no decoded bytes left, and starts the next one
+    /// with `dictionary` (raw content; empty for none).
+    pub fn next_frame(&mut self, dictionary: &[u8]) -> io::Result<()> {
+        let mut decoder = self.current.take().expect("a frame is always open");
+        let mut byte = [0u8; 1];
+        if decoder.read(&mut byte)? != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the zstd frame goes on past its FRAME record",
+            ));
+        }
+        let mut next = zstd::stream::read::Decoder::with_dictionary(decoder.finish(), dictionary)?;
+        next.window_log_max(self.window_log)?;
+        self.current = Some(next.single_frame());
+        Ok(())
+    }
+
+    /// The compressed stream, positioned after the last frame read.
+    pub fn into_inner(mut self) -> R {
+        self.current
+            .take()
+            .expect("a frame is always open")
+            .finish()
+    }
+}
+
+impl<R: io::BufRead> Read for Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.current
+            .as_mut()
+            .expect("a frame is always open")
+            .read(buf)
     }
 }
 

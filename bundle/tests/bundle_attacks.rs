@@ -712,8 +712,8 @@ fn a_literal_longer_than_its_layer_is_refused_before_it_is_read() {
     let mut rec = records(&f, &[], |_| {});
     // Replace the empty layer by a literal record that declares a terabyte and holds nothing.
     let end_layer = rec.len() - 2;
-    let mut bomb = vec![0x10];
-    bomb.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    // LITERAL with a varint length of 2^40.
+    let bomb = vec![0x10, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
     rec.splice(end_layer..end_layer, bomb);
     let err = f.assert_refused(&f.forge_records("literal.bundle", statement, &rec), |e| {
         matches!(
