@@ -660,12 +660,11 @@ fn apply_ops<R: Read>(
                             .map_err(|e| corrupt(format!("zstd patch: {e}")))?
                     }
                     PatchKind::Bsdiff => {
-                        let mut new = Vec::with_capacity(out_len as usize);
-                        bsdiff::patch(&base, &mut body, &mut new)
+                        let mut patch = Vec::with_capacity(patch_len.min(1 << 20) as usize);
+                        body.read_to_end(&mut patch)
                             .map_err(|e| corrupt(format!("bsdiff patch: {e}")))?;
-                        if new.len() as u64 > out_len {
-                            return Err(corrupt("bsdiff patch output larger than declared".into()));
-                        }
+                        let new = crate::bspatch::apply(&base, &patch, out_len as usize)
+                            .map_err(|e| corrupt(format!("bsdiff patch: {e}")))?;
                         out.write_all(&new).map_err(write_err)?;
                         new.len() as u64
                     }

@@ -66,6 +66,10 @@ pub struct BuildOptions {
     pub signature_slot: u32,
     /// Compression threads (0 = single-threaded).
     pub threads: u32,
+    /// Layers up to this size (uncompressed, and their closest base layer too) are also tried
+    /// as one bsdiff/zstd patch of the whole layer, kept if smaller than the file-level ops.
+    /// The device holds both in memory while applying such a patch; 0 turns this off.
+    pub whole_layer_patch_limit: u64,
 }
 
 impl BuildOptions {
@@ -84,6 +88,7 @@ impl BuildOptions {
             window_log: 27,
             signature_slot: DEFAULT_SIGNATURE_SLOT,
             threads: 2,
+            whole_layer_patch_limit: MAX_WHOLE_LAYER,
         }
     }
 }
@@ -119,6 +124,9 @@ pub struct DeltaStats {
     pub literal_bytes: u64,
     /// References of the base images the copies and patches came from.
     pub bases: Vec<String>,
+    /// Set when the layer went as one patch against a whole base layer (small layers whose
+    /// files mostly changed names), instead of file by file.
+    pub whole_layer_patch: Option<PatchKind>,
 }
 
 /// What one target layer cost.
@@ -247,6 +255,7 @@ pub fn build_bundle(
     }
     let mut plans: HashMap<usize, Vec<RegionPlan>> = HashMap::new();
     let mut dictionaries: HashMap<usize, Vec<BaseRef>> = HashMap::new();
+    let mut whole_layers: HashMap<usize, BaseRef> = HashMap::new();
     let mut wanted: Vec<BaseRef> = Vec::new();
     for &i in &to_send {
         let plan: Vec<RegionPlan> = scans[&i]
@@ -262,6 +271,20 @@ pub fn build_bundle(
         }
         let dictionary =
             frame_dictionary(&plan, &base_scans, crate::Limits::default().max_dictionary);
+        // A small layer may also go as one patch against its closest base layer, whole.
+        if let Some(closest) = dictionary.first().map(|at| at.layer) {
+            let base_len = base_scans[closest].len;
+            let limit = options.whole_layer_patch_limit.min(MAX_WHOLE_LAYER);
+            if scans[&i].0.len <= limit && base_len <= limit {
+                let whole = BaseRef {
+                    layer: closest,
+                    offset: 0,
+                    len: base_len,
+                };
+                wanted.push(whole);
+                whole_layers.insert(i, whole);
+            }
+        }
         wanted.extend(&dictionary);
         dictionaries.insert(i, dictionary);
         plans.insert(i, plan);
@@ -321,51 +344,96 @@ pub fn build_bundle(
                 &format!("encode layer {}/{}", index + 1, image.layers.len()),
                 scan.len,
             );
-            let dictionary = &dictionaries[&index];
-            if !dictionary.is_empty() {
+            let name = out.display().to_string();
+            let ranges: Vec<(u64, u64)> = dictionaries[&index]
+                .iter()
+                .map(|at| (layout.scratch_offset(at), at.len))
+                .collect();
+            let mut dictionary = Vec::new();
+            for &(offset, len) in &ranges {
+                scratch
+                    .range(&name, offset, len)?
+                    .read_to_end(&mut dictionary)
+                    .map_err(io_err("reading scratch of"))?;
+            }
+            if !ranges.is_empty() {
                 // Tar headers of the target are mostly those of a base layer with a few bytes
                 // changed: a frame whose dictionary is that layer's headers sends them cheaply.
-                let ranges: Vec<(u64, u64)> = dictionary
-                    .iter()
-                    .map(|at| (layout.scratch_offset(at), at.len))
-                    .collect();
-                let mut bytes = Vec::new();
-                for &(offset, len) in &ranges {
-                    scratch
-                        .range(&out.display().to_string(), offset, len)?
-                        .read_to_end(&mut bytes)
-                        .map_err(io_err("reading scratch of"))?;
-                }
                 writer
                     .frame(&ranges)
                     .map_err(io_err("writing payload of"))?;
                 writer
                     .get_mut()
                     .get_mut()
-                    .next_frame(&bytes)
+                    .next_frame(&dictionary)
                     .map_err(io_err("writing payload of"))?;
             }
-            writer
-                .begin_layer(index32)
-                .map_err(io_err("writing payload of"))?;
             let mut encoder = LayerEncoder {
-                writer: &mut writer,
                 scratch: &scratch,
                 layout: &layout,
                 level: options.zstd_level,
                 stats: DeltaStats::default(),
                 progress,
-                name: out.display().to_string(),
+                name: name.clone(),
             };
-            spool
-                .seek(SeekFrom::Start(0))
-                .map_err(io_err("reading spool of"))?;
-            encoder.encode(
-                &mut std::io::BufReader::new(&mut *spool),
-                scan,
-                &plans[&index],
-                &base_layers,
-            )?;
+            let plan = &plans[&index];
+            // For a small layer, one patch of the whole layer may beat the file-level ops
+            // (e.g. a renamed directory changes every header). Measure both; keep the smaller.
+            let whole = match whole_layers.get(&index) {
+                Some(at) => {
+                    let patch =
+                        whole_layer_patch(spool, at, &scratch, &layout, options.zstd_level, &name)?;
+                    let mut trial = PayloadWriter::new(
+                        FrameEncoder::compressor(Vec::new(), options, &dictionary)
+                            .map_err(io_err("starting zstd for"))?,
+                    )
+                    .map_err(io_err("writing payload of"))?;
+                    let mut quiet = LayerEncoder {
+                        progress: &crate::progress::NoProgress,
+                        ..encoder.clone()
+                    };
+                    rewind(spool).map_err(io_err("reading spool of"))?;
+                    quiet.encode(
+                        &mut trial,
+                        &mut std::io::BufReader::new(&mut *spool),
+                        scan,
+                        plan,
+                        &base_layers,
+                    )?;
+                    let file_level = trial
+                        .finish()
+                        .and_then(|z| z.finish())
+                        .map_err(io_err("writing payload of"))?
+                        .len();
+                    (patch.2 < file_level).then_some((*at, patch))
+                }
+                None => None,
+            };
+            writer
+                .begin_layer(index32)
+                .map_err(io_err("writing payload of"))?;
+            if let Some((at, (kind, patch, _))) = whole {
+                writer
+                    .patch(kind, layout.scratch_offset(&at), at.len, scan.len, &patch)
+                    .map_err(io_err("writing payload of"))?;
+                encoder.stats.whole_layer_patch = Some(kind);
+                encoder.stats.patched_bytes = scan.len;
+                encoder.stats.patch_bytes = patch.len() as u64;
+                encoder
+                    .stats
+                    .bases
+                    .push(base_layers.list[at.layer].1.image().reference.clone());
+                progress.advance(scan.len);
+            } else {
+                rewind(spool).map_err(io_err("reading spool of"))?;
+                encoder.encode(
+                    &mut writer,
+                    &mut std::io::BufReader::new(&mut *spool),
+                    scan,
+                    plan,
+                    &base_layers,
+                )?;
+            }
             let mut stats = encoder.stats;
             writer.end_layer().map_err(io_err("writing payload of"))?;
             stats.bases.sort();
@@ -622,8 +690,8 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 const MAX_BSDIFF_FILE: usize = 16 << 20;
 
 /// Emits one target layer's operations from its spooled bytes and its plan.
-struct LayerEncoder<'a, W: Write> {
-    writer: &'a mut PayloadWriter<W>,
+#[derive(Clone)]
+struct LayerEncoder<'a> {
     scratch: &'a crate::apply::Scratch,
     layout: &'a ScratchLayout,
     level: i32,
@@ -632,9 +700,10 @@ struct LayerEncoder<'a, W: Write> {
     name: String,
 }
 
-impl<W: Write> LayerEncoder<'_, W> {
-    fn encode(
+impl LayerEncoder<'_> {
+    fn encode<W: Write>(
         &mut self,
+        writer: &mut PayloadWriter<W>,
         spool: &mut impl Read,
         scan: &LayerScan,
         plan: &[RegionPlan],
@@ -642,12 +711,12 @@ impl<W: Write> LayerEncoder<'_, W> {
     ) -> Result<(), Error> {
         let mut pos = 0u64;
         for (region, plan) in scan.regions.iter().zip(plan) {
-            self.literal(spool, region.offset - pos)?;
+            self.literal(writer, spool, region.offset - pos)?;
             pos = region.offset + region.len;
             match plan {
                 RegionPlan::Copy(at) => {
                     skip(spool, region.len).map_err(self.io_err())?;
-                    self.writer
+                    writer
                         .copy(self.layout.scratch_offset(at), region.len)
                         .map_err(self.io_err())?;
                     self.stats.copied_files += 1;
@@ -660,60 +729,45 @@ impl<W: Write> LayerEncoder<'_, W> {
                 RegionPlan::Patch(at) => {
                     let mut new = vec![0u8; region.len as usize];
                     spool.read_exact(&mut new).map_err(self.io_err())?;
-                    if self.patch(&new, at)? {
+                    if self.patch(writer, &new, at)? {
                         self.stats
                             .bases
                             .push(bases.list[at.layer].1.image().reference.clone());
                     }
                     self.progress.advance(region.len);
                 }
-                RegionPlan::Literal => self.literal(spool, region.len)?,
+                RegionPlan::Literal => self.literal(writer, spool, region.len)?,
             }
         }
-        self.literal(spool, scan.len - pos)
+        self.literal(writer, spool, scan.len - pos)
     }
 
     /// Sends `new` as the smallest of: zstd patch, bsdiff patch, literal. Returns whether a
     /// patch was used.
-    fn patch(&mut self, new: &[u8], at: &BaseRef) -> Result<bool, Error> {
-        let scratch_offset = self.layout.scratch_offset(at);
-        let mut old = Vec::with_capacity(at.len as usize);
-        self.scratch
-            .range(&self.name, scratch_offset, at.len)?
-            .read_to_end(&mut old)
-            .map_err(self.io_err())?;
-        let compress_err =
-            |e: std::io::Error| Error::InvalidBuild(format!("compressing a patch: {e}"));
+    fn patch<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        new: &[u8],
+        at: &BaseRef,
+    ) -> Result<bool, Error> {
+        let old = read_scratch(self.scratch, self.layout, at, &self.name)?;
         let literal_cost = zstd::bulk::compress(new, self.level)
-            .map_err(compress_err)?
+            .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
             .len();
-        let mut compressor =
-            zstd::bulk::Compressor::with_dictionary(self.level, &old).map_err(compress_err)?;
-        let window = (usize::BITS - (old.len() + new.len()).leading_zeros()).clamp(10, 27);
-        compressor
-            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window))
-            .map_err(compress_err)?;
-        let zstd_patch = compressor.compress(new).map_err(compress_err)?;
-        let mut best = (PatchKind::Zstd, zstd_patch.len(), zstd_patch);
-        if old.len() <= MAX_BSDIFF_FILE && new.len() <= MAX_BSDIFF_FILE {
-            let mut raw = Vec::new();
-            bsdiff::diff(&old, new, &mut raw).map_err(compress_err)?;
-            // The raw patch is mostly zeros; the payload's zstd stream compresses it.
-            let cost = zstd::bulk::compress(&raw, self.level)
-                .map_err(compress_err)?
-                .len();
-            if cost < best.1 {
-                best = (PatchKind::Bsdiff, cost, raw);
-            }
-        }
-        if best.1 >= literal_cost {
-            self.writer.literal(new).map_err(self.io_err())?;
+        let (kind, patch, cost) = best_patch(&old, new, self.level, MAX_BSDIFF_FILE)?;
+        if cost >= literal_cost {
+            writer.literal(new).map_err(self.io_err())?;
             self.stats.literal_bytes += new.len() as u64;
             return Ok(false);
         }
-        let (kind, _, patch) = best;
-        self.writer
-            .patch(kind, scratch_offset, at.len, new.len() as u64, &patch)
+        writer
+            .patch(
+                kind,
+                self.layout.scratch_offset(at),
+                at.len,
+                new.len() as u64,
+                &patch,
+            )
             .map_err(self.io_err())?;
         match kind {
             PatchKind::Zstd => self.stats.zstd_patched_files += 1,
@@ -725,13 +779,18 @@ impl<W: Write> LayerEncoder<'_, W> {
     }
 
     /// Sends the next `len` spool bytes as literal records.
-    fn literal(&mut self, spool: &mut impl Read, len: u64) -> Result<(), Error> {
+    fn literal<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        spool: &mut impl Read,
+        len: u64,
+    ) -> Result<(), Error> {
         let mut left = len;
         let mut buf = vec![0u8; LITERAL_CHUNK.min(len as usize)];
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
             spool.read_exact(&mut buf[..n]).map_err(self.io_err())?;
-            self.writer.literal(&buf[..n]).map_err(self.io_err())?;
+            writer.literal(&buf[..n]).map_err(self.io_err())?;
             left -= n as u64;
             self.progress.advance(n as u64);
         }
@@ -746,6 +805,79 @@ impl<W: Write> LayerEncoder<'_, W> {
             source,
         }
     }
+}
+
+/// Largest layer (and base layer) ever tried as one whole-layer patch (the default of
+/// [`BuildOptions::whole_layer_patch_limit`]); both are held in memory on the device while that
+/// patch is applied, within [`crate::Limits`]' patch caps.
+pub const MAX_WHOLE_LAYER: u64 = 32 << 20;
+
+fn rewind(file: &mut File) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0)).map(|_| ())
+}
+
+fn read_scratch(
+    scratch: &crate::apply::Scratch,
+    layout: &ScratchLayout,
+    at: &BaseRef,
+    name: &str,
+) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::with_capacity(at.len as usize);
+    scratch
+        .range(name, layout.scratch_offset(at), at.len)?
+        .read_to_end(&mut bytes)
+        .map_err(Error::io("reading scratch of", name))?;
+    Ok(bytes)
+}
+
+/// The smaller of a zstd patch (old as dictionary) and, when both sides are at most
+/// `max_bsdiff` bytes, a bsdiff patch: (kind, patch bytes, what it costs in the payload).
+fn best_patch(
+    old: &[u8],
+    new: &[u8],
+    level: i32,
+    max_bsdiff: usize,
+) -> Result<(PatchKind, Vec<u8>, usize), Error> {
+    let compress_err = |e: std::io::Error| Error::InvalidBuild(format!("compressing a patch: {e}"));
+    let mut compressor =
+        zstd::bulk::Compressor::with_dictionary(level, old).map_err(compress_err)?;
+    let window = (usize::BITS - (old.len() + new.len()).leading_zeros()).clamp(10, 27);
+    compressor
+        .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window))
+        .map_err(compress_err)?;
+    let zstd_patch = compressor.compress(new).map_err(compress_err)?;
+    let mut best = (PatchKind::Zstd, zstd_patch.len(), zstd_patch);
+    if old.len() <= max_bsdiff && new.len() <= max_bsdiff {
+        let mut raw = Vec::new();
+        bsdiff::diff(old, new, &mut raw).map_err(compress_err)?;
+        let split = crate::bspatch::split(&raw)
+            .ok_or_else(|| Error::InvalidBuild("bsdiff wrote a malformed patch".into()))?;
+        // The patch is mostly zeros; the payload's zstd stream compresses it.
+        let cost = zstd::bulk::compress(&split, level)
+            .map_err(compress_err)?
+            .len();
+        if cost < best.1 {
+            best = (PatchKind::Bsdiff, cost, split);
+        }
+    }
+    Ok((best.0, best.2, best.1))
+}
+
+/// One patch of a whole target layer (from its spool) against a whole base layer.
+fn whole_layer_patch(
+    spool: &mut File,
+    at: &BaseRef,
+    scratch: &crate::apply::Scratch,
+    layout: &ScratchLayout,
+    level: i32,
+    name: &str,
+) -> Result<(PatchKind, Vec<u8>, usize), Error> {
+    let old = read_scratch(scratch, layout, at, name)?;
+    let mut new = Vec::new();
+    rewind(spool)
+        .and_then(|_| spool.read_to_end(&mut new))
+        .map_err(Error::io("reading spool of", name))?;
+    best_patch(&old, &new, level, MAX_WHOLE_LAYER as usize)
 }
 
 fn skip(reader: &mut impl Read, len: u64) -> std::io::Result<()> {
@@ -835,6 +967,22 @@ impl<W: Write> FrameEncoder<W> {
         zstd.multithread(self.threads)?;
         self.current = Some(zstd);
         Ok(())
+    }
+
+    /// A lone encoder configured like the payload's frames (to measure a trial encoding).
+    fn compressor(
+        inner: W,
+        options: &BuildOptions,
+        dictionary: &[u8],
+    ) -> std::io::Result<zstd::stream::write::Encoder<'static, W>> {
+        let mut frames = FrameEncoder {
+            current: None,
+            level: options.zstd_level,
+            window_log: options.window_log,
+            threads: options.threads,
+        };
+        frames.start(inner, dictionary)?;
+        Ok(frames.current.take().expect("just started"))
     }
 
     /// Ends the current frame and starts one compressed with `dictionary`.

@@ -30,6 +30,7 @@
 //! loopback and use `skopeo`; `.ci/run` installs both.
 
 pub mod apply;
+pub mod bspatch;
 pub mod build;
 pub mod container;
 pub mod delta;

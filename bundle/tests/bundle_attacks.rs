@@ -763,8 +763,9 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     assert!(patch.len() < 1000, "zstd patch is {} bytes", patch.len());
 
     // bsdiff.
-    let mut patch = Vec::new();
-    bsdiff::diff(&base, &target, &mut patch).unwrap();
+    let mut raw = Vec::new();
+    bsdiff::diff(&base, &target, &mut raw).unwrap();
+    let patch = sideload_bundle::bspatch::split(&raw).unwrap();
     let rec = records(&f, &whole, |w| {
         w.patch(
             PatchKind::Bsdiff,

@@ -167,6 +167,7 @@ fn bundle(
     target: &Path,
     base: &Path,
     keys: &Keys,
+    whole_layer: bool,
 ) -> (PathBuf, sideload_bundle::BuildReport) {
     let mut o = BuildOptions::new(
         "edge/app".parse().unwrap(),
@@ -174,6 +175,9 @@ fn bundle(
         NOW,
     );
     o.zstd_level = 3;
+    if !whole_layer {
+        o.whole_layer_patch_limit = 0;
+    }
     let path = dir.join(name);
     let (t, b) = (open(target), open(base));
     let report = build_bundle(t.as_ref(), &[b.as_ref()], &o, &path, &NoProgress).unwrap();
@@ -219,46 +223,49 @@ fn every_tar_dialect_round_trips_byte_for_byte() {
         let target_tar = make(&b);
         image_from_tar(&base, &make(&a));
         image_from_tar(&target, &target_tar);
-        let (path, report) = bundle(
-            dir.path(),
-            &format!("{dialect}.bundle"),
-            &target,
-            &base,
-            &keys,
-        );
-        let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
-            panic!("{dialect}: layer not delta-encoded");
-        };
-        assert!(stats.copied_files >= 3, "{dialect}: {stats:?}");
-        assert!(
-            stats.zstd_patched_files + stats.bsdiff_patched_files >= 1,
-            "{dialect}: the changed file is patched: {stats:?}"
-        );
-        assert!(
-            report.statement.payload.size < target_tar.len() as u64 / 20,
-            "{dialect}: payload {} for a {}-byte layer",
-            report.statement.payload.size,
-            target_tar.len()
-        );
-        let out = dir.path().join(format!("{dialect}-out"));
-        apply_bundle(
-            &path,
-            &keys.policy,
-            &VerifyContext {
-                now: NOW,
-                recorded_sequence: None,
-            },
-            &ImageSet::new(vec![open(&base)]),
-            &Output::OciLayout(out.clone()),
-            &Limits::default(),
-            &NoProgress,
-        )
-        .unwrap_or_else(|e| panic!("{dialect}: {e}"));
-        assert_eq!(
-            layer_bytes(&out),
-            target_tar,
-            "{dialect}: rebuilt layer differs"
-        );
+        // File by file, and (this layer is small) as one patch of the whole layer.
+        for whole_layer in [false, true] {
+            let label = format!("{dialect}, whole layer {whole_layer}");
+            let name = format!("{dialect}-{whole_layer}.bundle");
+            let (path, report) = bundle(dir.path(), &name, &target, &base, &keys, whole_layer);
+            let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+                panic!("{label}: layer not delta-encoded");
+            };
+            if whole_layer {
+                assert!(stats.whole_layer_patch.is_some(), "{label}: {stats:?}");
+            } else {
+                assert!(stats.copied_files >= 3, "{label}: {stats:?}");
+                assert!(
+                    stats.zstd_patched_files + stats.bsdiff_patched_files >= 1,
+                    "{label}: the changed file is patched: {stats:?}"
+                );
+            }
+            assert!(
+                report.statement.payload.size < target_tar.len() as u64 / 20,
+                "{label}: payload {} for a {}-byte layer",
+                report.statement.payload.size,
+                target_tar.len()
+            );
+            let out = dir.path().join(format!("{dialect}-{whole_layer}-out"));
+            apply_bundle(
+                &path,
+                &keys.policy,
+                &VerifyContext {
+                    now: NOW,
+                    recorded_sequence: None,
+                },
+                &ImageSet::new(vec![open(&base)]),
+                &Output::OciLayout(out.clone()),
+                &Limits::default(),
+                &NoProgress,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(
+                layer_bytes(&out),
+                target_tar,
+                "{label}: rebuilt layer differs"
+            );
+        }
     }
 }
 
@@ -276,7 +283,7 @@ fn a_corrupted_base_is_detected_before_output() {
     let base_tar = gnu_tar(&a, "gnu");
     image_from_tar(&base, &base_tar);
     image_from_tar(&target, &gnu_tar(&b, "gnu"));
-    let (path, report) = bundle(dir.path(), "app.bundle", &target, &base, &keys);
+    let (path, report) = bundle(dir.path(), "app.bundle", &target, &base, &keys, false);
     assert!(report.statement.payload.scratch_bytes > 0);
 
     // Damage one byte of the base layer blob in place (uncompressed, so the digest breaks).

@@ -59,6 +59,10 @@ pub struct BuildArgs {
     /// Compression threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Layers up to this many bytes (and their closest base layer) are also tried as one patch
+    /// of the whole layer; the device holds both in memory to apply it. 0 turns it off.
+    #[arg(long, default_value_t = sideload_bundle::build::MAX_WHOLE_LAYER)]
+    whole_layer_patch_limit: u64,
     /// Also write the statement here, ready for `sideload-sign sign`.
     #[arg(long)]
     statement_out: Option<PathBuf>,
@@ -102,6 +106,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.window_log = args.window_log;
     options.signature_slot = args.signature_slot;
     options.threads = args.threads;
+    options.whole_layer_patch_limit = args.whole_layer_patch_limit;
 
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
         bases.iter().map(|b| b.as_ref()).collect();
@@ -145,6 +150,10 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                         value["patched_bytes"] = d.patched_bytes.into();
                         value["patch_bytes"] = d.patch_bytes.into();
                         value["literal_bytes"] = d.literal_bytes.into();
+                        value["whole_layer_patch"] = match d.whole_layer_patch {
+                            Some(kind) => format!("{kind:?}").to_lowercase().into(),
+                            None => serde_json::Value::Null,
+                        };
                     }
                 }
                 value
@@ -171,6 +180,11 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         for (i, l) in report.layers.iter().enumerate() {
             let how = match &l.encoding {
                 LayerEncoding::Present { base } => format!("on device (in {base})"),
+                LayerEncoding::Delta(d) if d.whole_layer_patch.is_some() => format!(
+                    "one {:?} patch of the whole layer against {}",
+                    d.whole_layer_patch.expect("checked"),
+                    d.bases.join(", ")
+                ),
                 LayerEncoding::Delta(d) => format!(
                     "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B literal{}",
                     d.copied_files,

@@ -1,0 +1,198 @@
+//! bsdiff patches laid out as three streams, as Colin Percival's BSDIFF40 does: all control
+//! triples, then all diff bytes, then all extra bytes.
+//!
+//! The `bsdiff` crate writes each control triple followed by its diff and extra bytes. Diff
+//! bytes are mostly zeros and extra bytes are new data; apart, each stream compresses better
+//! (on the demo's app layer, 4,709 bytes of payload against 4,853 interleaved, with the
+//! payload's zstd; controls as varints). [`split`] converts the crate's patch; [`apply`] applies a split patch with bounds
+//! checked on every length, since the patch comes from a bundle. Written by hand: no crate
+//! offers this layout with a checked reader.
+//!
+//! ```text
+//! varint count
+//! count × (varint mix_len, varint copy_len, varint zigzag(seek))
+//! Σ mix_len bytes   diff: added bytewise (mod 256) to old bytes at the old cursor
+//! Σ copy_len bytes  extra: copied as they are
+//! ```
+
+/// Converts a patch of the `bsdiff` crate into the split layout. `None` if it is malformed
+/// (it never is when it comes from `bsdiff::diff`).
+pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut controls = Vec::new();
+    let mut diff = Vec::new();
+    let mut extra = Vec::new();
+    let mut at = 0usize;
+    let mut count = 0u64;
+    while at < raw.len() {
+        let control = raw.get(at..at + 24)?;
+        let mix = u64::from_le_bytes(control[0..8].try_into().ok()?);
+        let copy = u64::from_le_bytes(control[8..16].try_into().ok()?);
+        let seek_raw = u64::from_le_bytes(control[16..24].try_into().ok()?);
+        // Sign and magnitude, as bsdiff's offtout writes it.
+        let magnitude = (seek_raw & !(1 << 63)) as i64;
+        let seek = if seek_raw >> 63 == 1 {
+            -magnitude
+        } else {
+            magnitude
+        };
+        at += 24;
+        let mix_end = at.checked_add(usize::try_from(mix).ok()?)?;
+        let copy_end = mix_end.checked_add(usize::try_from(copy).ok()?)?;
+        diff.extend_from_slice(raw.get(at..mix_end)?);
+        extra.extend_from_slice(raw.get(mix_end..copy_end)?);
+        at = copy_end;
+        put_varint(&mut controls, mix);
+        put_varint(&mut controls, copy);
+        put_varint(&mut controls, zigzag(seek));
+        count += 1;
+    }
+    let mut out = Vec::with_capacity(controls.len() + diff.len() + extra.len() + 10);
+    put_varint(&mut out, count);
+    out.extend_from_slice(&controls);
+    out.extend_from_slice(&diff);
+    out.extend_from_slice(&extra);
+    Some(out)
+}
+
+/// Applies a split patch to `old`. The output may be at most `max_out` bytes; every length is
+/// checked against what remains of the patch, the old data and the output bound before use.
+pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String> {
+    let mut cursor = 0usize;
+    let count = get_varint(patch, &mut cursor)?;
+    let mut controls = Vec::new();
+    let (mut diff_total, mut extra_total) = (0usize, 0usize);
+    for _ in 0..count {
+        let mix = to_usize(get_varint(patch, &mut cursor)?)?;
+        let copy = to_usize(get_varint(patch, &mut cursor)?)?;
+        let seek = unzigzag(get_varint(patch, &mut cursor)?);
+        diff_total = diff_total.checked_add(mix).ok_or("diff length overflows")?;
+        extra_total = extra_total
+            .checked_add(copy)
+            .ok_or("extra length overflows")?;
+        if diff_total + extra_total > max_out || diff_total + extra_total > patch.len() {
+            return Err("bsdiff patch output larger than declared".into());
+        }
+        controls.push((mix, copy, seek));
+    }
+    let diff_start = cursor;
+    let extra_start = diff_start
+        .checked_add(diff_total)
+        .filter(|&e| e.checked_add(extra_total) == Some(patch.len()))
+        .ok_or("bsdiff patch streams do not add up to its length")?;
+    let (mut diff_at, mut extra_at) = (diff_start, extra_start);
+    let mut old_at: i64 = 0;
+    let mut out = Vec::with_capacity(diff_total + extra_total);
+    for (mix, copy, seek) in controls {
+        let from = usize::try_from(old_at).map_err(|_| "bsdiff seeks before the old data")?;
+        let old_slice = old
+            .get(from..from.checked_add(mix).ok_or("overflow")?)
+            .ok_or("bsdiff reads past the old data")?;
+        out.extend(
+            patch[diff_at..diff_at + mix]
+                .iter()
+                .zip(old_slice)
+                .map(|(d, o)| d.wrapping_add(*o)),
+        );
+        diff_at += mix;
+        out.extend_from_slice(&patch[extra_at..extra_at + copy]);
+        extra_at += copy;
+        old_at = old_at
+            .checked_add(mix as i64)
+            .and_then(|p| p.checked_add(seek))
+            .ok_or("bsdiff seek overflows")?;
+    }
+    Ok(out)
+}
+
+fn to_usize(v: u64) -> Result<usize, String> {
+    usize::try_from(v).map_err(|_| "length does not fit in memory".to_owned())
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> Result<u64, String> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let b = *bytes.get(*at).ok_or("bsdiff patch ends inside a control")?;
+        *at += 1;
+        if i == 9 && b > 1 {
+            return Err("varint overflows 64 bits".into());
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, Vec<u8>) {
+        let old: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[100..120].copy_from_slice(&[9; 20]);
+        new.splice(5000..5000, b"inserted text".iter().copied());
+        new.drain(15_000..15_500);
+        new.extend_from_slice(b"tail");
+        (old, new)
+    }
+
+    #[test]
+    fn split_patches_apply_exactly() {
+        let (old, new) = sample();
+        let mut raw = Vec::new();
+        bsdiff::diff(&old, &new, &mut raw).unwrap();
+        let split = split(&raw).unwrap();
+        assert_eq!(apply(&old, &split, new.len()).unwrap(), new);
+        // And it compresses better than the interleaved form.
+        let a = zstd::bulk::compress(&raw, 19).unwrap().len();
+        let b = zstd::bulk::compress(&split, 19).unwrap().len();
+        assert!(b <= a, "split {b} vs interleaved {a}");
+    }
+
+    #[test]
+    fn hostile_patches_are_refused() {
+        let (old, new) = sample();
+        let mut raw = Vec::new();
+        bsdiff::diff(&old, &new, &mut raw).unwrap();
+        let good = split(&raw).unwrap();
+        // Output bound.
+        assert!(apply(&old, &good, new.len() - 1).is_err());
+        // Every truncation and many single-byte changes: an error or some output, never a
+        // panic or an output past the bound.
+        for cut in 0..good.len().min(400) {
+            let _ = apply(&old, &good[..cut], new.len());
+        }
+        for at in 0..good.len().min(400) {
+            let mut bad = good.clone();
+            bad[at] ^= 0xa5;
+            if let Ok(out) = apply(&old, &bad, new.len()) {
+                assert!(out.len() <= new.len());
+            }
+        }
+        // A huge declared length.
+        let mut huge = Vec::new();
+        put_varint(&mut huge, 1);
+        put_varint(&mut huge, u64::MAX >> 1);
+        put_varint(&mut huge, 0);
+        put_varint(&mut huge, 0);
+        assert!(apply(&old, &huge, 1 << 20).is_err());
+    }
+}
