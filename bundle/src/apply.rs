@@ -552,6 +552,18 @@ pub(crate) fn gather_extents(
 }
 
 impl Scratch {
+    /// Reads a range with a positional read (safe from several threads at once).
+    pub(crate) fn read_at(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        use std::os::unix::fs::FileExt;
+        self.range(name, offset, len)?;
+        let mut bytes = vec![0u8; len as usize];
+        if let Some(file) = &self.file {
+            file.read_exact_at(&mut bytes, offset)
+                .map_err(Error::io("reading scratch", "scratch"))?;
+        }
+        Ok(bytes)
+    }
+
     pub(crate) fn range(&self, name: &str, offset: u64, len: u64) -> Result<io::Take<File>, Error> {
         let end = offset.checked_add(len);
         match (&self.file, end) {

@@ -393,9 +393,11 @@ pub fn build_bundle(
                         ..encoder.clone()
                     };
                     rewind(spool).map_err(io_err("reading spool of"))?;
+                    let file: &File = spool;
                     quiet.encode(
                         &mut trial,
-                        &mut std::io::BufReader::new(&mut *spool),
+                        file,
+                        &mut std::io::BufReader::new(file),
                         scan,
                         plan,
                         &base_layers,
@@ -426,9 +428,11 @@ pub fn build_bundle(
                 progress.advance(scan.len);
             } else {
                 rewind(spool).map_err(io_err("reading spool of"))?;
+                let file: &File = spool;
                 encoder.encode(
                     &mut writer,
-                    &mut std::io::BufReader::new(&mut *spool),
+                    file,
+                    &mut std::io::BufReader::new(file),
                     scan,
                     plan,
                     &base_layers,
@@ -550,6 +554,34 @@ pub fn build_bundle(
         statement,
         layers: reports,
     })
+}
+
+/// How small a bundle each base image alone would give: the case study's "rank the images on
+/// the device" step, for reports. (The encoder itself uses all bases together, which is never
+/// worse than the best one alone.) Returns (base reference, bundle size), smallest first; each
+/// trial bundle is built in a temporary directory beside `dir` and removed.
+pub fn rank_bases(
+    target: &dyn ImageSource,
+    bases: &[&dyn ImageSource],
+    options: &BuildOptions,
+    dir: &Path,
+) -> Result<Vec<(String, u64)>, Error> {
+    let scratch = tempfile::tempdir_in(dir).map_err(Error::io("creating a directory in", dir))?;
+    let mut ranking = Vec::with_capacity(bases.len());
+    for (i, base) in bases.iter().enumerate() {
+        let out = scratch.path().join(format!("trial-{i}.bundle"));
+        let report = build_bundle(
+            target,
+            &[*base],
+            options,
+            &out,
+            &crate::progress::NoProgress,
+        )?;
+        ranking.push((base.image().reference.clone(), report.bundle_size));
+        std::fs::remove_file(&out).map_err(Error::io("removing", &out))?;
+    }
+    ranking.sort_by_key(|(_, size)| *size);
+    Ok(ranking)
 }
 
 /// The distinct layers of the base images, in a fixed order, as a [`BaseStore`] for gathering.
@@ -689,6 +721,10 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// Largest file also tried with bsdiff (its suffix sort needs about 9 bytes per old byte).
 const MAX_BSDIFF_FILE: usize = 16 << 20;
 
+/// Per region planned as a patch: the patch to send, or `None` when sending the file literally
+/// is smaller.
+type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>)>>;
+
 /// Emits one target layer's operations from its spooled bytes and its plan.
 #[derive(Clone)]
 struct LayerEncoder<'a> {
@@ -704,13 +740,15 @@ impl LayerEncoder<'_> {
     fn encode<W: Write>(
         &mut self,
         writer: &mut PayloadWriter<W>,
+        spool_file: &File,
         spool: &mut impl Read,
         scan: &LayerScan,
         plan: &[RegionPlan],
         bases: &BaseLayers<'_>,
     ) -> Result<(), Error> {
+        let mut patches = self.compute_patches(spool_file, scan, plan)?;
         let mut pos = 0u64;
-        for (region, plan) in scan.regions.iter().zip(plan) {
+        for (i, (region, plan)) in scan.regions.iter().zip(plan).enumerate() {
             self.literal(writer, spool, region.offset - pos)?;
             pos = region.offset + region.len;
             match plan {
@@ -729,7 +767,8 @@ impl LayerEncoder<'_> {
                 RegionPlan::Patch(at) => {
                     let mut new = vec![0u8; region.len as usize];
                     spool.read_exact(&mut new).map_err(self.io_err())?;
-                    if self.patch(writer, &new, at)? {
+                    let decided = patches.get_mut(&i).and_then(Option::take);
+                    if self.patch(writer, &new, at, decided)? {
                         self.stats
                             .bases
                             .push(bases.list[at.layer].1.image().reference.clone());
@@ -744,22 +783,78 @@ impl LayerEncoder<'_> {
 
     /// Sends `new` as the smallest of: zstd patch, bsdiff patch, literal. Returns whether a
     /// patch was used.
+    /// Works out, on every core, the best patch of each region planned as a patch: `None` for
+    /// a region whose patch is not smaller than sending it.
+    fn compute_patches(
+        &self,
+        spool: &File,
+        scan: &LayerScan,
+        plan: &[RegionPlan],
+    ) -> Result<PatchDecisions, Error> {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let work: Vec<(usize, BaseRef)> = plan
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                RegionPlan::Patch(at) => Some((i, *at)),
+                _ => None,
+            })
+            .collect();
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(HashMap::with_capacity(work.len()));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let one = |i: usize, at: BaseRef| -> Result<Option<(PatchKind, Vec<u8>)>, Error> {
+            let region = &scan.regions[i];
+            let mut new = vec![0u8; region.len as usize];
+            spool
+                .read_exact_at(&mut new, region.offset)
+                .map_err(Error::io("reading spool of", &self.name))?;
+            let old = read_scratch(self.scratch, self.layout, &at, &self.name)?;
+            let literal_cost = zstd::bulk::compress(&new, self.level)
+                .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
+                .len();
+            let (kind, patch, cost) = best_patch(&old, &new, self.level, MAX_BSDIFF_FILE)?;
+            Ok((cost < literal_cost).then_some((kind, patch)))
+        };
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads.min(work.len()).max(1))
+                .map(|_| {
+                    s.spawn(|| -> Result<(), Error> {
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(i, at)) = work.get(k) else {
+                                return Ok(());
+                            };
+                            let decided = one(i, at)?;
+                            results
+                                .lock()
+                                .expect("no worker panicked")
+                                .insert(i, decided);
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("patch worker panicked"))
+        })?;
+        Ok(results.into_inner().expect("no worker panicked"))
+    }
+
     fn patch<W: Write>(
         &mut self,
         writer: &mut PayloadWriter<W>,
         new: &[u8],
         at: &BaseRef,
+        decided: Option<(PatchKind, Vec<u8>)>,
     ) -> Result<bool, Error> {
-        let old = read_scratch(self.scratch, self.layout, at, &self.name)?;
-        let literal_cost = zstd::bulk::compress(new, self.level)
-            .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
-            .len();
-        let (kind, patch, cost) = best_patch(&old, new, self.level, MAX_BSDIFF_FILE)?;
-        if cost >= literal_cost {
+        let Some((kind, patch)) = decided else {
             writer.literal(new).map_err(self.io_err())?;
             self.stats.literal_bytes += new.len() as u64;
             return Ok(false);
-        }
+        };
         writer
             .patch(
                 kind,
@@ -822,12 +917,7 @@ fn read_scratch(
     at: &BaseRef,
     name: &str,
 ) -> Result<Vec<u8>, Error> {
-    let mut bytes = Vec::with_capacity(at.len as usize);
-    scratch
-        .range(name, layout.scratch_offset(at), at.len)?
-        .read_to_end(&mut bytes)
-        .map_err(Error::io("reading scratch of", name))?;
-    Ok(bytes)
+    scratch.read_at(name, layout.scratch_offset(at), at.len)
 }
 
 /// The smaller of a zstd patch (old as dictionary) and, when both sides are at most

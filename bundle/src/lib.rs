@@ -46,7 +46,9 @@ pub mod stream;
 pub mod verify;
 
 pub use apply::{apply_bundle, apply_trusted, ApplyReport, BaseStore, ImageSet, Output};
-pub use build::{build_bundle, BuildOptions, BuildReport, LayerEncoding, LayerReport};
+pub use build::{
+    build_bundle, rank_bases, BuildOptions, BuildReport, DeltaStats, LayerEncoding, LayerReport,
+};
 pub use container::{attach_signatures, open_bundle, read_head, BundleHead};
 pub use error::Error;
 pub use limits::Limits;

@@ -146,8 +146,12 @@ fn build_sign_verify_apply_reproduces_the_image() {
         "--level",
         "9",
         "--json",
+        "--explain",
     ]));
     assert_eq!(report["layers"][0]["encoding"], "present");
+    let ranking = report["base_ranking"].as_array().unwrap();
+    assert_eq!(ranking.len(), 1);
+    assert_eq!(ranking[0]["bundle_size_alone"], report["bundle_size"]);
     assert_eq!(report["layers"][1]["encoding"], "delta");
     // The app layer is small, so one bsdiff patch of the whole layer beats 600 file copies.
     assert_eq!(report["layers"][1]["whole_layer_patch"], "bsdiff");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sideload_bundle::{build_bundle, BuildOptions, LayerEncoding};
+use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
 use sideload_signing::{RepositoryName, Tag};
 
 use super::{now, open_images, print_json};
@@ -66,6 +66,10 @@ pub struct BuildArgs {
     /// Also write the statement here, ready for `sideload-sign sign`.
     #[arg(long)]
     statement_out: Option<PathBuf>,
+    /// Also rank the base images by the bundle each alone would give (one trial build per
+    /// base); the bundle itself always uses all of them together.
+    #[arg(long)]
+    explain: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -123,6 +127,16 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing statement {}", path.display()))?;
     }
 
+    let ranking = if args.explain && !base_refs.is_empty() {
+        let dir = args
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        rank_bases(target.as_ref(), &base_refs, &options, dir)?
+    } else {
+        Vec::new()
+    };
     let source_size = report.source_image_size();
     if args.json {
         let layers: Vec<_> = report
@@ -168,6 +182,10 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
             "manifest_digest": report.statement.target.manifest_digest,
             "config_digest": report.statement.target.config_digest,
             "layers": layers,
+            "base_ranking": ranking
+                .iter()
+                .map(|(base, size)| serde_json::json!({"base": base, "bundle_size_alone": size}))
+                .collect::<Vec<_>>(),
         }));
     } else {
         println!(
@@ -203,6 +221,12 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                 l.size,
                 l.payload_bytes
             );
+        }
+        if !ranking.is_empty() {
+            println!("bases ranked by the bundle each alone would give (this bundle uses all):");
+            for (i, (base, size)) in ranking.iter().enumerate() {
+                println!("  {}. {size:>12} bytes  {base}", i + 1);
+            }
         }
         println!(
             "unsigned: export the statement with `sideload statement {}`, sign it offline with `sideload-sign sign`, then `sideload attach`",
