@@ -265,14 +265,28 @@ pub fn build_bundle(
             .map(|r| plan_region(&index, r))
             .collect();
         for p in &plan {
-            if let RegionPlan::Copy(at) | RegionPlan::Patch(at) = p {
+            if let RegionPlan::CopyWithHeaders(at) | RegionPlan::Copy(at) | RegionPlan::Patch(at) =
+                p
+            {
                 wanted.push(*at);
             }
         }
-        let dictionary =
-            frame_dictionary(&plan, &base_scans, crate::Limits::default().max_dictionary);
+        // Metadata the target sends as literals; a dictionary pays off only if there is some.
+        let literal_metadata: u64 = scans[&i]
+            .0
+            .regions
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| !matches!(p, RegionPlan::CopyWithHeaders(_)))
+            .map(|(r, _)| r.offset - r.gap_offset)
+            .sum();
+        let dictionary = if literal_metadata >= MIN_LITERAL_METADATA_FOR_DICTIONARY {
+            frame_dictionary(&plan, &base_scans, crate::Limits::default().max_dictionary)
+        } else {
+            Vec::new()
+        };
         // A small layer may also go as one patch against its closest base layer, whole.
-        if let Some(closest) = dictionary.first().map(|at| at.layer) {
+        if let Some(closest) = closest_base_layer(&plan) {
             let base_len = base_scans[closest].len;
             let limit = options.whole_layer_patch_limit.min(MAX_WHOLE_LAYER);
             if scans[&i].0.len <= limit && base_len <= limit {
@@ -369,6 +383,7 @@ pub fn build_bundle(
                     .map_err(io_err("writing payload of"))?;
             }
             let mut encoder = LayerEncoder {
+                pending_copy: None,
                 scratch: &scratch,
                 layout: &layout,
                 level: options.zstd_level,
@@ -728,6 +743,8 @@ type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>)>>;
 /// Emits one target layer's operations from its spooled bytes and its plan.
 #[derive(Clone)]
 struct LayerEncoder<'a> {
+    /// A copy not yet written, so that the next one can extend it: (scratch offset, length).
+    pending_copy: Option<(u64, u64)>,
     scratch: &'a crate::apply::Scratch,
     layout: &'a ScratchLayout,
     level: i32,
@@ -749,14 +766,35 @@ impl LayerEncoder<'_> {
         let mut patches = self.compute_patches(spool_file, scan, plan)?;
         let mut pos = 0u64;
         for (i, (region, plan)) in scan.regions.iter().zip(plan).enumerate() {
+            if let RegionPlan::CopyWithHeaders(at) = plan {
+                if region.gap_offset == pos {
+                    // Headers and content as the base has them: one copy, merged with the
+                    // previous one when the base bytes follow on.
+                    skip(spool, region.offset + region.len - pos).map_err(self.io_err())?;
+                    pos = region.offset + region.len;
+                    self.copy(writer, self.layout.scratch_offset(at), at.len)?;
+                    self.stats.copied_files += 1;
+                    self.stats.copied_bytes += region.len;
+                    self.stats
+                        .bases
+                        .push(bases.list[at.layer].1.image().reference.clone());
+                    self.progress.advance(at.len);
+                    continue;
+                }
+            }
             self.literal(writer, spool, region.offset - pos)?;
             pos = region.offset + region.len;
             match plan {
-                RegionPlan::Copy(at) => {
+                RegionPlan::CopyWithHeaders(at) | RegionPlan::Copy(at) => {
+                    // (With headers, but not where the gap starts: copy the content only.)
+                    let content = at.offset + at.len - region.len;
+                    let at = BaseRef {
+                        offset: content,
+                        len: region.len,
+                        ..*at
+                    };
                     skip(spool, region.len).map_err(self.io_err())?;
-                    writer
-                        .copy(self.layout.scratch_offset(at), region.len)
-                        .map_err(self.io_err())?;
+                    self.copy(writer, self.layout.scratch_offset(&at), region.len)?;
                     self.stats.copied_files += 1;
                     self.stats.copied_bytes += region.len;
                     self.stats
@@ -778,7 +816,33 @@ impl LayerEncoder<'_> {
                 RegionPlan::Literal => self.literal(writer, spool, region.len)?,
             }
         }
-        self.literal(writer, spool, scan.len - pos)
+        self.literal(writer, spool, scan.len - pos)?;
+        self.flush_copy(writer)
+    }
+
+    /// Queues a copy, merging it into the queued one when it continues it.
+    fn copy<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Error> {
+        match &mut self.pending_copy {
+            Some((start, queued)) if *start + *queued == offset => *queued += len,
+            _ => {
+                self.flush_copy(writer)?;
+                self.pending_copy = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the queued copy, if any; every other operation calls this first.
+    fn flush_copy<W: Write>(&mut self, writer: &mut PayloadWriter<W>) -> Result<(), Error> {
+        if let Some((offset, len)) = self.pending_copy.take() {
+            writer.copy(offset, len).map_err(self.io_err())?;
+        }
+        Ok(())
     }
 
     /// Sends `new` as the smallest of: zstd patch, bsdiff patch, literal. Returns whether a
@@ -850,6 +914,7 @@ impl LayerEncoder<'_> {
         at: &BaseRef,
         decided: Option<(PatchKind, Vec<u8>)>,
     ) -> Result<bool, Error> {
+        self.flush_copy(writer)?;
         let Some((kind, patch)) = decided else {
             writer.literal(new).map_err(self.io_err())?;
             self.stats.literal_bytes += new.len() as u64;
@@ -880,6 +945,10 @@ impl LayerEncoder<'_> {
         spool: &mut impl Read,
         len: u64,
     ) -> Result<(), Error> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.flush_copy(writer)?;
         let mut left = len;
         let mut buf = vec![0u8; LITERAL_CHUNK.min(len as usize)];
         while left > 0 {
@@ -989,16 +1058,7 @@ fn compressed_so_far<W: Write>(
 /// headers, PAX records, padding) of the base layer the layer draws most from, in archive
 /// order, up to `cap` bytes. Empty when the layer draws from no base.
 fn frame_dictionary(plan: &[RegionPlan], base_scans: &[LayerScan], cap: u64) -> Vec<BaseRef> {
-    let mut uses: HashMap<usize, usize> = HashMap::new();
-    for p in plan {
-        if let RegionPlan::Copy(at) | RegionPlan::Patch(at) = p {
-            *uses.entry(at.layer).or_default() += 1;
-        }
-    }
-    let Some((&layer, _)) = uses
-        .iter()
-        .max_by_key(|(layer, n)| (**n, std::cmp::Reverse(**layer)))
-    else {
+    let Some(layer) = closest_base_layer(plan) else {
         return Vec::new();
     };
     let scan = &base_scans[layer];
@@ -1026,6 +1086,23 @@ fn frame_dictionary(plan: &[RegionPlan], base_scans: &[LayerScan], cap: u64) -> 
         }
     }
     gaps
+}
+
+/// Below this many bytes of literal tar metadata, a layer's frame gets no dictionary (listing
+/// the dictionary's ranges would cost more than it saves).
+const MIN_LITERAL_METADATA_FOR_DICTIONARY: u64 = 64 << 10;
+
+/// The base layer a target layer's plan draws from most (ties: the lowest index).
+fn closest_base_layer(plan: &[RegionPlan]) -> Option<usize> {
+    let mut uses: HashMap<usize, usize> = HashMap::new();
+    for p in plan {
+        if let RegionPlan::CopyWithHeaders(at) | RegionPlan::Copy(at) | RegionPlan::Patch(at) = p {
+            *uses.entry(at.layer).or_default() += 1;
+        }
+    }
+    uses.into_iter()
+        .max_by_key(|&(layer, n)| (n, std::cmp::Reverse(layer)))
+        .map(|(layer, _)| layer)
 }
 
 /// The payload's zstd stream as a series of frames, each with its own dictionary.

@@ -13,8 +13,10 @@
 //! [`plan_region`] is the pure decision for one target region: copy identical content, patch
 //! against the most similar base file, or send literally.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::rc::Rc;
 
 use sideload_signing::Digest;
 
@@ -31,6 +33,14 @@ pub struct Region {
     pub len: u64,
     /// sha256 of exactly those bytes.
     pub digest: Digest,
+    /// Where the metadata before this file starts: the end of the previous region (0 for the
+    /// first). The bytes from here to `offset` are padding, headers of entries without
+    /// content, and this file's own headers.
+    pub gap_offset: u64,
+    /// sha256 of the bytes from `gap_offset` to `offset`. A file whose content *and* headers
+    /// are those of a base file can be copied with its headers, and runs of such files become
+    /// one copy.
+    pub gap_digest: Digest,
 }
 
 /// Regions of one layer, in archive order, plus the layer's length.
@@ -42,16 +52,28 @@ pub struct LayerScan {
     pub len: u64,
 }
 
-/// Counts the bytes the tar reader consumes, so the layer length is known at the end.
+/// Counts the bytes the tar reader consumes, so the layer length is known at the end, and
+/// hashes those that are not file contents (the tar crate reads headers and skips padding
+/// exactly, without reading ahead, so what passed outside file data is the metadata gap).
 struct Counting<R> {
     inner: R,
     count: u64,
+    gap: Rc<RefCell<GapHash>>,
+}
+
+struct GapHash {
+    in_data: bool,
+    hash: Sha256,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
+        let mut gap = self.gap.borrow_mut();
+        if !gap.in_data {
+            gap.hash.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -61,11 +83,17 @@ impl<R: Read> Read for Counting<R> {
 /// damaged or exotic tail is left to be sent as metadata); I/O errors of the stream itself
 /// (including a diff_id mismatch at its end) are returned.
 pub fn scan_layer(reader: impl Read) -> io::Result<LayerScan> {
+    let gap = Rc::new(RefCell::new(GapHash {
+        in_data: false,
+        hash: Sha256::new(),
+    }));
     let mut counting = Counting {
         inner: reader,
         count: 0,
+        gap: Rc::clone(&gap),
     };
     let mut regions = Vec::new();
+    let mut gap_offset = 0u64;
     {
         let mut archive = tar::Archive::new(&mut counting);
         archive.set_ignore_zeros(false);
@@ -87,6 +115,14 @@ pub fn scan_layer(reader: impl Read) -> io::Result<LayerScan> {
             }
             let offset = entry.raw_file_position();
             let path = entry.path_bytes().into_owned();
+            let gap_hash = std::mem::take(&mut gap.borrow_mut().hash);
+            if gap_hash.count() != offset - gap_offset {
+                // The reader did not consume exactly the bytes before this file; do not trust
+                // gap hashes from here on.
+                break;
+            }
+            let gap_digest = gap_hash.finish();
+            gap.borrow_mut().in_data = true;
             let mut hash = Sha256::new();
             let mut buf = [0u8; 64 * 1024];
             loop {
@@ -98,6 +134,7 @@ pub fn scan_layer(reader: impl Read) -> io::Result<LayerScan> {
                 };
                 hash.update(&buf[..n]);
             }
+            gap.borrow_mut().in_data = false;
             if hash.count() != len {
                 break;
             }
@@ -106,7 +143,10 @@ pub fn scan_layer(reader: impl Read) -> io::Result<LayerScan> {
                 offset,
                 len,
                 digest: hash.finish(),
+                gap_offset,
+                gap_digest,
             });
+            gap_offset = offset + len;
         }
     }
     finish(counting, regions)
@@ -167,6 +207,8 @@ pub struct BaseRef {
 /// Every region of every base layer, findable by content, path, normalised path and name.
 #[derive(Debug, Default)]
 pub struct BaseIndex {
+    /// (gap digest, content digest) → the base's gap and content as one range.
+    with_headers: HashMap<(Digest, Digest), BaseRef>,
     by_digest: HashMap<Digest, BaseRef>,
     by_path: HashMap<Vec<u8>, BaseRef>,
     by_normalized: HashMap<Vec<u8>, BaseRef>,
@@ -183,6 +225,13 @@ impl BaseIndex {
                 len: r.len,
             };
             self.by_digest.entry(r.digest.clone()).or_insert(at);
+            self.with_headers
+                .entry((r.gap_digest.clone(), r.digest.clone()))
+                .or_insert(BaseRef {
+                    layer,
+                    offset: r.gap_offset,
+                    len: r.offset + r.len - r.gap_offset,
+                });
             self.by_path.insert(r.path.clone(), at);
             self.by_normalized.insert(normalize_path(&r.path), at);
             self.by_name
@@ -196,6 +245,9 @@ impl BaseIndex {
 /// What to do with one target region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegionPlan {
+    /// The file's headers and content are identical to a base file's: copy both (`BaseRef`
+    /// covers the base's gap and content).
+    CopyWithHeaders(BaseRef),
     /// Identical bytes exist in a base layer.
     Copy(BaseRef),
     /// Try patching against this similar base file; send literally if that is not smaller.
@@ -210,6 +262,10 @@ pub const MAX_PATCH_FILE: u64 = 64 << 20;
 
 /// Decides how to send one target region. Pure: the same index and region give the same plan.
 pub fn plan_region(index: &BaseIndex, region: &Region) -> RegionPlan {
+    let key = (region.gap_digest.clone(), region.digest.clone());
+    if let Some(at) = index.with_headers.get(&key) {
+        return RegionPlan::CopyWithHeaders(*at);
+    }
     if let Some(at) = index.by_digest.get(&region.digest) {
         return RegionPlan::Copy(*at);
     }
@@ -264,9 +320,14 @@ mod tests {
         let scan = scan_layer(&tar[..]).unwrap();
         assert_eq!(scan.len, tar.len() as u64);
         assert_eq!(scan.regions.len(), 2);
+        let mut end = 0;
         for r in &scan.regions {
             let bytes = &tar[r.offset as usize..(r.offset + r.len) as usize];
             assert_eq!(Digest::of_bytes(bytes), r.digest);
+            assert_eq!(r.gap_offset, end);
+            let gap = &tar[r.gap_offset as usize..r.offset as usize];
+            assert_eq!(Digest::of_bytes(gap), r.gap_digest);
+            end = r.offset + r.len;
         }
         assert_eq!(scan.regions[1].path, long.as_bytes());
     }
@@ -325,6 +386,12 @@ mod tests {
             })
         ));
         assert!(matches!(plans[1], RegionPlan::Copy(BaseRef { len: 9, .. })));
+        // Same content and same headers: copied with its headers.
+        let same = scan_layer(&base[..]).unwrap();
+        assert!(matches!(
+            plan_region(&index, &same.regions[1]),
+            RegionPlan::CopyWithHeaders(BaseRef { len, .. }) if len > 512
+        ));
         assert!(matches!(plans[2], RegionPlan::Patch(_)), "same path");
         assert_eq!(plans[3], RegionPlan::Literal);
         assert!(

@@ -5,7 +5,7 @@
 //! 0x01 CONFIG   u32 len, len bytes (the image config blob, exact bytes)
 //! 0x02 EXTENTS  u32 count, count x (u32 requires_index, u64 offset, u64 len)
 //! then for every target layer, bottom first, one of:
-//! 0x05 FRAME    u32 count, count x (u64 scratch_offset, u64 len)
+//! 0x05 FRAME    varint count, count x (varint offset - previous range's end, varint len)
 //!               (between layers: the zstd frame ends here; the next one is compressed with
 //!                those scratch ranges, concatenated, as its dictionary)
 //! 0x03 PRESENT  u32 layer_index                     (the device holds it: statement.requires)
@@ -183,16 +183,25 @@ impl<R: Read> PayloadReader<R> {
                 Record::Extents(extents)
             }
             TAG_FRAME => {
-                let count = self.u32()?;
-                if count > self.max_extents {
+                let count = self.varint()?;
+                if count > u64::from(self.max_extents) {
                     return Err(RecordError::Invalid(format!(
                         "frame dictionary of {count} ranges, more than the {} allowed",
                         self.max_extents
                     )));
                 }
                 let mut ranges = Vec::with_capacity(count.min(1 << 16) as usize);
+                let mut end = 0u64;
                 for _ in 0..count {
-                    ranges.push((self.u64()?, self.u64()?));
+                    let offset = end.checked_add(self.varint()?);
+                    let len = self.varint()?;
+                    let (Some(offset), Some(next)) =
+                        (offset, offset.and_then(|o| o.checked_add(len)))
+                    else {
+                        return Err(RecordError::Invalid("frame range out of bounds".into()));
+                    };
+                    ranges.push((offset, len));
+                    end = next;
                 }
                 Record::Frame(ranges)
             }
@@ -367,14 +376,18 @@ impl<W: Write> PayloadWriter<W> {
 
     /// Ends the current zstd frame; the caller then starts the next frame with the
     /// dictionary made of these scratch ranges.
+    /// Ranges must be in increasing, non-overlapping order.
     pub fn frame(&mut self, ranges: &[(u64, u64)]) -> io::Result<()> {
-        let count = u32::try_from(ranges.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many ranges"))?;
         self.inner.write_all(&[TAG_FRAME])?;
-        self.inner.write_all(&count.to_le_bytes())?;
-        for (offset, len) in ranges {
-            self.inner.write_all(&offset.to_le_bytes())?;
-            self.inner.write_all(&len.to_le_bytes())?;
+        write_varint(&mut self.inner, ranges.len() as u64)?;
+        let mut end = 0u64;
+        for &(offset, len) in ranges {
+            let delta = offset.checked_sub(end).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "frame ranges out of order")
+            })?;
+            write_varint(&mut self.inner, delta)?;
+            write_varint(&mut self.inner, len)?;
+            end = offset + len;
         }
         Ok(())
     }

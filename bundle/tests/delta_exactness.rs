@@ -319,3 +319,60 @@ fn a_corrupted_base_is_detected_before_output() {
     assert!(!out.exists());
     assert!(matches!(err, Error::Io { .. } | Error::Image(_)), "{err:?}");
 }
+
+/// Unchanged files whose headers are unchanged too (a base update where most packages stay)
+/// cost next to nothing: their headers and contents are copied, and consecutive ones merge
+/// into one copy.
+#[test]
+fn unchanged_runs_of_files_cost_next_to_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let licence = text(300_000, "files");
+    let tar_of = |changed: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..300 {
+            let body: &[u8] = if i == 150 {
+                changed
+            } else {
+                &licence[i * 997..i * 997 + 700 + i]
+            };
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("usr/share/pkg{}/file{i}.txt", i / 30), body)
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let (base_tar, target_tar) = (tar_of(b"old contents"), tar_of(b"new contents, longer"));
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    image_from_tar(&base, &base_tar);
+    image_from_tar(&target, &target_tar);
+    let keys = keys();
+    let (path, report) = bundle(dir.path(), "runs.bundle", &target, &base, &keys, false);
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert_eq!(stats.copied_files, 299, "{stats:?}");
+    assert!(
+        report.statement.payload.size < 400,
+        "payload {} bytes for one changed file among 300",
+        report.statement.payload.size
+    );
+    let out = dir.path().join("out");
+    apply_bundle(
+        &path,
+        &keys.policy,
+        &VerifyContext {
+            now: NOW,
+            recorded_sequence: None,
+        },
+        &ImageSet::new(vec![open(&base)]),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(layer_bytes(&out), target_tar);
+}
