@@ -2,9 +2,10 @@
 # Installs the system packages sideload's demo and tests use, from Debian's archive:
 #   docker-registry  the open-source distribution registry (a real registry on loopback)
 #   skopeo           a real registry client and image-format converter
+#   umoci            writes image layers with Go's archive/tar, as Docker and buildkit do
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo ca-certificates)
+packages=(docker-registry skopeo umoci ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

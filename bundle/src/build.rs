@@ -1006,7 +1006,12 @@ fn best_patch(
         .map_err(compress_err)?;
     let zstd_patch = compressor.compress(new).map_err(compress_err)?;
     let mut best = (PatchKind::Zstd, zstd_patch.len(), zstd_patch);
-    if old.len() <= max_bsdiff && new.len() <= max_bsdiff {
+    // bsdiff's match search degrades towards quadratic time on long runs of repeated bytes
+    // (zero-filled images, sparse files written out): skip it for data that compresses more
+    // than 16:1, where the zstd patch is small anyway.
+    let repetitive =
+        |data: &[u8]| zstd::bulk::compress(data, 1).map_or(true, |c| c.len() * 16 < data.len());
+    if old.len() <= max_bsdiff && new.len() <= max_bsdiff && !repetitive(old) && !repetitive(new) {
         let mut raw = Vec::new();
         bsdiff::diff(old, new, &mut raw).map_err(compress_err)?;
         let split = crate::bspatch::split(&raw)

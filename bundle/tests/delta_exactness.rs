@@ -376,3 +376,145 @@ fn unchanged_runs_of_files_cost_next_to_nothing() {
     .unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
 }
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("{cmd} must be installed (Debian package {cmd}; test.sh installs it): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn open_ref(layout: &Path, name: &str) -> Box<dyn ImageSource> {
+    Box::new(
+        OciLayoutSource::open(
+            layout,
+            Some(name),
+            &linux_amd64(),
+            &format!("oci:{}:{name}", layout.display()),
+        )
+        .unwrap(),
+    )
+}
+
+/// Layers written by Go's archive/tar, as Docker and buildkit write them: umoci (Debian's
+/// package) builds a base image and an update; the update's layer is delta-encoded against
+/// the base and rebuilt byte for byte; and a GNU-tar layer of the same files is rebuilt from
+/// the Go-written one (copies across tar writers).
+#[test]
+fn layers_written_by_go_archive_tar_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("umoci");
+    let bundle_dir = dir.path().join("rootfs-bundle");
+    let os = |p: &Path| p.as_os_str().to_owned();
+    let s = |t: &str| std::ffi::OsString::from(t);
+    run("umoci", &[&s("init"), &s("--layout"), &os(&layout)]);
+    let image = |tag: &str| s(&format!("{}:{tag}", layout.display()));
+    run("umoci", &[&s("new"), &s("--image"), &image("v1")]);
+    run(
+        "umoci",
+        &[&s("unpack"), &s("--image"), &image("v1"), &os(&bundle_dir)],
+    );
+    let rootfs = bundle_dir.join("rootfs");
+    make_tree(&rootfs, false);
+    run(
+        "umoci",
+        &[&s("repack"), &s("--image"), &image("v1"), &os(&bundle_dir)],
+    );
+    // The update: what make_tree(v2) changes, on top of v1.
+    let v2 = dir.path().join("v2-tree");
+    make_tree(&v2, true);
+    fs::remove_dir_all(rootfs.join("usr/lib/pkg-1.2")).unwrap();
+    fs::remove_file(rootfs.join("usr/lib/removed.conf")).unwrap();
+    fs::remove_file(rootfs.join("usr/lib/core-link")).unwrap();
+    fs::remove_file(rootfs.join("usr/lib/core-hardlink.so")).unwrap();
+    let gnu_v2 = gnu_tar(&v2, "gnu");
+    fs::write(dir.path().join("v2.tar"), &gnu_v2).unwrap();
+    run(
+        "tar",
+        &[
+            &s("-C"),
+            &os(&rootfs),
+            &s("-xf"),
+            &os(&dir.path().join("v2.tar")),
+        ],
+    );
+    fs::remove_file(rootfs.join("usr/lib/.wh.removed.conf")).unwrap();
+    run(
+        "umoci",
+        &[&s("repack"), &s("--image"), &image("v2"), &os(&bundle_dir)],
+    );
+
+    let keys = keys();
+    let (base, target) = (open_ref(&layout, "v1"), open_ref(&layout, "v2"));
+    // umoci repacks against what was unpacked (the empty image): v2 is one layer, the whole
+    // v2 tree, written by Go's archive/tar like v1's.
+    assert_eq!(base.image().layers.len(), 1);
+    assert_eq!(target.image().layers.len(), 1);
+    let mut o = BuildOptions::new(
+        "edge/app".parse().unwrap(),
+        vec!["v2".parse().unwrap()],
+        NOW,
+    );
+    o.zstd_level = 3;
+    o.whole_layer_patch_limit = 0;
+    let path = dir.path().join("go.bundle");
+    let report = build_bundle(target.as_ref(), &[base.as_ref()], &o, &path, &NoProgress).unwrap();
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert!(stats.copied_files >= 3, "{stats:?}");
+    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
+    sideload_bundle::attach_signatures(
+        &path,
+        &[keys.key.sign_statement(&head.statement_bytes)],
+        &Limits::default(),
+    )
+    .unwrap();
+    let out = dir.path().join("go-out");
+    apply_bundle(
+        &path,
+        &keys.policy,
+        &VerifyContext {
+            now: NOW,
+            recorded_sequence: None,
+        },
+        &ImageSet::new(vec![open_ref(&layout, "v1")]),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let rebuilt = open(&out);
+    assert_eq!(rebuilt.image().diff_ids(), target.image().diff_ids());
+    assert_eq!(rebuilt.image().config.digest, target.image().config.digest);
+
+    // Across writers: the Go-written v1 layer as the device's base, a GNU tar of the v1 tree
+    // as the target: the file contents are copied, whatever wrote the headers.
+    let gnu_target = dir.path().join("gnu-target");
+    let gnu_v1 = gnu_tar(&rootfs_v1(dir.path()), "gnu");
+    image_from_tar(&gnu_target, &gnu_v1);
+    let t = open(&gnu_target);
+    let report = build_bundle(
+        t.as_ref(),
+        &[base.as_ref()],
+        &o,
+        &dir.path().join("cross.bundle"),
+        &NoProgress,
+    )
+    .unwrap();
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert!(stats.copied_files >= 4, "{stats:?}");
+}
+
+/// A fresh v1 tree (the same files umoci packed first).
+fn rootfs_v1(dir: &Path) -> PathBuf {
+    let tree = dir.join("v1-tree");
+    make_tree(&tree, false);
+    tree
+}
