@@ -70,6 +70,9 @@ pub struct BuildOptions {
     /// as one bsdiff/zstd patch of the whole layer, kept if smaller than the file-level ops.
     /// The device holds both in memory while applying such a patch; 0 turns this off.
     pub whole_layer_patch_limit: u64,
+    /// Time the encoder may spend on bsdiff candidates (the slow part of a build); after it,
+    /// files are patched with zstd only, and whole layers are not tried.
+    pub patch_time_budget: std::time::Duration,
 }
 
 impl BuildOptions {
@@ -89,6 +92,7 @@ impl BuildOptions {
             signature_slot: DEFAULT_SIGNATURE_SLOT,
             threads: 2,
             whole_layer_patch_limit: MAX_WHOLE_LAYER,
+            patch_time_budget: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -207,6 +211,7 @@ pub fn build_bundle(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let io_err = |what| Error::io(what, out);
+    let deadline = std::time::Instant::now() + options.patch_time_budget;
 
     // Which target layers need sending, and what the device holds to build them from.
     let to_send: Vec<usize> = (0..image.layers.len())
@@ -383,6 +388,7 @@ pub fn build_bundle(
                     .map_err(io_err("writing payload of"))?;
             }
             let mut encoder = LayerEncoder {
+                deadline,
                 pending_copy: None,
                 scratch: &scratch,
                 layout: &layout,
@@ -395,7 +401,7 @@ pub fn build_bundle(
             // For a small layer, one patch of the whole layer may beat the file-level ops
             // (e.g. a renamed directory changes every header). Measure both; keep the smaller.
             let whole = match whole_layers.get(&index) {
-                Some(at) => {
+                Some(at) if std::time::Instant::now() < deadline => {
                     let patch =
                         whole_layer_patch(spool, at, &scratch, &layout, options.zstd_level, &name)?;
                     let mut trial = PayloadWriter::new(
@@ -424,7 +430,7 @@ pub fn build_bundle(
                         .len();
                     (patch.2 < file_level).then_some((*at, patch))
                 }
-                None => None,
+                _ => None,
             };
             writer
                 .begin_layer(index32)
@@ -743,6 +749,8 @@ type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>)>>;
 /// Emits one target layer's operations from its spooled bytes and its plan.
 #[derive(Clone)]
 struct LayerEncoder<'a> {
+    /// After this instant, patches are made with zstd only (bsdiff is the slow one).
+    deadline: std::time::Instant,
     /// A copy not yet written, so that the next one can extend it: (scratch offset, length).
     pending_copy: Option<(u64, u64)>,
     scratch: &'a crate::apply::Scratch,
@@ -879,7 +887,13 @@ impl LayerEncoder<'_> {
             let literal_cost = zstd::bulk::compress(&new, self.level)
                 .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
                 .len();
-            let (kind, patch, cost) = best_patch(&old, &new, self.level, MAX_BSDIFF_FILE)?;
+            // Past the time budget, only the fast zstd patch is tried.
+            let max_bsdiff = if std::time::Instant::now() < self.deadline {
+                MAX_BSDIFF_FILE
+            } else {
+                0
+            };
+            let (kind, patch, cost) = best_patch(&old, &new, self.level, max_bsdiff)?;
             Ok((cost < literal_cost).then_some((kind, patch)))
         };
         std::thread::scope(|s| {

@@ -518,3 +518,52 @@ fn rootfs_v1(dir: &Path) -> PathBuf {
     make_tree(&tree, false);
     tree
 }
+
+/// With no time left for bsdiff, files are patched with zstd only and whole layers are not
+/// tried; the bundle still rebuilds the layer exactly.
+#[test]
+fn a_spent_time_budget_falls_back_to_zstd_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    make_tree(&a, false);
+    make_tree(&b, true);
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    let target_tar = gnu_tar(&b, "gnu");
+    image_from_tar(&base, &gnu_tar(&a, "gnu"));
+    image_from_tar(&target, &target_tar);
+    let keys = keys();
+    let mut o = BuildOptions::new("edge/app".parse().unwrap(), vec!["v".parse().unwrap()], NOW);
+    o.zstd_level = 3;
+    o.patch_time_budget = std::time::Duration::ZERO;
+    let path = dir.path().join("budget.bundle");
+    let (t, bs) = (open(&target), open(&base));
+    let report = build_bundle(t.as_ref(), &[bs.as_ref()], &o, &path, &NoProgress).unwrap();
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert_eq!(stats.whole_layer_patch, None, "{stats:?}");
+    assert_eq!(stats.bsdiff_patched_files, 0, "{stats:?}");
+    assert!(stats.zstd_patched_files >= 1, "{stats:?}");
+    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
+    sideload_bundle::attach_signatures(
+        &path,
+        &[keys.key.sign_statement(&head.statement_bytes)],
+        &Limits::default(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    apply_bundle(
+        &path,
+        &keys.policy,
+        &VerifyContext {
+            now: NOW,
+            recorded_sequence: None,
+        },
+        &ImageSet::new(vec![open(&base)]),
+        &Output::OciLayout(out.clone()),
+        &Limits::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(layer_bytes(&out), target_tar);
+}

@@ -63,6 +63,10 @@ pub struct BuildArgs {
     /// of the whole layer; the device holds both in memory to apply it. 0 turns it off.
     #[arg(long, default_value_t = sideload_bundle::build::MAX_WHOLE_LAYER)]
     whole_layer_patch_limit: u64,
+    /// Time the encoder may spend on bsdiff patches (the slow part); after it, files are
+    /// patched with zstd only. E.g. `10m`, `90s`.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    patch_time_budget: Duration,
     /// Also write the statement here, ready for `sideload-sign sign`.
     #[arg(long)]
     statement_out: Option<PathBuf>,
@@ -111,6 +115,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.signature_slot = args.signature_slot;
     options.threads = args.threads;
     options.whole_layer_patch_limit = args.whole_layer_patch_limit;
+    options.patch_time_budget = args.patch_time_budget;
 
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
         bases.iter().map(|b| b.as_ref()).collect();
