@@ -375,18 +375,6 @@ pub fn build_bundle(
                     .read_to_end(&mut dictionary)
                     .map_err(io_err("reading scratch of"))?;
             }
-            if !ranges.is_empty() {
-                // Tar headers of the target are mostly those of a base layer with a few bytes
-                // changed: a frame whose dictionary is that layer's headers sends them cheaply.
-                writer
-                    .frame(&ranges)
-                    .map_err(io_err("writing payload of"))?;
-                writer
-                    .get_mut()
-                    .get_mut()
-                    .next_frame(&dictionary)
-                    .map_err(io_err("writing payload of"))?;
-            }
             let mut encoder = LayerEncoder {
                 deadline,
                 pending_copy: None,
@@ -432,6 +420,18 @@ pub fn build_bundle(
                 }
                 _ => None,
             };
+            if !ranges.is_empty() && whole.is_none() {
+                // Tar headers of the target are mostly those of a base layer with a few bytes
+                // changed: a frame whose dictionary is that layer's headers sends them cheaply.
+                writer
+                    .frame(&ranges)
+                    .map_err(io_err("writing payload of"))?;
+                writer
+                    .get_mut()
+                    .get_mut()
+                    .next_frame(&dictionary)
+                    .map_err(io_err("writing payload of"))?;
+            }
             writer
                 .begin_layer(index32)
                 .map_err(io_err("writing payload of"))?;
