@@ -157,15 +157,25 @@ pub fn apply_trusted(
         .unwrap_or(Path::new("."));
     // The output holds every layer uncompressed, plus scratch data while decoding; a docker
     // archive is written from the staged layout, so it needs the image twice.
-    let image_bytes: u64 = statement.target.layers.iter().map(|l| l.size).sum::<u64>()
-        + statement.target.manifest.len() as u64
-        + (1 << 20);
-    let copies = if matches!(output, Output::DockerArchive(_)) {
+    let copies: u64 = if matches!(output, Output::DockerArchive(_)) {
         2
     } else {
         1
     };
-    let needed = image_bytes * copies + statement.payload.scratch_bytes;
+    let needed = statement
+        .target
+        .layers
+        .iter()
+        .try_fold(
+            statement.target.manifest.len() as u64 + (1 << 20),
+            |acc, l| acc.checked_add(l.size),
+        )
+        .and_then(|image| image.checked_mul(copies))
+        .and_then(|n| n.checked_add(statement.payload.scratch_bytes))
+        .ok_or_else(|| Error::CorruptPayload {
+            bundle: name.clone(),
+            reason: "declared sizes overflow".into(),
+        })?;
     let available = crate::fsutil::available_space(parent)?;
     if available < needed {
         return Err(Error::InsufficientDisk {
@@ -236,7 +246,17 @@ pub fn apply_trusted(
                 .iter()
                 .map(|t| format!("{}:{t}", target.repository))
                 .collect();
-            write_docker_archive(&source, archive, &tags)?;
+            // Written inside staging, then linked into place: a link never replaces an
+            // existing file, and a crash leaves nothing half-written beside the output.
+            let staged = staging.path().join("image.tar");
+            write_docker_archive(&source, &staged, &tags)?;
+            fs::hard_link(&staged, archive).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Error::OutputExists(archive.clone())
+                } else {
+                    Error::io("moving rebuilt image to", archive)(e)
+                }
+            })?;
         }
     }
     crate::fsutil::sync_parent(out_path)?;
@@ -336,9 +356,17 @@ fn decode_payload(
             &format!("layer {}/{}", index + 1, statement.target.layers.len()),
             layer.size,
         );
+        let mut frames = 0;
         let record = loop {
             match reader.next_record().map_err(record_err)? {
-                Record::Frame(ranges) => next_frame(name, &mut reader, &scratch, &ranges, limits)?,
+                // One per layer at most: each may load a large dictionary.
+                Record::Frame(_) if frames == 1 => {
+                    return Err(corrupt("two FRAME records before one layer".into()))
+                }
+                Record::Frame(ranges) => {
+                    frames += 1;
+                    next_frame(name, &mut reader, &scratch, &ranges, limits)?
+                }
                 other => break other,
             }
         };
@@ -368,6 +396,7 @@ fn decode_payload(
                     &mut reader,
                     &scratch,
                     layer.size,
+                    payload.window_log,
                     limits,
                     &mut blob,
                     progress,
@@ -397,6 +426,12 @@ fn decode_payload(
         other => return Err(corrupt(format!("expected END, found {other:?}"))),
     }
     reader.expect_eof().map_err(record_err)?;
+    if reader.get_mut().remaining() != 0 {
+        return Err(corrupt(format!(
+            "the payload decodes to less than the {} bytes the statement declares",
+            payload.decoded_size
+        )));
+    }
     // Drain what zstd has not asked for (a frame epilogue) so the digest covers every byte.
     let frames = reader.into_inner().into_inner();
     // Bytes buffered but not decoded were hashed when they were read.
@@ -441,6 +476,12 @@ fn next_frame<R: BufRead>(
             .range(name, offset, len)?
             .read_to_end(&mut dictionary)
             .map_err(Error::io("reading scratch", "scratch"))?;
+    }
+    if dictionary.starts_with(&ZSTD_DICT_MAGIC) {
+        return Err(Error::CorruptPayload {
+            bundle: name.to_owned(),
+            reason: "a frame dictionary starts with the zstd dictionary magic".into(),
+        });
     }
     reader
         .get_mut()
@@ -586,12 +627,41 @@ impl Scratch {
     }
 }
 
+/// First bytes of a formatted zstd dictionary. Dictionaries in bundles are raw content; zstd
+/// would parse one starting with these bytes as formatted, so such a dictionary or patch base is
+/// refused (the encoder shifts its ranges to avoid it).
+pub(crate) const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
+
+/// Copies `reader` to `writer`, telling read errors (the bundle's) from write errors (the
+/// device's) apart.
+fn copy_split(
+    reader: &mut impl Read,
+    writer: &mut impl Write,
+    read_err: &dyn Fn(String) -> Error,
+    write_err: &dyn Fn(io::Error) -> Error,
+) -> Result<u64, Error> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e.to_string())),
+        };
+        writer.write_all(&buf[..n]).map_err(write_err)?;
+        total += n as u64;
+    }
+}
+
 /// Applies one layer's operations up to `END_LAYER`, writing at most `size` bytes.
+#[allow(clippy::too_many_arguments)]
 fn apply_ops<R: Read>(
     name: &str,
     reader: &mut PayloadReader<R>,
     scratch: &Scratch,
     size: u64,
+    window_log: u32,
     limits: &Limits,
     out: &mut impl Write,
     progress: &dyn Progress,
@@ -612,12 +682,17 @@ fn apply_ops<R: Read>(
             ))),
         }
     };
-    let write_err = |e: io::Error| corrupt(format!("writing layer: {e}"));
+    // A failed write is the device's problem (full disk), not the bundle's.
+    let write_err = |e: io::Error| Error::Io {
+        what: "writing a rebuilt layer of",
+        path: name.into(),
+        source: e,
+    };
     loop {
         match reader.next_record().map_err(|e| corrupt(e.to_string()))? {
             Record::Literal { len } => {
                 claim(len, &mut written)?;
-                let copied = io::copy(&mut reader.body(len), out).map_err(write_err)?;
+                let copied = copy_split(&mut reader.body(len), out, &corrupt, &write_err)?;
                 if copied != len {
                     return Err(corrupt("payload ends inside a literal".into()));
                 }
@@ -639,6 +714,9 @@ fn apply_ops<R: Read>(
                 patch_len,
             } => {
                 claim(out_len, &mut written)?;
+                if out_len == 0 {
+                    return Err(corrupt("a patch that outputs nothing".into()));
+                }
                 crate::container::check_limit(name, "patch base", base_len, limits.max_patch_base)?;
                 crate::container::check_limit(
                     name,
@@ -654,11 +732,13 @@ fn apply_ops<R: Read>(
                     patch_len,
                     limits.max_patch_output.saturating_mul(2),
                 )?;
-                let mut base = Vec::with_capacity(base_len as usize);
-                scratch
-                    .range(name, scratch_offset, base_len)?
-                    .read_to_end(&mut base)
-                    .map_err(Error::io("reading scratch", "scratch"))?;
+                // Checks the range before allocating for it.
+                let base = scratch.read_at(name, scratch_offset, base_len)?;
+                if base.starts_with(&ZSTD_DICT_MAGIC) {
+                    return Err(corrupt(
+                        "a patch base starts with the zstd dictionary magic".into(),
+                    ));
+                }
                 let mut body = reader.body(patch_len);
                 let produced = match kind {
                     PatchKind::Zstd => {
@@ -667,9 +747,21 @@ fn apply_ops<R: Read>(
                             &base,
                         )
                         .map_err(|e| corrupt(format!("zstd patch: {e}")))?;
+                        dec.window_log_max(window_log)
+                            .map_err(|e| corrupt(format!("zstd patch: {e}")))?;
+                        let mut dec = dec.single_frame();
                         let mut capped = CappedReader::new(&mut dec, out_len, "patch output");
-                        io::copy(&mut capped, out)
-                            .map_err(|e| corrupt(format!("zstd patch: {e}")))?
+                        let n = copy_split(
+                            &mut capped,
+                            out,
+                            &|e| corrupt(format!("zstd patch: {e}")),
+                            &write_err,
+                        )?;
+                        // Nothing may follow the one frame, not even in zstd's read buffer.
+                        if !dec.finish().buffer().is_empty() {
+                            return Err(corrupt("data after the zstd patch's frame".into()));
+                        }
+                        n
                     }
                     PatchKind::Bsdiff => {
                         let mut patch = Vec::with_capacity(patch_len.min(1 << 20) as usize);

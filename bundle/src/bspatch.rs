@@ -56,23 +56,31 @@ pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
 
 /// Applies a split patch to `old`. The output may be at most `max_out` bytes; every length is
 /// checked against what remains of the patch, the old data and the output bound before use.
+/// Controls are parsed twice (once to find where the streams start, once to apply) rather than
+/// stored, so a patch cannot make the decoder allocate more than its output.
 pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String> {
     let mut cursor = 0usize;
     let count = get_varint(patch, &mut cursor)?;
-    let mut controls = Vec::new();
+    // Each control takes at least 3 bytes.
+    if count > (patch.len().saturating_sub(cursor) / 3) as u64 {
+        return Err("bsdiff patch declares more controls than it holds".into());
+    }
+    let controls_start = cursor;
     let (mut diff_total, mut extra_total) = (0usize, 0usize);
     for _ in 0..count {
         let mix = to_usize(get_varint(patch, &mut cursor)?)?;
         let copy = to_usize(get_varint(patch, &mut cursor)?)?;
-        let seek = unzigzag(get_varint(patch, &mut cursor)?);
+        get_varint(patch, &mut cursor)?;
         diff_total = diff_total.checked_add(mix).ok_or("diff length overflows")?;
         extra_total = extra_total
             .checked_add(copy)
             .ok_or("extra length overflows")?;
-        if diff_total + extra_total > max_out || diff_total + extra_total > patch.len() {
+        let out = diff_total
+            .checked_add(extra_total)
+            .ok_or("length overflows")?;
+        if out > max_out || out > patch.len() {
             return Err("bsdiff patch output larger than declared".into());
         }
-        controls.push((mix, copy, seek));
     }
     let diff_start = cursor;
     let extra_start = diff_start
@@ -82,7 +90,11 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
     let (mut diff_at, mut extra_at) = (diff_start, extra_start);
     let mut old_at: i64 = 0;
     let mut out = Vec::with_capacity(diff_total + extra_total);
-    for (mix, copy, seek) in controls {
+    cursor = controls_start;
+    for _ in 0..count {
+        let mix = to_usize(get_varint(patch, &mut cursor)?)?;
+        let copy = to_usize(get_varint(patch, &mut cursor)?)?;
+        let seek = unzigzag(get_varint(patch, &mut cursor)?);
         let from = usize::try_from(old_at).map_err(|_| "bsdiff seeks before the old data")?;
         let old_slice = old
             .get(from..from.checked_add(mix).ok_or("overflow")?)
@@ -96,8 +108,9 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
         diff_at += mix;
         out.extend_from_slice(&patch[extra_at..extra_at + copy]);
         extra_at += copy;
-        old_at = old_at
-            .checked_add(mix as i64)
+        old_at = i64::try_from(mix)
+            .ok()
+            .and_then(|m| old_at.checked_add(m))
             .and_then(|p| p.checked_add(seek))
             .ok_or("bsdiff seek overflows")?;
     }
@@ -187,6 +200,18 @@ mod tests {
                 assert!(out.len() <= new.len());
             }
         }
+        // Many empty controls cost nothing to store.
+        let mut empty = Vec::new();
+        put_varint(&mut empty, 44_739_241);
+        empty.resize(1 << 20, 0);
+        assert!(apply(&old, &empty, 0).is_err());
+        // An overflowing first control.
+        let mut overflow = Vec::new();
+        put_varint(&mut overflow, 1);
+        put_varint(&mut overflow, u64::MAX);
+        put_varint(&mut overflow, 1);
+        put_varint(&mut overflow, 0);
+        assert!(apply(&old, &overflow, usize::MAX).is_err());
         // A huge declared length.
         let mut huge = Vec::new();
         put_varint(&mut huge, 1);

@@ -182,9 +182,9 @@ pub fn build_bundle(
     if options.expires_at <= options.created_at {
         return Err(Error::InvalidBuild("expiry must be after creation".into()));
     }
-    if !(1..=22).contains(&options.zstd_level) || !(10..=31).contains(&options.window_log) {
+    if !(1..=22).contains(&options.zstd_level) || !(10..=27).contains(&options.window_log) {
         return Err(Error::InvalidBuild(
-            "zstd level must be 1-22 and window log 10-31".into(),
+            "zstd level must be 1-22 and window log 10-27".into(),
         ));
     }
     let config_diff_ids = crate::manifest::config_diff_ids(&image.config.bytes)
@@ -390,7 +390,7 @@ pub fn build_bundle(
             // (e.g. a renamed directory changes every header). Measure both; keep the smaller.
             let whole = match whole_layers.get(&index) {
                 Some(at) if std::time::Instant::now() < deadline => {
-                    let patch =
+                    let (whole_at, patch) =
                         whole_layer_patch(spool, at, &scratch, &layout, options.zstd_level, &name)?;
                     let mut trial = PayloadWriter::new(
                         FrameEncoder::compressor(Vec::new(), options, &dictionary)
@@ -416,10 +416,17 @@ pub fn build_bundle(
                         .and_then(|z| z.finish())
                         .map_err(io_err("writing payload of"))?
                         .len();
-                    (patch.2 < file_level).then_some((*at, patch))
+                    (patch.2 < file_level).then_some((whole_at, patch))
                 }
                 _ => None,
             };
+            let mut ranges = ranges;
+            if dictionary.starts_with(&crate::apply::ZSTD_DICT_MAGIC) {
+                // zstd would take it as a formatted dictionary: start it one byte later.
+                dictionary.remove(0);
+                ranges[0].0 += 1;
+                ranges[0].1 -= 1;
+            }
             if !ranges.is_empty() && whole.is_none() {
                 // Tar headers of the target are mostly those of a base layer with a few bytes
                 // changed: a frame whose dictionary is that layer's headers sends them cheaply.
@@ -744,7 +751,7 @@ const MAX_BSDIFF_FILE: usize = 16 << 20;
 
 /// Per region planned as a patch: the patch to send, or `None` when sending the file literally
 /// is smaller.
-type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>)>>;
+type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>, BaseRef)>>;
 
 /// Emits one target layer's operations from its spooled bytes and its plan.
 #[derive(Clone)]
@@ -814,7 +821,7 @@ impl LayerEncoder<'_> {
                     let mut new = vec![0u8; region.len as usize];
                     spool.read_exact(&mut new).map_err(self.io_err())?;
                     let decided = patches.get_mut(&i).and_then(Option::take);
-                    if self.patch(writer, &new, at, decided)? {
+                    if self.patch(writer, &new, decided)? {
                         self.stats
                             .bases
                             .push(bases.list[at.layer].1.image().reference.clone());
@@ -877,13 +884,13 @@ impl LayerEncoder<'_> {
         let next = AtomicUsize::new(0);
         let results = Mutex::new(HashMap::with_capacity(work.len()));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let one = |i: usize, at: BaseRef| -> Result<Option<(PatchKind, Vec<u8>)>, Error> {
+        let one = |i: usize, at: BaseRef| -> Result<Option<(PatchKind, Vec<u8>, BaseRef)>, Error> {
             let region = &scan.regions[i];
             let mut new = vec![0u8; region.len as usize];
             spool
                 .read_exact_at(&mut new, region.offset)
                 .map_err(Error::io("reading spool of", &self.name))?;
-            let old = read_scratch(self.scratch, self.layout, &at, &self.name)?;
+            let (at, old) = patch_base(self.scratch, self.layout, &at, &self.name)?;
             let literal_cost = zstd::bulk::compress(&new, self.level)
                 .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
                 .len();
@@ -894,7 +901,7 @@ impl LayerEncoder<'_> {
                 0
             };
             let (kind, patch, cost) = best_patch(&old, &new, self.level, max_bsdiff)?;
-            Ok((cost < literal_cost).then_some((kind, patch)))
+            Ok((cost < literal_cost).then_some((kind, patch, at)))
         };
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads.min(work.len()).max(1))
@@ -925,11 +932,10 @@ impl LayerEncoder<'_> {
         &mut self,
         writer: &mut PayloadWriter<W>,
         new: &[u8],
-        at: &BaseRef,
-        decided: Option<(PatchKind, Vec<u8>)>,
+        decided: Option<(PatchKind, Vec<u8>, BaseRef)>,
     ) -> Result<bool, Error> {
         self.flush_copy(writer)?;
-        let Some((kind, patch)) = decided else {
+        let Some((kind, patch, at)) = decided else {
             writer.literal(new).map_err(self.io_err())?;
             self.stats.literal_bytes += new.len() as u64;
             return Ok(false);
@@ -937,7 +943,7 @@ impl LayerEncoder<'_> {
         writer
             .patch(
                 kind,
-                self.layout.scratch_offset(at),
+                self.layout.scratch_offset(&at),
                 at.len,
                 new.len() as u64,
                 &patch,
@@ -1049,13 +1055,32 @@ fn whole_layer_patch(
     layout: &ScratchLayout,
     level: i32,
     name: &str,
-) -> Result<(PatchKind, Vec<u8>, usize), Error> {
-    let old = read_scratch(scratch, layout, at, name)?;
+) -> Result<(BaseRef, (PatchKind, Vec<u8>, usize)), Error> {
+    let (at, old) = patch_base(scratch, layout, at, name)?;
     let mut new = Vec::new();
     rewind(spool)
         .and_then(|_| spool.read_to_end(&mut new))
         .map_err(Error::io("reading spool of", name))?;
-    best_patch(&old, &new, level, MAX_WHOLE_LAYER as usize)
+    Ok((at, best_patch(&old, &new, level, MAX_WHOLE_LAYER as usize)?))
+}
+
+/// The bytes of a patch base, and the range they come from. zstd would take a dictionary that
+/// starts with its dictionary magic as a formatted one (decoders refuse such bases), so such a
+/// base starts one byte later.
+fn patch_base(
+    scratch: &crate::apply::Scratch,
+    layout: &ScratchLayout,
+    at: &BaseRef,
+    name: &str,
+) -> Result<(BaseRef, Vec<u8>), Error> {
+    let mut old = read_scratch(scratch, layout, at, name)?;
+    let mut at = *at;
+    if old.starts_with(&crate::apply::ZSTD_DICT_MAGIC) {
+        old.remove(0);
+        at.offset += 1;
+        at.len -= 1;
+    }
+    Ok((at, old))
 }
 
 fn skip(reader: &mut impl Read, len: u64) -> std::io::Result<()> {

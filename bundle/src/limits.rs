@@ -2,9 +2,11 @@
 
 /// Caps on every length a bundle declares, checked before the length sizes a buffer or a read.
 ///
-/// The defaults fit a device with a few hundred MiB to spare: the largest things ever held in
-/// memory are the zstd window (`1 << max_window_log`) and one patch's base range
-/// (`max_patch_base`), never a layer or the payload.
+/// The defaults fit a device with a few hundred MiB to spare. What is ever held in memory at
+/// once: the payload's zstd window (`1 << window_log`, at most 128 MiB, allocated as the frame
+/// needs it) and its frame dictionary (`max_dictionary`), plus, while one patch is applied, its
+/// base range (`max_patch_base`), its output for bsdiff (`max_patch_output`) or its own zstd
+/// window; never a layer or the payload.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest statement, bytes.

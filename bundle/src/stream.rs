@@ -67,6 +67,11 @@ impl<R> CappedReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+
+    /// Bytes still allowed.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
 }
 
 impl<R: Read> Read for CappedReader<R> {

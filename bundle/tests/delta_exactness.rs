@@ -567,3 +567,60 @@ fn a_spent_time_budget_falls_back_to_zstd_patches() {
     .unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
 }
+
+/// A base file that starts with zstd's dictionary magic is still a raw-content patch base, on
+/// both sides: the encoder starts the base one byte later, the decoder refuses magic bases.
+#[test]
+fn a_base_file_starting_with_the_zstd_dictionary_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |salt: &str| {
+        let mut b = vec![0x37, 0xa4, 0x30, 0xec];
+        b.extend_from_slice(&text(40_000, salt));
+        b
+    };
+    let tar_of = |content: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "usr/share/dict.zdict", content)
+            .unwrap();
+        b.into_inner().unwrap()
+    };
+    let (base_tar, target_tar) = (tar_of(&body("v1")), tar_of(&body("v2 changed")));
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    image_from_tar(&base, &base_tar);
+    image_from_tar(&target, &target_tar);
+    let keys = keys();
+    for whole_layer in [false, true] {
+        let (path, report) = bundle(
+            dir.path(),
+            &format!("magic-{whole_layer}.bundle"),
+            &target,
+            &base,
+            &keys,
+            whole_layer,
+        );
+        assert!(
+            report.statement.payload.size < 2_000,
+            "{}",
+            report.statement.payload.size
+        );
+        let out = dir.path().join(format!("out-{whole_layer}"));
+        apply_bundle(
+            &path,
+            &keys.policy,
+            &VerifyContext {
+                now: NOW,
+                recorded_sequence: None,
+            },
+            &ImageSet::new(vec![open(&base)]),
+            &Output::OciLayout(out.clone()),
+            &Limits::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(layer_bytes(&out), target_tar);
+    }
+}
