@@ -1009,6 +1009,9 @@ fn read_scratch(
     scratch.read_at(name, layout.scratch_offset(at), at.len)
 }
 
+/// A patch candidate: its kind, its bytes, and what it costs in the payload.
+type CandidatePatch = (PatchKind, Vec<u8>, usize);
+
 /// The smaller of a zstd patch (old as dictionary) and, when both sides are at most
 /// `max_bsdiff` bytes, a bsdiff patch: (kind, patch bytes, what it costs in the payload).
 fn best_patch(
@@ -1016,7 +1019,7 @@ fn best_patch(
     new: &[u8],
     level: i32,
     max_bsdiff: usize,
-) -> Result<(PatchKind, Vec<u8>, usize), Error> {
+) -> Result<CandidatePatch, Error> {
     let compress_err = |e: std::io::Error| Error::InvalidBuild(format!("compressing a patch: {e}"));
     let mut compressor =
         zstd::bulk::Compressor::with_dictionary(level, old).map_err(compress_err)?;
@@ -1055,7 +1058,7 @@ fn whole_layer_patch(
     layout: &ScratchLayout,
     level: i32,
     name: &str,
-) -> Result<(BaseRef, (PatchKind, Vec<u8>, usize)), Error> {
+) -> Result<(BaseRef, CandidatePatch), Error> {
     let (at, old) = patch_base(scratch, layout, at, name)?;
     let mut new = Vec::new();
     rewind(spool)
