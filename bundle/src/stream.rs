@@ -117,14 +117,14 @@ impl<R: io::BufRead> Frames<R> {
     /// Ends the current frame, which must have no decoded bytes left, and starts the next one
     /// with `dictionary` (raw content; empty for none).
     pub fn next_frame(&mut self, dictionary: &[u8]) -> io::Result<()> {
-        let mut decoder = self.current.take().expect("a frame is always open");
         let mut byte = [0u8; 1];
-        if decoder.read(&mut byte)? != 0 {
+        if self.read(&mut byte)? != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the zstd frame goes on past its FRAME record",
             ));
         }
+        let decoder = self.current.take().expect("checked by the read above");
         let mut next = zstd::stream::read::Decoder::with_dictionary(decoder.finish(), dictionary)?;
         next.window_log_max(self.window_log)?;
         self.current = Some(next.single_frame());
@@ -142,10 +142,13 @@ impl<R: io::BufRead> Frames<R> {
 
 impl<R: io::BufRead> Read for Frames<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.current
-            .as_mut()
-            .expect("a frame is always open")
-            .read(buf)
+        match self.current.as_mut() {
+            Some(frame) => frame.read(buf),
+            // A failed `next_frame` closed the stream; reading on is an error, not a panic.
+            None => Err(io::Error::other(
+                "the payload stream failed at a frame switch",
+            )),
+        }
     }
 }
 
