@@ -191,6 +191,27 @@ fn bundle(
     (path, report)
 }
 
+/// Applies `bundle` with `base` as the device's only image, into a new OCI layout at `out`.
+fn apply_to(
+    bundle: &Path,
+    keys: &Keys,
+    base: Box<dyn ImageSource>,
+    out: &Path,
+) -> Result<sideload_bundle::ApplyReport, Error> {
+    apply_bundle(
+        bundle,
+        &keys.policy,
+        &VerifyContext {
+            now: NOW,
+            recorded_sequence: None,
+        },
+        &ImageSet::new(vec![base]),
+        &Output::OciLayout(out.to_owned()),
+        &Limits::default(),
+        &NoProgress,
+    )
+}
+
 fn layer_bytes(layout: &Path) -> Vec<u8> {
     let mut v = Vec::new();
     open(layout)
@@ -247,19 +268,7 @@ fn every_tar_dialect_round_trips_byte_for_byte() {
                 target_tar.len()
             );
             let out = dir.path().join(format!("{dialect}-{whole_layer}-out"));
-            apply_bundle(
-                &path,
-                &keys.policy,
-                &VerifyContext {
-                    now: NOW,
-                    recorded_sequence: None,
-                },
-                &ImageSet::new(vec![open(&base)]),
-                &Output::OciLayout(out.clone()),
-                &Limits::default(),
-                &NoProgress,
-            )
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            apply_to(&path, &keys, open(&base), &out).unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(
                 layer_bytes(&out),
                 target_tar,
@@ -295,19 +304,7 @@ fn a_corrupted_base_is_detected_before_output() {
     fs::write(&blob, bytes).unwrap();
 
     let out = dir.path().join("out");
-    let err = apply_bundle(
-        &path,
-        &keys.policy,
-        &VerifyContext {
-            now: NOW,
-            recorded_sequence: None,
-        },
-        &ImageSet::new(vec![open(&base)]),
-        &Output::OciLayout(out.clone()),
-        &Limits::default(),
-        &NoProgress,
-    )
-    .unwrap_err();
+    let err = apply_to(&path, &keys, open(&base), &out).unwrap_err();
     assert!(
         !err.is_refusal(),
         "the device's base is at fault, not the bundle: {err:?}"
@@ -361,19 +358,7 @@ fn unchanged_runs_of_files_cost_next_to_nothing() {
         report.statement.payload.size
     );
     let out = dir.path().join("out");
-    apply_bundle(
-        &path,
-        &keys.policy,
-        &VerifyContext {
-            now: NOW,
-            recorded_sequence: None,
-        },
-        &ImageSet::new(vec![open(&base)]),
-        &Output::OciLayout(out.clone()),
-        &Limits::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    apply_to(&path, &keys, open(&base), &out).unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
 }
 
@@ -475,19 +460,7 @@ fn layers_written_by_go_archive_tar_round_trip() {
     )
     .unwrap();
     let out = dir.path().join("go-out");
-    apply_bundle(
-        &path,
-        &keys.policy,
-        &VerifyContext {
-            now: NOW,
-            recorded_sequence: None,
-        },
-        &ImageSet::new(vec![open_ref(&layout, "v1")]),
-        &Output::OciLayout(out.clone()),
-        &Limits::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    apply_to(&path, &keys, open_ref(&layout, "v1"), &out).unwrap();
     let rebuilt = open(&out);
     assert_eq!(rebuilt.image().diff_ids(), target.image().diff_ids());
     assert_eq!(rebuilt.image().config.digest, target.image().config.digest);
@@ -552,19 +525,7 @@ fn a_spent_time_budget_falls_back_to_zstd_patches() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    apply_bundle(
-        &path,
-        &keys.policy,
-        &VerifyContext {
-            now: NOW,
-            recorded_sequence: None,
-        },
-        &ImageSet::new(vec![open(&base)]),
-        &Output::OciLayout(out.clone()),
-        &Limits::default(),
-        &NoProgress,
-    )
-    .unwrap();
+    apply_to(&path, &keys, open(&base), &out).unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
 }
 
@@ -608,19 +569,7 @@ fn a_base_file_starting_with_the_zstd_dictionary_magic() {
             report.statement.payload.size
         );
         let out = dir.path().join(format!("out-{whole_layer}"));
-        apply_bundle(
-            &path,
-            &keys.policy,
-            &VerifyContext {
-                now: NOW,
-                recorded_sequence: None,
-            },
-            &ImageSet::new(vec![open(&base)]),
-            &Output::OciLayout(out.clone()),
-            &Limits::default(),
-            &NoProgress,
-        )
-        .unwrap();
+        apply_to(&path, &keys, open(&base), &out).unwrap();
         assert_eq!(layer_bytes(&out), target_tar);
     }
 }
