@@ -596,26 +596,28 @@ impl Scratch {
     /// Reads a range with a positional read (safe from several threads at once).
     pub(crate) fn read_at(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         use std::os::unix::fs::FileExt;
-        self.range(name, offset, len)?;
+        let file = self.holding(name, offset, len)?;
         let mut bytes = vec![0u8; len as usize];
-        if let Some(file) = &self.file {
-            file.read_exact_at(&mut bytes, offset)
-                .map_err(Error::io("reading scratch", "scratch"))?;
-        }
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(Error::io("reading scratch", "scratch"))?;
         Ok(bytes)
     }
 
+    /// A range as a reader (streams: for copies of any length).
     pub(crate) fn range(&self, name: &str, offset: u64, len: u64) -> Result<io::Take<File>, Error> {
-        let end = offset.checked_add(len);
-        match (&self.file, end) {
-            (Some(file), Some(end)) if end <= self.len => {
-                let mut f = file
-                    .try_clone()
-                    .map_err(Error::io("reading scratch", "scratch"))?;
-                f.seek(SeekFrom::Start(offset))
-                    .map_err(Error::io("reading scratch", "scratch"))?;
-                Ok(f.take(len))
-            }
+        let mut file = self
+            .holding(name, offset, len)?
+            .try_clone()
+            .map_err(Error::io("reading scratch", "scratch"))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(Error::io("reading scratch", "scratch"))?;
+        Ok(file.take(len))
+    }
+
+    /// The scratch file, if it holds `offset..offset + len`.
+    fn holding(&self, name: &str, offset: u64, len: u64) -> Result<&File, Error> {
+        match (&self.file, offset.checked_add(len)) {
+            (Some(file), Some(end)) if end <= self.len => Ok(file),
             _ => Err(Error::CorruptPayload {
                 bundle: name.to_owned(),
                 reason: format!(
