@@ -3,10 +3,12 @@
 
 Called by bench/run.sh after the installs and the release build; stdlib only (HDiffPatch runs
 in its own `python3 -c` process so that its time and memory are measured apart from this one).
+The realistic scenarios' images come from corpus.py (cached in bench/.cache/).
 
-  bench.py --bin target/release --work TMPDIR --out bench/results/latest.md
+  bench.py --bin target/release --work TMPDIR --out bench/results/latest.md [--scenario NAME]...
 
-Exit status: 0 when every tool's decode reproduced its input, 1 otherwise.
+Exit status: 0 when every tool that ran reproduced the target (a peer that was skipped, ran out
+of its time limit or out of memory is reported, not a failure), 1 otherwise.
 """
 
 import argparse
@@ -15,10 +17,17 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -51,27 +60,58 @@ class Measured:
         self.stdout = stdout
 
 
+class ToolTimeout(Exception):
+    pass
+
+
+class ToolOutOfMemory(Exception):
+    pass
+
+
+# Set by main(): seconds one measured command may run, address-space limit (bytes) for it.
+LIMITS = dict(timeout=1200, mem=16 << 30)
+
+OOM_MARKS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory", "Out of memory",
+             "memory allocation failed", "not enough memory", "allocation error")
+
+
 def timed(cmd, workdir, stdout_path=None):
-    """Runs cmd under /usr/bin/time -f '%e %M'; raises on failure."""
+    """Runs cmd under /usr/bin/time -f '%e %M', within LIMITS; raises on failure."""
     tf = os.path.join(workdir, ".time")
     out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    mem = LIMITS["mem"]
+
+    def limit():
+        if mem:
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+
     try:
-        p = subprocess.run(
+        p = subprocess.Popen(
             ["/usr/bin/time", "-f", "%e %M", "-o", tf] + [str(c) for c in cmd],
-            stdout=out,
-            stderr=subprocess.PIPE,
+            stdout=out, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=limit,
         )
+        try:
+            stdout, stderr = p.communicate(timeout=LIMITS["timeout"])
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise ToolTimeout(f"{os.path.basename(str(cmd[0]))}: over {LIMITS['timeout']} s")
     finally:
         if stdout_path:
             out.close()
     if p.returncode != 0:
+        err = stderr.decode(errors="replace")
+        if any(m in err for m in OOM_MARKS):
+            raise ToolOutOfMemory(f"{os.path.basename(str(cmd[0]))}: out of memory "
+                                  f"(limit {mem >> 30} GiB address space)")
         raise RuntimeError(
-            f"{' '.join(map(str, cmd))}: exit {p.returncode}\n{p.stderr.decode(errors='replace')[-2000:]}"
+            f"{' '.join(map(str, cmd))}: exit {p.returncode}\n{err[-2000:]}"
         )
+
     with open(tf) as f:
         last = f.read().strip().splitlines()[-1]
     secs, rss = last.split()
-    return Measured(float(secs), int(rss), p.stdout if not stdout_path else b"")
+    return Measured(float(secs), int(rss), stdout if not stdout_path else b"")
 
 
 def combine(*ms):
@@ -95,12 +135,18 @@ def oci_manifest(layout_dir):
     return manifest, config
 
 
-def archive_diff_ids(path):
-    """diff_ids of the image in a docker-archive (docker save) file."""
+def archive_facts(path):
+    """diff_ids of the image in a docker-archive (docker save) file, and its uncompressed size
+    (layer tars plus config)."""
     with tarfile.open(path) as t:
         manifest = json.load(t.extractfile("manifest.json"))[0]
         config = json.load(t.extractfile(manifest["Config"]))
-    return config["rootfs"]["diff_ids"]
+        raw = t.getmember(manifest["Config"]).size + sum(t.getmember(l).size for l in manifest["Layers"])
+    return config["rootfs"]["diff_ids"], raw
+
+
+def archive_diff_ids(path):
+    return archive_facts(path)[0]
 
 
 def check_rebuilt_archive(path, want_config_sha, want_diff_ids):
@@ -122,8 +168,37 @@ def check_rebuilt_archive(path, want_config_sha, want_diff_ids):
     return None
 
 
+class ScratchWatch:
+    """Samples, while `sideload apply` runs, the size of its scratch store (the file `scratch`
+    in the `.sideload-apply-*` staging directory it makes next to its output): the largest size
+    seen, in bytes actually allocated on disk."""
+
+    def __init__(self, d):
+        self.d, self.peak, self.stop = d, 0, threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.wait(0.05):
+            try:
+                for n in os.listdir(self.d):
+                    if n.startswith(".sideload-apply-"):
+                        st = os.stat(os.path.join(self.d, n, "scratch"))
+                        self.peak = max(self.peak, min(st.st_size, st.st_blocks * 512))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop.set()
+        self.t.join()
+
+
 # ---------------------------------------------------------------------------------------------
-# tools: each returns a row dict: bytes, enc (Measured|None), dec (Measured|None), ok, note
+# tools: each returns a row dict: bytes, enc (Measured|None), dec (Measured|None), status, note;
+# status is "yes" (reproduced), "NO" (did not), "FAILED", "timeout", "oom" or "skipped".
 
 HDIFF_ENCODE = r"""
 import sys, hdiffpatch
@@ -149,11 +224,21 @@ def log2_ceil(n, lo, hi):
     return b
 
 
+def mib(n):
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class Skip(Exception):
+    pass
+
+
 class Bench:
     def __init__(self, args):
         self.bin = os.path.abspath(args.bin)
         self.work = os.path.abspath(args.work)
         self.zstd_level = args.zstd_level
+        self.bsdiff_max = args.bsdiff_max_bytes
+        self.cache = args.cache
 
     def sideload(self, sc, d):
         sl, sign = os.path.join(self.bin, "sideload"), os.path.join(self.bin, "sideload-sign")
@@ -162,13 +247,16 @@ class Bench:
         bases = []
         if sc["old"] is not None:
             dst = os.path.join(device, "held.tar")
-            os.link(sc["old"], dst)
+            try:
+                os.link(sc["old"], dst)
+            except OSError:
+                os.symlink(sc["old"], dst)
             bases = ["--base", f"docker-archive:{dst}"]
         bundle = os.path.join(d, "app.bundle")
         stmt = os.path.join(d, "statement.json")
         enc = timed(
             [sl, "build", f"docker-archive:{sc['new']}", *bases, "-o", bundle,
-             "--repository", "edge/app", "--tag", "v2", "--statement-out", stmt, "--json"],
+             "--repository", sc["repo"], "--tag", sc["tag"], "--statement-out", stmt, "--json"],
             d,
         )
         report = json.loads(enc.stdout)
@@ -177,44 +265,56 @@ class Bench:
         run([sign, "sign", "--key", self.key, stmt, "-o", sig])
         run([sl, "attach", bundle, sig])
         size = os.path.getsize(bundle)
+        info = json.loads(run([sl, "inspect", bundle, "--json"]))
+        scratch = info.get("statement", {}).get("payload", {}).get("scratch_bytes")
         out = os.path.join(d, "rebuilt.tar")
-        dec = timed(
-            [sl, "apply", bundle, "--policy", self.policy, "--base-dir", device,
-             "--output", f"docker-archive:{out}"],
-            d,
-        )
-        err = check_rebuilt_archive(out, self.target_config_sha, self.target_diff_ids)
+        with ScratchWatch(d) as watch:
+            dec = timed(
+                [sl, "apply", bundle, "--policy", self.policy, "--base-dir", device,
+                 "--output", f"docker-archive:{out}"],
+                d,
+            )
+        err = check_rebuilt_archive(out, sc["config_sha"], sc["diff_ids"])
         enc_kinds = {}
         for layer in report.get("layers", []):
-            enc_kinds[layer["encoding"]] = enc_kinds.get(layer["encoding"], 0) + 1
+            k = layer.get("encoding", "?")
+            k = k if isinstance(k, str) else next(iter(k), "?")
+            enc_kinds[k] = enc_kinds.get(k, 0) + 1
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(enc_kinds.items()))
-        note = f"layers: {kinds}; payload {report['payload_size']} B"
+        note = f"layers: {kinds}; payload {report.get('payload_size', '?')} B"
+        note += f"; apply scratch: declared {scratch} B, seen {watch.peak} B"
         if err:
             note += f"; MISMATCH: {err}"
         else:
             note += "; config digest + every layer diff_id match"
-        return dict(bytes=size, enc=enc, dec=dec, ok=err is None, note=note)
+        sc["sideload_apply"] = dict(rss_kib=dec.rss_kib, scratch=scratch, scratch_seen=watch.peak,
+                                    seconds=dec.seconds)
+        return dict(bytes=size, enc=enc, dec=dec, status="NO" if err else "yes", note=note)
 
     def plain(self, sc, d):
         held = set(archive_diff_ids(sc["old"])) if sc["old"] else set()
-        total, sent = self.config_size, 0
-        for blob, diff_id in zip(self.target_layers, self.target_diff_ids):
+        total, sent = sc["config_size"], 0
+        for blob, diff_id in zip(sc["layers"], sc["diff_ids"]):
             if diff_id not in held:
                 total += blob["size"]
                 sent += 1
-        note = f"{sent} of {len(self.target_layers)} layer blobs + config; no tool runs"
-        return dict(bytes=total, enc=None, dec=None, ok=True, note=note)
+        note = f"{sent} of {len(sc['layers'])} layer blobs + config; no tool runs"
+        return dict(bytes=total, enc=None, dec=None, status="yes", note=note)
 
-    def _check(self, out, new):
-        return sha256_file(out) == sha256_file(new)
+    def _check(self, out, sc):
+        return "yes" if sha256_file(out) == sc["new_sha"] else "NO"
 
     def bsdiff(self, sc, d):
         old, new = sc["old"] or self.one_byte, sc["new"]
+        biggest = max(os.path.getsize(old), os.path.getsize(new))
+        if biggest > self.bsdiff_max:
+            raise Skip(f"skipped: bsdiff needs ~17x the old file in memory ({biggest / 1e9:.2f} GB "
+                       f"file > {self.bsdiff_max / 1e9:.1f} GB limit)")
         patch, out = os.path.join(d, "p.bsdiff"), os.path.join(d, "out")
         enc = timed(["bsdiff", old, new, patch], d)
         dec = timed(["bspatch", old, out, patch], d)
         note = "" if sc["old"] else "old = 1 NUL byte (bsdiff cannot mmap an empty file)"
-        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, ok=self._check(out, new), note=note)
+        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, status=self._check(out, sc), note=note)
 
     def xdelta3(self, sc, d):
         old, new = sc["old_or_empty"], sc["new"]
@@ -224,7 +324,7 @@ class Bench:
         bsize = max(1 << 24, 1 << log2_ceil(os.path.getsize(old), 24, 31))
         enc = timed(["xdelta3", "-e", "-9", "-S", "djw", "-f", "-B", bsize, "-s", old, new, patch], d)
         dec = timed(["xdelta3", "-d", "-f", "-B", bsize, "-s", old, patch, out], d)
-        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, ok=self._check(out, new),
+        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, status=self._check(out, sc),
                     note=f"-B {bsize}")
 
     def zstd(self, sc, d):
@@ -243,7 +343,7 @@ class Bench:
             dec = timed(["zstd", "-q", "-f", "-d", "--long=31", "--memory=2048MB", f"--patch-from={old}",
                          patch, "-o", out], d)
             note = " ".join(lvl_args)
-        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, ok=self._check(out, new), note=note)
+        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, status=self._check(out, sc), note=note)
 
     def rdiff(self, sc, d):
         old, new = sc["old_or_empty"], sc["new"]
@@ -251,11 +351,12 @@ class Bench:
         s = timed(["rdiff", "signature", old, sig], d)
         e = timed(["rdiff", "delta", sig, new, delta], d)
         dec = timed(["rdiff", "patch", old, delta, out], d)
-        # The delta is not compressed; say what zstd -19 would make of it (not counted).
-        z = run(["zstd", "-q", "-19", "-c", delta])
+        # The delta is not compressed; say what zstd would make of it (not counted).
+        zl = "-19" if os.path.getsize(delta) < (256 << 20) else "-9"
+        z = run(["zstd", "-q", zl, "-T2", "-c", delta])
         note = (f"+ signature {os.path.getsize(sig)} B device->cloud ({s.seconds:.2f} s); "
-                f"delta is uncompressed (zstd -19: {len(z)} B)")
-        return dict(bytes=os.path.getsize(delta), enc=combine(s, e), dec=dec, ok=self._check(out, new),
+                f"delta is uncompressed (zstd {zl}: {len(z)} B)")
+        return dict(bytes=os.path.getsize(delta), enc=combine(s, e), dec=dec, status=self._check(out, sc),
                     note=note)
 
     def hdiffpatch(self, sc, d):
@@ -264,7 +365,7 @@ class Bench:
         window = log2_ceil(os.path.getsize(new), 16, 30)
         enc = timed([sys.executable, "-c", HDIFF_ENCODE, old, new, patch, window], d)
         dec = timed([sys.executable, "-c", HDIFF_DECODE, old, patch, out], d)
-        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, ok=self._check(out, new),
+        return dict(bytes=os.path.getsize(patch), enc=enc, dec=dec, status=self._check(out, sc),
                     note=f"lzma level 9, window 2^{window}; RSS includes python")
 
     TOOLS = [
@@ -279,36 +380,16 @@ class Bench:
 
     # -----------------------------------------------------------------------------------------
 
-    def setup(self):
+    def setup(self, names):
         w = self.work
-        images, arch = os.path.join(w, "images"), os.path.join(w, "archives")
+        arch = os.path.join(w, "archives")
         os.makedirs(arch)
-        print("== making the demo images", flush=True)
-        run([os.path.join(self.bin, "examples", "make-demo-images"), images])
-        self.v1_oci, self.v2_oci = os.path.join(images, "app-v1"), os.path.join(images, "app-v2")
-        self.v1_tar, self.v2_tar = os.path.join(arch, "app-v1.tar"), os.path.join(arch, "app-v2.tar")
         self.empty = os.path.join(arch, "empty")
         open(self.empty, "wb").close()
-        print("== writing docker-save archives with skopeo", flush=True)
-        run(["skopeo", "copy", "--quiet", f"oci:{self.v1_oci}:v1", f"docker-archive:{self.v1_tar}:edge/app:v1"])
-        run(["skopeo", "copy", "--quiet", f"oci:{self.v2_oci}:v2", f"docker-archive:{self.v2_tar}:edge/app:v2"])
-        self.new_sha = sha256_file(self.v2_tar)
-        self.v2_copy = os.path.join(arch, "device-app-v2.tar")
-        shutil.copyfile(self.v2_tar, self.v2_copy)
         # bsdiff 4.3 cannot mmap an empty file: it gets a one-byte old file instead.
         self.one_byte = os.path.join(arch, "one-byte")
         with open(self.one_byte, "wb") as f:
             f.write(b"\0")
-
-        manifest, config = oci_manifest(self.v2_oci)
-        self.target_layers = manifest["layers"]
-        self.target_diff_ids = config["rootfs"]["diff_ids"]
-        self.config_size = manifest["config"]["size"]
-        self.image_size = self.config_size + sum(l["size"] for l in self.target_layers)
-        cfg = run(["skopeo", "inspect", "--config", "--raw", f"oci:{self.v2_oci}:v2"])
-        self.target_config_sha = hashlib.sha256(cfg).hexdigest()
-        if self.target_diff_ids != archive_diff_ids(self.v2_tar):
-            raise RuntimeError("docker-archive of v2 has other diff_ids than its OCI layout")
 
         # One throwaway signing key and a 1-of-1 policy.
         keys = os.path.join(w, "keys")
@@ -321,16 +402,58 @@ class Bench:
         with open(self.policy, "w") as f:
             f.write("threshold = 1\n" + entry)
 
-        self.scenarios = [
-            dict(name="app-update", desc="device holds v1, target v2", old=self.v1_tar),
-            # The device's own copy of v2 (zstd refuses an input that is also its dictionary).
-            dict(name="same-image", desc="device holds v2, target v2", old=self.v2_copy),
-            dict(name="no-base", desc="device holds nothing, target v2", old=None),
-        ]
-        for sc in self.scenarios:
-            sc["new"] = self.v2_tar
-            sc["old_or_empty"] = sc["old"] or self.empty
-        self.sizes = dict(v1_tar=os.path.getsize(self.v1_tar), v2_tar=os.path.getsize(self.v2_tar))
+        self.scenarios = []
+        demo = [n for n in names if n in DEMO_SCENARIOS]
+        if demo:
+            self.setup_demo(arch, demo)
+        wanted = [n for n in names if n in corpus.SCENARIOS]
+        if wanted:
+            print("== building the corpus (cached in bench/.cache)", flush=True)
+            corpus.ensure_tools()
+            cache = corpus.Cache(self.cache)
+            for n in wanted:
+                old, new, desc = corpus.SCENARIOS[n]
+                layout, tag, new_tar = corpus.build_image(cache, new)
+                old_tar = corpus.build_image(cache, old)[2] if old else None
+                spec = corpus.IMAGES[new]
+                self.add_scenario(n, desc, old_tar, new_tar, layout, tag, spec["repo"], spec["tag"],
+                                  f"{spec['repo']}:{spec['tag']}", old and corpus.IMAGES[old]["repo"] + ":" + corpus.IMAGES[old]["tag"])
+        order = {n: i for i, n in enumerate(names)}
+        self.scenarios.sort(key=lambda sc: order[sc["name"]])
+
+    def setup_demo(self, arch, names):
+        images = os.path.join(self.work, "images")
+        print("== making the demo images", flush=True)
+        run([os.path.join(self.bin, "examples", "make-demo-images"), images])
+        v1_oci, v2_oci = os.path.join(images, "app-v1"), os.path.join(images, "app-v2")
+        v1_tar, v2_tar = os.path.join(arch, "app-v1.tar"), os.path.join(arch, "app-v2.tar")
+        print("== writing docker-save archives with skopeo", flush=True)
+        run(["skopeo", "copy", "--quiet", f"oci:{v1_oci}:v1", f"docker-archive:{v1_tar}:edge/app:v1"])
+        run(["skopeo", "copy", "--quiet", f"oci:{v2_oci}:v2", f"docker-archive:{v2_tar}:edge/app:v2"])
+        # The device's own copy of v2 (zstd refuses an input that is also its dictionary).
+        v2_copy = os.path.join(arch, "device-app-v2.tar")
+        shutil.copyfile(v2_tar, v2_copy)
+        olds = {"demo-app-update": (v1_tar, "edge/app:v1"), "demo-same-image": (v2_copy, "edge/app:v2"),
+                "demo-no-base": (None, None)}
+        for n in names:
+            self.add_scenario(n, DEMO_SCENARIOS[n], olds[n][0], v2_tar, v2_oci, "v2", "edge/app", "v2",
+                              "edge/app:v2", olds[n][1])
+
+    def add_scenario(self, name, desc, old, new, layout, tag, repo, dtag, target_ref, old_ref):
+        manifest, config = oci_manifest(layout)
+        diff_ids, raw = archive_facts(new)
+        if config["rootfs"]["diff_ids"] != diff_ids:
+            raise RuntimeError(f"docker-archive {new} has other diff_ids than its OCI layout")
+        sc = dict(name=name, desc=desc, old=old, new=new, repo=repo, tag=dtag,
+                  target_ref=target_ref, old_ref=old_ref,
+                  layers=manifest["layers"], diff_ids=diff_ids,
+                  config_size=manifest["config"]["size"],
+                  config_sha=manifest["config"]["digest"].split(":")[1],
+                  raw_size=raw, new_sha=sha256_file(new),
+                  old_size=os.path.getsize(old) if old else 0, new_size=os.path.getsize(new))
+        sc["gz_size"] = sc["config_size"] + sum(l["size"] for l in sc["layers"])
+        sc["old_or_empty"] = old or self.empty
+        self.scenarios.append(sc)
 
     def run_all(self, only=None):
         results = {}
@@ -343,26 +466,48 @@ class Bench:
                 d = os.path.join(self.work, "runs", sc["name"], method)
                 os.makedirs(d)
                 print(f"   {label} ...", end=" ", flush=True)
+                t = time.time()
                 try:
                     row = getattr(self, method)(sc, d)
+                except Skip as e:
+                    row = dict(bytes=None, enc=None, dec=None, status="skipped", note=str(e))
+                except ToolTimeout as e:
+                    row = dict(bytes=None, enc=None, dec=None, status="timeout", note=f"timeout: {e}")
+                except ToolOutOfMemory as e:
+                    row = dict(bytes=None, enc=None, dec=None, status="oom", note=str(e))
                 except Exception as e:  # a tool that fails counts as not reproducing
-                    row = dict(bytes=None, enc=None, dec=None, ok=False,
+                    row = dict(bytes=None, enc=None, dec=None, status="FAILED",
                                note="FAILED: " + str(e).strip().splitlines()[-1][:200])
                 row["tool"] = label
                 rows.append(row)
-                print("ok" if row["ok"] else "FAILED", flush=True)
+                print(f"{row['status']} ({time.time() - t:.0f} s)", flush=True)
                 shutil.rmtree(d, ignore_errors=True)
             results[sc["name"]] = rows
         return results
 
 
+DEMO_SCENARIOS = {
+    "demo-app-update": "demo images (make-demo-images): device holds edge/app:v1, target v2",
+    "demo-same-image": "demo images: device holds edge/app:v2, target v2",
+    "demo-no-base": "demo images: device holds nothing, target edge/app:v2",
+}
+ALL_SCENARIOS = list(DEMO_SCENARIOS) + list(corpus.SCENARIOS)
+
+
 # ---------------------------------------------------------------------------------------------
 # output
 
-HEAD = ["tool", "bytes", "% image", "enc s", "dec s", "enc RSS MiB", "dec RSS MiB", "ok", "notes"]
+HEAD = ["tool", "bytes", "% gz image", "% raw image", "enc s", "dec s", "enc RSS MiB", "dec RSS MiB",
+        "ok", "notes"]
+NUMERIC = {1, 2, 3, 4, 5, 6, 7}
 
 
-def cells(row, image_size):
+def pct(b, whole):
+    p = 100.0 * b / whole
+    return f"{p:.3f}" if p < 1 else f"{p:.2f}"
+
+
+def cells(row, sc):
     def t(m):
         return "n/a" if m is None else f"{m.seconds:.2f}"
 
@@ -373,28 +518,28 @@ def cells(row, image_size):
     return [
         row["tool"],
         "-" if b is None else f"{b:,}",
-        "-" if b is None else f"{100.0 * b / image_size:.2f}",
+        "-" if b is None else pct(b, sc["gz_size"]),
+        "-" if b is None else pct(b, sc["raw_size"]),
         t(row["enc"]), t(row["dec"]), r(row["enc"]), r(row["dec"]),
-        "yes" if row["ok"] else "NO",
+        row["status"],
         row["note"],
     ]
 
 
 def text_table(rows):
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEAD))]
-    right = {1, 2, 3, 4, 5, 6}
     lines = []
     for k, r in enumerate(rows):
-        parts = [(c.rjust(widths[i]) if i in right else c.ljust(widths[i])) for i, c in enumerate(r)]
+        parts = [(c.rjust(widths[i]) if i in NUMERIC else c.ljust(widths[i])) for i, c in enumerate(r)]
         lines.append("  ".join(parts).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def md_table(rows):
+def md_table(rows, head=HEAD, numeric=NUMERIC):
     out = ["| " + " | ".join(rows[0]) + " |",
-           "|" + "|".join("---:" if i in {1, 2, 3, 4, 5, 6} else "---" for i in range(len(HEAD))) + "|"]
+           "|" + "|".join("---:" if i in numeric else "---" for i in range(len(head))) + "|"]
     for r in rows[1:]:
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     return "\n".join(out)
@@ -420,27 +565,78 @@ def machine_info():
     ]
 
 
+SUMMARY_HEAD = ["scenario", "sideload bytes", "smallest other (bytes)", "sideload ÷ smallest other",
+                "plain layer transfer", "sideload apply s", "apply peak RSS MiB",
+                "apply scratch declared", "scratch seen"]
+
+
+def summary_rows(bench, results):
+    rows = [SUMMARY_HEAD]
+    for sc in bench.scenarios:
+        res = results.get(sc["name"], [])
+        sl = next((r for r in res if r["tool"] == "sideload"), None)
+        plain = next((r for r in res if r["tool"] == "plain layer transfer"), None)
+        others = [r for r in res if r["tool"] != "sideload" and r["bytes"] is not None and r["status"] == "yes"]
+        best = min(others, key=lambda r: r["bytes"]) if others else None
+        ap = sc.get("sideload_apply")
+        slb = sl["bytes"] if sl and sl["bytes"] is not None else None
+        rows.append([
+            sc["name"],
+            "-" if slb is None else f"{slb:,}",
+            "-" if best is None else f"{best['tool']} ({best['bytes']:,})",
+            "-" if (slb is None or best is None) else f"{slb / best['bytes']:.2f}",
+            "-" if plain is None or plain["bytes"] is None else f"{plain['bytes']:,}",
+            "-" if not ap else f"{ap['seconds']:.2f}",
+            "-" if not ap else f"{ap['rss_kib'] / 1024:.1f}",
+            "-" if not ap or ap["scratch"] is None else f"{ap['scratch']:,} B",
+            "-" if not ap else f"{ap['scratch_seen']:,} B",
+        ])
+    return rows
+
+
 def report(bench, results, out_path, total_seconds):
     text, md = [], []
-    intro = (f"target image edge/app:v2 as a registry sends it (compressed layer blobs + config): "
-             f"{bench.image_size:,} B; docker-save archives: v1 {bench.sizes['v1_tar']:,} B, "
-             f"v2 {bench.sizes['v2_tar']:,} B")
     md.append("# sideload delta benchmark\n")
     md.append("Generated by `bench/run.sh`; see `bench/README.md`. Compare ratios within one run: the "
-              "machine is small and shared, times and memory are noisy.\n")
-    md.append(intro + ".\n")
-    text.append(intro)
-    descs = {sc["name"]: sc["desc"] for sc in bench.scenarios}
-    for name, rows in results.items():
-        table = [HEAD] + [cells(r, bench.image_size) for r in rows]
-        text.append(f"\n[{name}] {descs[name]}")
+              "machine is small and shared, times and memory are noisy. `% gz image`: bytes ÷ the "
+              "target as a registry sends it (gzip layer blobs + config); `% raw image`: bytes ÷ its "
+              "uncompressed layer tars + config.\n")
+    for sc in bench.scenarios:
+        rows = results.get(sc["name"])
+        if rows is None:
+            continue
+        intro = (f"target {sc['target_ref']}: {sc['gz_size']:,} B as a registry sends it (gzip), "
+                 f"{sc['raw_size']:,} B uncompressed; docker-save archives: "
+                 + (f"old ({sc['old_ref']}) {sc['old_size']:,} B, " if sc["old"] else "no old image, ")
+                 + f"new {sc['new_size']:,} B")
+        table = [HEAD] + [cells(r, sc) for r in rows]
+        text.append(f"\n[{sc['name']}] {sc['desc']}")
+        text.append(intro)
         text.append(text_table(table))
-        md.append(f"## {name}: {descs[name]}\n")
+        ap = sc.get("sideload_apply")
+        if ap:
+            line = (f"sideload apply: peak RSS {ap['rss_kib'] / 1024:.1f} MiB; scratch declared in the "
+                    f"statement {ap['scratch']:,} B ({mib(ap['scratch'] or 0)}), largest seen "
+                    f"{ap['scratch_seen']:,} B")
+            text.append(line)
+        md.append(f"## {sc['name']}\n")
+        md.append(sc["desc"] + ".\n")
+        md.append(intro + ".\n")
         md.append(md_table(table) + "\n")
+        if ap:
+            md.append(line + ".\n")
+    summ = summary_rows(bench, results)
+    text.append("\n[summary] sideload against the smallest output of any other tool that reproduced the target")
+    text.append("\n".join("  |  ".join(r) for r in summ))
+    md.append("## Summary\n")
+    md.append("sideload against the smallest output of any other tool that reproduced the target "
+              "(ratio < 1: sideload is smaller).\n")
+    md.append(md_table(summ, SUMMARY_HEAD, {1, 3, 4, 5, 6, 7, 8}) + "\n")
     md.append("## Machine\n")
     for k, v in bench.machine:
         md.append(f"- {k}: {v}")
-    md.append(f"- benchmark wall time: {total_seconds:.0f} s")
+    md.append(f"- per-command limits: {LIMITS['timeout']} s, {LIMITS['mem'] >> 30} GiB address space")
+    md.append(f"- benchmark wall time: {total_seconds:.0f} s (corpus build included when not cached)")
     md.append("")
     text.append("\n" + "; ".join(f"{k}: {v}" for k, v in bench.machine if k in ("date", "nproc", "memory (free -g total)")))
     print("\n".join(text))
@@ -454,18 +650,42 @@ def main():
     ap.add_argument("--bin", required=True, help="directory with sideload, sideload-sign, examples/")
     ap.add_argument("--work", required=True, help="empty scratch directory")
     ap.add_argument("--out", required=True, help="markdown file to write")
+    ap.add_argument("--scenario", action="append", choices=ALL_SCENARIOS + ["demo"],
+                    help="run this scenario (repeatable; `demo` = the three demo ones); default: all")
+    ap.add_argument("--quick", action="store_true", help="only the demo scenarios (no corpus)")
+    ap.add_argument("--cache", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"),
+                    help="corpus cache directory (default bench/.cache)")
     ap.add_argument("--zstd-level", type=int, default=22, help="zstd --patch-from level (20-22 adds --ultra)")
+    ap.add_argument("--tool-timeout", type=int, default=1200,
+                    help="seconds one measured command (an encode or a decode) may take (default 1200)")
+    ap.add_argument("--mem-limit-gib", type=int, default=16,
+                    help="address-space limit for each measured command, GiB (0: none; default 16)")
+    ap.add_argument("--bsdiff-max-bytes", type=float, default=1e9,
+                    help="skip bsdiff when the old or new file is larger (default 1e9)")
     ap.add_argument("--only", help="comma-separated tool methods to run (debugging)")
     args = ap.parse_args()
+    LIMITS["timeout"] = args.tool_timeout
+    LIMITS["mem"] = args.mem_limit_gib << 30
+    if args.scenario:
+        names = []
+        for n in args.scenario:
+            for m in (list(DEMO_SCENARIOS) if n == "demo" else [n]):
+                if m not in names:
+                    names.append(m)
+    elif args.quick:
+        names = list(DEMO_SCENARIOS)
+    else:
+        names = ALL_SCENARIOS
     start = datetime.datetime.now()
     bench = Bench(args)
     bench.machine = machine_info()
-    bench.setup()
+    bench.setup(names)
     results = bench.run_all(set(args.only.split(",")) if args.only else None)
     report(bench, results, args.out, (datetime.datetime.now() - start).total_seconds())
-    failed = [(n, r["tool"]) for n, rows in results.items() for r in rows if not r["ok"]]
+    failed = [(n, r["tool"], r["status"]) for n, rows in results.items() for r in rows
+              if r["status"] in ("NO", "FAILED")]
     if failed:
-        print("NOT REPRODUCED: " + ", ".join(f"{t} in {n}" for n, t in failed), file=sys.stderr)
+        print("NOT REPRODUCED: " + ", ".join(f"{t} in {n} ({s})" for n, t, s in failed), file=sys.stderr)
         return 1
     return 0
 

@@ -300,7 +300,7 @@ def staging_recipe(name):
                 p = os.path.join(dp, fn)
                 with open(p, "rb") as f:
                     files.append((os.path.relpath(p, SRC), hashlib.sha256(f.read()).hexdigest()))
-    return digest_of(dict(v=VERSION, name=name, files=files))
+    return digest_of(dict(v=VERSION, rev=2, name=name, files=files))
 
 
 def build_staging(cache, name):
@@ -354,6 +354,14 @@ def build_staging(cache, name):
                         copy_function=shutil.copyfile)
         sh(["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund",
             "--cache", cache.dir("npm")], cwd=app)
+    # Directories copied from corpus_src keep their checkout mtime (copytree copies it): give
+    # them the build's, like every other file written here, so the layer does not depend on when
+    # the repository was checked out. npm's files keep npm's fixed date.
+    now = time.time()
+    for dp, dns, fns in os.walk(app):
+        if "node_modules" in dns:
+            dns.remove("node_modules")
+        os.utime(dp, (now, now))
     cache.mark(d, recipe)
     return d
 

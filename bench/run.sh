@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # The delta benchmark: sideload against plain layer transfer, bsdiff, xdelta3, zstd --patch-from,
-# rdiff and HDiffPatch, on the same inputs (the demo images as `docker save` archives), in three
-# scenarios (app-update, same-image, no-base). Prints a table per scenario and writes
-# bench/results/latest.md. Exits non-zero if any tool's output does not reproduce the target.
+# rdiff and HDiffPatch, on the same inputs (`docker save` archives): the three demo scenarios
+# (demo-app-update, demo-same-image, demo-no-base) and five on a realistic corpus built by
+# bench/corpus.py and cached in bench/.cache/ (first-image, new-app-same-base, app-update,
+# base-update, large). Prints a table per scenario and writes bench/results/latest.md. Exits
+# non-zero if any tool's output does not reproduce the target.
 #
-#   bench/run.sh [--zstd-level N]     (zstd level; 20..22 adds --ultra; default 22)
+#   bench/run.sh                      all scenarios (first run builds the corpus: ~15 min)
+#   bench/run.sh --quick              the demo scenarios only (~1-2 min, no corpus)
+#   bench/run.sh --scenario NAME ...  (repeatable; NAME as above, or `demo`)
+#   other options: --zstd-level N (default 22; 20..22 adds --ultra), --tool-timeout S
+#   (default 1200), --mem-limit-gib N (default 16), --bsdiff-max-bytes N (default 1e9); see
+#   `python3 bench/bench.py --help`.
 #
 # Installs what it needs from Debian's archive and PyPI (as root, or through sudo), builds
 # sideload in release mode into target/ (or $CARGO_TARGET_DIR), works in a temporary directory
-# that it removes.
+# that it removes. The corpus needs root (debootstrap, chroot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 # --- 1. installs ----------------------------------------------------------------------------
 # Debian package -> a command it provides.
-declare -A deb=([bsdiff]=bspatch [xdelta3]=xdelta3 [zstd]=zstd [rdiff]=rdiff [time]=/usr/bin/time [skopeo]=skopeo)
+declare -A deb=([bsdiff]=bspatch [xdelta3]=xdelta3 [zstd]=zstd [rdiff]=rdiff [time]=/usr/bin/time [skopeo]=skopeo
+                [debootstrap]=debootstrap [gcc]=gcc)
 missing=()
 for pkg in "${!deb[@]}"; do
   command -v "${deb[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
