@@ -8,11 +8,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+mod support;
+
 use sideload_bundle::container::{read_head, write_bundle};
 use sideload_bundle::image::build::{build_image, ConfigExtras};
 use sideload_bundle::image::oci_layout::OciLayoutSource;
 use sideload_bundle::image::spec::{linux_amd64, Descriptor};
-use sideload_bundle::image::write::OciLayoutWriter;
 use sideload_bundle::image::ImageSource;
 use sideload_bundle::payload::{Extent, PatchKind, PayloadWriter};
 use sideload_bundle::{
@@ -905,31 +906,7 @@ fn hostile_tar_names_are_data_not_paths() {
     }
     tar.write_all(&[0u8; 1024]).unwrap();
     let layout = dir.path().join("hostile");
-    let mut w = OciLayoutWriter::create(&layout).unwrap();
-    let (diff_id, size) = w.put_blob_bytes(&tar).unwrap();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }))
-    .unwrap();
-    let (config_digest, config_size) = w.put_blob_bytes(&config).unwrap();
-    let manifest = sideload_bundle::manifest::build_manifest(
-        &config_digest,
-        config_size,
-        vec![Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar",
-            diff_id.clone(),
-            size,
-        )],
-    );
-    w.add_manifest(
-        &manifest,
-        "application/vnd.oci.image.manifest.v1+json",
-        Some("v1"),
-        None,
-    )
-    .unwrap();
-    w.finish().unwrap();
+    let diff_id = support::image_from_tar(&layout, &tar);
 
     let keys = keys(1);
     let policy = policy_for(&[&keys[0]], 1);

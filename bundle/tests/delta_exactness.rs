@@ -10,9 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+use support::image_from_tar;
+
 use sideload_bundle::image::oci_layout::OciLayoutSource;
-use sideload_bundle::image::spec::{linux_amd64, Descriptor};
-use sideload_bundle::image::write::OciLayoutWriter;
+use sideload_bundle::image::spec::linux_amd64;
 use sideload_bundle::image::ImageSource;
 use sideload_bundle::{
     apply_bundle, build_bundle, BuildOptions, Error, ImageSet, LayerEncoding, Limits, NoProgress,
@@ -26,35 +28,6 @@ fn open(layout: &Path) -> Box<dyn ImageSource> {
     Box::new(
         OciLayoutSource::open(layout, None, &linux_amd64(), &layout.display().to_string()).unwrap(),
     )
-}
-
-/// A one-layer image whose layer blob is exactly `tar` (uncompressed).
-fn image_from_tar(layout: &Path, tar: &[u8]) {
-    let mut w = OciLayoutWriter::create(layout).unwrap();
-    let (diff_id, size) = w.put_blob_bytes(tar).unwrap();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }))
-    .unwrap();
-    let (config_digest, config_size) = w.put_blob_bytes(&config).unwrap();
-    let manifest = sideload_bundle::manifest::build_manifest(
-        &config_digest,
-        config_size,
-        vec![Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar",
-            diff_id,
-            size,
-        )],
-    );
-    w.add_manifest(
-        &manifest,
-        "application/vnd.oci.image.manifest.v1+json",
-        Some("latest"),
-        None,
-    )
-    .unwrap();
-    w.finish().unwrap();
 }
 
 fn text(n: usize, salt: &str) -> Vec<u8> {

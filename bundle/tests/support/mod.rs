@@ -5,6 +5,7 @@
 //!   killed when dropped.
 //! - [`skopeo`]: runs `skopeo` (Debian package `skopeo`) and fails the test with its output.
 //! - [`sample_layers`] / [`build_sample_image`]: small images made from real files.
+//! - [`image_from_tar`]: a one-layer image whose layer blob is exactly the given tar.
 //!
 //! Nothing here talks to anything but 127.0.0.1, and no port is fixed.
 
@@ -283,4 +284,37 @@ pub fn build_sample_image(layout: &Path, ref_name: &str) -> (Digest, TempDir, Ve
 /// Reads a layer stream to its end, returning the number of bytes (the stream verifies itself).
 pub fn drain(mut r: impl Read) -> std::io::Result<u64> {
     std::io::copy(&mut r, &mut std::io::sink())
+}
+
+/// Writes a one-layer OCI image at `layout` whose layer blob is exactly `tar` (uncompressed,
+/// so its digest is the diff_id), tagged `latest`. Returns the diff_id.
+pub fn image_from_tar(layout: &Path, tar: &[u8]) -> Digest {
+    use sideload_bundle::image::spec::Descriptor;
+    use sideload_bundle::image::write::OciLayoutWriter;
+    let mut w = OciLayoutWriter::create(layout).unwrap();
+    let (diff_id, size) = w.put_blob_bytes(tar).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let (config_digest, config_size) = w.put_blob_bytes(&config).unwrap();
+    let manifest = sideload_bundle::manifest::build_manifest(
+        &config_digest,
+        config_size,
+        vec![Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar",
+            diff_id.clone(),
+            size,
+        )],
+    );
+    w.add_manifest(
+        &manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+        Some("latest"),
+        None,
+    )
+    .unwrap();
+    w.finish().unwrap();
+    diff_id
 }
