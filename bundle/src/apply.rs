@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
 
+use crate::codec::Frames;
 use crate::error::Error;
 use crate::image::oci_layout::OciLayoutSource;
 use crate::image::write::{write_docker_archive, OciLayoutWriter};
@@ -26,7 +27,7 @@ use crate::limits::Limits;
 use crate::manifest::config_diff_ids;
 use crate::payload::{Extent, PatchKind, PayloadReader, Record, RecordError};
 use crate::progress::Progress;
-use crate::stream::{CappedReader, Frames, HashingReader};
+use crate::stream::{CappedReader, HashingReader};
 use crate::verify::{check_payload_digest, verify_head, TrustedHead};
 
 /// Where the device's existing layers come from.
@@ -288,7 +289,8 @@ fn decode_payload(
     let record_err = |e: RecordError| corrupt(e.to_string());
     let payload = &statement.payload;
     let raw = BufReader::new(HashingReader::new(file.take(payload.size)));
-    let frames = Frames::new(raw, payload.window_log).map_err(|e| corrupt(e.to_string()))?;
+    let frames =
+        Frames::new(raw, payload.codec, payload.window_log).map_err(|e| corrupt(e.to_string()))?;
     let decoded = CappedReader::new(frames, payload.decoded_size, "decoded payload");
     let mut reader = PayloadReader::new(decoded, limits.max_extents);
 
@@ -396,7 +398,9 @@ fn decode_payload(
                     &mut reader,
                     &scratch,
                     layer.size,
-                    payload.window_log,
+                    // A zstd patch's window is bounded by its output (itself capped), not by
+                    // the payload codec's window.
+                    limits.max_window_log,
                     limits,
                     &mut blob,
                     progress,
@@ -432,7 +436,8 @@ fn decode_payload(
             payload.decoded_size
         )));
     }
-    // Drain what zstd has not asked for (a frame epilogue) so the digest covers every byte.
+    // Drain what the decoder has not asked for (a frame epilogue) so the digest covers every
+    // byte.
     let frames = reader.into_inner().into_inner();
     // Bytes buffered but not decoded were hashed when they were read.
     let mut raw = frames.into_inner().into_inner();
@@ -489,7 +494,7 @@ fn next_frame<R: BufRead>(
         .next_frame(&dictionary)
         .map_err(|e| Error::CorruptPayload {
             bundle: name.to_owned(),
-            reason: format!("starting the next zstd frame: {e}"),
+            reason: format!("starting the next frame: {e}"),
         })
 }
 

@@ -24,6 +24,7 @@ use sideload_signing::{
 };
 
 use crate::apply::BaseStore;
+use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
 use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, RegionPlan};
 use crate::error::Error;
@@ -57,15 +58,14 @@ pub struct BuildOptions {
     pub ordered_by: String,
     /// Whom to contact.
     pub contact: String,
-    /// zstd level for the payload (1-22).
-    pub zstd_level: i32,
-    /// zstd window log (long-distance matching window); the device needs `1 << window_log`
-    /// bytes of memory to decode.
-    pub window_log: u32,
+    /// How the payload is compressed. Its window is further capped to what the payload can
+    /// use, so small bundles need little memory on the device.
+    pub codec: CodecSettings,
+    /// zstd level for patches (old file as dictionary) and for the size estimates that pick
+    /// between patch and literal.
+    pub patch_level: i32,
     /// Bytes reserved for signatures.
     pub signature_slot: u32,
-    /// Compression threads (0 = single-threaded).
-    pub threads: u32,
     /// Layers up to this size (uncompressed, and their closest base layer too) are also tried
     /// as one bsdiff/zstd patch of the whole layer, kept if smaller than the file-level ops.
     /// The device holds both in memory while applying such a patch; 0 turns this off.
@@ -76,7 +76,8 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Defaults for everything but the names: level 19, 128 MiB window, 1 KiB signature slot.
+    /// Defaults for everything but the names: LZMA2 level 9 with a 64 MiB dictionary, zstd
+    /// level 19 for patches, 1 KiB signature slot.
     pub fn new(repository: RepositoryName, tags: Vec<Tag>, now: u64) -> Self {
         BuildOptions {
             repository,
@@ -87,10 +88,14 @@ impl BuildOptions {
             expires_at: now + 90 * 24 * 3600,
             ordered_by: String::new(),
             contact: String::new(),
-            zstd_level: 19,
-            window_log: 27,
+            codec: CodecSettings {
+                codec: PayloadCodec::Lzma2,
+                level: CodecSettings::default_level(PayloadCodec::Lzma2),
+                window_log: 26,
+                threads: 2,
+            },
+            patch_level: 19,
             signature_slot: DEFAULT_SIGNATURE_SLOT,
-            threads: 2,
             whole_layer_patch_limit: MAX_WHOLE_LAYER,
             patch_time_budget: std::time::Duration::from_secs(600),
         }
@@ -182,9 +187,18 @@ pub fn build_bundle(
     if options.expires_at <= options.created_at {
         return Err(Error::InvalidBuild("expiry must be after creation".into()));
     }
-    if !(1..=22).contains(&options.zstd_level) || !(10..=27).contains(&options.window_log) {
+    let levels = CodecSettings::levels(options.codec.codec);
+    if !levels.contains(&options.codec.level) {
+        return Err(Error::InvalidBuild(format!(
+            "{} level must be {}-{}",
+            options.codec.codec,
+            levels.start(),
+            levels.end()
+        )));
+    }
+    if !(1..=22).contains(&options.patch_level) || !(12..=27).contains(&options.codec.window_log) {
         return Err(Error::InvalidBuild(
-            "zstd level must be 1-22 and window log 10-27".into(),
+            "patch level must be 1-22 and window log 12-27".into(),
         ));
     }
     let config_diff_ids = crate::manifest::config_diff_ids(&image.config.bytes)
@@ -323,7 +337,8 @@ pub fn build_bundle(
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
-    let zstd = FrameEncoder::new(hashed, options).map_err(io_err("starting zstd for"))?;
+    let codec = payload_codec(options, &image.config.bytes, &scans);
+    let zstd = FrameEncoder::new(hashed, codec, &[]).map_err(io_err("starting the codec for"))?;
     let mut writer =
         PayloadWriter::new(HashingWriter::new(zstd)).map_err(io_err("writing payload of"))?;
     writer
@@ -380,7 +395,7 @@ pub fn build_bundle(
                 pending_copy: None,
                 scratch: &scratch,
                 layout: &layout,
-                level: options.zstd_level,
+                level: options.patch_level,
                 stats: DeltaStats::default(),
                 progress,
                 name: name.clone(),
@@ -390,11 +405,17 @@ pub fn build_bundle(
             // (e.g. a renamed directory changes every header). Measure both; keep the smaller.
             let whole = match whole_layers.get(&index) {
                 Some(at) if std::time::Instant::now() < deadline => {
-                    let (whole_at, patch) =
-                        whole_layer_patch(spool, at, &scratch, &layout, options.zstd_level, &name)?;
+                    let (whole_at, patch) = whole_layer_patch(
+                        spool,
+                        at,
+                        &scratch,
+                        &layout,
+                        options.patch_level,
+                        &name,
+                    )?;
                     let mut trial = PayloadWriter::new(
-                        FrameEncoder::compressor(Vec::new(), options, &dictionary)
-                            .map_err(io_err("starting zstd for"))?,
+                        FrameEncoder::new(Vec::new(), codec, &dictionary)
+                            .map_err(io_err("starting the codec for"))?,
                     )
                     .map_err(io_err("writing payload of"))?;
                     let mut quiet = LayerEncoder {
@@ -496,7 +517,7 @@ pub fn build_bundle(
 
     let counted = writer.finish().map_err(io_err("writing payload of"))?;
     let (frames, _, decoded_size) = counted.finish();
-    let hashed = frames.finish().map_err(io_err("finishing zstd for"))?;
+    let hashed = frames.finish().map_err(io_err("finishing the codec for"))?;
     let (buffered, payload_digest, payload_size) = hashed.finish();
     buffered
         .into_inner()
@@ -533,7 +554,8 @@ pub fn build_bundle(
         payload: PayloadInfo {
             size: payload_size,
             sha256: payload_digest,
-            window_log: options.window_log,
+            codec: codec.codec,
+            window_log: codec.window_log,
             decoded_size,
             scratch_bytes: layout.total,
         },
@@ -1152,90 +1174,20 @@ fn closest_base_layer(plan: &[RegionPlan]) -> Option<usize> {
         .map(|(layer, _)| layer)
 }
 
-/// The payload's zstd stream as a series of frames, each with its own dictionary.
-struct FrameEncoder<W: Write> {
-    current: Option<zstd::stream::write::Encoder<'static, W>>,
-    level: i32,
-    window_log: u32,
-    threads: u32,
-}
-
-impl<W: Write> FrameEncoder<W> {
-    fn new(inner: W, options: &BuildOptions) -> std::io::Result<Self> {
-        let mut frames = FrameEncoder {
-            current: None,
-            level: options.zstd_level,
-            window_log: options.window_log,
-            threads: options.threads,
-        };
-        frames.start(inner, &[])?;
-        Ok(frames)
-    }
-
-    fn start(&mut self, inner: W, dictionary: &[u8]) -> std::io::Result<()> {
-        let mut zstd =
-            zstd::stream::write::Encoder::with_dictionary(inner, self.level, dictionary)?;
-        zstd.long_distance_matching(true)?;
-        zstd.window_log(self.window_log)?;
-        zstd.include_checksum(false)?;
-        zstd.multithread(self.threads)?;
-        self.current = Some(zstd);
-        Ok(())
-    }
-
-    /// A lone encoder configured like the payload's frames (to measure a trial encoding).
-    fn compressor(
-        inner: W,
-        options: &BuildOptions,
-        dictionary: &[u8],
-    ) -> std::io::Result<zstd::stream::write::Encoder<'static, W>> {
-        let mut frames = FrameEncoder {
-            current: None,
-            level: options.zstd_level,
-            window_log: options.window_log,
-            threads: options.threads,
-        };
-        frames.start(inner, dictionary)?;
-        Ok(frames.current.take().expect("just started"))
-    }
-
-    /// Ends the current frame and starts one compressed with `dictionary`.
-    fn next_frame(&mut self, dictionary: &[u8]) -> std::io::Result<()> {
-        let inner = self
-            .current
-            .take()
-            .expect("a frame is always open")
-            .finish()?;
-        self.start(inner, dictionary)
-    }
-
-    fn get_ref(&self) -> &W {
-        self.current
-            .as_ref()
-            .expect("a frame is always open")
-            .get_ref()
-    }
-
-    fn finish(mut self) -> std::io::Result<W> {
-        self.current
-            .take()
-            .expect("a frame is always open")
-            .finish()
-    }
-}
-
-impl<W: Write> Write for FrameEncoder<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.current
-            .as_mut()
-            .expect("a frame is always open")
-            .write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.current
-            .as_mut()
-            .expect("a frame is always open")
-            .flush()
+/// The payload's codec settings, with the window capped to the smallest power of two that
+/// holds everything the payload could carry (config and every layer sent): a small bundle then
+/// needs little memory on the device, and the encoder does not allocate for a window it cannot
+/// fill.
+fn payload_codec(
+    options: &BuildOptions,
+    config: &[u8],
+    scans: &HashMap<usize, (LayerScan, File)>,
+) -> CodecSettings {
+    let most = scans.values().map(|(scan, _)| scan.len).sum::<u64>() + config.len() as u64;
+    let needed = (u64::BITS - most.max(1).leading_zeros()).max(16);
+    CodecSettings {
+        window_log: options.codec.window_log.min(needed),
+        ..options.codec
     }
 }
 

@@ -32,6 +32,7 @@
 pub mod apply;
 pub mod bspatch;
 pub mod build;
+pub mod codec;
 pub mod container;
 pub mod delta;
 pub mod demo;

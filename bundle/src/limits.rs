@@ -3,7 +3,7 @@
 /// Caps on every length a bundle declares, checked before the length sizes a buffer or a read.
 ///
 /// The defaults fit a device with a few hundred MiB to spare. What is ever held in memory at
-/// once: the payload's zstd window (`1 << window_log`, at most 128 MiB, allocated as the frame
+/// once: the payload's window (`1 << window_log`, at most 128 MiB, allocated as the frame
 /// needs it) and its frame dictionary (`max_dictionary`), plus, while one patch is applied, its
 /// base range (`max_patch_base`), its output for bsdiff (`max_patch_output`) or its own zstd
 /// window; never a layer or the payload.
@@ -21,7 +21,8 @@ pub struct Limits {
     pub max_layers: usize,
     /// Most base extents gathered into scratch.
     pub max_extents: u32,
-    /// Largest zstd window log a payload may use (27 = 128 MiB).
+    /// Largest window (zstd) or dictionary (LZMA2) log a payload may use (27 = 128 MiB), and
+    /// the largest window of a zstd patch.
     pub max_window_log: u32,
     /// Largest payload, bytes.
     pub max_payload: u64,
@@ -34,7 +35,7 @@ pub struct Limits {
     pub max_patch_base: u64,
     /// Largest output of one patch operation (held in memory by the bsdiff decoder).
     pub max_patch_output: u64,
-    /// Largest dictionary of one zstd frame of the payload (held in memory while the frame is
+    /// Largest dictionary of one frame of the payload (held in memory while the frame is
     /// decoded, beside the window).
     pub max_dictionary: u64,
 }

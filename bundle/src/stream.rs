@@ -94,64 +94,6 @@ impl<R: Read> Read for CappedReader<R> {
     }
 }
 
-/// The payload's zstd frames read as one stream. Each frame is decoded on its own (so a frame
-/// cannot run on into the next), and [`Frames::next_frame`] starts the next one with its
-/// dictionary when a FRAME record says so.
-pub struct Frames<R: io::BufRead> {
-    current: Option<zstd::stream::read::Decoder<'static, R>>,
-    window_log: u32,
-}
-
-impl<R: io::BufRead> Frames<R> {
-    /// Starts decoding the first frame (no dictionary), with the window capped at
-    /// `2^window_log`.
-    pub fn new(inner: R, window_log: u32) -> io::Result<Self> {
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(inner)?;
-        decoder.window_log_max(window_log)?;
-        Ok(Frames {
-            current: Some(decoder.single_frame()),
-            window_log,
-        })
-    }
-
-    /// Ends the current frame, which must have no decoded bytes left, and starts the next one
-    /// with `dictionary` (raw content; empty for none).
-    pub fn next_frame(&mut self, dictionary: &[u8]) -> io::Result<()> {
-        let mut byte = [0u8; 1];
-        if self.read(&mut byte)? != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the zstd frame goes on past its FRAME record",
-            ));
-        }
-        let decoder = self.current.take().expect("checked by the read above");
-        let mut next = zstd::stream::read::Decoder::with_dictionary(decoder.finish(), dictionary)?;
-        next.window_log_max(self.window_log)?;
-        self.current = Some(next.single_frame());
-        Ok(())
-    }
-
-    /// The compressed stream, positioned after the last frame read.
-    pub fn into_inner(mut self) -> R {
-        self.current
-            .take()
-            .expect("a frame is always open")
-            .finish()
-    }
-}
-
-impl<R: io::BufRead> Read for Frames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.current.as_mut() {
-            Some(frame) => frame.read(buf),
-            // A failed `next_frame` closed the stream; reading on is an error, not a panic.
-            None => Err(io::Error::other(
-                "the payload stream failed at a frame switch",
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,7 +76,7 @@ pub fn check_statement(name: &str, statement: &Statement, limits: &Limits) -> Re
     check_limit(name, "scratch store", p.scratch_bytes, limits.max_scratch)?;
     check_limit(
         name,
-        "zstd window log",
+        "payload window log",
         p.window_log.into(),
         limits.max_window_log.into(),
     )?;

@@ -73,7 +73,7 @@ fn options() -> BuildOptions {
         NOW,
     );
     o.sequence = 10;
-    o.zstd_level = 3;
+    o.patch_level = 3;
     o
 }
 
@@ -225,6 +225,9 @@ impl Fixture {
     /// payload size, digest and decoded size to match.
     fn forge_records(&self, name: &str, mut statement: Statement, records: &[u8]) -> PathBuf {
         let payload = zstd::encode_all(records, 3).unwrap();
+        statement.payload.codec = sideload_signing::PayloadCodec::Zstd;
+        // zstd's default window at level 3 (2 MiB) may exceed the built bundle's capped one.
+        statement.payload.window_log = 27;
         statement.payload.size = payload.len() as u64;
         statement.payload.sha256 = Digest::of_bytes(&payload);
         statement.payload.decoded_size = records.len() as u64;
@@ -356,7 +359,7 @@ fn without_base_the_payload_is_smaller_than_the_gzip_image() {
     let gzip_size: u64 = v2.image().layers.iter().map(|l| l.blob_size).sum::<u64>()
         + v2.image().config.bytes.len() as u64;
     let mut o = options();
-    o.zstd_level = 19;
+    o.patch_level = 19;
     let report = build_bundle(
         v2.as_ref(),
         &[],
@@ -615,14 +618,14 @@ fn a_signed_statement_that_lies_is_refused() {
     });
     assert!(err.to_string().contains("larger than declared"), "{err}");
 
-    // A zstd window larger than the device allows.
+    // A window larger than the device allows.
     let mut s = statement.clone();
     s.payload.window_log = 31;
     f.assert_refused(&f.forge("window.bundle", &s, &payload), |e| {
         matches!(
             e,
             Error::OverLimit {
-                field: "zstd window log",
+                field: "payload window log",
                 ..
             }
         )

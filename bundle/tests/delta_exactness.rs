@@ -147,7 +147,7 @@ fn bundle(
         vec!["latest".parse().unwrap()],
         NOW,
     );
-    o.zstd_level = 3;
+    o.patch_level = 3;
     if !whole_layer {
         o.whole_layer_patch_limit = 0;
     }
@@ -417,7 +417,7 @@ fn layers_written_by_go_archive_tar_round_trip() {
         vec!["v2".parse().unwrap()],
         NOW,
     );
-    o.zstd_level = 3;
+    o.patch_level = 3;
     o.whole_layer_patch_limit = 0;
     let path = dir.path().join("go.bundle");
     let report = build_bundle(target.as_ref(), &[base.as_ref()], &o, &path, &NoProgress).unwrap();
@@ -479,7 +479,7 @@ fn a_spent_time_budget_falls_back_to_zstd_patches() {
     image_from_tar(&target, &target_tar);
     let keys = keys();
     let mut o = BuildOptions::new("edge/app".parse().unwrap(), vec!["v".parse().unwrap()], NOW);
-    o.zstd_level = 3;
+    o.patch_level = 3;
     o.patch_time_budget = std::time::Duration::ZERO;
     let path = dir.path().join("budget.bundle");
     let (t, bs) = (open(&target), open(&base));

@@ -138,13 +138,35 @@ pub struct PayloadInfo {
     pub size: u64,
     /// sha256 of the payload bytes.
     pub sha256: Digest,
-    /// zstd window log the payload was compressed with; the decoder caps its window to this, so
-    /// a device knows the memory it needs before it starts.
+    /// How the payload stream is compressed.
+    pub codec: PayloadCodec,
+    /// Window (zstd) or dictionary (LZMA2) size log the payload was compressed with; the
+    /// decoder caps its window to this, so a device knows the memory it needs before it starts.
     pub window_log: u32,
     /// Decoded length of the payload stream; the decoder stops with an error past it.
     pub decoded_size: u64,
     /// Temporary disk the decoder needs for base data it gathers before rebuilding layers.
     pub scratch_bytes: u64,
+}
+
+/// The payload's compression. LZMA2 is the smaller (what a slow link wants); zstd decodes
+/// several times faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadCodec {
+    /// zstd frames with long-distance matching.
+    Zstd,
+    /// Raw LZMA2 streams (no xz container), as `xz --format=raw` writes them.
+    Lzma2,
+}
+
+impl std::fmt::Display for PayloadCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PayloadCodec::Zstd => "zstd",
+            PayloadCodec::Lzma2 => "lzma2",
+        })
+    }
 }
 
 /// Why statement bytes could not be read as a statement.
@@ -260,6 +282,7 @@ pub(crate) mod tests {
             payload: PayloadInfo {
                 size: 100,
                 sha256: d(b"payload"),
+                codec: PayloadCodec::Lzma2,
                 window_log: 27,
                 decoded_size: 200,
                 scratch_bytes: 0,

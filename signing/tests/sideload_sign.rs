@@ -61,6 +61,7 @@ fn statement() -> Statement {
         payload: PayloadInfo {
             size: 4242,
             sha256: d(b"payload"),
+            codec: sideload_signing::PayloadCodec::Lzma2,
             window_log: 27,
             decoded_size: 9000,
             scratch_bytes: 0,

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use sideload_bundle::codec::CodecSettings;
 use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
-use sideload_signing::{RepositoryName, Tag};
+use sideload_signing::{PayloadCodec, RepositoryName, Tag};
 
 use super::{now, open_images, print_json};
 use crate::progress::TermProgress;
@@ -47,16 +48,27 @@ pub struct BuildArgs {
     /// Whom to contact about the bundle; recorded in the signed statement.
     #[arg(long, default_value = "")]
     contact: String,
-    /// zstd level for the payload (1-22).
-    #[arg(long, default_value_t = 19)]
-    level: i32,
-    /// zstd window log; the device needs 2^N bytes of memory to decode (max 27).
-    #[arg(long, default_value_t = 27)]
+    /// Payload compression: `lzma2` (smallest; default) or `zstd` (decodes several times
+    /// faster, for fast links).
+    #[arg(long, default_value = "lzma2", value_parser = parse_codec)]
+    codec: PayloadCodec,
+    /// Payload compression level: lzma2 0-9 (default 9, with xz's extreme search), zstd 1-22
+    /// (default 19).
+    #[arg(long)]
+    level: Option<i32>,
+    /// Window (zstd) or dictionary (lzma2) size log; the device needs 2^N bytes of memory to
+    /// decode (12-27). Capped to what the payload can use.
+    #[arg(long, default_value_t = 26)]
     window_log: u32,
+    /// zstd level (1-22) for per-file patches and for the size estimates that choose between a
+    /// patch and a literal.
+    #[arg(long, default_value_t = 19)]
+    patch_level: i32,
     /// Bytes reserved at the front for signatures (about 130 bytes each).
     #[arg(long, default_value_t = sideload_bundle::container::DEFAULT_SIGNATURE_SLOT)]
     signature_slot: u32,
-    /// Compression threads.
+    /// zstd compression threads (lzma2 compresses on one thread, as one stream; patches are
+    /// always computed on every core).
     #[arg(long, default_value_t = 2)]
     threads: u32,
     /// Layers up to this many bytes (and their closest base layer) are also tried as one patch
@@ -110,10 +122,16 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.expires_at = now + args.expires_in.as_secs();
     options.ordered_by = args.ordered_by;
     options.contact = args.contact;
-    options.zstd_level = args.level;
-    options.window_log = args.window_log;
+    options.codec = CodecSettings {
+        codec: args.codec,
+        level: args
+            .level
+            .unwrap_or_else(|| CodecSettings::default_level(args.codec)),
+        window_log: args.window_log,
+        threads: args.threads,
+    };
+    options.patch_level = args.patch_level;
     options.signature_slot = args.signature_slot;
-    options.threads = args.threads;
     options.whole_layer_patch_limit = args.whole_layer_patch_limit;
     options.patch_time_budget = args.patch_time_budget;
 
@@ -258,6 +276,14 @@ fn default_name(repo_tags: &[String]) -> (Option<String>, Option<String>) {
         parts.remove(0);
     }
     (Some(parts.join("/")), tag)
+}
+
+fn parse_codec(s: &str) -> Result<PayloadCodec, String> {
+    match s {
+        "lzma2" | "xz" => Ok(PayloadCodec::Lzma2),
+        "zstd" => Ok(PayloadCodec::Zstd),
+        other => Err(format!("unknown codec `{other}`: use lzma2 or zstd")),
+    }
 }
 
 #[cfg(test)]

@@ -90,8 +90,9 @@ pub fn run_inspect(args: InspectArgs) -> Result<ExitCode> {
         println!("    {i} {} {:>12} bytes  {how}", l.diff_id, l.size);
     }
     println!(
-        "  {:<18} window 2^{}, decodes to {} bytes, scratch {} bytes",
+        "  {:<18} {}, window 2^{}, decodes to {} bytes, scratch {} bytes",
         "decoding",
+        statement.payload.codec,
         statement.payload.window_log,
         statement.payload.decoded_size,
         statement.payload.scratch_bytes
