@@ -661,6 +661,9 @@ fn copy_split(
     }
 }
 
+/// Bytes of a MIX record handled at a time.
+const MIX_CHUNK: usize = 64 << 10;
+
 /// Applies one layer's operations up to `END_LAYER`, writing at most `size` bytes.
 #[allow(clippy::too_many_arguments)]
 fn apply_ops<R: Read>(
@@ -711,6 +714,30 @@ fn apply_ops<R: Read>(
             } => {
                 claim(len, &mut written)?;
                 io::copy(&mut scratch.range(name, scratch_offset, len)?, out).map_err(write_err)?;
+                progress.advance(len);
+            }
+            Record::Mix {
+                scratch_offset,
+                len,
+            } => {
+                claim(len, &mut written)?;
+                let mut base = scratch.range(name, scratch_offset, len)?;
+                let mut body = reader.body(len);
+                let mut old = vec![0u8; MIX_CHUNK.min(len as usize)];
+                let mut diff = vec![0u8; old.len()];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(old.len() as u64) as usize;
+                    base.read_exact(&mut old[..n])
+                        .map_err(Error::io("reading scratch", "scratch"))?;
+                    body.read_exact(&mut diff[..n])
+                        .map_err(|e| corrupt(format!("mix: {e}")))?;
+                    for (d, o) in diff[..n].iter_mut().zip(&old[..n]) {
+                        *d = d.wrapping_add(*o);
+                    }
+                    out.write_all(&diff[..n]).map_err(write_err)?;
+                    left -= n as u64;
+                }
                 progress.advance(len);
             }
             Record::Patch {

@@ -26,7 +26,9 @@ use sideload_signing::{
 use crate::apply::BaseStore;
 use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
-use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, RegionPlan};
+use crate::delta::{
+    plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan,
+};
 use crate::error::Error;
 use crate::image::digest_reader::HashingWriter;
 use crate::image::spec::media_types::{OCI_LAYER_TAR, OCI_MANIFEST};
@@ -131,6 +133,9 @@ pub struct DeltaStats {
     pub patch_bytes: u64,
     /// Bytes sent as literals: tar headers, new files, files no patch made smaller.
     pub literal_bytes: u64,
+    /// Tar metadata (headers, padding) sent as its bytewise difference to the metadata of the
+    /// base file it draws from (MIX records): typically a new mtime and checksum.
+    pub mixed_bytes: u64,
     /// References of the base images the copies and patches came from.
     pub bases: Vec<String>,
     /// Set when the layer went as one patch against a whole base layer (small layers whose
@@ -283,12 +288,13 @@ pub fn build_bundle(
             .iter()
             .map(|r| plan_region(&index, r))
             .collect();
-        for p in &plan {
+        for (region, p) in scans[&i].0.regions.iter().zip(&plan) {
             if let RegionPlan::CopyWithHeaders(at) | RegionPlan::Copy(at) | RegionPlan::Patch(at) =
                 p
             {
                 wanted.push(*at);
             }
+            wanted.extend(mix_base(p, region, &base_scans));
         }
         // Metadata the target sends as literals; a dictionary pays off only if there is some.
         let literal_metadata: u64 = scans[&i]
@@ -395,6 +401,7 @@ pub fn build_bundle(
                 pending_copy: None,
                 scratch: &scratch,
                 layout: &layout,
+                base_scans: &base_scans,
                 level: options.patch_level,
                 stats: DeltaStats::default(),
                 progress,
@@ -771,9 +778,55 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// Largest file also tried with bsdiff (its suffix sort needs about 9 bytes per old byte).
 const MAX_BSDIFF_FILE: usize = 16 << 20;
 
-/// Per region planned as a patch: the patch to send, or `None` when sending the file literally
-/// is smaller.
-type PatchDecisions = HashMap<usize, Option<(PatchKind, Vec<u8>, BaseRef)>>;
+/// Largest piece of a file patched as one operation (new side). A larger file is patched piece
+/// by piece, each against the part of the old file around the same relative position, so the
+/// device never holds more than [`PATCH_WINDOW`] + this in memory for one patch, whatever the
+/// file's size (JDK `modules` images are 130 MB).
+pub const PATCH_PIECE: u64 = 16 << 20;
+
+/// Largest base range one piece is patched against (within the decoder's patch-base limit).
+pub const PATCH_WINDOW: u64 = 48 << 20;
+
+/// One piece of a file planned as a patch: its length and its patch, or `None` when sending the
+/// piece literally is smaller.
+#[derive(Default)]
+struct Piece {
+    len: u64,
+    patch: Option<(PatchKind, Vec<u8>, BaseRef)>,
+}
+
+/// Per region planned as a patch: its pieces, in file order.
+type PatchDecisions = HashMap<usize, Vec<Piece>>;
+
+/// How a file of `new_len` bytes planned as a patch against `base` is cut into pieces: per
+/// piece, its range in the new file and the base range it is patched against. A base that fits
+/// the window is used whole for every piece; a larger one contributes the window centred on
+/// the piece's relative position (updated packages mostly change files in place, so content
+/// stays near its proportional offset).
+fn patch_pieces(base: &BaseRef, new_len: u64) -> Vec<(u64, u64, BaseRef)> {
+    let count = new_len.div_ceil(PATCH_PIECE).max(1);
+    (0..count)
+        .map(|k| {
+            let start = k * PATCH_PIECE;
+            let len = PATCH_PIECE.min(new_len - start);
+            let window = if base.len <= PATCH_WINDOW {
+                *base
+            } else {
+                let centre = ((start + len / 2) as u128 * base.len as u128
+                    / new_len.max(1) as u128) as u64;
+                let from = centre
+                    .saturating_sub(PATCH_WINDOW / 2)
+                    .min(base.len - PATCH_WINDOW);
+                BaseRef {
+                    offset: base.offset + from,
+                    len: PATCH_WINDOW,
+                    ..*base
+                }
+            };
+            (start, len, window)
+        })
+        .collect()
+}
 
 /// Emits one target layer's operations from its spooled bytes and its plan.
 #[derive(Clone)]
@@ -784,6 +837,7 @@ struct LayerEncoder<'a> {
     pending_copy: Option<(u64, u64)>,
     scratch: &'a crate::apply::Scratch,
     layout: &'a ScratchLayout,
+    base_scans: &'a [LayerScan],
     level: i32,
     stats: DeltaStats,
     progress: &'a dyn Progress,
@@ -819,7 +873,8 @@ impl LayerEncoder<'_> {
                     continue;
                 }
             }
-            self.literal(writer, spool, region.offset - pos)?;
+            let base_gap = mix_base(plan, region, self.base_scans);
+            self.gap(writer, spool, region.offset - pos, base_gap)?;
             pos = region.offset + region.len;
             match plan {
                 RegionPlan::CopyWithHeaders(at) | RegionPlan::Copy(at) => {
@@ -840,10 +895,24 @@ impl LayerEncoder<'_> {
                     self.progress.advance(region.len);
                 }
                 RegionPlan::Patch(at) => {
-                    let mut new = vec![0u8; region.len as usize];
-                    spool.read_exact(&mut new).map_err(self.io_err())?;
-                    let decided = patches.get_mut(&i).and_then(Option::take);
-                    if self.patch(writer, &new, decided)? {
+                    let pieces = patches.remove(&i).unwrap_or_else(|| {
+                        vec![Piece {
+                            len: region.len,
+                            patch: None,
+                        }]
+                    });
+                    let mut kind = None;
+                    for piece in pieces {
+                        let mut new = vec![0u8; piece.len as usize];
+                        spool.read_exact(&mut new).map_err(self.io_err())?;
+                        kind = kind.or(self.patch(writer, &new, piece.patch)?);
+                    }
+                    match kind {
+                        Some(PatchKind::Zstd) => self.stats.zstd_patched_files += 1,
+                        Some(PatchKind::Bsdiff) => self.stats.bsdiff_patched_files += 1,
+                        None => {}
+                    }
+                    if kind.is_some() {
                         self.stats
                             .bases
                             .push(bases.list[at.layer].1.image().reference.clone());
@@ -882,10 +951,9 @@ impl LayerEncoder<'_> {
         Ok(())
     }
 
-    /// Sends `new` as the smallest of: zstd patch, bsdiff patch, literal. Returns whether a
-    /// patch was used.
-    /// Works out, on every core, the best patch of each region planned as a patch: `None` for
-    /// a region whose patch is not smaller than sending it.
+    /// Works out, on every core, the best patch of each piece of each region planned as a
+    /// patch (see [`patch_pieces`]): `None` for a piece whose patch is not smaller than sending
+    /// it.
     fn compute_patches(
         &self,
         spool: &File,
@@ -895,24 +963,40 @@ impl LayerEncoder<'_> {
         use std::os::unix::fs::FileExt;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Mutex;
-        let work: Vec<(usize, BaseRef)> = plan
+        // (region, piece number, offset in the file, length, base range), largest first so
+        // the two cores finish together.
+        let mut work: Vec<(usize, usize, u64, u64, BaseRef)> = plan
             .iter()
             .enumerate()
             .filter_map(|(i, p)| match p {
-                RegionPlan::Patch(at) => Some((i, *at)),
+                RegionPlan::Patch(at) => Some((i, at)),
                 _ => None,
             })
+            .flat_map(|(i, at)| {
+                patch_pieces(at, scan.regions[i].len)
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(k, (start, len, base))| (i, k, start, len, base))
+            })
             .collect();
+        work.sort_by_key(|w| std::cmp::Reverse(w.3));
         let next = AtomicUsize::new(0);
         let results = Mutex::new(HashMap::with_capacity(work.len()));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let one = |i: usize, at: BaseRef| -> Result<Option<(PatchKind, Vec<u8>, BaseRef)>, Error> {
+        let one = |i: usize,
+                   start: u64,
+                   len: u64,
+                   at: BaseRef|
+         -> Result<Option<(PatchKind, Vec<u8>, BaseRef)>, Error> {
             let region = &scan.regions[i];
-            let mut new = vec![0u8; region.len as usize];
+            let mut new = vec![0u8; len as usize];
             spool
-                .read_exact_at(&mut new, region.offset)
+                .read_exact_at(&mut new, region.offset + start)
                 .map_err(Error::io("reading spool of", &self.name))?;
             let (at, old) = patch_base(self.scratch, self.layout, &at, &self.name)?;
+            if new.is_empty() || old.is_empty() {
+                return Ok(None);
+            }
             let literal_cost = zstd::bulk::compress(&new, self.level)
                 .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
                 .len();
@@ -930,15 +1014,15 @@ impl LayerEncoder<'_> {
                 .map(|_| {
                     s.spawn(|| -> Result<(), Error> {
                         loop {
-                            let k = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&(i, at)) = work.get(k) else {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(i, k, start, len, at)) = work.get(n) else {
                                 return Ok(());
                             };
-                            let decided = one(i, at)?;
+                            let patch = one(i, start, len, at)?;
                             results
                                 .lock()
                                 .expect("no worker panicked")
-                                .insert(i, decided);
+                                .insert((i, k), Piece { len, patch });
                         }
                     })
                 })
@@ -947,20 +1031,32 @@ impl LayerEncoder<'_> {
                 .into_iter()
                 .try_for_each(|w| w.join().expect("patch worker panicked"))
         })?;
-        Ok(results.into_inner().expect("no worker panicked"))
+        let mut pieces: Vec<((usize, usize), Piece)> = results
+            .into_inner()
+            .expect("no worker panicked")
+            .into_iter()
+            .collect();
+        pieces.sort_by_key(|(key, _)| *key);
+        let mut decisions: PatchDecisions = HashMap::new();
+        for ((i, _), piece) in pieces {
+            decisions.entry(i).or_default().push(piece);
+        }
+        Ok(decisions)
     }
 
+    /// Sends `new` as its patch, or literally when there is none. Returns the kind of patch
+    /// used.
     fn patch<W: Write>(
         &mut self,
         writer: &mut PayloadWriter<W>,
         new: &[u8],
         decided: Option<(PatchKind, Vec<u8>, BaseRef)>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<PatchKind>, Error> {
         self.flush_copy(writer)?;
         let Some((kind, patch, at)) = decided else {
             writer.literal(new).map_err(self.io_err())?;
             self.stats.literal_bytes += new.len() as u64;
-            return Ok(false);
+            return Ok(None);
         };
         writer
             .patch(
@@ -971,13 +1067,42 @@ impl LayerEncoder<'_> {
                 &patch,
             )
             .map_err(self.io_err())?;
-        match kind {
-            PatchKind::Zstd => self.stats.zstd_patched_files += 1,
-            PatchKind::Bsdiff => self.stats.bsdiff_patched_files += 1,
-        }
         self.stats.patched_bytes += new.len() as u64;
         self.stats.patch_bytes += patch.len() as u64;
-        Ok(true)
+        Ok(Some(kind))
+    }
+
+    /// Sends the next `len` spool bytes, tar metadata before a file, as their difference to
+    /// `base` (the same-length metadata before the base file it draws from) when most bytes
+    /// are equal, else literally.
+    fn gap<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        spool: &mut impl Read,
+        len: u64,
+        base: Option<BaseRef>,
+    ) -> Result<(), Error> {
+        let Some(at) = base.filter(|at| at.len == len && len <= MAX_MIX) else {
+            return self.literal(writer, spool, len);
+        };
+        self.flush_copy(writer)?;
+        let mut new = vec![0u8; len as usize];
+        spool.read_exact(&mut new).map_err(self.io_err())?;
+        let offset = self.layout.scratch_offset(&at);
+        let old = self.scratch.read_at(&self.name, offset, len)?;
+        let same = new.iter().zip(&old).filter(|(n, o)| n == o).count();
+        if same * 2 < new.len() {
+            writer.literal(&new).map_err(self.io_err())?;
+            self.stats.literal_bytes += len;
+        } else {
+            for (n, o) in new.iter_mut().zip(&old) {
+                *n = n.wrapping_sub(*o);
+            }
+            writer.mix(offset, &new).map_err(self.io_err())?;
+            self.stats.mixed_bytes += len;
+        }
+        self.progress.advance(len);
+        Ok(())
     }
 
     /// Sends the next `len` spool bytes as literal records.
@@ -1155,6 +1280,31 @@ fn frame_dictionary(plan: &[RegionPlan], base_scans: &[LayerScan], cap: u64) -> 
         }
     }
     gaps
+}
+
+/// Largest metadata gap sent as a MIX (a gap is usually one or two 512-byte headers; a long
+/// run of directory entries is sent literally instead of held in memory).
+const MAX_MIX: u64 = 1 << 20;
+
+/// The base metadata a target region's metadata gap is mixed against: the gap before the base
+/// file the region is copied or patched from, when it has the same length. (Headers identical
+/// to the base's are copied together with the content instead.)
+fn mix_base(plan: &RegionPlan, region: &Region, base_scans: &[LayerScan]) -> Option<BaseRef> {
+    let (RegionPlan::Copy(at) | RegionPlan::Patch(at)) = plan else {
+        return None;
+    };
+    let scan = &base_scans[at.layer];
+    let i = scan
+        .regions
+        .binary_search_by_key(&at.offset, |r| r.offset)
+        .ok()?;
+    let base = &scan.regions[i];
+    let len = base.offset - base.gap_offset;
+    (len > 0 && len == region.offset - region.gap_offset).then_some(BaseRef {
+        layer: at.layer,
+        offset: base.gap_offset,
+        len,
+    })
 }
 
 /// Below this many bytes of literal tar metadata, a layer's frame gets no dictionary (listing

@@ -256,10 +256,6 @@ pub enum RegionPlan {
     Literal,
 }
 
-/// Largest file the encoder patches (both sides are held in memory while patching, and the
-/// device holds the base side): files above this are sent literally unless identical.
-pub const MAX_PATCH_FILE: u64 = 64 << 20;
-
 /// Decides how to send one target region. Pure: the same index and region give the same plan.
 pub fn plan_region(index: &BaseIndex, region: &Region) -> RegionPlan {
     let key = (region.gap_digest.clone(), region.digest.clone());
@@ -269,10 +265,8 @@ pub fn plan_region(index: &BaseIndex, region: &Region) -> RegionPlan {
     if let Some(at) = index.by_digest.get(&region.digest) {
         return RegionPlan::Copy(*at);
     }
-    if region.len > MAX_PATCH_FILE {
-        return RegionPlan::Literal;
-    }
-    let fits = |at: &BaseRef| at.len > 0 && at.len <= MAX_PATCH_FILE;
+    // Any size: the encoder patches large files piece by piece.
+    let fits = |at: &BaseRef| at.len > 0;
     if let Some(at) = index.by_path.get(&region.path).filter(|a| fits(a)) {
         return RegionPlan::Patch(*at);
     }

@@ -15,6 +15,9 @@
 //!                          (cursor: end of the previous COPY in the payload, 0 at first)
 //!        0x12 PATCH_ZSTD   u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
+//!        0x14 MIX          varint zigzag(scratch_offset - cursor), varint len, len bytes
+//!                          (output byte i = scratch[scratch_offset + i] + body[i] mod 256;
+//!                          moves the cursor like COPY)
 //! 0xFF END
 //! ```
 //! Integers are little-endian; a varint is LEB128 (7 bits a byte, low first, at most 10 bytes),
@@ -41,6 +44,7 @@ const TAG_LITERAL: u8 = 0x10;
 const TAG_COPY: u8 = 0x11;
 const TAG_PATCH_ZSTD: u8 = 0x12;
 const TAG_PATCH_BSDIFF: u8 = 0x13;
+const TAG_MIX: u8 = 0x14;
 const TAG_END_LAYER: u8 = 0x1F;
 const TAG_END: u8 = 0xFF;
 
@@ -98,6 +102,15 @@ pub enum Record {
         /// Offset in scratch.
         scratch_offset: u64,
         /// Length.
+        len: u64,
+    },
+    /// Add (mod 256) the `len` bytes that follow to the scratch bytes at `scratch_offset`: a
+    /// tar header that differs from its base file's header in a few fields (a new mtime, its
+    /// checksum) becomes mostly zeros, and the same few non-zero bytes header after header.
+    Mix {
+        /// Offset in scratch.
+        scratch_offset: u64,
+        /// Length, of the scratch range and of the body that follows.
         len: u64,
     },
     /// Apply a patch to a scratch range; `patch_len` patch bytes follow.
@@ -210,7 +223,7 @@ impl<R: Read> PayloadReader<R> {
             TAG_LITERAL => Record::Literal {
                 len: self.varint()?,
             },
-            TAG_COPY => {
+            TAG_COPY | TAG_MIX => {
                 let delta = unzigzag(self.varint()?);
                 let len = self.varint()?;
                 let scratch_offset = self
@@ -218,9 +231,16 @@ impl<R: Read> PayloadReader<R> {
                     .checked_add_signed(delta)
                     .ok_or_else(|| RecordError::Invalid("copy offset out of range".into()))?;
                 self.copy_cursor = scratch_offset.saturating_add(len);
-                Record::Copy {
-                    scratch_offset,
-                    len,
+                if tag == TAG_COPY {
+                    Record::Copy {
+                        scratch_offset,
+                        len,
+                    }
+                } else {
+                    Record::Mix {
+                        scratch_offset,
+                        len,
+                    }
                 }
             }
             TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF => Record::Patch {
@@ -422,6 +442,16 @@ impl<W: Write> PayloadWriter<W> {
         Ok(())
     }
 
+    /// The scratch bytes at `scratch_offset` plus `diff` (bytewise, mod 256).
+    pub fn mix(&mut self, scratch_offset: u64, diff: &[u8]) -> io::Result<()> {
+        self.inner.write_all(&[TAG_MIX])?;
+        let delta = scratch_offset.wrapping_sub(self.copy_cursor) as i64;
+        write_varint(&mut self.inner, zigzag(delta))?;
+        write_varint(&mut self.inner, diff.len() as u64)?;
+        self.copy_cursor = scratch_offset + diff.len() as u64;
+        self.inner.write_all(diff)
+    }
+
     /// A patch against a scratch range.
     pub fn patch(
         &mut self,
@@ -478,6 +508,7 @@ mod tests {
         w.begin_layer(1).unwrap();
         w.literal(b"hello").unwrap();
         w.copy(0, 100).unwrap();
+        w.mix(90, b"ab").unwrap();
         w.patch(PatchKind::Zstd, 0, 100, 7, b"xyz").unwrap();
         w.end_layer().unwrap();
         let bytes = w.finish().unwrap();
@@ -503,6 +534,14 @@ mod tests {
                 len: 100
             }
         );
+        assert_eq!(
+            r.next_record().unwrap(),
+            Record::Mix {
+                scratch_offset: 90,
+                len: 2
+            }
+        );
+        io::copy(&mut r.body(2), &mut io::sink()).unwrap();
         assert!(matches!(
             r.next_record().unwrap(),
             Record::Patch {

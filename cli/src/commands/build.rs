@@ -187,6 +187,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                         value["patched_bytes"] = d.patched_bytes.into();
                         value["patch_bytes"] = d.patch_bytes.into();
                         value["literal_bytes"] = d.literal_bytes.into();
+                        value["mixed_bytes"] = d.mixed_bytes.into();
                         value["whole_layer_patch"] = match d.whole_layer_patch {
                             Some(kind) => format!("{kind:?}").to_lowercase().into(),
                             None => serde_json::Value::Null,
@@ -227,13 +228,14 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                     d.bases.join(", ")
                 ),
                 LayerEncoding::Delta(d) => format!(
-                    "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B literal{}",
+                    "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B of metadata as differences to the base's, {} B literal{}",
                     d.copied_files,
                     d.copied_bytes,
                     d.zstd_patched_files,
                     d.bsdiff_patched_files,
                     d.patched_bytes,
                     d.patch_bytes,
+                    d.mixed_bytes,
                     d.literal_bytes,
                     if d.bases.is_empty() { String::new() } else { format!("; from {}", d.bases.join(", ")) }
                 ),
