@@ -902,11 +902,20 @@ impl LayerEncoder<'_> {
                         }]
                     });
                     let mut kind = None;
+                    let (count, patch_bytes) = (pieces.len(), self.stats.patch_bytes);
                     for piece in pieces {
                         let mut new = vec![0u8; piece.len as usize];
                         spool.read_exact(&mut new).map_err(self.io_err())?;
                         kind = kind.or(self.patch(writer, &new, piece.patch)?);
                     }
+                    tracing::debug!(
+                        path = %String::from_utf8_lossy(&region.path),
+                        len = region.len,
+                        pieces = count,
+                        ?kind,
+                        patch_bytes = self.stats.patch_bytes - patch_bytes,
+                        "patched file"
+                    );
                     match kind {
                         Some(PatchKind::Zstd) => self.stats.zstd_patched_files += 1,
                         Some(PatchKind::Bsdiff) => self.stats.bsdiff_patched_files += 1,
@@ -1168,13 +1177,7 @@ fn best_patch(
     max_bsdiff: usize,
 ) -> Result<CandidatePatch, Error> {
     let compress_err = |e: std::io::Error| Error::InvalidBuild(format!("compressing a patch: {e}"));
-    let mut compressor =
-        zstd::bulk::Compressor::with_dictionary(level, old).map_err(compress_err)?;
-    let window = (usize::BITS - (old.len() + new.len()).leading_zeros()).clamp(10, 27);
-    compressor
-        .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window))
-        .map_err(compress_err)?;
-    let zstd_patch = compressor.compress(new).map_err(compress_err)?;
+    let zstd_patch = zstd_patch(old, new, level)?;
     let mut best = (PatchKind::Zstd, zstd_patch.len(), zstd_patch);
     // bsdiff's match search degrades towards quadratic time on long runs of repeated bytes
     // (zero-filled images, sparse files written out): skip it for data that compresses more
@@ -1195,6 +1198,34 @@ fn best_patch(
         }
     }
     Ok((best.0, best.2, best.1))
+}
+
+/// A zstd patch as `zstd --patch-from` makes it: the old bytes are the frame's prefix (decoded
+/// as a raw-content dictionary: the same bytes before the frame's window), with long-distance
+/// matching and a window spanning old and new, so matches anywhere in a 48 MiB base are found
+/// (a dictionary loaded into the regular match finder's hash tables loses most of them).
+fn zstd_patch(old: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>, Error> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let fail = |code: usize| {
+        Error::InvalidBuild(format!(
+            "compressing a patch: {}",
+            zstd::zstd_safe::get_error_name(code)
+        ))
+    };
+    let window = (usize::BITS - (old.len() + new.len()).leading_zeros()).clamp(10, 27);
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(fail)?;
+    cctx.set_parameter(CParameter::WindowLog(window))
+        .map_err(fail)?;
+    cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+        .map_err(fail)?;
+    cctx.set_parameter(CParameter::ChecksumFlag(false))
+        .map_err(fail)?;
+    cctx.ref_prefix(old).map_err(fail)?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(new.len()));
+    cctx.compress2(&mut out, new).map_err(fail)?;
+    Ok(out)
 }
 
 /// One patch of a whole target layer (from its spool) against a whole base layer.

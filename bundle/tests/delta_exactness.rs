@@ -546,3 +546,110 @@ fn a_base_file_starting_with_the_zstd_dictionary_magic() {
         assert_eq!(layer_bytes(&out), target_tar);
     }
 }
+
+/// Incompressible bytes from a fixed seed (xorshift64*): a stand-in for a large binary that
+/// only a patch, not compression, can send cheaply.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A file larger than a patch may be (the JDK's `modules` image is 130 MB) is patched piece by
+/// piece against windows of the old file; the device rebuilds it exactly.
+#[test]
+fn a_large_file_is_patched_piece_by_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = noise(56 << 20, 7);
+    let mut new = old.clone();
+    // Edits spread over the file, and 4 KiB inserted in the middle (later content shifts).
+    for at in [1 << 20, 20 << 20, 50 << 20] {
+        new[at..at + 100].copy_from_slice(&noise(100, at as u64));
+    }
+    new.splice(30 << 20..30 << 20, noise(4096, 99));
+    let tar_of = |content: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "usr/lib/jvm/lib/modules", content)
+            .unwrap();
+        b.into_inner().unwrap()
+    };
+    let (base_tar, target_tar) = (tar_of(&old), tar_of(&new));
+    drop((old, new));
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    image_from_tar(&base, &base_tar);
+    image_from_tar(&target, &target_tar);
+    drop(base_tar);
+    let keys = keys();
+    let (path, report) = bundle(dir.path(), "large.bundle", &target, &base, &keys, false);
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert_eq!(stats.zstd_patched_files, 1, "{stats:?}");
+    assert_eq!(stats.patched_bytes, target_tar.len() as u64 - 1024 - 512, "{stats:?}");
+    assert!(
+        report.statement.payload.size < 64 << 10,
+        "payload {} bytes for a 56 MiB file with four small edits",
+        report.statement.payload.size
+    );
+    let out = dir.path().join("out");
+    apply_to(&path, &keys, open(&base), &out).unwrap();
+    assert!(layer_bytes(&out) == target_tar, "rebuilt layer differs");
+}
+
+/// A rebuilt layer gives every header a new mtime: headers go as differences to the base
+/// file's headers (MIX), a few bytes each, not as literals.
+#[test]
+fn new_mtimes_on_every_file_cost_a_few_bytes_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let licence = text(300_000, "files");
+    let tar_of = |mtime: u64, changed: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..300 {
+            let body: &[u8] = if i == 150 {
+                changed
+            } else {
+                &licence[i * 997..i * 997 + 700 + i]
+            };
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(mtime);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("app/pkg{}/file{i}.py", i / 30), body)
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let base_tar = tar_of(1_700_000_000, b"old contents");
+    let target_tar = tar_of(1_771_113_600, b"new contents, longer");
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    image_from_tar(&base, &base_tar);
+    image_from_tar(&target, &target_tar);
+    let keys = keys();
+    let (path, report) = bundle(dir.path(), "mtimes.bundle", &target, &base, &keys, false);
+    let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
+        panic!("not delta-encoded");
+    };
+    assert_eq!(stats.copied_files, 299, "{stats:?}");
+    assert!(stats.mixed_bytes >= 299 * 512, "{stats:?}");
+    assert!(
+        report.statement.payload.size < 300 * 10,
+        "payload {} bytes for 300 new headers and one changed file",
+        report.statement.payload.size
+    );
+    let out = dir.path().join("out");
+    apply_to(&path, &keys, open(&base), &out).unwrap();
+    assert_eq!(layer_bytes(&out), target_tar);
+}
