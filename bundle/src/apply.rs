@@ -716,6 +716,16 @@ fn apply_ops<R: Read>(
                 io::copy(&mut scratch.range(name, scratch_offset, len)?, out).map_err(write_err)?;
                 progress.advance(len);
             }
+            Record::LiteralX86 { len } => {
+                claim(len, &mut written)?;
+                let mut unfiltered =
+                    lzma_rust2::filter::bcj::BcjReader::new_x86(reader.body(len), 0);
+                let n = copy_split(&mut unfiltered, out, &corrupt, &write_err)?;
+                if n != len {
+                    return Err(corrupt("payload ends inside an x86 literal".into()));
+                }
+                progress.advance(len);
+            }
             Record::Mix {
                 scratch_offset,
                 len,

@@ -26,9 +26,7 @@ use sideload_signing::{
 use crate::apply::BaseStore;
 use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
-use crate::delta::{
-    plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan,
-};
+use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan};
 use crate::error::Error;
 use crate::image::digest_reader::HashingWriter;
 use crate::image::spec::media_types::{OCI_LAYER_TAR, OCI_MANIFEST};
@@ -812,8 +810,8 @@ fn patch_pieces(base: &BaseRef, new_len: u64) -> Vec<(u64, u64, BaseRef)> {
             let window = if base.len <= PATCH_WINDOW {
                 *base
             } else {
-                let centre = ((start + len / 2) as u128 * base.len as u128
-                    / new_len.max(1) as u128) as u64;
+                let centre =
+                    ((start + len / 2) as u128 * base.len as u128 / new_len.max(1) as u128) as u64;
                 let from = centre
                     .saturating_sub(PATCH_WINDOW / 2)
                     .min(base.len - PATCH_WINDOW);
@@ -928,7 +926,7 @@ impl LayerEncoder<'_> {
                     }
                     self.progress.advance(region.len);
                 }
-                RegionPlan::Literal => self.literal(writer, spool, region.len)?,
+                RegionPlan::Literal => self.file_literal(writer, spool, region.len)?,
             }
         }
         self.literal(writer, spool, scan.len - pos)?;
@@ -1063,7 +1061,13 @@ impl LayerEncoder<'_> {
     ) -> Result<Option<PatchKind>, Error> {
         self.flush_copy(writer)?;
         let Some((kind, patch, at)) = decided else {
-            writer.literal(new).map_err(self.io_err())?;
+            if crate::payload::is_x86_elf(new) {
+                writer
+                    .literal_x86(new.len() as u64, &mut &new[..])
+                    .map_err(self.io_err())?;
+            } else {
+                writer.literal(new).map_err(self.io_err())?;
+            }
             self.stats.literal_bytes += new.len() as u64;
             return Ok(None);
         };
@@ -1110,6 +1114,29 @@ impl LayerEncoder<'_> {
             writer.mix(offset, &new).map_err(self.io_err())?;
             self.stats.mixed_bytes += len;
         }
+        self.progress.advance(len);
+        Ok(())
+    }
+
+    /// Sends the next `len` spool bytes, a whole file's content, literally: through the x86
+    /// filter when they are an x86 executable.
+    fn file_literal<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        spool: &mut impl Read,
+        len: u64,
+    ) -> Result<(), Error> {
+        let mut head = [0u8; 64];
+        let n = (len as usize).min(head.len());
+        spool.read_exact(&mut head[..n]).map_err(self.io_err())?;
+        if !crate::payload::is_x86_elf(&head[..n]) {
+            return self.literal(writer, &mut (&head[..n]).chain(spool), len);
+        }
+        self.flush_copy(writer)?;
+        writer
+            .literal_x86(len, &mut (&head[..n]).chain(spool))
+            .map_err(self.io_err())?;
+        self.stats.literal_bytes += len;
         self.progress.advance(len);
         Ok(())
     }

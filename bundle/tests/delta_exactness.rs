@@ -597,7 +597,11 @@ fn a_large_file_is_patched_piece_by_piece() {
         panic!("not delta-encoded");
     };
     assert_eq!(stats.zstd_patched_files, 1, "{stats:?}");
-    assert_eq!(stats.patched_bytes, target_tar.len() as u64 - 1024 - 512, "{stats:?}");
+    assert_eq!(
+        stats.patched_bytes,
+        target_tar.len() as u64 - 1024 - 512,
+        "{stats:?}"
+    );
     assert!(
         report.statement.payload.size < 64 << 10,
         "payload {} bytes for a 56 MiB file with four small edits",
@@ -652,4 +656,42 @@ fn new_mtimes_on_every_file_cost_a_few_bytes_each() {
     let out = dir.path().join("out");
     apply_to(&path, &keys, open(&base), &out).unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
+}
+
+/// New x86 executables travel through the x86 BCJ filter (LITERAL_X86) and come back exact,
+/// beside files that only look like ELF headers or are cut short.
+#[test]
+fn new_x86_executables_round_trip_through_the_branch_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = fs::read("/bin/ls").expect("/bin/ls (coreutils) is on every Debian machine");
+    assert!(
+        sideload_bundle::payload::is_x86_elf(&elf),
+        "/bin/ls is x86 ELF"
+    );
+    let tar_of = |files: &[(&str, &[u8])]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o755);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *body).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let base_tar = tar_of(&[("etc/motd", b"hello")]);
+    let target_tar = tar_of(&[
+        ("usr/bin/ls", &elf),
+        ("usr/bin/ls-head", &elf[..64]),
+        ("usr/bin/ls-short", &elf[..19]),
+        ("etc/motd", b"hello"),
+    ]);
+    let (base, target) = (dir.path().join("base"), dir.path().join("target"));
+    image_from_tar(&base, &base_tar);
+    image_from_tar(&target, &target_tar);
+    let keys = keys();
+    let (path, _) = bundle(dir.path(), "elf.bundle", &target, &base, &keys, false);
+    let out = dir.path().join("out");
+    apply_to(&path, &keys, open(&base), &out).unwrap();
+    assert!(layer_bytes(&out) == target_tar, "rebuilt layer differs");
 }
