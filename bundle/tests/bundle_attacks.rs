@@ -809,6 +809,61 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
         matches!(e, Error::CorruptPayload { .. })
     });
     assert!(err.to_string().contains("operation reads scratch"), "{err}");
+
+    // MIX: the base bytes plus the differences rebuild the layer; a MIX reaching outside the
+    // store or past the layer's size is refused before it is read.
+    let mut diff: Vec<u8> = target[..common as usize]
+        .iter()
+        .zip(&base)
+        .map(|(t, b)| t.wrapping_sub(*b))
+        .collect();
+    let rec = records(&f, &extents, |w| {
+        w.mix(0, &diff).unwrap();
+        w.literal(&target[common as usize..]).unwrap();
+    });
+    let (result, _) = f.apply(&f.forge_records("mix.bundle", s2.clone(), &rec), &f.ctx());
+    result.unwrap();
+    let rec = records(&f, &extents, |w| w.mix(10, &diff).unwrap());
+    let err = f.assert_refused(&f.forge_records("mix-out.bundle", s2.clone(), &rec), |e| {
+        matches!(e, Error::CorruptPayload { .. })
+    });
+    assert!(err.to_string().contains("operation reads scratch"), "{err}");
+    diff[0] ^= 1;
+    let rec = records(&f, &extents, |w| {
+        w.mix(0, &diff).unwrap();
+        w.literal(&target[common as usize..]).unwrap();
+    });
+    f.assert_refused(
+        &f.forge_records("mix-wrong.bundle", s2.clone(), &rec),
+        |e| matches!(e, Error::LayerMismatch { index: 1, .. }),
+    );
+
+    // LITERAL_X86 longer than the layer, or cut short by the payload's end.
+    let rec = records(&f, &[], |w| {
+        w.literal_x86(
+            target.len() as u64 + 1,
+            &mut vec![0x90; target.len() + 1].as_slice(),
+        )
+        .unwrap()
+    });
+    let mut no_scratch = s.clone();
+    no_scratch.payload.scratch_bytes = 0;
+    no_scratch.requires.pop();
+    let err = f.assert_refused(
+        &f.forge_records("x86-long.bundle", no_scratch.clone(), &rec),
+        |e| matches!(e, Error::CorruptPayload { .. }),
+    );
+    assert!(err.to_string().contains("grow past its declared"), "{err}");
+    let mut rec = records(&f, &[], |w| {
+        w.literal_x86(target.len() as u64, &mut target.as_slice())
+            .unwrap()
+    });
+    rec.truncate(rec.len() - 2 - 100);
+    let err = f.assert_refused(
+        &f.forge_records("x86-short.bundle", no_scratch, &rec),
+        |e| matches!(e, Error::CorruptPayload { .. }),
+    );
+    assert!(err.to_string().contains("x86 literal"), "{err}");
     let wrong = zstd::bulk::Compressor::with_dictionary(3, &base)
         .unwrap()
         .compress(&base[..target.len().min(base.len())])
