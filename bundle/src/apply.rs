@@ -786,7 +786,9 @@ fn apply_ops<R: Read>(
                 let mut body = reader.body(patch_len);
                 let produced = match kind {
                     PatchKind::Zstd => {
-                        let mut dec = zstd::stream::read::Decoder::with_dictionary(
+                        // The base by reference, as a prefix (decodes like a raw-content
+                        // dictionary, without zstd taking a second copy of up to 64 MiB).
+                        let mut dec = zstd::stream::read::Decoder::with_ref_prefix(
                             BufReader::new(&mut body),
                             &base,
                         )
