@@ -773,8 +773,11 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Largest file also tried with bsdiff (its suffix sort needs about 9 bytes per old byte).
-const MAX_BSDIFF_FILE: usize = 16 << 20;
+/// Largest patch base (old side; the new side is at most a [`PATCH_PIECE`]) also tried with
+/// bsdiff. Its suffix sort needs about 17 bytes per old byte (800 MiB per worker at 48 MiB) and
+/// tens of seconds, but on executables and shared libraries bsdiff patches are 2-3x smaller
+/// than zstd's (libjvm.so update: 0.8 MB against 2.0 MB); the patch time budget bounds it.
+const MAX_BSDIFF_FILE: usize = 48 << 20;
 
 /// Largest piece of a file patched as one operation (new side). A larger file is patched piece
 /// by piece, each against the part of the old file around the same relative position, so the
