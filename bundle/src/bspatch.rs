@@ -4,14 +4,18 @@
 //! The `bsdiff` crate writes each control triple followed by its diff and extra bytes. Diff
 //! bytes are mostly zeros and extra bytes are new data; apart, each stream compresses better
 //! (on the demo's app layer, 4,709 bytes of payload against 4,853 interleaved, with the
-//! payload's zstd; controls as varints). [`split`] converts the crate's patch; [`apply`] applies a split patch with bounds
-//! checked on every length, since the patch comes from a bundle. Written by hand: no crate
-//! offers this layout with a checked reader.
+//! payload's zstd; controls as varints). The diff stream is run-length coded: a patch of a
+//! whole 8 MB layer is megabytes of zeros, which LZMA, whose longest match is 273 bytes, pays
+//! for at about a byte per kilobyte (the demo's whole-layer patch: 2.9 KB of payload with raw
+//! zeros, 2.3 KB run-length coded). [`split`] converts the crate's patch; [`apply`] applies a
+//! split patch with bounds checked on every length, since the patch comes from a bundle.
+//! Written by hand: no crate offers this layout with a checked reader.
 //!
 //! ```text
 //! varint count
 //! count × (varint mix_len, varint copy_len, varint zigzag(seek))
-//! Σ mix_len bytes   diff: added bytewise (mod 256) to old bytes at the old cursor
+//! diff runs, until they make Σ mix_len bytes: (varint zeros, varint n, n bytes)
+//!                   diff: added bytewise (mod 256) to old bytes at the old cursor
 //! Σ copy_len bytes  extra: copied as they are
 //! ```
 
@@ -49,9 +53,116 @@ pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(controls.len() + diff.len() + extra.len() + 10);
     put_varint(&mut out, count);
     out.extend_from_slice(&controls);
-    out.extend_from_slice(&diff);
+    put_runs(&mut out, &diff);
     out.extend_from_slice(&extra);
     Some(out)
+}
+
+/// Shortest run of zeros that ends a run of literal diff bytes (a shorter one stays inside the
+/// literal run: two varints would cost more than the zeros).
+const MIN_ZERO_RUN: usize = 4;
+
+/// Run-length codes `diff` as (zeros, n, n bytes) runs.
+fn put_runs(out: &mut Vec<u8>, diff: &[u8]) {
+    let mut at = 0;
+    while at < diff.len() {
+        let zeros = diff[at..].iter().take_while(|&&b| b == 0).count();
+        let start = at + zeros;
+        // The literal run goes on until MIN_ZERO_RUN zeros in a row (or the end).
+        let mut end = start;
+        while end < diff.len() {
+            let run = diff[end..]
+                .iter()
+                .take(MIN_ZERO_RUN)
+                .take_while(|&&b| b == 0)
+                .count();
+            if run == MIN_ZERO_RUN || end + run == diff.len() {
+                break;
+            }
+            end += run.max(1);
+        }
+        put_varint(out, zeros as u64);
+        put_varint(out, (end - start) as u64);
+        out.extend_from_slice(&diff[start..end]);
+        at = end;
+    }
+}
+
+/// Reads the run-length coded diff stream lazily: the next `n` diff bytes on demand.
+struct Runs<'a> {
+    patch: &'a [u8],
+    at: usize,
+    zeros: usize,
+    literal: usize,
+}
+
+impl Runs<'_> {
+    /// Adds the next `len` diff bytes to `old` and appends the sums to `out`.
+    fn mix(&mut self, old: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut done = 0;
+        while done < old.len() {
+            if self.zeros == 0 && self.literal == 0 {
+                self.zeros = to_usize(get_varint(self.patch, &mut self.at)?)?;
+                self.literal = to_usize(get_varint(self.patch, &mut self.at)?)?;
+                if self.zeros == 0 && self.literal == 0 {
+                    return Err("bsdiff patch has an empty diff run".into());
+                }
+                continue;
+            }
+            let want = old.len() - done;
+            if self.zeros > 0 {
+                let n = self.zeros.min(want);
+                out.extend_from_slice(&old[done..done + n]);
+                self.zeros -= n;
+                done += n;
+            } else {
+                let n = self.literal.min(want);
+                let bytes = self
+                    .patch
+                    .get(self.at..self.at + n)
+                    .ok_or("bsdiff patch ends inside its diff stream")?;
+                out.extend(
+                    bytes
+                        .iter()
+                        .zip(&old[done..done + n])
+                        .map(|(d, o)| d.wrapping_add(*o)),
+                );
+                self.at += n;
+                self.literal -= n;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Skips `len` diff bytes without applying them (to find where the extra stream starts).
+    fn skip(&mut self, mut len: usize) -> Result<(), String> {
+        while len > 0 {
+            if self.zeros == 0 && self.literal == 0 {
+                self.zeros = to_usize(get_varint(self.patch, &mut self.at)?)?;
+                self.literal = to_usize(get_varint(self.patch, &mut self.at)?)?;
+                if self.zeros == 0 && self.literal == 0 {
+                    return Err("bsdiff patch has an empty diff run".into());
+                }
+                continue;
+            }
+            let n = self.zeros.min(len);
+            self.zeros -= n;
+            len -= n;
+            let n = self.literal.min(len);
+            if self
+                .at
+                .checked_add(n)
+                .is_none_or(|end| end > self.patch.len())
+            {
+                return Err("bsdiff patch ends inside its diff stream".into());
+            }
+            self.at += n;
+            self.literal -= n;
+            len -= n;
+        }
+        Ok(())
+    }
 }
 
 /// Applies a split patch to `old`. The output may be at most `max_out` bytes; every length is
@@ -78,16 +189,34 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
         let out = diff_total
             .checked_add(extra_total)
             .ok_or("length overflows")?;
-        if out > max_out || out > patch.len() {
+        // (Run-length coded zeros let the output exceed the patch; `max_out` bounds it.)
+        if out > max_out {
             return Err("bsdiff patch output larger than declared".into());
         }
     }
-    let diff_start = cursor;
-    let extra_start = diff_start
-        .checked_add(diff_total)
-        .filter(|&e| e.checked_add(extra_total) == Some(patch.len()))
-        .ok_or("bsdiff patch streams do not add up to its length")?;
-    let (mut diff_at, mut extra_at) = (diff_start, extra_start);
+    // Where the extra stream starts: after the diff runs that make diff_total bytes, which
+    // must end exactly there (no run may straddle the end).
+    let mut runs = Runs {
+        patch,
+        at: cursor,
+        zeros: 0,
+        literal: 0,
+    };
+    runs.skip(diff_total)?;
+    if runs.zeros != 0 || runs.literal != 0 {
+        return Err("bsdiff diff runs go on past the diff stream".into());
+    }
+    let extra_start = runs.at;
+    if extra_start.checked_add(extra_total) != Some(patch.len()) {
+        return Err("bsdiff patch streams do not add up to its length".into());
+    }
+    let mut runs = Runs {
+        patch,
+        at: cursor,
+        zeros: 0,
+        literal: 0,
+    };
+    let mut extra_at = extra_start;
     let mut old_at: i64 = 0;
     let mut out = Vec::with_capacity(diff_total + extra_total);
     cursor = controls_start;
@@ -99,13 +228,7 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
         let old_slice = old
             .get(from..from.checked_add(mix).ok_or("overflow")?)
             .ok_or("bsdiff reads past the old data")?;
-        out.extend(
-            patch[diff_at..diff_at + mix]
-                .iter()
-                .zip(old_slice)
-                .map(|(d, o)| d.wrapping_add(*o)),
-        );
-        diff_at += mix;
+        runs.mix(old_slice, &mut out)?;
         out.extend_from_slice(&patch[extra_at..extra_at + copy]);
         extra_at += copy;
         old_at = i64::try_from(mix)
