@@ -58,9 +58,11 @@ pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Shortest run of zeros that ends a run of literal diff bytes (a shorter one stays inside the
-/// literal run: two varints would cost more than the zeros).
-const MIN_ZERO_RUN: usize = 4;
+/// Shortest run of zeros that ends a run of literal diff bytes. Shorter runs stay inside the
+/// literal run: LZMA codes them as a match or two, cheaper than two varints amid the sparse
+/// changes of a recompiled binary (measured: at 4, the app-update bundle grows 49.5 -> 52.5 KB;
+/// at 1024 it is unchanged while the demo's whole-layer patch still shrinks 6.4 -> 5.2 KB).
+const MIN_ZERO_RUN: usize = 1024;
 
 /// Run-length codes `diff` as (zeros, n, n bytes) runs.
 fn put_runs(out: &mut Vec<u8>, diff: &[u8]) {
