@@ -6,11 +6,13 @@
 //!    is scanned once (and spooled to a temporary file).
 //! 3. Each file of a target layer is planned: identical content anywhere on the device is a
 //!    `COPY`; a similar file (same path, same path with versions changed, same name and size
-//!    class) is patched, with zstd using the old file as dictionary or with bsdiff, whichever is
-//!    smaller, and only if that beats sending it; the rest, and all tar headers, are literals.
+//!    class) is patched, with bsdiff or with zstd using the old file as prefix, whichever is
+//!    smaller, and only if that beats sending it; files over 16 MiB piece by piece. Tar
+//!    metadata before a copied or patched file goes as its difference to the base file's
+//!    (`MIX`); new files and the rest are literals (x86 executables through the BCJ filter).
 //! 4. The base ranges the plan needs become the payload's extents; the encoder gathers them
 //!    exactly as the device will (one pass per base layer) to compute patches against them.
-//! 5. Everything goes through one zstd stream with long-distance matching, so literal data
+//! 5. Everything goes through one LZMA2 (or zstd) stream with a long window, so literal data
 //!    repeated across files and layers is sent once.
 
 use std::collections::HashMap;
@@ -61,7 +63,7 @@ pub struct BuildOptions {
     /// How the payload is compressed. Its window is further capped to what the payload can
     /// use, so small bundles need little memory on the device.
     pub codec: CodecSettings,
-    /// zstd level for patches (old file as dictionary) and for the size estimates that pick
+    /// zstd level for patches (old file as prefix) and for the size estimates that pick
     /// between patch and literal.
     pub patch_level: i32,
     /// Bytes reserved for signatures.
@@ -342,9 +344,9 @@ pub fn build_bundle(
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
     let codec = payload_codec(options, &image.config.bytes, &scans);
-    let zstd = FrameEncoder::new(hashed, codec, &[]).map_err(io_err("starting the codec for"))?;
+    let frames = FrameEncoder::new(hashed, codec, &[]).map_err(io_err("starting the codec for"))?;
     let mut writer =
-        PayloadWriter::new(HashingWriter::new(zstd)).map_err(io_err("writing payload of"))?;
+        PayloadWriter::new(HashingWriter::new(frames)).map_err(io_err("writing payload of"))?;
     writer
         .config(&image.config.bytes)
         .map_err(io_err("writing payload of"))?;
@@ -1198,7 +1200,7 @@ fn read_scratch(
 /// A patch candidate: its kind, its bytes, and what it costs in the payload.
 type CandidatePatch = (PatchKind, Vec<u8>, usize);
 
-/// The smaller of a zstd patch (old as dictionary) and, when both sides are at most
+/// The smaller of a zstd patch (old as prefix) and, when both sides are at most
 /// `max_bsdiff` bytes, a bsdiff patch: (kind, patch bytes, what it costs in the payload).
 fn best_patch(
     old: &[u8],
@@ -1219,7 +1221,7 @@ fn best_patch(
         bsdiff::diff(old, new, &mut raw).map_err(compress_err)?;
         let split = crate::bspatch::split(&raw)
             .ok_or_else(|| Error::InvalidBuild("bsdiff wrote a malformed patch".into()))?;
-        // The patch is mostly zeros; the payload's zstd stream compresses it.
+        // The patch is mostly zeros; the payload's stream compresses it.
         let cost = zstd::bulk::compress(&split, level)
             .map_err(compress_err)?
             .len();

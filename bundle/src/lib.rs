@@ -23,7 +23,7 @@
 //! to the registry plugin and the USB loader.
 //!
 //! Bounded resources: nothing reads a layer or a payload into memory. The largest buffers are
-//! the zstd window (declared in the statement, capped by [`Limits`]) and one patch's base range.
+//! the payload's window (declared in the statement, capped by [`Limits`]) and one patch's base range.
 //! Every length in a bundle is checked against [`Limits`] before it sizes anything.
 //!
 //! Tests: `cargo test -p sideload-bundle`. The image tests start a real `docker-registry` on

@@ -1,4 +1,4 @@
-//! The payload's record stream (after zstd decoding).
+//! The payload's record stream (after decoding its LZMA2 or zstd frames).
 //!
 //! ```text
 //! "SLPAYLD1"
@@ -6,7 +6,7 @@
 //! 0x02 EXTENTS  u32 count, count x (u32 requires_index, u64 offset, u64 len)
 //! then for every target layer, bottom first, one of:
 //! 0x05 FRAME    varint count, count x (varint offset - previous range's end, varint len)
-//!               (between layers: the zstd frame ends here; the next one is compressed with
+//!               (between layers: the frame ends here; the next one is compressed with
 //!                those scratch ranges, concatenated, as its dictionary)
 //! 0x03 PRESENT  u32 layer_index                     (the device holds it: statement.requires)
 //! 0x04 LAYER    u32 layer_index, then operations, then 0x1F END_LAYER
@@ -84,7 +84,7 @@ pub enum Record {
     },
     /// The extents table.
     Extents(Vec<Extent>),
-    /// The current zstd frame ends; the next is compressed with these scratch ranges
+    /// The current frame ends; the next is compressed with these scratch ranges
     /// (offset, length), concatenated, as its dictionary.
     Frame(Vec<(u64, u64)>),
     /// Target layer `index` is already on the device.
@@ -297,7 +297,7 @@ impl<R: Read> PayloadReader<R> {
         self.inner
     }
 
-    /// The underlying stream (to switch zstd frames at a FRAME record).
+    /// The underlying stream (to switch frames at a FRAME record).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
@@ -407,7 +407,7 @@ impl<W: Write> PayloadWriter<W> {
         Ok(())
     }
 
-    /// Ends the current zstd frame; the caller then starts the next frame with the
+    /// Ends the current frame; the caller then starts the next frame with the
     /// dictionary made of these scratch ranges.
     /// Ranges must be in increasing, non-overlapping order.
     pub fn frame(&mut self, ranges: &[(u64, u64)]) -> io::Result<()> {
