@@ -6,6 +6,12 @@ in its own `python3 -c` process so that its time and memory are measured apart f
 The realistic scenarios' images come from corpus.py (cached in bench/.cache/).
 
   bench.py --bin target/release --work TMPDIR --out bench/results/latest.md [--scenario NAME]...
+           [--only METHOD,...] [--no-peer-cache]
+
+The peers' rows (bsdiff, xdelta3, zstd, rdiff, HDiffPatch) are cached in
+bench/.cache/peer-results/SCENARIO/METHOD.json and reused while their key matches: the tool's
+version and binary, its options, the code of its method here, the machine (CPU, nproc) and the
+identity of the files it reads. See "Peer result cache" below and bench/README.md.
 
 Exit status: 0 when every tool that ran reproduced the target (a peer that was skipped, ran out
 of its time limit or out of memory is reported, not a failure), 1 otherwise.
@@ -14,6 +20,7 @@ of its time limit or out of memory is reported, not a failure), 1 otherwise.
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -117,6 +124,156 @@ def timed(cmd, workdir, stdout_path=None):
 def combine(*ms):
     """Several steps of one side: times add up, memory is the largest peak."""
     return Measured(sum(m.seconds for m in ms), max(m.rss_kib for m in ms), b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# peer result cache
+#
+# The peers' outputs do not change while their inputs and versions stay the same, and they take
+# almost all of a full run (~1 h), so their rows are kept in bench/.cache/peer-results/SCENARIO/
+# METHOD.json and reused while the key stored there equals the one computed now:
+#   - versions: the Debian packages' versions (hdiffpatch: its PyPI version and python's), and
+#     binaries: the resolved path, size and mtime of each command the method runs;
+#   - options: --tool-timeout, --mem-limit-gib, and the tool's own (--zstd-level,
+#     --bsdiff-max-bytes, ZSTD_* environment variables);
+#   - code_sha256: the source of the tool's method below (command lines, fixed flags) and, for
+#     HDiffPatch, its two scripts; PEER_CACHE_FORMAT: bump it when something else that shapes a
+#     row changes (timed(), _check(), the row's fields);
+#   - machine: CPU model and nproc (the times and RSS are the machine's);
+#   - inputs: for each file the tool reads (old, new) its size, st_mtime_ns and the sha256 of its
+#     first and last MiB; a file under --work (the demo archives, remade every run, and the
+#     empty / one-byte old files) by its size and whole sha256 instead of its mtime.
+# Only rows with status yes or skipped are stored; a failure, timeout or oom is run again next
+# time. --no-peer-cache runs every peer and rewrites its file.
+
+PEER_CACHE_FORMAT = 1
+
+# method -> (Debian packages / PyPI names whose versions count, commands it runs)
+PEER_TOOLS = {
+    "bsdiff": (["bsdiff"], ["bsdiff", "bspatch"]),
+    "xdelta3": (["xdelta3"], ["xdelta3"]),
+    "zstd": (["zstd"], ["zstd"]),
+    "rdiff": (["rdiff", "librsync2", "zstd"], ["rdiff", "zstd"]),
+    "hdiffpatch": (["hdiffpatch", "python"], [sys.executable]),
+}
+
+DEB_PACKAGES = ("bsdiff", "xdelta3", "zstd", "rdiff", "librsync2")
+
+
+def sh_out(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def tool_versions():
+    """Ordered dict: Debian package -> version (as dpkg-query lists them), then hdiffpatch (PyPI),
+    python, cpu."""
+    v = {}
+    for line in sh_out("dpkg-query -W -f='${Package} ${Version}\\n' " + " ".join(DEB_PACKAGES)
+                       + " 2>/dev/null").splitlines():
+        if " " in line:
+            p, ver = line.split(" ", 1)
+            v[p] = ver
+    v["hdiffpatch"] = sh_out(f"{sys.executable} -m pip show hdiffpatch 2>/dev/null | sed -n 's/^Version: //p'")
+    v["python"] = platform.python_version()
+    v["cpu"] = sh_out("sed -n 's/^model name\\s*: //p' /proc/cpuinfo | head -1") or platform.processor()
+    return v
+
+
+def binary_identity(cmd):
+    path = shutil.which(cmd)
+    if path is None:
+        return None
+    path = os.path.realpath(path)
+    st = os.stat(path)
+    return dict(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def measured_to_json(m):
+    return None if m is None else dict(seconds=m.seconds, rss_kib=m.rss_kib)
+
+
+def measured_from_json(j):
+    return None if j is None else Measured(j["seconds"], j["rss_kib"], b"")
+
+
+class PeerCache:
+    KEEP = ("yes", "skipped")
+
+    def __init__(self, root, enabled=True):
+        self.root, self.enabled = root, enabled
+        self.idents = {}
+        self.hits = self.misses = 0
+
+    def path(self, scenario, method):
+        return os.path.join(self.root, scenario, method + ".json")
+
+    def identity(self, path, work):
+        """Size plus mtime and the sha256 of the first and last MiB; under `work` (remade every
+        run) the whole sha256 instead of the mtime."""
+        if path not in self.idents:
+            st = os.stat(path)
+            ident = dict(size=st.st_size)
+            real, w = os.path.realpath(path), os.path.realpath(work)
+            if os.path.commonpath([real, w]) == w:
+                ident["sha256"] = sha256_file(path)
+            else:
+                ident["mtime_ns"] = st.st_mtime_ns
+                with open(path, "rb") as f:
+                    ident["head_sha256"] = hashlib.sha256(f.read(1 << 20)).hexdigest()
+                    f.seek(max(0, st.st_size - (1 << 20)))
+                    ident["tail_sha256"] = hashlib.sha256(f.read(1 << 20)).hexdigest()
+            self.idents[path] = ident
+        return self.idents[path]
+
+    def load(self, scenario, method, key):
+        """(row, None) when the stored key equals `key`, else (None, why not)."""
+        if not self.enabled:
+            self.misses += 1
+            return None, "--no-peer-cache"
+        try:
+            with open(self.path(scenario, method)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            self.misses += 1
+            return None, "no cached result"
+        except (OSError, ValueError) as e:
+            self.misses += 1
+            return None, f"unreadable cache file ({e})"
+        old = data.get("key") if isinstance(data, dict) else None
+        if old != key:
+            self.misses += 1
+            if not isinstance(old, dict):
+                return None, "cache key differs"
+            diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+            return None, "cache key differs in " + ", ".join(diff)
+        r = data["row"]
+        note = r.get("note") or ""
+        row = dict(bytes=r["bytes"], enc=measured_from_json(r["enc"]), dec=measured_from_json(r["dec"]),
+                   status=r["status"], measured=data["measured"],
+                   note=(note + " " if note else "") + f"(cached result of {data['measured']})")
+        self.hits += 1
+        return row, None
+
+    def store(self, scenario, method, key, row, measured):
+        """Writes the row (atomically); returns a remark for the progress line."""
+        p = self.path(scenario, method)
+        data = dict(key=key, measured=measured,
+                    row=dict(tool=row["tool"], bytes=row["bytes"], enc=measured_to_json(row["enc"]),
+                             dec=measured_to_json(row["dec"]), status=row["status"], note=row["note"]))
+        try:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            tmp = p + f".tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, p)
+        except OSError as e:
+            return f"; could not write the peer cache: {e}"
+        return "; stored in the peer cache"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +396,13 @@ class Bench:
         self.zstd_level = args.zstd_level
         self.bsdiff_max = args.bsdiff_max_bytes
         self.cache = args.cache
+        self.peer_cache = PeerCache(os.path.join(self.cache, "peer-results"), enabled=not args.no_peer_cache)
+        self.versions = tool_versions()
+        # Read now: the file may be edited while a long run goes on.
+        self.code_sha256 = {}
+        for m in self.PEERS:
+            code = inspect.getsource(getattr(Bench, m)) + (HDIFF_ENCODE + HDIFF_DECODE if m == "hdiffpatch" else "")
+            self.code_sha256[m] = hashlib.sha256(code.encode()).hexdigest()
 
     def sideload(self, sc, d):
         sl, sign = os.path.join(self.bin, "sideload"), os.path.join(self.bin, "sideload-sign")
@@ -455,6 +619,39 @@ class Bench:
         sc["old_or_empty"] = old or self.empty
         self.scenarios.append(sc)
 
+    # Methods whose rows go through the peer result cache (not sideload, not the computed plain row).
+    PEERS = ("bsdiff", "xdelta3", "zstd", "rdiff", "hdiffpatch")
+
+    def peer_key(self, method, sc):
+        """Everything that can change a peer's row: see PeerCache."""
+        if method == "bsdiff":
+            old = sc["old"] or self.one_byte
+        elif method == "zstd":
+            old = sc["old"]
+        else:
+            old = sc["old_or_empty"]
+        inputs = {"old": None if old is None else self.peer_cache.identity(old, self.work),
+                  "new": self.peer_cache.identity(sc["new"], self.work)}
+        packages, commands = PEER_TOOLS[method]
+        options = dict(tool_timeout_s=LIMITS["timeout"], mem_limit_bytes=LIMITS["mem"])
+        if method == "zstd":
+            options["zstd_level"] = self.zstd_level
+        if method == "bsdiff":
+            options["bsdiff_max_bytes"] = self.bsdiff_max
+        if method in ("zstd", "rdiff"):  # rdiff's note has a zstd size
+            options["env"] = {k: os.environ[k] for k in ("ZSTD_CLEVEL", "ZSTD_NBTHREADS") if k in os.environ}
+        return dict(
+            format=PEER_CACHE_FORMAT,
+            scenario=sc["name"],
+            tool=method,
+            versions={p: self.versions.get(p) for p in packages},
+            binaries={c: binary_identity(c) for c in commands},
+            options=options,
+            code_sha256=self.code_sha256[method],
+            machine=dict(cpu=self.versions.get("cpu"), nproc=os.cpu_count()),
+            inputs=inputs,
+        )
+
     def run_all(self, only=None):
         results = {}
         for sc in self.scenarios:
@@ -463,10 +660,20 @@ class Bench:
             for label, method in self.TOOLS:
                 if only and method not in only:
                     continue
-                d = os.path.join(self.work, "runs", sc["name"], method)
-                os.makedirs(d)
                 print(f"   {label} ...", end=" ", flush=True)
                 t = time.time()
+                key = None
+                if method in self.PEERS:
+                    key = self.peer_key(method, sc)
+                    row, why = self.peer_cache.load(sc["name"], method, key)
+                    if row is not None:
+                        row["tool"] = label
+                        rows.append(row)
+                        print(f"{row['status']} (cached, measured {row['measured']})", flush=True)
+                        continue
+                d = os.path.join(self.work, "runs", sc["name"], method)
+                os.makedirs(d)
+                measured = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
                 try:
                     row = getattr(self, method)(sc, d)
                 except Skip as e:
@@ -480,7 +687,14 @@ class Bench:
                                note="FAILED: " + str(e).strip().splitlines()[-1][:200])
                 row["tool"] = label
                 rows.append(row)
-                print(f"{row['status']} ({time.time() - t:.0f} s)", flush=True)
+                extra = ""
+                if key is not None:
+                    extra = f"; {why}"
+                    if row["status"] in PeerCache.KEEP:
+                        extra += self.peer_cache.store(sc["name"], method, key, row, measured)
+                    else:
+                        extra += "; not stored in the peer cache"
+                print(f"{row['status']} ({time.time() - t:.0f} s{extra})", flush=True)
                 shutil.rmtree(d, ignore_errors=True)
             results[sc["name"]] = rows
         return results
@@ -545,23 +759,15 @@ def md_table(rows, head=HEAD, numeric=NUMERIC):
     return "\n".join(out)
 
 
-def machine_info():
-    def sh(cmd):
-        try:
-            return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True).stdout.strip()
-        except OSError:
-            return "?"
-
-    versions = sh("dpkg-query -W -f='${Package} ${Version}, ' bsdiff xdelta3 zstd rdiff librsync2 2>/dev/null")
-    hdp = sh(f"{sys.executable} -m pip show hdiffpatch 2>/dev/null | sed -n 's/^Version: //p'")
+def machine_info(versions):
+    deb = ", ".join(f"{p} {v}" for p, v in versions.items() if p in DEB_PACKAGES)
     return [
         ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")),
-        ("nproc", sh("nproc")),
-        ("memory (free -g total)", sh("free -g | awk '/^Mem:/ {print $2}'") + " GiB"),
-        ("cpu", sh("sed -n 's/^model name\\s*: //p' /proc/cpuinfo | head -1") or platform.processor()),
+        ("nproc", sh_out("nproc")),
+        ("memory (free -g total)", sh_out("free -g | awk '/^Mem:/ {print $2}'") + " GiB"),
+        ("cpu", versions.get("cpu")),
         ("kernel", platform.release()),
-        ("tools", versions.rstrip(", ") + f", hdiffpatch (PyPI) {hdp}"),
+        ("tools", deb + f", hdiffpatch (PyPI) {versions.get('hdiffpatch')}"),
     ]
 
 
@@ -637,6 +843,10 @@ def report(bench, results, out_path, total_seconds):
         md.append(f"- {k}: {v}")
     md.append(f"- per-command limits: {LIMITS['timeout']} s, {LIMITS['mem'] >> 30} GiB address space")
     md.append(f"- benchmark wall time: {total_seconds:.0f} s (corpus build included when not cached)")
+    pc = bench.peer_cache
+    if pc.hits or pc.misses:
+        md.append(f"- peer rows: {pc.hits} reused from the peer result cache (`{pc.root}`; measured at the "
+                  f"date in their notes), {pc.misses} run now" + ("" if pc.enabled else " (--no-peer-cache)"))
     md.append("")
     text.append("\n" + "; ".join(f"{k}: {v}" for k, v in bench.machine if k in ("date", "nproc", "memory (free -g total)")))
     print("\n".join(text))
@@ -662,8 +872,19 @@ def main():
                     help="address-space limit for each measured command, GiB (0: none; default 16)")
     ap.add_argument("--bsdiff-max-bytes", type=float, default=1e9,
                     help="skip bsdiff when the old or new file is larger (default 1e9)")
-    ap.add_argument("--only", help="comma-separated tool methods to run (debugging)")
+    methods = [m for _, m in Bench.TOOLS]
+    ap.add_argument("--only", metavar="METHOD,...",
+                    help="run only these tools, comma-separated, from: " + ", ".join(methods))
+    ap.add_argument("--no-peer-cache", action="store_true",
+                    help="run every peer tool even when bench/.cache/peer-results holds its row for the "
+                         "same key (the rows are rewritten)")
     args = ap.parse_args()
+    only = None
+    if args.only:
+        only = {m.strip() for m in args.only.split(",") if m.strip()}
+        unknown = sorted(only - set(methods))
+        if unknown:
+            ap.error(f"--only: unknown method(s) {', '.join(unknown)}; known: {', '.join(methods)}")
     LIMITS["timeout"] = args.tool_timeout
     LIMITS["mem"] = args.mem_limit_gib << 30
     if args.scenario:
@@ -678,9 +899,9 @@ def main():
         names = ALL_SCENARIOS
     start = datetime.datetime.now()
     bench = Bench(args)
-    bench.machine = machine_info()
+    bench.machine = machine_info(bench.versions)
     bench.setup(names)
-    results = bench.run_all(set(args.only.split(",")) if args.only else None)
+    results = bench.run_all(only)
     report(bench, results, args.out, (datetime.datetime.now() - start).total_seconds())
     failed = [(n, r["tool"], r["status"]) for n, rows in results.items() for r in rows
               if r["status"] in ("NO", "FAILED")]

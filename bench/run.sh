@@ -12,6 +12,13 @@
 #   other options: --zstd-level N (default 22; 20..22 adds --ultra), --tool-timeout S
 #   (default 1200), --mem-limit-gib N (default 16), --bsdiff-max-bytes N (default 1e9); see
 #   `python3 bench/bench.py --help`.
+#   --only METHOD,... runs only those tools (sideload plain bsdiff xdelta3 zstd rdiff hdiffpatch).
+#
+# The peers' rows are cached in bench/.cache/peer-results/SCENARIO/METHOD.json and reused while
+# their key matches (tool version and binaries, its options, its code in bench.py, CPU and nproc,
+# size + mtime + first/last-MiB sha256 of each input file, whole sha256 for the demo ones); a
+# reused row's note says `(cached result of DATE)`. --no-peer-cache reruns every peer (see
+# bench/README.md). So after the first full run, a run costs about sideload's own time.
 #
 # Installs what it needs from Debian's archive and PyPI (as root, or through sudo), builds
 # sideload in release mode into target/ (or $CARGO_TARGET_DIR), works in a temporary directory
