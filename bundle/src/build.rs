@@ -343,7 +343,12 @@ pub fn build_bundle(
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
-    let codec = payload_codec(options, &image.config.bytes, &scans);
+    let largest_dictionary = dictionaries
+        .values()
+        .map(|d| d.iter().map(|at| at.len).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    let codec = payload_codec(options, &image.config.bytes, &scans, largest_dictionary);
     let frames = FrameEncoder::new(hashed, codec, &[]).map_err(io_err("starting the codec for"))?;
     let mut writer =
         PayloadWriter::new(HashingWriter::new(frames)).map_err(io_err("writing payload of"))?;
@@ -1388,15 +1393,18 @@ fn closest_base_layer(plan: &[RegionPlan]) -> Option<usize> {
 }
 
 /// The payload's codec settings, with the window capped to the smallest power of two that
-/// holds everything the payload could carry (config and every layer sent): a small bundle then
-/// needs little memory on the device, and the encoder does not allocate for a window it cannot
-/// fill.
+/// holds everything the payload could carry (config and every layer sent) and the largest frame
+/// dictionary before it: a small bundle then needs little memory on the device, and the
+/// encoder does not allocate for a window it cannot fill.
 fn payload_codec(
     options: &BuildOptions,
     config: &[u8],
     scans: &HashMap<usize, (LayerScan, File)>,
+    largest_dictionary: u64,
 ) -> CodecSettings {
-    let most = scans.values().map(|(scan, _)| scan.len).sum::<u64>() + config.len() as u64;
+    let most = scans.values().map(|(scan, _)| scan.len).sum::<u64>()
+        + config.len() as u64
+        + largest_dictionary;
     let needed = (u64::BITS - most.max(1).leading_zeros()).max(16);
     CodecSettings {
         window_log: options.codec.window_log.min(needed),
