@@ -98,47 +98,25 @@ struct Runs<'a> {
     literal: usize,
 }
 
-impl Runs<'_> {
-    /// Adds the next `len` diff bytes to `old` and appends the sums to `out`.
-    fn mix(&mut self, old: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let mut done = 0;
-        while done < old.len() {
-            if self.zeros == 0 && self.literal == 0 {
-                self.zeros = to_usize(get_varint(self.patch, &mut self.at)?)?;
-                self.literal = to_usize(get_varint(self.patch, &mut self.at)?)?;
-                if self.zeros == 0 && self.literal == 0 {
-                    return Err("bsdiff patch has an empty diff run".into());
-                }
-                continue;
-            }
-            let want = old.len() - done;
-            if self.zeros > 0 {
-                let n = self.zeros.min(want);
-                out.extend_from_slice(&old[done..done + n]);
-                self.zeros -= n;
-                done += n;
-            } else {
-                let n = self.literal.min(want);
-                let bytes = self
-                    .patch
-                    .get(self.at..self.at + n)
-                    .ok_or("bsdiff patch ends inside its diff stream")?;
-                out.extend(
-                    bytes
-                        .iter()
-                        .zip(&old[done..done + n])
-                        .map(|(d, o)| d.wrapping_add(*o)),
-                );
-                self.at += n;
-                self.literal -= n;
-                done += n;
-            }
+/// A part of the diff stream: zero bytes, or literal diff bytes.
+enum Diff<'a> {
+    Zeros(usize),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Runs<'a> {
+    /// The diff runs starting at `at` in `patch`.
+    fn new(patch: &'a [u8], at: usize) -> Self {
+        Runs {
+            patch,
+            at,
+            zeros: 0,
+            literal: 0,
         }
-        Ok(())
     }
 
-    /// Skips `len` diff bytes without applying them (to find where the extra stream starts).
-    fn skip(&mut self, mut len: usize) -> Result<(), String> {
+    /// Hands the next `len` diff bytes to `part`, run by run.
+    fn walk(&mut self, mut len: usize, mut part: impl FnMut(Diff<'a>)) -> Result<(), String> {
         while len > 0 {
             if self.zeros == 0 && self.literal == 0 {
                 self.zeros = to_usize(get_varint(self.patch, &mut self.at)?)?;
@@ -146,24 +124,51 @@ impl Runs<'_> {
                 if self.zeros == 0 && self.literal == 0 {
                     return Err("bsdiff patch has an empty diff run".into());
                 }
-                continue;
             }
-            let n = self.zeros.min(len);
-            self.zeros -= n;
-            len -= n;
-            let n = self.literal.min(len);
-            if self
-                .at
-                .checked_add(n)
-                .is_none_or(|end| end > self.patch.len())
-            {
-                return Err("bsdiff patch ends inside its diff stream".into());
+            if self.zeros > 0 {
+                let n = self.zeros.min(len);
+                self.zeros -= n;
+                len -= n;
+                part(Diff::Zeros(n));
+            } else {
+                let n = self.literal.min(len);
+                let bytes = self
+                    .at
+                    .checked_add(n)
+                    .and_then(|end| self.patch.get(self.at..end))
+                    .ok_or("bsdiff patch ends inside its diff stream")?;
+                self.at += n;
+                self.literal -= n;
+                len -= n;
+                part(Diff::Bytes(bytes));
             }
-            self.at += n;
-            self.literal -= n;
-            len -= n;
         }
         Ok(())
+    }
+
+    /// Adds the next `old.len()` diff bytes to `old` and appends the sums to `out`.
+    fn mix(&mut self, old: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut done = 0;
+        self.walk(old.len(), |diff| match diff {
+            Diff::Zeros(n) => {
+                out.extend_from_slice(&old[done..done + n]);
+                done += n;
+            }
+            Diff::Bytes(bytes) => {
+                out.extend(
+                    bytes
+                        .iter()
+                        .zip(&old[done..])
+                        .map(|(d, o)| d.wrapping_add(*o)),
+                );
+                done += bytes.len();
+            }
+        })
+    }
+
+    /// Skips `len` diff bytes without applying them (to find where the extra stream starts).
+    fn skip(&mut self, len: usize) -> Result<(), String> {
+        self.walk(len, |_| {})
     }
 }
 
@@ -198,12 +203,7 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
     }
     // Where the extra stream starts: after the diff runs that make diff_total bytes, which
     // must end exactly there (no run may straddle the end).
-    let mut runs = Runs {
-        patch,
-        at: cursor,
-        zeros: 0,
-        literal: 0,
-    };
+    let mut runs = Runs::new(patch, cursor);
     runs.skip(diff_total)?;
     if runs.zeros != 0 || runs.literal != 0 {
         return Err("bsdiff diff runs go on past the diff stream".into());
@@ -212,12 +212,7 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
     if extra_start.checked_add(extra_total) != Some(patch.len()) {
         return Err("bsdiff patch streams do not add up to its length".into());
     }
-    let mut runs = Runs {
-        patch,
-        at: cursor,
-        zeros: 0,
-        literal: 0,
-    };
+    let mut runs = Runs::new(patch, cursor);
     let mut extra_at = extra_start;
     let mut old_at: i64 = 0;
     let mut out = Vec::with_capacity(diff_total + extra_total);
