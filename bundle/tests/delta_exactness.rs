@@ -154,13 +154,7 @@ fn bundle(
     let path = dir.join(name);
     let (t, b) = (open(target), open(base));
     let report = build_bundle(t.as_ref(), &[b.as_ref()], &o, &path, &NoProgress).unwrap();
-    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
-    sideload_bundle::attach_signatures(
-        &path,
-        &[keys.key.sign_statement(&head.statement_bytes)],
-        &Limits::default(),
-    )
-    .unwrap();
+    sign(&path, keys);
     (path, report)
 }
 
@@ -193,6 +187,59 @@ fn layer_bytes(layout: &Path) -> Vec<u8> {
         .read_to_end(&mut v)
         .unwrap();
     v
+}
+
+/// Signs a built bundle in place with the test key.
+fn sign(path: &Path, keys: &Keys) {
+    let (head, _) = sideload_bundle::open_bundle(path, &Limits::default()).unwrap();
+    sideload_bundle::attach_signatures(
+        path,
+        &[keys.key.sign_statement(&head.statement_bytes)],
+        &Limits::default(),
+    )
+    .unwrap();
+}
+
+/// A tar of one regular file (mode 0644).
+fn one_file_tar(name: &str, content: &[u8], mtime: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// 300 small text files `{prefix}/pkgN/fileI{suffix}` (ten directories), all with `mtime`;
+/// file 150 holds `changed`, the others slices of `licence`.
+fn licence_files_tar(
+    licence: &[u8],
+    (prefix, suffix): (&str, &str),
+    mtime: u64,
+    changed: &[u8],
+) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..300 {
+        let body: &[u8] = if i == 150 {
+            changed
+        } else {
+            &licence[i * 997..i * 997 + 700 + i]
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(
+            &mut h,
+            format!("{prefix}/pkg{}/file{i}{suffix}", i / 30),
+            body,
+        )
+        .unwrap();
+    }
+    b.into_inner().unwrap()
 }
 
 #[test]
@@ -297,24 +344,8 @@ fn a_corrupted_base_is_detected_before_output() {
 fn unchanged_runs_of_files_cost_next_to_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let licence = text(300_000, "files");
-    let tar_of = |changed: &[u8]| {
-        let mut b = tar::Builder::new(Vec::new());
-        for i in 0..300 {
-            let body: &[u8] = if i == 150 {
-                changed
-            } else {
-                &licence[i * 997..i * 997 + 700 + i]
-            };
-            let mut h = tar::Header::new_gnu();
-            h.set_size(body.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(1_700_000_000);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, format!("usr/share/pkg{}/file{i}.txt", i / 30), body)
-                .unwrap();
-        }
-        b.into_inner().unwrap()
-    };
+    let tar_of =
+        |changed: &[u8]| licence_files_tar(&licence, ("usr/share", ".txt"), 1_700_000_000, changed);
     let (base_tar, target_tar) = (tar_of(b"old contents"), tar_of(b"new contents, longer"));
     let (base, target) = (dir.path().join("base"), dir.path().join("target"));
     image_from_tar(&base, &base_tar);
@@ -425,13 +456,7 @@ fn layers_written_by_go_archive_tar_round_trip() {
         panic!("not delta-encoded");
     };
     assert!(stats.copied_files >= 3, "{stats:?}");
-    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
-    sideload_bundle::attach_signatures(
-        &path,
-        &[keys.key.sign_statement(&head.statement_bytes)],
-        &Limits::default(),
-    )
-    .unwrap();
+    sign(&path, &keys);
     let out = dir.path().join("go-out");
     apply_to(&path, &keys, open_ref(&layout, "v1"), &out).unwrap();
     let rebuilt = open(&out);
@@ -490,13 +515,7 @@ fn a_spent_time_budget_falls_back_to_zstd_patches() {
     assert_eq!(stats.whole_layer_patch, None, "{stats:?}");
     assert_eq!(stats.bsdiff_patched_files, 0, "{stats:?}");
     assert!(stats.zstd_patched_files >= 1, "{stats:?}");
-    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
-    sideload_bundle::attach_signatures(
-        &path,
-        &[keys.key.sign_statement(&head.statement_bytes)],
-        &Limits::default(),
-    )
-    .unwrap();
+    sign(&path, &keys);
     let out = dir.path().join("out");
     apply_to(&path, &keys, open(&base), &out).unwrap();
     assert_eq!(layer_bytes(&out), target_tar);
@@ -512,16 +531,7 @@ fn a_base_file_starting_with_the_zstd_dictionary_magic() {
         b.extend_from_slice(&text(40_000, salt));
         b
     };
-    let tar_of = |content: &[u8]| {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "usr/share/dict.zdict", content)
-            .unwrap();
-        b.into_inner().unwrap()
-    };
+    let tar_of = |content: &[u8]| one_file_tar("usr/share/dict.zdict", content, 0);
     let (base_tar, target_tar) = (tar_of(&body("v1")), tar_of(&body("v2 changed")));
     let (base, target) = (dir.path().join("base"), dir.path().join("target"));
     image_from_tar(&base, &base_tar);
@@ -574,17 +584,7 @@ fn a_large_file_is_patched_piece_by_piece() {
         new[at..at + 100].copy_from_slice(&noise(100, at as u64));
     }
     new.splice(30 << 20..30 << 20, noise(4096, 99));
-    let tar_of = |content: &[u8]| {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "usr/lib/jvm/lib/modules", content)
-            .unwrap();
-        b.into_inner().unwrap()
-    };
+    let tar_of = |content: &[u8]| one_file_tar("usr/lib/jvm/lib/modules", content, 1_700_000_000);
     let (base_tar, target_tar) = (tar_of(&old), tar_of(&new));
     drop((old, new));
     let (base, target) = (dir.path().join("base"), dir.path().join("target"));
@@ -600,13 +600,7 @@ fn a_large_file_is_patched_piece_by_piece() {
     let path = dir.path().join("large.bundle");
     let (t, bs) = (open(&target), open(&base));
     let report = build_bundle(t.as_ref(), &[bs.as_ref()], &o, &path, &NoProgress).unwrap();
-    let (head, _) = sideload_bundle::open_bundle(&path, &Limits::default()).unwrap();
-    sideload_bundle::attach_signatures(
-        &path,
-        &[keys.key.sign_statement(&head.statement_bytes)],
-        &Limits::default(),
-    )
-    .unwrap();
+    sign(&path, &keys);
     let LayerEncoding::Delta(stats) = &report.layers[0].encoding else {
         panic!("not delta-encoded");
     };
@@ -632,26 +626,13 @@ fn a_large_file_is_patched_piece_by_piece() {
 fn new_mtimes_on_every_file_cost_a_few_bytes_each() {
     let dir = tempfile::tempdir().unwrap();
     let licence = text(300_000, "files");
-    let tar_of = |mtime: u64, changed: &[u8]| {
-        let mut b = tar::Builder::new(Vec::new());
-        for i in 0..300 {
-            let body: &[u8] = if i == 150 {
-                changed
-            } else {
-                &licence[i * 997..i * 997 + 700 + i]
-            };
-            let mut h = tar::Header::new_gnu();
-            h.set_size(body.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(mtime);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, format!("app/pkg{}/file{i}.py", i / 30), body)
-                .unwrap();
-        }
-        b.into_inner().unwrap()
-    };
-    let base_tar = tar_of(1_700_000_000, b"old contents");
-    let target_tar = tar_of(1_771_113_600, b"new contents, longer");
+    let base_tar = licence_files_tar(&licence, ("app", ".py"), 1_700_000_000, b"old contents");
+    let target_tar = licence_files_tar(
+        &licence,
+        ("app", ".py"),
+        1_771_113_600,
+        b"new contents, longer",
+    );
     let (base, target) = (dir.path().join("base"), dir.path().join("target"));
     image_from_tar(&base, &base_tar);
     image_from_tar(&target, &target_tar);
