@@ -114,6 +114,18 @@ pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<
     })
 }
 
+/// How many bytes the head (header, statement, signature slot) takes, from the fixed header
+/// alone: lets a receiver know when enough of an upload has arrived to judge it. `None` if
+/// `header` is shorter than [`HEADER_LEN`] or does not start with the bundle magic.
+pub fn head_len(header: &[u8]) -> Option<u64> {
+    if header.len() < HEADER_LEN as usize || header[..8] != MAGIC {
+        return None;
+    }
+    let statement_len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
+    let slot_len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    Some(HEADER_LEN + u64::from(statement_len) + u64::from(slot_len))
+}
+
 /// Opens a bundle file and reads its head; the file is left positioned at the payload.
 pub fn open_bundle(path: &Path, limits: &Limits) -> Result<(BundleHead, File), Error> {
     let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;

@@ -50,8 +50,8 @@ pub use apply::{apply_bundle, apply_trusted, ApplyReport, BaseStore, ImageSet, O
 pub use build::{
     build_bundle, rank_bases, BuildOptions, BuildReport, DeltaStats, LayerEncoding, LayerReport,
 };
-pub use container::{attach_signatures, open_bundle, read_head, BundleHead};
+pub use container::{attach_signatures, bundle_name, head_len, open_bundle, read_head, BundleHead};
 pub use error::Error;
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
-pub use verify::{verify_bundle, verify_head, TrustedHead};
+pub use verify::{check_payload_digest, verify_bundle, verify_head, verify_head_from, TrustedHead};

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sideload_signing::{verify_statement, Statement, TrustPolicy, VerifyContext};
 
-use crate::container::{check_limit, open_bundle, BundleHead};
+use crate::container::{bundle_name, check_limit, read_head, BundleHead};
 use crate::error::Error;
 use crate::image::digest_reader::digest_of_reader;
 use crate::limits::Limits;
@@ -24,6 +24,27 @@ pub struct TrustedHead {
     pub file: File,
 }
 
+/// Checks a head read from the front of a bundle whose payload may not have arrived yet (an
+/// upload in progress, a file still being copied): header, signatures against the policy,
+/// expiry, sequence and the statement's own consistency and limits. Lets a receiver refuse an
+/// untrusted bundle before it stores a byte of its payload.
+pub fn verify_head_from(
+    reader: &mut impl Read,
+    name: &str,
+    policy: &TrustPolicy,
+    ctx: &VerifyContext,
+    limits: &Limits,
+) -> Result<(BundleHead, Statement), Error> {
+    let head = read_head(reader, name, limits)?;
+    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
+        .map_err(|refusal| Error::Refused {
+            bundle: head.name.clone(),
+            refusal,
+        })?;
+    check_statement(&head.name, &statement, limits)?;
+    Ok((head, statement))
+}
+
 /// Opens a bundle and checks everything that can be checked without reading the payload:
 /// header, signatures against the policy, expiry, sequence, the statement's own consistency and
 /// limits, and that the file has exactly the length it declares.
@@ -33,13 +54,8 @@ pub fn verify_head(
     ctx: &VerifyContext,
     limits: &Limits,
 ) -> Result<TrustedHead, Error> {
-    let (head, file) = open_bundle(path, limits)?;
-    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
-        .map_err(|refusal| Error::Refused {
-            bundle: head.name.clone(),
-            refusal,
-        })?;
-    check_statement(&head.name, &statement, limits)?;
+    let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
+    let (head, statement) = verify_head_from(&mut file, &bundle_name(path), policy, ctx, limits)?;
     let expected = head.payload_offset() + statement.payload.size;
     let actual = file
         .metadata()
@@ -109,8 +125,8 @@ pub fn verify_bundle(
     Ok(statement)
 }
 
-/// Hashes the payload from the file and compares it with the statement.
-pub(crate) fn check_payload_digest(
+/// Hashes the payload from the file and compares it with the statement (one sequential read).
+pub fn check_payload_digest(
     file: &mut File,
     head: &BundleHead,
     statement: &Statement,

@@ -1,0 +1,169 @@
+//! The daemon's configuration: one TOML file, every setting defaulted, unknown keys refused
+//! (a typo must not silently turn a limit off). `systemd/registry-plugin.toml.example` lists
+//! every key with its default and meaning.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+use crate::events::EventsConfig;
+
+/// Everything the daemon reads from its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address clients use: pulls (`/v2/`), bundle uploads and status (`/sideload/v1/`).
+    pub listen: SocketAddr,
+    /// Name the device reports in its inventory, receipts and events (default: hostname).
+    pub device_id: String,
+    /// Where uploads, stored bundles, staging, the journal and the event spool live.
+    pub data_dir: PathBuf,
+    /// The trust policy (threshold and keys) bundles are checked against.
+    pub trust_policy: PathBuf,
+    /// The local distribution registry the daemon fronts and is the only writer of.
+    pub registry: RegistryConfig,
+    /// Limits on what uploads may take.
+    pub uploads: UploadLimits,
+    /// Folder watched for bundles delivered by a file transfer tool.
+    pub inbox: InboxConfig,
+    /// Also put applied images into the container engine (Docker Engine API); off when absent.
+    pub engine: Option<EngineConfig>,
+    /// Where bundle state changes are announced.
+    pub events: EventsConfig,
+}
+
+/// The upstream registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of the distribution registry, on loopback (`docker-registry serve` with
+    /// `http.addr: 127.0.0.1:5001`).
+    pub url: String,
+    /// Seconds to wait for the registry to answer at start before giving up.
+    pub startup_timeout_secs: u64,
+}
+
+/// Limits on uploads, enforced with clear 4xx answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadLimits {
+    /// Largest bundle accepted, bytes.
+    pub max_bundle_bytes: u64,
+    /// Most unfinished uploads at once.
+    pub max_concurrent_uploads: usize,
+    /// Free space the data directory must keep after a bundle is stored and applied, bytes.
+    pub free_disk_reserve_bytes: u64,
+    /// Unfinished uploads untouched this long are removed (seconds). Slow links resume
+    /// over days, so the default is long.
+    pub idle_expiry_secs: u64,
+}
+
+/// The inbox folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Watch the folder at all.
+    pub enabled: bool,
+    /// The folder (default `DATA_DIR/inbox`).
+    pub dir: Option<PathBuf>,
+    /// Where refused files go, each with a `.reason.json` beside it (default
+    /// `DATA_DIR/quarantine`).
+    pub quarantine_dir: Option<PathBuf>,
+    /// How often the folder is scanned, seconds.
+    pub poll_secs: u64,
+    /// A file whose size and mtime did not change for this long counts as stable, seconds.
+    pub settle_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5000".parse().expect("valid address"),
+            device_id: String::new(),
+            data_dir: PathBuf::from("/var/lib/sideload"),
+            trust_policy: PathBuf::from("/etc/sideload/trust.toml"),
+            registry: RegistryConfig::default(),
+            uploads: UploadLimits::default(),
+            inbox: InboxConfig::default(),
+            engine: None,
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: "http://127.0.0.1:5001".into(),
+            startup_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_bundle_bytes: 16 << 30,
+            max_concurrent_uploads: 8,
+            free_disk_reserve_bytes: 1 << 30,
+            idle_expiry_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: true,
+            dir: None,
+            quarantine_dir: None,
+            poll_secs: 5,
+            settle_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+        config.fill_defaults();
+        Ok(config)
+    }
+
+    /// Fills the settings whose defaults depend on others.
+    pub fn fill_defaults(&mut self) {
+        if self.device_id.is_empty() {
+            self.device_id = hostname();
+        }
+    }
+
+    /// The inbox folder.
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.inbox
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("inbox"))
+    }
+
+    /// The quarantine folder.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.inbox
+            .quarantine_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("quarantine"))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
+}

@@ -1,0 +1,523 @@
+//! The daemon's shared state and its single intake path: uploads, the inbox and the USB loader
+//! all hand a whole bundle file to [`Daemon::intake`], which checks it and queues it; the
+//! queue worker ([`Daemon::run_queue`]) applies queued bundles one at a time.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sideload_bundle::{Error as BundleError, Limits};
+use sideload_signing::{Statement, TrustPolicy, VerifyContext};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::events::{Event, EventSpool};
+use crate::journal::{BundleRecord, Journal, NewBundle, State};
+use crate::upstream::Upstream;
+
+/// Counters for `/metrics` that the journal does not hold.
+#[derive(Default)]
+pub struct Metrics {
+    /// Bundle bytes received through the upload API.
+    pub upload_bytes: AtomicU64,
+    /// Applies finished (either way) and the seconds they took.
+    pub applies: AtomicU64,
+    /// Sum of apply durations, milliseconds.
+    pub apply_millis: AtomicU64,
+    /// Duration of the last apply, milliseconds.
+    pub last_apply_millis: AtomicU64,
+}
+
+/// Everything the daemon's tasks share.
+pub struct Daemon {
+    /// The configuration as loaded.
+    pub config: Config,
+    /// Durable record of bundles and sequences.
+    pub journal: Arc<Journal>,
+    /// Who may sign what.
+    pub policy: Arc<TrustPolicy>,
+    /// Caps on what a bundle may declare.
+    pub limits: Limits,
+    /// The local registry.
+    pub upstream: Upstream,
+    /// Outbound announcements of state changes.
+    pub events: EventSpool,
+    /// Wakes the queue worker.
+    pub queue: Notify,
+    /// The container engine, when configured.
+    pub engine: Option<Engine>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// How a delivery ended at intake.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Intake {
+    /// Trusted, whole and new: queued for apply.
+    Queued {
+        /// The journal record.
+        bundle: BundleRecord,
+    },
+    /// The same statement is already queued, applying or applied; the copy was dropped.
+    Duplicate {
+        /// The existing record.
+        bundle: BundleRecord,
+    },
+}
+
+/// A delivery that was not taken: the reason and what to do. The file was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Refused {
+    /// The bundle's name.
+    pub bundle: String,
+    /// Stable code (`untrusted_key`, `expired`, `truncated`, ...).
+    pub code: String,
+    /// What is wrong.
+    pub reason: String,
+    /// What to do.
+    pub advice: String,
+    /// True if the bundle itself is bad (untrusted, damaged); false if the device could not
+    /// take it now (I/O error), which a retry may fix.
+    pub permanent: bool,
+}
+
+impl Refused {
+    /// A refusal from an engine error.
+    pub fn from_error(bundle: &str, e: &BundleError) -> Refused {
+        Refused {
+            bundle: bundle.to_owned(),
+            code: e.code().to_owned(),
+            reason: e.to_string(),
+            advice: e.advice().to_owned(),
+            permanent: e.is_refusal(),
+        }
+    }
+}
+
+impl Daemon {
+    /// The sequence floor for a statement's repository, read from the journal.
+    pub fn verify_context(&self, repository: &str) -> Result<VerifyContext, BundleError> {
+        let recorded = self
+            .journal
+            .sequence(repository)
+            .map_err(|e| BundleError::Io {
+                what: "reading the journal",
+                path: self.journal_path(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(VerifyContext::at_system_time(recorded))
+    }
+
+    /// Where the journal lives.
+    pub fn journal_path(&self) -> PathBuf {
+        self.config.data_dir.join("journal.sqlite")
+    }
+
+    /// Where whole, trusted bundles wait for apply.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.config.data_dir.join("bundles")
+    }
+
+    /// Checks the head of a bundle from its first bytes (the payload may still be missing):
+    /// signatures, expiry, sequence floor, limits. Returns the trusted statement.
+    pub fn check_head(
+        &self,
+        reader: &mut impl Read,
+        name: &str,
+    ) -> Result<(sideload_bundle::BundleHead, Statement), BundleError> {
+        // Read the head once into memory (bounded by the limits), look at the statement's
+        // repository unverified to find its sequence floor, then verify properly.
+        let mut bytes = vec![0u8; sideload_bundle::container::HEADER_LEN as usize];
+        read_fully(reader, &mut bytes, name, "header")?;
+        let len = sideload_bundle::head_len(&bytes).ok_or_else(|| BundleError::NotABundle {
+            bundle: name.to_owned(),
+        })?;
+        let cap = sideload_bundle::container::HEADER_LEN
+            + u64::from(self.limits.max_statement)
+            + u64::from(self.limits.max_signature_slot);
+        if len <= cap {
+            let mut rest = vec![0u8; (len as usize).saturating_sub(bytes.len())];
+            read_fully(reader, &mut rest, name, "statement and signatures")?;
+            bytes.extend_from_slice(&rest);
+        }
+        // (Past the cap, read_head below reports which part is over its limit.)
+        let head = sideload_bundle::read_head(&mut bytes.as_slice(), name, &self.limits)?;
+        let repository = Statement::from_canonical_json(&head.statement_bytes)
+            .map(|s| s.target.repository.to_string())
+            .unwrap_or_default();
+        let ctx = self.verify_context(&repository)?;
+        sideload_bundle::verify_head_from(
+            &mut bytes.as_slice(),
+            name,
+            &self.policy,
+            &ctx,
+            &self.limits,
+        )
+    }
+
+    /// The one intake path. `path` is a whole bundle file already in [`bundles_dir`]
+    /// (moved there by the caller, so it is the daemon's own copy). Checks the head and the
+    /// payload digest, drops duplicates, and queues the rest. On refusal the file is removed
+    /// (quarantining an inbox file is the inbox's job, before it moves the file here).
+    /// Blocking: hashes the whole payload; call from a blocking thread.
+    pub fn intake(
+        &self,
+        path: &Path,
+        name: &str,
+        source: &str,
+        file_digest: Option<String>,
+    ) -> Result<Intake, Refused> {
+        let result = self.intake_inner(path, name, source, file_digest);
+        match &result {
+            Ok(Intake::Queued { bundle }) => {
+                self.announce(bundle, "queued", None, None);
+                self.queue.notify_one();
+            }
+            Ok(Intake::Duplicate { bundle }) => {
+                let _ = std::fs::remove_file(path);
+                tracing::info!(bundle = %name, id = %bundle.id, state = bundle.state.as_str(),
+                    "duplicate delivery dropped");
+            }
+            Err(refused) => {
+                let _ = std::fs::remove_file(path);
+                self.refusal(&refused.bundle, name, refused);
+            }
+        }
+        result
+    }
+
+    fn intake_inner(
+        &self,
+        path: &Path,
+        name: &str,
+        source: &str,
+        file_digest: Option<String>,
+    ) -> Result<Intake, Refused> {
+        let refuse = |e: BundleError| Refused::from_error(name, &e);
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            refuse(BundleError::Io {
+                what: "opening bundle",
+                path: path.into(),
+                source: e,
+            })
+        })?;
+        let (head, statement) = self.check_head(&mut file, name).map_err(refuse)?;
+        let id = statement.digest().to_string();
+        if let Some(existing) = self
+            .journal
+            .get(&id)
+            .ok()
+            .flatten()
+            .filter(|b| b.state.is_live())
+        {
+            return Ok(Intake::Duplicate { bundle: existing });
+        }
+        let expected = head.payload_offset() + statement.payload.size;
+        let actual = file
+            .metadata()
+            .map_err(|e| {
+                refuse(BundleError::Io {
+                    what: "reading bundle",
+                    path: path.into(),
+                    source: e,
+                })
+            })?
+            .len();
+        if actual != expected {
+            return Err(refuse(if actual < expected {
+                BundleError::Truncated {
+                    bundle: name.to_owned(),
+                    part: "payload",
+                    expected: statement.payload.size,
+                    available: actual.saturating_sub(head.payload_offset()),
+                }
+            } else {
+                BundleError::SizeMismatch {
+                    bundle: name.to_owned(),
+                    expected,
+                    actual,
+                }
+            }));
+        }
+        sideload_bundle::check_payload_digest(&mut file, &head, &statement, path)
+            .map_err(refuse)?;
+        let new = NewBundle {
+            id: id.clone(),
+            name: name.to_owned(),
+            file_digest,
+            repository: statement.target.repository.to_string(),
+            tags: statement
+                .target
+                .tags
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            sequence: statement.sequence,
+            manifest_digest: statement.target.manifest_digest.to_string(),
+            ordered_by: statement.ordered_by.clone(),
+            contact: statement.contact.clone(),
+            source: source.to_owned(),
+        };
+        // The file is kept under its statement digest, so the queue finds it by id.
+        let stored = self.stored_bundle(&id);
+        if path != stored {
+            std::fs::rename(path, &stored).map_err(|e| {
+                refuse(BundleError::Io {
+                    what: "storing bundle as",
+                    path: stored.clone(),
+                    source: e,
+                })
+            })?;
+        }
+        match self.journal.enqueue(&new) {
+            Ok(None) => Ok(Intake::Queued {
+                bundle: self.journal.get(&id).ok().flatten().expect("just inserted"),
+            }),
+            Ok(Some(existing)) => {
+                let _ = std::fs::remove_file(&stored);
+                Ok(Intake::Duplicate { bundle: existing })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&stored);
+                Err(refuse(BundleError::Io {
+                    what: "writing the journal",
+                    path: self.journal_path(),
+                    source: std::io::Error::other(e),
+                }))
+            }
+        }
+    }
+
+    /// Where the bundle with statement digest `id` is kept until applied.
+    pub fn stored_bundle(&self, id: &str) -> PathBuf {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        self.bundles_dir().join(format!("{hex}.bundle"))
+    }
+
+    /// Records and announces a refusal.
+    pub fn refusal(&self, bundle: &str, name: &str, refused: &Refused) {
+        tracing::warn!(bundle = %name, code = %refused.code, reason = %refused.reason,
+            advice = %refused.advice, "bundle refused");
+        let _ = self.journal.record_refusal(bundle, name, &refused.reason);
+        self.emit(Event {
+            seq: 0,
+            at: 0,
+            device: self.config.device_id.clone(),
+            bundle: name.to_owned(),
+            repository: String::new(),
+            state: "refused".into(),
+            reason: Some(refused.reason.clone()),
+            advice: Some(refused.advice.clone()),
+            details: serde_json::json!({ "code": refused.code }),
+        });
+    }
+
+    /// Announces a state change of a journaled bundle.
+    pub fn announce(
+        &self,
+        b: &BundleRecord,
+        state: &str,
+        reason: Option<&str>,
+        advice: Option<&str>,
+    ) {
+        self.emit(Event {
+            seq: 0,
+            at: 0,
+            device: self.config.device_id.clone(),
+            bundle: b.id.clone(),
+            repository: b.repository.clone(),
+            state: state.to_owned(),
+            reason: reason.map(str::to_owned),
+            advice: advice.map(str::to_owned),
+            details: serde_json::json!({
+                "name": b.name,
+                "tags": b.tags,
+                "sequence": b.sequence,
+                "manifest_digest": b.manifest_digest,
+                "ordered_by": b.ordered_by,
+                "source": b.source,
+            }),
+        });
+    }
+
+    fn emit(&self, event: Event) {
+        if let Err(e) = self.events.emit(event) {
+            tracing::warn!(error = %e, "cannot spool event");
+        }
+    }
+
+    /// On start: bundles caught mid-apply by a crash go back to the queue (apply is
+    /// idempotent: blobs are content-addressed and the tag moves last); queued bundles whose
+    /// file is gone fail with a reason; leftover staging is removed.
+    pub fn recover(&self) -> anyhow::Result<()> {
+        let staging = self.config.data_dir.join("staging");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        for b in self.journal.in_state(State::Applying)? {
+            tracing::warn!(bundle = %b.name, id = %b.id, "apply was interrupted; queued again");
+            self.journal.set_state(
+                &b.id,
+                State::Queued,
+                Some("apply interrupted by a restart; retried"),
+                None,
+            )?;
+        }
+        for b in self.journal.in_state(State::Queued)? {
+            if !self.stored_bundle(&b.id).exists() {
+                let reason = format!("{}: the stored bundle file is missing", b.name);
+                let advice = "deliver the bundle again";
+                self.journal
+                    .set_state(&b.id, State::Failed, Some(&reason), Some(advice))?;
+                self.announce(&b, "failed", Some(&reason), Some(advice));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies queued bundles one at a time, oldest first, until `shutdown` fires. A stop
+    /// request waits for the current apply to finish (systemd's TimeoutStopSec bounds it;
+    /// a kill mid-apply is recovered at the next start).
+    pub async fn run_queue(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let next = match self.journal.in_state(State::Queued) {
+                Ok(q) => q.into_iter().next(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the queue from the journal");
+                    None
+                }
+            };
+            match next {
+                Some(b) => self.apply_one(b).await,
+                None => {
+                    tokio::select! {
+                        _ = self.queue.notified() => {}
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply_one(&self, b: BundleRecord) {
+        let started = std::time::Instant::now();
+        if let Err(e) = self.journal.set_state(&b.id, State::Applying, None, None) {
+            tracing::error!(error = %e, "cannot write the journal; apply postponed");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            return;
+        }
+        self.announce(&b, "applying", None, None);
+        tracing::info!(bundle = %b.name, id = %b.id, repository = %b.repository, "applying");
+        let path = self.stored_bundle(&b.id);
+        let result = crate::rebuild::rebuild(self, &path, &b.name).await;
+        let millis = started.elapsed().as_millis() as u64;
+        self.metrics.applies.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .apply_millis
+            .fetch_add(millis, Ordering::Relaxed);
+        self.metrics
+            .last_apply_millis
+            .store(millis, Ordering::Relaxed);
+        match result {
+            Ok(statement) => {
+                if let Err(e) = self
+                    .journal
+                    .mark_applied(&b.id, &b.repository, statement.sequence)
+                {
+                    tracing::error!(error = %e, "image applied but the journal could not record it");
+                    return;
+                }
+                let _ = std::fs::remove_file(&path);
+                tracing::info!(bundle = %b.name, repository = %b.repository, tags = ?b.tags,
+                    manifest = %b.manifest_digest, millis, "applied");
+                self.announce(&b, "applied", None, None);
+                if let Some(engine) = &self.engine {
+                    let outcome = match load_into_engine(engine, &b).await {
+                        Ok(id) => {
+                            self.announce(&b, "engine-loaded", None, None);
+                            format!("loaded as {id}")
+                        }
+                        Err(e) => {
+                            tracing::warn!(bundle = %b.name, error = %e, "container engine did not take the image");
+                            self.announce(
+                                &b,
+                                "engine-failed",
+                                Some(&e.to_string()),
+                                Some(e.advice()),
+                            );
+                            format!("failed: {e}")
+                        }
+                    };
+                    let _ = self.journal.set_engine(&b.id, &outcome);
+                }
+            }
+            Err(failure) => {
+                tracing::warn!(bundle = %b.name, reason = %failure.reason, advice = %failure.advice, "apply failed");
+                let _ = self.journal.set_state(
+                    &b.id,
+                    State::Failed,
+                    Some(&failure.reason),
+                    Some(&failure.advice),
+                );
+                let _ = std::fs::remove_file(&path);
+                self.announce(&b, "failed", Some(&failure.reason), Some(&failure.advice));
+            }
+        }
+    }
+}
+
+/// Loads an applied bundle's image into the engine under its tags.
+async fn load_into_engine(
+    engine: &Engine,
+    b: &BundleRecord,
+) -> Result<String, crate::engine::EngineError> {
+    // The journal's strings came from a verified statement, so they parse.
+    let repository: sideload_signing::RepositoryName =
+        b.repository.parse().expect("journaled repository is valid");
+    let digest: sideload_signing::Digest = b
+        .manifest_digest
+        .parse()
+        .expect("journaled digest is valid");
+    let tags: Vec<sideload_signing::Tag> = b.tags.iter().filter_map(|t| t.parse().ok()).collect();
+    engine.load(&repository, &digest, &tags).await
+}
+
+/// Reads exactly `buf.len()` bytes or reports the part as truncated.
+fn read_fully(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    name: &str,
+    part: &'static str,
+) -> Result<(), BundleError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(BundleError::Truncated {
+                    bundle: name.to_owned(),
+                    part,
+                    expected: buf.len() as u64,
+                    available: filled as u64,
+                })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(BundleError::Io {
+                    what: "reading bundle",
+                    path: PathBuf::from(name),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The device daemon: the single writer of the local registry.
+//!
+//! It fronts the distribution registry (pulls pass through `/v2/`, writes are refused), takes
+//! signed bundles from resumable uploads ([`uploads`]) and an inbox folder ([`inbox`]) through
+//! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
+//! registry ([`rebuild`]) and optionally the container engine ([`engine`]), and keeps a
+//! durable [`journal`]. State changes go out as [`events`]. Protocol: `docs/upload-api.md`.
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod events;
+pub mod inbox;
+pub mod journal;
+pub mod rebuild;
+pub mod server;
+pub mod status;
+pub mod uploads;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use sideload_signing::TrustPolicy;
+
+use crate::config::Config;
+use crate::daemon::{Daemon, Metrics};
+use crate::server::Server;
+
+/// Runs the daemon until SIGTERM or SIGINT: checks the registry, recovers what a crash left,
+/// listens, tells systemd it is ready, and on a stop request stops taking connections, lets
+/// requests and the current apply finish, and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create data directory {}", data.display()))?;
+    config
+        .events
+        .check()
+        .context("the [events] section of the config is not valid")?;
+    let policy = TrustPolicy::load(&config.trust_policy).with_context(|| {
+        format!(
+            "cannot load the trust policy {} (make one with `sideload-sign pubkey KEY.pub`)",
+            config.trust_policy.display()
+        )
+    })?;
+    let journal = journal::Journal::open(&data.join("journal.sqlite"))
+        .with_context(|| format!("cannot open the journal in {}", data.display()))?;
+    let events = events::EventSpool::open(&data.join("events"), config.events.clone())
+        .with_context(|| "cannot open the event spool")?;
+    let uploads = uploads::Uploads::open(data.join("uploads"))
+        .with_context(|| "cannot open the upload directory")?;
+    let upstream = upstream::Upstream::new(&config.registry.url);
+    wait_for_registry(&upstream, config.registry.startup_timeout_secs).await?;
+    let engine = config.engine.clone().map(engine::Engine::new);
+    let daemon = Arc::new(Daemon {
+        journal: Arc::new(journal),
+        policy: Arc::new(policy),
+        limits: sideload_bundle::Limits::default(),
+        upstream,
+        events: events.clone(),
+        queue: tokio::sync::Notify::new(),
+        engine,
+        metrics: Metrics::default(),
+        config,
+    });
+    daemon
+        .recover()
+        .context("cannot recover the journal's interrupted work")?;
+
+    let listener = tokio::net::TcpListener::bind(daemon.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", daemon.config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, registry = %daemon.upstream.base(), data = %daemon.config.data_dir.display(), "sideload registry plugin ready");
+    // Tests and scripts that bind port 0 learn the real port from this line on stdout.
+    println!("listening on {local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let queue = tokio::spawn(daemon.clone().run_queue(stop_rx.clone()));
+    let inbox = daemon
+        .config
+        .inbox
+        .enabled
+        .then(|| tokio::spawn(inbox::run(daemon.clone(), stop_rx.clone())));
+    let events_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(events.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+    let server = Arc::new(Server::new(daemon.clone(), uploads));
+    let expiry = {
+        let server = server.clone();
+        let mut rx = stop_rx.clone();
+        let idle = daemon.config.uploads.idle_expiry_secs;
+        tokio::spawn(async move {
+            loop {
+                server.uploads.expire(idle).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = rx.changed() => return,
+                }
+            }
+        })
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let service = hyper::service::service_fn(move |req| server.clone().handle(req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping: finishing requests and the current apply");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(listener);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(20), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in 20 s; closing them");
+    }
+    let _ = queue.await;
+    if let Some(inbox) = inbox {
+        let _ = inbox.await;
+    }
+    let _ = expiry.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), events_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_registry(upstream: &upstream::Upstream, timeout_secs: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        match upstream.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "the local registry does not answer after {timeout_secs} s: {e}; start it (systemctl start docker-registry) and check registry.url"
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

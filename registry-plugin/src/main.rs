@@ -1,0 +1,97 @@
+//! `sideload-registry-plugin`: the device daemon. Thin: parse arguments, set up logging, run.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use sideload_registry_plugin::config::Config;
+
+/// The sideload device daemon: fronts the local registry, takes signed bundle uploads and inbox
+/// deliveries, rebuilds images into the registry, and reports what the device holds.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Settings: systemd/registry-plugin.toml.example. Logs: SIDELOAD_LOG=debug. API: docs/upload-api.md."
+)]
+struct Args {
+    /// Configuration file (TOML); every setting has a default.
+    #[arg(long, default_value = "/etc/sideload/registry-plugin.toml")]
+    config: PathBuf,
+    /// Check the configuration and the trust policy, print a summary, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        // A summary, not the whole config: event headers may carry tokens.
+        if let Err(e) = config.events.check() {
+            eprintln!("error: [events]: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
+            eprintln!("error: trust policy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        println!(
+            "config OK: listen {}, registry {}, data {}, inbox {}, engine {}, events {}",
+            config.listen,
+            config.registry.url,
+            config.data_dir.display(),
+            if config.inbox.enabled {
+                config.inbox_dir().display().to_string()
+            } else {
+                "off".into()
+            },
+            config
+                .engine
+                .as_ref()
+                .map(|e| e.socket.display().to_string())
+                .unwrap_or_else(|| "off".into()),
+            if config.events.url.is_some() || config.events.command.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sideload_registry_plugin::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; under systemd (JOURNAL_STREAM set) without timestamps or colours, which
+/// journald adds and would garble.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIDELOAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

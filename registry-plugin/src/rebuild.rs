@@ -1,0 +1,341 @@
+//! Rebuilding a queued bundle into the local registry.
+//!
+//! 1. Verify the head again (the policy or the sequence floor may have moved since intake).
+//! 2. Index the layers the registry holds by diff_id and decode the bundle with them as bases
+//!    (read over HTTP from the registry, decompressed whatever their compression, each checked
+//!    against its digest as it streams) into a staging OCI layout in the data directory. The
+//!    decoder checks every rebuilt layer's diff_id and the manifest digest the statement signs.
+//! 3. Push every blob the repository lacks (mounting from another repository when the
+//!    registry has it), then the config, then the manifest by digest, and only then move the
+//!    tags. A crash before the tag moves leaves unreferenced blobs, never a half image.
+//! 4. Read the manifest back by tag: it must be the statement's digest.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use sideload_bundle::apply::{apply_trusted, BaseStore, Output};
+use sideload_bundle::image::compression::verified_layer;
+use sideload_bundle::image::spec::{self, Parsed};
+use sideload_bundle::image::{ImageError, Layer};
+use sideload_bundle::{verify_head, NoProgress};
+use sideload_signing::{Digest, Statement, VerifyContext};
+use tokio::runtime::Handle;
+
+use crate::daemon::Daemon;
+use crate::upstream::{StoredImage, Upstream};
+
+/// Why an apply failed: the message for the journal and the advice for the person.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    /// What went wrong, naming the bundle.
+    pub reason: String,
+    /// What to do about it.
+    pub advice: String,
+}
+
+impl ApplyFailure {
+    fn new(reason: impl Into<String>, advice: impl Into<String>) -> ApplyFailure {
+        ApplyFailure {
+            reason: reason.into(),
+            advice: advice.into(),
+        }
+    }
+}
+
+/// Layers the registry holds, found by diff_id, read as verified uncompressed streams.
+pub struct RegistryBases {
+    upstream: Upstream,
+    handle: Handle,
+    by_diff_id: HashMap<Digest, (String, Layer)>,
+}
+
+impl RegistryBases {
+    /// Indexes the layers of `images`.
+    pub fn new(upstream: Upstream, handle: Handle, images: &[StoredImage]) -> RegistryBases {
+        let mut by_diff_id = HashMap::new();
+        for image in images {
+            for (i, diff_id) in image.diff_ids.iter().enumerate() {
+                let (Ok(diff_id), Some(Ok(blob_digest))) = (
+                    diff_id.parse::<Digest>(),
+                    image.layer_blobs.get(i).map(|b| b.parse::<Digest>()),
+                ) else {
+                    continue;
+                };
+                by_diff_id.entry(diff_id.clone()).or_insert_with(|| {
+                    (
+                        image.repository.clone(),
+                        Layer {
+                            diff_id,
+                            blob_digest,
+                            media_type: image.layer_media_types[i].clone(),
+                            blob_size: image.layer_sizes[i],
+                        },
+                    )
+                });
+            }
+        }
+        RegistryBases {
+            upstream,
+            handle,
+            by_diff_id,
+        }
+    }
+
+    /// A repository that holds the blob `digest`, for cross-repository mounts.
+    fn repository_with_blob(&self, digest: &Digest) -> Option<&str> {
+        self.by_diff_id
+            .values()
+            .find(|(_, l)| &l.blob_digest == digest)
+            .map(|(repo, _)| repo.as_str())
+    }
+}
+
+impl BaseStore for RegistryBases {
+    fn contains(&self, diff_id: &Digest) -> bool {
+        self.by_diff_id.contains_key(diff_id)
+    }
+
+    fn open_layer(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+        let Some((repository, layer)) = self.by_diff_id.get(diff_id) else {
+            return Ok(None);
+        };
+        let label = format!("local registry {repository}");
+        let resp = self
+            .handle
+            .block_on(self.upstream.open_blob(repository, &layer.blob_digest))
+            .map_err(|e| ImageError::Io {
+                image: label.clone(),
+                action: "read layer",
+                path: PathBuf::from(layer.blob_digest.as_str()),
+                source: io::Error::other(e.to_string()),
+            })?;
+        let body = BlockingBody {
+            handle: self.handle.clone(),
+            resp,
+            chunk: bytes::Bytes::new(),
+        };
+        let what = format!("{label} layer {}", diff_id.short());
+        verified_layer(body, layer, &what)
+            .map(Some)
+            .map_err(|source| ImageError::Io {
+                image: label,
+                action: "read layer",
+                path: PathBuf::from(layer.blob_digest.as_str()),
+                source,
+            })
+    }
+}
+
+/// An HTTP response body read synchronously, chunk by chunk, from a blocking thread (the
+/// decoder is synchronous; it runs under `spawn_blocking`).
+struct BlockingBody {
+    handle: Handle,
+    resp: reqwest::Response,
+    chunk: bytes::Bytes,
+}
+
+impl Read for BlockingBody {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.handle.block_on(self.resp.chunk()) {
+                Ok(Some(c)) => self.chunk = c,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk[..n]);
+        bytes::Buf::advance(&mut self.chunk, n);
+        Ok(n)
+    }
+}
+
+/// Applies the bundle stored at `path` (delivered as `name`) into the registry. Returns the
+/// statement applied.
+pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Statement, ApplyFailure> {
+    let name = name.to_owned();
+    // 1-2: decode into staging, on a blocking thread.
+    let mut configs = HashMap::new();
+    let images = daemon
+        .upstream
+        .images(&mut configs)
+        .await
+        .map_err(|e| ApplyFailure::new(
+            format!("{name}: cannot list the images of the local registry: {e}"),
+            "check that the registry service runs (systemctl status docker-registry); the bundle is retried when delivered again",
+        ))?;
+    let bases = RegistryBases::new(daemon.upstream.clone(), Handle::current(), &images);
+    let staging_root = daemon.config.data_dir.join("staging");
+    std::fs::create_dir_all(&staging_root).map_err(|e| {
+        ApplyFailure::new(
+            format!("{name}: cannot create {}: {e}", staging_root.display()),
+            "check the data directory's permissions and free space",
+        )
+    })?;
+    let staging = tempfile::Builder::new()
+        .prefix("apply-")
+        .tempdir_in(&staging_root)
+        .map_err(|e| {
+            ApplyFailure::new(
+                format!("{name}: cannot create a staging directory: {e}"),
+                "check the data directory's permissions and free space",
+            )
+        })?;
+    let layout = staging.path().join("image");
+    let (statement, bases) = {
+        let path = path.to_owned();
+        let layout = layout.clone();
+        let policy = daemon.policy.clone();
+        let limits = daemon.limits.clone();
+        let journal = daemon.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let statement = peek_statement(&path)?;
+            let recorded = journal
+                .sequence(statement.target.repository.as_str())
+                .map_err(|e| sideload_bundle::Error::Io {
+                    what: "reading the journal for",
+                    path: path.clone(),
+                    source: io::Error::other(e),
+                })?;
+            let ctx = VerifyContext::at_system_time(recorded);
+            let trusted = verify_head(&path, &policy, &ctx, &limits)?;
+            let report = apply_trusted(
+                &path,
+                trusted,
+                &bases,
+                &Output::OciLayout(layout),
+                &limits,
+                &NoProgress,
+            )?;
+            Ok::<_, sideload_bundle::Error>((report.statement, bases))
+        })
+        .await
+        .map_err(|e| {
+            ApplyFailure::new(
+                format!("{name}: the decoder stopped: {e}"),
+                "report this as a bug",
+            )
+        })?
+        .map_err(|e| {
+            // Name the bundle in every reason (disk and I/O errors name only a path).
+            let text = e.to_string();
+            let reason = if text.contains(&name) {
+                text
+            } else {
+                format!("{name}: {text}")
+            };
+            ApplyFailure::new(reason, e.advice())
+        })?
+    };
+    // 3: push blobs, config, manifest, tags.
+    push_layout(daemon, &bases, &statement, &layout)
+        .await
+        .map_err(|e| {
+            ApplyFailure::new(
+                format!("{name}: cannot store the rebuilt image in the local registry: {e}"),
+                "check that the registry service runs and its storage has free space; the old tags are unchanged; deliver the bundle again to retry",
+            )
+        })?;
+    drop(staging);
+    Ok(statement)
+}
+
+/// Reads the statement without trusting it, to find its repository's sequence floor.
+fn peek_statement(path: &Path) -> Result<Statement, sideload_bundle::Error> {
+    let (head, _) = sideload_bundle::open_bundle(path, &sideload_bundle::Limits::default())?;
+    Statement::from_canonical_json(&head.statement_bytes).map_err(|e| {
+        sideload_bundle::Error::CorruptPayload {
+            bundle: head.name.clone(),
+            reason: format!("statement is not valid: {e}"),
+        }
+    })
+}
+
+async fn push_layout(
+    daemon: &Daemon,
+    bases: &RegistryBases,
+    statement: &Statement,
+    layout: &Path,
+) -> Result<(), String> {
+    let repo = statement.target.repository.as_str();
+    let up = &daemon.upstream;
+    let label = format!("{repo}@{}", statement.target.manifest_digest);
+    let manifest = match spec::parse_manifest(
+        statement.target.manifest.as_bytes(),
+        Some(&statement.target.manifest_media_type),
+        &label,
+        "manifest",
+    )
+    .map_err(|e| e.to_string())?
+    {
+        Parsed::Manifest(m) => m,
+        Parsed::Index(_) => return Err("the statement's manifest is an index".into()),
+    };
+    let blobs = manifest
+        .layers
+        .iter()
+        .map(|l| &l.digest)
+        .chain(std::iter::once(&manifest.config.digest));
+    for digest in blobs {
+        if up.has_blob(repo, digest).await.map_err(|e| e.to_string())? {
+            continue;
+        }
+        if let Some(from) = bases.repository_with_blob(digest) {
+            if from != repo
+                && up
+                    .mount_blob(repo, digest, from)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+        }
+        let path = layout.join("blobs").join("sha256").join(digest.hex());
+        up.push_blob_file(repo, digest, &path)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let manifest_bytes = statement.target.manifest.as_bytes();
+    let media_type = &statement.target.manifest_media_type;
+    let want = &statement.target.manifest_digest;
+    let stored = up
+        .put_manifest(repo, want.as_str(), media_type, manifest_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    if &stored != want {
+        return Err(format!(
+            "the manifest hashes to {stored}, the statement says {want}"
+        ));
+    }
+    // Fault injection for the crash tests: hold here, with every blob and the manifest
+    // stored but no tag moved, so a test can kill the process at the worst moment.
+    if let Some(ms) = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_TAG_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tracing::warn!(ms, "fault injection: pausing before the tag moves");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    // Tags move last: only now is every blob and the manifest in place.
+    for tag in &statement.target.tags {
+        up.put_manifest(repo, tag.as_str(), media_type, manifest_bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        let back = up
+            .manifest(repo, tag.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("tag {tag} is missing right after it was set"))?;
+        if &back.digest != want {
+            return Err(format!(
+                "tag {tag} points at {} instead of {want}",
+                back.digest
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! The HTTP front: `/v2/` passed through to the registry (reads only), the bundle upload API
+//! and the status API under `/sideload/v1/`, and `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::json;
+
+use crate::daemon::Daemon;
+use crate::uploads::{Appended, Created, UploadError, UploadResult, Uploads};
+
+/// Response body: streamed from the registry or built here.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Prefix of the daemon's own API.
+pub const API: &str = "/sideload/v1";
+
+/// What request handlers share.
+pub struct Server {
+    /// The daemon.
+    pub daemon: Arc<Daemon>,
+    /// Upload sessions.
+    pub uploads: Uploads,
+    /// Client for passing pulls through to the registry.
+    pub proxy: Client<HttpConnector, Empty<Bytes>>,
+    /// The registry's authority (`127.0.0.1:5001`) and scheme, for rewriting redirects.
+    pub upstream_authority: String,
+}
+
+impl Server {
+    /// A server for `daemon`.
+    pub fn new(daemon: Arc<Daemon>, uploads: Uploads) -> Server {
+        let upstream_authority = daemon
+            .upstream
+            .base()
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned();
+        Server {
+            daemon,
+            uploads,
+            proxy: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            upstream_authority,
+        }
+    }
+
+    /// Routes one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let response = if path == "/v2" || path.starts_with("/v2/") {
+            self.registry(req).await
+        } else if path == "/metrics" && method == Method::GET {
+            self.metrics().await
+        } else if let Some(rest) = path.strip_prefix(API) {
+            self.api(req, rest.to_owned()).await
+        } else {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route {path}"),
+                "see docs/upload-api.md",
+            )
+        };
+        tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+        Ok(response)
+    }
+
+    /// `/v2/`: reads pass through, streamed; writes are refused (the daemon is the only
+    /// writer of the local registry).
+    async fn registry(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return registry_error(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                "this registry is read-only: images arrive as signed sideload bundles (POST /sideload/v1/uploads, the inbox folder, or a USB stick)",
+            );
+        }
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/v2/".into());
+        let uri = match format!("http://{}{path_and_query}", self.upstream_authority).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return registry_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad request URI")
+            }
+        };
+        let mut out = Request::builder()
+            .method(req.method())
+            .uri::<hyper::Uri>(uri);
+        for (name, value) in req.headers() {
+            if !is_hop_by_hop(name) {
+                out = out.header(name, value);
+            }
+        }
+        let out = match out.body(Empty::new()) {
+            Ok(r) => r,
+            Err(_) => return registry_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad request"),
+        };
+        match self.proxy.request(out).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                let headers = std::mem::take(&mut parts.headers);
+                let mut last = None;
+                for (name, value) in headers {
+                    // `None` repeats the previous name (a header with several values).
+                    let name = match name {
+                        Some(n) => {
+                            last = Some(n.clone());
+                            n
+                        }
+                        None => match &last {
+                            Some(n) => n.clone(),
+                            None => continue,
+                        },
+                    };
+                    if !is_hop_by_hop(&name) {
+                        parts.headers.append(name, value);
+                    }
+                }
+                // A redirect to the registry's own address would be unreachable for the
+                // client; point it back at the address the client used.
+                if let (Some(loc), Some(host)) = (
+                    parts
+                        .headers
+                        .get(header::LOCATION)
+                        .and_then(|v| v.to_str().ok()),
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|v| v.to_str().ok()),
+                ) {
+                    let upstream = format!("http://{}", self.upstream_authority);
+                    if let Some(rest) = loc.strip_prefix(&upstream) {
+                        if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
+                            parts.headers.insert(header::LOCATION, v);
+                        }
+                    }
+                }
+                Response::from_parts(parts, body.map_err(std::io::Error::other).boxed())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "local registry unreachable");
+                registry_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    "the local registry does not answer; check the docker-registry service",
+                )
+            }
+        }
+    }
+
+    async fn api(&self, req: Request<Incoming>, rest: String) -> Response<Body> {
+        let method = req.method().clone();
+        let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (Method::POST, ["uploads"]) => self.create_upload(&req),
+            (m, ["uploads", id]) => {
+                let id = id.to_string();
+                match m {
+                    Method::HEAD | Method::GET => {
+                        self.upload_status(&id, req.method() == Method::HEAD).await
+                    }
+                    Method::PATCH | Method::PUT => self.append(req, &id).await,
+                    Method::DELETE => match self.uploads.delete(&id).await {
+                        Ok(()) => empty(StatusCode::NO_CONTENT),
+                        Err(e) => upload_error(e),
+                    },
+                    _ => method_not_allowed(),
+                }
+            }
+            (Method::GET, ["bundles"]) => {
+                let limit = query(&req, "limit")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
+                match self.daemon.journal.bundles(limit) {
+                    Ok(b) => json_response(StatusCode::OK, &json!({ "bundles": b })),
+                    Err(e) => internal(e),
+                }
+            }
+            (Method::GET, ["bundles", id]) => self.bundle(id),
+            (Method::GET, ["journal"]) => {
+                let after = query(&req, "after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let limit = query(&req, "limit")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                let bundle = query(&req, "bundle");
+                match self.daemon.journal.history(bundle.as_deref(), after, limit) {
+                    Ok(h) => json_response(StatusCode::OK, &json!({ "entries": h })),
+                    Err(e) => internal(e),
+                }
+            }
+            (Method::GET, ["inventory"]) => match crate::status::inventory(&self.daemon).await {
+                Ok(inv) => json_response(StatusCode::OK, &inv),
+                Err(e) => error(
+                    StatusCode::BAD_GATEWAY,
+                    "registry_unavailable",
+                    &e.to_string(),
+                    "check the docker-registry service",
+                ),
+            },
+            (Method::GET, ["health"]) => {
+                let registry = self.daemon.upstream.ping().await;
+                let status = if registry.is_ok() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_response(
+                    status,
+                    &json!({
+                        "status": if registry.is_ok() { "ok" } else { "degraded" },
+                        "registry": registry.map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+                        "uploads_active": self.uploads.active(),
+                        "events_pending": self.daemon.events.pending(),
+                    }),
+                )
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route {}{}", API, rest),
+                "see docs/upload-api.md",
+            ),
+        }
+    }
+
+    fn create_upload(&self, req: &Request<Incoming>) -> Response<Body> {
+        let header_str = |h: &str| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let length = match header_str("upload-length").map(|v| v.parse::<u64>()) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(_)) => {
+                return upload_error(UploadError::BadRequest(
+                    "Upload-Length is not a number".into(),
+                ))
+            }
+            None => None,
+        };
+        match self.uploads.create(
+            &self.daemon,
+            header_str("bundle-name"),
+            header_str("bundle-digest"),
+            length,
+        ) {
+            Ok(Created::New { id }) => upload_location(StatusCode::CREATED, &id, 0),
+            Ok(Created::Existing { id, held }) => upload_location(StatusCode::OK, &id, held),
+            Ok(Created::Known(b)) => json_response(
+                StatusCode::OK,
+                &json!({ "outcome": "known", "bundle": b, "status": format!("{API}/bundles/{}", b.id) }),
+            ),
+            Err(e) => upload_error(e),
+        }
+    }
+
+    async fn upload_status(&self, id: &str, head: bool) -> Response<Body> {
+        match self.uploads.status(id).await {
+            Ok((meta, held)) => {
+                let mut resp = if head {
+                    empty(StatusCode::NO_CONTENT)
+                } else {
+                    json_response(StatusCode::OK, &json!({ "upload": meta, "offset": held }))
+                };
+                let h = resp.headers_mut();
+                h.insert("upload-offset", held.into());
+                if let Some(total) = meta.total_length {
+                    h.insert("upload-length", total.into());
+                }
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+            Err(e) => upload_error(e),
+        }
+    }
+
+    async fn append(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
+        let offset = req
+            .headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let offset = match (offset, req.method()) {
+            (Some(o), _) => o,
+            // PUT without an offset: "finish", i.e. report; the offset is what is held.
+            (None, &Method::PUT) => match self.uploads.status(id).await {
+                Ok((_, held)) => held,
+                Err(e) => return upload_error(e),
+            },
+            (None, _) => {
+                return upload_error(UploadError::BadRequest(
+                    "PATCH needs an Upload-Offset header (ask HEAD for the current one)".into(),
+                ))
+            }
+        };
+        let is_put = req.method() == Method::PUT;
+        match self
+            .uploads
+            .append(&self.daemon, id, offset, req.into_body())
+            .await
+        {
+            Ok(Appended::Partial { held, total }) => {
+                let mut resp = if is_put {
+                    error(
+                        StatusCode::CONFLICT,
+                        "incomplete",
+                        &format!(
+                            "upload {id} holds {held} bytes of {}",
+                            total
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|| "an unknown total".into())
+                        ),
+                        "send the rest with PATCH from Upload-Offset, then finish",
+                    )
+                } else {
+                    empty(StatusCode::NO_CONTENT)
+                };
+                resp.headers_mut().insert("upload-offset", held.into());
+                if let Some(t) = total {
+                    resp.headers_mut().insert("upload-length", t.into());
+                }
+                resp
+            }
+            Ok(Appended::Done { held, result }) => {
+                let mut resp = match &result {
+                    UploadResult::Accepted { bundle, intake } => json_response(
+                        if intake == "queued" {
+                            StatusCode::ACCEPTED
+                        } else {
+                            StatusCode::OK
+                        },
+                        &json!({ "outcome": intake, "bundle": bundle, "status": format!("{API}/bundles/{bundle}") }),
+                    ),
+                    UploadResult::Refused(r) => refusal_response(r),
+                };
+                resp.headers_mut().insert("upload-offset", held.into());
+                resp
+            }
+            Err(e) => upload_error(e),
+        }
+    }
+
+    fn bundle(&self, id: &str) -> Response<Body> {
+        let id = if id.starts_with("sha256:") {
+            id.to_owned()
+        } else {
+            format!("sha256:{id}")
+        };
+        match self.daemon.journal.get(&id) {
+            Ok(Some(b)) => {
+                let history = self
+                    .daemon
+                    .journal
+                    .history(Some(&id), 0, 1000)
+                    .unwrap_or_default();
+                json_response(StatusCode::OK, &json!({ "bundle": b, "history": history }))
+            }
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                "unknown_bundle",
+                &format!("no bundle {id} in the journal"),
+                "bundles are named by their statement digest (sideload inspect shows it)",
+            ),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let text = crate::status::metrics(&self.daemon, self.uploads.active());
+        let mut resp = Response::new(full(text));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        let _ = self.daemon.metrics.upload_bytes.load(Ordering::Relaxed);
+        resp
+    }
+}
+
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).expect("serializes");
+    body.push(b'\n');
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The daemon's error shape: a stable code, the reason, and what to do.
+fn error(status: StatusCode, code: &str, reason: &str, advice: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "reason": reason, "advice": advice } }),
+    )
+}
+
+fn refusal_response(r: &crate::daemon::Refused) -> Response<Body> {
+    let status = if r.permanent {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        &json!({ "error": { "code": r.code, "reason": r.reason, "advice": r.advice, "bundle": r.bundle } }),
+    )
+}
+
+/// The distribution spec's error shape, for `/v2/` clients.
+fn registry_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({ "errors": [{ "code": code, "message": message, "detail": null }] }),
+    )
+}
+
+fn upload_location(status: StatusCode, id: &str, held: u64) -> Response<Body> {
+    let location = format!("{API}/uploads/{id}");
+    let mut r = json_response(
+        status,
+        &json!({ "upload": id, "location": location, "offset": held }),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("ascii"),
+    );
+    h.insert("upload-offset", held.into());
+    r
+}
+
+fn upload_error(e: UploadError) -> Response<Body> {
+    match e {
+        UploadError::NotFound(m) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_upload",
+            &m,
+            "start a new upload with POST /sideload/v1/uploads",
+        ),
+        UploadError::OffsetMismatch { held } => {
+            let mut r = error(
+                StatusCode::CONFLICT,
+                "offset_mismatch",
+                &format!("the device holds {held} bytes of this upload"),
+                "resume from the Upload-Offset this answer carries",
+            );
+            r.headers_mut().insert("upload-offset", held.into());
+            r
+        }
+        UploadError::BadRequest(m) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &m,
+            "see docs/upload-api.md",
+        ),
+        UploadError::TooLarge(m) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &m,
+            "raise uploads.max_bundle_bytes on the device or send a smaller bundle",
+        ),
+        UploadError::TooMany(m) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            &m,
+            "retry later",
+        ),
+        UploadError::NoSpace(m) => error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            &m,
+            "free disk space on the device",
+        ),
+        UploadError::Refused(r) => refusal_response(&r),
+        UploadError::Internal(m) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &m,
+            "retry; if it repeats, check the device's disk and logs",
+        ),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response<Body> {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "journal",
+        &format!("cannot read the journal: {e}"),
+        "check the data directory",
+    )
+}
+
+fn method_not_allowed() -> Response<Body> {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+        "see docs/upload-api.md",
+    )
+}

@@ -1,0 +1,552 @@
+//! Resumable bundle uploads (protocol: `docs/upload-api.md`).
+//!
+//! Each upload is two files in `DATA_DIR/uploads`: `ID.part` (the bytes received, appended in
+//! order, fsynced at the end of every request and every few MiB) and `ID.json` (what the client
+//! declared and what the daemon learned). The offset a client resumes from is the length of
+//! `ID.part`, so an upload survives dropped connections and daemon restarts and no byte the
+//! device stored is asked for again. As soon as the head (header, statement, signatures) is
+//! in, it is checked; an untrusted bundle is refused and its bytes deleted before any payload
+//! is stored. When the last byte arrives the file goes through the daemon's intake.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::daemon::{Daemon, Intake, Refused};
+use crate::journal::now;
+
+/// fsync the data at least this often during a long request.
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// What is known about one upload; stored as `ID.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadMeta {
+    /// Random id (hex).
+    pub id: String,
+    /// Name for messages (`Bundle-Name` header, else the id).
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last byte or request.
+    pub updated_at: u64,
+    /// sha256 of the whole file, if the client declared it.
+    pub expected_digest: Option<String>,
+    /// Length the client declared, if any.
+    pub declared_length: Option<u64>,
+    /// Length from the bundle's own head, once it is in and trusted.
+    pub total_length: Option<u64>,
+    /// The statement digest, once the head is in.
+    pub bundle_id: Option<String>,
+    /// Set when the upload ended: what intake said.
+    pub result: Option<UploadResult>,
+}
+
+/// How a finished upload ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum UploadResult {
+    /// Queued for apply (or already there: duplicate).
+    Accepted {
+        /// The statement digest.
+        bundle: String,
+        /// `queued` or `duplicate`.
+        intake: String,
+    },
+    /// Refused; its bytes were deleted.
+    Refused(Refused),
+}
+
+/// Why an upload request failed; the HTTP layer maps each to a status.
+#[derive(Debug)]
+pub enum UploadError {
+    /// No such upload (never created, expired, or removed after a refusal).
+    NotFound(String),
+    /// The client's offset is not what the device holds; resume from `held`.
+    OffsetMismatch {
+        /// Bytes the device holds.
+        held: u64,
+    },
+    /// The request is malformed.
+    BadRequest(String),
+    /// Bigger than `max_bundle_bytes`.
+    TooLarge(String),
+    /// Too many unfinished uploads.
+    TooMany(String),
+    /// Not enough free disk for the rest of the bundle plus the reserve.
+    NoSpace(String),
+    /// The bundle was refused (untrusted, damaged); its bytes are gone.
+    Refused(Refused),
+    /// The device failed (I/O); a retry may work.
+    Internal(String),
+}
+
+/// What an append ended with.
+#[derive(Debug)]
+pub enum Appended {
+    /// More bytes are needed.
+    Partial {
+        /// Bytes held now.
+        held: u64,
+        /// Total, once known.
+        total: Option<u64>,
+    },
+    /// The last byte arrived and intake took the bundle.
+    Done {
+        /// Bytes held (the whole file).
+        held: u64,
+        /// Intake's answer.
+        result: UploadResult,
+    },
+}
+
+/// All uploads.
+pub struct Uploads {
+    dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadMeta>>>>,
+}
+
+impl Uploads {
+    /// Loads the uploads left in `dir` by an earlier run.
+    pub fn open(dir: PathBuf) -> std::io::Result<Uploads> {
+        std::fs::create_dir_all(&dir)?;
+        let mut open = HashMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<UploadMeta>(&b).ok())
+            {
+                Some(meta) => {
+                    open.insert(meta.id.clone(), Arc::new(tokio::sync::Mutex::new(meta)));
+                }
+                None => tracing::warn!(path = %path.display(), "unreadable upload record ignored"),
+            }
+        }
+        Ok(Uploads {
+            dir,
+            open: Mutex::new(open),
+        })
+    }
+
+    fn part(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.part"))
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn table(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<UploadMeta>>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<UploadMeta>>, UploadError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| UploadError::NotFound(format!("no upload {id} on this device")))
+    }
+
+    /// Unfinished uploads.
+    pub fn active(&self) -> usize {
+        self.table()
+            .values()
+            .filter(|m| m.try_lock().map(|m| m.result.is_none()).unwrap_or(true))
+            .count()
+    }
+
+    fn save(&self, meta: &UploadMeta) -> Result<(), UploadError> {
+        let path = self.meta_path(&meta.id);
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &serde_json::to_vec(meta).expect("serializes"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| UploadError::Internal(format!("cannot record upload {}: {e}", meta.id)))
+    }
+
+    fn held(&self, id: &str) -> u64 {
+        std::fs::metadata(self.part(id))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    fn remove(&self, id: &str) {
+        self.table().remove(id);
+        let _ = std::fs::remove_file(self.part(id));
+        let _ = std::fs::remove_file(self.meta_path(id));
+    }
+
+    /// Starts an upload, or points at what already exists: an unfinished upload of the same
+    /// file (so two clients share one), or a bundle already taken (nothing to send).
+    pub fn create(
+        &self,
+        daemon: &Daemon,
+        name: Option<String>,
+        digest: Option<String>,
+        length: Option<u64>,
+    ) -> Result<Created, UploadError> {
+        if let Some(d) = &digest {
+            if !d.starts_with("sha256:") || d.len() != 71 {
+                return Err(UploadError::BadRequest(format!(
+                    "Bundle-Digest {d:?} is not sha256:<64 hex digits>"
+                )));
+            }
+            if let Ok(Some(b)) = daemon.journal.by_file_digest(d) {
+                if b.state.is_live() {
+                    return Ok(Created::Known(Box::new(b)));
+                }
+            }
+            let same = self.table().iter().find_map(|(id, m)| {
+                let m = m.try_lock().ok()?;
+                (m.result.is_none() && m.expected_digest.as_deref() == Some(d)).then(|| id.clone())
+            });
+            if let Some(id) = same {
+                return Ok(Created::Existing {
+                    held: self.held(&id),
+                    id,
+                });
+            }
+        }
+        let limits = &daemon.config.uploads;
+        if let Some(len) = length {
+            if len > limits.max_bundle_bytes {
+                return Err(UploadError::TooLarge(format!(
+                    "the bundle is {len} bytes; this device takes at most {} (uploads.max_bundle_bytes)",
+                    limits.max_bundle_bytes
+                )));
+            }
+            self.check_space(daemon, len)?;
+        }
+        if self.active() >= limits.max_concurrent_uploads {
+            return Err(UploadError::TooMany(format!(
+                "{} uploads are already open (uploads.max_concurrent_uploads); finish or delete one, or retry later",
+                limits.max_concurrent_uploads
+            )));
+        }
+        let id = random_id();
+        let now = now();
+        let meta = UploadMeta {
+            id: id.clone(),
+            name: name
+                .filter(|n| !n.is_empty() && n.len() <= 255)
+                .unwrap_or_else(|| format!("upload-{id}")),
+            created_at: now,
+            updated_at: now,
+            expected_digest: digest,
+            declared_length: length,
+            total_length: None,
+            bundle_id: None,
+            result: None,
+        };
+        std::fs::File::create(self.part(&id))
+            .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
+        self.save(&meta)?;
+        self.table()
+            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(meta)));
+        tracing::info!(upload = %id, "upload created");
+        Ok(Created::New { id })
+    }
+
+    fn check_space(&self, daemon: &Daemon, remaining: u64) -> Result<(), UploadError> {
+        let available = fs4::available_space(&self.dir)
+            .map_err(|e| UploadError::Internal(format!("cannot read free space: {e}")))?;
+        let reserve = daemon.config.uploads.free_disk_reserve_bytes;
+        if available < remaining.saturating_add(reserve) {
+            return Err(UploadError::NoSpace(format!(
+                "the device has {available} bytes free; this bundle needs {remaining} more and {reserve} must stay free (uploads.free_disk_reserve_bytes); free disk space on the device or send a smaller bundle"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Status of one upload: bytes held, total once known, result once finished.
+    pub async fn status(&self, id: &str) -> Result<(UploadMeta, u64), UploadError> {
+        let m = self.get(id)?;
+        let meta = m.lock().await.clone();
+        // The length on disk is what the device holds; make it durable before reporting it.
+        if let Ok(f) = std::fs::File::open(self.part(id)) {
+            let _ = f.sync_data();
+        }
+        let held = match &meta.result {
+            Some(_) => meta.total_length.unwrap_or(0),
+            None => self.held(id),
+        };
+        Ok((meta, held))
+    }
+
+    /// Cancels an upload and deletes its bytes.
+    pub async fn delete(&self, id: &str) -> Result<(), UploadError> {
+        let m = self.get(id)?;
+        let _guard = m.lock().await;
+        self.remove(id);
+        Ok(())
+    }
+
+    /// Appends `body` at `offset` (which must equal what the device holds). Bytes are stored
+    /// as they arrive, so a request cut halfway keeps what came.
+    pub async fn append(
+        &self,
+        daemon: &Arc<Daemon>,
+        id: &str,
+        offset: u64,
+        mut body: hyper::body::Incoming,
+    ) -> Result<Appended, UploadError> {
+        let m = self.get(id)?;
+        let mut meta = m.lock().await;
+        if let Some(result) = &meta.result {
+            return Ok(Appended::Done {
+                held: meta.total_length.unwrap_or(0),
+                result: result.clone(),
+            });
+        }
+        let part = self.part(id);
+        let mut held = self.held(id);
+        if offset != held {
+            return Err(UploadError::OffsetMismatch { held });
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .await
+            .map_err(|e| UploadError::Internal(format!("cannot open upload {id}: {e}")))?;
+        let mut unsynced = 0u64;
+        let mut outcome = Ok(());
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    // The link dropped mid-request: keep what arrived.
+                    tracing::info!(upload = %id, held, error = %e, "upload request cut short");
+                    break;
+                }
+            };
+            let mut data = &data[..];
+            if let Some(total) = meta.total_length {
+                if held + data.len() as u64 > total {
+                    outcome = Err(UploadError::BadRequest(format!(
+                        "{}: more bytes than the bundle's head declares ({total})",
+                        meta.name
+                    )));
+                    data = &data[..(total - held) as usize];
+                }
+            }
+            if let Err(e) = file.write_all(data).await {
+                outcome = Err(UploadError::Internal(format!(
+                    "cannot store upload {id}: {e}; free disk space on the device"
+                )));
+                break;
+            }
+            held += data.len() as u64;
+            unsynced += data.len() as u64;
+            daemon
+                .metrics
+                .upload_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if meta.total_length.is_none() {
+                // tokio's File writes in the background: flush before reading the head back.
+                if let Err(e) = file.flush().await {
+                    outcome = Err(UploadError::Internal(format!(
+                        "cannot store upload {id}: {e}"
+                    )));
+                    break;
+                }
+                if let Err(e) = self.check_head(daemon, &mut meta, held).await {
+                    drop(file);
+                    self.remove(id);
+                    return Err(e);
+                }
+            }
+            if unsynced >= SYNC_EVERY {
+                let _ = file.sync_data().await;
+                unsynced = 0;
+            }
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let _ = file.flush().await;
+        let _ = file.sync_data().await;
+        drop(file);
+        meta.updated_at = now();
+        self.save(&meta)?;
+        outcome?;
+        match meta.total_length {
+            Some(total) if held == total => {
+                let result = self.finish(daemon, &mut meta).await?;
+                Ok(Appended::Done { held, result })
+            }
+            total => Ok(Appended::Partial { held, total }),
+        }
+    }
+
+    /// Once enough bytes are in, checks the head; records the total length and bundle id.
+    async fn check_head(
+        &self,
+        daemon: &Arc<Daemon>,
+        meta: &mut UploadMeta,
+        held: u64,
+    ) -> Result<(), UploadError> {
+        let part = self.part(&meta.id);
+        let mut header = [0u8; 32];
+        if held < header.len() as u64 {
+            return Ok(());
+        }
+        let mut read = || -> std::io::Result<std::fs::File> {
+            let mut f = std::fs::File::open(&part)?;
+            f.read_exact(&mut header)?;
+            f.rewind()?;
+            Ok(f)
+        };
+        let mut f =
+            read().map_err(|e| UploadError::Internal(format!("cannot read upload: {e}")))?;
+        let refuse = |r: Refused| {
+            daemon.refusal(&r.bundle.clone(), &meta.name, &r);
+            UploadError::Refused(r)
+        };
+        let Some(head_len) = sideload_bundle::head_len(&header) else {
+            return Err(refuse(Refused::from_error(
+                &meta.name,
+                &sideload_bundle::Error::NotABundle {
+                    bundle: meta.name.clone(),
+                },
+            )));
+        };
+        if held < head_len {
+            return Ok(());
+        }
+        let (head, statement) = daemon
+            .check_head(&mut f, &meta.name)
+            .map_err(|e| refuse(Refused::from_error(&meta.name, &e)))?;
+        let total = head.payload_offset() + statement.payload.size;
+        let max = daemon.config.uploads.max_bundle_bytes;
+        if total > max {
+            return Err(UploadError::TooLarge(format!(
+                "{}: the bundle is {total} bytes; this device takes at most {max} (uploads.max_bundle_bytes)",
+                meta.name
+            )));
+        }
+        if let Some(declared) = meta.declared_length.filter(|&d| d != total) {
+            return Err(UploadError::BadRequest(format!(
+                "{}: Upload-Length said {declared} bytes but the bundle's head says {total}",
+                meta.name
+            )));
+        }
+        self.check_space(daemon, total - held)?;
+        let id = statement.digest().to_string();
+        tracing::info!(upload = %meta.id, bundle = %meta.name, id = %id, total, "bundle head trusted");
+        meta.total_length = Some(total);
+        meta.bundle_id = Some(id);
+        self.save(meta)
+    }
+
+    /// Hands a complete upload to intake.
+    async fn finish(
+        &self,
+        daemon: &Arc<Daemon>,
+        meta: &mut UploadMeta,
+    ) -> Result<UploadResult, UploadError> {
+        let incoming = daemon.bundles_dir().join(format!("{}.incoming", meta.id));
+        std::fs::create_dir_all(daemon.bundles_dir())
+            .and_then(|_| std::fs::rename(self.part(&meta.id), &incoming))
+            .map_err(|e| {
+                UploadError::Internal(format!("cannot move upload into the queue: {e}"))
+            })?;
+        let d = daemon.clone();
+        let name = meta.name.clone();
+        let expected = meta.expected_digest.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let (digest, _) = std::fs::File::open(&incoming)
+                .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
+                .map_err(|e| UploadError::Internal(format!("cannot read the upload: {e}")))?;
+            if let Some(expected) = expected.filter(|e| e != digest.as_str()) {
+                let _ = std::fs::remove_file(&incoming);
+                let r = Refused {
+                    bundle: name.clone(),
+                    code: "file_digest_mismatch".into(),
+                    reason: format!("{name}: the uploaded bytes hash to {digest}, the client declared {expected}"),
+                    advice: "the copy was damaged on the way: upload the bundle again".into(),
+                    permanent: true,
+                };
+                d.refusal(&name, &name, &r);
+                return Ok(UploadResult::Refused(r));
+            }
+            Ok(match d.intake(&incoming, &name, "upload", Some(digest.to_string())) {
+                Ok(Intake::Queued { bundle }) => UploadResult::Accepted {
+                    bundle: bundle.id,
+                    intake: "queued".into(),
+                },
+                Ok(Intake::Duplicate { bundle }) => UploadResult::Accepted {
+                    bundle: bundle.id,
+                    intake: "duplicate".into(),
+                },
+                Err(r) => UploadResult::Refused(r),
+            })
+        })
+        .await
+        .map_err(|e| UploadError::Internal(format!("intake stopped: {e}")))??;
+        meta.result = Some(result.clone());
+        meta.updated_at = now();
+        self.save(meta)?;
+        Ok(result)
+    }
+
+    /// Removes uploads untouched for longer than `max_idle_secs`.
+    pub async fn expire(&self, max_idle_secs: u64) {
+        let now = now();
+        let ids: Vec<String> = self.table().keys().cloned().collect();
+        for id in ids {
+            let Ok(m) = self.get(&id) else { continue };
+            let meta = m.lock().await;
+            if now.saturating_sub(meta.updated_at) > max_idle_secs {
+                tracing::info!(upload = %id, bundle = %meta.name, "idle upload expired");
+                self.remove(&id);
+            }
+        }
+    }
+}
+
+/// What `create` found or made.
+#[derive(Debug)]
+pub enum Created {
+    /// A new upload.
+    New {
+        /// Its id.
+        id: String,
+    },
+    /// An unfinished upload of the same file: resume it.
+    Existing {
+        /// Its id.
+        id: String,
+        /// Bytes held.
+        held: u64,
+    },
+    /// The bundle is already queued, applying or applied.
+    Known(Box<crate::journal::BundleRecord>),
+}
+
+fn random_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

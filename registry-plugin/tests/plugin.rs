@@ -1,0 +1,623 @@
+//! The daemon end to end, against a real `docker-registry` on loopback, with `skopeo` as the
+//! pulling client: upload, resume, refuse, crash, full disk, duplicates, inbox, events.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn skopeo_inspect(reference: &str, config: bool) -> serde_json::Value {
+    let mut args = vec!["inspect", "--tls-verify=false"];
+    if config {
+        args.push("--config");
+    }
+    args.push(reference);
+    serde_json::from_str(&skopeo(&args)).unwrap()
+}
+
+fn v2_config() -> serde_json::Value {
+    let f = fixture();
+    serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--config",
+        &format!("oci:{}:v2", f.v2.display()),
+    ]))
+    .unwrap()
+}
+
+#[test]
+fn upload_applies_and_the_image_pulls_through_the_plugin_exactly() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let id = bundle_id(&path);
+
+    let r = daemon.upload(&path);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["bundle"], id.as_str());
+    let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
+    assert_eq!(
+        status["bundle"]["state"],
+        "applied",
+        "{status:#}\n{}",
+        daemon.log()
+    );
+    let states: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "applying", "applied"]);
+
+    // Pull through the plugin: the same config (image ID) and diff_ids as the source.
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("v2.tar");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{}/edge/app:v2", daemon.addr),
+        &format!("docker-archive:{}:edge/app:v2", archive.display()),
+    ]);
+    let pulled: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--config",
+        &format!("docker-archive:{}", archive.display()),
+    ]))
+    .unwrap();
+    let source = v2_config();
+    assert_eq!(pulled["rootfs"]["diff_ids"], source["rootfs"]["diff_ids"]);
+    assert_eq!(pulled, source, "config differs");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app:v2", daemon.addr),
+    ]);
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let f = fixture();
+    let digest =
+        skopeo_inspect(&format!("docker://{}/edge/app:v2", daemon.addr), false)["Digest"].clone();
+    assert_eq!(digest, status["bundle"]["manifest_digest"]);
+
+    // Range and HEAD pass through.
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = format!("/v2/edge/app/blobs/{layer}");
+    let r = daemon.request("GET", &blob, &[("Range", "bytes=0-9".into())], b"");
+    assert_eq!((r.status, r.body.len()), (206, 10), "{:?}", r.headers);
+    let r = daemon.request("HEAD", &blob, &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), Some(layer));
+
+    // Writes through /v2/ are refused registry-style, and skopeo gets the message.
+    let r = daemon.request("POST", "/v2/edge/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["errors"][0]["code"], "DENIED");
+    let r = daemon.request(
+        "DELETE",
+        &format!("/v2/edge/app/manifests/{}", digest.as_str().unwrap()),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let err = try_skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", f.v1.display()),
+        &format!("docker://{}/edge/other:v1", daemon.addr),
+    ])
+    .unwrap_err();
+    assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+
+    // Inventory: both images, sequence recorded; build can take this document.
+    let inv = daemon.get_json("/sideload/v1/inventory");
+    assert_eq!(inv["device"], "test-device");
+    assert_eq!(inv["sequences"]["edge/app"], 100);
+    let images = inv["images"].as_array().unwrap();
+    let mut tags: Vec<&str> = images
+        .iter()
+        .flat_map(|i| i["tags"].as_array().unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["v1", "v2"]);
+    assert!(images
+        .iter()
+        .any(|i| i["diff_ids"] == source["rootfs"]["diff_ids"]));
+
+    // Health and metrics.
+    assert_eq!(daemon.get_json("/sideload/v1/health")["status"], "ok");
+    let metrics = daemon.request("GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("sideload_bundles{state=\"applied\"} 1"),
+        "{metrics}"
+    );
+
+    // The same bundle again: known by its file digest, nothing to send, no second apply.
+    let digest = format!("sha256:{}", sha256_hex(&std::fs::read(&path).unwrap()));
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Bundle-Digest", digest)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "known");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sideload_signing::Digest::of_bytes(bytes).hex().to_owned()
+}
+
+#[test]
+fn cut_uploads_resume_across_a_restart_without_resending_a_byte() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let mut daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+    let id = daemon.create_upload(&path, &[("Upload-Length", bytes.len().to_string())]);
+    let url = format!("/sideload/v1/uploads/{id}");
+    let mut sent = 0usize;
+    // Cut inside the header, inside the statement, and in the payload; restart in between.
+    let cuts = [
+        10,
+        head_len(&path) as usize - 100,
+        head_len(&path) as usize + 1000,
+    ];
+    for (i, &cut) in cuts.iter().enumerate() {
+        let offset = daemon.offset(&id).expect("upload known");
+        assert_eq!(offset as usize, sent, "the device holds what was sent");
+        http_cut(
+            &daemon.addr,
+            &url,
+            &[("Upload-Offset", offset.to_string())],
+            &bytes[sent..cut],
+            bytes.len() as u64 - offset,
+        );
+        sent = cut;
+        // Give the daemon a moment to see the connection end.
+        let start = Instant::now();
+        while daemon.offset(&id) != Some(sent as u64) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if i == 1 {
+            daemon.restart();
+        }
+    }
+    assert_eq!(
+        daemon.offset(&id),
+        Some(sent as u64),
+        "offset survives the restart"
+    );
+    // A stale offset is refused with the right one.
+    let r = daemon.request("PATCH", &url, &[("Upload-Offset", "0".into())], &bytes[..5]);
+    assert_eq!(r.status, 409);
+    assert_eq!(r.header("upload-offset"), Some(sent.to_string().as_str()));
+    let r = daemon.request(
+        "PATCH",
+        &url,
+        &[("Upload-Offset", sent.to_string())],
+        &bytes[sent..],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let total_sent = sent + (bytes.len() - sent);
+    assert_eq!(total_sent, bytes.len(), "no byte was sent twice");
+    let status = daemon.wait_state(
+        &bundle_id(&path),
+        &["applied", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    // Finishing again (a client that lost the answer) reports the same outcome.
+    let r = daemon.request("PUT", &url, &[], b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+#[test]
+fn untrusted_bundles_are_refused_before_their_payload_is_stored() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let cases = [
+        (
+            BundleSpec {
+                name: "unsigned.bundle",
+                signer: Signer::Unsigned,
+                ..Default::default()
+            },
+            "not signed",
+        ),
+        (
+            BundleSpec {
+                name: "stranger.bundle",
+                signer: Signer::Stranger,
+                ..Default::default()
+            },
+            "key",
+        ),
+        (
+            BundleSpec {
+                name: "expired.bundle",
+                expires_in: -1,
+                ..Default::default()
+            },
+            "expired",
+        ),
+    ];
+    for (spec, word) in cases {
+        let path = bundle(spec);
+        let head = head_len(&path) as usize;
+        let bytes = std::fs::read(&path).unwrap();
+        let id = daemon.create_upload(&path, &[]);
+        // Only the head: the refusal comes before any payload byte.
+        let r = daemon.request(
+            "PATCH",
+            &format!("/sideload/v1/uploads/{id}"),
+            &[("Upload-Offset", "0".into())],
+            &bytes[..head],
+        );
+        assert_eq!(r.status, 403, "{}: {}", path.display(), r.text());
+        let e = &r.json()["error"];
+        assert!(
+            e["reason"].as_str().unwrap().to_lowercase().contains(word),
+            "{e}"
+        );
+        assert!(!e["advice"].as_str().unwrap().is_empty());
+        assert_eq!(
+            daemon.offset(&id),
+            None,
+            "the upload and its bytes are gone"
+        );
+    }
+    assert!(
+        std::fs::read_dir(daemon.data_dir.join("uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no bytes kept"
+    );
+
+    // A tampered payload is found when the payload is whole, and refused.
+    let good = bundle(BundleSpec::default());
+    let mut bytes = std::fs::read(&good).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x55;
+    let tampered = good.with_file_name("tampered.bundle");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let r = daemon.upload(&tampered);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("payload"), "{}", r.text());
+
+    // Apply the good one, then a replay of an older sequence is refused at the head.
+    assert_eq!(daemon.upload(&good).status, 202);
+    daemon.wait_state(&bundle_id(&good), &["applied"], Duration::from_secs(120));
+    let old = bundle(BundleSpec {
+        name: "old-sequence.bundle",
+        sequence: 50,
+        ..Default::default()
+    });
+    let r = daemon.upload(&old);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("sequence"), "{}", r.text());
+    // Every refusal is in the journal.
+    let journal = daemon.get_json("/sideload/v1/journal");
+    let refused = journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "refused")
+        .count();
+    assert_eq!(refused, 5, "{journal:#}");
+}
+
+#[test]
+fn a_kill_during_apply_leaves_the_old_image_and_the_bundle_applies_after_restart() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let options = DaemonOptions {
+        env: vec![("SIDELOAD_FAULT_PAUSE_BEFORE_TAG_MS".into(), "30000".into())],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(&registry, options);
+    let path = bundle(BundleSpec::default());
+    let id = bundle_id(&path);
+    let v1_before =
+        skopeo_inspect(&format!("docker://{}/edge/app:v1", daemon.addr), false)["Digest"].clone();
+    assert_eq!(daemon.upload(&path).status, 202);
+    // Wait until the blobs and manifest are stored and the daemon holds before the tag.
+    let start = Instant::now();
+    while !daemon.log().contains("pausing before the tag moves") {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill9();
+    // The registry itself (behind the plugin) has no v2 tag, and v1 is intact.
+    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app", registry.host),
+    ]))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+    daemon.clear_env();
+    daemon.restart();
+    let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    let history = status["history"].to_string();
+    assert!(history.contains("interrupted"), "{history}");
+    let v1_after =
+        skopeo_inspect(&format!("docker://{}/edge/app:v1", daemon.addr), false)["Digest"].clone();
+    assert_eq!(v1_before, v1_after, "base image untouched");
+}
+
+#[test]
+fn a_full_data_disk_fails_the_apply_with_a_reason_and_keeps_every_image() {
+    if !is_root() {
+        panic!(
+            "this test mounts a small tmpfs as the data directory and must run as root (CI does)"
+        );
+    }
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let small = tempfile::tempdir().unwrap();
+    // Room for the bundle (a few KB) but not for the rebuilt 7 MB image.
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.path().to_owned());
+    let options = DaemonOptions {
+        data_dir: Some(small.path().join("data")),
+        extra: "[uploads]\nfree_disk_reserve_bytes = 0\n".into(),
+        ..Default::default()
+    };
+    let daemon = Daemon::start(&registry, options);
+    let path = bundle(BundleSpec::default());
+    assert_eq!(daemon.upload(&path).status, 202);
+    let status = daemon.wait_state(
+        &bundle_id(&path),
+        &["applied", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "failed");
+    let reason = status["bundle"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("app-v2.bundle") && reason.contains("bytes free"),
+        "{reason}"
+    );
+    assert!(status["bundle"]["advice"]
+        .as_str()
+        .unwrap()
+        .contains("free disk"));
+    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app", daemon.addr),
+    ]))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+    // An upload larger than the disk is refused up front with 507.
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Upload-Length", (64u64 << 20).to_string())],
+        b"",
+    );
+    assert_eq!(r.status, 507, "{}", r.text());
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn two_clients_uploading_the_same_bundle_at_once_apply_it_once() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let a = s.spawn(|| daemon.upload(&path).status);
+        let b = s.spawn(|| daemon.upload(&path).status);
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert!(
+        sorted == [200, 202] || sorted == [202, 200],
+        "one queued, one duplicate: {answers:?}"
+    );
+    let id = bundle_id(&path);
+    daemon.wait_state(&id, &["applied"], Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    let journal = daemon.get_json(&format!("/sideload/v1/journal?bundle={id}"));
+    let applies = journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "applying")
+        .count();
+    assert_eq!(applies, 1, "{journal:#}");
+    // With the file digest declared, a second client joins the first's upload.
+    let other = bundle(BundleSpec {
+        name: "seq-101.bundle",
+        sequence: 101,
+        ..Default::default()
+    });
+    let digest = format!("sha256:{}", sha256_hex(&std::fs::read(&other).unwrap()));
+    let first = daemon.create_upload(&other, &[("Bundle-Digest", digest.clone())]);
+    let second = daemon.create_upload(&other, &[("Bundle-Digest", digest)]);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn inbox_takes_whole_files_only_quarantines_bad_ones_and_events_survive_an_outage() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    // An event receiver that is down at first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = DaemonOptions {
+        extra: format!("[events]\nurl = \"http://127.0.0.1:{port}/events\"\nretry_initial_secs = 0.5\nretry_max_secs = 1.0\n"),
+        ..Default::default()
+    };
+    let daemon = Daemon::start(&registry, options);
+    let inbox = daemon.data_dir.join("inbox");
+    let quarantine = daemon.data_dir.join("quarantine");
+    let path = bundle(BundleSpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+
+    // Copied slowly under its final name: untouched while partial.
+    let target = inbox.join("app-v2.bundle");
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(target.exists(), "a partial file is left alone");
+    let r = daemon.request(
+        "GET",
+        &format!("/sideload/v1/bundles/{}", bundle_id(&path)),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&target)
+            .unwrap();
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    let status = daemon.wait_state(
+        &bundle_id(&path),
+        &["applied", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "applied");
+    assert_eq!(status["bundle"]["source"], "inbox");
+    assert!(!target.exists());
+
+    // Garbage and an untrusted bundle end in quarantine with their reasons.
+    std::fs::write(
+        inbox.join("notes.txt"),
+        b"not a bundle at all, just some text",
+    )
+    .unwrap();
+    let stranger = bundle(BundleSpec {
+        name: "stranger.bundle",
+        signer: Signer::Stranger,
+        ..Default::default()
+    });
+    std::fs::copy(&stranger, inbox.join("stranger.bundle")).unwrap();
+    let start = Instant::now();
+    while !(quarantine.join("notes.txt.reason.json").exists()
+        && quarantine.join("stranger.bundle.reason.json").exists())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not quarantined; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reason: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(quarantine.join("stranger.bundle.reason.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        reason["reason"].as_str().unwrap().contains("key"),
+        "{reason}"
+    );
+    assert!(quarantine.join("stranger.bundle").exists());
+
+    // Now the receiver comes up: every state change arrives, in order.
+    let received = receive_events(port, 5, Duration::from_secs(60));
+    let states: Vec<String> = received
+        .iter()
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states[..3], ["queued", "applying", "applied"], "{states:?}");
+    assert_eq!(
+        states.iter().filter(|s| *s == "refused").count(),
+        2,
+        "{states:?}"
+    );
+    let seqs: Vec<u64> = received
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+/// Accepts POSTs on `port` until `want` event bodies arrived.
+fn receive_events(port: u16, want: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < want {
+        assert!(
+            start.elapsed() < timeout,
+            "only {} events arrived: {got:?}",
+            got.len()
+        );
+        let Ok((stream, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        stream.set_nonblocking(false).unwrap();
+        let mut r = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            got.push(serde_json::from_slice(&body).unwrap());
+            r.get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        }
+    }
+    got
+}
