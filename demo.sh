@@ -93,4 +93,66 @@ printf '$ sideload verify tampered.bundle (one payload byte changed)\n'
 printf '$ sideload verify app-v2.bundle again (already applied: replay)\n'
 "$BIN/sideload" verify "$OUT/app-v2.bundle" --policy "$OUT/device/trust.toml" --state "$OUT/device/state.json" && exit 1 || echo "(exit $?)"
 
+step "12. The device daemon: a local registry on loopback, the plugin in front of it, an upload"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+REG_PORT=$(free_port); PLUGIN_PORT=$(free_port)
+mkdir -p "$OUT/registry" "$OUT/plugin"
+cat >"$OUT/registry/config.yml" <<YML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $PWD/$OUT/registry/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$REG_PORT, secret: sideload-demo}
+YML
+cat >"$OUT/plugin/registry-plugin.toml" <<TOML
+listen = "127.0.0.1:$PLUGIN_PORT"
+device_id = "demo-device"
+data_dir = "$PWD/$OUT/plugin/data"
+trust_policy = "$PWD/$OUT/device/trust.toml"
+[registry]
+url = "http://127.0.0.1:$REG_PORT"
+TOML
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+docker-registry serve "$OUT/registry/config.yml" >"$OUT/registry/log" 2>&1 & pids+=($!)
+until curl -fsS "http://127.0.0.1:$REG_PORT/v2/" >/dev/null 2>&1; do sleep 0.2; done
+echo "registry on 127.0.0.1:$REG_PORT (loopback only); the device holds v1 in it:"
+run skopeo copy --quiet --dest-tls-verify=false "docker-archive:$OUT/device/app-v1.tar" "docker://127.0.0.1:$REG_PORT/edge/app:v1"
+"$BIN/sideload-registry-plugin" --config "$OUT/plugin/registry-plugin.toml" >"$OUT/plugin/stdout" 2>"$OUT/plugin/log" & pids+=($!)
+until curl -fsS "http://127.0.0.1:$PLUGIN_PORT/sideload/v1/health" >/dev/null 2>&1; do sleep 0.2; done
+PLUGIN="http://127.0.0.1:$PLUGIN_PORT"
+echo "plugin on $PLUGIN (log: $OUT/plugin/log)"
+printf '$ curl -X POST %s/sideload/v1/uploads\n' "$PLUGIN"
+location=$(curl -fsS -X POST -H "Bundle-Name: app-v2.bundle" "$PLUGIN/sideload/v1/uploads" | python3 -c 'import json,sys; print(json.load(sys.stdin)["location"])')
+size=$(stat -c %s "$OUT/app-v2.bundle"); half=$((size / 2))
+echo "upload: $location; sending the first $half of $size bytes, then the link 'drops'"
+head -c "$half" "$OUT/app-v2.bundle" | curl -sS -X PATCH -H "Upload-Offset: 0" --data-binary @- "$PLUGIN$location" -o /dev/null
+offset=$(curl -fsS -I "$PLUGIN$location" | tr -d '\r' | awk -F': ' 'tolower($1)=="upload-offset"{print $2}')
+echo "the device holds $offset bytes; resuming from there"
+printf '$ curl -X PATCH -H "Upload-Offset: %s" --data-binary @rest %s\n' "$offset" "$PLUGIN$location"
+tail -c +"$((offset + 1))" "$OUT/app-v2.bundle" | curl -fsS -X PATCH -H "Upload-Offset: $offset" --data-binary @- "$PLUGIN$location"
+id=$("$BIN/sideload" inspect "$OUT/app-v2.bundle" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["statement_digest"])')
+for _ in $(seq 1 300); do
+  state=$(curl -fsS "$PLUGIN/sideload/v1/bundles/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bundle"]["state"])')
+  [ "$state" = queued ] || [ "$state" = applying ] || break
+  sleep 0.2
+done
+echo "bundle $id: $state"
+[ "$state" = applied ] || { cat "$OUT/plugin/log" >&2; exit 1; }
+
+step "13. Pull the rebuilt image back through the plugin, as the edge agent's engine would"
+run skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$PLUGIN_PORT/edge/app:v2" "docker-archive:$OUT/device/pulled-v2.tar:edge/app:v2"
+pulled_config=$(skopeo inspect --config --raw "docker-archive:$OUT/device/pulled-v2.tar" | sha256sum | cut -d' ' -f1)
+echo "config digest pulled through the plugin: sha256:$pulled_config"
+[ "$src_config" = "$pulled_config" ] || { echo "MISMATCH: config differs" >&2; exit 1; }
+printf '$ skopeo copy ... docker://127.0.0.1:%s/edge/other:v1 (a write through the plugin)\n' "$PLUGIN_PORT"
+skopeo copy --quiet --dest-tls-verify=false "docker-archive:$OUT/device/app-v1.tar" "docker://127.0.0.1:$PLUGIN_PORT/edge/other:v1" 2>&1 | tail -1 && exit 1 || true
+echo "inventory (GET /sideload/v1/inventory), as sideload build will take it:"
+curl -fsS "$PLUGIN/sideload/v1/inventory" | python3 -c '
+import json, sys
+inv = json.load(sys.stdin)
+for i in inv["images"]:
+    print("  %s:%s %s... %d layers" % (i["repository"], ",".join(i["tags"]), i["manifest_digest"][:19], len(i["diff_ids"])))
+print("  sequences:", inv["sequences"])'
+
 step "Done: everything is in $OUT/"

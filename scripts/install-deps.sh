@@ -3,9 +3,12 @@
 #   docker-registry  the open-source distribution registry (a real registry on loopback)
 #   skopeo           a real registry client and image-format converter
 #   umoci            writes image layers with Go's archive/tar, as Docker and buildkit do
+#   curl             the demo drives the registry plugin's upload API with it
+#   podman           a Docker-compatible engine API (tests of the plugin's engine path)
+#   systemd          systemd-analyze, to check the units in systemd/
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci ca-certificates)
+packages=(docker-registry skopeo umoci curl podman systemd ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -237,6 +237,9 @@ impl Default for BundleSpec {
 
 /// Builds (once per name) a v1 → v2 bundle for repository edge/app, tag v2.
 pub fn bundle(spec: BundleSpec) -> PathBuf {
+    // Tests run in parallel and share bundle files by name: build each one once, under a lock.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture();
     let path = f.work.join(spec.name);
     if path.exists() {
@@ -327,6 +330,9 @@ pub struct DaemonOptions {
     pub data_dir: Option<PathBuf>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// Listen on this loopback port instead of one the OS picks, for configs that must name the
+    /// daemon's own address before it starts (e.g. `[engine] pull_from`).
+    pub listen_port: Option<u16>,
 }
 
 /// The daemon as a child process.
@@ -365,7 +371,7 @@ impl Daemon {
             options,
             registry_url: format!("http://{}", registry.host),
         };
-        d.spawn(None);
+        d.spawn(d.options.listen_port);
         d
     }
 
