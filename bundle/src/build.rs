@@ -75,6 +75,10 @@ pub struct BuildOptions {
     /// Time the encoder may spend on bsdiff candidates (the slow part of a build); after it,
     /// files are patched with zstd only, and whole layers are not tried.
     pub patch_time_budget: std::time::Duration,
+    /// Layers the device is known to hold beyond those of `bases` (by diff_id, from its
+    /// inventory): target layers among them cost nothing, even when the image that holds them
+    /// is not at hand to diff against.
+    pub device_layers: Vec<Digest>,
 }
 
 impl BuildOptions {
@@ -100,6 +104,7 @@ impl BuildOptions {
             signature_slot: DEFAULT_SIGNATURE_SLOT,
             whole_layer_patch_limit: MAX_WHOLE_LAYER,
             patch_time_budget: std::time::Duration::from_secs(600),
+            device_layers: Vec::new(),
         }
     }
 }
@@ -223,6 +228,9 @@ pub fn build_bundle(
                 .entry(&layer.diff_id)
                 .or_insert(&base.image().reference);
         }
+    }
+    for diff_id in &options.device_layers {
+        on_device.entry(diff_id).or_insert("the device's inventory");
     }
 
     let dir = out

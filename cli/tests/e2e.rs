@@ -326,3 +326,93 @@ fn every_command_has_help() {
     // Usage errors exit 2.
     assert_eq!(sideload(&["build"]).status.code(), Some(2));
 }
+
+/// The registry plugin's test fixtures (registry, daemon, demo images, keys), shared rather
+/// than copied.
+#[path = "../../registry-plugin/tests/support/mod.rs"]
+mod plugin_support;
+
+/// The loop between device and cloud: the device's inventory (from its registry plugin) goes
+/// to `sideload build --inventory`, which takes the device's images as bases from the registry
+/// they came from; the bundle goes back to the device and applies.
+#[test]
+fn build_from_a_device_inventory_and_apply_through_the_plugin() {
+    use plugin_support::*;
+    let f = fixture();
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let inventory = work.path().join("inventory.json");
+    let inv = daemon.get_json("/sideload/v1/inventory");
+    fs::write(&inventory, serde_json::to_vec(&inv).unwrap()).unwrap();
+
+    // Only the inventory: the layers the device holds are not sent, the rest goes whole.
+    let only_layers = work.path().join("layers-only.bundle");
+    let out = sideload(&[
+        "build",
+        &format!("oci:{}:v2", f.v2.display()),
+        "--inventory",
+        p(&inventory),
+        "-o",
+        p(&only_layers),
+        "--repository",
+        "edge/app",
+        "--tag",
+        "v2",
+        "--json",
+    ]);
+    let report = json(&out);
+    assert_eq!(report["layers"][0]["encoding"], "present", "{report:#}");
+    assert_eq!(report["layers"][0]["bases"][0], "the device's inventory");
+    assert_eq!(
+        report["layers"][1]["literal_bytes"],
+        report["layers"][1]["size"]
+    );
+
+    // With the registry the images came from: the device's images are bases by digest.
+    let bundle = work.path().join("app-v2.bundle");
+    let statement = work.path().join("statement.json");
+    let out = sideload(&[
+        "build",
+        &format!("oci:{}:v2", f.v2.display()),
+        "--inventory",
+        p(&inventory),
+        "--inventory-registry",
+        &registry.host,
+        "--insecure-registry",
+        &registry.host,
+        "-o",
+        p(&bundle),
+        "--repository",
+        "edge/app",
+        "--tag",
+        "v2",
+        "--sequence",
+        "100",
+        "--statement-out",
+        p(&statement),
+        "--json",
+    ]);
+    let report = json(&out);
+    let bases = report["layers"][1]["bases"].to_string();
+    let v1_digest = inv["images"][0]["manifest_digest"].as_str().unwrap();
+    assert!(bases.contains(v1_digest), "{report:#}");
+    assert!(
+        report["bundle_size"].as_u64().unwrap() < only_layers.metadata().unwrap().len() / 10,
+        "the delta against the device's v1 is far smaller: {report:#}"
+    );
+    let sig = work.path().join("key.sig");
+    let bytes = fs::read(&statement).unwrap();
+    fs::write(&sig, f.key.sign_statement(&bytes).to_json()).unwrap();
+    ok(&["attach", p(&bundle), p(&sig)]);
+    let r = daemon.upload(&bundle);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["bundle"].as_str().unwrap().to_owned();
+    let status = daemon.wait_state(
+        &id,
+        &["applied", "failed"],
+        std::time::Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+}

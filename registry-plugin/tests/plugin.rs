@@ -621,3 +621,61 @@ fn receive_events(port: u16, want: usize, timeout: Duration) -> Vec<serde_json::
     }
     got
 }
+
+#[test]
+fn limits_answer_with_clear_4xx_and_systemd_hears_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let options = DaemonOptions {
+        extra: "[uploads]\nmax_bundle_bytes = 1000\nmax_concurrent_uploads = 1\nfree_disk_reserve_bytes = 0\n".into(),
+        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(&registry, options);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+
+    // Too large by the declared length, and by the bundle's own head.
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Upload-Length", "5000".into())],
+        b"",
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["error"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_bundle_bytes"));
+    let path = bundle(BundleSpec::default());
+    let id = daemon.create_upload(&path, &[]);
+    // One upload open: a second is refused until it ends.
+    let r = daemon.request("POST", "/sideload/v1/uploads", &[], b"");
+    assert_eq!(r.status, 429, "{}", r.text());
+    let head = std::fs::read(&path).unwrap()[..head_len(&path) as usize].to_vec();
+    let r = daemon.request(
+        "PATCH",
+        &format!("/sideload/v1/uploads/{id}"),
+        &[("Upload-Offset", "0".into())],
+        &head,
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    // A missing offset and an unknown upload are clear errors too.
+    let r = daemon.request("PATCH", &format!("/sideload/v1/uploads/{id}"), &[], b"x");
+    assert!(r.status == 400 || r.status == 404, "{}", r.text());
+    let r = daemon.request("HEAD", "/sideload/v1/uploads/0123", &[], b"");
+    assert_eq!(r.status, 404);
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let status = daemon.stop();
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(status.success(), "{status:?}");
+}

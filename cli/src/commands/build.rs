@@ -24,6 +24,15 @@ pub struct BuildArgs {
     /// the device has cost nothing.
     #[arg(long = "base", short = 'b')]
     bases: Vec<String>,
+    /// The device's inventory (`GET /sideload/v1/inventory` of its registry plugin, or the
+    /// inventory a USB receipt brought back): its layers cost nothing; with
+    /// `--inventory-registry`, its images are also used as bases.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    /// A registry holding the inventory's images by digest (e.g. the CI registry the device's
+    /// images came from): each is opened as `docker://HOST/REPO@DIGEST` and used as a base.
+    #[arg(long, requires = "inventory")]
+    inventory_registry: Option<String>,
     /// Where to write the bundle.
     #[arg(long, short = 'o')]
     output: PathBuf,
@@ -98,7 +107,15 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     let target = open_images(std::slice::from_ref(&args.target), &args.registry)?
         .pop()
         .expect("one image");
-    let bases = open_images(&args.bases, &args.registry)?;
+    let inventory = match &args.inventory {
+        Some(path) => Some(DeviceInventory::load(path)?),
+        None => None,
+    };
+    let mut base_names = args.bases.clone();
+    if let (Some(inv), Some(host)) = (&inventory, &args.inventory_registry) {
+        base_names.extend(inv.base_references(host));
+    }
+    let bases = open_images(&base_names, &args.registry)?;
     let (default_repo, default_tag) = default_name(&target.image().repo_tags);
     let repository: RepositoryName = match args.repository.or(default_repo) {
         Some(r) => r.parse()?,
@@ -134,6 +151,9 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.signature_slot = args.signature_slot;
     options.whole_layer_patch_limit = args.whole_layer_patch_limit;
     options.patch_time_budget = args.patch_time_budget;
+    if let Some(inv) = &inventory {
+        options.device_layers = inv.diff_ids()?;
+    }
 
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
         bases.iter().map(|b| b.as_ref()).collect();
@@ -305,5 +325,75 @@ mod tests {
         );
         assert_eq!(n("registry.example/app"), (Some("app".into()), None));
         assert_eq!(default_name(&[]), (None, None));
+    }
+}
+
+/// What `sideload build` reads from a device inventory (the registry plugin's
+/// `/sideload/v1/inventory`, format 1); other fields are ignored.
+#[derive(serde::Deserialize)]
+struct DeviceInventory {
+    format: u32,
+    device: String,
+    images: Vec<InventoryImage>,
+}
+
+#[derive(serde::Deserialize)]
+struct InventoryImage {
+    repository: String,
+    manifest_digest: String,
+    diff_ids: Vec<String>,
+}
+
+impl DeviceInventory {
+    fn load(path: &std::path::Path) -> Result<DeviceInventory> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading inventory {}", path.display()))?;
+        let inv: DeviceInventory = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not a device inventory (GET /sideload/v1/inventory)",
+                path.display()
+            )
+        })?;
+        if inv.format != 1 {
+            bail!(
+                "{}: inventory format {} is not supported (this build reads format 1)",
+                path.display(),
+                inv.format
+            );
+        }
+        Ok(inv)
+    }
+
+    /// Every layer the device holds.
+    fn diff_ids(&self) -> Result<Vec<sideload_signing::Digest>> {
+        let mut out: Vec<sideload_signing::Digest> = Vec::new();
+        for image in &self.images {
+            for d in &image.diff_ids {
+                let d = d
+                    .parse()
+                    .with_context(|| format!("inventory of {}: bad diff_id {d:?}", self.device))?;
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `docker://HOST/REPO@DIGEST` for each distinct image.
+    fn base_references(&self, host: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for image in &self.images {
+            let r = format!(
+                "docker://{}/{}@{}",
+                host.trim_end_matches('/'),
+                image.repository,
+                image.manifest_digest
+            );
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
     }
 }

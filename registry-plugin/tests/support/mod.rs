@@ -321,6 +321,27 @@ pub fn seed_v1(registry: &Registry) {
     ]);
 }
 
+/// The daemon's binary: cargo's path when this module is compiled into the plugin's own tests,
+/// else (when another crate's tests include it) the one beside the test binary in `target/`,
+/// which `cargo test --workspace` builds.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_sideload-registry-plugin") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join("sideload-registry-plugin");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo test --workspace or cargo build -p sideload-registry-plugin)",
+        path.display()
+    );
+    path
+}
+
 /// Options for a daemon under test.
 #[derive(Default, Clone)]
 pub struct DaemonOptions {
@@ -396,7 +417,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sideload-registry-plugin"))
+        let mut child = Command::new(daemon_binary())
             .arg("--config")
             .arg(&self.config)
             .envs(
