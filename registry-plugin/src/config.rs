@@ -58,6 +58,9 @@ pub struct UploadLimits {
     /// Unfinished uploads untouched this long are removed (seconds). Slow links resume
     /// over days, so the default is long.
     pub idle_expiry_secs: u64,
+    /// A request that sends no byte for this long counts as cut (seconds): a dead link must
+    /// not hold an upload that its client wants to resume on a new connection.
+    pub read_timeout_secs: u64,
 }
 
 /// The inbox folder.
@@ -109,6 +112,7 @@ impl Default for UploadLimits {
             max_concurrent_uploads: 8,
             free_disk_reserve_bytes: 1 << 30,
             idle_expiry_secs: 30 * 24 * 3600,
+            read_timeout_secs: 120,
         }
     }
 }

@@ -69,6 +69,15 @@ pub enum Intake {
     },
 }
 
+/// What a head check found.
+#[derive(Debug)]
+pub enum HeadCheck {
+    /// Trusted: the head and its statement.
+    Trusted(sideload_bundle::BundleHead, Box<Statement>),
+    /// The same statement is already queued, applying or applied: a duplicate delivery.
+    Known(Box<BundleRecord>),
+}
+
 /// A delivery that was not taken: the reason and what to do. The file was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Refused {
@@ -122,41 +131,58 @@ impl Daemon {
         self.config.data_dir.join("bundles")
     }
 
-    /// Checks the head of a bundle from its first bytes (the payload may still be missing):
-    /// signatures, expiry, sequence floor, limits. Returns the trusted statement.
-    pub fn check_head(
-        &self,
-        reader: &mut impl Read,
-        name: &str,
-    ) -> Result<(sideload_bundle::BundleHead, Statement), BundleError> {
-        // Read the head once into memory (bounded by the limits), look at the statement's
-        // repository unverified to find its sequence floor, then verify properly.
+    /// Most bytes a head may take before its limits are known to be broken: a receiver that
+    /// holds this many bytes and still has no whole head refuses the bundle.
+    pub fn head_cap(&self) -> u64 {
+        sideload_bundle::container::HEADER_LEN
+            + u64::from(self.limits.max_statement)
+            + u64::from(self.limits.max_signature_slot)
+    }
+
+    /// Checks the head of a bundle from its first bytes (the payload may still be missing).
+    /// A statement already queued, applying or applied is [`HeadCheck::Known`] before anything
+    /// else (a second copy of an applied bundle is a duplicate, not a rollback); otherwise
+    /// signatures, expiry, sequence floor and limits decide.
+    pub fn check_head(&self, reader: &mut impl Read, name: &str) -> Result<HeadCheck, BundleError> {
+        // Read the head once into memory (bounded by the limits), look at the statement
+        // unverified to find its id and its repository's sequence floor, then verify properly.
         let mut bytes = vec![0u8; sideload_bundle::container::HEADER_LEN as usize];
         read_fully(reader, &mut bytes, name, "header")?;
         let len = sideload_bundle::head_len(&bytes).ok_or_else(|| BundleError::NotABundle {
             bundle: name.to_owned(),
         })?;
-        let cap = sideload_bundle::container::HEADER_LEN
-            + u64::from(self.limits.max_statement)
-            + u64::from(self.limits.max_signature_slot);
-        if len <= cap {
+        if len <= self.head_cap() {
             let mut rest = vec![0u8; (len as usize).saturating_sub(bytes.len())];
             read_fully(reader, &mut rest, name, "statement and signatures")?;
             bytes.extend_from_slice(&rest);
         }
         // (Past the cap, read_head below reports which part is over its limit.)
         let head = sideload_bundle::read_head(&mut bytes.as_slice(), name, &self.limits)?;
-        let repository = Statement::from_canonical_json(&head.statement_bytes)
+        let unverified = Statement::from_canonical_json(&head.statement_bytes).ok();
+        if let Some(s) = &unverified {
+            let id = s.digest().to_string();
+            if let Some(known) = self
+                .journal
+                .get(&id)
+                .ok()
+                .flatten()
+                .filter(|b| b.state.is_live())
+            {
+                return Ok(HeadCheck::Known(Box::new(known)));
+            }
+        }
+        let repository = unverified
             .map(|s| s.target.repository.to_string())
             .unwrap_or_default();
         let ctx = self.verify_context(&repository)?;
-        sideload_bundle::verify_head_from(
+        let (head, statement) = sideload_bundle::verify_head_from(
             &mut bytes.as_slice(),
             name,
             &self.policy,
             &ctx,
             &self.limits,
-        )
+        )?;
+        Ok(HeadCheck::Trusted(head, Box::new(statement)))
     }
 
     /// The one intake path. `path` is a whole bundle file already in [`bundles_dir`]
@@ -205,17 +231,11 @@ impl Daemon {
                 source: e,
             })
         })?;
-        let (head, statement) = self.check_head(&mut file, name).map_err(refuse)?;
+        let (head, statement) = match self.check_head(&mut file, name).map_err(refuse)? {
+            HeadCheck::Trusted(head, statement) => (head, statement),
+            HeadCheck::Known(existing) => return Ok(Intake::Duplicate { bundle: *existing }),
+        };
         let id = statement.digest().to_string();
-        if let Some(existing) = self
-            .journal
-            .get(&id)
-            .ok()
-            .flatten()
-            .filter(|b| b.state.is_live())
-        {
-            return Ok(Intake::Duplicate { bundle: existing });
-        }
         let expected = head.payload_offset() + statement.payload.size;
         let actual = file
             .metadata()
@@ -358,6 +378,7 @@ impl Daemon {
         if staging.exists() {
             std::fs::remove_dir_all(&staging)?;
         }
+        self.recover_incoming()?;
         for b in self.journal.in_state(State::Applying)? {
             tracing::warn!(bundle = %b.name, id = %b.id, "apply was interrupted; queued again");
             self.journal.set_state(
@@ -374,6 +395,44 @@ impl Daemon {
                 self.journal
                     .set_state(&b.id, State::Failed, Some(&reason), Some(advice))?;
                 self.announce(&b, "failed", Some(&reason), Some(advice));
+            }
+        }
+        Ok(())
+    }
+
+    /// Files caught between their delivery and the queue (`bundles/*.incoming`) go back where
+    /// they came from: an upload's bytes to its upload (whose client finishes it with a PUT),
+    /// an inbox file to the inbox (taken again at the next scan).
+    fn recover_incoming(&self) -> std::io::Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.bundles_dir()) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".incoming") else {
+                continue;
+            };
+            let back = match stem.strip_prefix("inbox-") {
+                Some(file) => self.config.inbox_dir().join(file),
+                None => self
+                    .config
+                    .data_dir
+                    .join("uploads")
+                    .join(format!("{stem}.part")),
+            };
+            let has_owner = back.parent().map(|d| d.exists()).unwrap_or(false)
+                && (stem.starts_with("inbox-")
+                    || self
+                        .config
+                        .data_dir
+                        .join("uploads")
+                        .join(format!("{stem}.json"))
+                        .exists());
+            if has_owner {
+                tracing::warn!(file = %name, to = %back.display(), "delivery interrupted by a restart; put back");
+                std::fs::rename(entry.path(), &back)?;
+            } else {
+                std::fs::remove_file(entry.path())?;
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Outbound announcements of bundle state changes: a durable, ordered spool.
 //!
-//! Every state change of a bundle on the device (received, verified, refused, queued, applying,
-//! applied, failed, …) is handed to [`EventSpool::emit`], which writes it to disk before it
+//! Every state change of a bundle on the device (queued, applying, applied, failed, refused,
+//! engine-loaded, engine-failed) is handed to [`EventSpool::emit`], which writes it to disk before it
 //! returns. [`EventSpool::run`] then delivers the spooled events, oldest first, to the configured
 //! targets: an HTTP POST of the event JSON and/or a local command that gets the JSON on stdin. An
 //! IoT Edge module or a telemetry agent forwards them to the cloud from there.
@@ -180,7 +180,7 @@ pub struct Event {
     pub bundle: String,
     /// The repository the bundle rebuilds an image in
     pub repository: String,
-    /// The new state (received, verified, refused, queued, applying, applied, failed, …)
+    /// The new state: queued, applying, applied, failed, refused, engine-loaded, engine-failed
     pub state: String,
     /// Why, for refusals and failures, in words a person at the other end can act on
     pub reason: Option<String>,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::daemon::{Daemon, Intake, Refused};
+use crate::daemon::{Daemon, HeadCheck, Intake, Refused};
 
 /// Most directory entries looked at per scan.
 const MAX_ENTRIES: usize = 10_000;
@@ -145,7 +145,7 @@ pub fn judge(daemon: &Daemon, path: &Path, name: &str, len: u64, stable: bool) -
             Verdict::Wait
         };
     };
-    if len < head_len {
+    if len < head_len && head_len <= daemon.head_cap() {
         return Verdict::Wait;
     }
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -157,7 +157,15 @@ pub fn judge(daemon: &Daemon, path: &Path, name: &str, len: u64, stable: bool) -
             tracing::warn!(bundle = %name, error = %e, "cannot check inbox file yet");
             Verdict::Wait
         }
-        Ok((head, statement)) => {
+        // Already queued or applied: once whole, intake drops it as a duplicate.
+        Ok(HeadCheck::Known(_)) => {
+            if stable {
+                Verdict::Take
+            } else {
+                Verdict::Wait
+            }
+        }
+        Ok(HeadCheck::Trusted(head, statement)) => {
             let total = head.payload_offset() + statement.payload.size;
             if len > total {
                 Verdict::Quarantine(Refused::from_error(

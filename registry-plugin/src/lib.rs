@@ -69,6 +69,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .recover()
         .context("cannot recover the journal's interrupted work")?;
 
+    if daemon.config.inbox.enabled {
+        // Made before the daemon reports ready, so a delivery right after start has a place.
+        for dir in [daemon.config.inbox_dir(), daemon.config.quarantine_dir()] {
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!(
+                    "cannot create inbox folder {} (inbox.dir, inbox.quarantine_dir)",
+                    dir.display()
+                )
+            })?;
+        }
+    }
     let listener = tokio::net::TcpListener::bind(daemon.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", daemon.config.listen))?;
@@ -122,7 +133,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let server = server.clone();
                 let service = hyper::service::service_fn(move |req| server.clone().handle(req));
+                // A client that opens a connection and sends no request head is dropped.
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

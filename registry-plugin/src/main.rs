@@ -21,6 +21,10 @@ struct Args {
     check_config: bool,
 }
 
+/// Exit status for a configuration the daemon cannot run with (sysexits' EX_USAGE); the
+/// systemd unit does not restart on it (`RestartPreventExitStatus=64`).
+const EXIT_CONFIG: u8 = 64;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging();
@@ -28,19 +32,20 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Settings that cannot work are refused here, before anything binds or writes.
+    if let Err(e) = config.events.check() {
+        eprintln!("error: {}: [events]: {e}", args.config.display());
+        return std::process::ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
+        eprintln!("error: trust policy: {e}; make one with `sideload-sign pubkey KEY.pub`");
+        return std::process::ExitCode::from(EXIT_CONFIG);
+    }
     if args.check_config {
         // A summary, not the whole config: event headers may carry tokens.
-        if let Err(e) = config.events.check() {
-            eprintln!("error: [events]: {e}");
-            return std::process::ExitCode::from(2);
-        }
-        if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
-            eprintln!("error: trust policy: {e}");
-            return std::process::ExitCode::from(2);
-        }
         println!(
             "config OK: listen {}, registry {}, data {}, inbox {}, engine {}, events {}",
             config.listen,

@@ -180,7 +180,7 @@ impl Server {
                         Ok(()) => empty(StatusCode::NO_CONTENT),
                         Err(e) => upload_error(e),
                     },
-                    _ => method_not_allowed(),
+                    _ => method_not_allowed("GET, HEAD, PATCH, PUT, DELETE"),
                 }
             }
             (Method::GET, ["bundles"]) => {
@@ -412,8 +412,41 @@ fn is_hop_by_hop(name: &header::HeaderName) -> bool {
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| v.to_owned())
+        (k == key).then(|| percent_decode(v))
     })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) in a query value, e.g. `sha256%3A...`.
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -507,6 +540,16 @@ fn upload_error(e: UploadError) -> Response<Body> {
             &m,
             "see docs/upload-api.md",
         ),
+        UploadError::Overflow { message, held } => {
+            let mut r = error(
+                StatusCode::BAD_REQUEST,
+                "overflow",
+                &message,
+                "the excess was dropped; finish the upload with PUT, and check the client: it sent more than the bundle",
+            );
+            r.headers_mut().insert("upload-offset", held.into());
+            r
+        }
         UploadError::TooLarge(m) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -544,11 +587,26 @@ fn internal(e: impl std::fmt::Display) -> Response<Body> {
     )
 }
 
-fn method_not_allowed() -> Response<Body> {
-    error(
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "method not allowed here",
+        &format!("this resource takes {allow}"),
         "see docs/upload-api.md",
-    )
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("sha256%3Aab"), "sha256:ab");
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz%é"), "%zz%é");
+    }
 }

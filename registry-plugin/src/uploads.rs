@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::daemon::{Daemon, Intake, Refused};
+use crate::daemon::{Daemon, HeadCheck, Intake, Refused};
 use crate::journal::now;
 
 /// fsync the data at least this often during a long request.
@@ -74,6 +74,14 @@ pub enum UploadError {
     },
     /// The request is malformed.
     BadRequest(String),
+    /// More bytes than the bundle's head declares; the excess was dropped and the upload
+    /// holds `held` bytes (finish it with PUT).
+    Overflow {
+        /// What happened.
+        message: String,
+        /// Bytes held.
+        held: u64,
+    },
     /// Bigger than `max_bundle_bytes`.
     TooLarge(String),
     /// Too many unfinished uploads.
@@ -201,9 +209,14 @@ impl Uploads {
         length: Option<u64>,
     ) -> Result<Created, UploadError> {
         if let Some(d) = &digest {
-            if !d.starts_with("sha256:") || d.len() != 71 {
+            let hex = d.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
                 return Err(UploadError::BadRequest(format!(
-                    "Bundle-Digest {d:?} is not sha256:<64 hex digits>"
+                    "Bundle-Digest {d:?} is not sha256:<64 lowercase hex digits>"
                 )));
             }
             if let Ok(Some(b)) = daemon.journal.by_file_digest(d) {
@@ -326,7 +339,19 @@ impl Uploads {
             .map_err(|e| UploadError::Internal(format!("cannot open upload {id}: {e}")))?;
         let mut unsynced = 0u64;
         let mut outcome = Ok(());
-        while let Some(frame) = body.frame().await {
+        let read_timeout =
+            std::time::Duration::from_secs(daemon.config.uploads.read_timeout_secs.max(1));
+        loop {
+            // A client that vanishes without closing (a dead link) must not hold the upload:
+            // no byte for `read_timeout` counts as a cut, and the lock is released.
+            let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::info!(upload = %id, held, "no data for {read_timeout:?}; request treated as cut");
+                    break;
+                }
+            };
             let data = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => d,
@@ -341,11 +366,14 @@ impl Uploads {
             let mut data = &data[..];
             if let Some(total) = meta.total_length {
                 if held + data.len() as u64 > total {
-                    outcome = Err(UploadError::BadRequest(format!(
-                        "{}: more bytes than the bundle's head declares ({total})",
-                        meta.name
-                    )));
-                    data = &data[..(total - held) as usize];
+                    outcome = Err(UploadError::Overflow {
+                        message: format!(
+                            "{}: more bytes than the bundle's head declares ({total})",
+                            meta.name
+                        ),
+                        held: total,
+                    });
+                    data = &data[..total.saturating_sub(held) as usize];
                 }
             }
             if let Err(e) = file.write_all(data).await {
@@ -368,10 +396,54 @@ impl Uploads {
                     )));
                     break;
                 }
-                if let Err(e) = self.check_head(daemon, &mut meta, held).await {
-                    drop(file);
-                    self.remove(id);
-                    return Err(e);
+                match self.check_head(daemon, &mut meta, held).await {
+                    Ok(None) => {}
+                    Ok(Some(duplicate)) => {
+                        // Already on the device: nothing more to store.
+                        drop(file);
+                        let _ = std::fs::remove_file(&part);
+                        meta.result = Some(duplicate.clone());
+                        meta.updated_at = now();
+                        self.save(&meta)?;
+                        return Ok(Appended::Done {
+                            held,
+                            result: duplicate,
+                        });
+                    }
+                    Err(e) => {
+                        drop(file);
+                        // A bundle that can never be taken loses its bytes at once; after a
+                        // device-side problem (disk, I/O) the upload stays for a retry.
+                        if matches!(
+                            &e,
+                            UploadError::Refused(Refused {
+                                permanent: true,
+                                ..
+                            }) | UploadError::TooLarge(_)
+                                | UploadError::BadRequest(_)
+                        ) {
+                            self.remove(id);
+                        }
+                        return Err(e);
+                    }
+                }
+                if let Some(total) = meta.total_length.filter(|&t| held > t) {
+                    // The head and bytes past the bundle's end came in one frame.
+                    let _ = file.flush().await;
+                    if let Err(e) = file.set_len(total).await {
+                        outcome = Err(UploadError::Internal(format!(
+                            "cannot store upload {id}: {e}"
+                        )));
+                        break;
+                    }
+                    held = total;
+                    outcome = Err(UploadError::Overflow {
+                        message: format!(
+                            "{}: more bytes than the bundle's head declares ({total})",
+                            meta.name
+                        ),
+                        held,
+                    });
                 }
             }
             if unsynced >= SYNC_EVERY {
@@ -398,16 +470,17 @@ impl Uploads {
     }
 
     /// Once enough bytes are in, checks the head; records the total length and bundle id.
+    /// `Some(result)` when the bundle is already on the device (a duplicate).
     async fn check_head(
         &self,
         daemon: &Arc<Daemon>,
         meta: &mut UploadMeta,
         held: u64,
-    ) -> Result<(), UploadError> {
+    ) -> Result<Option<UploadResult>, UploadError> {
         let part = self.part(&meta.id);
         let mut header = [0u8; 32];
         if held < header.len() as u64 {
-            return Ok(());
+            return Ok(None);
         }
         let mut read = || -> std::io::Result<std::fs::File> {
             let mut f = std::fs::File::open(&part)?;
@@ -429,12 +502,25 @@ impl Uploads {
                 },
             )));
         };
-        if held < head_len {
-            return Ok(());
+        // Wait for the rest of the head, unless its declared size already breaks the limits
+        // (then the check below refuses it without waiting for a byte more).
+        if held < head_len && head_len <= daemon.head_cap() {
+            return Ok(None);
         }
-        let (head, statement) = daemon
+        let (head, statement) = match daemon
             .check_head(&mut f, &meta.name)
-            .map_err(|e| refuse(Refused::from_error(&meta.name, &e)))?;
+            .map_err(|e| refuse(Refused::from_error(&meta.name, &e)))?
+        {
+            HeadCheck::Trusted(head, statement) => (head, statement),
+            HeadCheck::Known(known) => {
+                tracing::info!(upload = %meta.id, bundle = %meta.name, id = %known.id,
+                    state = known.state.as_str(), "upload of a bundle the device already has; stopped");
+                return Ok(Some(UploadResult::Accepted {
+                    bundle: known.id,
+                    intake: "duplicate".into(),
+                }));
+            }
+        };
         let total = head.payload_offset() + statement.payload.size;
         let max = daemon.config.uploads.max_bundle_bytes;
         if total > max {
@@ -449,12 +535,12 @@ impl Uploads {
                 meta.name
             )));
         }
-        self.check_space(daemon, total - held)?;
+        self.check_space(daemon, total.saturating_sub(held))?;
         let id = statement.digest().to_string();
         tracing::info!(upload = %meta.id, bundle = %meta.name, id = %id, total, "bundle head trusted");
         meta.total_length = Some(total);
         meta.bundle_id = Some(id);
-        self.save(meta)
+        self.save(meta).map(|_| None)
     }
 
     /// Hands a complete upload to intake.

@@ -137,7 +137,12 @@ fn upload_applies_and_the_image_pulls_through_the_plugin_exactly() {
         "{metrics}"
     );
 
-    // The same bundle again: known by its file digest, nothing to send, no second apply.
+    // The same bundle again without its digest: stopped as a duplicate once the head is in
+    // (not refused as a rollback: it is the very bundle the device applied).
+    let r = daemon.upload(&path);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "duplicate");
+    // And with its file digest: known before a byte is sent.
     let digest = format!("sha256:{}", sha256_hex(&std::fs::read(&path).unwrap()));
     let r = daemon.request(
         "POST",
@@ -147,6 +152,11 @@ fn upload_applies_and_the_image_pulls_through_the_plugin_exactly() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["outcome"], "known");
+}
+
+/// A path whose file name names an upload (the file need not exist).
+fn path_named(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(name)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -282,6 +292,38 @@ fn untrusted_bundles_are_refused_before_their_payload_is_stored() {
         "no bytes kept"
     );
 
+    // A forged header declaring a head over the limits is refused at once, not waited for.
+    let mut forged = std::fs::read(bundle(BundleSpec::default())).unwrap()[..32].to_vec();
+    forged[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+    let id = daemon.create_upload(&path_named("forged.bundle"), &[]);
+    let r = daemon.request(
+        "PATCH",
+        &format!("/sideload/v1/uploads/{id}"),
+        &[("Upload-Offset", "0".into())],
+        &forged,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "over_limit");
+
+    // Bytes past the bundle's end, in the same frame as its head: dropped, 400 with the offset,
+    // and PUT finishes the (intact) bundle.
+    let extra = bundle(BundleSpec {
+        name: "overflow.bundle",
+        sequence: 99,
+        ..Default::default()
+    });
+    let mut bytes = std::fs::read(&extra).unwrap();
+    let size = bytes.len();
+    bytes.extend_from_slice(b"0123456789");
+    let id = daemon.create_upload(&extra, &[]);
+    let url = format!("/sideload/v1/uploads/{id}");
+    let r = daemon.request("PATCH", &url, &[("Upload-Offset", "0".into())], &bytes);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.header("upload-offset"), Some(size.to_string().as_str()));
+    let r = daemon.request("PUT", &url, &[], b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    daemon.wait_state(&bundle_id(&extra), &["applied"], Duration::from_secs(120));
+
     // A tampered payload is found when the payload is whole, and refused.
     let good = bundle(BundleSpec::default());
     let mut bytes = std::fs::read(&good).unwrap();
@@ -312,7 +354,7 @@ fn untrusted_bundles_are_refused_before_their_payload_is_stored() {
         .iter()
         .filter(|e| e["state"] == "refused")
         .count();
-    assert_eq!(refused, 5, "{journal:#}");
+    assert_eq!(refused, 6, "{journal:#}");
 }
 
 #[test]
@@ -593,8 +635,12 @@ fn receive_events(port: u16, want: usize, timeout: Duration) -> Vec<serde_json::
             continue;
         };
         stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut r = BufReader::new(stream);
-        loop {
+        // The sender keeps its connection alive between events: stop reading once enough came.
+        while got.len() < want {
             let mut line = String::new();
             if r.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
@@ -633,7 +679,7 @@ fn limits_answer_with_clear_4xx_and_systemd_hears_ready_and_stopping() {
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let options = DaemonOptions {
-        extra: "[uploads]\nmax_bundle_bytes = 1000\nmax_concurrent_uploads = 1\nfree_disk_reserve_bytes = 0\n".into(),
+        extra: "[uploads]\nmax_bundle_bytes = 1000\nmax_concurrent_uploads = 1\nfree_disk_reserve_bytes = 0\nread_timeout_secs = 2\n".into(),
         env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
         ..Default::default()
     };
@@ -656,6 +702,17 @@ fn limits_answer_with_clear_4xx_and_systemd_hears_ready_and_stopping() {
         .contains("max_bundle_bytes"));
     let path = bundle(BundleSpec::default());
     let id = daemon.create_upload(&path, &[]);
+    // A client that goes silent mid-request (a dead link that never closes) does not hold the
+    // upload: after read_timeout_secs the bytes it sent are kept and the upload answers again.
+    let stalled = stall(
+        &daemon.addr,
+        &format!("/sideload/v1/uploads/{id}"),
+        b"SIDELOAD",
+    );
+    let start = Instant::now();
+    assert_eq!(daemon.offset(&id), Some(8));
+    assert!(start.elapsed() < Duration::from_secs(20));
+    drop(stalled);
     // One upload open: a second is refused until it ends.
     let r = daemon.request("POST", "/sideload/v1/uploads", &[], b"");
     assert_eq!(r.status, 429, "{}", r.text());
@@ -663,8 +720,8 @@ fn limits_answer_with_clear_4xx_and_systemd_hears_ready_and_stopping() {
     let r = daemon.request(
         "PATCH",
         &format!("/sideload/v1/uploads/{id}"),
-        &[("Upload-Offset", "0".into())],
-        &head,
+        &[("Upload-Offset", "8".into())],
+        &head[8..],
     );
     assert_eq!(r.status, 413, "{}", r.text());
     // A missing offset and an unknown upload are clear errors too.
@@ -678,4 +735,16 @@ fn limits_answer_with_clear_4xx_and_systemd_hears_ready_and_stopping() {
     let n = notify.recv(&mut buf).expect("STOPPING=1 from the daemon");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(status.success(), "{status:?}");
+}
+
+/// Starts a PATCH declaring far more bytes than it sends, sends `body`, and keeps the
+/// connection open (returned) without sending more.
+fn stall(addr: &str, path: &str, body: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nUpload-Offset: 0\r\nContent-Length: 1000000\r\n\r\n").unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s
 }
