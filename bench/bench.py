@@ -6,7 +6,10 @@ in its own `python3 -c` process so that its time and memory are measured apart f
 The realistic scenarios' images come from corpus.py (cached in bench/.cache/).
 
   bench.py --bin target/release --work TMPDIR --out bench/results/latest.md [--scenario NAME]...
-           [--only METHOD,...] [--no-peer-cache]
+           [--only METHOD,...] [--no-peer-cache] [--plugin [--plugin-pull-rounds N]]
+
+--plugin also delivers each scenario's bundle to sideload-registry-plugin in front of a
+docker-registry on loopback (see "registry plugin" below and bench/README.md).
 
 The peers' rows (bsdiff, xdelta3, zstd, rdiff, HDiffPatch) are cached in
 bench/.cache/peer-results/SCENARIO/METHOD.json and reused while their key matches: the tool's
@@ -20,6 +23,7 @@ of its time limit or out of memory is reported, not a failure), 1 otherwise.
 import argparse
 import datetime
 import hashlib
+import http.client
 import inspect
 import json
 import os
@@ -27,11 +31,13 @@ import platform
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corpus  # noqa: E402
@@ -354,6 +360,116 @@ class ScratchWatch:
 
 
 # ---------------------------------------------------------------------------------------------
+# registry plugin (--plugin): the device daemon in front of a local distribution registry
+#
+# For a scenario, with the bundle sideload just built and signed: a docker-registry on a free
+# loopback port (storage in the work directory) seeded with the old image, the daemon in front
+# of it trusting the bench key, one upload of the bundle; measured: the upload request, upload
+# complete -> the tag answers with the statement's manifest digest through the plugin, the
+# daemon's peak RSS (VmHWM), and the same image pulled with skopeo through the plugin and
+# straight from the registry, PLUGIN_PULL_ROUNDS times each, alternating.
+
+PLUGIN_PULL_ROUNDS = 2  # --plugin-pull-rounds
+PLUGIN_POLL_S = 0.05
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status_kib(pid, field):
+    """VmRSS / VmHWM of a process, KiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds a process used so far (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_bytes(root, part=None):
+    """Bytes of the files under root (only in directories named `part`, when given)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        if part and part not in dirpath.split(os.sep):
+            continue
+        for n in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def http_request(port, method, path, body=None, headers=None, timeout=30):
+    """(status, headers dict with lower-case names, body bytes) of one request to 127.0.0.1."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, blocksize=1 << 20)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def wait_http(port, path, proc, log, timeout=60):
+    """Waits until GET path answers 200; raises with the log's tail if proc died or time ran out."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited ({proc.returncode}) before answering on {port}: {tail(log)}")
+        try:
+            if http_request(port, "GET", path, timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no answer on 127.0.0.1:{port}{path} after {timeout} s: {tail(log)}")
+
+
+def tail(path, lines=15):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).strip()
+    except OSError:
+        return ""
+
+
+def stop_process(p, log=None):
+    """Stops one process this bench started, by its pid: SIGTERM, then SIGKILL after 15 s."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if log:
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # tools: each returns a row dict: bytes, enc (Measured|None), dec (Measured|None), status, note;
 # status is "yes" (reproduced), "NO" (did not), "FAILED", "timeout", "oom" or "skipped".
 
@@ -396,6 +512,10 @@ class Bench:
         self.zstd_level = args.zstd_level
         self.bsdiff_max = args.bsdiff_max_bytes
         self.cache = args.cache
+        self.plugin = args.plugin
+        self.plugin_pull_rounds = args.plugin_pull_rounds
+        # The daemon's log of each --plugin run is kept next to the markdown report.
+        self.log_dir = os.path.dirname(os.path.abspath(args.out))
         self.peer_cache = PeerCache(os.path.join(self.cache, "peer-results"), enabled=not args.no_peer_cache)
         self.versions = tool_versions()
         # Read now: the file may be edited while a long run goes on.
@@ -454,6 +574,154 @@ class Bench:
         sc["sideload_apply"] = dict(rss_kib=dec.rss_kib, scratch=scratch, scratch_seen=watch.peak,
                                     seconds=dec.seconds)
         return dict(bytes=size, enc=enc, dec=dec, status="NO" if err else "yes", note=note)
+
+    def registry_plugin(self, sc, d):
+        """The device daemon with the bundle `sideload` left in `d` (see "registry plugin" above).
+        Returns a dict for sc["plugin"]; raises on failure (the caller records it)."""
+        sl = os.path.join(self.bin, "sideload")
+        daemon_bin = os.path.join(self.bin, "sideload-registry-plugin")
+        bundle = os.path.join(d, "app.bundle")
+        # sideload's rebuilt archive is checked already; free its space for the registry.
+        for n in ("rebuilt.tar",):
+            if os.path.exists(os.path.join(d, n)):
+                os.remove(os.path.join(d, n))
+        info = json.loads(run([sl, "inspect", bundle, "--json"]))
+        stmt_digest = info["statement_digest"]
+        target = info["statement"]["target"]
+        repo, tag, want = target["repository"], target["tags"][0], target["manifest_digest"]
+        manifest = json.loads(target["manifest"])
+        image_bytes = manifest["config"]["size"] + sum(l["size"] for l in manifest["layers"])
+        res = dict(bundle_bytes=os.path.getsize(bundle), image_bytes=image_bytes, ref=f"{repo}:{tag}",
+                   manifest_digest=want, layer_media_types=sorted({l["mediaType"] for l in manifest["layers"]}))
+
+        pd = os.path.join(d, "plugin")
+        os.makedirs(os.path.join(pd, "registry"))
+        reg_port, plug_port = free_port(), free_port()
+        reg_cfg = os.path.join(pd, "registry.yml")
+        with open(reg_cfg, "w") as f:
+            f.write("version: 0.1\n"
+                    "log: {level: warn, accesslog: {disabled: true}}\n"
+                    f"storage: {{filesystem: {{rootdirectory: {os.path.join(pd, 'registry')}}}, delete: {{enabled: true}}}}\n"
+                    f"http: {{addr: 127.0.0.1:{reg_port}, secret: sideload-bench}}\n")
+        plug_cfg = os.path.join(pd, "registry-plugin.toml")
+        with open(plug_cfg, "w") as f:
+            f.write(f'listen = "127.0.0.1:{plug_port}"\n'
+                    'device_id = "bench-device"\n'
+                    f'data_dir = "{os.path.join(pd, "data")}"\n'
+                    f'trust_policy = "{self.policy}"\n'
+                    "[registry]\n"
+                    f'url = "http://127.0.0.1:{reg_port}"\n')
+        reg_log, plug_log = os.path.join(pd, "registry.log"), os.path.join(pd, "plugin.log")
+        res["log"] = plug_log
+        started = []
+        try:
+            lf = open(reg_log, "wb")
+            reg = subprocess.Popen(["docker-registry", "serve", reg_cfg], stdout=lf, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+            started.append((reg, lf))
+            wait_http(reg_port, "/v2/", reg, reg_log)
+
+            # The device already holds the old image (skopeo stores its layers gzip-compressed).
+            seed = None
+            if sc["old"] is not None:
+                seed = sc["old_ref"] if sc["old_ref"] and sc["old_ref"] != res["ref"] else f"{repo}:held"
+                t = time.monotonic()
+                run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-archive:{sc['old']}",
+                     f"docker://127.0.0.1:{reg_port}/{seed}"])
+                res["seed_s"] = time.monotonic() - t
+            res["seed"] = seed
+
+            lf = open(plug_log, "wb")
+            plug = subprocess.Popen([daemon_bin, "--config", plug_cfg], stdout=lf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=dict(os.environ, NO_COLOR="1"))
+            started.append((plug, lf))
+            wait_http(plug_port, "/sideload/v1/health", plug, plug_log)
+            res["rss_idle_kib"] = proc_status_kib(plug.pid, "VmRSS")
+
+            st, h, body = http_request(plug_port, "POST", "/sideload/v1/uploads",
+                                       headers={"Bundle-Name": "app.bundle"})
+            if st not in (200, 201):
+                raise RuntimeError(f"POST /sideload/v1/uploads: {st} {body[:300]!r}")
+            location = json.loads(body)["location"] if body.strip() else h["location"]
+            location = urllib.parse.urlsplit(location).path or location
+            t0 = time.monotonic()
+            with open(bundle, "rb") as f:
+                st, h, body = http_request(plug_port, "PATCH", location, body=f,
+                                           headers={"Upload-Offset": "0",
+                                                    "Content-Length": str(res["bundle_bytes"]),
+                                                    "Content-Type": "application/octet-stream"},
+                                           timeout=LIMITS["timeout"])
+            t_done = time.monotonic()
+            cpu0 = proc_cpu_seconds(plug.pid)
+            res["upload_s"] = t_done - t0
+            if st != 202:
+                raise RuntimeError(f"PATCH {location}: {st} {body[:300]!r}")
+            got = json.loads(body).get("bundle")
+            if got != stmt_digest:
+                raise RuntimeError(f"upload answered bundle {got}, the statement digest is {stmt_digest}")
+
+            # Poll the tag through the plugin and the bundle's state until both say done.
+            t_tag = t_state = t_push = None
+            state, reason = None, None
+            # When the daemon starts pushing (the first bytes in the registry's upload area):
+            # upload -> t_push is the decode into staging, t_push -> tag the push into the registry.
+            uploads_area = os.path.join(pd, "registry", "docker", "registry", "v2", "repositories")
+            deadline = t_done + LIMITS["timeout"]
+            while t_tag is None or t_state is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tag not visible / bundle not applied after {LIMITS['timeout']} s "
+                                       f"(state {state}): {tail(plug_log)}")
+                if plug.poll() is not None:
+                    raise RuntimeError(f"the daemon exited ({plug.returncode}): {tail(plug_log)}")
+                if t_push is None and tree_bytes(uploads_area, "_uploads") > 0:
+                    t_push = time.monotonic()
+                if t_tag is None:
+                    st, h, _ = http_request(plug_port, "HEAD", f"/v2/{repo}/manifests/{tag}",
+                                            headers={"Accept": MANIFEST_ACCEPT})
+                    if st == 200 and h.get("docker-content-digest") == want:
+                        t_tag = time.monotonic()
+                if t_state is None:
+                    st, _, body = http_request(plug_port, "GET", f"/sideload/v1/bundles/{stmt_digest}")
+                    if st == 200:
+                        b = json.loads(body)["bundle"]
+                        state, reason = b["state"], b.get("reason")
+                        if state == "applied":
+                            t_state = time.monotonic()
+                        elif state in ("failed", "refused"):
+                            raise RuntimeError(f"bundle {state}: {reason}")
+                if t_tag is None or t_state is None:
+                    time.sleep(PLUGIN_POLL_S)
+            res["tag_s"] = t_tag - t_done
+            res["applied_s"] = t_state - t_done
+            res["hwm_apply_kib"] = proc_status_kib(plug.pid, "VmHWM")
+            res["apply_cpu_s"] = proc_cpu_seconds(plug.pid) - cpu0
+            res["decode_s"] = None if t_push is None else t_push - t_done
+
+            # Pulls: the same image through the plugin and straight from the registry.
+            pulls = {"plugin": [], "direct": []}
+            cpu1 = proc_cpu_seconds(plug.pid)
+            for i in range(self.plugin_pull_rounds):
+                for way, port in (("direct", reg_port), ("plugin", plug_port)):
+                    out = os.path.join(pd, f"pull-{way}")
+                    m = timed(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                               f"docker://127.0.0.1:{port}/{repo}:{tag}", f"dir:{out}"], pd)
+                    pulls[way].append(m.seconds)
+                    with open(os.path.join(out, "manifest.json"), "rb") as f:
+                        mbytes = f.read()
+                    if "sha256:" + hashlib.sha256(mbytes).hexdigest() != want:
+                        raise RuntimeError(f"pull {way}: manifest is not the statement's {want}")
+                    cfg = json.loads(mbytes)["config"]["digest"]
+                    if cfg != "sha256:" + sc["config_sha"]:
+                        raise RuntimeError(f"pull {way}: config {cfg} is not the target's")
+                    shutil.rmtree(out)
+            res["pull_plugin_s"], res["pull_direct_s"] = pulls["plugin"], pulls["direct"]
+            res["hwm_end_kib"] = proc_status_kib(plug.pid, "VmHWM")
+            res["pull_cpu_s"] = (proc_cpu_seconds(plug.pid) - cpu1) / self.plugin_pull_rounds
+        finally:
+            for p, lf in reversed(started):
+                stop_process(p, lf)
+        return res
 
     def plain(self, sc, d):
         held = set(archive_diff_ids(sc["old"])) if sc["old"] else set()
@@ -652,6 +920,43 @@ class Bench:
             inputs=inputs,
         )
 
+    def run_plugin(self, sc, d, row):
+        """--plugin: the registry plugin measurement with the bundle sideload just built."""
+        print("   registry plugin (upload, apply, pulls) ...", end=" ", flush=True)
+        t = time.time()
+        try:
+            self._run_plugin(sc, d, row, t)
+        finally:
+            log = os.path.join(d, "plugin", "plugin.log")
+            if os.path.exists(log):
+                keep = os.path.join(self.log_dir, f"plugin-{sc['name']}.log")
+                shutil.copyfile(log, keep)
+                if "plugin" in sc:
+                    sc["plugin"]["kept_log"] = keep
+                print(f"   (daemon log: {keep})", flush=True)
+
+    def _run_plugin(self, sc, d, row, t):
+        if row["status"] != "yes" or not os.path.exists(os.path.join(d, "app.bundle")):
+            sc["plugin"] = dict(status="FAILED", error="no bundle: sideload did not reproduce the target")
+        else:
+            try:
+                sc["plugin"] = self.registry_plugin(sc, d)
+                sc["plugin"]["status"] = "yes"
+            except Exception as e:  # recorded and reported; the run exits non-zero
+                msg = str(e).strip()
+                sc["plugin"] = dict(status="FAILED", error=msg)
+                log = os.path.join(d, "plugin", "plugin.log")
+                print(f"FAILED ({time.time() - t:.0f} s): {msg}\n--- daemon log (tail) ---\n{tail(log, 40)}",
+                      flush=True)
+                return
+        p = sc["plugin"]
+        if p["status"] != "yes":
+            print(f"FAILED: {p['error']}", flush=True)
+            return
+        print(f"yes ({time.time() - t:.0f} s): upload {p['upload_s']:.2f} s, upload->tag {p['tag_s']:.2f} s, "
+              f"daemon peak RSS {p['hwm_apply_kib'] / 1024:.1f} MiB, pull via plugin "
+              f"{min(p['pull_plugin_s']):.2f} s, direct {min(p['pull_direct_s']):.2f} s", flush=True)
+
     def run_all(self, only=None):
         results = {}
         for sc in self.scenarios:
@@ -695,6 +1000,8 @@ class Bench:
                     else:
                         extra += "; not stored in the peer cache"
                 print(f"{row['status']} ({time.time() - t:.0f} s{extra})", flush=True)
+                if method == "sideload" and self.plugin:
+                    self.run_plugin(sc, d, row)
                 shutil.rmtree(d, ignore_errors=True)
             results[sc["name"]] = rows
         return results
@@ -800,6 +1107,50 @@ def summary_rows(bench, results):
     return rows
 
 
+PLUGIN_HEAD = ["scenario", "bundle bytes", "upload s", "upload→tag s", "upload→applied s",
+               "daemon peak RSS MiB", "pull via plugin s", "pull direct s", "plugin ÷ direct", "ok", "notes"]
+
+
+def plugin_line(p):
+    """One sentence on a scenario's registry plugin measurement (under its table)."""
+    if p["status"] != "yes":
+        return "registry plugin: FAILED: " + p["error"].splitlines()[0][:300]
+    pp, pd = min(p["pull_plugin_s"]), min(p["pull_direct_s"])
+    return (f"registry plugin: upload {p['upload_s']:.2f} s, upload complete → tag {p['ref']} answers "
+            f"{p['manifest_digest'][:19]}… {p['tag_s']:.2f} s (bundle applied {p['applied_s']:.2f} s); "
+            f"daemon peak RSS {p['hwm_apply_kib'] / 1024:.1f} MiB (idle {p['rss_idle_kib'] / 1024:.1f}); "
+            f"pull of {p['image_bytes']:,} B via plugin {pp:.2f} s, direct {pd:.2f} s (ratio {pp / pd:.2f})")
+
+
+def plugin_rows(bench):
+    rows = [PLUGIN_HEAD]
+    for sc in bench.scenarios:
+        p = sc.get("plugin")
+        if not p:
+            continue
+        if p["status"] != "yes":
+            rows.append([sc["name"]] + ["-"] * 8 + ["FAILED", p["error"].splitlines()[0][:200]])
+            continue
+        pp, pd = min(p["pull_plugin_s"]), min(p["pull_direct_s"])
+        rate = lambda secs: f"{p['image_bytes'] / secs / 1e6:.0f} MB/s"
+        notes = (f"image {p['image_bytes']:,} B ({', '.join(m.rsplit('.', 1)[-1] for m in p['layer_media_types'])} "
+                 f"layers); pulls (min of {len(p['pull_plugin_s'])}, skopeo to dir:): plugin "
+                 + " / ".join(f"{x:.2f}" for x in p["pull_plugin_s"]) + f" s ({rate(pp)}), direct "
+                 + " / ".join(f"{x:.2f}" for x in p["pull_direct_s"]) + f" s ({rate(pd)}); "
+                 + (f"apply: decode into staging {p['decode_s']:.2f} s, push into the registry "
+                    f"{p['tag_s'] - p['decode_s']:.2f} s; " if p.get("decode_s") is not None else "")
+                 + f"daemon CPU: apply {p['apply_cpu_s']:.2f} s, per pull through it {p['pull_cpu_s']:.2f} s; "
+                 f"daemon RSS idle {p['rss_idle_kib'] / 1024:.1f} MiB, VmHWM after the pulls "
+                 f"{p['hwm_end_kib'] / 1024:.1f} MiB; registry seeded with "
+                 + (f"{p['seed']} ({p['seed_s']:.0f} s, not timed)" if p["seed"] else "nothing"))
+        rows.append([
+            sc["name"], f"{p['bundle_bytes']:,}", f"{p['upload_s']:.2f}", f"{p['tag_s']:.2f}",
+            f"{p['applied_s']:.2f}", f"{p['hwm_apply_kib'] / 1024:.1f}", f"{pp:.2f}", f"{pd:.2f}",
+            f"{pp / pd:.2f}", "yes", notes,
+        ])
+    return rows
+
+
 def report(bench, results, out_path, total_seconds):
     text, md = [], []
     md.append("# sideload delta benchmark\n")
@@ -831,6 +1182,10 @@ def report(bench, results, out_path, total_seconds):
         md.append(md_table(table) + "\n")
         if ap:
             md.append(line + ".\n")
+        if sc.get("plugin"):
+            pl = plugin_line(sc["plugin"])
+            text.append(pl)
+            md.append(pl + ".\n")
     summ = summary_rows(bench, results)
     text.append("\n[summary] sideload against the smallest output of any other tool that reproduced the target")
     text.append("\n".join("  |  ".join(r) for r in summ))
@@ -838,6 +1193,21 @@ def report(bench, results, out_path, total_seconds):
     md.append("sideload against the smallest output of any other tool that reproduced the target "
               "(ratio < 1: sideload is smaller).\n")
     md.append(md_table(summ, SUMMARY_HEAD, {1, 3, 4, 5, 6, 7, 8}) + "\n")
+    prow = plugin_rows(bench)
+    if len(prow) > 1:
+        text.append("\n[registry plugin] sideload-registry-plugin in front of docker-registry (loopback): "
+                    "the bundle uploaded, applied into the registry, the image pulled both ways")
+        text.append("\n".join("  |  ".join(r) for r in prow))
+        md.append("## Registry plugin\n")
+        md.append("`--plugin`: the same bundle uploaded to `sideload-registry-plugin` (one `PATCH`), which "
+                  "applies it into a `docker-registry` on loopback seeded with the old image. `upload s`: the "
+                  "`PATCH` request (body over loopback plus the daemon's intake check); `upload→tag s`: from its "
+                  "answer until `HEAD /v2/REPO/manifests/TAG` through the plugin answers the statement's "
+                  "manifest digest (polled every 50 ms); `upload→applied s`: until the bundle's state is "
+                  "`applied`; daemon peak RSS: `VmHWM` of the daemon after the apply (since its start); pulls: "
+                  "`skopeo copy docker://… dir:` of the rebuilt image through the plugin and straight from the "
+                  "registry, the faster of the rounds; ratio > 1: the plugin is slower. See `bench/README.md`.\n")
+        md.append(md_table(prow, PLUGIN_HEAD, {1, 2, 3, 4, 5, 6, 7, 8}) + "\n")
     md.append("## Machine\n")
     for k, v in bench.machine:
         md.append(f"- {k}: {v}")
@@ -878,6 +1248,13 @@ def main():
     ap.add_argument("--no-peer-cache", action="store_true",
                     help="run every peer tool even when bench/.cache/peer-results holds its row for the "
                          "same key (the rows are rewritten)")
+    ap.add_argument("--plugin", action="store_true",
+                    help="also measure the registry plugin for each scenario: upload sideload's bundle to "
+                         "sideload-registry-plugin (from --bin) in front of docker-registry on loopback, time "
+                         "upload -> tag visible, the daemon's peak RSS, and skopeo pulls through the plugin "
+                         "and straight from the registry (needs sideload in --only)")
+    ap.add_argument("--plugin-pull-rounds", type=int, default=PLUGIN_PULL_ROUNDS, metavar="N",
+                    help=f"--plugin: pulls each way, alternating (default {PLUGIN_PULL_ROUNDS}); the fastest counts")
     args = ap.parse_args()
     only = None
     if args.only:
@@ -885,6 +1262,16 @@ def main():
         unknown = sorted(only - set(methods))
         if unknown:
             ap.error(f"--only: unknown method(s) {', '.join(unknown)}; known: {', '.join(methods)}")
+    if args.plugin_pull_rounds < 1:
+        ap.error("--plugin-pull-rounds must be at least 1")
+    if args.plugin:
+        if only is not None and "sideload" not in only:
+            ap.error("--plugin uploads the bundle sideload builds: add sideload to --only")
+        missing = [c for c in ("docker-registry", "skopeo") if shutil.which(c) is None]
+        if not os.access(os.path.join(args.bin, "sideload-registry-plugin"), os.X_OK):
+            missing.append(os.path.join(args.bin, "sideload-registry-plugin"))
+        if missing:
+            ap.error("--plugin needs: " + ", ".join(missing))
     LIMITS["timeout"] = args.tool_timeout
     LIMITS["mem"] = args.mem_limit_gib << 30
     if args.scenario:
@@ -905,6 +1292,8 @@ def main():
     report(bench, results, args.out, (datetime.datetime.now() - start).total_seconds())
     failed = [(n, r["tool"], r["status"]) for n, rows in results.items() for r in rows
               if r["status"] in ("NO", "FAILED")]
+    failed += [(sc["name"], "registry plugin", "FAILED") for sc in bench.scenarios
+               if sc.get("plugin") and sc["plugin"]["status"] != "yes"]
     if failed:
         print("NOT REPRODUCED: " + ", ".join(f"{t} in {n} ({s})" for n, t, s in failed), file=sys.stderr)
         return 1

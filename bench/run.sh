@@ -13,6 +13,9 @@
 #   (default 1200), --mem-limit-gib N (default 16), --bsdiff-max-bytes N (default 1e9); see
 #   `python3 bench/bench.py --help`.
 #   --only METHOD,... runs only those tools (sideload plain bsdiff xdelta3 zstd rdiff hdiffpatch).
+#   --plugin also uploads each scenario's bundle to sideload-registry-plugin in front of a
+#   docker-registry on loopback: upload -> tag visible, the daemon's peak RSS, pulls through the
+#   plugin against straight from the registry (builds the plugin, installs docker-registry).
 #
 # The peers' rows are cached in bench/.cache/peer-results/SCENARIO/METHOD.json and reused while
 # their key matches (tool version and binaries, its options, its code in bench.py, CPU and nproc,
@@ -31,6 +34,10 @@ ROOT=$PWD
 # Debian package -> a command it provides.
 declare -A deb=([bsdiff]=bspatch [xdelta3]=xdelta3 [zstd]=zstd [rdiff]=rdiff [time]=/usr/bin/time [skopeo]=skopeo
                 [debootstrap]=debootstrap [gcc]=gcc)
+# --plugin (the registry plugin measurement) also needs a distribution registry.
+plugin=0
+for a in "$@"; do [ "$a" = --plugin ] && plugin=1; done
+[ "$plugin" -eq 0 ] || deb[docker-registry]=docker-registry
 missing=()
 for pkg in "${!deb[@]}"; do
   command -v "${deb[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
@@ -49,7 +56,9 @@ fi
 
 # --- 2. build -------------------------------------------------------------------------------
 echo "== building sideload (release)"
-cargo build --release --locked --quiet -p sideload-cli -p sideload-bundle -p sideload-signing --examples --bins
+pkgs=(-p sideload-cli -p sideload-bundle -p sideload-signing)
+[ "$plugin" -eq 0 ] || pkgs+=(-p sideload-registry-plugin)
+cargo build --release --locked --quiet "${pkgs[@]}" --examples --bins
 
 # --- 3. run ---------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sideload-bench.XXXXXX")
