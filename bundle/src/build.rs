@@ -310,7 +310,12 @@ pub fn build_bundle(
             .regions
             .iter()
             .zip(&plan)
-            .filter(|(_, p)| !matches!(p, RegionPlan::CopyWithHeaders(_)))
+            // Headers that go whole with their file, or as a difference to the base's headers
+            // (MIX), gain nothing from a dictionary.
+            .filter(|(r, p)| {
+                !matches!(p, RegionPlan::CopyWithHeaders(_))
+                    && mix_base(p, r, &base_scans).is_none()
+            })
             .map(|(r, _)| r.offset - r.gap_offset)
             .sum();
         let dictionary = if literal_metadata >= MIN_LITERAL_METADATA_FOR_DICTIONARY {
