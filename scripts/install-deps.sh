@@ -6,9 +6,12 @@
 #   curl             the demo drives the registry plugin's upload API with it
 #   podman           a Docker-compatible engine API (tests of the plugin's engine path)
 #   systemd          systemd-analyze, to check the units in systemd/
+#   e2fsprogs        mkfs.ext4 -d and debugfs: the USB loader's tests build real stick images
+#   dosfstools       mkfs.vfat, for the vfat stick test
+#   libudev-dev, pkg-config  the USB loader reads udev properties through libudev
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman systemd ca-certificates)
+packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

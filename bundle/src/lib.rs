@@ -54,4 +54,7 @@ pub use container::{attach_signatures, bundle_name, head_len, open_bundle, read_
 pub use error::Error;
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
-pub use verify::{check_payload_digest, verify_bundle, verify_head, verify_head_from, TrustedHead};
+pub use verify::{
+    check_payload_digest, verify_bundle, verify_head, verify_head_from, verify_head_with_floor,
+    TrustedHead,
+};

@@ -45,6 +45,34 @@ pub fn verify_head_from(
     Ok((head, statement))
 }
 
+/// [`verify_head_from`] for a receiver that keeps a sequence floor per repository: the floor is
+/// looked up for the repository the statement names (read before it is trusted, only to pick
+/// the floor; the verification that follows covers it).
+pub fn verify_head_with_floor(
+    reader: &mut impl Read,
+    name: &str,
+    policy: &TrustPolicy,
+    now: u64,
+    limits: &Limits,
+    floor: impl FnOnce(&str) -> Option<u64>,
+) -> Result<(BundleHead, Statement), Error> {
+    let head = read_head(reader, name, limits)?;
+    let repository = Statement::from_canonical_json(&head.statement_bytes)
+        .map(|s| s.target.repository.to_string())
+        .unwrap_or_default();
+    let ctx = VerifyContext {
+        now,
+        recorded_sequence: floor(&repository),
+    };
+    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, &ctx)
+        .map_err(|refusal| Error::Refused {
+            bundle: head.name.clone(),
+            refusal,
+        })?;
+    check_statement(&head.name, &statement, limits)?;
+    Ok((head, statement))
+}
+
 /// Opens a bundle and checks everything that can be checked without reading the payload:
 /// header, signatures against the policy, expiry, sequence, the statement's own consistency and
 /// limits, and that the file has exactly the length it declares.

@@ -1,0 +1,89 @@
+//! The loader's configuration (`/etc/sideload/usb-loader.toml`): every setting defaulted,
+//! unknown keys refused. `systemd/usb-loader.toml.example` lists them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything the loader reads from its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The registry plugin's address on this device (its upload and status API).
+    pub plugin_url: String,
+    /// The trust policy bundles are checked against on the stick, before any is handed over
+    /// (the plugin checks again).
+    pub trust_policy: PathBuf,
+    /// Name of this device in receipts (default: hostname); receipts go to
+    /// `FOLDER/receipts/DEVICE_ID/` on the stick.
+    pub device_id: String,
+    /// Filesystem types accepted on a stick (udev's `ID_FS_TYPE`).
+    pub allowed_filesystems: Vec<String>,
+    /// The only folder on the stick the loader looks in (bundles directly inside it).
+    pub folder: String,
+    /// Where sticks are mounted, each in a private directory.
+    pub mount_root: PathBuf,
+    /// Most directory entries looked at in the folder.
+    pub max_entries: usize,
+    /// Most bundles taken from one stick.
+    pub max_bundles: usize,
+    /// Largest bundle taken, bytes.
+    pub max_bundle_bytes: u64,
+    /// How long to wait, after hand-over, for the plugin to apply the bundles, so the receipts
+    /// can say applied or failed (seconds). The stick may be removed earlier; results then go
+    /// onto it at its next visit.
+    pub apply_wait_secs: u64,
+    /// Run at the end (argv, no shell) with `SIDELOAD_USB_RESULT` = `ok`, `failed`, `partial`
+    /// or `nothing`, and `SIDELOAD_USB_SUMMARY`: e.g. to drive an LED or a buzzer.
+    pub hook: Option<Vec<String>>,
+    /// Where the loader remembers uploads in progress and results still to report, per stick.
+    pub state_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            plugin_url: "http://127.0.0.1:5000".into(),
+            trust_policy: PathBuf::from("/etc/sideload/trust.toml"),
+            device_id: String::new(),
+            allowed_filesystems: vec!["vfat".into(), "exfat".into(), "ext4".into()],
+            folder: "sideload".into(),
+            mount_root: PathBuf::from("/run/sideload-usb"),
+            max_entries: 10_000,
+            max_bundles: 100,
+            max_bundle_bytes: 16 << 30,
+            apply_wait_secs: 900,
+            hook: None,
+            state_dir: PathBuf::from("/var/lib/sideload/usb"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file; a missing file at the default path means all defaults.
+    pub fn load(path: &Path, must_exist: bool) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(e) => anyhow::bail!("cannot read config {}: {e}", path.display()),
+        };
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+        if config.device_id.is_empty() {
+            config.device_id = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "device".into());
+        }
+        if config.folder.is_empty() || config.folder.contains('/') || config.folder.starts_with('.')
+        {
+            anyhow::bail!(
+                "config {}: folder {:?} must be one plain folder name",
+                path.display(),
+                config.folder
+            );
+        }
+        Ok(config)
+    }
+}

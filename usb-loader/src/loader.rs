@@ -1,0 +1,570 @@
+//! One visit of a stick: check the device, mount it read-only, find bundles in the one folder,
+//! check each head on the stick, hand the trusted ones to the registry plugin in order (per
+//! repository by sequence), say when the stick may be removed, wait (bounded) for the applies,
+//! write receipts and the inventory back, unmount, and report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sideload_bundle::Limits;
+use sideload_signing::{Statement, TrustPolicy, VerifyContext};
+
+use crate::config::Config;
+use crate::plugin::{Handed, Plugin};
+use crate::receipts::{self, Receipt};
+
+/// What the loader was pointed at.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A block device (udev gave its node); checked, then mounted by the loader.
+    Device {
+        /// `/dev/sdb1`, `/dev/loop3`.
+        devnode: PathBuf,
+        /// udev properties from a file (`udevadm info --query=property` format) instead of
+        /// udev's database: for tests and for debugging; the same checks run on them.
+        properties: Option<PathBuf>,
+    },
+    /// An already mounted stick, or a folder laid out like one (for `--dry-run` and tests).
+    Dir(PathBuf),
+}
+
+/// How the visit ended, for the journal line, the hook and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `ok` (every bundle taken or already there), `partial` (some refused or failed),
+    /// `failed` (nothing could be done: bad stick, plugin down), `nothing` (no bundles).
+    pub result: String,
+    /// One line for a person.
+    pub summary: String,
+    /// Per bundle.
+    pub receipts: Vec<Receipt>,
+    /// Entries of the folder that were not looked at, with reasons.
+    pub skipped: Vec<(String, String)>,
+    /// Whether receipts reached the stick (false on a write-protected stick or a dry run).
+    pub receipts_written: bool,
+    /// True when this was a dry run (nothing sent, nothing written).
+    pub dry_run: bool,
+}
+
+/// What the loader remembers per stick between visits.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StickState {
+    /// Uploads started and not finished (the stick was pulled): statement digest → location.
+    uploads: BTreeMap<String, String>,
+    /// Bundles handed over whose final result has not reached the stick yet: id → name.
+    pending: BTreeMap<String, String>,
+}
+
+/// Runs one visit.
+pub async fn run(config: &Config, target: Target, dry_run: bool) -> anyhow::Result<Outcome> {
+    let policy = TrustPolicy::load(&config.trust_policy).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; the loader checks bundles against the device's trust policy (trust_policy)"
+        )
+    })?;
+    match target {
+        Target::Dir(dir) => visit(config, &policy, &dir, None, "dir", dry_run).await,
+        Target::Device {
+            devnode,
+            properties,
+        } => {
+            let props = match &properties {
+                Some(file) => crate::device::properties_from_file(file),
+                None => crate::device::properties_from_udev(&devnode),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}; {}", e.advice()))?;
+            let stick = crate::device::check(&devnode, &props, &config.allowed_filesystems)
+                .map_err(|e| anyhow::anyhow!("{e}; {}", e.advice()))?;
+            let name = stick.name();
+            let mounted =
+                crate::mount::mount_readonly(&devnode, &stick.fs_type, &config.mount_root, &name)
+                    .map_err(|e| anyhow::anyhow!("{e}; {}", e.advice()))?;
+            tracing::info!(device = %devnode.display(), stick = %name, fs = %stick.fs_type,
+                at = %mounted.path().display(), "stick mounted read-only");
+            let root = mounted.path().to_owned();
+            let result = visit(config, &policy, &root, Some(&mounted), &name, dry_run).await;
+            if let Err(e) = mounted.unmount() {
+                tracing::error!(error = %e, "cannot unmount the stick");
+                return Err(anyhow::anyhow!("{e}; {}", e.advice()));
+            }
+            tracing::info!(device = %devnode.display(), "stick unmounted");
+            result
+        }
+    }
+}
+
+async fn visit(
+    config: &Config,
+    policy: &TrustPolicy,
+    root: &Path,
+    mounted: Option<&crate::mount::Mounted>,
+    stick: &str,
+    dry_run: bool,
+) -> anyhow::Result<Outcome> {
+    let now = VerifyContext::at_system_time(None).now;
+    let limits = crate::scan::ScanLimits {
+        max_entries: config.max_entries,
+        max_bundles: config.max_bundles,
+        max_bundle_bytes: config.max_bundle_bytes,
+    };
+    let scan = crate::scan::scan(&root.join(&config.folder), &limits)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let skipped: Vec<(String, String)> = scan
+        .skipped
+        .iter()
+        .map(|s| (s.name.clone(), s.reason.clone()))
+        .collect();
+    for (name, reason) in &skipped {
+        tracing::warn!(entry = %name, %reason, "skipped on the stick");
+    }
+    let plugin = Plugin::new(&config.plugin_url);
+    let inventory = match plugin.inventory().await {
+        Ok(inv) => inv,
+        Err(e) if dry_run => {
+            tracing::warn!(error = %e, "registry plugin unreachable; dry run goes on without it");
+            serde_json::Value::Null
+        }
+        Err(e) => anyhow::bail!(
+            "{e}; the loader hands bundles to the registry plugin: start it (systemctl start sideload-registry-plugin) and insert the stick again"
+        ),
+    };
+    let floors = Plugin::sequences(&inventory);
+    let limits_engine = Limits::default();
+
+    // Check every head on the stick; sort the trusted ones per repository by sequence.
+    let mut receipts: Vec<Receipt> = Vec::new();
+    let mut to_send: Vec<(Statement, crate::scan::Candidate)> = Vec::new();
+    for c in &scan.candidates {
+        let receipt = |state: &str, reason: Option<String>, advice: Option<String>| Receipt {
+            bundle: c.name.clone(),
+            id: None,
+            repository: None,
+            tags: Vec::new(),
+            sequence: None,
+            state: state.into(),
+            reason,
+            advice,
+            at: now,
+        };
+        let mut file = match scan.open(c) {
+            Ok((f, _)) => f,
+            Err(e) => {
+                receipts.push(receipt(
+                    "skipped",
+                    Some(format!("{}: cannot open on the stick: {e}", c.name)),
+                    Some("check the stick on another machine".into()),
+                ));
+                continue;
+            }
+        };
+        // A bundle the device already has is reported as such, before the sequence floor
+        // (which it would fail, being the very bundle that set it) is looked at.
+        if let Ok(head) = sideload_bundle::read_head(&mut file, &c.name, &limits_engine) {
+            if let Ok(unverified) = Statement::from_canonical_json(&head.statement_bytes) {
+                let id = unverified.digest().to_string();
+                if let Ok(Some(known)) = plugin.state(&id).await {
+                    if known.state != "failed" {
+                        let state = if known.state == "applied" {
+                            "already-applied"
+                        } else {
+                            "received"
+                        };
+                        receipts.push(with_statement(receipt(state, None, None), &unverified, &id));
+                        continue;
+                    }
+                }
+            }
+        }
+        let mut file = match scan.open(c) {
+            Ok((f, _)) => f,
+            Err(e) => {
+                receipts.push(receipt(
+                    "skipped",
+                    Some(format!("{}: cannot open on the stick: {e}", c.name)),
+                    None,
+                ));
+                continue;
+            }
+        };
+        match sideload_bundle::verify_head_with_floor(
+            &mut file,
+            &c.name,
+            policy,
+            now,
+            &limits_engine,
+            |repo| floors.get(repo).copied(),
+        ) {
+            Ok((head, statement)) => {
+                let id = statement.digest().to_string();
+                let total = head.payload_offset() + statement.payload.size;
+                if total != c.len {
+                    receipts.push(with_statement(
+                        receipt(
+                            "refused",
+                            Some(format!(
+                                "{}: the file is {} bytes, its head declares {total}",
+                                c.name, c.len
+                            )),
+                            Some(
+                                "the copy on the stick is incomplete or damaged: copy it again"
+                                    .into(),
+                            ),
+                        ),
+                        &statement,
+                        &id,
+                    ));
+                    continue;
+                }
+                to_send.push((statement, c.clone()));
+            }
+            Err(e) => receipts.push(receipt(
+                "refused",
+                Some(e.to_string()),
+                Some(e.advice().into()),
+            )),
+        }
+    }
+    to_send.sort_by(|a, b| {
+        (a.0.target.repository.as_str(), a.0.sequence, &a.1.name).cmp(&(
+            b.0.target.repository.as_str(),
+            b.0.sequence,
+            &b.1.name,
+        ))
+    });
+
+    let state_path = config
+        .state_dir
+        .join(format!("{}.json", receipts::safe_name(stick)));
+    let mut state: StickState = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+
+    if dry_run {
+        for (statement, c) in &to_send {
+            let (name, len) = (&c.name, c.len);
+            let what = "would hand over";
+            println!(
+                "{name}: trusted, {} {} sequence {}, {len} bytes: {what}",
+                statement.target.repository,
+                statement
+                    .target
+                    .tags
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                statement.sequence
+            );
+        }
+        for r in &receipts {
+            println!(
+                "{}: {}: {}",
+                r.bundle,
+                r.state,
+                r.reason.as_deref().unwrap_or("")
+            );
+        }
+        for (name, reason) in &skipped {
+            println!("{name}: skipped: {reason}");
+        }
+        return Ok(Outcome {
+            result: if to_send.is_empty() && receipts.is_empty() {
+                "nothing"
+            } else {
+                "ok"
+            }
+            .into(),
+            summary: format!(
+                "dry run: {} trusted bundle(s), {} refused, {} skipped; nothing sent or written",
+                to_send.len(),
+                receipts.len(),
+                skipped.len()
+            ),
+            receipts,
+            skipped,
+            receipts_written: false,
+            dry_run,
+        });
+    }
+
+    // Hand over, in order; bundles the device already has are not sent again.
+    let mut handed: Vec<(String, usize)> = Vec::new();
+    let mut hand_over_failed = false;
+    for (statement, c) in &to_send {
+        let (name, len) = (&c.name, c.len);
+        let id = statement.digest().to_string();
+        let base = with_statement(
+            Receipt {
+                bundle: name.clone(),
+                id: None,
+                repository: None,
+                tags: Vec::new(),
+                sequence: None,
+                state: String::new(),
+                reason: None,
+                advice: None,
+                at: now,
+            },
+            statement,
+            &id,
+        );
+        let file = match scan.open(c) {
+            Ok((f, _)) => f,
+            Err(e) => {
+                hand_over_failed = true;
+                receipts.push(Receipt {
+                    state: "failed".into(),
+                    reason: Some(format!("{name}: cannot read it on the stick: {e}")),
+                    advice: Some("insert the stick again; if it repeats, check the stick".into()),
+                    ..base
+                });
+                continue;
+            }
+        };
+        match hand_over(&plugin, &state_path, &mut state, &id, name, len, file).await {
+            Ok(Handed::Queued) | Ok(Handed::Duplicate) => {
+                tracing::info!(bundle = %name, %id, "handed over to the registry plugin");
+                state.pending.insert(id.clone(), name.clone());
+                receipts.push(Receipt {
+                    state: "received".into(),
+                    ..base
+                });
+                handed.push((id, receipts.len() - 1));
+            }
+            Ok(Handed::Refused {
+                code,
+                reason,
+                advice,
+            }) => {
+                tracing::warn!(bundle = %name, %code, %reason, "registry plugin refused the bundle");
+                receipts.push(Receipt {
+                    state: "refused".into(),
+                    reason: Some(reason),
+                    advice: Some(advice),
+                    ..base
+                });
+            }
+            Err(e) => {
+                hand_over_failed = true;
+                tracing::error!(bundle = %name, error = %e, "hand-over failed; the next insertion resumes it");
+                receipts.push(Receipt {
+                    state: "failed".into(),
+                    reason: Some(format!("{name}: {e}")),
+                    advice: Some(
+                        "insert the stick again: the transfer resumes where it stopped".into(),
+                    ),
+                    ..base
+                });
+            }
+        }
+        save_state(&state_path, &state);
+    }
+    if !hand_over_failed {
+        tracing::info!(
+            handed = handed.len(),
+            "SAFE TO REMOVE: every trusted bundle of this stick is on the device; applying continues"
+        );
+    }
+
+    // Wait (bounded) for the applies, so the receipts can say how they ended.
+    let deadline = Instant::now() + Duration::from_secs(config.apply_wait_secs);
+    loop {
+        let mut open = false;
+        for (id, i) in &handed {
+            if let Ok(Some(s)) = plugin.state(id).await {
+                let r = &mut receipts[*i];
+                r.state = match s.state.as_str() {
+                    "queued" => "received".into(),
+                    other => other.into(),
+                };
+                r.reason = s.reason.clone();
+                r.advice = s.advice.clone();
+                open |= matches!(s.state.as_str(), "queued" | "applying");
+            }
+        }
+        if !open || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Results of bundles from earlier visits that finished since.
+    for (id, name) in state.pending.clone() {
+        if handed.iter().any(|(h, _)| *h == id) {
+            continue;
+        }
+        if let Ok(Some(s)) = plugin.state(&id).await {
+            receipts.push(Receipt {
+                bundle: name.clone(),
+                id: Some(id.clone()),
+                repository: None,
+                tags: Vec::new(),
+                sequence: None,
+                state: s.state.clone(),
+                reason: s.reason.clone(),
+                advice: s.advice.clone(),
+                at: now,
+            });
+        }
+    }
+
+    let applied = receipts.iter().filter(|r| r.state == "applied").count();
+    let already = receipts
+        .iter()
+        .filter(|r| r.state == "already-applied")
+        .count();
+    let in_progress = receipts
+        .iter()
+        .filter(|r| matches!(r.state.as_str(), "received" | "applying"))
+        .count();
+    let bad: Vec<&Receipt> = receipts
+        .iter()
+        .filter(|r| matches!(r.state.as_str(), "refused" | "failed" | "skipped"))
+        .collect();
+    let result = if receipts.is_empty() {
+        "nothing"
+    } else if bad.is_empty() {
+        "ok"
+    } else if applied + already + in_progress > 0 {
+        "partial"
+    } else {
+        "failed"
+    };
+    let mut summary = format!(
+        "{applied} applied, {already} already there, {in_progress} still applying, {} refused or failed",
+        bad.len()
+    );
+    for r in &bad {
+        summary.push_str(&format!(
+            "; {}: {}",
+            r.bundle,
+            r.reason.as_deref().unwrap_or(&r.state)
+        ));
+    }
+
+    // Receipts back onto the stick, where it is writable.
+    let visit_json = serde_json::json!({
+        "device": config.device_id,
+        "at": now,
+        "result": result,
+        "summary": summary,
+        "skipped": skipped.iter().map(|(n, r)| serde_json::json!({"entry": n, "reason": r})).collect::<Vec<_>>(),
+    });
+    let receipts_written =
+        write_receipts(config, root, mounted, &receipts, &inventory, &visit_json);
+    if receipts_written {
+        // Everything final is now on the stick; keep only what is still running.
+        state.pending.retain(|id, _| {
+            receipts.iter().any(|r| {
+                r.id.as_deref() == Some(id) && matches!(r.state.as_str(), "received" | "applying")
+            })
+        });
+    }
+    save_state(&state_path, &state);
+    Ok(Outcome {
+        result: result.into(),
+        summary,
+        receipts,
+        skipped,
+        receipts_written,
+        dry_run,
+    })
+}
+
+/// Sends one bundle, resuming an upload an earlier visit started.
+async fn hand_over(
+    plugin: &Plugin,
+    state_path: &Path,
+    state: &mut StickState,
+    id: &str,
+    name: &str,
+    len: u64,
+    file: std::fs::File,
+) -> Result<Handed, String> {
+    let (location, offset) = match state.uploads.get(id) {
+        Some(loc) => match plugin.offset(loc).await? {
+            Some(off) => (loc.clone(), off),
+            None => (plugin.create(name, len).await?, 0),
+        },
+        None => (plugin.create(name, len).await?, 0),
+    };
+    state.uploads.insert(id.to_owned(), location.clone());
+    // Remembered before a byte is sent: if the stick is pulled mid-transfer, its next
+    // insertion resumes this upload instead of starting over.
+    save_state(state_path, state);
+    if let Some(ms) = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_SEND_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        // Fault injection for the tests: time to pull the stick before the transfer.
+        tracing::warn!(ms, "fault injection: pausing before the transfer");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if offset > 0 {
+        tracing::info!(bundle = %name, offset, "resuming the transfer an earlier insertion started");
+    }
+    let handed = plugin.send(&location, file, offset).await?;
+    state.uploads.remove(id);
+    Ok(handed)
+}
+
+fn with_statement(mut r: Receipt, s: &Statement, id: &str) -> Receipt {
+    r.id = Some(id.to_owned());
+    r.repository = Some(s.target.repository.to_string());
+    r.tags = s.target.tags.iter().map(|t| t.to_string()).collect();
+    r.sequence = Some(s.sequence);
+    r
+}
+
+fn write_receipts(
+    config: &Config,
+    root: &Path,
+    mounted: Option<&crate::mount::Mounted>,
+    receipts: &[Receipt],
+    inventory: &serde_json::Value,
+    summary: &serde_json::Value,
+) -> bool {
+    if let Some(m) = mounted {
+        if let Err(e) = m.remount_writable() {
+            tracing::warn!(error = %e, "stick is write-protected; no receipts this time");
+            return false;
+        }
+    }
+    let written = receipts::write(
+        root,
+        &config.folder,
+        &config.device_id,
+        receipts,
+        inventory,
+        summary,
+    );
+    if let Some(m) = mounted {
+        if let Err(e) = m.remount_readonly() {
+            tracing::warn!(error = %e, "cannot return the stick to read-only");
+        }
+    }
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write receipts onto the stick");
+            false
+        }
+    }
+}
+
+fn save_state(path: &Path, state: &StickState) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(state).expect("serializes"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the loader's state");
+    }
+}
