@@ -304,19 +304,31 @@ pub fn build_bundle(
             }
             wanted.extend(mix_base(p, region, &base_scans));
         }
-        // Metadata the target sends as literals; a dictionary pays off only if there is some.
+        // What the target sends as literals: metadata that is neither copied with its file
+        // nor sent as a difference to the base's headers (MIX), and files with nothing
+        // similar on the device. The dictionary (the base layer's metadata) pays off only if
+        // there is enough of that to compress against it: listing its ranges costs a few KB
+        // (app-update, whose headers all go as MIX: 49.5 -> 45.7 KB without it).
         let literal_metadata: u64 = scans[&i]
             .0
             .regions
             .iter()
             .zip(&plan)
-            // Headers that go whole with their file, or as a difference to the base's headers
-            // (MIX), gain nothing from a dictionary.
-            .filter(|(r, p)| {
-                !matches!(p, RegionPlan::CopyWithHeaders(_))
-                    && mix_base(p, r, &base_scans).is_none()
+            .map(|(r, p)| {
+                let metadata = if matches!(p, RegionPlan::CopyWithHeaders(_))
+                    || mix_base(p, r, &base_scans).is_some()
+                {
+                    0
+                } else {
+                    r.offset - r.gap_offset
+                };
+                let data = if matches!(p, RegionPlan::Literal) {
+                    r.len
+                } else {
+                    0
+                };
+                metadata + data
             })
-            .map(|(r, _)| r.offset - r.gap_offset)
             .sum();
         let dictionary = if literal_metadata >= MIN_LITERAL_METADATA_FOR_DICTIONARY {
             frame_dictionary(&plan, &base_scans, crate::Limits::default().max_dictionary)

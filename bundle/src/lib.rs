@@ -55,6 +55,6 @@ pub use error::Error;
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
 pub use verify::{
-    check_payload_digest, verify_bundle, verify_head, verify_head_from, verify_head_with_floor,
-    TrustedHead,
+    check_payload_digest, floor_context, trust_head, verify_bundle, verify_head, verify_head_from,
+    verify_head_with_floor, TrustedHead,
 };

@@ -35,19 +35,11 @@ pub fn verify_head_from(
     ctx: &VerifyContext,
     limits: &Limits,
 ) -> Result<(BundleHead, Statement), Error> {
-    let head = read_head(reader, name, limits)?;
-    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
-        .map_err(|refusal| Error::Refused {
-            bundle: head.name.clone(),
-            refusal,
-        })?;
-    check_statement(&head.name, &statement, limits)?;
-    Ok((head, statement))
+    trust_head(read_head(reader, name, limits)?, policy, ctx, limits)
 }
 
-/// [`verify_head_from`] for a receiver that keeps a sequence floor per repository: the floor is
-/// looked up for the repository the statement names (read before it is trusted, only to pick
-/// the floor; the verification that follows covers it).
+/// [`verify_head_from`] for a receiver that keeps a sequence floor per repository (see
+/// [`floor_context`]).
 pub fn verify_head_with_floor(
     reader: &mut impl Read,
     name: &str,
@@ -57,14 +49,36 @@ pub fn verify_head_with_floor(
     floor: impl FnOnce(&str) -> Option<u64>,
 ) -> Result<(BundleHead, Statement), Error> {
     let head = read_head(reader, name, limits)?;
+    let ctx = floor_context(&head, now, floor);
+    trust_head(head, policy, &ctx, limits)
+}
+
+/// The context to verify `head` in, with the sequence floor looked up for the repository its
+/// statement names: read before it is trusted, only to pick the floor; the verification that
+/// follows covers it.
+pub fn floor_context(
+    head: &BundleHead,
+    now: u64,
+    floor: impl FnOnce(&str) -> Option<u64>,
+) -> VerifyContext {
     let repository = Statement::from_canonical_json(&head.statement_bytes)
         .map(|s| s.target.repository.to_string())
         .unwrap_or_default();
-    let ctx = VerifyContext {
+    VerifyContext {
         now,
         recorded_sequence: floor(&repository),
-    };
-    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, &ctx)
+    }
+}
+
+/// Decides on a head already read: signatures, expiry and sequence against the policy, then
+/// the statement's limits and consistency. Returns the trusted statement.
+pub fn trust_head(
+    head: BundleHead,
+    policy: &TrustPolicy,
+    ctx: &VerifyContext,
+    limits: &Limits,
+) -> Result<(BundleHead, Statement), Error> {
+    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
         .map_err(|refusal| Error::Refused {
             bundle: head.name.clone(),
             refusal,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use sideload_bundle::{Error as BundleError, Limits};
-use sideload_signing::{Statement, TrustPolicy, VerifyContext};
+use sideload_signing::{Statement, TrustPolicy};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -108,19 +108,6 @@ impl Refused {
 }
 
 impl Daemon {
-    /// The sequence floor for a statement's repository, read from the journal.
-    pub fn verify_context(&self, repository: &str) -> Result<VerifyContext, BundleError> {
-        let recorded = self
-            .journal
-            .sequence(repository)
-            .map_err(|e| BundleError::Io {
-                what: "reading the journal",
-                path: self.journal_path(),
-                source: std::io::Error::other(e),
-            })?;
-        Ok(VerifyContext::at_system_time(recorded))
-    }
-
     /// Where the journal lives.
     pub fn journal_path(&self) -> PathBuf {
         self.config.data_dir.join("journal.sqlite")
@@ -144,23 +131,10 @@ impl Daemon {
     /// else (a second copy of an applied bundle is a duplicate, not a rollback); otherwise
     /// signatures, expiry, sequence floor and limits decide.
     pub fn check_head(&self, reader: &mut impl Read, name: &str) -> Result<HeadCheck, BundleError> {
-        // Read the head once into memory (bounded by the limits), look at the statement
-        // unverified to find its id and its repository's sequence floor, then verify properly.
-        let mut bytes = vec![0u8; sideload_bundle::container::HEADER_LEN as usize];
-        read_fully(reader, &mut bytes, name, "header")?;
-        let len = sideload_bundle::head_len(&bytes).ok_or_else(|| BundleError::NotABundle {
-            bundle: name.to_owned(),
-        })?;
-        if len <= self.head_cap() {
-            let mut rest = vec![0u8; (len as usize).saturating_sub(bytes.len())];
-            read_fully(reader, &mut rest, name, "statement and signatures")?;
-            bytes.extend_from_slice(&rest);
-        }
-        // (Past the cap, read_head below reports which part is over its limit.)
-        let head = sideload_bundle::read_head(&mut bytes.as_slice(), name, &self.limits)?;
-        let unverified = Statement::from_canonical_json(&head.statement_bytes).ok();
-        if let Some(s) = &unverified {
-            let id = s.digest().to_string();
+        // read_head checks each declared length against the limits before reading it.
+        let head = sideload_bundle::read_head(reader, name, &self.limits)?;
+        if let Ok(unverified) = Statement::from_canonical_json(&head.statement_bytes) {
+            let id = unverified.digest().to_string();
             if let Some(known) = self
                 .journal
                 .get(&id)
@@ -171,17 +145,22 @@ impl Daemon {
                 return Ok(HeadCheck::Known(Box::new(known)));
             }
         }
-        let repository = unverified
-            .map(|s| s.target.repository.to_string())
-            .unwrap_or_default();
-        let ctx = self.verify_context(&repository)?;
-        let (head, statement) = sideload_bundle::verify_head_from(
-            &mut bytes.as_slice(),
-            name,
-            &self.policy,
-            &ctx,
-            &self.limits,
-        )?;
+        let mut journal_error = None;
+        let ctx = sideload_bundle::floor_context(&head, crate::journal::now(), |repo| {
+            self.journal.sequence(repo).unwrap_or_else(|e| {
+                journal_error = Some(e);
+                None
+            })
+        });
+        if let Some(e) = journal_error {
+            return Err(BundleError::Io {
+                what: "reading the journal",
+                path: self.journal_path(),
+                source: std::io::Error::other(e),
+            });
+        }
+        let (head, statement) =
+            sideload_bundle::trust_head(head, &self.policy, &ctx, &self.limits)?;
         Ok(HeadCheck::Trusted(head, Box::new(statement)))
     }
 
@@ -547,36 +526,4 @@ async fn load_into_engine(
         .expect("journaled digest is valid");
     let tags: Vec<sideload_signing::Tag> = b.tags.iter().filter_map(|t| t.parse().ok()).collect();
     engine.load(&repository, &digest, &tags).await
-}
-
-/// Reads exactly `buf.len()` bytes or reports the part as truncated.
-fn read_fully(
-    reader: &mut impl Read,
-    buf: &mut [u8],
-    name: &str,
-    part: &'static str,
-) -> Result<(), BundleError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return Err(BundleError::Truncated {
-                    bundle: name.to_owned(),
-                    part,
-                    expected: buf.len() as u64,
-                    available: filled as u64,
-                })
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(BundleError::Io {
-                    what: "reading bundle",
-                    path: PathBuf::from(name),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }

@@ -177,17 +177,14 @@ async fn visit(
                 }
             }
         }
-        let mut file = match scan.open(c) {
-            Ok((f, _)) => f,
-            Err(e) => {
-                receipts.push(receipt(
-                    "skipped",
-                    Some(format!("{}: cannot open on the stick: {e}", c.name)),
-                    None,
-                ));
-                continue;
-            }
-        };
+        if let Err(e) = std::io::Seek::rewind(&mut file) {
+            receipts.push(receipt(
+                "skipped",
+                Some(format!("{}: cannot read it on the stick: {e}", c.name)),
+                None,
+            ));
+            continue;
+        }
         match sideload_bundle::verify_head_with_floor(
             &mut file,
             &c.name,
