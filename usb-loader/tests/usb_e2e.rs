@@ -21,18 +21,25 @@ struct Device {
     _registry: Registry,
     daemon: Daemon,
     dir: tempfile::TempDir,
+    /// `apply_wait_secs` of the loader's config.
+    apply_wait: u64,
 }
 
 impl Device {
     fn start() -> Device {
+        Device::start_with(DaemonOptions::default())
+    }
+
+    fn start_with(options: DaemonOptions) -> Device {
         require_root_and_loop();
         let registry = Registry::start();
         seed_v1(&registry);
-        let daemon = Daemon::start(&registry, DaemonOptions::default());
+        let daemon = Daemon::start(&registry, options);
         Device {
             _registry: registry,
             daemon,
             dir: tempfile::tempdir().unwrap(),
+            apply_wait: 120,
         }
     }
 
@@ -48,12 +55,13 @@ impl Device {
             &path,
             format!(
                 "plugin_url = \"http://{}\"\ntrust_policy = \"{}\"\ndevice_id = \"test-device\"\n\
-                 mount_root = \"{}\"\nstate_dir = \"{}\"\napply_wait_secs = 120\nmax_bundle_bytes = 8000000\n\
+                 mount_root = \"{}\"\nstate_dir = \"{}\"\napply_wait_secs = {}\nmax_bundle_bytes = 8000000\n\
                  hook = [\"sh\", \"-c\", \"echo $SIDELOAD_USB_RESULT >> {}\"]\n",
                 self.daemon.addr,
                 policy.display(),
                 self.mount_root().display(),
                 self.dir.path().join("state").display(),
+                self.apply_wait,
                 self.dir.path().join("hook.log").display(),
             ),
         )
@@ -465,4 +473,48 @@ fn a_stick_pulled_mid_transfer_fails_cleanly_and_the_next_insertion_resumes() {
         .daemon
         .wait_state(&id, &["applied", "failed"], Duration::from_secs(60));
     assert_eq!(s["bundle"]["state"], "applied", "{s:#}");
+}
+
+#[test]
+fn results_that_finish_after_the_stick_left_go_onto_it_at_its_next_visit() {
+    // Applies take a few seconds (held before the tag moves), and the loader does not wait.
+    let mut device = Device::start_with(DaemonOptions {
+        env: vec![("SIDELOAD_FAULT_PAUSE_BEFORE_TAG_MS".into(), "3000".into())],
+        ..Default::default()
+    });
+    device.apply_wait = 0;
+    let good = bundle(BundleSpec {
+        name: "seq-105.bundle",
+        sequence: 105,
+        ..Default::default()
+    });
+    let src = stick_dir(&[("app-v2.bundle", std::fs::read(&good).unwrap())]);
+    let stick = Image::ext4(src.path()).attach();
+    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = outcome["receipts"][0]["state"].as_str().unwrap().to_owned();
+    assert!(first == "received" || first == "applying", "{outcome:#}");
+    let id = bundle_id(&good);
+    device
+        .daemon
+        .wait_state(&id, &["applied"], Duration::from_secs(60));
+    // Next visit of the same stick (the bundle taken off it in between): the final result
+    // of the earlier visit is written onto it.
+    std::fs::remove_file(src.path().join("sideload/app-v2.bundle")).unwrap();
+    drop(stick);
+    let stick = Image::ext4(src.path()).attach();
+    let image_path_2 = stick.image().to_owned();
+    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let earlier = &outcome["receipts"][0];
+    assert_eq!(earlier["bundle"], "app-v2.bundle", "{outcome:#}");
+    assert_eq!(earlier["state"], "applied", "{outcome:#}");
+    let receipt = read_from_image(
+        &image_path_2,
+        "/sideload/receipts/test-device/app-v2.bundle.json",
+    )
+    .expect("the earlier visit's result on the stick");
+    assert!(receipt.contains("\"applied\""), "{receipt}");
 }
