@@ -51,6 +51,8 @@ pub struct Daemon {
     pub engine: Option<Engine>,
     /// Counters.
     pub metrics: Metrics,
+    /// Serializes the end of intake (duplicate check, move into the store, enqueue).
+    pub intake_lock: std::sync::Mutex<()>,
 }
 
 /// How a delivery ended at intake.
@@ -187,9 +189,14 @@ impl Daemon {
                 tracing::info!(bundle = %name, id = %bundle.id, state = bundle.state.as_str(),
                     "duplicate delivery dropped");
             }
-            Err(refused) => {
+            // A bundle that can never be taken loses its bytes; after a device-side problem
+            // (I/O, journal) the file stays where the caller put it, for the caller to retry.
+            Err(refused) if refused.permanent => {
                 let _ = std::fs::remove_file(path);
                 self.refusal(&refused.bundle, name, refused);
+            }
+            Err(refused) => {
+                tracing::warn!(bundle = %name, reason = %refused.reason, "delivery could not be taken now; kept for a retry");
             }
         }
         result
@@ -261,6 +268,18 @@ impl Daemon {
             contact: statement.contact.clone(),
             source: source.to_owned(),
         };
+        // One delivery at a time from here: two copies of one bundle arriving together must
+        // not both move into the single place the queue reads it from.
+        let _serial = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self
+            .journal
+            .get(&id)
+            .ok()
+            .flatten()
+            .filter(|b| b.state.is_live())
+        {
+            return Ok(Intake::Duplicate { bundle: existing });
+        }
         // The file is kept under its statement digest, so the queue finds it by id.
         let stored = self.stored_bundle(&id);
         if path != stored {
@@ -277,11 +296,13 @@ impl Daemon {
                 bundle: self.journal.get(&id).ok().flatten().expect("just inserted"),
             }),
             Ok(Some(existing)) => {
-                let _ = std::fs::remove_file(&stored);
+                // Cannot happen under the lock (checked above); the stored file is the
+                // live bundle's, so it stays.
                 Ok(Intake::Duplicate { bundle: existing })
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&stored);
+                // Back where it came from, for a retry.
+                let _ = std::fs::rename(&stored, path);
                 Err(refuse(BundleError::Io {
                     what: "writing the journal",
                     path: self.journal_path(),
@@ -466,12 +487,16 @@ impl Daemon {
             .store(millis, Ordering::Relaxed);
         match result {
             Ok(statement) => {
-                if let Err(e) = self
-                    .journal
-                    .mark_applied(&b.id, &b.repository, statement.sequence)
+                // The tag has moved: the sequence floor must follow before anything else is
+                // applied, or an older bundle queued earlier could move the tag back.
+                let mut delay = 1;
+                while let Err(e) =
+                    self.journal
+                        .mark_applied(&b.id, &b.repository, statement.sequence)
                 {
-                    tracing::error!(error = %e, "image applied but the journal could not record it");
-                    return;
+                    tracing::error!(error = %e, "image applied but the journal cannot record it; the queue waits until it can");
+                    tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                    delay = (delay * 2).min(60);
                 }
                 let _ = std::fs::remove_file(&path);
                 tracing::info!(bundle = %b.name, repository = %b.repository, tags = ?b.tags,

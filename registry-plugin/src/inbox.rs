@@ -221,6 +221,12 @@ fn take(daemon: &Daemon, path: &Path, quarantine: &Path, name: &str) {
         Ok(Intake::Duplicate { bundle }) => {
             tracing::info!(bundle = %name, id = %bundle.id, "inbox bundle already known")
         }
+        // A device-side problem: back into the inbox, taken again at a later scan.
+        Err(r) if !r.permanent => {
+            if let Err(e) = std::fs::rename(&incoming, path) {
+                tracing::error!(bundle = %name, error = %e, "cannot put the file back into the inbox");
+            }
+        }
         Err(r) => {
             if linked {
                 move_to_quarantine(&keep, quarantine, name, &r);

@@ -63,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         queue: tokio::sync::Notify::new(),
         engine,
         metrics: Metrics::default(),
+        intake_lock: std::sync::Mutex::new(()),
         config,
     });
     daemon

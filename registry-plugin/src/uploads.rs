@@ -588,6 +588,19 @@ impl Uploads {
         })
         .await
         .map_err(|e| UploadError::Internal(format!("intake stopped: {e}")))??;
+        if let UploadResult::Refused(r) = &result {
+            if !r.permanent {
+                // A device-side problem: the bytes go back to the upload, which a later PUT
+                // (or the client's resume) finishes; no result is recorded.
+                let incoming = daemon.bundles_dir().join(format!("{}.incoming", meta.id));
+                if std::fs::rename(&incoming, self.part(&meta.id)).is_ok() {
+                    return Err(UploadError::Internal(format!(
+                        "{}; the upload is kept: finish it again with PUT",
+                        r.reason
+                    )));
+                }
+            }
+        }
         meta.result = Some(result.clone());
         meta.updated_at = now();
         self.save(meta)?;

@@ -76,10 +76,14 @@ impl Stick {
     /// serial the filesystem UUID is used, else the device node's file name (`sdb1`).
     pub fn name(&self) -> String {
         if let Some(serial) = self.serial.as_deref().and_then(safe_name) {
-            return match self.partition {
-                Some(n) => format!("{serial}-part{n}"),
-                None => serial,
-            };
+            // The whole name must fit the mount directory's limit (64), suffix included.
+            let suffix = self
+                .partition
+                .map(|n| format!("-part{n}"))
+                .unwrap_or_default();
+            let keep = MAX_NAME_CHARS.saturating_sub(suffix.len());
+            let serial: String = serial.chars().take(keep).collect();
+            return format!("{serial}{suffix}");
         }
         if let Some(uuid) = self.uuid.as_deref().and_then(safe_name) {
             return uuid;

@@ -48,6 +48,33 @@ pub struct Outcome {
     pub dry_run: bool,
 }
 
+/// Set once every trusted bundle of the stick is on the device: a stop after this (the stick
+/// pulled, the unit stopped) does not make the visit a failure.
+pub static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A plugin state as a receipt says it.
+fn receipt_state(plugin_state: &str) -> &str {
+    match plugin_state {
+        "queued" => "received",
+        other => other,
+    }
+}
+
+impl Outcome {
+    /// The visit was stopped (stick pulled, unit stopped) after every trusted bundle was on the
+    /// device and the receipts so far were written.
+    pub fn removed_after_hand_over(dry_run: bool) -> Outcome {
+        Outcome {
+            result: "ok".into(),
+            summary: "stopped after every bundle was handed over; applying continues on the device, results go onto the stick at its next visit".into(),
+            receipts: Vec::new(),
+            skipped: Vec::new(),
+            receipts_written: true,
+            dry_run,
+        }
+    }
+}
+
 /// What the loader remembers per stick between visits.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StickState {
@@ -85,11 +112,13 @@ pub async fn run(config: &Config, target: Target, dry_run: bool) -> anyhow::Resu
                 at = %mounted.path().display(), "stick mounted read-only");
             let root = mounted.path().to_owned();
             let result = visit(config, &policy, &root, Some(&mounted), &name, dry_run).await;
-            if let Err(e) = mounted.unmount() {
-                tracing::error!(error = %e, "cannot unmount the stick");
-                return Err(anyhow::anyhow!("{e}; {}", e.advice()));
+            match mounted.unmount() {
+                Ok(()) => tracing::info!(device = %devnode.display(), "stick unmounted"),
+                // The visit's result stands; the mount point is gone either way.
+                Err(e) => {
+                    tracing::error!(error = %e, advice = e.advice(), "stick not unmounted cleanly")
+                }
             }
-            tracing::info!(device = %devnode.display(), "stick unmounted");
             result
         }
     }
@@ -120,15 +149,21 @@ async fn visit(
         tracing::warn!(entry = %name, %reason, "skipped on the stick");
     }
     let plugin = Plugin::new(&config.plugin_url);
+    let mut plugin_down = None;
     let inventory = match plugin.inventory().await {
         Ok(inv) => inv,
         Err(e) if dry_run => {
             tracing::warn!(error = %e, "registry plugin unreachable; dry run goes on without it");
             serde_json::Value::Null
         }
-        Err(e) => anyhow::bail!(
-            "{e}; the loader hands bundles to the registry plugin: start it (systemctl start sideload-registry-plugin) and insert the stick again"
-        ),
+        // Go on without it: the stick still gets receipts saying why nothing was taken.
+        Err(e) => {
+            tracing::error!(error = %e, "registry plugin unreachable");
+            plugin_down = Some(format!(
+                "{e}; the loader hands bundles to the registry plugin: start it (systemctl start sideload-registry-plugin) and insert the stick again"
+            ));
+            serde_json::Value::Null
+        }
     };
     let floors = Plugin::sequences(&inventory);
     let limits_engine = Limits::default();
@@ -308,6 +343,16 @@ async fn visit(
             statement,
             &id,
         );
+        if let Some(reason) = &plugin_down {
+            hand_over_failed = true;
+            receipts.push(Receipt {
+                state: "failed".into(),
+                reason: Some(format!("{name}: {reason}")),
+                advice: Some("start the registry plugin, then insert the stick again".into()),
+                ..base
+            });
+            continue;
+        }
         let file = match scan.open(c) {
             Ok((f, _)) => f,
             Err(e) => {
@@ -359,7 +404,40 @@ async fn visit(
         }
         save_state(&state_path, &state);
     }
+    // Results of bundles from earlier visits that finished since (not on the stick any more,
+    // or already reported above).
+    for (id, name) in state.pending.clone() {
+        if receipts
+            .iter()
+            .any(|r| r.id.as_deref() == Some(id.as_str()))
+        {
+            continue;
+        }
+        if let Ok(Some(s)) = plugin.state(&id).await {
+            receipts.push(Receipt {
+                bundle: name.clone(),
+                id: Some(id.clone()),
+                repository: None,
+                tags: Vec::new(),
+                sequence: None,
+                state: receipt_state(&s.state).into(),
+                reason: s.reason.clone(),
+                advice: s.advice.clone(),
+                at: now,
+            });
+            handed.push((id.clone(), receipts.len() - 1));
+        }
+    }
+    // Receipts now, before the stick may be pulled; updated after the wait below.
+    let early = serde_json::json!({
+        "device": config.device_id,
+        "at": now,
+        "result": if hand_over_failed { "failed" } else { "handed-over" },
+        "summary": "bundles handed over; applying continues",
+    });
+    let mut receipts_written = write_receipts(config, root, mounted, &receipts, &inventory, &early);
     if !hand_over_failed {
+        HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(
             handed = handed.len(),
             "SAFE TO REMOVE: every trusted bundle of this stick is on the device; applying continues"
@@ -373,10 +451,7 @@ async fn visit(
         for (id, i) in &handed {
             if let Ok(Some(s)) = plugin.state(id).await {
                 let r = &mut receipts[*i];
-                r.state = match s.state.as_str() {
-                    "queued" => "received".into(),
-                    other => other.into(),
-                };
+                r.state = receipt_state(&s.state).into();
                 r.reason = s.reason.clone();
                 r.advice = s.advice.clone();
                 open |= matches!(s.state.as_str(), "queued" | "applying");
@@ -386,25 +461,6 @@ async fn visit(
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Results of bundles from earlier visits that finished since.
-    for (id, name) in state.pending.clone() {
-        if handed.iter().any(|(h, _)| *h == id) {
-            continue;
-        }
-        if let Ok(Some(s)) = plugin.state(&id).await {
-            receipts.push(Receipt {
-                bundle: name.clone(),
-                id: Some(id.clone()),
-                repository: None,
-                tags: Vec::new(),
-                sequence: None,
-                state: s.state.clone(),
-                reason: s.reason.clone(),
-                advice: s.advice.clone(),
-                at: now,
-            });
-        }
     }
 
     let applied = receipts.iter().filter(|r| r.state == "applied").count();
@@ -449,14 +505,14 @@ async fn visit(
         "summary": summary,
         "skipped": skipped.iter().map(|(n, r)| serde_json::json!({"entry": n, "reason": r})).collect::<Vec<_>>(),
     });
-    let receipts_written =
-        write_receipts(config, root, mounted, &receipts, &inventory, &visit_json);
+    receipts_written &= write_receipts(config, root, mounted, &receipts, &inventory, &visit_json);
     if receipts_written {
-        // Everything final is now on the stick; keep only what is still running.
+        // Everything final is now on the stick; keep what is still running or unknown.
         state.pending.retain(|id, _| {
-            receipts.iter().any(|r| {
-                r.id.as_deref() == Some(id) && matches!(r.state.as_str(), "received" | "applying")
-            })
+            receipts
+                .iter()
+                .find(|r| r.id.as_deref() == Some(id))
+                .is_none_or(|r| matches!(r.state.as_str(), "received" | "applying"))
         });
     }
     save_state(&state_path, &state);

@@ -77,6 +77,15 @@ fn main() -> ExitCode {
             _ = terminate() => Err(anyhow::anyhow!("stopped by a signal; nothing is half-applied, insert the stick again to go on")),
         }
     });
+    // Stopped after every bundle was handed over (the stick pulled at SAFE TO REMOVE): the
+    // receipts were already written, applying goes on; that is not a failure.
+    let outcome = match outcome {
+        Err(_) if loader::HANDED_OVER.load(std::sync::atomic::Ordering::SeqCst) => {
+            Ok(loader::Outcome::removed_after_hand_over(args.dry_run))
+        }
+        other => other,
+    };
+
     let (code, result, summary) = match &outcome {
         Ok(o) if o.result == "ok" || o.result == "nothing" => {
             (ExitCode::SUCCESS, o.result.clone(), o.summary.clone())

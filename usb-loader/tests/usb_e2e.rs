@@ -518,3 +518,24 @@ fn results_that_finish_after_the_stick_left_go_onto_it_at_its_next_visit() {
     .expect("the earlier visit's result on the stick");
     assert!(receipt.contains("\"applied\""), "{receipt}");
 }
+
+#[test]
+fn with_the_plugin_down_the_stick_still_gets_receipts_saying_why() {
+    let mut device = Device::start();
+    device.daemon.kill9();
+    let good = bundle(BundleSpec::default());
+    let src = stick_dir(&[("app-v2.bundle", std::fs::read(&good).unwrap())]);
+    let stick = Image::ext4(src.path()).attach();
+    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["result"], "failed", "{outcome:#}");
+    assert_eq!(outcome["receipts_written"], true, "{outcome:#}");
+    let r = &outcome["receipts"][0];
+    assert_eq!(r["state"], "failed", "{outcome:#}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("registry plugin"),
+        "{outcome:#}"
+    );
+    assert!(!stderr(&out).contains("SAFE TO REMOVE"));
+}
