@@ -208,12 +208,13 @@ impl Server {
             }
             (Method::GET, ["inventory"]) => match crate::status::inventory(&self.daemon).await {
                 Ok(inv) => json_response(StatusCode::OK, &inv),
-                Err(e) => error(
+                Err(e @ crate::status::InventoryError::Registry(_)) => error(
                     StatusCode::BAD_GATEWAY,
                     "registry_unavailable",
                     &e.to_string(),
                     "check the docker-registry service",
                 ),
+                Err(e) => internal(e),
             },
             (Method::GET, ["health"]) => {
                 let registry = self.daemon.upstream.ping().await;

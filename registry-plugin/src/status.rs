@@ -30,21 +30,33 @@ pub struct Inventory {
     pub free_bytes: u64,
 }
 
+/// Why no inventory could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The registry did not answer.
+    #[error(transparent)]
+    Registry(#[from] UpstreamError),
+    /// The journal could not be read.
+    #[error("cannot read the journal's sequences: {0}")]
+    Journal(rusqlite::Error),
+}
+
 /// Builds the inventory from the registry and the journal.
-pub async fn inventory(daemon: &Daemon) -> Result<Inventory, UpstreamError> {
+pub async fn inventory(daemon: &Daemon) -> Result<Inventory, InventoryError> {
     let mut configs = HashMap::new();
     let images = daemon.upstream.images(&mut configs).await?;
+    // Without its sequences the inventory would tell the cloud (and the USB loader's checks)
+    // that no floor exists: better no inventory.
+    let sequences = daemon
+        .journal
+        .sequences()
+        .map_err(InventoryError::Journal)?;
     Ok(Inventory {
         format: INVENTORY_FORMAT,
         device: daemon.config.device_id.clone(),
         generated_at: crate::journal::now(),
         images,
-        sequences: daemon
-            .journal
-            .sequences()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
+        sequences: sequences.into_iter().collect(),
         free_bytes: fs4::available_space(&daemon.config.data_dir).unwrap_or(0),
     })
 }
