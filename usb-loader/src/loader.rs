@@ -148,6 +148,12 @@ async fn visit(
     for (name, reason) in &skipped {
         tracing::warn!(entry = %name, %reason, "skipped on the stick");
     }
+    if scan.truncated {
+        tracing::warn!(
+            max_entries = config.max_entries,
+            "the stick's folder has more entries than max_entries; the rest were not looked at"
+        );
+    }
     let plugin = Plugin::new(&config.plugin_url);
     let mut plugin_down = None;
     let inventory = match plugin.inventory().await {
@@ -504,6 +510,8 @@ async fn visit(
         "result": result,
         "summary": summary,
         "skipped": skipped.iter().map(|(n, r)| serde_json::json!({"entry": n, "reason": r})).collect::<Vec<_>>(),
+        // More entries than max_entries: the rest of the folder was not looked at.
+        "entries_truncated": scan.truncated,
     });
     receipts_written &= write_receipts(config, root, mounted, &receipts, &inventory, &visit_json);
     if receipts_written {
