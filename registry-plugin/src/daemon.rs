@@ -168,8 +168,9 @@ impl Daemon {
 
     /// The one intake path. `path` is a whole bundle file already in [`bundles_dir`]
     /// (moved there by the caller, so it is the daemon's own copy). Checks the head and the
-    /// payload digest, drops duplicates, and queues the rest. On refusal the file is removed
-    /// (quarantining an inbox file is the inbox's job, before it moves the file here).
+    /// payload digest, drops duplicates, and queues the rest. On a permanent refusal the file
+    /// is removed (quarantining an inbox file is the inbox's job); after a device-side error
+    /// it stays at `path` for the caller to put back and retry.
     /// Blocking: hashes the whole payload; call from a blocking thread.
     pub fn intake(
         &self,
