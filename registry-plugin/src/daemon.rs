@@ -137,13 +137,7 @@ impl Daemon {
         let head = sideload_bundle::read_head(reader, name, &self.limits)?;
         if let Ok(unverified) = Statement::from_canonical_json(&head.statement_bytes) {
             let id = unverified.digest().to_string();
-            if let Some(known) = self
-                .journal
-                .get(&id)
-                .ok()
-                .flatten()
-                .filter(|b| b.state.is_live())
-            {
+            if let Some(known) = self.journal.live(&id) {
                 return Ok(HeadCheck::Known(Box::new(known)));
             }
         }
@@ -272,13 +266,7 @@ impl Daemon {
         // One delivery at a time from here: two copies of one bundle arriving together must
         // not both move into the single place the queue reads it from.
         let _serial = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = self
-            .journal
-            .get(&id)
-            .ok()
-            .flatten()
-            .filter(|b| b.state.is_live())
-        {
+        if let Some(existing) = self.journal.live(&id) {
             return Ok(Intake::Duplicate { bundle: existing });
         }
         // The file is kept under its statement digest, so the queue finds it by id.

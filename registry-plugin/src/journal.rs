@@ -232,6 +232,12 @@ impl Journal {
             .optional()
     }
 
+    /// The bundle with statement digest `id` if it is queued, applying or applied: a delivery
+    /// of it is a duplicate. A read error counts as "not live" (intake's own checks follow).
+    pub fn live(&self, id: &str) -> Option<BundleRecord> {
+        self.get(id).ok().flatten().filter(|b| b.state.is_live())
+    }
+
     /// Looks a bundle up by the sha256 of its file.
     pub fn by_file_digest(&self, digest: &str) -> Result<Option<BundleRecord>> {
         self.conn()

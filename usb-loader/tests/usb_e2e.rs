@@ -99,6 +99,13 @@ impl Device {
         out
     }
 
+    /// Runs the loader with `--json` and returns its outcome, after checking its exit code.
+    fn load_json(&self, device: &Path, props: &str, exit: i32) -> serde_json::Value {
+        let out = self.load(device, props, &["--json"]);
+        assert_eq!(out.status.code(), Some(exit), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn hook_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("hook.log")).unwrap_or_default()
     }
@@ -209,9 +216,7 @@ fn receipts_reach_a_writable_stick_and_a_read_only_stick_still_applies() {
     let image = Image::ext4(src.path());
     let image_path = image.path().to_owned();
     let stick = image.attach();
-    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 0);
     assert_eq!(outcome["receipts_written"], true, "{outcome:#}");
     assert_eq!(outcome["receipts"][0]["state"], "applied", "{outcome:#}");
     let receipt = read_from_image(
@@ -240,9 +245,7 @@ fn receipts_reach_a_writable_stick_and_a_read_only_stick_still_applies() {
     });
     let src = stick_dir(&[("app-v2-again.bundle", std::fs::read(&other).unwrap())]);
     let stick = Image::ext4(src.path()).attach_read_only();
-    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 0);
     assert_eq!(outcome["receipts_written"], false);
     assert_eq!(outcome["receipts"][0]["state"], "applied", "{outcome:#}");
 }
@@ -284,9 +287,7 @@ fn bad_bundles_and_hostile_entries_next_to_a_good_one() {
         .unwrap()
         .success());
     let stick = Image::ext4(src.path()).attach();
-    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
-    assert_eq!(out.status.code(), Some(3), "some refused: {}", stderr(&out));
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 3);
     let state = |name: &str| {
         outcome["receipts"]
             .as_array()
@@ -490,9 +491,7 @@ fn results_that_finish_after_the_stick_left_go_onto_it_at_its_next_visit() {
     });
     let src = stick_dir(&[("app-v2.bundle", std::fs::read(&good).unwrap())]);
     let stick = Image::ext4(src.path()).attach();
-    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 0);
     let first = outcome["receipts"][0]["state"].as_str().unwrap().to_owned();
     assert!(first == "received" || first == "applying", "{outcome:#}");
     let id = bundle_id(&good);
@@ -505,9 +504,7 @@ fn results_that_finish_after_the_stick_left_go_onto_it_at_its_next_visit() {
     drop(stick);
     let stick = Image::ext4(src.path()).attach();
     let image_path_2 = stick.image().to_owned();
-    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 0);
     let earlier = &outcome["receipts"][0];
     assert_eq!(earlier["bundle"], "app-v2.bundle", "{outcome:#}");
     assert_eq!(earlier["state"], "applied", "{outcome:#}");
