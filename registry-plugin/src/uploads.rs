@@ -113,10 +113,48 @@ pub enum Appended {
     },
 }
 
+/// One upload in memory.
+///
+/// `meta` is held for the whole of a request that writes, so bytes are appended by one request
+/// at a time. Everything that must answer while a write runs (the offset for a resuming
+/// client, the duplicate lookup of a second `POST`) reads `snapshot` instead of waiting.
+struct Session {
+    meta: tokio::sync::Mutex<UploadMeta>,
+    /// The last saved record.
+    snapshot: Mutex<UploadMeta>,
+    /// Bumped by every request that wants to write. After a dropped link the old request may
+    /// still be waiting for bytes that will never come (until `read_timeout_secs`); the
+    /// client's new request bumps this and the old one stops at once, keeping what it stored.
+    takeover: tokio::sync::watch::Sender<u64>,
+}
+
+impl Session {
+    fn new(meta: UploadMeta) -> Arc<Session> {
+        Arc::new(Session {
+            snapshot: Mutex::new(meta.clone()),
+            meta: tokio::sync::Mutex::new(meta),
+            takeover: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    fn snapshot(&self) -> UploadMeta {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the upload over from a request still running on it, then holds it.
+    async fn take(&self) -> tokio::sync::MutexGuard<'_, UploadMeta> {
+        self.takeover.send_modify(|g| *g = g.wrapping_add(1));
+        self.meta.lock().await
+    }
+}
+
 /// All uploads.
 pub struct Uploads {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadMeta>>>>,
+    open: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 impl Uploads {
@@ -134,7 +172,7 @@ impl Uploads {
                 .and_then(|b| serde_json::from_slice::<UploadMeta>(&b).ok())
             {
                 Some(meta) => {
-                    open.insert(meta.id.clone(), Arc::new(tokio::sync::Mutex::new(meta)));
+                    open.insert(meta.id.clone(), Session::new(meta));
                 }
                 None => tracing::warn!(path = %path.display(), "unreadable upload record ignored"),
             }
@@ -153,13 +191,11 @@ impl Uploads {
         self.dir.join(format!("{id}.json"))
     }
 
-    fn table(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<UploadMeta>>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<UploadMeta>>, UploadError> {
+    fn get(&self, id: &str) -> Result<Arc<Session>, UploadError> {
         self.table()
             .get(id)
             .cloned()
@@ -170,7 +206,7 @@ impl Uploads {
     pub fn active(&self) -> usize {
         self.table()
             .values()
-            .filter(|m| m.try_lock().map(|m| m.result.is_none()).unwrap_or(true))
+            .filter(|s| s.snapshot().result.is_none())
             .count()
     }
 
@@ -184,7 +220,12 @@ impl Uploads {
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| UploadError::Internal(format!("cannot record upload {}: {e}", meta.id)))
+        write()
+            .map_err(|e| UploadError::Internal(format!("cannot record upload {}: {e}", meta.id)))?;
+        if let Some(session) = self.table().get(&meta.id) {
+            *session.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = meta.clone();
+        }
+        Ok(())
     }
 
     fn held(&self, id: &str) -> u64 {
@@ -224,8 +265,10 @@ impl Uploads {
                     return Ok(Created::Known(Box::new(b)));
                 }
             }
-            let same = self.table().iter().find_map(|(id, m)| {
-                let m = m.try_lock().ok()?;
+            // The snapshot, not the lock: the upload to resume is likely the one a request from
+            // a dropped connection is still holding.
+            let same = self.table().iter().find_map(|(id, s)| {
+                let m = s.snapshot();
                 (m.result.is_none() && m.expected_digest.as_deref() == Some(d)).then(|| id.clone())
             });
             if let Some(id) = same {
@@ -268,9 +311,11 @@ impl Uploads {
         };
         std::fs::File::create(self.part(&id))
             .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
-        self.save(&meta)?;
-        self.table()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(meta)));
+        self.table().insert(id.clone(), Session::new(meta.clone()));
+        if let Err(e) = self.save(&meta) {
+            self.remove(&id);
+            return Err(e);
+        }
         tracing::info!(upload = %id, "upload created");
         Ok(Created::New { id })
     }
@@ -287,10 +332,15 @@ impl Uploads {
         Ok(())
     }
 
-    /// Status of one upload: bytes held, total once known, result once finished.
+    /// Status of one upload: bytes held, total once known, result once finished. Answers at
+    /// once, also while a request is writing (a client resuming after a drop asks while its
+    /// old request may still be open here).
     pub async fn status(&self, id: &str) -> Result<(UploadMeta, u64), UploadError> {
-        let m = self.get(id)?;
-        let meta = m.lock().await.clone();
+        let session = self.get(id)?;
+        let meta = match session.meta.try_lock() {
+            Ok(m) => m.clone(),
+            Err(_) => session.snapshot(),
+        };
         // The length on disk is what the device holds; make it durable before reporting it.
         if let Ok(f) = std::fs::File::open(self.part(id)) {
             let _ = f.sync_data();
@@ -304,8 +354,8 @@ impl Uploads {
 
     /// Cancels an upload and deletes its bytes.
     pub async fn delete(&self, id: &str) -> Result<(), UploadError> {
-        let m = self.get(id)?;
-        let _guard = m.lock().await;
+        let session = self.get(id)?;
+        let _guard = session.take().await;
         self.remove(id);
         Ok(())
     }
@@ -319,8 +369,9 @@ impl Uploads {
         offset: u64,
         mut body: hyper::body::Incoming,
     ) -> Result<Appended, UploadError> {
-        let m = self.get(id)?;
-        let mut meta = m.lock().await;
+        let session = self.get(id)?;
+        let mut meta = session.take().await;
+        let mut takeover = session.takeover.subscribe();
         if let Some(result) = &meta.result {
             return Ok(Appended::Done {
                 held: meta.total_length.unwrap_or(0),
@@ -344,11 +395,17 @@ impl Uploads {
         loop {
             // A client that vanishes without closing (a dead link) must not hold the upload:
             // no byte for `read_timeout` counts as a cut, and the lock is released.
-            let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::info!(upload = %id, held, "no data for {read_timeout:?}; request treated as cut");
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(read_timeout, body.frame()) => match frame {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::info!(upload = %id, held, "no data for {read_timeout:?}; request treated as cut");
+                        break;
+                    }
+                },
+                _ = takeover.changed() => {
+                    tracing::info!(upload = %id, held, "a newer request took the upload over; this one ends here");
                     break;
                 }
             };
@@ -612,8 +669,10 @@ impl Uploads {
         let now = now();
         let ids: Vec<String> = self.table().keys().cloned().collect();
         for id in ids {
-            let Ok(m) = self.get(&id) else { continue };
-            let meta = m.lock().await;
+            let Ok(session) = self.get(&id) else {
+                continue;
+            };
+            let meta = session.meta.lock().await;
             if now.saturating_sub(meta.updated_at) > max_idle_secs {
                 tracing::info!(upload = %id, bundle = %meta.name, "idle upload expired");
                 self.remove(&id);

@@ -229,6 +229,62 @@ fn cut_uploads_resume_across_a_restart_without_resending_a_byte() {
 }
 
 #[test]
+fn a_resuming_client_takes_over_from_its_dead_connection_at_once() {
+    // Default read_timeout_secs (120): without take-over the stalled request would hold the
+    // upload for two minutes after the link died.
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    let id = daemon.create_upload(&path, &[("Bundle-Digest", digest.clone())]);
+    let url = format!("/sideload/v1/uploads/{id}");
+    let cut = head_len(&path) as usize + 700;
+    let start = Instant::now();
+    let stalled = stall(&daemon.addr, &url, &bytes[..cut]);
+    // The offset is answered while the dead request still holds the upload.
+    while daemon.offset(&id) != Some(cut as u64) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "offset not reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A restarted client (same file digest) is pointed at the same upload, not a new one.
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Bundle-Digest", digest)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["upload"], id.as_str());
+    assert_eq!(r.header("upload-offset"), Some(cut.to_string().as_str()));
+    // The resume takes the upload over and completes it without waiting for the old request.
+    let r = daemon.request(
+        "PATCH",
+        &url,
+        &[("Upload-Offset", cut.to_string())],
+        &bytes[cut..],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the take-over waited for the dead request ({:?})",
+        start.elapsed()
+    );
+    assert!(daemon.log().contains("took the upload over"));
+    drop(stalled);
+    let status = daemon.wait_state(
+        &bundle_id(&path),
+        &["applied", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+}
+
+#[test]
 fn untrusted_bundles_are_refused_before_their_payload_is_stored() {
     let registry = Registry::start();
     seed_v1(&registry);

@@ -354,6 +354,8 @@ pub struct DaemonOptions {
     /// Listen on this loopback port instead of one the OS picks, for configs that must name the
     /// daemon's own address before it starts (e.g. `[engine] pull_from`).
     pub listen_port: Option<u16>,
+    /// Listen on this address instead of 127.0.0.1 (e.g. the device end of a test veth link).
+    pub listen_host: Option<String>,
 }
 
 /// The daemon as a child process.
@@ -401,7 +403,8 @@ impl Daemon {
         let f = fixture();
         let policy = self.config.with_file_name("trust.toml");
         std::fs::write(&policy, &f.policy_toml).unwrap();
-        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let host = self.options.listen_host.as_deref().unwrap_or("127.0.0.1");
+        let listen = format!("{host}:{}", port.unwrap_or(0));
         let config = format!(
             "listen = \"{listen}\"\ndevice_id = \"test-device\"\ndata_dir = \"{}\"\ntrust_policy = \"{}\"\n\
              [registry]\nurl = \"{}\"\nstartup_timeout_secs = 20\n\
