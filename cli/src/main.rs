@@ -3,6 +3,7 @@
 
 mod commands;
 mod progress;
+mod push;
 mod state;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     Verify(commands::apply::VerifyArgs),
     /// Verify a bundle and rebuild its image from base images into a new archive or layout.
     Apply(commands::apply::ApplyArgs),
+    /// Send bundles to a device's daemon over a link that drops: resumes, retries, paces.
+    Push(commands::push::PushArgs),
 }
 
 /// Options shared by commands that read images from registries.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => commands::inspect::run_attach(args),
         Command::Verify(args) => commands::apply::run_verify(args),
         Command::Apply(args) => commands::apply::run_apply(args),
+        Command::Push(args) => commands::push::run(args),
     };
     match result {
         Ok(code) => code,

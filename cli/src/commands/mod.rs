@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod build;
 pub mod inspect;
+pub mod push;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

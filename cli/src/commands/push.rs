@@ -1,0 +1,345 @@
+//! `sideload push`: bundles to a device over a link that drops (see `crate::push`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::push::{self, Device, LocalBundle, Observer, Outcome, Report, Settings};
+
+/// Arguments of `sideload push`.
+#[derive(Args)]
+pub struct PushArgs {
+    /// Bundle files, sent in this order (a later one may need an earlier one's image).
+    #[arg(required = true)]
+    bundles: Vec<PathBuf>,
+    /// The device daemon: `https://DEVICE:5443` (or `http://127.0.0.1:5000` on the device).
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// File holding the device's upload token (sent as `Authorization: Bearer`).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Trust only the CA certificates in this PEM file (the device's self-signed certificate
+    /// works as its own CA).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Accept only a device certificate with this digest (`sha256:HEX`, as the daemon logs it
+    /// at start); repeatable, for a certificate change.
+    #[arg(long = "pin", value_name = "sha256:HEX")]
+    pins: Vec<String>,
+    /// Cap the upload rate: bytes per second like curl (`100k`, `1.5m`) or bits per second
+    /// like tc (`800kbit`), so telemetry keeps room on the link.
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
+    /// Give up after this long (`90m`, `2h`, `3days`); pushing again resumes. Default: never.
+    #[arg(long, value_name = "DURATION")]
+    deadline: Option<humantime::Duration>,
+    /// Sent data unacknowledged for this long means the link is dead: reconnect and resume.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    stall_timeout: humantime::Duration,
+    /// First delay after a failure; doubles (with jitter) up to --retry-max.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    retry_initial: humantime::Duration,
+    /// Longest delay between retries.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    retry_max: humantime::Duration,
+    /// After sending, follow each bundle until the device applied it or failed, and print that.
+    #[arg(long)]
+    wait: bool,
+    /// Print a JSON report on stdout (progress and notes still go to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The environment variable that may hold the upload token instead of `--token-file`.
+pub const TOKEN_ENV: &str = "SIDELOAD_DEVICE_TOKEN";
+
+/// Runs `sideload push`.
+pub fn run(args: PushArgs) -> Result<ExitCode> {
+    let settings = settings(&args)?;
+    let mut locals = Vec::new();
+    for path in &args.bundles {
+        locals.push(
+            LocalBundle::open(path)
+                .with_context(|| format!("{} cannot be pushed", path.display()))?,
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let device = runtime.block_on(async { Device::new(&settings) })?;
+    let observer = TermObserver::new();
+    let reports = runtime.block_on(async {
+        let mut reports: Vec<Report> = Vec::new();
+        for local in &locals {
+            if let Some(blocker) = reports.iter().find(|r| !taken(r.outcome)) {
+                reports.push(Report::skipped(
+                    local,
+                    &format!("not sent: {} did not go through", blocker.name),
+                ));
+                continue;
+            }
+            let report = device.push(local, &observer).await;
+            observer.line(&summary(&report));
+            reports.push(report);
+        }
+        if args.wait {
+            for report in reports.iter_mut().filter(|r| taken(r.outcome)) {
+                observer.start_wait(&report.name);
+                device.wait(report, &observer).await;
+                observer.line(&format!(
+                    "{}: {}{}",
+                    report.name,
+                    report.state.as_deref().unwrap_or("unknown"),
+                    report
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        reports
+    });
+    if args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "bundles": reports }))?;
+        // A closed pipe (`| head`) is not worth a panic.
+        let _ = writeln!(std::io::stdout(), "{text}");
+    }
+    for r in reports.iter().filter(|r| r.outcome != Outcome::Skipped) {
+        if let (Some(reason), Some(advice)) = (&r.reason, &r.advice) {
+            if !taken(r.outcome) || r.state.as_deref() == Some("failed") {
+                eprintln!("error: {reason}\nwhat to do: {advice}");
+            }
+        }
+    }
+    Ok(exit_code(&reports, args.wait))
+}
+
+fn settings(args: &PushArgs) -> Result<Settings> {
+    let base = reqwest::Url::parse(&args.to)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .with_context(|| {
+            format!(
+                "--to {:?} is not a device URL: write https://DEVICE:5443 or http://127.0.0.1:5000",
+                args.to
+            )
+        })?;
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_owned()),
+    }
+    .filter(|t| !t.is_empty());
+    let pins = args
+        .pins
+        .iter()
+        .map(|p| push::tls::parse_pin(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    if base.scheme() == "http" && (!pins.is_empty() || args.ca_file.is_some()) {
+        anyhow::bail!("--pin and --ca-file need an https:// --to URL");
+    }
+    if base.scheme() == "http" && token.is_some() && !is_loopback(&base) {
+        eprintln!(
+            "warning: the upload token crosses the link in clear over http://; use the device's https:// listener"
+        );
+    }
+    Ok(Settings {
+        base,
+        token,
+        rate: args
+            .limit_rate
+            .as_deref()
+            .map(push::throttle::parse_rate)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        stall_timeout: (*args.stall_timeout).max(Duration::from_secs(1)),
+        retry_initial: (*args.retry_initial).max(Duration::from_millis(10)),
+        retry_max: *args.retry_max,
+        deadline: args.deadline.map(|d| Instant::now() + *d),
+        ca_file: args.ca_file.clone(),
+        pins,
+    })
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// The device has (or had) the bundle.
+fn taken(o: Outcome) -> bool {
+    matches!(o, Outcome::Known | Outcome::Queued | Outcome::Duplicate)
+}
+
+/// 0: every bundle taken (and applied, with `--wait`); 3: one was refused or failed to apply;
+/// 1: anything else (deadline, token, disk, TLS, unreachable).
+fn exit_code(reports: &[Report], wait: bool) -> ExitCode {
+    if reports.iter().any(|r| r.outcome == Outcome::Refused)
+        || (wait && reports.iter().any(|r| r.state.as_deref() == Some("failed")))
+    {
+        return ExitCode::from(crate::EXIT_REFUSED);
+    }
+    let all = reports
+        .iter()
+        .all(|r| taken(r.outcome) && (!wait || r.state.as_deref() == Some("applied")));
+    if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_ERROR)
+    }
+}
+
+fn summary(r: &Report) -> String {
+    let how = match r.outcome {
+        Outcome::Known => format!(
+            "the device already has it ({})",
+            r.state.as_deref().unwrap_or("known")
+        ),
+        Outcome::Queued => "queued for apply".into(),
+        Outcome::Duplicate => "already queued on the device".into(),
+        Outcome::Refused => "refused".into(),
+        Outcome::Error => "failed".into(),
+        Outcome::Deadline => "deadline passed".into(),
+        Outcome::Skipped => "not sent".into(),
+    };
+    format!(
+        "{}: {how}; sent {} bytes for {} ({} already there), {} requests, {} retries, {:.1} s",
+        r.name, r.bytes_sent, r.size, r.held_at_start, r.requests, r.retries, r.seconds
+    )
+}
+
+/// A progress bar with rate and ETA on a terminal; on a log, a line per note and one every
+/// 30 s with the position.
+struct TermObserver {
+    terminal: bool,
+    state: Mutex<ObserverState>,
+}
+
+struct ObserverState {
+    bar: Option<ProgressBar>,
+    name: String,
+    size: u64,
+    position: u64,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl TermObserver {
+    fn new() -> TermObserver {
+        TermObserver {
+            terminal: std::io::stderr().is_terminal(),
+            state: Mutex::new(ObserverState {
+                bar: None,
+                name: String::new(),
+                size: 0,
+                position: 0,
+                last_line: Instant::now(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ObserverState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn line(&self, text: &str) {
+        match &self.lock().bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn start_wait(&self, name: &str) {
+        let mut s = self.lock();
+        s.name = name.to_owned();
+    }
+
+    fn log_position(&self, s: &mut ObserverState, force: bool) {
+        if self.terminal || (!force && s.last_line.elapsed() < Duration::from_secs(30)) {
+            return;
+        }
+        s.last_line = Instant::now();
+        let secs = s.started.elapsed().as_secs_f64().max(0.001);
+        eprintln!(
+            "{}: {} of {} bytes ({:.0}%), {:.0} s",
+            s.name,
+            s.position.min(s.size),
+            s.size,
+            100.0 * s.position.min(s.size) as f64 / s.size.max(1) as f64,
+            secs
+        );
+    }
+}
+
+impl Observer for TermObserver {
+    fn start(&self, name: &str, size: u64) {
+        let mut s = self.lock();
+        s.name = name.to_owned();
+        s.size = size;
+        s.position = 0;
+        s.started = Instant::now();
+        s.last_line = Instant::now();
+        if self.terminal {
+            let bar = ProgressBar::new(size);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(name.to_owned());
+            s.bar = Some(bar);
+        }
+    }
+
+    fn held(&self, held: u64) {
+        let mut s = self.lock();
+        s.position = held;
+        if let Some(bar) = &s.bar {
+            bar.set_position(held);
+        }
+    }
+
+    fn sent(&self, n: u64) {
+        let mut s = self.lock();
+        s.position += n;
+        if let Some(bar) = &s.bar {
+            bar.set_position(s.position.min(s.size));
+        }
+        self.log_position(&mut s, false);
+    }
+
+    fn note(&self, line: &str) {
+        let s = self.lock();
+        let text = format!("{}: {line}", s.name);
+        match &s.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        let mut s = self.lock();
+        if let Some(bar) = s.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,980 @@
+//! `sideload push`: sends bundles to a device's daemon over its resumable upload API
+//! (`docs/upload-api.md`) across links that drop every few minutes.
+//!
+//! The device stores every byte it receives, so the client never decides what arrived: after
+//! any failure it asks the device (`HEAD`) and goes on from there. Retries back off
+//! exponentially with jitter, reset after progress; a dead link is noticed by the kernel
+//! (`TCP_USER_TIMEOUT`, keepalive) rather than by a fixed request timeout that a slow link
+//! would trip. Pure decisions (`classify`, `backoff`, `throttle`) are separate from the I/O.
+
+pub mod backoff;
+pub mod throttle;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use backoff::{random_unit, Backoff};
+use throttle::TokenBucket;
+
+/// How to reach the device and how patient to be.
+pub struct Settings {
+    /// The daemon's base URL (`https://device:5443`).
+    pub base: reqwest::Url,
+    /// The device's upload token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Upload rate cap, bytes per second.
+    pub rate: Option<u64>,
+    /// Unacknowledged data for this long means the link is dead: reconnect.
+    pub stall_timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Give up at this moment.
+    pub deadline: Option<Instant>,
+    /// Trust only the CA certificates in this PEM file.
+    pub ca_file: Option<PathBuf>,
+    /// Accept only device certificates with these sha256 digests.
+    pub pins: Vec<[u8; 32]>,
+}
+
+/// What the user sees: progress and notes. A bar on a terminal, lines in logs.
+pub trait Observer: Send + Sync {
+    /// A bundle starts (`size` bytes).
+    fn start(&self, name: &str, size: u64);
+    /// The device holds `held` bytes.
+    fn held(&self, held: u64);
+    /// `n` more bytes were handed to the connection.
+    fn sent(&self, n: u64);
+    /// Something worth a line: a drop, a retry, a resume.
+    fn note(&self, line: &str);
+    /// The bundle's push ended.
+    fn finish(&self);
+}
+
+/// A bundle file as the client knows it: nothing in it is trusted here, the device checks.
+#[derive(Debug, Clone)]
+pub struct LocalBundle {
+    /// The file.
+    pub path: PathBuf,
+    /// Its name, as sent in `Bundle-Name`.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// `sha256:` of the whole file, as sent in `Bundle-Digest`.
+    pub file_digest: String,
+    /// The statement digest: the bundle's id on the device.
+    pub id: String,
+    /// The repository the statement names.
+    pub repository: String,
+    /// The tags the statement names.
+    pub tags: Vec<String>,
+}
+
+impl LocalBundle {
+    /// Reads the head (untrusted) and hashes the file, streaming.
+    pub fn open(path: &Path) -> anyhow::Result<LocalBundle> {
+        use anyhow::Context;
+        let (head, file) = sideload_bundle::open_bundle(path, &sideload_bundle::Limits::default())?;
+        let statement =
+            sideload_signing::parse_statement(&head.statement_bytes).map_err(|refusal| {
+                sideload_bundle::Error::Refused {
+                    bundle: head.name.clone(),
+                    refusal,
+                }
+            })?;
+        let size = file.metadata()?.len();
+        let (digest, _) = std::fs::File::open(path)
+            .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(LocalBundle {
+            path: path.to_owned(),
+            name: head.name.clone(),
+            size,
+            file_digest: digest.to_string(),
+            id: statement.digest().to_string(),
+            repository: statement.target.repository.to_string(),
+            tags: statement
+                .target
+                .tags
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        })
+    }
+}
+
+/// How a bundle's push ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The device already had it (queued, applying or applied): one request.
+    Known,
+    /// Uploaded and queued for apply.
+    Queued,
+    /// Uploaded, but the same statement was already queued.
+    Duplicate,
+    /// The device refused it (untrusted, expired, replayed, damaged): do not retry this file.
+    Refused,
+    /// A problem the device or the client cannot retry past (token, size, disk, TLS).
+    Error,
+    /// `--deadline` passed first; pushing again resumes.
+    Deadline,
+    /// Not sent, because an earlier bundle in the list did not make it.
+    Skipped,
+}
+
+/// One bundle's push, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The file.
+    pub file: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// The statement digest (the device's id for it).
+    pub bundle: String,
+    /// Repository and tags it sets.
+    pub repository: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// File size, bytes.
+    pub size: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The device's state of the bundle when last seen (`applied`, `failed`, ...).
+    pub state: Option<String>,
+    /// Why it did not go through.
+    pub reason: Option<String>,
+    /// What to do about it.
+    pub advice: Option<String>,
+    /// The device's error code, when it gave one.
+    pub code: Option<String>,
+    /// Bytes the device already held when this push began.
+    pub held_at_start: u64,
+    /// Bytes the device held at the end.
+    pub held: u64,
+    /// Bytes handed to connections (an upper bound of what crossed the link).
+    pub bytes_sent: u64,
+    /// HTTP requests made.
+    pub requests: u32,
+    /// Failures retried (drops, timeouts, busy device).
+    pub retries: u32,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+impl Report {
+    fn new(local: &LocalBundle) -> Report {
+        Report {
+            file: local.path.clone(),
+            name: local.name.clone(),
+            bundle: local.id.clone(),
+            repository: local.repository.clone(),
+            tags: local.tags.clone(),
+            size: local.size,
+            outcome: Outcome::Skipped,
+            state: None,
+            reason: None,
+            advice: None,
+            code: None,
+            held_at_start: 0,
+            held: 0,
+            bytes_sent: 0,
+            requests: 0,
+            retries: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// A report for a bundle that was not sent.
+    pub fn skipped(local: &LocalBundle, why: &str) -> Report {
+        let mut r = Report::new(local);
+        r.reason = Some(why.to_owned());
+        r
+    }
+
+    fn fail(&mut self, outcome: Outcome, code: &str, reason: String, advice: String) {
+        self.outcome = outcome;
+        self.code = Some(code.to_owned());
+        self.reason = Some(reason);
+        self.advice = Some(advice);
+    }
+}
+
+/// What an answer from the device means for the client. Pure, so every status is tested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `POST`: the device already has this bundle.
+    Known {
+        /// The bundle id.
+        bundle: String,
+        /// Its state.
+        state: String,
+    },
+    /// `POST`: an upload to send to.
+    Upload {
+        /// Its URL path.
+        location: String,
+        /// Bytes the device holds.
+        offset: u64,
+    },
+    /// The last byte arrived and the device took the bundle (`queued` or `duplicate`).
+    Taken {
+        /// The bundle id.
+        bundle: String,
+        /// `queued` or `duplicate`.
+        intake: String,
+    },
+    /// Go on from this offset (`204`, `409`, `400 overflow`).
+    Offset(u64),
+    /// Refused for good.
+    Refused {
+        /// Stable code.
+        code: String,
+        /// Why.
+        reason: String,
+        /// What to do.
+        advice: String,
+    },
+    /// The upload no longer exists (expired, cancelled): create a new one.
+    Gone,
+    /// A passing problem (busy, device-side I/O): retry later.
+    Retry(String),
+    /// A problem retrying does not fix.
+    Fatal {
+        /// Stable code.
+        code: String,
+        /// Why.
+        reason: String,
+        /// What to do.
+        advice: String,
+    },
+}
+
+/// Interprets a device answer (`status`, its `Upload-Offset`, its JSON body).
+pub fn classify(status: u16, upload_offset: Option<u64>, body: &[u8]) -> Answer {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let err = &json["error"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let code = text(&err["code"]);
+    let reason = match text(&err["reason"]) {
+        r if r.is_empty() => format!("the device answered HTTP {status}"),
+        r => r,
+    };
+    let advice = text(&err["advice"]);
+    match status {
+        200..=202 => match json["outcome"].as_str() {
+            Some("known") => Answer::Known {
+                bundle: text(&json["bundle"]["id"]),
+                state: text(&json["bundle"]["state"]),
+            },
+            Some("queued") | Some("duplicate") => Answer::Taken {
+                bundle: text(&json["bundle"]),
+                intake: text(&json["outcome"]),
+            },
+            _ => match (json["location"].as_str(), json["offset"].as_u64()) {
+                (Some(location), Some(offset)) => Answer::Upload {
+                    location: location.to_owned(),
+                    offset,
+                },
+                _ => Answer::Fatal {
+                    code: "unexpected_answer".into(),
+                    reason: format!(
+                        "the device answered HTTP {status} with {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                    advice: "check that --to points at a sideload device daemon".into(),
+                },
+            },
+        },
+        204 | 409 => match upload_offset {
+            Some(o) => Answer::Offset(o),
+            None => Answer::Retry(format!("HTTP {status} without Upload-Offset: {reason}")),
+        },
+        400 if code == "overflow" => match upload_offset {
+            Some(o) => Answer::Offset(o),
+            None => Answer::Retry(reason),
+        },
+        403 => Answer::Refused {
+            code: if code.is_empty() {
+                "forbidden".into()
+            } else {
+                code
+            },
+            reason,
+            advice,
+        },
+        404 => Answer::Gone,
+        401 => Answer::Fatal {
+            code: "unauthorized".into(),
+            reason,
+            advice: "pass the device's upload token with --token-file (or SIDELOAD_DEVICE_TOKEN)"
+                .into(),
+        },
+        408 | 429 | 500 | 502 | 503 | 504 => Answer::Retry(reason),
+        _ => Answer::Fatal {
+            code: if code.is_empty() {
+                format!("http_{status}")
+            } else {
+                code
+            },
+            reason,
+            advice: if advice.is_empty() {
+                "check --to and the device's logs".into()
+            } else {
+                advice
+            },
+        },
+    }
+}
+
+/// Why a request did not get an answer.
+#[derive(Debug)]
+enum Failure {
+    /// The link or the device went away: retry.
+    Transport(String),
+    /// The device's certificate is not trusted: retrying does not help.
+    Tls(String),
+    /// The deadline passed.
+    Deadline,
+    /// The local file could not be read.
+    Local(String),
+}
+
+/// A device daemon reached over HTTP(S).
+pub struct Device {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    token: Option<String>,
+    throttle: Option<Arc<Mutex<TokenBucket>>>,
+    settings_retry: (Duration, Duration),
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Upper bound on a device answer's body; answers are small JSON documents.
+const MAX_ANSWER: usize = 1 << 20;
+
+impl Device {
+    /// A client for the device at `settings.base`.
+    pub fn new(settings: &Settings) -> anyhow::Result<Device> {
+        use anyhow::Context;
+        let mut builder = reqwest::Client::builder()
+            .http1_only()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sideload-push/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.stall_timeout.min(Duration::from_secs(30)))
+            // A link that died: sent data stays unacknowledged; the kernel closes the
+            // connection after this long instead of retransmitting for ~15 minutes.
+            .tcp_user_timeout(settings.stall_timeout)
+            // While waiting for an answer nothing is in flight; keepalive probes notice a
+            // dead link there.
+            .tcp_keepalive(Duration::from_secs(10))
+            .tcp_keepalive_interval(Duration::from_secs(5))
+            .tcp_keepalive_retries(3u32)
+            .pool_idle_timeout(Duration::from_secs(20));
+        if !settings.pins.is_empty() {
+            builder = builder.tls_backend_preconfigured(tls::pinned_config(settings.pins.clone())?);
+        } else if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("{} holds no PEM certificate", ca.display());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let now = Instant::now();
+        Ok(Device {
+            client: builder.build().context("cannot set up the HTTP client")?,
+            base: settings.base.clone(),
+            token: settings.token.clone(),
+            throttle: settings
+                .rate
+                .map(|r| Arc::new(Mutex::new(TokenBucket::new(r, now)))),
+            settings_retry: (settings.retry_initial, settings.retry_max),
+            deadline: settings
+                .deadline
+                .map(|d| tokio::time::Instant::now() + d.saturating_duration_since(now)),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = self.base.join(path).unwrap_or_else(|_| self.base.clone());
+        let b = self.client.request(method, url);
+        match &self.token {
+            Some(t) => b.bearer_auth(t),
+            None => b,
+        }
+    }
+
+    /// Runs `fut` unless the deadline passes first.
+    async fn within<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .map_err(|_| Failure::Deadline),
+            None => Ok(fut.await),
+        }
+    }
+
+    /// Sends a request and reads the (small) answer.
+    async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<Answer, Failure> {
+        let exchange = async {
+            let resp = req.send().await.map_err(transport)?;
+            let status = resp.status();
+            let offset = resp
+                .headers()
+                .get("upload-offset")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = read_small(resp).await.map_err(transport)?;
+            Ok(classify(status.as_u16(), offset, &body))
+        };
+        self.within(exchange).await?
+    }
+
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        why: &str,
+        obs: &dyn Observer,
+    ) -> Result<(), Failure> {
+        let delay = backoff.next_delay(random_unit());
+        obs.note(&format!("{why}; retrying in {:.1} s", delay.as_secs_f64()));
+        self.within(tokio::time::sleep(delay)).await
+    }
+
+    /// Pushes one bundle until the device takes or refuses it, or the deadline passes.
+    pub async fn push(&self, local: &LocalBundle, obs: &dyn Observer) -> Report {
+        let started = Instant::now();
+        let mut report = Report::new(local);
+        obs.start(&local.name, local.size);
+        let result = self.push_inner(local, &mut report, obs).await;
+        match result {
+            Ok(()) => {}
+            Err(Failure::Deadline) => report.fail(
+                Outcome::Deadline,
+                "deadline",
+                format!(
+                    "{}: the deadline passed with {} of {} bytes on the device",
+                    local.name, report.held, local.size
+                ),
+                "push again (or with a later --deadline): the device keeps what it has and the upload resumes".into(),
+            ),
+            Err(Failure::Tls(e)) => report.fail(
+                Outcome::Error,
+                "tls",
+                format!("{}: the device's TLS certificate is not trusted: {e}", local.name),
+                "pass the device's CA or its own certificate with --ca-file, or its pin with --pin sha256:HEX (the daemon logs it at start)".into(),
+            ),
+            Err(Failure::Local(e)) => report.fail(
+                Outcome::Error,
+                "local_io",
+                format!("{}: {e}", local.name),
+                "check the bundle file".into(),
+            ),
+            Err(Failure::Transport(e)) => report.fail(
+                Outcome::Error,
+                "transport",
+                format!("{}: {e}", local.name),
+                "check --to and the link, then push again".into(),
+            ),
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        obs.finish();
+        report
+    }
+
+    async fn push_inner(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        obs: &dyn Observer,
+    ) -> Result<(), Failure> {
+        let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
+        let mut first = true;
+        let mut recreated = 0;
+        'create: loop {
+            // Create (or find) the upload.
+            report.requests += 1;
+            let create = self
+                .request(Method::POST, "/sideload/v1/uploads")
+                .header("Bundle-Name", &local.name)
+                .header("Bundle-Digest", &local.file_digest)
+                .header("Upload-Length", local.size);
+            let (location, mut offset) = match self.exchange(create).await {
+                Ok(Answer::Known { state, .. }) => {
+                    report.outcome = Outcome::Known;
+                    report.state = Some(state);
+                    report.held = local.size;
+                    report.held_at_start = local.size;
+                    return Ok(());
+                }
+                Ok(Answer::Upload { location, offset }) => (location, offset),
+                Ok(Answer::Fatal {
+                    code,
+                    reason,
+                    advice,
+                }) => {
+                    report.fail(Outcome::Error, &code, reason, advice);
+                    return Ok(());
+                }
+                Ok(Answer::Refused {
+                    code,
+                    reason,
+                    advice,
+                }) => {
+                    report.fail(Outcome::Refused, &code, reason, advice);
+                    return Ok(());
+                }
+                Ok(other) => {
+                    report.retries += 1;
+                    let why = match other {
+                        Answer::Retry(r) => r,
+                        a => format!("unexpected answer to create: {a:?}"),
+                    };
+                    self.pause(&mut backoff, &format!("device busy: {why}"), obs)
+                        .await?;
+                    continue 'create;
+                }
+                Err(Failure::Transport(e)) => {
+                    report.retries += 1;
+                    self.pause(&mut backoff, &format!("cannot reach the device: {e}"), obs)
+                        .await?;
+                    continue 'create;
+                }
+                Err(f) => return Err(f),
+            };
+            if first {
+                report.held_at_start = offset;
+                first = false;
+                if offset > 0 {
+                    obs.note(&format!(
+                        "the device already holds {offset} of {} bytes; resuming",
+                        local.size
+                    ));
+                }
+            }
+            loop {
+                report.held = offset;
+                obs.held(offset);
+                if offset > local.size {
+                    report.fail(
+                        Outcome::Error,
+                        "offset_beyond_file",
+                        format!(
+                            "{}: the device holds {offset} bytes of a {}-byte file",
+                            local.name, local.size
+                        ),
+                        "delete the upload on the device (DELETE its URL) and push again".into(),
+                    );
+                    return Ok(());
+                }
+                report.requests += 1;
+                let before = offset;
+                let answer = if offset == local.size {
+                    // Everything is there: ask for the outcome (a lost final answer).
+                    self.exchange(self.request(Method::PUT, &location)).await
+                } else {
+                    self.send(&location, offset, local, report, obs).await
+                };
+                let answer = match answer {
+                    Ok(a) => a,
+                    Err(Failure::Transport(e)) => {
+                        report.retries += 1;
+                        self.pause(&mut backoff, &format!("link lost: {e}"), obs)
+                            .await?;
+                        Answer::Retry(String::new())
+                    }
+                    Err(f) => return Err(f),
+                };
+                match answer {
+                    Answer::Taken { bundle, intake } => {
+                        report.held = local.size;
+                        report.outcome = if intake == "duplicate" {
+                            Outcome::Duplicate
+                        } else {
+                            Outcome::Queued
+                        };
+                        if !bundle.is_empty() {
+                            report.bundle = bundle;
+                        }
+                        return Ok(());
+                    }
+                    Answer::Offset(o) => {
+                        if o > before {
+                            backoff.reset();
+                        } else if o == before {
+                            // An answer without progress (a take-over, a 409 race): do
+                            // not spin.
+                            report.retries += 1;
+                            self.pause(&mut backoff, "the device took no bytes", obs)
+                                .await?;
+                        }
+                        offset = o;
+                    }
+                    Answer::Refused {
+                        code,
+                        reason,
+                        advice,
+                    } => {
+                        report.fail(Outcome::Refused, &code, reason, advice);
+                        return Ok(());
+                    }
+                    Answer::Fatal {
+                        code,
+                        reason,
+                        advice,
+                    } => {
+                        report.fail(Outcome::Error, &code, reason, advice);
+                        return Ok(());
+                    }
+                    Answer::Gone => {
+                        recreated += 1;
+                        if recreated > 3 {
+                            report.fail(
+                                Outcome::Error,
+                                "upload_lost",
+                                format!(
+                                    "{}: the device dropped the upload {recreated} times",
+                                    local.name
+                                ),
+                                "check the device's uploads.idle_expiry_secs and its logs".into(),
+                            );
+                            return Ok(());
+                        }
+                        obs.note("the device no longer knows the upload; starting a new one");
+                        continue 'create;
+                    }
+                    Answer::Retry(why) => {
+                        if !why.is_empty() {
+                            report.retries += 1;
+                            self.pause(&mut backoff, &format!("device busy: {why}"), obs)
+                                .await?;
+                        }
+                        // Ask where to go on, retrying until the device answers.
+                        loop {
+                            report.requests += 1;
+                            match self.exchange(self.request(Method::HEAD, &location)).await {
+                                Ok(Answer::Offset(o)) => {
+                                    if o > before {
+                                        backoff.reset();
+                                    }
+                                    if o != before {
+                                        obs.note(&format!(
+                                            "resuming at byte {o} of {}",
+                                            local.size
+                                        ));
+                                    }
+                                    offset = o;
+                                    break;
+                                }
+                                Ok(Answer::Gone) => continue 'create,
+                                Ok(Answer::Fatal {
+                                    code,
+                                    reason,
+                                    advice,
+                                }) => {
+                                    report.fail(Outcome::Error, &code, reason, advice);
+                                    return Ok(());
+                                }
+                                Ok(a) => {
+                                    report.retries += 1;
+                                    self.pause(
+                                        &mut backoff,
+                                        &format!("unexpected answer to HEAD: {a:?}"),
+                                        obs,
+                                    )
+                                    .await?;
+                                }
+                                Err(Failure::Transport(e)) => {
+                                    report.retries += 1;
+                                    self.pause(
+                                        &mut backoff,
+                                        &format!("cannot reach the device: {e}"),
+                                        obs,
+                                    )
+                                    .await?;
+                                }
+                                Err(f) => return Err(f),
+                            }
+                        }
+                    }
+                    Answer::Known { .. } | Answer::Upload { .. } => {
+                        report.retries += 1;
+                        self.pause(&mut backoff, "unexpected answer to an upload request", obs)
+                            .await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `PATCH` with the file from `offset` to its end, paced by `--limit-rate`.
+    async fn send(
+        &self,
+        location: &str,
+        offset: u64,
+        local: &LocalBundle,
+        report: &mut Report,
+        obs: &dyn Observer,
+    ) -> Result<Answer, Failure> {
+        let mut file = tokio::fs::File::open(&local.path)
+            .await
+            .map_err(|e| Failure::Local(format!("cannot open {}: {e}", local.path.display())))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Failure::Local(format!("cannot read {}: {e}", local.path.display())))?;
+        let remaining = local.size - offset;
+        let sent = Arc::new(AtomicU64::new(0));
+        let stream = body_stream(file, remaining, self.throttle.clone(), sent.clone());
+        let req = self
+            .request(Method::PATCH, location)
+            .header("Upload-Offset", offset)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, remaining)
+            .body(reqwest::Body::wrap_stream(stream));
+        // Progress comes from the counter while the request runs.
+        let watch = async {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = sent.load(Ordering::Relaxed);
+                obs.sent(now - last);
+                last = now;
+            }
+        };
+        let result = tokio::select! {
+            r = self.exchange(req) => r,
+            _ = watch => unreachable!("the progress loop never ends"),
+        };
+        report.bytes_sent += sent.load(Ordering::Relaxed);
+        result
+    }
+
+    /// Follows a bundle on the device until it is applied or failed.
+    pub async fn wait(&self, report: &mut Report, obs: &dyn Observer) {
+        let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
+        let path = format!("/sideload/v1/bundles/{}", report.bundle);
+        let mut poll = Duration::from_millis(500);
+        loop {
+            if let Some(state) = &report.state {
+                if state == "applied" || state == "failed" {
+                    return;
+                }
+            }
+            report.requests += 1;
+            let got = self
+                .within(async {
+                    let resp = self
+                        .request(Method::GET, &path)
+                        .send()
+                        .await
+                        .map_err(transport)?;
+                    let status = resp.status();
+                    let body = read_small(resp).await.map_err(transport)?;
+                    Ok::<_, Failure>((status, body))
+                })
+                .await;
+            let result = match got {
+                Ok(r) => r,
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok((StatusCode::OK, body)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let record = &v["bundle"];
+                    let state = record["state"].as_str().unwrap_or("unknown").to_owned();
+                    if report.state.as_deref() != Some(&state) {
+                        obs.note(&format!("device: {state}"));
+                    }
+                    if state == "failed" {
+                        report.reason = record["reason"].as_str().map(str::to_owned);
+                        report.advice = record["advice"].as_str().map(str::to_owned);
+                    }
+                    report.state = Some(state);
+                    backoff.reset();
+                    if self.within(tokio::time::sleep(poll)).await.is_err() {
+                        return self.wait_deadline(report);
+                    }
+                    poll = (poll * 2).min(Duration::from_secs(5));
+                }
+                Ok((status, body)) => {
+                    let answer = classify(status.as_u16(), None, &body);
+                    report.retries += 1;
+                    if self
+                        .pause(&mut backoff, &format!("bundle status: {answer:?}"), obs)
+                        .await
+                        .is_err()
+                    {
+                        return self.wait_deadline(report);
+                    }
+                }
+                Err(Failure::Deadline) => return self.wait_deadline(report),
+                Err(e) => {
+                    report.retries += 1;
+                    if self
+                        .pause(
+                            &mut backoff,
+                            &format!("cannot reach the device: {e:?}"),
+                            obs,
+                        )
+                        .await
+                        .is_err()
+                    {
+                        return self.wait_deadline(report);
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_deadline(&self, report: &mut Report) {
+        report.fail(
+            Outcome::Deadline,
+            "deadline",
+            format!(
+                "{}: the deadline passed before the device applied it (last state: {})",
+                report.name,
+                report.state.as_deref().unwrap_or("unknown")
+            ),
+            format!("follow it with GET /sideload/v1/bundles/{}", report.bundle),
+        );
+    }
+}
+
+fn transport(e: reqwest::Error) -> Failure {
+    match tls::tls_failure(&e) {
+        Some(t) => Failure::Tls(t),
+        None => {
+            // The chain says what happened (refused, reset, timed out); the top says where.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            Failure::Transport(text)
+        }
+    }
+}
+
+async fn read_small(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() < MAX_ANSWER {
+            body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
+        }
+    }
+    Ok(body)
+}
+
+/// The file from its current position, `remaining` bytes, in chunks paced by the bucket.
+fn body_stream(
+    file: tokio::fs::File,
+    remaining: u64,
+    throttle: Option<Arc<Mutex<TokenBucket>>>,
+    sent: Arc<AtomicU64>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(
+        (file, remaining, throttle, sent),
+        |(mut file, remaining, throttle, sent)| async move {
+            if remaining == 0 {
+                return None;
+            }
+            let chunk = throttle
+                .as_ref()
+                .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).chunk())
+                .unwrap_or(64 << 10)
+                .min(remaining as usize);
+            let mut buf = vec![0u8; chunk];
+            if let Err(e) = file.read_exact(&mut buf).await {
+                return Some((Err(e), (file, 0, throttle, sent)));
+            }
+            if let Some(t) = &throttle {
+                let wait = t
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(chunk as u64, Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            sent.fetch_add(chunk as u64, Ordering::Relaxed);
+            Some((
+                Ok(Bytes::from(buf)),
+                (file, remaining - chunk as u64, throttle, sent),
+            ))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_to_what_the_client_does() {
+        let created = br#"{"location":"/sideload/v1/uploads/ab","offset":0,"upload":"ab"}"#;
+        assert_eq!(
+            classify(201, Some(0), created),
+            Answer::Upload {
+                location: "/sideload/v1/uploads/ab".into(),
+                offset: 0
+            }
+        );
+        let known = br#"{"outcome":"known","bundle":{"id":"sha256:1","state":"applied"}}"#;
+        assert_eq!(
+            classify(200, None, known),
+            Answer::Known {
+                bundle: "sha256:1".into(),
+                state: "applied".into()
+            }
+        );
+        let queued = br#"{"outcome":"queued","bundle":"sha256:1","status":"/x"}"#;
+        assert_eq!(
+            classify(202, Some(9), queued),
+            Answer::Taken {
+                bundle: "sha256:1".into(),
+                intake: "queued".into()
+            }
+        );
+        assert_eq!(classify(204, Some(7), b""), Answer::Offset(7));
+        let mismatch = br#"{"error":{"code":"offset_mismatch","reason":"r","advice":"a"}}"#;
+        assert_eq!(classify(409, Some(5), mismatch), Answer::Offset(5));
+        let overflow = br#"{"error":{"code":"overflow","reason":"r","advice":"a"}}"#;
+        assert_eq!(classify(400, Some(5), overflow), Answer::Offset(5));
+        let refused = br#"{"error":{"code":"unknown_key","reason":"why","advice":"fix"}}"#;
+        assert_eq!(
+            classify(403, None, refused),
+            Answer::Refused {
+                code: "unknown_key".into(),
+                reason: "why".into(),
+                advice: "fix".into()
+            }
+        );
+        assert_eq!(classify(404, None, b""), Answer::Gone);
+        assert!(matches!(classify(429, None, b""), Answer::Retry(_)));
+        assert!(matches!(classify(503, None, b"{}"), Answer::Retry(_)));
+        assert!(
+            matches!(classify(401, None, b""), Answer::Fatal { code, .. } if code == "unauthorized")
+        );
+        let full = br#"{"error":{"code":"insufficient_storage","reason":"full","advice":"free"}}"#;
+        assert!(
+            matches!(classify(507, None, full), Answer::Fatal { code, .. } if code == "insufficient_storage")
+        );
+        assert!(
+            matches!(classify(200, None, b"<html>"), Answer::Fatal { code, .. } if code == "unexpected_answer")
+        );
+    }
+}
