@@ -32,6 +32,44 @@ pub struct Config {
     pub engine: Option<EngineConfig>,
     /// Where bundle state changes are announced.
     pub events: EventsConfig,
+    /// A second listener with TLS for clients off the device; off when absent.
+    pub tls: Option<TlsConfig>,
+    /// Who may upload (and read status) without the upload token.
+    pub auth: AuthConfig,
+}
+
+/// TLS on a second listener: the plain `listen` stays for local clients (USB loader,
+/// container engine), remote clients use this one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, leaf first (default `DATA_DIR/tls/cert.pem`).
+    pub cert_file: Option<PathBuf>,
+    /// Private key of the leaf, PEM: PKCS#8, RSA or SEC1 (default `DATA_DIR/tls/key.pem`).
+    pub key_file: Option<PathBuf>,
+    /// When both files are missing, make a self-signed certificate at the first start (clients
+    /// pin it by its digest, which the daemon logs) instead of refusing to start.
+    pub self_signed: bool,
+    /// Names (DNS or IP) a generated certificate is valid for besides the device id and
+    /// `localhost`.
+    pub subject_alt_names: Vec<String>,
+}
+
+/// The optional upload token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the token (surrounding whitespace ignored); absent = no token needed.
+    /// A file, not a value, so the config can stay world-readable and systemd's
+    /// `LoadCredential=` can supply it.
+    pub upload_token_file: Option<PathBuf>,
+    /// Requests from a loopback address need no token: the USB loader on the same host has
+    /// no token to send.
+    pub exempt_loopback: bool,
+    /// The status API (`bundles`, `journal`, `inventory`) needs the token too.
+    pub protect_status: bool,
 }
 
 /// The upstream registry.
@@ -92,6 +130,30 @@ impl Default for Config {
             inbox: InboxConfig::default(),
             engine: None,
             events: EventsConfig::default(),
+            tls: None,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: "0.0.0.0:5443".parse().expect("valid address"),
+            cert_file: None,
+            key_file: None,
+            self_signed: false,
+            subject_alt_names: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            upload_token_file: None,
+            exempt_loopback: true,
+            protect_status: false,
         }
     }
 }
@@ -153,6 +215,22 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("inbox"))
+    }
+
+    /// The TLS certificate chain file (`tls.cert_file`, default `DATA_DIR/tls/cert.pem`).
+    pub fn tls_cert_file(&self) -> PathBuf {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.cert_file.clone())
+            .unwrap_or_else(|| self.data_dir.join("tls").join("cert.pem"))
+    }
+
+    /// The TLS private key file (`tls.key_file`, default `DATA_DIR/tls/key.pem`).
+    pub fn tls_key_file(&self) -> PathBuf {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.key_file.clone())
+            .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
     }
 
     /// The quarantine folder.

@@ -5,15 +5,18 @@
 //! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
 //! registry ([`rebuild`]) and optionally the container engine ([`engine`]), and keeps a
 //! durable [`journal`]. State changes go out as [`events`]. Protocol: `docs/upload-api.md`.
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod inbox;
 pub mod journal;
+pub mod listen;
 pub mod rebuild;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod uploads;
 pub mod upstream;
 
@@ -21,17 +24,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
 use sideload_signing::TrustPolicy;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::daemon::{Daemon, Metrics};
+use crate::listen::Listener;
 use crate::server::Server;
+
+/// What start-up reads besides the config file: the TLS certificate and key
+/// ([`tls::prepare`]) and the upload token ([`Auth::load`]). The binary loads them before the
+/// daemon starts so that a bad file is a configuration error (exit 64), not a failure after
+/// the listener is up.
+pub struct Prepared {
+    /// The TLS listener's certificate, with `[tls]`.
+    pub tls: Option<tls::Tls>,
+    /// The upload token settings.
+    pub auth: Auth,
+}
 
 /// Runs the daemon until SIGTERM or SIGINT: checks the registry, recovers what a crash left,
 /// listens, tells systemd it is ready, and on a stop request stops taking connections, lets
 /// requests and the current apply finish, and returns.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -81,12 +96,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })?;
         }
     }
-    let listener = tokio::net::TcpListener::bind(daemon.config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", daemon.config.listen))?;
-    let local = listener.local_addr()?;
-    tracing::info!(listen = %local, registry = %daemon.upstream.base(), data = %daemon.config.data_dir.display(), "sideload registry plugin ready");
-    // Tests and scripts that bind port 0 learn the real port from this line on stdout.
+    let Prepared { tls, auth } = prepared;
+    if auth.enabled() && !daemon.config.listen.ip().to_canonical().is_loopback() {
+        tracing::warn!(listen = %daemon.config.listen,
+            "the upload token crosses the plain listener unencrypted; bind listen to 127.0.0.1 and let remote clients use [tls]");
+    }
+    let listener = Listener::bind(daemon.config.listen, None, "listen").await?;
+    let local = listener.local_addr();
+    let tls_listener = match (&tls, &daemon.config.tls) {
+        (Some(tls), Some(settings)) => {
+            Some(Listener::bind(settings.listen, Some(tls.acceptor.clone()), "tls.listen").await?)
+        }
+        _ => None,
+    };
+    tracing::info!(listen = %local, tls = ?tls_listener.as_ref().map(Listener::local_addr),
+        upload_token = auth.enabled(), registry = %daemon.upstream.base(),
+        data = %daemon.config.data_dir.display(), "sideload registry plugin ready");
+    // Tests and scripts that bind port 0 learn the real ports from these lines on stdout; the
+    // plain one comes last, so a reader that waits for it knows both listen.
+    if let (Some(l), Some(tls)) = (&tls_listener, &tls) {
+        tracing::info!(listen = %l.local_addr(), cert = %tls.cert_file.display(), pin = %tls.pin,
+            "TLS certificate; clients without its CA pin it with `sideload push --pin {}`", tls.pin);
+        println!("listening (tls) on {}", l.local_addr());
+    }
     println!("listening on {local}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -102,7 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }))
     };
-    let server = Arc::new(Server::new(daemon.clone(), uploads));
+    let server = Arc::new(Server::new(daemon.clone(), uploads, auth));
     let expiry = {
         let server = server.clone();
         let mut rx = stop_rx.clone();
@@ -123,29 +155,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let server = server.clone();
-                let service = hyper::service::service_fn(move |req| server.clone().handle(req));
-                // A client that opens a connection and sends no request head is dropped.
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended");
-                    }
-                });
-            }
+            _ = listener.accept_one(&server, &graceful, &stop_rx) => {}
+            _ = listen::accept_one_opt(tls_listener.as_ref(), &server, &graceful, &stop_rx) => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -153,6 +164,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("stopping: finishing requests and the current apply");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(listener);
+    drop(tls_listener);
+    // Also ends TLS handshakes still in progress.
     let _ = stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(20), graceful.shutdown())
         .await

@@ -16,7 +16,9 @@ struct Args {
     /// Configuration file (TOML); every setting has a default.
     #[arg(long, default_value = "/etc/sideload/registry-plugin.toml")]
     config: PathBuf,
-    /// Check the configuration and the trust policy, print a summary, and exit.
+    /// Check the configuration, the trust policy, the TLS certificate and key and the upload
+    /// token file, print a summary, and exit (nothing is written, not even a self-signed
+    /// certificate).
     #[arg(long)]
     check_config: bool,
 }
@@ -44,11 +46,43 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: trust policy: {e}; make one with `sideload-sign pubkey KEY.pub`");
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
+    let auth = match sideload_registry_plugin::auth::Auth::load(&config.auth) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {}: [auth]: {e:#}", args.config.display());
+            return std::process::ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if args.check_config {
+        let tls = match sideload_registry_plugin::tls::check(&config) {
+            Ok(None) => "off".to_owned(),
+            Ok(Some(checked)) => {
+                let listen = config.tls.as_ref().map(|t| t.listen.to_string());
+                match checked {
+                    sideload_registry_plugin::tls::Checked::Ready { pin } => {
+                        format!("{} (pin {pin})", listen.unwrap_or_default())
+                    }
+                    sideload_registry_plugin::tls::Checked::WillGenerate => format!(
+                        "{} (self-signed certificate made at the first start in {})",
+                        listen.unwrap_or_default(),
+                        config.tls_cert_file().display()
+                    ),
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: [tls]: {e:#}", args.config.display());
+                return std::process::ExitCode::from(EXIT_CONFIG);
+            }
+        };
         // A summary, not the whole config: event headers may carry tokens.
         println!(
-            "config OK: listen {}, registry {}, data {}, inbox {}, engine {}, events {}",
+            "config OK: listen {}, tls {tls}, upload token {}, registry {}, data {}, inbox {}, engine {}, events {}",
             config.listen,
+            match (auth.enabled(), config.auth.exempt_loopback) {
+                (false, _) => "off",
+                (true, true) => "required (not from loopback)",
+                (true, false) => "required",
+            },
             config.registry.url,
             config.data_dir.display(),
             if config.inbox.enabled {
@@ -69,6 +103,15 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::SUCCESS;
     }
+    // Before the runtime: a certificate that does not load is a configuration error.
+    let tls = match sideload_registry_plugin::tls::prepare(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: [tls]: {e:#}", args.config.display());
+            return std::process::ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let prepared = sideload_registry_plugin::Prepared { tls, auth };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -76,7 +119,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sideload_registry_plugin::run(config)) {
+    match runtime.block_on(sideload_registry_plugin::run(config, prepared)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

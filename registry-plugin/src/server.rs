@@ -1,7 +1,9 @@
 //! The HTTP front: `/v2/` passed through to the registry (reads only), the bundle upload API
-//! and the status API under `/sideload/v1/`, and `/metrics`.
+//! and the status API under `/sideload/v1/`, and `/metrics`. The same routes serve the plain
+//! and the TLS listener; the upload token ([`crate::auth`]) is checked here, per route.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::json;
 
+use crate::auth::{Auth, Denied, Scope};
 use crate::daemon::Daemon;
 use crate::uploads::{Appended, Created, UploadError, UploadResult, Uploads};
 
@@ -23,6 +26,15 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Prefix of the daemon's own API.
 pub const API: &str = "/sideload/v1";
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's address (the token's loopback exemption looks at it).
+    pub addr: SocketAddr,
+    /// It came through the TLS listener (redirects keep the scheme the client used).
+    pub tls: bool,
+}
 
 /// What request handlers share.
 pub struct Server {
@@ -34,11 +46,13 @@ pub struct Server {
     pub proxy: Client<HttpConnector, Empty<Bytes>>,
     /// The registry's authority (`127.0.0.1:5001`) and scheme, for rewriting redirects.
     pub upstream_authority: String,
+    /// Who needs the upload token for what.
+    pub auth: Auth,
 }
 
 impl Server {
     /// A server for `daemon`.
-    pub fn new(daemon: Arc<Daemon>, uploads: Uploads) -> Server {
+    pub fn new(daemon: Arc<Daemon>, uploads: Uploads, auth: Auth) -> Server {
         let upstream_authority = daemon
             .upstream
             .base()
@@ -51,22 +65,24 @@ impl Server {
             uploads,
             proxy: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
             upstream_authority,
+            auth,
         }
     }
 
-    /// Routes one request.
+    /// Routes one request from `peer`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: Peer,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let response = if path == "/v2" || path.starts_with("/v2/") {
-            self.registry(req).await
+            self.registry(req, peer.tls).await
         } else if path == "/metrics" && method == Method::GET {
             self.metrics().await
         } else if let Some(rest) = path.strip_prefix(API) {
-            self.api(req, rest.to_owned()).await
+            self.api(req, rest.to_owned(), peer.addr).await
         } else {
             error(
                 StatusCode::NOT_FOUND,
@@ -81,7 +97,7 @@ impl Server {
 
     /// `/v2/`: reads pass through, streamed; writes are refused (the daemon is the only
     /// writer of the local registry).
-    async fn registry(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn registry(&self, req: Request<Incoming>, tls: bool) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return registry_error(
                 StatusCode::FORBIDDEN,
@@ -134,7 +150,7 @@ impl Server {
                     }
                 }
                 // A redirect to the registry's own address would be unreachable for the
-                // client; point it back at the address the client used.
+                // client; point it back at the address (and scheme) the client used.
                 if let (Some(loc), Some(host)) = (
                     parts
                         .headers
@@ -146,7 +162,8 @@ impl Server {
                 ) {
                     let upstream = format!("http://{}", self.upstream_authority);
                     if let Some(rest) = loc.strip_prefix(&upstream) {
-                        if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
+                        let scheme = if tls { "https" } else { "http" };
+                        if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{rest}")) {
                             parts.headers.insert(header::LOCATION, v);
                         }
                     }
@@ -164,9 +181,25 @@ impl Server {
         }
     }
 
-    async fn api(&self, req: Request<Incoming>, rest: String) -> Response<Body> {
+    async fn api(&self, req: Request<Incoming>, rest: String, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
         let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+        // Decided on the same segments the routes below match, so no spelling of a path
+        // (`//uploads/`, a trailing slash) reaches an upload route without the check. Before
+        // anything reads the body: a refused upload stores nothing.
+        let scope = match segments.first() {
+            Some(&"uploads") => Scope::Upload,
+            Some(&("bundles" | "journal" | "inventory")) => Scope::Status,
+            _ => Scope::Open,
+        };
+        if let Err(denied) =
+            self.auth
+                .check(scope, peer.ip(), req.headers().get(header::AUTHORIZATION))
+        {
+            tracing::info!(%peer, %method, path = %req.uri().path(), reason = ?denied,
+                "request refused: upload token missing or wrong");
+            return unauthorized(denied);
+        }
         match (method, segments.as_slice()) {
             (Method::POST, ["uploads"]) => self.create_upload(&req),
             (m, ["uploads", id]) => {
@@ -480,6 +513,35 @@ fn error(status: StatusCode, code: &str, reason: &str, advice: &str) -> Response
         status,
         &json!({ "error": { "code": code, "reason": reason, "advice": advice } }),
     )
+}
+
+/// 401 with the challenge (RFC 6750) and the API's error shape.
+fn unauthorized(denied: Denied) -> Response<Body> {
+    let (reason, challenge) = match denied {
+        Denied::Missing => (
+            "this device needs an upload token for this request and the request has none",
+            "Bearer realm=\"sideload\"",
+        ),
+        Denied::Malformed => (
+            "the Authorization header is not `Bearer TOKEN`",
+            "Bearer realm=\"sideload\", error=\"invalid_request\"",
+        ),
+        Denied::Wrong => (
+            "the upload token is not this device's",
+            "Bearer realm=\"sideload\", error=\"invalid_token\"",
+        ),
+    };
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        reason,
+        "send `Authorization: Bearer TOKEN` with the token from the device's auth.upload_token_file (`sideload push --token-file FILE`)",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    r
 }
 
 fn refusal_response(r: &crate::daemon::Refused) -> Response<Body> {

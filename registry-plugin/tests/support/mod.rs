@@ -363,6 +363,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// `127.0.0.1:PORT` it listens on.
     pub addr: String,
+    /// `127.0.0.1:PORT` of its TLS listener, when the config has `[tls]`.
+    pub tls_addr: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Its config file.
@@ -387,6 +389,7 @@ impl Daemon {
         let mut d = Daemon {
             child: None,
             addr: String::new(),
+            tls_addr: None,
             config: dir.path().join("plugin.toml"),
             log: dir.path().join("plugin.log"),
             data_dir,
@@ -436,19 +439,30 @@ impl Daemon {
             .spawn()
             .expect("start the daemon");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        // (is the TLS listener, address); the daemon prints the TLS line before the plain one.
+        let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(addr) = line.strip_prefix("listening (tls) on ") {
+                    let _ = tx.send((true, addr.to_owned()));
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((false, addr.to_owned()));
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => self.addr = addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the daemon did not start; log:\n{}", self.log());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        self.tls_addr = None;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((true, addr)) => self.tls_addr = Some(addr),
+                Ok((false, addr)) => {
+                    self.addr = addr;
+                    break;
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the daemon did not start; log:\n{}", self.log());
+                }
             }
         }
         self.child = Some(child);
