@@ -294,3 +294,113 @@ fn unreachable_devices_retry_until_the_deadline_then_say_so() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a rate"));
 }
+
+/// The pin the daemon logged for its certificate.
+fn logged_pin(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    let at = log.find("--pin sha256:").expect("the daemon logs its pin") + "--pin ".len();
+    log[at..at + 7 + 64].to_owned()
+}
+
+#[test]
+fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-upload-token\n").unwrap();
+    let daemon = Daemon::start(
+        &registry,
+        DaemonOptions {
+            extra: format!(
+                "[tls]\nlisten = \"127.0.0.1:0\"\nself_signed = true\n\
+                 [auth]\nupload_token_file = \"{}\"\nexempt_loopback = false\n",
+                token.display()
+            ),
+            ..Default::default()
+        },
+    );
+    let url = format!(
+        "https://{}",
+        daemon.tls_addr.as_deref().expect("tls listener")
+    );
+    let pin = logged_pin(&daemon);
+    let path = bundle(BundleSpec::default());
+    let p = path.to_str().unwrap();
+
+    // Without the token: 401, a clear message, exit 1, nothing retried.
+    let out = push(&[p, "--to", &url, "--pin", &pin, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = &report(&out)["bundles"][0];
+    assert_eq!(r["code"], "unauthorized", "{r:#}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+
+    // A wrong pin fails at once as a TLS problem (not retried as a dead link).
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let start = Instant::now();
+    let out = push(&[
+        p,
+        "--to",
+        &url,
+        "--pin",
+        &wrong,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = &report(&out)["bundles"][0];
+    assert_eq!(r["code"], "tls", "{r:#}");
+    assert!(r["reason"].as_str().unwrap().contains(&pin), "{r:#}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    // Trusting nothing but the platform's CAs fails the same way.
+    let out = push(&[
+        p,
+        "--to",
+        &url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(report(&out)["bundles"][0]["code"], "tls");
+
+    // The right pin and token: uploaded and applied.
+    let out = push(&[
+        p,
+        "--to",
+        &url,
+        "--pin",
+        &pin,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--wait",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report(&out)["bundles"][0]["state"], "applied");
+    // The device's own certificate as the CA file works too (known now: one request).
+    let cert = daemon.data_dir.join("tls/cert.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_sideload"))
+        .args([
+            "push",
+            p,
+            "--to",
+            &url.replace("127.0.0.1", "localhost"),
+            "--ca-file",
+        ])
+        .arg(&cert)
+        .env("SIDELOAD_DEVICE_TOKEN", "s3cret-upload-token")
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report(&out)["bundles"][0]["outcome"], "known");
+}

@@ -131,16 +131,20 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r.to_string());
+            return Some(match r {
+                rustls::Error::InvalidCertificate(CertificateError::Other(o)) => o.0.to_string(),
+                rustls::Error::InvalidCertificate(c) => format!("invalid certificate ({c:?})"),
+                other => other.to_string(),
+            });
         }
-        // io::Error's `source` skips the error it wraps; look inside it.
-        if let Some(inner) = e
+        // Wrappers whose `source` skips the error they hold: io::Error, and boxed errors
+        // that connectors pass on as they are.
+        let inner = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-        {
-            if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-                return Some(r.to_string());
-            }
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        if let Some(found) = inner.and_then(|i| tls_failure(i)) {
+            return Some(found);
         }
         next = e.source();
     }
