@@ -143,7 +143,7 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .map(|i| i as &(dyn std::error::Error + 'static));
-        if let Some(found) = inner.and_then(|i| tls_failure(i)) {
+        if let Some(found) = inner.and_then(tls_failure) {
             return Some(found);
         }
         next = e.source();
