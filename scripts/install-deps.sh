@@ -9,9 +9,10 @@
 #   e2fsprogs        mkfs.ext4 -d and debugfs: the USB loader's tests build real stick images
 #   dosfstools       mkfs.vfat, for the vfat stick test
 #   libudev-dev, pkg-config  the USB loader reads udev properties through libudev
+#   iproute2         ip netns, veth and tc (tbf): `sideload push` tested over a shaped link that drops
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config ca-certificates)
+packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

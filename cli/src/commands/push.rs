@@ -40,6 +40,8 @@ pub struct PushArgs {
     #[arg(long, value_name = "DURATION")]
     deadline: Option<humantime::Duration>,
     /// Sent data unacknowledged for this long means the link is dead: reconnect and resume.
+    /// Shorter gives up connections TCP would have recovered, and the bytes the device held
+    /// out of order on them are sent again.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     stall_timeout: humantime::Duration,
     /// First delay after a failure; doubles (with jitter) up to --retry-max.
@@ -122,15 +124,7 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
 }
 
 fn settings(args: &PushArgs) -> Result<Settings> {
-    let base = reqwest::Url::parse(&args.to)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .with_context(|| {
-            format!(
-                "--to {:?} is not a device URL: write https://DEVICE:5443 or http://127.0.0.1:5000",
-                args.to
-            )
-        })?;
+    let base = parse_device_url(&args.to)?;
     let token = match &args.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -147,16 +141,21 @@ fn settings(args: &PushArgs) -> Result<Settings> {
         .map(|p| push::tls::parse_pin(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    if base.scheme() == "http" && (!pins.is_empty() || args.ca_file.is_some()) {
+    let plain = base.scheme_str() == Some("http");
+    if plain && (!pins.is_empty() || args.ca_file.is_some()) {
         anyhow::bail!("--pin and --ca-file need an https:// --to URL");
     }
-    if base.scheme() == "http" && token.is_some() && !is_loopback(&base) {
+    if plain && token.is_some() && !is_loopback(&base) {
         eprintln!(
             "warning: the upload token crosses the link in clear over http://; use the device's https:// listener"
         );
     }
     Ok(Settings {
-        base,
+        base: format!(
+            "{}://{}",
+            base.scheme_str().unwrap_or("http"),
+            base.authority().map(|a| a.as_str()).unwrap_or_default()
+        ),
         token,
         rate: args
             .limit_rate
@@ -173,8 +172,23 @@ fn settings(args: &PushArgs) -> Result<Settings> {
     })
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
+/// `http(s)://HOST[:PORT]` (a trailing `/` allowed): the daemon's routes are at its root.
+fn parse_device_url(text: &str) -> Result<hyper::Uri> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--to {text:?} is not a device URL: write https://DEVICE:5443 or http://127.0.0.1:5000"
+        )
+    };
+    let uri: hyper::Uri = text.parse().map_err(|_| bad())?;
+    let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if path_ok => Ok(uri),
+        _ => Err(bad()),
+    }
+}
+
+fn is_loopback(uri: &hyper::Uri) -> bool {
+    let host = uri.host().unwrap_or_default();
     host == "localhost"
         || host
             .trim_matches(['[', ']'])

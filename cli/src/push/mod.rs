@@ -8,6 +8,7 @@
 //! would trip. Pure decisions (`classify`, `backoff`, `throttle`) are separate from the I/O.
 
 pub mod backoff;
+pub mod http;
 pub mod throttle;
 pub mod tls;
 
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -26,8 +29,8 @@ use throttle::TokenBucket;
 
 /// How to reach the device and how patient to be.
 pub struct Settings {
-    /// The daemon's base URL (`https://device:5443`).
-    pub base: reqwest::Url,
+    /// The daemon's base URL without a path (`https://device:5443`).
+    pub base: String,
     /// The device's upload token, sent as `Authorization: Bearer`.
     pub token: Option<String>,
     /// Upload rate cap, bytes per second.
@@ -351,9 +354,9 @@ enum Failure {
 
 /// A device daemon reached over HTTP(S).
 pub struct Device {
-    client: reqwest::Client,
-    base: reqwest::Url,
-    token: Option<String>,
+    client: http::HttpClient,
+    base: String,
+    token: Option<HeaderValue>,
     throttle: Option<Arc<Mutex<TokenBucket>>>,
     settings_retry: (Duration, Duration),
     deadline: Option<tokio::time::Instant>,
@@ -362,41 +365,44 @@ pub struct Device {
 /// Upper bound on a device answer's body; answers are small JSON documents.
 const MAX_ANSWER: usize = 1 << 20;
 
+/// A request ready to send, or why it could not be made.
+type Prepared = Result<Request<http::Body>, hyper::http::Error>;
+
 impl Device {
-    /// A client for the device at `settings.base`.
+    /// A client for the device at `settings.base`. Needs a tokio runtime.
     pub fn new(settings: &Settings) -> anyhow::Result<Device> {
         use anyhow::Context;
-        let mut builder = reqwest::Client::builder()
-            .http1_only()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("sideload-push/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(settings.stall_timeout.min(Duration::from_secs(30)))
-            // A link that died: sent data stays unacknowledged; the kernel closes the
-            // connection after this long instead of retransmitting for ~15 minutes.
-            .tcp_user_timeout(settings.stall_timeout)
-            // While waiting for an answer nothing is in flight; keepalive probes notice a
-            // dead link there.
-            .tcp_keepalive(Duration::from_secs(10))
-            .tcp_keepalive_interval(Duration::from_secs(5))
-            .tcp_keepalive_retries(3u32)
-            .pool_idle_timeout(Duration::from_secs(20));
-        if !settings.pins.is_empty() {
-            builder = builder.tls_backend_preconfigured(tls::pinned_config(settings.pins.clone())?);
+        let trust = if !settings.pins.is_empty() {
+            http::Trust::Pins(settings.pins.clone())
         } else if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read PEM certificates from {}", ca.display()))?;
             if certs.is_empty() {
                 anyhow::bail!("{} holds no PEM certificate", ca.display());
             }
-            builder = builder.tls_certs_only(certs);
-        }
+            http::Trust::Roots(certs)
+        } else {
+            http::Trust::Platform
+        };
+        let client = http::client(&http::Options {
+            stall_timeout: settings.stall_timeout,
+            trust,
+        })
+        .context("cannot set up TLS")?;
+        let token = match &settings.token {
+            Some(t) => Some(
+                HeaderValue::from_str(&format!("Bearer {t}"))
+                    .context("the upload token has characters a header cannot carry")?,
+            ),
+            None => None,
+        };
         let now = Instant::now();
         Ok(Device {
-            client: builder.build().context("cannot set up the HTTP client")?,
-            base: settings.base.clone(),
-            token: settings.token.clone(),
+            client,
+            base: settings.base.trim_end_matches('/').to_owned(),
+            token,
             throttle: settings
                 .rate
                 .map(|r| Arc::new(Mutex::new(TokenBucket::new(r, now)))),
@@ -407,13 +413,43 @@ impl Device {
         })
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let url = self.base.join(path).unwrap_or_else(|_| self.base.clone());
-        let b = self.client.request(method, url);
-        match &self.token {
-            Some(t) => b.bearer_auth(t),
-            None => b,
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(
+                USER_AGENT,
+                concat!("sideload-push/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = &self.token {
+            b = b.header(AUTHORIZATION, t.clone());
         }
+        b
+    }
+
+    /// Sends a request; the status, `Upload-Offset` and the (small) body of the answer.
+    async fn fetch(&self, req: Prepared) -> Result<(StatusCode, Option<u64>, Vec<u8>), Failure> {
+        let req = req.map_err(|e| Failure::Local(format!("cannot make the request: {e}")))?;
+        let fetch = async {
+            let resp = self.client.request(req).await.map_err(|e| transport(&e))?;
+            let status = resp.status();
+            let offset = resp
+                .headers()
+                .get("upload-offset")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = read_small(resp.into_body())
+                .await
+                .map_err(|e| transport(&e))?;
+            Ok((status, offset, body))
+        };
+        self.within(fetch).await?
+    }
+
+    /// Sends a request and says what its answer means.
+    async fn exchange(&self, req: Prepared) -> Result<Answer, Failure> {
+        let (status, offset, body) = self.fetch(req).await?;
+        Ok(classify(status.as_u16(), offset, &body))
     }
 
     /// Runs `fut` unless the deadline passes first.
@@ -424,22 +460,6 @@ impl Device {
                 .map_err(|_| Failure::Deadline),
             None => Ok(fut.await),
         }
-    }
-
-    /// Sends a request and reads the (small) answer.
-    async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<Answer, Failure> {
-        let exchange = async {
-            let resp = req.send().await.map_err(transport)?;
-            let status = resp.status();
-            let offset = resp
-                .headers()
-                .get("upload-offset")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let body = read_small(resp).await.map_err(transport)?;
-            Ok(classify(status.as_u16(), offset, &body))
-        };
-        self.within(exchange).await?
     }
 
     async fn pause(
@@ -506,11 +526,15 @@ impl Device {
         'create: loop {
             // Create (or find) the upload.
             report.requests += 1;
-            let create = self
+            let mut create = self
                 .request(Method::POST, "/sideload/v1/uploads")
-                .header("Bundle-Name", &local.name)
                 .header("Bundle-Digest", &local.file_digest)
                 .header("Upload-Length", local.size);
+            // A name a header cannot carry is left out; the device then names the upload.
+            if let Ok(name) = HeaderValue::from_str(&local.name) {
+                create = create.header("Bundle-Name", name);
+            }
+            let create = create.body(http::empty());
             let (location, mut offset) = match self.exchange(create).await {
                 Ok(Answer::Known { state, .. }) => {
                     report.outcome = Outcome::Known;
@@ -583,7 +607,8 @@ impl Device {
                 let before = offset;
                 let answer = if offset == local.size {
                     // Everything is there: ask for the outcome (a lost final answer).
-                    self.exchange(self.request(Method::PUT, &location)).await
+                    self.exchange(self.request(Method::PUT, &location).body(http::empty()))
+                        .await
                 } else {
                     self.send(&location, offset, local, report, obs).await
                 };
@@ -664,7 +689,10 @@ impl Device {
                         // Ask where to go on, retrying until the device answers.
                         loop {
                             report.requests += 1;
-                            match self.exchange(self.request(Method::HEAD, &location)).await {
+                            match self
+                                .exchange(self.request(Method::HEAD, &location).body(http::empty()))
+                                .await
+                            {
                                 Ok(Answer::Offset(o)) => {
                                     if o > before {
                                         backoff.reset();
@@ -740,9 +768,9 @@ impl Device {
         let req = self
             .request(Method::PATCH, location)
             .header("Upload-Offset", offset)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(reqwest::header::CONTENT_LENGTH, remaining)
-            .body(reqwest::Body::wrap_stream(stream));
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, remaining)
+            .body(http::streaming(stream));
         // Progress comes from the counter while the request runs.
         let watch = async {
             let mut last = 0;
@@ -773,24 +801,11 @@ impl Device {
                 }
             }
             report.requests += 1;
-            let got = self
-                .within(async {
-                    let resp = self
-                        .request(Method::GET, &path)
-                        .send()
-                        .await
-                        .map_err(transport)?;
-                    let status = resp.status();
-                    let body = read_small(resp).await.map_err(transport)?;
-                    Ok::<_, Failure>((status, body))
-                })
+            let result = self
+                .fetch(self.request(Method::GET, &path).body(http::empty()))
                 .await;
-            let result = match got {
-                Ok(r) => r,
-                Err(f) => Err(f),
-            };
             match result {
-                Ok((StatusCode::OK, body)) => {
+                Ok((StatusCode::OK, _, body)) => {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let record = &v["bundle"];
                     let state = record["state"].as_str().unwrap_or("unknown").to_owned();
@@ -808,7 +823,7 @@ impl Device {
                     }
                     poll = (poll * 2).min(Duration::from_secs(5));
                 }
-                Ok((status, body)) => {
+                Ok((status, _, body)) => {
                     let answer = classify(status.as_u16(), None, &body);
                     report.retries += 1;
                     if self
@@ -852,13 +867,13 @@ impl Device {
     }
 }
 
-fn transport(e: reqwest::Error) -> Failure {
-    match tls::tls_failure(&e) {
+fn transport(e: &(dyn std::error::Error + 'static)) -> Failure {
+    match tls::tls_failure(e) {
         Some(t) => Failure::Tls(t),
         None => {
             // The chain says what happened (refused, reset, timed out); the top says where.
             let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
+            let mut source = e.source();
             while let Some(s) = source {
                 text.push_str(": ");
                 text.push_str(&s.to_string());
@@ -869,14 +884,16 @@ fn transport(e: reqwest::Error) -> Failure {
     }
 }
 
-async fn read_small(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() < MAX_ANSWER {
-            body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
+async fn read_small(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() < MAX_ANSWER {
+                out.extend_from_slice(&data[..data.len().min(MAX_ANSWER - out.len())]);
+            }
         }
     }
-    Ok(body)
+    Ok(out)
 }
 
 /// The file from its current position, `remaining` bytes, in chunks paced by the bucket.

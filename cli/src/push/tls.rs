@@ -114,15 +114,17 @@ impl ServerCertVerifier for PinVerifier {
 }
 
 /// A rustls client config that trusts only the pinned certificates.
-pub fn pinned_config(pins: Vec<[u8; 32]>) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier { pins, provider }))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+pub fn pinned_config(
+    pins: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier { pins, provider }))
+            .with_no_client_auth(),
+    )
 }
 
 /// The TLS failure inside a request error, if that is what failed: certificate problems are
