@@ -5,6 +5,10 @@
 //! read from its counters, so "bytes on the wire" includes every resent byte and every
 //! request's headers.
 //!
+//! Knobs for experiments: `SIDELOAD_LINK_SEED` (the drop schedule), `SIDELOAD_LINK_STALL`
+//! (the client's `--stall-timeout`), `SIDELOAD_LINK_PCAP=FILE` (tcpdump of the device end),
+//! `SIDELOAD_LINK_DEBUG` (the daemon's upload log and the client's output).
+//!
 //! Needs root, `ip` and `tc` (iproute2). Without them these tests fail and say so: a resume
 //! that was never tried over a real link must not look like a pass. `push.rs` exercises the
 //! same logic through an in-process proxy everywhere.
@@ -334,7 +338,10 @@ fn a_push_over_a_dropping_1mbit_link_arrives_with_at_most_2_percent_extra() {
         "--deadline",
         "15m",
     ]);
-    cmd.args(PATIENCE);
+    cmd.args(PATIENCE).args([
+        "--stall-timeout",
+        &std::env::var("SIDELOAD_LINK_STALL").unwrap_or("30s".into()),
+    ]);
     let out = wait_output(spawn(cmd), Duration::from_secs(1200));
     let schedule = flapper.stop();
     if let Some(mut p) = pcap {
