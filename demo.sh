@@ -155,4 +155,27 @@ for i in inv["images"]:
     print("  %s:%s %s... %d layers" % (i["repository"], ",".join(i["tags"]), i["manifest_digest"][:19], len(i["diff_ids"])))
 print("  sequences:", inv["sequences"])'
 
+step "14. sideload push over a link that breaks: edge/app:v2 as a whole image (no base), capped to 1 Mbit/s, cut, resumed"
+"$BIN/sideload" build "oci:$OUT/images/app-v2:v2" --output "$OUT/app-v2-full.bundle" \
+  --repository edge/app --tag v2-full --ordered-by "demo.sh" \
+  --statement-out "$OUT/offline/app-v2-full.statement.json" >/dev/null
+for name in alice bob; do
+  "$BIN/sideload-sign" sign --key "$OUT/keys/$name.key" "$OUT/offline/app-v2-full.statement.json" -o "$OUT/offline/$name-full.sig" >/dev/null
+done
+"$BIN/sideload" attach "$OUT/app-v2-full.bundle" "$OUT/offline/alice-full.sig" "$OUT/offline/bob-full.sig"
+echo "app-v2-full.bundle: $(stat -c %s "$OUT/app-v2-full.bundle") bytes, signed by alice and bob; the client is killed after 4 s"
+printf '$ sideload push app-v2-full.bundle --to %s --limit-rate 1mbit
+' "$PLUGIN"
+timeout -s KILL 4 "$BIN/sideload" push "$OUT/app-v2-full.bundle" --to "$PLUGIN" --limit-rate 1mbit || echo "(client killed: exit $?)"
+printf '$ sideload push app-v2-full.bundle --to %s --wait --json
+' "$PLUGIN"
+"$BIN/sideload" push "$OUT/app-v2-full.bundle" --to "$PLUGIN" --wait --json >"$OUT/push.json"
+python3 - "$OUT/push.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["bundles"][0]
+print("  %s: %s, device state %s; the device already held %d of %d bytes, %d more sent"
+      % (r["name"], r["outcome"], r["state"], r["held_at_start"], r["size"], r["bytes_sent"]))
+assert r["state"] == "applied" and r["held_at_start"] > 0 and r["held_at_start"] + r["bytes_sent"] == r["size"], r
+PY
+
 step "Done: everything is in $OUT/"

@@ -46,6 +46,12 @@ enum Command {
     /// Verify a bundle and rebuild its image from base images into a new archive or layout.
     Apply(commands::apply::ApplyArgs),
     /// Send bundles to a device's daemon over a link that drops: resumes, retries, paces.
+    #[command(
+        after_help = "Exit codes: 0 every bundle taken (and applied, with --wait); 3 one was refused \
+                      or failed to apply (do not resend that file); 1 anything else (deadline, \
+                      token, TLS, disk, unreachable). A refused bundle stops the list.\nThe token \
+                      may also come from SIDELOAD_DEVICE_TOKEN."
+    )]
     Push(commands::push::PushArgs),
 }
 
