@@ -364,6 +364,7 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
     ]);
     assert_eq!(report(&out)["bundles"][0]["code"], "tls");
 
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
     // The right pin and token: uploaded and applied.
     let out = push(&[
         p,
@@ -382,6 +383,15 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(report(&out)["bundles"][0]["state"], "applied");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+    assert!(
+        !daemon.log().contains("s3cret"),
+        "the token is never logged"
+    );
+    // --pin and --ca-file together are refused (a pin ignores issuers).
+    let both = push(&[p, "--to", &url, "--pin", &pin, "--ca-file", "/dev/null"]);
+    assert_eq!(both.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
     // The device's own certificate as the CA file works too (known now: one request).
     let cert = daemon.data_dir.join("tls/cert.pem");
     let out = Command::new(env!("CARGO_BIN_EXE_sideload"))

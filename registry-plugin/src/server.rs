@@ -632,6 +632,17 @@ fn upload_error(e: UploadError) -> Response<Body> {
             "free disk space on the device",
         ),
         UploadError::Refused(r) => refusal_response(&r),
+        UploadError::Busy(m) => {
+            let mut r = error(
+                StatusCode::CONFLICT,
+                "upload_busy",
+                &m,
+                "retry after Retry-After seconds; a request that stops receiving bytes gives the upload up",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
         UploadError::Internal(m) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

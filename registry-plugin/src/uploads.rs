@@ -95,6 +95,8 @@ pub enum UploadError {
     Refused(Refused),
     /// The device failed (I/O); a retry may work.
     Internal(String),
+    /// Another request is writing this upload and still receiving bytes.
+    Busy(String),
 }
 
 /// What an append ended with.
@@ -125,18 +127,33 @@ struct Session {
     meta: tokio::sync::Mutex<UploadMeta>,
     /// The last saved record.
     snapshot: Mutex<UploadMeta>,
-    /// Bumped by every request that wants to write. After a dropped link the old request may
-    /// still be waiting for bytes that will never come (until `read_timeout_secs`); the
-    /// client's new request bumps this and the old one stops at once, keeping what it stored.
-    takeover: tokio::sync::watch::Sender<u64>,
+    /// The newest claim of a request that wants to write. After a dropped link the old
+    /// request may still be waiting for bytes that will never come (until
+    /// `read_timeout_secs`); the client's new request claims the upload and the old one, idle
+    /// for `TAKEOVER_IDLE`, stops and keeps what it stored. A request still receiving bytes
+    /// keeps the upload: two live clients do not cut each other off in turn.
+    takeover: tokio::sync::watch::Sender<Claim>,
 }
+
+/// A request's claim on an upload.
+#[derive(Debug, Clone, Copy, Default)]
+struct Claim {
+    generation: u64,
+    /// A `DELETE`: wins even over a request still receiving bytes.
+    force: bool,
+}
+
+/// A writing request that received nothing for this long gives the upload to a newer one.
+const TAKEOVER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a newer request waits for the upload before it is told the upload is busy.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Session {
     fn new(meta: UploadMeta) -> Arc<Session> {
         Arc::new(Session {
             snapshot: Mutex::new(meta.clone()),
             meta: tokio::sync::Mutex::new(meta),
-            takeover: tokio::sync::watch::Sender::new(0),
+            takeover: tokio::sync::watch::Sender::new(Claim::default()),
         })
     }
 
@@ -147,10 +164,39 @@ impl Session {
             .clone()
     }
 
-    /// Takes the upload over from a request still running on it, then holds it.
-    async fn take(&self) -> tokio::sync::MutexGuard<'_, UploadMeta> {
-        self.takeover.send_modify(|g| *g = g.wrapping_add(1));
-        self.meta.lock().await
+    /// Claims the upload, waits for a request still running on it to give it up, then holds
+    /// it. Returns the lock, a receiver of later claims and this claim's generation.
+    async fn take(
+        &self,
+        force: bool,
+    ) -> Result<
+        (
+            tokio::sync::MutexGuard<'_, UploadMeta>,
+            tokio::sync::watch::Receiver<Claim>,
+            u64,
+        ),
+        UploadError,
+    > {
+        let mut claims = self.takeover.subscribe();
+        let mut mine = 0;
+        self.takeover.send_modify(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            c.force = force;
+            mine = c.generation;
+        });
+        claims.borrow_and_update();
+        let guard = if force {
+            self.meta.lock().await
+        } else {
+            tokio::time::timeout(TAKEOVER_WAIT, self.meta.lock())
+                .await
+                .map_err(|_| {
+                    UploadError::Busy(
+                        "another request is sending bytes of this upload right now".into(),
+                    )
+                })?
+        };
+        Ok((guard, claims, mine))
     }
 }
 
@@ -231,6 +277,16 @@ impl Uploads {
         Ok(())
     }
 
+    /// What the device holds of an upload: the file's length, or the whole bundle once it
+    /// is finished or being finished (its file then moved into the queue).
+    fn held_for(&self, meta: &UploadMeta) -> u64 {
+        match (meta.result.is_some(), meta.total_length) {
+            (true, total) => total.unwrap_or(0),
+            (false, Some(total)) if !self.part(&meta.id).exists() => total,
+            _ => self.held(&meta.id),
+        }
+    }
+
     fn held(&self, id: &str) -> u64 {
         std::fs::metadata(self.part(id))
             .map(|m| m.len())
@@ -270,14 +326,14 @@ impl Uploads {
             }
             // The snapshot, not the lock: the upload to resume is likely the one a request from
             // a dropped connection is still holding.
-            let same = self.table().iter().find_map(|(id, s)| {
+            let same = self.table().values().find_map(|s| {
                 let m = s.snapshot();
-                (m.result.is_none() && m.expected_digest.as_deref() == Some(d)).then(|| id.clone())
+                (m.result.is_none() && m.expected_digest.as_deref() == Some(d)).then_some(m)
             });
-            if let Some(id) = same {
+            if let Some(m) = same {
                 return Ok(Created::Existing {
-                    held: self.held(&id),
-                    id,
+                    held: self.held_for(&m),
+                    id: m.id,
                 });
             }
         }
@@ -348,17 +404,13 @@ impl Uploads {
         if let Ok(f) = std::fs::File::open(self.part(id)) {
             let _ = f.sync_data();
         }
-        let held = match &meta.result {
-            Some(_) => meta.total_length.unwrap_or(0),
-            None => self.held(id),
-        };
-        Ok((meta, held))
+        Ok((meta.clone(), self.held_for(&meta)))
     }
 
     /// Cancels an upload and deletes its bytes.
     pub async fn delete(&self, id: &str) -> Result<(), UploadError> {
         let session = self.get(id)?;
-        let _guard = session.take().await;
+        let _guard = session.take(true).await?;
         self.remove(id);
         Ok(())
     }
@@ -373,8 +425,7 @@ impl Uploads {
         mut body: hyper::body::Incoming,
     ) -> Result<Appended, UploadError> {
         let session = self.get(id)?;
-        let mut meta = session.take().await;
-        let mut takeover = session.takeover.subscribe();
+        let (mut meta, mut claims, mine) = session.take(false).await?;
         if let Some(result) = &meta.result {
             return Ok(Appended::Done {
                 held: meta.total_length.unwrap_or(0),
@@ -405,8 +456,20 @@ impl Uploads {
             .open(&part)
             .await
             .map_err(|e| UploadError::Internal(format!("cannot open upload {id}: {e}")))?;
+        // Every byte may already be here with the head never checked (a 507 or a crash at the
+        // check, a request whose answer was lost): check it now, so the upload can finish.
+        if meta.total_length.is_none() {
+            if let Some(duplicate) = self.settle_head(daemon, &mut meta, held).await? {
+                return Ok(Appended::Done {
+                    held,
+                    result: duplicate,
+                });
+            }
+        }
         let mut unsynced = 0u64;
         let mut outcome = Ok(());
+        let mut last_frame = tokio::time::Instant::now();
+        let mut claimed = false;
         let read_timeout =
             std::time::Duration::from_secs(daemon.config.uploads.read_timeout_secs.max(1));
         loop {
@@ -421,11 +484,23 @@ impl Uploads {
                         break;
                     }
                 },
-                _ = takeover.changed() => {
+                changed = claims.changed() => {
+                    let claim = *claims.borrow_and_update();
+                    if changed.is_err() || claim.force {
+                        tracing::info!(upload = %id, held, "the upload is being deleted; this request ends here");
+                        break;
+                    }
+                    claimed = claim.generation != mine;
+                    continue;
+                }
+                // A newer request wants the upload and this one has been idle: its link is
+                // most likely dead, and the client has moved to a new connection.
+                _ = tokio::time::sleep_until(last_frame + TAKEOVER_IDLE), if claimed => {
                     tracing::info!(upload = %id, held, "a newer request took the upload over; this one ends here");
                     break;
                 }
             };
+            last_frame = tokio::time::Instant::now();
             let data = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => d,
@@ -492,36 +567,11 @@ impl Uploads {
                     )));
                     break;
                 }
-                match self.check_head(daemon, &mut meta, held).await {
-                    Ok(None) => {}
-                    Ok(Some(duplicate)) => {
-                        // Already on the device: nothing more to store.
-                        drop(file);
-                        let _ = std::fs::remove_file(&part);
-                        meta.result = Some(duplicate.clone());
-                        meta.updated_at = now();
-                        self.save(&meta)?;
-                        return Ok(Appended::Done {
-                            held,
-                            result: duplicate,
-                        });
-                    }
-                    Err(e) => {
-                        drop(file);
-                        // A bundle that can never be taken loses its bytes at once; after a
-                        // device-side problem (disk, I/O) the upload stays for a retry.
-                        if matches!(
-                            &e,
-                            UploadError::Refused(Refused {
-                                permanent: true,
-                                ..
-                            }) | UploadError::TooLarge(_)
-                                | UploadError::BadRequest(_)
-                        ) {
-                            self.remove(id);
-                        }
-                        return Err(e);
-                    }
+                if let Some(duplicate) = self.settle_head(daemon, &mut meta, held).await? {
+                    return Ok(Appended::Done {
+                        held,
+                        result: duplicate,
+                    });
                 }
                 if let Some(total) = meta.total_length.filter(|&t| held > t) {
                     // The head and bytes past the bundle's end came in one frame.
@@ -563,6 +613,42 @@ impl Uploads {
                 Ok(Appended::Done { held, result })
             }
             total => Ok(Appended::Partial { held, total }),
+        }
+    }
+
+    /// Checks the head if enough of it is in, and settles what that means for the upload: a
+    /// duplicate ends it (its bytes deleted, the result recorded); a bundle that can never be
+    /// taken loses its bytes; after a device-side problem (disk, I/O) the upload stays for a
+    /// retry.
+    async fn settle_head(
+        &self,
+        daemon: &Arc<Daemon>,
+        meta: &mut UploadMeta,
+        held: u64,
+    ) -> Result<Option<UploadResult>, UploadError> {
+        match self.check_head(daemon, meta, held).await {
+            Ok(None) => Ok(None),
+            Ok(Some(duplicate)) => {
+                // Already on the device: nothing more to store.
+                let _ = std::fs::remove_file(self.part(&meta.id));
+                meta.result = Some(duplicate.clone());
+                meta.updated_at = now();
+                self.save(meta)?;
+                Ok(Some(duplicate))
+            }
+            Err(e) => {
+                if matches!(
+                    &e,
+                    UploadError::Refused(Refused {
+                        permanent: true,
+                        ..
+                    }) | UploadError::TooLarge(_)
+                        | UploadError::BadRequest(_)
+                ) {
+                    self.remove(&meta.id);
+                }
+                Err(e)
+            }
         }
     }
 

@@ -292,6 +292,74 @@ fn a_resuming_client_takes_over_from_its_dead_connection_at_once() {
     );
     assert!(daemon.log().contains("took the upload over"));
     drop(stalled);
+
+    // A request still receiving bytes keeps its upload: a second writer is told it is busy
+    // instead of cutting it off (two live clients would otherwise cut each other in turn).
+    let path2 = bundle(BundleSpec {
+        name: "app-v2-whole.bundle",
+        with_base: false,
+        ..Default::default()
+    });
+    let bytes2 = std::fs::read(&path2).unwrap();
+    let id2 = daemon.create_upload(&path2, &[]);
+    let url2 = format!("/sideload/v1/uploads/{id2}");
+    let mut live = stall(&daemon.addr, &url2, &bytes2[..64]);
+    let trickle = std::thread::spawn(move || {
+        use std::io::Write;
+        // One byte every 100 ms for 8 s: slow, but alive.
+        for &b in &bytes2[64..144] {
+            if live.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        live
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let held = daemon.offset(&id2).unwrap();
+    let r = daemon.request("PATCH", &url2, &[("Upload-Offset", held.to_string())], b"x");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upload_busy", "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("5"));
+    // A DELETE ends it at once, live or not.
+    let quiet = trickle.join().unwrap();
+    let held = daemon.offset(&id2).unwrap();
+    assert_eq!(held, 144, "the live request stored every byte it got");
+    let r = daemon.request("DELETE", &url2, &[], b"");
+    assert_eq!(r.status, 204, "a DELETE wins at once: {}", r.text());
+    drop(quiet);
+    let status = daemon.wait_state(
+        &bundle_id(&path),
+        &["applied", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+}
+
+#[test]
+fn an_upload_whose_head_was_never_checked_finishes_with_put() {
+    // Every byte arrives, but the head check fails on the device's side (no room for the
+    // reserve): the bytes are kept. Once there is room, an empty PUT finishes the upload.
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let mut daemon = Daemon::start(
+        &registry,
+        DaemonOptions {
+            extra: "[uploads]\nfree_disk_reserve_bytes = 1000000000000000\n".into(),
+            ..Default::default()
+        },
+    );
+    let path = bundle(BundleSpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+    let id = daemon.create_upload(&path, &[]);
+    let url = format!("/sideload/v1/uploads/{id}");
+    let r = daemon.request("PATCH", &url, &[("Upload-Offset", "0".into())], &bytes);
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert_eq!(daemon.offset(&id), Some(bytes.len() as u64), "bytes kept");
+    daemon.set_extra("");
+    daemon.restart();
+    let r = daemon.request("PUT", &url, &[], b"");
+    assert_eq!(r.status, 202, "{}", r.text());
     let status = daemon.wait_state(
         &bundle_id(&path),
         &["applied", "failed"],

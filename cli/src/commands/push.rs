@@ -141,6 +141,9 @@ fn settings(args: &PushArgs) -> Result<Settings> {
         .map(|p| push::tls::parse_pin(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    if !pins.is_empty() && args.ca_file.is_some() {
+        anyhow::bail!("give --pin or --ca-file, not both: a pin accepts exactly one certificate whatever its issuer");
+    }
     let plain = base.scheme_str() == Some("http");
     if plain && (!pins.is_empty() || args.ca_file.is_some()) {
         anyhow::bail!("--pin and --ca-file need an https:// --to URL");

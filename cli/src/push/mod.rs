@@ -207,7 +207,12 @@ impl Report {
     fn fail(&mut self, outcome: Outcome, code: &str, reason: String, advice: String) {
         self.outcome = outcome;
         self.code = Some(code.to_owned());
-        self.reason = Some(reason);
+        // The device's reasons do not always name the bundle; every message here does.
+        self.reason = Some(if reason.starts_with(&self.name) {
+            reason
+        } else {
+            format!("{}: {reason}", self.name)
+        });
         self.advice = Some(advice);
     }
 }
@@ -298,6 +303,7 @@ pub fn classify(status: u16, upload_offset: Option<u64>, body: &[u8]) -> Answer 
                 },
             },
         },
+        409 if code == "upload_busy" => Answer::Retry(reason),
         204 | 409 => match upload_offset {
             Some(o) => Answer::Offset(o),
             None => Answer::Retry(format!("HTTP {status} without Upload-Offset: {reason}")),
@@ -361,6 +367,11 @@ pub struct Device {
     settings_retry: (Duration, Duration),
     deadline: Option<tokio::time::Instant>,
 }
+
+/// No-progress answers in a row before the client gives up on a bundle.
+const MAX_STUCK: u32 = 8;
+/// Times the device may lose an upload (expiry, cancel) before the client gives up.
+const MAX_RECREATED: u32 = 3;
 
 /// Upper bound on a device answer's body; answers are small JSON documents.
 const MAX_ANSWER: usize = 1 << 20;
@@ -523,6 +534,9 @@ impl Device {
         let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
         let mut first = true;
         let mut recreated = 0;
+        // Answers in a row that moved nothing: a device that never progresses must not keep
+        // the client busy until the deadline (or forever).
+        let mut stuck = 0;
         'create: loop {
             // Create (or find) the upload.
             report.requests += 1;
@@ -638,9 +652,23 @@ impl Device {
                     Answer::Offset(o) => {
                         if o > before {
                             backoff.reset();
+                            stuck = 0;
                         } else if o == before {
                             // An answer without progress (a take-over, a 409 race): do
                             // not spin.
+                            stuck += 1;
+                            if stuck >= MAX_STUCK {
+                                report.fail(
+                                    Outcome::Error,
+                                    "upload_stuck",
+                                    format!(
+                                        "the device answered {stuck} times in a row that it holds {o} of {} bytes without taking more",
+                                        local.size
+                                    ),
+                                    format!("check the device's logs; to start over, DELETE {location} and push again"),
+                                );
+                                return Ok(());
+                            }
                             report.retries += 1;
                             self.pause(&mut backoff, "the device took no bytes", obs)
                                 .await?;
@@ -665,7 +693,7 @@ impl Device {
                     }
                     Answer::Gone => {
                         recreated += 1;
-                        if recreated > 3 {
+                        if recreated > MAX_RECREATED {
                             report.fail(
                                 Outcome::Error,
                                 "upload_lost",
@@ -706,7 +734,26 @@ impl Device {
                                     offset = o;
                                     break;
                                 }
-                                Ok(Answer::Gone) => continue 'create,
+                                Ok(Answer::Gone) if recreated < MAX_RECREATED => {
+                                    recreated += 1;
+                                    obs.note(
+                                        "the device no longer knows the upload; starting a new one",
+                                    );
+                                    continue 'create;
+                                }
+                                Ok(Answer::Gone) => {
+                                    report.fail(
+                                        Outcome::Error,
+                                        "upload_lost",
+                                        format!(
+                                            "the device dropped the upload {} times",
+                                            recreated + 1
+                                        ),
+                                        "check the device's uploads.idle_expiry_secs and its logs"
+                                            .into(),
+                                    );
+                                    return Ok(());
+                                }
                                 Ok(Answer::Fatal {
                                     code,
                                     reason,
@@ -759,6 +806,23 @@ impl Device {
         let mut file = tokio::fs::File::open(&local.path)
             .await
             .map_err(|e| Failure::Local(format!("cannot open {}: {e}", local.path.display())))?;
+        match file.metadata().await {
+            Ok(m) if m.len() == local.size => {}
+            Ok(m) => {
+                return Err(Failure::Local(format!(
+                    "{} changed while it was being pushed ({} bytes, was {})",
+                    local.path.display(),
+                    m.len(),
+                    local.size
+                )))
+            }
+            Err(e) => {
+                return Err(Failure::Local(format!(
+                    "cannot read {}: {e}",
+                    local.path.display()
+                )))
+            }
+        }
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(|e| Failure::Local(format!("cannot read {}: {e}", local.path.display())))?;
@@ -794,6 +858,7 @@ impl Device {
         let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
         let path = format!("/sideload/v1/bundles/{}", report.bundle);
         let mut poll = Duration::from_millis(500);
+        let mut unknown = 0;
         loop {
             if let Some(state) = &report.state {
                 if state == "applied" || state == "failed" {
@@ -825,6 +890,25 @@ impl Device {
                 }
                 Ok((status, _, body)) => {
                     let answer = classify(status.as_u16(), None, &body);
+                    unknown += u32::from(status == StatusCode::NOT_FOUND);
+                    if let Answer::Fatal {
+                        code,
+                        reason,
+                        advice,
+                    } = &answer
+                    {
+                        report.fail(Outcome::Error, code, reason.clone(), advice.clone());
+                        return;
+                    }
+                    if unknown >= MAX_STUCK {
+                        report.fail(
+                            Outcome::Error,
+                            "unknown_bundle",
+                            format!("the device does not know bundle {}", report.bundle),
+                            "check the device's journal (GET /sideload/v1/journal)".into(),
+                        );
+                        return;
+                    }
                     report.retries += 1;
                     if self
                         .pause(&mut backoff, &format!("bundle status: {answer:?}"), obs)

@@ -15,7 +15,7 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
     let bad = || {
         format!("{text:?} is not a certificate pin: write sha256:<64 hex digits>, as the device logs it at start")
     };
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.is_ascii() {
         return Err(bad());
     }
     let mut out = [0u8; 32];
@@ -132,12 +132,21 @@ pub fn pinned_config(
 pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
+        // Only what retrying cannot fix: the certificate. A corrupted record or a reset
+        // handshake on a bad link is a drop like any other.
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(match r {
-                rustls::Error::InvalidCertificate(CertificateError::Other(o)) => o.0.to_string(),
-                rustls::Error::InvalidCertificate(c) => format!("invalid certificate ({c:?})"),
-                other => other.to_string(),
-            });
+            match r {
+                rustls::Error::InvalidCertificate(CertificateError::Other(o)) => {
+                    return Some(o.0.to_string())
+                }
+                rustls::Error::InvalidCertificate(c) => {
+                    return Some(format!("invalid certificate ({c:?})"))
+                }
+                rustls::Error::NoCertificatesPresented | rustls::Error::PeerIncompatible(_) => {
+                    return Some(r.to_string())
+                }
+                _ => {}
+            }
         }
         // Wrappers whose `source` skips the error they hold: io::Error, and boxed errors
         // that connectors pass on as they are.
@@ -164,6 +173,7 @@ mod tests {
         assert_eq!(parse_pin(&hex), Ok([0xab; 32]));
         assert!(parse_pin("sha256:abcd").is_err());
         assert!(parse_pin(&"zz".repeat(32)).is_err());
+        assert!(parse_pin(&format!("€{}", "a".repeat(61))).is_err());
         assert_eq!(pin_of(b"").len(), 7 + 64);
     }
 
@@ -176,5 +186,9 @@ mod tests {
         assert!(tls_failure(&io).unwrap().contains("UnknownIssuer"));
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         assert_eq!(tls_failure(&plain), None);
+        // A record damaged on the way is a drop, retried, not a trust problem.
+        let damaged =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(tls_failure(&damaged), None);
     }
 }

@@ -492,6 +492,11 @@ impl Daemon {
         c.wait().unwrap()
     }
 
+    /// Replaces the extra TOML for the next start.
+    pub fn set_extra(&mut self, extra: &str) {
+        self.options.extra = extra.to_owned();
+    }
+
     /// Drops the extra environment (e.g. fault injection) for the next start.
     pub fn clear_env(&mut self) {
         self.options.env.clear();
