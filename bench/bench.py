@@ -7,9 +7,13 @@ The realistic scenarios' images come from corpus.py (cached in bench/.cache/).
 
   bench.py --bin target/release --work TMPDIR --out bench/results/latest.md [--scenario NAME]...
            [--only METHOD,...] [--no-peer-cache] [--plugin [--plugin-pull-rounds N]]
+           [--link | --link-only] [--link-seed N] [--link-up-s LO,HI] [--link-down-s LO,HI]
+           [--link-budget-s S]
 
 --plugin also delivers each scenario's bundle to sideload-registry-plugin in front of a
-docker-registry on loopback (see "registry plugin" below and bench/README.md).
+docker-registry on loopback (see "registry plugin" below and bench/README.md). --link (root)
+delivers it over a 1 Mbit/s link with drops between two network namespaces, with `sideload push`
+and with plain curl that starts over (see "shaped link with drops" below and bench/README.md).
 
 The peers' rows (bsdiff, xdelta3, zstd, rdiff, HDiffPatch) are cached in
 bench/.cache/peer-results/SCENARIO/METHOD.json and reused while their key matches: the tool's
@@ -28,6 +32,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -379,9 +384,9 @@ MANIFEST_ACCEPT = ", ".join([
 ])
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -421,9 +426,9 @@ def tree_bytes(root, part=None):
     return total
 
 
-def http_request(port, method, path, body=None, headers=None, timeout=30):
-    """(status, headers dict with lower-case names, body bytes) of one request to 127.0.0.1."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, blocksize=1 << 20)
+def http_request(port, method, path, body=None, headers=None, timeout=30, host="127.0.0.1"):
+    """(status, headers dict with lower-case names, body bytes) of one request to host:port."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout, blocksize=1 << 20)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -433,19 +438,19 @@ def http_request(port, method, path, body=None, headers=None, timeout=30):
         conn.close()
 
 
-def wait_http(port, path, proc, log, timeout=60):
+def wait_http(port, path, proc, log, timeout=60, host="127.0.0.1"):
     """Waits until GET path answers 200; raises with the log's tail if proc died or time ran out."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"exited ({proc.returncode}) before answering on {port}: {tail(log)}")
         try:
-            if http_request(port, "GET", path, timeout=5)[0] == 200:
+            if http_request(port, "GET", path, timeout=5, host=host)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"no answer on 127.0.0.1:{port}{path} after {timeout} s: {tail(log)}")
+    raise RuntimeError(f"no answer on {host}:{port}{path} after {timeout} s: {tail(log)}")
 
 
 def tail(path, lines=15):
@@ -467,6 +472,341 @@ def stop_process(p, log=None):
             p.wait()
     if log:
         log.close()
+
+
+def start_logged(cmd, log_path, started, env=None):
+    """Starts a server process in its own session, output to log_path; appends (proc, log file)
+    to `started`, which the caller stops with stop_all() whatever happens."""
+    lf = open(log_path, "wb")
+    try:
+        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=env)
+    except BaseException:
+        lf.close()
+        raise
+    started.append((p, lf))
+    return p
+
+
+def stop_all(started):
+    """Stops what start_logged() started, last first."""
+    for p, lf in reversed(started):
+        stop_process(p, lf)
+    started.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# shaped link with drops (--link)
+#
+# A scenario's bundle delivered over a 1 Mbit/s link that drops (issue 6): once by `sideload
+# push` (resumes where the device stopped) and once by plain curl (starts over after every
+# failure), each to a fresh device, each meeting the same drop schedule from its own start.
+#
+# The link is a veth pair. The device end (LINK_DEV_IF, DEVICE_IP) stays in the root namespace,
+# where the daemon listens on DEVICE_IP and docker-registry on loopback; the client end
+# (LINK_CLI_IF, CLIENT_IP) is alone in the namespace LINK_NS, where only the client runs (`ip
+# netns exec`). Both ends' egress go through tbf (LINK_TBF; this kernel has no netem). A drop sets
+# the device end down: the client's end loses carrier and its packets vanish without an error on
+# its side, so TCP retransmits until the link is back (checked: a sender's writes just stall). The
+# client's ARP entry for the device is permanent: losing carrier flushes learned entries, and a
+# failed ARP would answer new connections with EHOSTUNREACH ("No route to host") after ~3 s,
+# which a real link does not do; with it a connect during a drop times out, as over a real link.
+# While the device end is down the kernel removes its connected route, so a blackhole route for
+# the link's /30 (metric 4000, used only then) keeps the device's replies off the default route.
+# IPv6 is off on both ends, so the device end's counters see the transfer and a few ARP packets.
+#
+# Bytes on the wire: the device end's rx_bytes / rx_packets (what reached the device; the
+# Ethernet header is counted, no FCS). TCP payload ~ rx_bytes - rx_packets * TCP_HEADERS, exact
+# per skb whatever GSO merged; each run checks it on the clean link first (the calibration).
+
+LINK_NS = "sl-bench-cli"
+LINK_DEV_IF, LINK_CLI_IF = "sl-bench-dev", "sl-bench-cli"
+LINK_NET, DEVICE_IP, CLIENT_IP = "10.213.0.0/30", "10.213.0.1", "10.213.0.2"
+LINK_TBF = ["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"]
+LINK_UP_S, LINK_DOWN_S = (30.0, 90.0), (3.0, 15.0)  # uniform ranges, seconds
+LINK_SEED = 6  # --link-seed
+# No progress for this long means a dead link, for both clients: `sideload push --stall-timeout`
+# and curl's `--speed-limit 1 --speed-time`.
+LINK_STALL_S = 20
+LINK_CURL_PAUSE_S = 2  # curl: pause before starting over
+LINK_BUDGET_FACTOR, LINK_BUDGET_MIN_S = 3, 1200  # curl's budget: 3 x push's wall time, >= 20 min
+LINK_PUSH_CAP_S = 3600  # sideload push --deadline
+LINK_CALIBRATION_BYTES = 2 << 20
+TCP_HEADERS = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps option 12
+LINK_POLL_S = 0.25
+# The clients talk to DEVICE_IP directly, whatever proxy the caller's environment names.
+CLIENT_ENV = {k: v for k, v in os.environ.items()
+              if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+
+
+def link_preflight():
+    """What --link lacks on this machine (empty when nothing)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces, veth, tc)")
+    for cmd, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("curl", "curl")):
+        if shutil.which(cmd) is None:
+            missing.append(f"`{cmd}` (Debian package {pkg})")
+    return missing
+
+
+class LinkError(Exception):
+    pass
+
+
+class Link:
+    """The namespace, the veth pair, the shaping and the blackhole route; as a context manager
+    it removes all of them on the way out, whatever happened."""
+
+    def __init__(self):
+        self.undo = []
+
+    def __enter__(self):
+        try:
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def setup(self):
+        names = run(["ip", "netns", "list"]).decode().split()
+        if LINK_NS in names or os.path.exists(f"/sys/class/net/{LINK_DEV_IF}"):
+            raise LinkError(f"network namespace {LINK_NS} or interface {LINK_DEV_IF} exists already (another "
+                            f"bench run, or one that was killed): remove them with `ip netns del {LINK_NS}; "
+                            f"ip link del {LINK_DEV_IF}; ip route del blackhole {LINK_NET} metric 4000`")
+        run(["ip", "netns", "add", LINK_NS])
+        self.undo.append(["ip", "netns", "del", LINK_NS])
+        run(["ip", "link", "add", LINK_DEV_IF, "type", "veth", "peer", "name", LINK_CLI_IF, "netns", LINK_NS])
+        self.undo.append(["ip", "link", "del", LINK_DEV_IF])  # takes its peer with it
+        run(["ip", "route", "add", "blackhole", LINK_NET, "metric", "4000"])
+        self.undo.append(["ip", "route", "del", "blackhole", LINK_NET, "metric", "4000"])
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{LINK_DEV_IF}/disable_ipv6", "w") as f:
+                f.write("1")
+        except OSError:
+            pass  # no IPv6 in this kernel
+        subprocess.run(self.client(["sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{LINK_CLI_IF}/disable_ipv6"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run(["ip", "addr", "add", DEVICE_IP + "/30", "dev", LINK_DEV_IF])
+        run(["ip", "-n", LINK_NS, "addr", "add", CLIENT_IP + "/30", "dev", LINK_CLI_IF])
+        run(["ip", "-n", LINK_NS, "link", "set", "lo", "up"])
+        run(["ip", "-n", LINK_NS, "link", "set", LINK_CLI_IF, "up"])
+        run(["ip", "link", "set", LINK_DEV_IF, "up"])
+        with open(f"/sys/class/net/{LINK_DEV_IF}/address") as f:
+            mac = f.read().strip()
+        run(["ip", "-n", LINK_NS, "neigh", "replace", DEVICE_IP, "lladdr", mac, "dev", LINK_CLI_IF, "nud", "permanent"])
+        run(["tc", "qdisc", "add", "dev", LINK_DEV_IF, "root", *LINK_TBF])
+        run(["tc", "-n", LINK_NS, "qdisc", "add", "dev", LINK_CLI_IF, "root", *LINK_TBF])
+        self.qdisc = run(["tc", "qdisc", "show", "dev", LINK_DEV_IF]).decode().strip()
+
+    def close(self):
+        for cmd in reversed(self.undo):
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if p.returncode != 0:
+                print(f"   warning: cleanup `{' '.join(cmd)}` failed: {p.stderr.decode(errors='replace').strip()}",
+                      flush=True)
+        self.undo = []
+
+    @staticmethod
+    def client(cmd):
+        """cmd, run in the client's namespace."""
+        return ["ip", "netns", "exec", LINK_NS] + [str(c) for c in cmd]
+
+    @staticmethod
+    def set_up(up):
+        run(["ip", "link", "set", LINK_DEV_IF, "up" if up else "down"])
+
+    @staticmethod
+    def counters():
+        """The device end's counters (rx: client -> device)."""
+        out = {}
+        for k in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"):
+            with open(f"/sys/class/net/{LINK_DEV_IF}/statistics/{k}") as f:
+                out[k] = int(f.read())
+        return out
+
+
+def link_plan(seed, n, up_s=LINK_UP_S, down_s=LINK_DOWN_S):
+    """The first n (up s, down s) pairs of the schedule for `seed`."""
+    rng = random.Random(seed)
+    return [(rng.uniform(*up_s), rng.uniform(*down_s)) for _ in range(n)]
+
+
+class DropSchedule:
+    """From its start: the link up for U ~ uniform(up_s) s, down for D ~ uniform(down_s) s,
+    repeating, drawn from random.Random(seed) as link_plan() draws them, so every transfer meets
+    the same drops at the same moments from its own start. Records the drops it applied (seconds
+    from its start) and leaves the link up when it stops."""
+
+    def __init__(self, link, seed, label, t0, up_s=LINK_UP_S, down_s=LINK_DOWN_S):
+        self.link, self.seed, self.label, self.t0 = link, seed, label, t0
+        self.up_s, self.down_s = up_s, down_s
+        self.drops, self.error = [], None
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+        self.link.set_up(True)
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def loop(self):
+        rng, at = random.Random(self.seed), 0.0
+        try:
+            while True:
+                up, down = rng.uniform(*self.up_s), rng.uniform(*self.down_s)
+                at += up
+                if self.stop.wait(max(0.0, self.t0 + at - time.monotonic())):
+                    return
+                self.link.set_up(False)
+                drop = dict(planned_at=round(at, 2), planned_s=round(down, 2), down_at=round(self.now(), 2))
+                self.drops.append(drop)
+                print(f"      [{self.label} {drop['down_at']:7.1f} s] link down for {down:.1f} s", flush=True)
+                at += down
+                self.stop.wait(max(0.0, self.t0 + at - time.monotonic()))
+                self.link.set_up(True)
+                drop["up_at"] = round(self.now(), 2)
+                print(f"      [{self.label} {drop['up_at']:7.1f} s] link up", flush=True)
+                if self.stop.is_set():
+                    return
+        except Exception as e:  # reported with the transfer; __exit__ still sets the link up
+            self.error = str(e).strip()
+
+
+class DeviceWatch:
+    """While a transfer runs, every LINK_POLL_S: the bundle's state on the device (asked on the
+    device's own address, which does not cross the link), the bytes of unfinished uploads
+    (`.part` files) in its data directory, and the device end's rx_bytes (to see when data flows
+    again after a drop)."""
+
+    def __init__(self, port, bundle_id, uploads_dir, t0):
+        self.port, self.bundle_id, self.uploads_dir, self.t0 = port, bundle_id, uploads_dir, t0
+        self.queued = self.applied = self.ended = None
+        self.state = self.reason = None
+        self.part_peak, self.samples = 0, []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+
+    def part_bytes(self):
+        total = 0
+        try:
+            for n in os.listdir(self.uploads_dir):
+                if n.endswith(".part"):
+                    total += os.path.getsize(os.path.join(self.uploads_dir, n))
+        except OSError:
+            pass
+        return total
+
+    def loop(self):
+        while True:
+            now = time.monotonic() - self.t0
+            self.samples.append((now, Link.counters()["rx_bytes"]))
+            self.part_peak = max(self.part_peak, self.part_bytes())
+            if self.ended is None:
+                try:
+                    st, _, body = http_request(self.port, "GET", f"/sideload/v1/bundles/{self.bundle_id}",
+                                               timeout=5, host=DEVICE_IP)
+                except OSError:
+                    st = None
+                if st == 200:
+                    b = json.loads(body)["bundle"]
+                    self.state, self.reason = b["state"], b.get("reason")
+                    if self.queued is None:
+                        self.queued = now
+                    if self.state == "applied":
+                        self.applied = self.ended = now
+                    elif self.state in ("failed", "refused"):
+                        self.ended = now
+            if self.stop.wait(LINK_POLL_S):
+                return
+
+    def wait_end(self, timeout):
+        end = time.monotonic() + timeout
+        while self.ended is None and time.monotonic() < end:
+            time.sleep(LINK_POLL_S)
+
+    def data_again(self, after, until):
+        """Seconds from `after` until the device received data (> 2000 B in one sample) again,
+        None if not before `until`."""
+        prev = None
+        for t, rx in self.samples:
+            if prev is not None and t > after and t <= until and rx - prev > 2000:
+                return round(t - after, 2)
+            prev = rx
+        return None
+
+
+class StampedLines:
+    """Copies a process's stderr to a log, each line prefixed with the seconds since t0; keeps
+    the (seconds, line) pairs."""
+
+    def __init__(self, stream, log_path, t0):
+        self.stream, self.log_path, self.t0, self.lines = stream, log_path, t0, []
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        with open(self.log_path, "a") as log:
+            for raw in iter(self.stream.readline, b""):
+                t = time.monotonic() - self.t0
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append((t, line))
+                log.write(f"[{t:8.2f} s] {line}\n")
+                log.flush()
+
+    def join(self):
+        self.t.join()
+
+
+def metric(port, name):
+    """One counter from the daemon's /metrics (asked on the device's own address)."""
+    st, _, body = http_request(port, "GET", "/metrics", host=DEVICE_IP)
+    if st != 200:
+        raise RuntimeError(f"GET /metrics: {st}")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise RuntimeError(f"/metrics has no {name}")
+
+
+def curl_in(link, args, body_path, timeout):
+    """One curl in the client's namespace: a dict with its exit code, the HTTP status, bytes of
+    the body it sent (size_upload), of its request headers (size_request), seconds, its error."""
+    p = subprocess.run(
+        link.client(["curl", "-sS", "--noproxy", "*", "-o", body_path,
+                     "-w", "%{http_code} %{size_upload} %{size_request} %{time_total}", *args]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLIENT_ENV, timeout=timeout)
+    parts = p.stdout.decode().split()
+    code, up, req, secs = (parts + ["0", "0", "0", "0"])[:4]
+    return dict(exit=p.returncode, code=int(code), size_upload=int(float(up)), size_request=int(float(req)),
+                secs=float(secs), error=p.stderr.decode(errors="replace").strip())
+
+
+def read_json(path):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read() or b"null")
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +854,9 @@ class Bench:
         self.cache = args.cache
         self.plugin = args.plugin
         self.plugin_pull_rounds = args.plugin_pull_rounds
+        self.link = args.link or args.link_only
+        self.link_seed, self.link_budget = args.link_seed, args.link_budget_s
+        self.link_up_s, self.link_down_s = args.link_up_s, args.link_down_s
         # The daemon's log of each --plugin run is kept next to the markdown report.
         self.log_dir = os.path.dirname(os.path.abspath(args.out))
         self.peer_cache = PeerCache(os.path.join(self.cache, "peer-results"), enabled=not args.no_peer_cache)
@@ -575,68 +918,86 @@ class Bench:
                                     seconds=dec.seconds)
         return dict(bytes=size, enc=enc, dec=dec, status="NO" if err else "yes", note=note)
 
+    def bundle_target(self, bundle):
+        """What the device will make of the bundle (from `sideload inspect`): a dict with the
+        statement digest (the device's id for the bundle), repository, tag, manifest digest, and
+        the sizes of the bundle and of the image as its manifest lists it."""
+        info = json.loads(run([os.path.join(self.bin, "sideload"), "inspect", bundle, "--json"]))
+        target = info["statement"]["target"]
+        repo, tag, want = target["repository"], target["tags"][0], target["manifest_digest"]
+        manifest = json.loads(target["manifest"])
+        image_bytes = manifest["config"]["size"] + sum(l["size"] for l in manifest["layers"])
+        return dict(bundle_bytes=os.path.getsize(bundle), image_bytes=image_bytes, ref=f"{repo}:{tag}",
+                    repo=repo, tag=tag, statement_digest=info["statement_digest"], manifest_digest=want,
+                    layer_media_types=sorted({l["mediaType"] for l in manifest["layers"]}))
+
+    def start_registry(self, pd, storage, started):
+        """`docker-registry serve` on a free loopback port with its storage in `storage` (config
+        and log in `pd`); returns the port once /v2/ answers."""
+        os.makedirs(storage, exist_ok=True)
+        port = free_port()
+        cfg = os.path.join(pd, "registry.yml")
+        with open(cfg, "w") as f:
+            f.write("version: 0.1\n"
+                    "log: {level: warn, accesslog: {disabled: true}}\n"
+                    f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}\n"
+                    f"http: {{addr: 127.0.0.1:{port}, secret: sideload-bench}}\n")
+        log = os.path.join(pd, "registry.log")
+        reg = start_logged(["docker-registry", "serve", cfg], log, started)
+        wait_http(port, "/v2/", reg, log)
+        return port
+
+    def seed_registry(self, sc, reg_port, res):
+        """The device already holds the scenario's old image: copies it into the registry
+        (skopeo stores its layers gzip-compressed, as a pull would); sets res["seed"] (the
+        reference, None without an old image) and res["seed_s"]."""
+        seed = None
+        if sc["old"] is not None:
+            seed = sc["old_ref"] if sc["old_ref"] and sc["old_ref"] != res["ref"] else f"{res['repo']}:held"
+            t = time.monotonic()
+            run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-archive:{sc['old']}",
+                 f"docker://127.0.0.1:{reg_port}/{seed}"])
+            res["seed_s"] = time.monotonic() - t
+        res["seed"] = seed
+
+    def start_daemon(self, pd, reg_port, started, host="127.0.0.1", policy=None):
+        """sideload-registry-plugin on a free port of `host` in front of the registry, data
+        directory `pd`/data, trusting `policy` (default: the bench key), everything else default.
+        Returns (process, port, log path) once /sideload/v1/health answers."""
+        port = free_port(host)
+        cfg = os.path.join(pd, "registry-plugin.toml")
+        with open(cfg, "w") as f:
+            f.write(f'listen = "{host}:{port}"\n'
+                    'device_id = "bench-device"\n'
+                    f'data_dir = "{os.path.join(pd, "data")}"\n'
+                    f'trust_policy = "{policy or self.policy}"\n'
+                    "[registry]\n"
+                    f'url = "http://127.0.0.1:{reg_port}"\n')
+        log = os.path.join(pd, "plugin.log")
+        plug = start_logged([os.path.join(self.bin, "sideload-registry-plugin"), "--config", cfg], log, started,
+                            env=dict(os.environ, NO_COLOR="1"))
+        wait_http(port, "/sideload/v1/health", plug, log, host=host)
+        return plug, port, log
+
     def registry_plugin(self, sc, d):
         """The device daemon with the bundle `sideload` left in `d` (see "registry plugin" above).
         Returns a dict for sc["plugin"]; raises on failure (the caller records it)."""
-        sl = os.path.join(self.bin, "sideload")
-        daemon_bin = os.path.join(self.bin, "sideload-registry-plugin")
         bundle = os.path.join(d, "app.bundle")
         # sideload's rebuilt archive is checked already; free its space for the registry.
         for n in ("rebuilt.tar",):
             if os.path.exists(os.path.join(d, n)):
                 os.remove(os.path.join(d, n))
-        info = json.loads(run([sl, "inspect", bundle, "--json"]))
-        stmt_digest = info["statement_digest"]
-        target = info["statement"]["target"]
-        repo, tag, want = target["repository"], target["tags"][0], target["manifest_digest"]
-        manifest = json.loads(target["manifest"])
-        image_bytes = manifest["config"]["size"] + sum(l["size"] for l in manifest["layers"])
-        res = dict(bundle_bytes=os.path.getsize(bundle), image_bytes=image_bytes, ref=f"{repo}:{tag}",
-                   manifest_digest=want, layer_media_types=sorted({l["mediaType"] for l in manifest["layers"]}))
+        res = self.bundle_target(bundle)
+        stmt_digest, repo, tag, want = res["statement_digest"], res["repo"], res["tag"], res["manifest_digest"]
 
         pd = os.path.join(d, "plugin")
-        os.makedirs(os.path.join(pd, "registry"))
-        reg_port, plug_port = free_port(), free_port()
-        reg_cfg = os.path.join(pd, "registry.yml")
-        with open(reg_cfg, "w") as f:
-            f.write("version: 0.1\n"
-                    "log: {level: warn, accesslog: {disabled: true}}\n"
-                    f"storage: {{filesystem: {{rootdirectory: {os.path.join(pd, 'registry')}}}, delete: {{enabled: true}}}}\n"
-                    f"http: {{addr: 127.0.0.1:{reg_port}, secret: sideload-bench}}\n")
-        plug_cfg = os.path.join(pd, "registry-plugin.toml")
-        with open(plug_cfg, "w") as f:
-            f.write(f'listen = "127.0.0.1:{plug_port}"\n'
-                    'device_id = "bench-device"\n'
-                    f'data_dir = "{os.path.join(pd, "data")}"\n'
-                    f'trust_policy = "{self.policy}"\n'
-                    "[registry]\n"
-                    f'url = "http://127.0.0.1:{reg_port}"\n')
-        reg_log, plug_log = os.path.join(pd, "registry.log"), os.path.join(pd, "plugin.log")
-        res["log"] = plug_log
+        os.makedirs(pd)
+        res["log"] = os.path.join(pd, "plugin.log")
         started = []
         try:
-            lf = open(reg_log, "wb")
-            reg = subprocess.Popen(["docker-registry", "serve", reg_cfg], stdout=lf, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-            started.append((reg, lf))
-            wait_http(reg_port, "/v2/", reg, reg_log)
-
-            # The device already holds the old image (skopeo stores its layers gzip-compressed).
-            seed = None
-            if sc["old"] is not None:
-                seed = sc["old_ref"] if sc["old_ref"] and sc["old_ref"] != res["ref"] else f"{repo}:held"
-                t = time.monotonic()
-                run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-archive:{sc['old']}",
-                     f"docker://127.0.0.1:{reg_port}/{seed}"])
-                res["seed_s"] = time.monotonic() - t
-            res["seed"] = seed
-
-            lf = open(plug_log, "wb")
-            plug = subprocess.Popen([daemon_bin, "--config", plug_cfg], stdout=lf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=dict(os.environ, NO_COLOR="1"))
-            started.append((plug, lf))
-            wait_http(plug_port, "/sideload/v1/health", plug, plug_log)
+            reg_port = self.start_registry(pd, os.path.join(pd, "registry"), started)
+            self.seed_registry(sc, reg_port, res)
+            plug, plug_port, plug_log = self.start_daemon(pd, reg_port, started)
             res["rss_idle_kib"] = proc_status_kib(plug.pid, "VmRSS")
 
             st, h, body = http_request(plug_port, "POST", "/sideload/v1/uploads",
@@ -719,9 +1080,321 @@ class Bench:
             res["hwm_end_kib"] = proc_status_kib(plug.pid, "VmHWM")
             res["pull_cpu_s"] = (proc_cpu_seconds(plug.pid) - cpu1) / self.plugin_pull_rounds
         finally:
-            for p, lf in reversed(started):
-                stop_process(p, lf)
+            stop_all(started)
         return res
+
+    # --- --link: the bundle over a shaped link with drops (see "shaped link with drops") ------
+
+    def link_calibrate(self, link, port, bundle, ld):
+        """On the clean link (no drops yet): a new upload, the bundle's first
+        LINK_CALIBRATION_BYTES in one PATCH, DELETE, all with curl; the device end's TCP payload
+        estimate against the bytes curl sent (request headers + body)."""
+        part = os.path.join(ld, "calibration.bin")
+        with open(bundle, "rb") as f, open(part, "wb") as o:
+            o.write(f.read(LINK_CALIBRATION_BYTES))
+        base, answer = f"http://{DEVICE_IP}:{port}", os.path.join(ld, "calibration-answer")
+        c0 = link.counters()
+        post = curl_in(link, ["-X", "POST", "-H", "Bundle-Name: calibration", base + "/sideload/v1/uploads"],
+                       answer, 120)
+        loc = (read_json(answer) or {}).get("location") if post["code"] == 201 else None
+        if not loc:
+            raise RuntimeError(f"calibration POST: exit {post['exit']}, HTTP {post['code']}: {post['error']}")
+        loc = urllib.parse.urlsplit(loc).path or loc
+        patch = curl_in(link, ["-X", "PATCH", "-H", "Upload-Offset: 0", "-H", "Content-Type: application/octet-stream",
+                               "-T", part, base + loc], answer, 600)
+        if patch["code"] != 204:
+            raise RuntimeError(f"calibration PATCH: exit {patch['exit']}, HTTP {patch['code']}: {patch['error']}")
+        delete = curl_in(link, ["-X", "DELETE", base + loc], answer, 120)
+        c1 = link.counters()
+        sent = sum(r["size_request"] + r["size_upload"] for r in (post, patch, delete))
+        rx, pk = c1["rx_bytes"] - c0["rx_bytes"], c1["rx_packets"] - c0["rx_packets"]
+        est = rx - pk * TCP_HEADERS
+        os.remove(part)
+        return dict(body_bytes=patch["size_upload"], patch_s=patch["secs"], curl_sent=sent, rx_bytes=rx,
+                    rx_packets=pk, payload_est=est, error=(est - sent) / sent,
+                    payload_mbit_s=patch["size_upload"] * 8 / patch["secs"] / 1e6)
+
+    def link_result(self, link, c0, m0, port, watch, sch, end_s, bundle_bytes):
+        """The measures both transfers share, from the counters at their start (c0, m0)."""
+        c1 = link.counters()
+        rx, pk = c1["rx_bytes"] - c0["rx_bytes"], c1["rx_packets"] - c0["rx_packets"]
+        est = rx - pk * TCP_HEADERS
+        return dict(rx_bytes=rx, rx_packets=pk, tx_bytes=c1["tx_bytes"] - c0["tx_bytes"],
+                    tx_packets=c1["tx_packets"] - c0["tx_packets"], payload_est=est,
+                    payload_ratio=est / bundle_bytes,
+                    device_received=metric(port, "sideload_upload_bytes_total") - m0,
+                    part_left=watch.part_bytes(), part_peak=watch.part_peak,
+                    schedule_error=sch.error, end_s=round(end_s, 2))
+
+    @staticmethod
+    def drop_effects(drops, watch, lost, end_s):
+        """Per drop: how long after it began the client gave up on its connection (the first
+        time in `lost` within the drop's window, None if it rode it out), and how long after the
+        link came back data reached the device again."""
+        out = []
+        for i, dr in enumerate(drops):
+            nxt = drops[i + 1]["down_at"] if i + 1 < len(drops) else end_s
+            up = dr.get("up_at", end_s)
+            gave_up = next((t for t in lost if dr["down_at"] <= t < nxt), None)
+            out.append(dict(dr, client_gave_up_after=None if gave_up is None else round(gave_up - dr["down_at"], 2),
+                            data_again_after_up=watch.data_again(up, nxt)))
+        return out
+
+    def link_push(self, link, port, res, bundle, uploads, ld):
+        """Transfer A: `sideload push --json --wait` from the client's namespace."""
+        sl = os.path.join(self.bin, "sideload")
+        opts = ["--stall-timeout", f"{LINK_STALL_S}s", "--deadline", f"{LINK_PUSH_CAP_S}s"]
+        cmd = link.client([sl, "push", bundle, "--to", f"http://{DEVICE_IP}:{port}", "--json", "--wait", *opts])
+        out_json, log = os.path.join(ld, "push.json"), os.path.join(ld, "push.log")
+        with open(log, "w") as f:
+            f.write(f"# {' '.join(cmd)}\n# [seconds since the start] stderr of sideload push\n")
+        m0, c0 = metric(port, "sideload_upload_bytes_total"), link.counters()
+        t0 = time.monotonic()
+        with DeviceWatch(port, res["statement_digest"], uploads, t0) as watch:
+            with DropSchedule(link, self.link_seed, "push", t0, self.link_up_s, self.link_down_s) as sch, open(out_json, "wb") as jf:
+                p = subprocess.Popen(cmd, stdout=jf, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=CLIENT_ENV)
+                killed = False  # by the bench, after the cap (else a signal came from elsewhere)
+                try:
+                    lines = StampedLines(p.stderr, log, t0)
+                    try:
+                        p.wait(LINK_PUSH_CAP_S + 120)
+                    except subprocess.TimeoutExpired:
+                        pass
+                finally:
+                    killed = p.poll() is None
+                    stop_process(p)
+                lines.join()
+                end_s = sch.now()
+                r = self.link_result(link, c0, m0, port, watch, sch, end_s, res["bundle_bytes"])
+            # The client saw `applied` (--wait), or gave up: the device's view, off the link.
+            watch.wait_end(LIMITS["timeout"] if p.returncode == 0 else 5)
+        report = ((read_json(out_json) or {}).get("bundles") or [{}])[0]
+        lost = [t for t, line in lines.lines if "link lost" in line or "cannot reach" in line]
+        r.update(
+            command="sideload push BUNDLE --to http://DEVICE:PORT --json --wait " + " ".join(opts),
+            exit=p.returncode, killed_by_bench=killed, report=report, client_s=round(end_s, 2),
+            finished=p.returncode == 0 and watch.applied is not None,
+            queued_s=watch.queued, applied_s=watch.applied, state=watch.state, reason=watch.reason,
+            client_sent=report.get("bytes_sent"), requests=report.get("requests"), retries=report.get("retries"),
+            uploads=1, drops=self.drop_effects(sch.drops, watch, lost, end_s),
+            notes=[f"{end_s:.1f} s {line}" for t, line in lines.lines
+                   if "retrying" in line or "resuming" in line or "error" in line][:200])
+        return r
+
+    def link_curl(self, link, port, res, bundle, uploads, budget, ld):
+        """Transfer B: plain curl, no resume: POST a new upload (no Bundle-Digest), PATCH the
+        whole file from offset 0; after any failure start over, until the device takes it or the
+        budget passes."""
+        base, answer = f"http://{DEVICE_IP}:{port}", os.path.join(ld, "curl-answer")
+        log = os.path.join(ld, "curl.log")
+        common = ["--connect-timeout", str(LINK_STALL_S), "--speed-limit", "1", "--speed-time", str(LINK_STALL_S)]
+        attempts, abandoned, lost, calls = [], [], [], []
+        deletes, finished, t_client = 0, False, None
+        m0, c0 = metric(port, "sideload_upload_bytes_total"), link.counters()
+        t0 = time.monotonic()
+        end = t0 + budget
+        with open(log, "w") as lf, DeviceWatch(port, res["statement_digest"], uploads, t0) as watch:
+            lf.write(f"# curl {' '.join(common)} --max-time BUDGET-LEFT ...: POST, then PATCH -T BUNDLE "
+                     f"(Upload-Offset: 0); start over after any failure; budget {budget:.0f} s\n")
+
+            def call(args, what):
+                left = end - time.monotonic()
+                at = time.monotonic() - t0
+                r = curl_in(link, common + ["--max-time", str(max(1, int(left)))] + args, answer, left + 60)
+                r.update(at=round(at, 2), what=what)
+                calls.append(r)
+                lf.write(f"[{at:8.2f} s] {what}: exit {r['exit']}, HTTP {r['code']}, body sent "
+                         f"{r['size_upload']} B, {r['secs']:.1f} s {r['error']}\n")
+                lf.flush()
+                return r
+
+            with DropSchedule(link, self.link_seed, "curl", t0, self.link_up_s, self.link_down_s) as sch:
+                while end - time.monotonic() > 1:
+                    post = call(["-X", "POST", "-H", "Bundle-Name: app.bundle", base + "/sideload/v1/uploads"], "POST")
+                    if post["code"] == 429 and abandoned:
+                        # The device's advice: "finish or delete one". The oldest abandoned goes.
+                        call(["-X", "DELETE", base + abandoned.pop(0)], "DELETE (after 429)")
+                        deletes += 1
+                        continue
+                    attempt = dict(n=len(attempts) + 1, post=post)
+                    attempts.append(attempt)
+                    loc = (read_json(answer) or {}).get("location") if post["code"] == 201 else None
+                    if loc:
+                        loc = urllib.parse.urlsplit(loc).path or loc
+                        patch = call(["-X", "PATCH", "-H", "Upload-Offset: 0", "-H",
+                                      "Content-Type: application/octet-stream", "-T", bundle, base + loc], "PATCH")
+                        attempt["patch"] = patch
+                        got = read_json(answer) if patch["code"] in (200, 202) else None
+                        if isinstance(got, dict) and got.get("outcome") in ("queued", "duplicate"):
+                            finished, t_client = True, time.monotonic() - t0
+                            break
+                        abandoned.append(loc)
+                    lost.append(time.monotonic() - t0)
+                    time.sleep(max(0.0, min(LINK_CURL_PAUSE_S, end - time.monotonic())))
+                end_s = sch.now()
+                r = self.link_result(link, c0, m0, port, watch, sch, end_s, res["bundle_bytes"])
+            if finished:
+                watch.wait_end(LIMITS["timeout"])
+        exits = {}
+        for a in attempts:
+            last = a.get("patch", a["post"])
+            if last["code"] not in (200, 202):
+                # (HTTP 100: only the `Expect: 100-continue` answer came before it failed)
+                k = f"{'PATCH' if 'patch' in a else 'POST'} exit {last['exit']}" + (
+                    f" HTTP {last['code']}" if last["code"] >= 200 else "")
+                exits[k] = exits.get(k, 0) + 1
+        r.update(
+            command="curl " + " ".join(common) + " -X PATCH -H 'Upload-Offset: 0' -T BUNDLE URL (after a POST)",
+            budget_s=round(budget), finished=finished, client_s=None if t_client is None else round(t_client, 2),
+            queued_s=watch.queued, applied_s=watch.applied, state=watch.state, reason=watch.reason,
+            client_sent=sum(c["size_upload"] for c in calls), requests=len(calls), uploads=len(attempts),
+            patches=sum(1 for a in attempts if "patch" in a), deleted_after_429=deletes, failures=exits,
+            attempts=[dict(n=a["n"], at=a["post"]["at"], post=a["post"]["code"],
+                           **({} if "patch" not in a else dict(
+                               patch=a["patch"]["code"], exit=a["patch"]["exit"], sent=a["patch"]["size_upload"],
+                               secs=a["patch"]["secs"], error=a["patch"]["error"][-160:])))
+                      for a in attempts],
+            drops=self.drop_effects(sch.drops, watch, lost, end_s))
+        return r
+
+    def link_measure(self, sc, bundle, policy, ld):
+        """Both transfers of `bundle`, each to a fresh device (registry seeded with the old
+        image, new data directory) on the shaped link; returns the dict for sc["link"]."""
+        res = self.bundle_target(bundle)
+        out = dict(scenario=sc["name"], bundle=res, git=self.git_state(), seed=self.link_seed,
+                   plan=link_plan(self.link_seed, 40, self.link_up_s, self.link_down_s),
+                   link=dict(tbf=" ".join(LINK_TBF), up_s=self.link_up_s, down_s=self.link_down_s, device_ip=DEVICE_IP,
+                             client_ip=CLIENT_IP, namespace=LINK_NS, stall_s=LINK_STALL_S))
+        with Link() as link:
+            out["link"]["qdisc"] = link.qdisc
+            started = []
+            pa = os.path.join(ld, "device-push")
+            os.makedirs(pa)
+            try:
+                reg = self.start_registry(pa, os.path.join(pa, "registry"), started)
+                self.seed_registry(sc, reg, res)
+                # The second device starts from the same seeded registry.
+                seeded = os.path.join(ld, "registry-seeded")
+                shutil.copytree(os.path.join(pa, "registry"), seeded, symlinks=True)
+                _, port, _ = self.start_daemon(pa, reg, started, host=DEVICE_IP, policy=policy)
+                print("      calibration on the clean link ...", end=" ", flush=True)
+                cal = out["calibration"] = self.link_calibrate(link, port, bundle, ld)
+                print(f"{cal['payload_mbit_s']:.3f} Mbit/s payload; TCP payload estimate {cal['payload_est']:,} B "
+                      f"vs {cal['curl_sent']:,} B curl sent ({100 * cal['error']:+.3f} %)", flush=True)
+                print("      sideload push ...", flush=True)
+                a = out["push"] = self.link_push(link, port, res, bundle, os.path.join(pa, "data", "uploads"), ld)
+                print(f"      sideload push: {'applied' if a['finished'] else 'NOT applied (' + str(a['state']) + ')'}"
+                      f", client done at {a['client_s']:.1f} s", flush=True)
+            finally:
+                stop_all(started)
+                if os.path.exists(os.path.join(pa, "plugin.log")):
+                    shutil.copyfile(os.path.join(pa, "plugin.log"), os.path.join(ld, "device-push.log"))
+                shutil.rmtree(pa, ignore_errors=True)
+            budget = self.link_budget or max(LINK_BUDGET_FACTOR * a["client_s"], LINK_BUDGET_MIN_S)
+            pb = os.path.join(ld, "device-curl")
+            os.makedirs(pb)
+            try:
+                reg = self.start_registry(pb, seeded, started)
+                _, port, _ = self.start_daemon(pb, reg, started, host=DEVICE_IP, policy=policy)
+                print(f"      curl, no resume (budget {budget:.0f} s) ...", flush=True)
+                b = out["curl"] = self.link_curl(link, port, res, bundle, os.path.join(pb, "data", "uploads"), budget, ld)
+                print(f"      curl: {'applied' if b['applied_s'] else 'did not finish'} after {b['uploads']} "
+                      f"upload(s), {b['end_s']:.1f} s", flush=True)
+            finally:
+                stop_all(started)
+                if os.path.exists(os.path.join(pb, "plugin.log")):
+                    shutil.copyfile(os.path.join(pb, "plugin.log"), os.path.join(ld, "device-curl.log"))
+        return out
+
+    def keep_link_bundle(self, sc, d):
+        """Keeps the bundle sideload just built and its trust policy in bench/.cache/link/SCENARIO,
+        for --link-only; returns (bundle, policy) there."""
+        kd = os.path.join(self.cache, "link", sc["name"])
+        os.makedirs(kd, exist_ok=True)
+        bundle, policy = os.path.join(kd, "app.bundle"), os.path.join(kd, "trust.toml")
+        shutil.copyfile(os.path.join(d, "app.bundle"), bundle)
+        shutil.copyfile(self.policy, policy)
+        with open(os.path.join(kd, "meta.json"), "w") as f:
+            json.dump(dict(old=self.old_identity(sc), built=datetime.datetime.now().astimezone().isoformat(
+                timespec="minutes")), f, indent=1)
+        return bundle, policy
+
+    def git_state(self):
+        """The tree the binaries were built from: its commit, and the files that differ from it,
+        each marked when it changed after the binaries were built (so not in them)."""
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        built = max(os.path.getmtime(os.path.join(self.bin, b)) for b in ("sideload", "sideload-registry-plugin"))
+        dirty = []
+        for line in sh_out(f"git -C {repo} status --porcelain").splitlines():
+            path = line[3:].strip()
+            try:
+                later = os.path.getmtime(os.path.join(repo, path)) > built
+            except OSError:
+                later = False
+            dirty.append(line.strip() + (" (changed after the binaries were built)" if later else ""))
+        return dict(head=sh_out(f"git -C {repo} rev-parse --short HEAD"),
+                    binaries_built=datetime.datetime.fromtimestamp(built).astimezone().isoformat(timespec="seconds"),
+                    dirty=dirty)
+
+    @staticmethod
+    def old_identity(sc):
+        if sc["old"] is None:
+            return None
+        st = os.stat(sc["old"])
+        return dict(path=os.path.realpath(sc["old"]), size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def run_link(self, sc, bundle, policy):
+        """--link: both transfers; the results go into sc["link"], a JSON file and the logs
+        next to the report (bench/results/link-SCENARIO*)."""
+        print("   shaped link with drops: sideload push, then curl without resume", flush=True)
+        t = time.time()
+        ld = os.path.join(self.work, "link", sc["name"])
+        os.makedirs(ld)
+        try:
+            sc["link"] = self.link_measure(sc, bundle, policy, ld)
+            sc["link"]["status"] = "yes" if sc["link"]["push"]["finished"] else "FAILED"
+            if sc["link"]["status"] != "yes":
+                sc["link"]["error"] = (f"sideload push did not get the bundle applied (exit "
+                                       f"{sc['link']['push']['exit']}, state {sc['link']['push']['state']})")
+        except Exception as e:  # recorded and reported; the run exits non-zero
+            sc["link"] = dict(status="FAILED", error=str(e).strip())
+            print(f"   shaped link: FAILED ({time.time() - t:.0f} s): {sc['link']['error']}", flush=True)
+        finally:
+            kept = []
+            for src, name in (("push.log", "push"), ("curl.log", "curl"), ("device-push.log", "device-push"),
+                              ("device-curl.log", "device-curl")):
+                if os.path.exists(os.path.join(ld, src)):
+                    dst = os.path.join(self.log_dir, f"link-{sc['name']}-{name}.log")
+                    shutil.copyfile(os.path.join(ld, src), dst)
+                    kept.append(dst)
+            if "link" in sc:
+                sc["link"].update(kept_logs=kept, seconds=round(time.time() - t),
+                                  date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+                path = os.path.join(self.log_dir, f"link-{sc['name']}.json")
+                with open(path, "w") as f:
+                    json.dump(sc["link"], f, indent=1)
+                    f.write("\n")
+                print(f"   (link results: {path}; logs: {', '.join(kept)})", flush=True)
+            shutil.rmtree(ld, ignore_errors=True)
+
+    def run_link_only(self):
+        """--link-only: the --link measurement with the bundle an earlier --link run kept."""
+        for sc in self.scenarios:
+            print(f"== scenario {sc['name']}: {sc['desc']}", flush=True)
+            kd = os.path.join(self.cache, "link", sc["name"])
+            meta = read_json(os.path.join(kd, "meta.json"))
+            if not meta or not os.path.exists(os.path.join(kd, "app.bundle")):
+                sc["link"] = dict(status="FAILED", error=f"no bundle kept in {kd}: run bench/run.sh --scenario "
+                                                         f"{sc['name']} --only sideload --link first")
+            elif meta.get("old") != self.old_identity(sc):
+                sc["link"] = dict(status="FAILED", error=f"the bundle in {kd} was built against another old "
+                                                         "image (the corpus changed): run with --link again")
+            else:
+                print(f"   (bundle kept by the --link run of {meta.get('built')})", flush=True)
+                self.run_link(sc, os.path.join(kd, "app.bundle"), os.path.join(kd, "trust.toml"))
+                continue
+            print(f"   shaped link: FAILED: {sc['link']['error']}", flush=True)
+        return {}
 
     def plain(self, sc, d):
         held = set(archive_diff_ids(sc["old"])) if sc["old"] else set()
@@ -1002,6 +1675,14 @@ class Bench:
                 print(f"{row['status']} ({time.time() - t:.0f} s{extra})", flush=True)
                 if method == "sideload" and self.plugin:
                     self.run_plugin(sc, d, row)
+                if method == "sideload" and self.link:
+                    if row["status"] == "yes" and os.path.exists(os.path.join(d, "app.bundle")):
+                        rebuilt = os.path.join(d, "rebuilt.tar")  # checked already; its space is needed
+                        if os.path.exists(rebuilt):
+                            os.remove(rebuilt)
+                        self.run_link(sc, *self.keep_link_bundle(sc, d))
+                    else:
+                        sc["link"] = dict(status="FAILED", error="no bundle: sideload did not reproduce the target")
                 shutil.rmtree(d, ignore_errors=True)
             results[sc["name"]] = rows
         return results
@@ -1151,6 +1832,103 @@ def plugin_rows(bench):
     return rows
 
 
+LINK_HEAD = ["transfer", "finished", "to queued s", "to applied s", "client sent B", "device received B",
+             "wire rx B", "TCP payload est. B", "payload ÷ bundle", "uploads / retries", "requests", "drops",
+             "notes"]
+LINK_NUMERIC = {2, 3, 4, 5, 6, 7, 8, 10, 11}
+
+
+def fmt_s(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
+def drops_before_queued(t):
+    """The drops a transfer met before the device had the whole bundle (push, with --wait, goes
+    on asking for the state over the link after that)."""
+    until = t["queued_s"] if t["queued_s"] is not None else t["end_s"]
+    return [d for d in t["drops"] if d["down_at"] < until]
+
+
+def link_rows(bench):
+    """The --link table: a row per transfer (per scenario measured), or a FAILED row."""
+    rows = [LINK_HEAD]
+    for sc in bench.scenarios:
+        lk = sc.get("link")
+        if not lk:
+            continue
+        if "push" not in lk:
+            rows.append([f"{sc['name']}: FAILED"] + ["-"] * 11 + [lk.get("error", "").splitlines()[0][:200]])
+            continue
+        for name, t in (("sideload push", lk["push"]), ("curl, no resume", lk.get("curl"))):
+            if t is None:
+                rows.append([name, "-"] + ["-"] * 10 + ["not run"])
+                continue
+            label = name if len(bench.scenarios) == 1 else f"{sc['name']}: {name}"
+            if name == "sideload push":
+                fin = "yes" if t["finished"] else f"NO ({t['state']})"
+                tries = f"1 / {t['retries']}"
+                sig = ""
+                if t["exit"] is not None and t["exit"] < 0:
+                    sig = f" (killed by signal {-t['exit']}, " + ("by the bench: over its time cap)" if t["killed_by_bench"]
+                                                                  else "not by the bench)")
+                notes = (f"{t['command']}; exit {t['exit']}{sig}; client done at {fmt_s(t['client_s'])} s "
+                         f"(with --wait: after it saw applied); partial upload left on the device {t['part_left']:,} B")
+            else:
+                fin = "yes" if t["finished"] else f"no (budget {t['budget_s']} s)"
+                tries = f"{t['uploads']} from byte 0"
+                fails = ", ".join(f"{k} ×{n}" for k, n in sorted(t["failures"].items())) or "none"
+                notes = (f"{t['command']}; budget {t['budget_s']} s; failed attempts: {fails}; "
+                         f"{t['deleted_after_429']} abandoned upload(s) deleted after 429 too_many_uploads; "
+                         f"partial uploads (.part) left on the device {t['part_left']:,} B (peak {t['part_peak']:,} B)")
+            rows.append([
+                label, fin, fmt_s(t["queued_s"]), fmt_s(t["applied_s"]),
+                "-" if t["client_sent"] is None else f"{t['client_sent']:,}", f"{t['device_received']:,}",
+                f"{t['rx_bytes']:,}", f"{t['payload_est']:,}", f"{t['payload_ratio']:.3f}", tries,
+                "-" if t["requests"] is None else str(t["requests"]), str(len(drops_before_queued(t))), notes,
+            ])
+    return rows
+
+
+def link_lines(bench):
+    """Sentences under the --link table: link, schedule, calibration, and what each drop did."""
+    out = []
+    for sc in bench.scenarios:
+        lk = sc.get("link")
+        if not lk or "push" not in lk:
+            continue
+        b, cal = lk["bundle"], lk["calibration"]
+        plan = ", ".join(f"{u:.1f}/{d:.1f}" for u, d in lk["plan"][:10])
+        out.append(f"{sc['name']}: bundle {b['bundle_bytes']:,} B ({b['ref']}); link: veth, tbf `{lk['link']['tbf']}` on "
+                   f"both ends' egress, drops = device end set down; seed {lk['seed']}, up ~ uniform"
+                   f"{tuple(lk['link']['up_s'])} s, down ~ uniform{tuple(lk['link']['down_s'])} s; its first "
+                   f"10 periods (up s / down s, from each transfer's start): {plan}")
+        out.append(f"clean-link calibration: {cal['body_bytes']:,} B PATCH in {cal['patch_s']:.1f} s = "
+                   f"{cal['payload_mbit_s']:.3f} Mbit/s of payload (the bundle alone: "
+                   f"{b['bundle_bytes'] * 8 / cal['payload_mbit_s'] / 1e6:.0f} s without drops); TCP payload estimate "
+                   f"(rx_bytes - {TCP_HEADERS} × rx_packets) {cal['payload_est']:,} B against {cal['curl_sent']:,} B "
+                   f"curl sent (headers + body): {100 * cal['error']:+.3f} %")
+        for name, key in (("sideload push", "push"), ("curl", "curl")):
+            t = lk.get(key)
+            if not t:
+                continue
+            parts = []
+            before = drops_before_queued(t)
+            for dr in t["drops"]:
+                up = dr.get("up_at")
+                span = f"{dr['down_at']:.0f}–{'?' if up is None else f'{up:.0f}'} s"
+                what = []
+                if dr["client_gave_up_after"] is not None:
+                    what.append(f"gave up after {dr['client_gave_up_after']:.0f} s")
+                if dr["data_again_after_up"] is not None:
+                    what.append(f"data {dr['data_again_after_up']:.1f} s after up")
+                if dr not in before:
+                    what.append("after the device had the bundle")
+                parts.append(span + (f" ({', '.join(what)})" if what else ""))
+            out.append(f"{name}: drops met: " + ("; ".join(parts) if parts else "none")
+                       + (f"; schedule error: {t['schedule_error']}" if t.get("schedule_error") else ""))
+    return out
+
+
 def report(bench, results, out_path, total_seconds):
     text, md = [], []
     md.append("# sideload delta benchmark\n")
@@ -1186,13 +1964,14 @@ def report(bench, results, out_path, total_seconds):
             pl = plugin_line(sc["plugin"])
             text.append(pl)
             md.append(pl + ".\n")
-    summ = summary_rows(bench, results)
-    text.append("\n[summary] sideload against the smallest output of any other tool that reproduced the target")
-    text.append("\n".join("  |  ".join(r) for r in summ))
-    md.append("## Summary\n")
-    md.append("sideload against the smallest output of any other tool that reproduced the target "
-              "(ratio < 1: sideload is smaller).\n")
-    md.append(md_table(summ, SUMMARY_HEAD, {1, 3, 4, 5, 6, 7, 8}) + "\n")
+    if any(results.values()):
+        summ = summary_rows(bench, results)
+        text.append("\n[summary] sideload against the smallest output of any other tool that reproduced the target")
+        text.append("\n".join("  |  ".join(r) for r in summ))
+        md.append("## Summary\n")
+        md.append("sideload against the smallest output of any other tool that reproduced the target "
+                  "(ratio < 1: sideload is smaller).\n")
+        md.append(md_table(summ, SUMMARY_HEAD, {1, 3, 4, 5, 6, 7, 8}) + "\n")
     prow = plugin_rows(bench)
     if len(prow) > 1:
         text.append("\n[registry plugin] sideload-registry-plugin in front of docker-registry (loopback): "
@@ -1208,6 +1987,31 @@ def report(bench, results, out_path, total_seconds):
                   "`skopeo copy docker://… dir:` of the rebuilt image through the plugin and straight from the "
                   "registry, the faster of the rounds; ratio > 1: the plugin is slower. See `bench/README.md`.\n")
         md.append(md_table(prow, PLUGIN_HEAD, {1, 2, 3, 4, 5, 6, 7, 8}) + "\n")
+    lrow = link_rows(bench)
+    if len(lrow) > 1:
+        text.append("\n[shaped link] the bundle over 1 Mbit/s with drops: sideload push against curl without resume, "
+                    "each to a fresh device, same drop schedule")
+        text.append("\n".join("  |  ".join(r) for r in lrow))
+        text.extend(link_lines(bench))
+        md.append("## Shaped link with drops\n")
+        md.append("`--link`: the bundle sent from a network namespace to the device daemon over a veth pair shaped "
+                  "to 1 Mbit/s each way (tc tbf), dropped on a seeded schedule (device end set down: silent loss), "
+                  "once with `sideload push` and once with plain `curl` starting over after every failure, each to a "
+                  "fresh device (registry seeded with the old image, new data directory). `to queued s` / `to "
+                  "applied s`: from the transfer's start until the device's journal says so (polled every "
+                  f"{LINK_POLL_S} s on the device, not over the link). `client sent B`: body bytes the client handed "
+                  "to its connections (push's `bytes_sent`, the sum of curl's `size_upload`); `device received B`: "
+                  "the daemon's `sideload_upload_bytes_total`; `wire rx B`: the device end's rx_bytes (Ethernet "
+                  f"frames reaching the device); `TCP payload est. B`: rx_bytes - {TCP_HEADERS} × rx_packets, checked "
+                  "on the clean link first (below); `payload ÷ bundle`: that ÷ the bundle size (1 = nothing sent "
+                  "twice). `drops`: down periods that began before the device had the whole bundle. See `bench/README.md`.\n")
+        md.append(md_table(lrow, LINK_HEAD, LINK_NUMERIC) + "\n")
+        for line in link_lines(bench):
+            md.append(line + ".\n")
+    for sc in bench.scenarios:
+        lk = sc.get("link")
+        if lk and lk.get("status") != "yes":
+            text.append(f"shaped link ({sc['name']}): FAILED: {lk.get('error', '')}")
     md.append("## Machine\n")
     for k, v in bench.machine:
         md.append(f"- {k}: {v}")
@@ -1223,6 +2027,22 @@ def report(bench, results, out_path, total_seconds):
     with open(out_path, "w") as f:
         f.write("\n".join(md))
     print(f"\nwrote {out_path}")
+
+
+def seconds_range(text):
+    """`LO,HI` seconds, 0 < LO <= HI (argparse type)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write LO,HI in seconds, e.g. 30,90")
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LO <= HI")
+    return (lo, hi)
+
+
+def on_sigterm(signum, frame):
+    """A SIGTERM unwinds like Ctrl-C, so the finally blocks stop the servers and remove the link."""
+    raise KeyboardInterrupt()
 
 
 def main():
@@ -1255,6 +2075,23 @@ def main():
                          "and straight from the registry (needs sideload in --only)")
     ap.add_argument("--plugin-pull-rounds", type=int, default=PLUGIN_PULL_ROUNDS, metavar="N",
                     help=f"--plugin: pulls each way, alternating (default {PLUGIN_PULL_ROUNDS}); the fastest counts")
+    ap.add_argument("--link", action="store_true",
+                    help="also deliver each scenario's bundle over a 1 Mbit/s link with drops (network namespace, "
+                         "veth, tc tbf; needs root): sideload push, then plain curl without resume, each to a fresh "
+                         "device daemon, same drop schedule; wall time, bytes sent, bytes on the wire (needs "
+                         "sideload in --only; meant for --scenario large)")
+    ap.add_argument("--link-only", action="store_true",
+                    help="only the --link measurement, with the bundle an earlier --link run kept in "
+                         "bench/.cache/link/SCENARIO (no build, no other tool)")
+    ap.add_argument("--link-seed", type=int, default=LINK_SEED, metavar="N",
+                    help=f"--link: seed of the drop schedule (default {LINK_SEED})")
+    ap.add_argument("--link-up-s", type=seconds_range, default=LINK_UP_S, metavar="LO,HI",
+                    help="--link: the link stays up uniform(LO, HI) seconds between drops (default %s,%s)" % LINK_UP_S)
+    ap.add_argument("--link-down-s", type=seconds_range, default=LINK_DOWN_S, metavar="LO,HI",
+                    help="--link: each drop lasts uniform(LO, HI) seconds (default %s,%s)" % LINK_DOWN_S)
+    ap.add_argument("--link-budget-s", type=float, metavar="S",
+                    help=f"--link: how long curl may keep starting over (default {LINK_BUDGET_FACTOR} x sideload "
+                         f"push's wall time, at least {LINK_BUDGET_MIN_S} s)")
     args = ap.parse_args()
     only = None
     if args.only:
@@ -1272,6 +2109,17 @@ def main():
             missing.append(os.path.join(args.bin, "sideload-registry-plugin"))
         if missing:
             ap.error("--plugin needs: " + ", ".join(missing))
+    if args.link or args.link_only:
+        if args.link and only is not None and "sideload" not in only:
+            ap.error("--link sends the bundle sideload builds: add sideload to --only (or use --link-only)")
+        missing = link_preflight() + [c for c in ("docker-registry", "skopeo") if shutil.which(c) is None]
+        for b in ("sideload", "sideload-registry-plugin"):
+            if not os.access(os.path.join(args.bin, b), os.X_OK):
+                missing.append(os.path.join(args.bin, b))
+        if missing:
+            ap.error("--link needs: " + ", ".join(missing))
+    if args.link_budget_s is not None and args.link_budget_s <= 0:
+        ap.error("--link-budget-s must be positive")
     LIMITS["timeout"] = args.tool_timeout
     LIMITS["mem"] = args.mem_limit_gib << 30
     if args.scenario:
@@ -1287,13 +2135,16 @@ def main():
     start = datetime.datetime.now()
     bench = Bench(args)
     bench.machine = machine_info(bench.versions)
+    signal.signal(signal.SIGTERM, on_sigterm)
     bench.setup(names)
-    results = bench.run_all(only)
+    results = bench.run_link_only() if args.link_only else bench.run_all(only)
     report(bench, results, args.out, (datetime.datetime.now() - start).total_seconds())
     failed = [(n, r["tool"], r["status"]) for n, rows in results.items() for r in rows
               if r["status"] in ("NO", "FAILED")]
     failed += [(sc["name"], "registry plugin", "FAILED") for sc in bench.scenarios
                if sc.get("plugin") and sc["plugin"]["status"] != "yes"]
+    failed += [(sc["name"], "shaped link", "FAILED") for sc in bench.scenarios
+               if sc.get("link") and sc["link"]["status"] != "yes"]
     if failed:
         print("NOT REPRODUCED: " + ", ".join(f"{t} in {n} ({s})" for n, t, s in failed), file=sys.stderr)
         return 1
@@ -1301,4 +2152,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the finally blocks have stopped what the bench started
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

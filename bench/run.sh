@@ -16,6 +16,17 @@
 #   --plugin also uploads each scenario's bundle to sideload-registry-plugin in front of a
 #   docker-registry on loopback: upload -> tag visible, the daemon's peak RSS, pulls through the
 #   plugin against straight from the registry (builds the plugin, installs docker-registry).
+#   --link (as root) also sends each scenario's bundle over a 1 Mbit/s link with drops (a
+#   network namespace sl-bench-cli, a veth pair 10.213.0.0/30 shaped with tc tbf both ways, the
+#   device end set down on a seeded schedule: up 30-90 s, down 3-15 s) to the registry plugin,
+#   once with `sideload push` and once with plain curl that starts over after every failure,
+#   each to a fresh device: wall time, bytes sent, bytes on the wire (TCP payload, checked on
+#   the clean link first), attempts, drops. Meant for the large bundle (`large`: the build, then
+#   ~12 min when curl gets through at once; curl may use its budget, 3x push's time, >= 20 min):
+#     bench/run.sh --scenario large --only sideload --link [--link-seed N] [--link-budget-s S]
+#                  [--link-up-s LO,HI] [--link-down-s LO,HI]   (default 30,90 and 3,15 seconds)
+#   --link-only: the same with the bundle the last --link run kept (bench/.cache/link/), no build.
+#   Writes bench/results/link-SCENARIO.json and the clients' and daemons' logs beside latest.md.
 #
 # The peers' rows are cached in bench/.cache/peer-results/SCENARIO/METHOD.json and reused while
 # their key matches (tool version and binaries, its options, its code in bench.py, CPU and nproc,
@@ -34,10 +45,25 @@ ROOT=$PWD
 # Debian package -> a command it provides.
 declare -A deb=([bsdiff]=bspatch [xdelta3]=xdelta3 [zstd]=zstd [rdiff]=rdiff [time]=/usr/bin/time [skopeo]=skopeo
                 [debootstrap]=debootstrap [gcc]=gcc)
-# --plugin (the registry plugin measurement) also needs a distribution registry.
+# --plugin (the registry plugin measurement) also needs a distribution registry; --link and
+# --link-only too, and curl and iproute2 (ip, tc), and root.
 plugin=0
-for a in "$@"; do [ "$a" = --plugin ] && plugin=1; done
+link=0
+for a in "$@"; do
+  case "$a" in
+    --plugin) plugin=1 ;;
+    --link|--link-only) plugin=1; link=1 ;;
+  esac
+done
 [ "$plugin" -eq 0 ] || deb[docker-registry]=docker-registry
+if [ "$link" -eq 1 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: --link needs root (it makes a network namespace, a veth pair and tc qdiscs); run bench/run.sh as root" >&2
+    exit 2
+  fi
+  deb[curl]=curl
+  deb[iproute2]=tc
+fi
 missing=()
 for pkg in "${!deb[@]}"; do
   command -v "${deb[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")

@@ -112,6 +112,51 @@ impl Link {
         ]);
         ip(&["-n", &link.ns, "link", "set", &client_if, "up"]);
         ip(&["-n", &link.ns, "link", "set", "lo", "up"]);
+        // While the device end is down its connected route is gone, and replies to the client
+        // would leave by the default route, off the machine: a blackhole route keeps them here.
+        let subnet = format!("{}.0/24", link.device_ip.rsplit_once('.').unwrap().0);
+        ip(&["route", "add", "blackhole", &subnet, "metric", "4000"]);
+        // A real link that drops loses packets silently; a veth that is down would also
+        // make the client's ARP fail ("No route to host"). Fixed neighbours on both ends.
+        let mac = |ns: Option<&str>, dev: &str| -> String {
+            let path = format!("/sys/class/net/{dev}/address");
+            let out = match ns {
+                Some(ns) => {
+                    Command::new("ip")
+                        .args(["netns", "exec", ns, "cat", &path])
+                        .output()
+                        .unwrap()
+                        .stdout
+                }
+                None => std::fs::read(&path).unwrap(),
+            };
+            String::from_utf8(out).unwrap().trim().to_owned()
+        };
+        let (host_mac, client_mac) = (mac(None, &link.host_if), mac(Some(&link.ns), &client_if));
+        ip(&[
+            "-n",
+            &link.ns,
+            "neigh",
+            "replace",
+            &link.device_ip,
+            "lladdr",
+            &host_mac,
+            "dev",
+            &client_if,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "neigh",
+            "replace",
+            &client_ip,
+            "lladdr",
+            &client_mac,
+            "dev",
+            &link.host_if,
+            "nud",
+            "permanent",
+        ]);
         let tbf = [
             "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
         ];
@@ -213,6 +258,10 @@ impl Drop for Link {
         // Deleting the namespace destroys its end later; delete ours now so names are free.
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
+            .status();
+        let subnet = format!("{}.0/24", self.device_ip.rsplit_once('.').unwrap().0);
+        let _ = Command::new("ip")
+            .args(["route", "del", "blackhole", &subnet, "metric", "4000"])
             .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }

@@ -236,8 +236,16 @@ fn summary(r: &Report) -> String {
         Outcome::Skipped => "not sent".into(),
     };
     format!(
-        "{}: {how}; sent {} bytes for {} ({} already there), {} requests, {} retries, {:.1} s",
-        r.name, r.bytes_sent, r.size, r.held_at_start, r.requests, r.retries, r.seconds
+        "{}: {how}; the device took {} of its {} bytes ({} were there before), {} requests, \
+         {} retries, {:.1} s ({} bytes handed to connections, counting those lost with them)",
+        r.name,
+        r.held.saturating_sub(r.held_at_start),
+        r.size,
+        r.held_at_start,
+        r.requests,
+        r.retries,
+        r.seconds,
+        r.bytes_sent,
     )
 }
 
