@@ -204,6 +204,42 @@ impl Report {
         r
     }
 
+    /// Ends the push if the answer is the device's last word on it (refused, or a problem
+    /// retrying does not fix); true if it was.
+    fn verdict(&mut self, answer: &Answer) -> bool {
+        match answer {
+            Answer::Refused {
+                code,
+                reason,
+                advice,
+            } => self.fail(Outcome::Refused, code, reason.clone(), advice.clone()),
+            Answer::Fatal {
+                code,
+                reason,
+                advice,
+            } => self.fail(Outcome::Error, code, reason.clone(), advice.clone()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The device lost the upload (expired, cancelled): true to start a new one, false
+    /// (and the push failed) when that happened too often.
+    fn upload_lost(&mut self, recreated: &mut u32, obs: &dyn Observer) -> bool {
+        *recreated += 1;
+        if *recreated > MAX_RECREATED {
+            self.fail(
+                Outcome::Error,
+                "upload_lost",
+                format!("the device dropped the upload {recreated} times"),
+                "check the device's uploads.idle_expiry_secs and its logs".into(),
+            );
+            return false;
+        }
+        obs.note("the device no longer knows the upload; starting a new one");
+        true
+    }
+
     fn fail(&mut self, outcome: Outcome, code: &str, reason: String, advice: String) {
         self.outcome = outcome;
         self.code = Some(code.to_owned());
@@ -484,6 +520,18 @@ impl Device {
         self.within(tokio::time::sleep(delay)).await
     }
 
+    /// Counts a failure and waits before the next attempt.
+    async fn retry(
+        &self,
+        backoff: &mut Backoff,
+        report: &mut Report,
+        why: &str,
+        obs: &dyn Observer,
+    ) -> Result<(), Failure> {
+        report.retries += 1;
+        self.pause(backoff, why, obs).await
+    }
+
     /// Pushes one bundle until the device takes or refuses it, or the deadline passes.
     pub async fn push(&self, local: &LocalBundle, obs: &dyn Observer) -> Report {
         let started = Instant::now();
@@ -558,36 +606,18 @@ impl Device {
                     return Ok(());
                 }
                 Ok(Answer::Upload { location, offset }) => (location, offset),
-                Ok(Answer::Fatal {
-                    code,
-                    reason,
-                    advice,
-                }) => {
-                    report.fail(Outcome::Error, &code, reason, advice);
-                    return Ok(());
-                }
-                Ok(Answer::Refused {
-                    code,
-                    reason,
-                    advice,
-                }) => {
-                    report.fail(Outcome::Refused, &code, reason, advice);
-                    return Ok(());
-                }
+                Ok(answer) if report.verdict(&answer) => return Ok(()),
                 Ok(other) => {
-                    report.retries += 1;
                     let why = match other {
-                        Answer::Retry(r) => r,
+                        Answer::Retry(r) => format!("device busy: {r}"),
                         a => format!("unexpected answer to create: {a:?}"),
                     };
-                    self.pause(&mut backoff, &format!("device busy: {why}"), obs)
-                        .await?;
+                    self.retry(&mut backoff, report, &why, obs).await?;
                     continue 'create;
                 }
                 Err(Failure::Transport(e)) => {
-                    report.retries += 1;
-                    self.pause(&mut backoff, &format!("cannot reach the device: {e}"), obs)
-                        .await?;
+                    let why = format!("cannot reach the device: {e}");
+                    self.retry(&mut backoff, report, &why, obs).await?;
                     continue 'create;
                 }
                 Err(f) => return Err(f),
@@ -629,9 +659,8 @@ impl Device {
                 let answer = match answer {
                     Ok(a) => a,
                     Err(Failure::Transport(e)) => {
-                        report.retries += 1;
-                        self.pause(&mut backoff, &format!("link lost: {e}"), obs)
-                            .await?;
+                        let why = format!("link lost: {e}");
+                        self.retry(&mut backoff, report, &why, obs).await?;
                         Answer::Retry(String::new())
                     }
                     Err(f) => return Err(f),
@@ -669,50 +698,21 @@ impl Device {
                                 );
                                 return Ok(());
                             }
-                            report.retries += 1;
-                            self.pause(&mut backoff, "the device took no bytes", obs)
+                            self.retry(&mut backoff, report, "the device took no bytes", obs)
                                 .await?;
                         }
                         offset = o;
                     }
-                    Answer::Refused {
-                        code,
-                        reason,
-                        advice,
-                    } => {
-                        report.fail(Outcome::Refused, &code, reason, advice);
+                    Answer::Refused { .. } | Answer::Fatal { .. } => {
+                        report.verdict(&answer);
                         return Ok(());
                     }
-                    Answer::Fatal {
-                        code,
-                        reason,
-                        advice,
-                    } => {
-                        report.fail(Outcome::Error, &code, reason, advice);
-                        return Ok(());
-                    }
-                    Answer::Gone => {
-                        recreated += 1;
-                        if recreated > MAX_RECREATED {
-                            report.fail(
-                                Outcome::Error,
-                                "upload_lost",
-                                format!(
-                                    "{}: the device dropped the upload {recreated} times",
-                                    local.name
-                                ),
-                                "check the device's uploads.idle_expiry_secs and its logs".into(),
-                            );
-                            return Ok(());
-                        }
-                        obs.note("the device no longer knows the upload; starting a new one");
-                        continue 'create;
-                    }
+                    Answer::Gone if report.upload_lost(&mut recreated, obs) => continue 'create,
+                    Answer::Gone => return Ok(()),
                     Answer::Retry(why) => {
                         if !why.is_empty() {
-                            report.retries += 1;
-                            self.pause(&mut backoff, &format!("device busy: {why}"), obs)
-                                .await?;
+                            let why = format!("device busy: {why}");
+                            self.retry(&mut backoff, report, &why, obs).await?;
                         }
                         // Ask where to go on, retrying until the device answers.
                         loop {
@@ -734,60 +734,26 @@ impl Device {
                                     offset = o;
                                     break;
                                 }
-                                Ok(Answer::Gone) if recreated < MAX_RECREATED => {
-                                    recreated += 1;
-                                    obs.note(
-                                        "the device no longer knows the upload; starting a new one",
-                                    );
-                                    continue 'create;
-                                }
-                                Ok(Answer::Gone) => {
-                                    report.fail(
-                                        Outcome::Error,
-                                        "upload_lost",
-                                        format!(
-                                            "the device dropped the upload {} times",
-                                            recreated + 1
-                                        ),
-                                        "check the device's uploads.idle_expiry_secs and its logs"
-                                            .into(),
-                                    );
-                                    return Ok(());
-                                }
-                                Ok(Answer::Fatal {
-                                    code,
-                                    reason,
-                                    advice,
-                                }) => {
-                                    report.fail(Outcome::Error, &code, reason, advice);
-                                    return Ok(());
-                                }
+                                Ok(Answer::Gone) => match report.upload_lost(&mut recreated, obs) {
+                                    true => continue 'create,
+                                    false => return Ok(()),
+                                },
+                                Ok(answer) if report.verdict(&answer) => return Ok(()),
                                 Ok(a) => {
-                                    report.retries += 1;
-                                    self.pause(
-                                        &mut backoff,
-                                        &format!("unexpected answer to HEAD: {a:?}"),
-                                        obs,
-                                    )
-                                    .await?;
+                                    let why = format!("unexpected answer to HEAD: {a:?}");
+                                    self.retry(&mut backoff, report, &why, obs).await?;
                                 }
                                 Err(Failure::Transport(e)) => {
-                                    report.retries += 1;
-                                    self.pause(
-                                        &mut backoff,
-                                        &format!("cannot reach the device: {e}"),
-                                        obs,
-                                    )
-                                    .await?;
+                                    let why = format!("cannot reach the device: {e}");
+                                    self.retry(&mut backoff, report, &why, obs).await?;
                                 }
                                 Err(f) => return Err(f),
                             }
                         }
                     }
                     Answer::Known { .. } | Answer::Upload { .. } => {
-                        report.retries += 1;
-                        self.pause(&mut backoff, "unexpected answer to an upload request", obs)
-                            .await?;
+                        let why = "unexpected answer to an upload request";
+                        self.retry(&mut backoff, report, why, obs).await?;
                     }
                 }
             }
