@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{bundle, bundle_id, seed_v1, BundleSpec, Daemon, DaemonOptions, Registry, Signer};
+use support::{
+    bundle, bundle_id, seed_v1, stdout_json, whole_image_bundle, BundleSpec, Daemon, DaemonOptions,
+    Registry, Signer,
+};
 
 fn push(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sideload"))
@@ -21,26 +24,6 @@ fn push(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("sideload runs")
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// The daemon's count of upload bytes it received and stored.
-fn device_received(daemon: &Daemon) -> u64 {
-    let r = daemon.request("GET", "/metrics", &[], b"");
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix("sideload_upload_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("upload byte counter in /metrics")
 }
 
 /// A TCP relay that cuts every connection once `cut_every` more client bytes have passed,
@@ -126,14 +109,6 @@ fn relay(
     let _ = client.shutdown(Shutdown::Both);
 }
 
-fn whole_image_bundle() -> std::path::PathBuf {
-    bundle(BundleSpec {
-        name: "app-v2-whole.bundle",
-        with_base: false,
-        ..Default::default()
-    })
-}
-
 fn size(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
@@ -159,7 +134,7 @@ fn push_resumes_through_cuts_without_resending_and_waits_for_apply() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let r = &report(&out)["bundles"][0];
+    let r = &stdout_json(&out)["bundles"][0];
     assert_eq!(r["outcome"], "queued", "{r:#}");
     assert_eq!(r["state"], "applied", "{r:#}");
     assert_eq!(r["bundle"], bundle_id(&path));
@@ -169,7 +144,7 @@ fn push_resumes_through_cuts_without_resending_and_waits_for_apply() {
     assert!(stderr.contains("resuming at byte"), "{stderr}");
     // Nothing was sent twice: the device stored exactly the file, and what crossed the
     // proxy (bundle bytes plus HTTP heads of every request) stays within 2 %.
-    assert_eq!(device_received(&daemon), total);
+    assert_eq!(daemon.upload_bytes_total(), total);
     let upstream = proxy.upstream_bytes.load(Ordering::SeqCst);
     assert!(
         upstream as f64 <= total as f64 * 1.02,
@@ -187,7 +162,7 @@ fn push_resumes_through_cuts_without_resending_and_waits_for_apply() {
         "--json",
     ]);
     assert!(out.status.success());
-    let r = &report(&out)["bundles"][0];
+    let r = &stdout_json(&out)["bundles"][0];
     assert_eq!(r["outcome"], "known", "{r:#}");
     assert_eq!(r["state"], "applied");
     assert_eq!(r["requests"], 1);
@@ -215,12 +190,12 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("what to do:"), "{stderr}");
-    let v = report(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["bundles"][0]["outcome"], "refused");
     assert_eq!(v["bundles"][0]["code"], "unknown_key");
     assert_eq!(v["bundles"][1]["outcome"], "skipped", "{v:#}");
     // The device stored no payload byte of the refused bundle (only its head was read).
-    assert!(device_received(&daemon) < 8192);
+    assert!(daemon.upload_bytes_total() < 8192);
 }
 
 #[test]
@@ -275,7 +250,7 @@ fn unreachable_devices_retry_until_the_deadline_then_say_so() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(start.elapsed() < Duration::from_secs(30));
-    let r = &report(&out)["bundles"][0];
+    let r = &stdout_json(&out)["bundles"][0];
     assert_eq!(r["outcome"], "deadline", "{r:#}");
     assert!(r["retries"].as_u64().unwrap() >= 3, "{r:#}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -331,7 +306,7 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
     // Without the token: 401, a clear message, exit 1, nothing retried.
     let out = push(&[p, "--to", &url, "--pin", &pin, "--json"]);
     assert_eq!(out.status.code(), Some(1));
-    let r = &report(&out)["bundles"][0];
+    let r = &stdout_json(&out)["bundles"][0];
     assert_eq!(r["code"], "unauthorized", "{r:#}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
 
@@ -349,7 +324,7 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let r = &report(&out)["bundles"][0];
+    let r = &stdout_json(&out)["bundles"][0];
     assert_eq!(r["code"], "tls", "{r:#}");
     assert!(r["reason"].as_str().unwrap().contains(&pin), "{r:#}");
     assert!(start.elapsed() < Duration::from_secs(20));
@@ -362,7 +337,7 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
         token.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(report(&out)["bundles"][0]["code"], "tls");
+    assert_eq!(stdout_json(&out)["bundles"][0]["code"], "tls");
 
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
     // The right pin and token: uploaded and applied.
@@ -382,7 +357,7 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(report(&out)["bundles"][0]["state"], "applied");
+    assert_eq!(stdout_json(&out)["bundles"][0]["state"], "applied");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
     assert!(
         !daemon.log().contains("s3cret"),
@@ -412,5 +387,5 @@ fn push_over_tls_with_a_pin_or_the_certificate_and_the_token() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(report(&out)["bundles"][0]["outcome"], "known");
+    assert_eq!(stdout_json(&out)["bundles"][0]["outcome"], "known");
 }

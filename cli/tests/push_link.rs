@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{bundle, bundle_id, BundleSpec, Daemon, DaemonOptions, Registry};
+use support::{bundle_id, stdout_json, whole_image_bundle, Daemon, DaemonOptions, Registry};
 
 /// Headers per received frame on a veth: Ethernet 14 + IPv4 20 + TCP with timestamps 32.
 const HEADERS_PER_FRAME: u64 = 66;
@@ -290,36 +290,6 @@ fn device_for(link: &Link, registry: &Registry) -> Daemon {
     )
 }
 
-fn whole_image_bundle() -> std::path::PathBuf {
-    bundle(BundleSpec {
-        name: "app-v2-whole.bundle",
-        with_base: false,
-        ..Default::default()
-    })
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })["bundles"][0]
-        .clone()
-}
-
-/// The daemon's count of upload bytes received and stored since it started.
-fn device_received(daemon: &Daemon) -> u64 {
-    daemon
-        .request("GET", "/metrics", &[], b"")
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("sideload_upload_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("upload byte counter in /metrics")
-}
-
 /// Waits for a child with a limit, killing it when the limit passes.
 fn wait_output(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
@@ -404,12 +374,12 @@ fn a_push_over_a_dropping_1mbit_link_arrives_with_at_most_2_percent_extra() {
     let wall = start.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let r = report(&out);
+    let r = stdout_json(&out)["bundles"][0].clone();
     assert_eq!(r["outcome"], "queued", "{r:#}");
     assert_eq!(r["state"], "applied", "{r:#}");
     assert_eq!(r["bundle"], bundle_id(&path));
     let wire = payload_since(&link, before);
-    let stored = device_received(&daemon);
+    let stored = daemon.upload_bytes_total();
     eprintln!(
         "seed {seed}: bundle {size} B; link dropped {} times ({schedule:.1?}); wall {wall:.1} s; \
          device stored {stored} B; TCP payload on the device's interface {wire} B ({:.4} x); \
@@ -463,7 +433,7 @@ fn a_push_survives_the_daemon_restarting_mid_upload() {
     cmd.args(PATIENCE);
     let child = spawn(cmd);
     let start = Instant::now();
-    while device_received(&daemon) < size / 3 {
+    while daemon.upload_bytes_total() < size / 3 {
         assert!(start.elapsed() < Duration::from_secs(300), "no progress");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -472,10 +442,10 @@ fn a_push_survives_the_daemon_restarting_mid_upload() {
     let out = wait_output(child, Duration::from_secs(900));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let r = report(&out);
+    let r = stdout_json(&out)["bundles"][0].clone();
     assert_eq!(r["state"], "applied", "{r:#}");
     assert!(r["retries"].as_u64().unwrap() >= 1, "{r:#}");
-    let after_restart = device_received(&daemon);
+    let after_restart = daemon.upload_bytes_total();
     assert!(
         after_restart < size * 3 / 4,
         "the upload started over after the restart: {after_restart} of {size} bytes came again"
@@ -505,13 +475,13 @@ fn a_killed_client_started_again_resumes_where_the_device_is() {
     first.args(PATIENCE);
     let mut child = spawn(first);
     let start = Instant::now();
-    while device_received(&daemon) < size * 2 / 5 {
+    while daemon.upload_bytes_total() < size * 2 / 5 {
         assert!(start.elapsed() < Duration::from_secs(300), "no progress");
         std::thread::sleep(Duration::from_millis(200));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let held_at_kill = device_received(&daemon);
+    let held_at_kill = daemon.upload_bytes_total();
     let mut again = link.push(&args);
     again.args(PATIENCE).arg("--wait");
     let out = wait_output(spawn(again), Duration::from_secs(900));
@@ -520,14 +490,14 @@ fn a_killed_client_started_again_resumes_where_the_device_is() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = report(&out);
+    let r = stdout_json(&out)["bundles"][0].clone();
     assert_eq!(r["state"], "applied", "{r:#}");
     let resumed_at = r["held_at_start"].as_u64().unwrap();
     assert!(
         resumed_at >= held_at_kill,
         "the second client started at {resumed_at}, the device held {held_at_kill}"
     );
-    assert_eq!(device_received(&daemon), size, "no byte stored twice");
+    assert_eq!(daemon.upload_bytes_total(), size, "no byte stored twice");
     let wire = payload_since(&link, before);
     eprintln!("client kill: bundle {size} B, resumed at {resumed_at}, wire {wire} B");
     assert!(wire as f64 <= size as f64 * 1.02, "{wire} bytes for {size}");

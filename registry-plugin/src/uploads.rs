@@ -133,6 +133,9 @@ struct Session {
     /// for `TAKEOVER_IDLE`, stops and keeps what it stored. A request still receiving bytes
     /// keeps the upload: two live clients do not cut each other off in turn.
     takeover: tokio::sync::watch::Sender<Claim>,
+    /// When the running writer last received bytes: a writer that is still receiving is
+    /// waited for by `HEAD`, so the offset it reports is not overtaken a moment later.
+    receiving_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// A request's claim on an upload.
@@ -154,6 +157,7 @@ impl Session {
             snapshot: Mutex::new(meta.clone()),
             meta: tokio::sync::Mutex::new(meta),
             takeover: tokio::sync::watch::Sender::new(Claim::default()),
+            receiving_at: Mutex::new(None),
         })
     }
 
@@ -396,8 +400,22 @@ impl Uploads {
     /// old request may still be open here).
     pub async fn status(&self, id: &str) -> Result<(UploadMeta, u64), UploadError> {
         let session = self.get(id)?;
+        let receiving = session
+            .receiving_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < TAKEOVER_IDLE);
         let meta = match session.meta.try_lock() {
             Ok(m) => m.clone(),
+            // A writer still receiving bytes (an old connection draining what it holds, or
+            // another client): wait a little for the exact offset. A dead one is not waited
+            // for: its bytes are all stored.
+            Err(_) if receiving => {
+                match tokio::time::timeout(TAKEOVER_WAIT, session.meta.lock()).await {
+                    Ok(m) => m.clone(),
+                    Err(_) => session.snapshot(),
+                }
+            }
             Err(_) => session.snapshot(),
         };
         // The length on disk is what the device holds; make it durable before reporting it.
@@ -501,6 +519,10 @@ impl Uploads {
                 }
             };
             last_frame = tokio::time::Instant::now();
+            *session
+                .receiving_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
             let data = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => d,
@@ -603,6 +625,10 @@ impl Uploads {
         let _ = file.flush().await;
         let _ = file.sync_data().await;
         drop(file);
+        *session
+            .receiving_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         tracing::debug!(upload = %id, offset, held, skipped, "append request ended");
         meta.updated_at = now();
         self.save(&meta)?;

@@ -288,6 +288,27 @@ pub fn bundle(spec: BundleSpec) -> PathBuf {
     path
 }
 
+/// edge/app:v2 as a whole image (no base): ~3.7 MB, for tests that need a transfer to take
+/// a while.
+pub fn whole_image_bundle() -> PathBuf {
+    bundle(BundleSpec {
+        name: "app-v2-whole.bundle",
+        with_base: false,
+        ..Default::default()
+    })
+}
+
+/// A command's stdout as JSON; panics with both streams when it is not.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// The statement digest of a bundle: its id on the device.
 pub fn bundle_id(path: &Path) -> String {
     let (head, _) = sideload_bundle::open_bundle(path, &Limits::default()).unwrap();
@@ -584,6 +605,16 @@ impl Daemon {
         );
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         v["upload"].as_str().expect("upload id").to_owned()
+    }
+
+    /// Upload bytes the daemon received and stored since it started (`/metrics`).
+    pub fn upload_bytes_total(&self) -> u64 {
+        self.request("GET", "/metrics", &[], b"")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("sideload_upload_bytes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("upload byte counter in /metrics")
     }
 
     /// The HEAD offset of an upload.
