@@ -190,6 +190,10 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("what to do:"), "{stderr}");
+    assert!(
+        stderr.contains("app-v2.bundle: not sent: untrusted.bundle did not go through"),
+        "{stderr}"
+    );
     let v = stdout_json(&out);
     assert_eq!(v["bundles"][0]["outcome"], "refused");
     assert_eq!(v["bundles"][0]["code"], "unknown_key");

@@ -80,10 +80,16 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
         let mut reports: Vec<Report> = Vec::new();
         for local in &locals {
             if let Some(blocker) = reports.iter().find(|r| !taken(r.outcome)) {
-                reports.push(Report::skipped(
+                let skipped = Report::skipped(
                     local,
                     &format!("not sent: {} did not go through", blocker.name),
+                );
+                observer.line(&format!(
+                    "{}: {}",
+                    skipped.name,
+                    skipped.reason.as_deref().unwrap_or_default()
                 ));
+                reports.push(skipped);
                 continue;
             }
             let report = device.push(local, &observer).await;
