@@ -280,14 +280,52 @@ impl Flapper {
     }
 }
 
-fn device_for(link: &Link, registry: &Registry) -> Daemon {
-    Daemon::start(
-        registry,
+/// A device (registry and daemon) at the end of a new 1 Mbit/s link, and the bundle the
+/// tests push to it. Bind `link` first so it is dropped last, after the daemon on it.
+struct Shaped {
+    daemon: Daemon,
+    _registry: Registry,
+    link: Link,
+    path: std::path::PathBuf,
+    size: u64,
+}
+
+fn shaped_device() -> Shaped {
+    let link = Link::create("1mbit");
+    let registry = Registry::start();
+    let daemon = Daemon::start(
+        &registry,
         DaemonOptions {
             listen_host: Some(link.device_ip.clone()),
             ..Default::default()
         },
-    )
+    );
+    let path = whole_image_bundle();
+    let size = std::fs::metadata(&path).unwrap().len();
+    Shaped {
+        daemon,
+        _registry: registry,
+        link,
+        path,
+        size,
+    }
+}
+
+/// Waits until the daemon has stored at least `bytes` of the upload.
+fn wait_stored(daemon: &Daemon, bytes: u64) {
+    let start = Instant::now();
+    while daemon.upload_bytes_total() < bytes {
+        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The bound: what crossed the link is at most 2 % more than the bundle.
+fn assert_within_2_percent(wire: u64, size: u64) {
+    assert!(
+        wire as f64 <= size as f64 * 1.02,
+        "{wire} bytes crossed the link for a {size}-byte bundle"
+    );
 }
 
 /// Waits for a child with a limit, killing it when the limit passes.
@@ -324,11 +362,13 @@ fn payload_since(link: &Link, before: (u64, u64)) -> u64 {
 
 #[test]
 fn a_push_over_a_dropping_1mbit_link_arrives_with_at_most_2_percent_extra() {
-    let link = Link::create("1mbit");
-    let registry = Registry::start();
-    let daemon = device_for(&link, &registry);
-    let path = whole_image_bundle();
-    let size = std::fs::metadata(&path).unwrap().len();
+    let Shaped {
+        link,
+        _registry,
+        daemon,
+        path,
+        size,
+    } = shaped_device();
     let pcap = std::env::var("SIDELOAD_LINK_PCAP").ok().map(|file| {
         Command::new("tcpdump")
             .args(["-i", &link.host_if, "-s", "96", "-w", &file, "tcp"])
@@ -407,19 +447,18 @@ fn a_push_over_a_dropping_1mbit_link_arrives_with_at_most_2_percent_extra() {
         "the long outage did not make the client resume: {r:#}\n{stderr}"
     );
     assert_eq!(stored, size, "the device stored every byte once");
-    assert!(
-        wire as f64 <= size as f64 * 1.02,
-        "{wire} bytes crossed the link for a {size}-byte bundle"
-    );
+    assert_within_2_percent(wire, size);
 }
 
 #[test]
 fn a_push_survives_the_daemon_restarting_mid_upload() {
-    let link = Link::create("1mbit");
-    let registry = Registry::start();
-    let mut daemon = device_for(&link, &registry);
-    let path = whole_image_bundle();
-    let size = std::fs::metadata(&path).unwrap().len();
+    let Shaped {
+        link,
+        _registry,
+        mut daemon,
+        path,
+        size,
+    } = shaped_device();
     let before = link.rx();
     let mut cmd = link.push(&[
         path.to_str().unwrap(),
@@ -432,11 +471,7 @@ fn a_push_survives_the_daemon_restarting_mid_upload() {
     ]);
     cmd.args(PATIENCE);
     let child = spawn(cmd);
-    let start = Instant::now();
-    while daemon.upload_bytes_total() < size / 3 {
-        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(&daemon, size / 3);
     // SIGKILL and start again on the same address and data: a crash, then systemd's restart.
     daemon.restart();
     let out = wait_output(child, Duration::from_secs(900));
@@ -452,16 +487,18 @@ fn a_push_survives_the_daemon_restarting_mid_upload() {
     );
     let wire = payload_since(&link, before);
     eprintln!("restart: bundle {size} B, wire {wire} B, after restart {after_restart} B");
-    assert!(wire as f64 <= size as f64 * 1.02, "{wire} bytes for {size}");
+    assert_within_2_percent(wire, size);
 }
 
 #[test]
 fn a_killed_client_started_again_resumes_where_the_device_is() {
-    let link = Link::create("1mbit");
-    let registry = Registry::start();
-    let daemon = device_for(&link, &registry);
-    let path = whole_image_bundle();
-    let size = std::fs::metadata(&path).unwrap().len();
+    let Shaped {
+        link,
+        _registry,
+        daemon,
+        path,
+        size,
+    } = shaped_device();
     let before = link.rx();
     let args = [
         path.to_str().unwrap(),
@@ -474,11 +511,7 @@ fn a_killed_client_started_again_resumes_where_the_device_is() {
     let mut first = link.push(&args);
     first.args(PATIENCE);
     let mut child = spawn(first);
-    let start = Instant::now();
-    while daemon.upload_bytes_total() < size * 2 / 5 {
-        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(&daemon, size * 2 / 5);
     child.kill().unwrap();
     child.wait().unwrap();
     let held_at_kill = daemon.upload_bytes_total();
@@ -500,5 +533,5 @@ fn a_killed_client_started_again_resumes_where_the_device_is() {
     assert_eq!(daemon.upload_bytes_total(), size, "no byte stored twice");
     let wire = payload_since(&link, before);
     eprintln!("client kill: bundle {size} B, resumed at {resumed_at}, wire {wire} B");
-    assert!(wire as f64 <= size as f64 * 1.02, "{wire} bytes for {size}");
+    assert_within_2_percent(wire, size);
 }
