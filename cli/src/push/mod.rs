@@ -875,27 +875,15 @@ impl Device {
                         );
                         return;
                     }
-                    report.retries += 1;
-                    if self
-                        .pause(&mut backoff, &format!("bundle status: {answer:?}"), obs)
-                        .await
-                        .is_err()
-                    {
+                    let why = format!("bundle status: {answer:?}");
+                    if self.retry(&mut backoff, report, &why, obs).await.is_err() {
                         return self.wait_deadline(report);
                     }
                 }
                 Err(Failure::Deadline) => return self.wait_deadline(report),
                 Err(e) => {
-                    report.retries += 1;
-                    if self
-                        .pause(
-                            &mut backoff,
-                            &format!("cannot reach the device: {e:?}"),
-                            obs,
-                        )
-                        .await
-                        .is_err()
-                    {
+                    let why = format!("cannot reach the device: {e:?}");
+                    if self.retry(&mut backoff, report, &why, obs).await.is_err() {
                         return self.wait_deadline(report);
                     }
                 }
