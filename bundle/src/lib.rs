@@ -38,6 +38,7 @@ pub mod delta;
 pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod gzip_recipe;
 pub mod image;
 pub mod limits;
 pub mod manifest;

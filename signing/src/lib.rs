@@ -66,7 +66,7 @@ pub use keys::{
 pub use names::{Digest, InvalidName, RepositoryName, Tag};
 pub use policy::{key_entry_toml, PolicyError, RepositoryPattern, TrustPolicy, TrustedKey};
 pub use statement::{
-    LayerStorage, PayloadCodec, PayloadInfo, Platform, SourceRef, Statement, StatementError,
-    Target, TargetLayer, FORMAT_VERSION, MAX_STATEMENT_LEN,
+    BlobFrom, LayerStorage, PayloadCodec, PayloadInfo, Platform, SourceRef, Statement,
+    StatementError, Target, TargetLayer, FORMAT_VERSION, MAX_STATEMENT_LEN,
 };
 pub use verify::{parse_statement, verify_statement, Refusal, VerifyContext};

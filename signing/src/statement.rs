@@ -108,6 +108,30 @@ pub enum LayerStorage {
         /// Layer media type in the produced manifest.
         media_type: String,
     },
+    /// The blob is the source's own gzip blob, byte for byte, so the device can serve the
+    /// upstream manifest digest (what deployments pin and image signatures cover). gzip output
+    /// depends on the compressor, so the device does not compress the tar again by itself: it
+    /// replays the source compressor's decisions from a recipe in the payload.
+    Gzip {
+        /// Layer media type in the produced (upstream) manifest.
+        media_type: String,
+        /// Digest of the gzip blob; the device checks what it produced against it.
+        digest: Digest,
+        /// Size of the gzip blob in bytes.
+        size: u64,
+        /// Where the blob comes from on the device.
+        from: BlobFrom,
+    },
+}
+
+/// Where the device gets the compressed blob of a [`LayerStorage::Gzip`] layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobFrom {
+    /// Recreated from the layer's tar and a recipe record in the payload.
+    Recipe,
+    /// Already on the device (a base image holds this exact blob); nothing is sent for it.
+    Device,
 }
 
 impl LayerStorage {
@@ -115,7 +139,22 @@ impl LayerStorage {
     pub fn blob(&self, layer: &TargetLayer) -> (Digest, u64) {
         match self {
             LayerStorage::Uncompressed { .. } => (layer.diff_id.clone(), layer.size),
+            LayerStorage::Gzip { digest, size, .. } => (digest.clone(), *size),
         }
+    }
+
+    /// Media type of the layer in the produced manifest.
+    pub fn media_type(&self) -> &str {
+        match self {
+            LayerStorage::Uncompressed { media_type } | LayerStorage::Gzip { media_type, .. } => {
+                media_type
+            }
+        }
+    }
+
+    /// True when the device stores the source's own compressed blob.
+    pub fn is_exact_blob(&self) -> bool {
+        matches!(self, LayerStorage::Gzip { .. })
     }
 }
 
