@@ -16,10 +16,11 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
+use sideload_signing::{BlobFrom, Digest, LayerStorage, Statement, TrustPolicy, VerifyContext};
 
 use crate::codec::Frames;
 use crate::error::Error;
+use crate::gzip_recipe::{recreate, GzipRecipe, RecipeError};
 use crate::image::oci_layout::OciLayoutSource;
 use crate::image::write::{write_docker_archive, OciLayoutWriter};
 use crate::image::{ImageError, ImageSource};
@@ -38,6 +39,11 @@ pub trait BaseStore {
     /// mismatch). `None` if the layer is not held.
     fn open_layer(&self, diff_id: &Digest)
         -> Result<Option<Box<dyn Read + Send + '_>>, ImageError>;
+    /// Opens a held compressed layer blob, byte for byte (failing at its end on a digest
+    /// mismatch), for exact-blob bundles that reuse it. `None` if no image holds that blob.
+    fn open_blob(&self, _digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+        Ok(None)
+    }
 }
 
 /// A [`BaseStore`] over a set of images (archives, layouts) on disk.
@@ -77,6 +83,20 @@ impl BaseStore for ImageSet {
             Some(&(i, j)) => self.images[i].open_layer(j).map(Some),
             None => Ok(None),
         }
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+        for image in &self.images {
+            if let Some(j) = image
+                .image()
+                .layers
+                .iter()
+                .position(|l| &l.blob_digest == digest)
+            {
+                return image.open_layer_blob(j).map(Some);
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -171,6 +191,13 @@ pub fn apply_trusted(
             statement.target.manifest.len() as u64 + (1 << 20),
             |acc, l| acc.checked_add(l.size),
         )
+        .and_then(|image| {
+            // Exact layers are held twice while staged: the tar and the recreated blob.
+            statement.target.layers.iter().try_fold(image, |acc, l| match &l.storage {
+                LayerStorage::Gzip { size, .. } => acc.checked_add(*size),
+                LayerStorage::Uncompressed { .. } => Some(acc),
+            })
+        })
         .and_then(|image| image.checked_mul(copies))
         .and_then(|n| n.checked_add(statement.payload.scratch_bytes))
         .ok_or_else(|| Error::CorruptPayload {
@@ -351,79 +378,149 @@ fn decode_payload(
         staging,
     )?;
 
-    let mut rebuilt = 0;
-    let mut reused = 0;
-    for (index, layer) in statement.target.layers.iter().enumerate() {
-        progress.start(
-            &format!("layer {}/{}", index + 1, statement.target.layers.len()),
-            layer.size,
-        );
-        let mut frames = 0;
-        let record = loop {
-            match reader.next_record().map_err(record_err)? {
-                // One per layer at most: each may load a large dictionary.
-                Record::Frame(_) if frames == 1 => {
-                    return Err(corrupt("two FRAME records before one layer".into()))
+    // A layer's exact blob is recreated from its staged tar on a second thread while the
+    // next layer decodes (preflate runs at about 20 MB/s; decoding is often faster).
+    let (rebuilt, reused) = std::thread::scope(|s| -> Result<(usize, usize), Error> {
+        let mut rebuilt = 0;
+        let mut reused = 0;
+        let mut recreating: Option<std::thread::ScopedJoinHandle<'_, Result<(), Error>>> = None;
+        for (index, layer) in statement.target.layers.iter().enumerate() {
+            progress.start(
+                &format!("layer {}/{}", index + 1, statement.target.layers.len()),
+                layer.size,
+            );
+            let mut frames = 0;
+            let record = loop {
+                match reader.next_record().map_err(record_err)? {
+                    // One per layer at most: each may load a large dictionary.
+                    Record::Frame(_) if frames == 1 => {
+                        return Err(corrupt("two FRAME records before one layer".into()))
+                    }
+                    Record::Frame(ranges) => {
+                        frames += 1;
+                        next_frame(name, &mut reader, &scratch, &ranges, limits)?
+                    }
+                    other => break other,
                 }
-                Record::Frame(ranges) => {
-                    frames += 1;
-                    next_frame(name, &mut reader, &scratch, &ranges, limits)?
+            };
+            match record {
+                Record::Present { index: i } if i as usize == index => {
+                    if !statement.requires.contains(&layer.diff_id) {
+                        return Err(corrupt(format!(
+                            "layer {index} is marked present but the statement does not require it"
+                        )));
+                    }
+                    let blob_held = matches!(
+                        layer.storage,
+                        LayerStorage::Gzip {
+                            from: BlobFrom::Device,
+                            ..
+                        }
+                    );
+                    if !blob_held && !writer.has_blob(&layer.diff_id) {
+                        let stream =
+                            bases
+                                .open_layer(&layer.diff_id)?
+                                .ok_or_else(|| Error::MissingBase {
+                                    bundle: name.to_owned(),
+                                    diff_id: layer.diff_id.clone(),
+                                })?;
+                        writer.put_blob_verified(stream, &layer.diff_id, Some(layer.size))?;
+                    }
+                    reused += 1;
                 }
-                other => break other,
-            }
-        };
-        match record {
-            Record::Present { index: i } if i as usize == index => {
-                if !statement.requires.contains(&layer.diff_id) {
-                    return Err(corrupt(format!(
-                        "layer {index} is marked present but the statement does not require it"
-                    )));
-                }
-                if !writer.has_blob(&layer.diff_id) {
-                    let stream =
-                        bases
-                            .open_layer(&layer.diff_id)?
-                            .ok_or_else(|| Error::MissingBase {
+                Record::Layer { index: i } if i as usize == index => {
+                    let mut blob = writer.blob_writer()?;
+                    apply_ops(
+                        name,
+                        &mut reader,
+                        &scratch,
+                        layer.size,
+                        // A zstd patch's window is bounded by its output (itself capped), not by
+                        // the payload codec's window.
+                        limits.max_window_log,
+                        limits,
+                        &mut blob,
+                        progress,
+                    )?;
+                    blob.commit(Some((&layer.diff_id, Some(layer.size))))
+                        .map_err(|e| match e {
+                            ImageError::DigestMismatch { actual, .. } => Error::LayerMismatch {
                                 bundle: name.to_owned(),
-                                diff_id: layer.diff_id.clone(),
-                            })?;
-                    writer.put_blob_verified(stream, &layer.diff_id, Some(layer.size))?;
+                                index,
+                                expected: layer.diff_id.clone(),
+                                actual,
+                            },
+                            other => Error::Image(other),
+                        })?;
+                    rebuilt += 1;
                 }
-                reused += 1;
+                other => {
+                    return Err(corrupt(format!(
+                        "expected the record of layer {index}, found {other:?}"
+                    )))
+                }
             }
-            Record::Layer { index: i } if i as usize == index => {
-                let mut blob = writer.blob_writer()?;
-                apply_ops(
-                    name,
-                    &mut reader,
-                    &scratch,
-                    layer.size,
-                    // A zstd patch's window is bounded by its output (itself capped), not by
-                    // the payload codec's window.
-                    limits.max_window_log,
-                    limits,
-                    &mut blob,
-                    progress,
-                )?;
-                blob.commit(Some((&layer.diff_id, Some(layer.size))))
-                    .map_err(|e| match e {
-                        ImageError::DigestMismatch { actual, .. } => Error::LayerMismatch {
-                            bundle: name.to_owned(),
-                            index,
-                            expected: layer.diff_id.clone(),
-                            actual,
-                        },
-                        other => Error::Image(other),
-                    })?;
-                rebuilt += 1;
+            match &layer.storage {
+                LayerStorage::Uncompressed { .. } => {}
+                LayerStorage::Gzip {
+                    digest,
+                    size,
+                    from: BlobFrom::Device,
+                    ..
+                } => {
+                    if !writer.has_blob(digest) {
+                        let stream =
+                            bases
+                                .open_blob(digest)?
+                                .ok_or_else(|| Error::MissingBaseBlob {
+                                    bundle: name.to_owned(),
+                                    index,
+                                    digest: digest.clone(),
+                                })?;
+                        writer.put_blob_verified(stream, digest, Some(*size))?;
+                    }
+                }
+                LayerStorage::Gzip {
+                    digest,
+                    size,
+                    from: BlobFrom::Recipe,
+                    ..
+                } => {
+                    let recipe = read_recipe(name, &mut reader, index, layer.size, limits)?;
+                    if let Some(previous) = recreating.take() {
+                        previous.join().expect("recreating a blob does not panic")?;
+                    }
+                    let (diff_id, digest, size) = (&layer.diff_id, digest.clone(), *size);
+                    recreating = Some(s.spawn(move || {
+                        recreate_blob(name, index, &recipe, writer, diff_id, &digest, size)
+                    }));
+                }
             }
-            other => {
-                return Err(corrupt(format!(
-                    "expected the record of layer {index}, found {other:?}"
-                )))
+            progress.finish();
+        }
+        if let Some(last) = recreating.take() {
+            last.join().expect("recreating a blob does not panic")?;
+        }
+        Ok((rebuilt, reused))
+    })?;
+    // The tars of exact layers were only the material for their blobs.
+    for layer in &statement.target.layers {
+        if layer.storage.is_exact_blob()
+            && !statement
+                .target
+                .layers
+                .iter()
+                .any(|l| !l.storage.is_exact_blob() && l.diff_id == layer.diff_id)
+        {
+            let tar = crate::image::oci_layout::blob_path(writer.dir(), &layer.diff_id);
+            match fs::remove_file(&tar) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::io("removing staged layer", tar)(e))
+                }
+                _ => {}
             }
         }
-        progress.finish();
     }
     match reader.next_record().map_err(record_err)? {
         Record::End => {}
@@ -459,6 +556,84 @@ fn decode_payload(
         });
     }
     Ok((rebuilt, reused))
+}
+
+/// Reads the RECIPE record of layer `index`, which must come next.
+fn read_recipe<R: Read>(
+    name: &str,
+    reader: &mut PayloadReader<R>,
+    index: usize,
+    layer_size: u64,
+    limits: &Limits,
+) -> Result<GzipRecipe, Error> {
+    let corrupt = |reason: String| Error::CorruptPayload {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let len = match reader.next_record().map_err(|e| corrupt(e.to_string()))? {
+        Record::Recipe { index: i, len } if i as usize == index => len,
+        other => {
+            return Err(corrupt(format!(
+                "expected the gzip recipe of layer {index}, found {other:?}"
+            )))
+        }
+    };
+    crate::container::check_limit(name, "gzip recipe", len, limits.max_recipe)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    reader
+        .body(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if bytes.len() as u64 != len {
+        return Err(corrupt(format!(
+            "payload ends inside the gzip recipe of layer {index}"
+        )));
+    }
+    let recipe =
+        GzipRecipe::from_bytes(&bytes).map_err(|e| corrupt(format!("layer {index}: {e}")))?;
+    if recipe.plain_len() != layer_size {
+        return Err(corrupt(format!(
+            "the gzip recipe of layer {index} covers {} bytes, the layer has {layer_size}",
+            recipe.plain_len()
+        )));
+    }
+    Ok(recipe)
+}
+
+/// Recreates layer `index`'s exact gzip blob from its staged tar and checks it against the
+/// statement's digest before it is stored.
+fn recreate_blob(
+    name: &str,
+    index: usize,
+    recipe: &GzipRecipe,
+    writer: &OciLayoutWriter,
+    diff_id: &Digest,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), Error> {
+    let tar_path = crate::image::oci_layout::blob_path(writer.dir(), diff_id);
+    let tar = File::open(&tar_path).map_err(Error::io("reading staged layer", &tar_path))?;
+    let mut blob = writer.blob_writer()?;
+    recreate(recipe, &mut BufReader::with_capacity(1 << 20, tar), &mut blob).map_err(
+        |e| match e {
+            RecipeError::Io(e) => Error::io("recreating the blob of a layer from", &tar_path)(e),
+            other => Error::CorruptPayload {
+                bundle: name.to_owned(),
+                reason: format!("layer {index}: {other}"),
+            },
+        },
+    )?;
+    blob.commit(Some((digest, Some(size))))
+        .map_err(|e| match e {
+            ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {
+                bundle: name.to_owned(),
+                index,
+                expected: digest.clone(),
+                actual,
+            },
+            other => Error::Image(other),
+        })?;
+    Ok(())
 }
 
 /// Handles a FRAME record: builds the next frame's dictionary from scratch ranges (capped by

@@ -15,7 +15,7 @@
 //! 5. Everything goes through one LZMA2 (or zstd) stream with a long window, so literal data
 //!    repeated across files and layers is sent once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -30,8 +30,9 @@ use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
 use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan};
 use crate::error::Error;
+use crate::exact::ExactOptions;
 use crate::image::digest_reader::HashingWriter;
-use crate::image::spec::media_types::{OCI_LAYER_TAR, OCI_MANIFEST};
+use crate::image::spec::media_types::OCI_MANIFEST;
 use crate::image::spec::Descriptor;
 use crate::image::ImageSource;
 use crate::manifest::build_manifest;
@@ -79,6 +80,9 @@ pub struct BuildOptions {
     /// inventory): target layers among them cost nothing, even when the image that holds them
     /// is not at hand to diff against.
     pub device_layers: Vec<Digest>,
+    /// Whether the device gets the source's exact compressed blobs (and so its manifest
+    /// digest), and what that may cost.
+    pub exact: ExactOptions,
 }
 
 impl BuildOptions {
@@ -105,6 +109,7 @@ impl BuildOptions {
             whole_layer_patch_limit: MAX_WHOLE_LAYER,
             patch_time_budget: std::time::Duration::from_secs(600),
             device_layers: Vec::new(),
+            exact: ExactOptions::default(),
         }
     }
 }
@@ -159,8 +164,12 @@ pub struct LayerReport {
     pub source_blob_size: u64,
     /// How it was encoded.
     pub encoding: LayerEncoding,
-    /// Compressed payload bytes spent on it.
+    /// Compressed payload bytes spent on it (its recipe included).
     pub payload_bytes: u64,
+    /// How the device stores it.
+    pub storage: LayerStorage,
+    /// Bytes of its gzip recipe (before the payload codec), 0 if it has none.
+    pub recipe_bytes: u64,
 }
 
 /// Result of a build.
@@ -174,6 +183,8 @@ pub struct BuildReport {
     pub statement: Statement,
     /// Per target layer.
     pub layers: Vec<LayerReport>,
+    /// Why the device will not hold the source's manifest digest; `None` when it will.
+    pub not_exact: Option<String>,
 }
 
 impl BuildReport {
@@ -365,6 +376,18 @@ pub fn build_bundle(
         scratch_dir.path(),
     )?;
 
+    // Exact blobs: which layers the device recreates from a recipe, which it already holds.
+    let held_blobs: HashSet<Digest> = bases
+        .iter()
+        .flat_map(|b| b.image().layers.iter())
+        .filter(|l| l.blob_digest != l.diff_id)
+        .map(|l| l.blob_digest.clone())
+        .collect();
+    let exact = crate::exact::plan(target, &held_blobs, options.exact, progress)?;
+    if let Some(why) = &exact.not_exact {
+        tracing::info!("{}: layers stored uncompressed: {why}", image.reference);
+    }
+
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
@@ -531,17 +554,22 @@ pub fn build_bundle(
             progress.finish();
             (LayerEncoding::Delta(stats), scan.len)
         };
+        let recipe = exact.recipes.get(&index);
+        if let Some(recipe) = recipe {
+            writer
+                .recipe(index32, recipe)
+                .map_err(io_err("writing payload of"))?;
+        }
         writer
             .get_mut()
             .flush()
             .map_err(io_err("writing payload of"))?;
         let payload_bytes = compressed_so_far(&mut writer) - before;
+        let storage = exact.storages[index].clone();
         layers.push(TargetLayer {
             diff_id: layer.diff_id.clone(),
             size,
-            storage: LayerStorage::Uncompressed {
-                media_type: OCI_LAYER_TAR.to_owned(),
-            },
+            storage: storage.clone(),
         });
         reports.push(LayerReport {
             diff_id: layer.diff_id.clone(),
@@ -549,6 +577,8 @@ pub fn build_bundle(
             source_blob_size: layer.blob_size,
             encoding,
             payload_bytes,
+            storage,
+            recipe_bytes: recipe.map_or(0, |r| r.len() as u64),
         });
     }
 
@@ -560,17 +590,23 @@ pub fn build_bundle(
         .into_inner()
         .map_err(|e| Error::io("writing payload of", out)(e.into_error()))?;
 
-    let manifest = build_manifest(
-        &image.config.digest,
-        image.config.bytes.len() as u64,
-        layers
-            .iter()
-            .map(|l| {
-                let (digest, size) = l.storage.blob(l);
-                Descriptor::new(OCI_LAYER_TAR, digest, size)
-            })
-            .collect(),
-    );
+    let (manifest_media_type, manifest) = match &exact.manifest {
+        Some((media_type, bytes)) => (media_type.clone(), bytes.clone()),
+        None => (
+            OCI_MANIFEST.to_owned(),
+            build_manifest(
+                &image.config.digest,
+                image.config.bytes.len() as u64,
+                layers
+                    .iter()
+                    .map(|l| {
+                        let (digest, size) = l.storage.blob(l);
+                        Descriptor::new(l.storage.media_type(), digest, size)
+                    })
+                    .collect(),
+            ),
+        ),
+    };
     let statement = Statement {
         format_version: FORMAT_VERSION,
         target: Target {
@@ -579,7 +615,7 @@ pub fn build_bundle(
             platform: image.platform.clone(),
             config_digest: image.config.digest.clone(),
             layers,
-            manifest_media_type: OCI_MANIFEST.to_owned(),
+            manifest_media_type,
             manifest_digest: Digest::of_bytes(&manifest),
             manifest: String::from_utf8(manifest).expect("serde_json writes UTF-8"),
             source: SourceRef {
@@ -640,6 +676,7 @@ pub fn build_bundle(
         bundle_size,
         statement,
         layers: reports,
+        not_exact: exact.not_exact,
     })
 }
 
@@ -654,6 +691,15 @@ pub fn rank_bases(
     dir: &Path,
 ) -> Result<Vec<(String, u64)>, Error> {
     let scratch = tempfile::tempdir_in(dir).map_err(Error::io("creating a directory in", dir))?;
+    // Recipes cost the same whichever base is used (a layer whose blob a base holds is on the
+    // device anyway), so trials skip them: ranking stays as fast as before exact digests.
+    let options = &BuildOptions {
+        exact: ExactOptions {
+            mode: crate::exact::Exactness::Never,
+            ..options.exact
+        },
+        ..options.clone()
+    };
     let mut ranking = Vec::with_capacity(bases.len());
     for (i, base) in bases.iter().enumerate() {
         let out = scratch.path().join(format!("trial-{i}.bundle"));

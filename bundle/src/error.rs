@@ -121,6 +121,29 @@ pub enum Error {
         /// Digest of what was rebuilt.
         actual: Digest,
     },
+    /// A layer's compressed blob, recreated from its recipe, is not the source's blob the
+    /// statement names: the device cannot serve the source's manifest digest.
+    #[error("{bundle}: layer {index}: recreated the gzip blob as {actual}, the statement says {expected} (the source's manifest digest cannot be reproduced here; nothing was tagged)")]
+    ExactBlobMismatch {
+        /// The bundle.
+        bundle: String,
+        /// Layer index, bottom = 0.
+        index: usize,
+        /// Blob digest in the statement.
+        expected: Digest,
+        /// Digest of what was recreated.
+        actual: Digest,
+    },
+    /// The statement says the device holds a layer's exact compressed blob, and it does not.
+    #[error("{bundle}: layer {index} needs the compressed blob {digest}, which is not on this device (it may hold the layer's content, stored another way)")]
+    MissingBaseBlob {
+        /// The bundle.
+        bundle: String,
+        /// Layer index, bottom = 0.
+        index: usize,
+        /// The blob.
+        digest: Digest,
+    },
     /// The statement requires content the device does not hold.
     #[error("{bundle}: needs base layer {diff_id}, which is not among the images on this device")]
     MissingBase {
@@ -174,6 +197,7 @@ impl Error {
                 | Error::SizeMismatch { .. }
                 | Error::CorruptPayload { .. }
                 | Error::LayerMismatch { .. }
+                | Error::ExactBlobMismatch { .. }
         )
     }
 
@@ -192,6 +216,8 @@ impl Error {
             Error::CorruptPayload { .. } => "corrupt_payload",
             Error::LayerMismatch { .. } => "layer_mismatch",
             Error::MissingBase { .. } => "missing_base",
+            Error::ExactBlobMismatch { .. } => "exact_blob_mismatch",
+            Error::MissingBaseBlob { .. } => "missing_base_blob",
             Error::InsufficientDisk { .. } => "insufficient_disk",
             Error::SignatureSlotFull { .. } => "signature_slot_full",
             Error::OutputExists(_) => "output_exists",
@@ -223,6 +249,12 @@ impl Error {
             Error::Refused { refusal, .. } => refusal.advice(),
             Error::MissingBase { .. } => {
                 "build the bundle against the images this device really holds (see its inventory), or deliver the base image first"
+            }
+            Error::ExactBlobMismatch { .. } => {
+                "this device cannot reproduce the source's exact layer (its sideload differs from the builder's, or the statement is wrong): rebuild the bundle with `--exact never`, or update sideload on the device"
+            }
+            Error::MissingBaseBlob { .. } => {
+                "build the bundle against the images this device really holds (its inventory), or with `--exact never`"
             }
             Error::InsufficientDisk { .. } => "free disk space on the device, then apply again",
             Error::SignatureSlotFull { .. } => {

@@ -37,6 +37,7 @@ pub mod container;
 pub mod delta;
 pub mod demo;
 pub mod error;
+pub mod exact;
 pub mod fsutil;
 pub mod gzip_recipe;
 pub mod image;
@@ -53,6 +54,7 @@ pub use build::{
 };
 pub use container::{attach_signatures, bundle_name, head_len, open_bundle, read_head, BundleHead};
 pub use error::Error;
+pub use exact::{ExactOptions, Exactness};
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
 pub use verify::{

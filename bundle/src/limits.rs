@@ -38,6 +38,9 @@ pub struct Limits {
     /// Largest dictionary of one frame of the payload (held in memory while the frame is
     /// decoded, beside the window).
     pub max_dictionary: u64,
+    /// Largest gzip recipe of one layer, bytes (held in memory while the layer's blob is
+    /// recreated).
+    pub max_recipe: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_patch_base: 64 << 20,
             max_patch_output: 64 << 20,
             max_dictionary: 32 << 20,
+            max_recipe: 64 << 20,
         }
     }
 }

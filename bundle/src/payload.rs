@@ -22,6 +22,8 @@
 //!                          (output: the body with the x86 BCJ filter of xz undone, from
 //!                          position 0: an x86 executable's call and jump targets made
 //!                          absolute, which compresses better)
+//! and after it, for a layer the statement stores as an exact gzip blob recreated on the device:
+//! 0x06 RECIPE   u32 layer_index, u64 len, len bytes (a `gzip_recipe` in its own encoding)
 //! 0xFF END
 //! ```
 //! Integers are little-endian; a varint is LEB128 (7 bits a byte, low first, at most 10 bytes),
@@ -44,6 +46,7 @@ const TAG_EXTENTS: u8 = 0x02;
 const TAG_PRESENT: u8 = 0x03;
 const TAG_LAYER: u8 = 0x04;
 const TAG_FRAME: u8 = 0x05;
+const TAG_RECIPE: u8 = 0x06;
 const TAG_LITERAL: u8 = 0x10;
 const TAG_COPY: u8 = 0x11;
 const TAG_PATCH_ZSTD: u8 = 0x12;
@@ -96,6 +99,13 @@ pub enum Record {
     Layer {
         /// Layer index.
         index: u32,
+    },
+    /// The gzip recipe of target layer `index`; `len` bytes follow.
+    Recipe {
+        /// Layer index.
+        index: u32,
+        /// Body length.
+        len: u64,
     },
     /// `len` literal bytes follow.
     Literal {
@@ -230,6 +240,10 @@ impl<R: Read> PayloadReader<R> {
             }
             TAG_PRESENT => Record::Present { index: self.u32()? },
             TAG_LAYER => Record::Layer { index: self.u32()? },
+            TAG_RECIPE => Record::Recipe {
+                index: self.u32()?,
+                len: self.u64()?,
+            },
             TAG_LITERAL => Record::Literal {
                 len: self.varint()?,
             },
@@ -437,6 +451,14 @@ impl<W: Write> PayloadWriter<W> {
         self.inner.write_all(&index.to_le_bytes())
     }
 
+    /// The gzip recipe of target layer `index` (after its PRESENT or END_LAYER record).
+    pub fn recipe(&mut self, index: u32, recipe: &[u8]) -> io::Result<()> {
+        self.inner.write_all(&[TAG_RECIPE])?;
+        self.inner.write_all(&index.to_le_bytes())?;
+        self.inner.write_all(&(recipe.len() as u64).to_le_bytes())?;
+        self.inner.write_all(recipe)
+    }
+
     /// Literal bytes.
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.inner.write_all(&[TAG_LITERAL])?;
@@ -554,6 +576,7 @@ mod tests {
         w.extents(&extents).unwrap();
         w.frame(&[(0, 10), (20, 5)]).unwrap();
         w.present(0).unwrap();
+        w.recipe(0, b"rcp").unwrap();
         w.begin_layer(1).unwrap();
         w.literal(b"hello").unwrap();
         let call = [
@@ -577,6 +600,8 @@ mod tests {
             Record::Frame(vec![(0, 10), (20, 5)])
         );
         assert_eq!(r.next_record().unwrap(), Record::Present { index: 0 });
+        assert_eq!(r.next_record().unwrap(), Record::Recipe { index: 0, len: 3 });
+        io::copy(&mut r.body(3), &mut io::sink()).unwrap();
         assert_eq!(r.next_record().unwrap(), Record::Layer { index: 1 });
         assert_eq!(r.next_record().unwrap(), Record::Literal { len: 5 });
         io::copy(&mut r.body(5), &mut io::sink()).unwrap();

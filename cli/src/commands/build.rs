@@ -11,6 +11,7 @@ use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
 use sideload_signing::{PayloadCodec, RepositoryName, Tag};
 
 use super::{now, open_images, print_json};
+use sideload_signing::{BlobFrom, LayerStorage};
 use crate::progress::TermProgress;
 use crate::RegistryArgs;
 
@@ -88,6 +89,17 @@ pub struct BuildArgs {
     /// patched with zstd only. E.g. `10m`, `90s`.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     patch_time_budget: Duration,
+    /// Whether the device gets the source's exact compressed layer blobs, and so serves the
+    /// source's manifest digest (what deployments pin and image signatures cover):
+    /// `where-possible` (gzip layers are recreated from a small recipe; if any layer cannot
+    /// be, every layer is stored uncompressed), `required` (fail instead), or `never` (always
+    /// uncompressed: the smallest bundle, a manifest digest of sideload's own).
+    #[arg(long, default_value = "where-possible", value_name = "MODE")]
+    exact: sideload_bundle::Exactness,
+    /// Largest recipe accepted for a gzip layer, in percent of its compressed size; above it
+    /// the layer counts as not recreatable.
+    #[arg(long, default_value_t = 5, value_name = "PERCENT")]
+    exact_max_recipe: u32,
     /// Also write the statement here, ready for `sideload-sign sign`.
     #[arg(long)]
     statement_out: Option<PathBuf>,
@@ -151,6 +163,10 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.signature_slot = args.signature_slot;
     options.whole_layer_patch_limit = args.whole_layer_patch_limit;
     options.patch_time_budget = args.patch_time_budget;
+    options.exact = sideload_bundle::ExactOptions {
+        mode: args.exact,
+        max_recipe_percent: args.exact_max_recipe,
+    };
     if let Some(inv) = &inventory {
         options.device_layers = inv.diff_ids()?;
     }
@@ -191,6 +207,8 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                     "size": l.size,
                     "source_blob_size": l.source_blob_size,
                     "payload_bytes": l.payload_bytes,
+                    "storage": storage_code(&l.storage),
+                    "recipe_bytes": l.recipe_bytes,
                 });
                 match &l.encoding {
                     LayerEncoding::Present { base } => {
@@ -224,6 +242,10 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
             "source_image_size": source_size,
             "statement_digest": report.statement.digest(),
             "manifest_digest": report.statement.target.manifest_digest,
+            "source_manifest_digest": report.statement.target.source.manifest_digest,
+            "exact": report.not_exact.is_none(),
+            "not_exact_reason": report.not_exact,
+            "recipe_bytes": report.layers.iter().map(|l| l.recipe_bytes).sum::<u64>(),
             "config_digest": report.statement.target.config_digest,
             "layers": layers,
             "base_ranking": ranking
@@ -261,11 +283,22 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                 ),
             };
             println!(
-                "  layer {i} {} {:>12} bytes: {how}, {} payload bytes",
+                "  layer {i} {} {:>12} bytes: {how}, {} payload bytes; {}",
                 l.diff_id.short(),
                 l.size,
-                l.payload_bytes
+                l.payload_bytes,
+                storage_text(&l.storage, l.recipe_bytes)
             );
+        }
+        match &report.not_exact {
+            None => println!(
+                "exact: the device will serve the source's manifest {}",
+                report.statement.target.manifest_digest
+            ),
+            Some(why) => println!(
+                "not exact: the device's manifest will be {}, not the source's ({why})",
+                report.statement.target.manifest_digest
+            ),
         }
         if !ranking.is_empty() {
             println!("bases ranked by the bundle each alone would give (this bundle uses all):");
@@ -279,6 +312,41 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A layer's storage as `--json` names it.
+pub(crate) fn storage_code(storage: &LayerStorage) -> &'static str {
+    match storage {
+        LayerStorage::Uncompressed { .. } => "uncompressed",
+        LayerStorage::Gzip {
+            from: BlobFrom::Recipe,
+            ..
+        } => "gzip_recipe",
+        LayerStorage::Gzip {
+            from: BlobFrom::Device,
+            ..
+        } => "gzip_held",
+    }
+}
+
+/// A layer's storage in words.
+pub(crate) fn storage_text(storage: &LayerStorage, recipe_bytes: u64) -> String {
+    match storage {
+        LayerStorage::Uncompressed { .. } => "stored uncompressed".into(),
+        LayerStorage::Gzip {
+            digest,
+            from: BlobFrom::Recipe,
+            ..
+        } => format!(
+            "exact gzip blob {} recreated from a {recipe_bytes}-byte recipe",
+            digest.short()
+        ),
+        LayerStorage::Gzip {
+            digest,
+            from: BlobFrom::Device,
+            ..
+        } => format!("exact gzip blob {} already on the device", digest.short()),
+    }
 }
 
 /// Repository and tag from the first `repo:tag` the source gives, with any registry host
