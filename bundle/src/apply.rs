@@ -193,10 +193,14 @@ pub fn apply_trusted(
         )
         .and_then(|image| {
             // Exact layers are held twice while staged: the tar and the recreated blob.
-            statement.target.layers.iter().try_fold(image, |acc, l| match &l.storage {
-                LayerStorage::Gzip { size, .. } => acc.checked_add(*size),
-                LayerStorage::Uncompressed { .. } => Some(acc),
-            })
+            statement
+                .target
+                .layers
+                .iter()
+                .try_fold(image, |acc, l| match &l.storage {
+                    LayerStorage::SourceBlob { size, .. } => acc.checked_add(*size),
+                    LayerStorage::Uncompressed { .. } => Some(acc),
+                })
         })
         .and_then(|image| image.checked_mul(copies))
         .and_then(|n| n.checked_add(statement.payload.scratch_bytes))
@@ -412,22 +416,57 @@ fn decode_payload(
                     }
                     let blob_held = matches!(
                         layer.storage,
-                        LayerStorage::Gzip {
+                        LayerStorage::SourceBlob {
                             from: BlobFrom::Device,
                             ..
                         }
                     );
                     if !blob_held && !writer.has_blob(&layer.diff_id) {
-                        let stream =
-                            bases
-                                .open_layer(&layer.diff_id)?
-                                .ok_or_else(|| Error::MissingBase {
-                                    bundle: name.to_owned(),
-                                    diff_id: layer.diff_id.clone(),
-                                })?;
+                        let stream = bases.open_layer(&layer.diff_id)?.ok_or_else(|| {
+                            Error::MissingBase {
+                                bundle: name.to_owned(),
+                                diff_id: layer.diff_id.clone(),
+                            }
+                        })?;
                         writer.put_blob_verified(stream, &layer.diff_id, Some(layer.size))?;
                     }
                     reused += 1;
+                }
+                Record::Blob { index: i, len } if i as usize == index => {
+                    let LayerStorage::SourceBlob {
+                        digest,
+                        size,
+                        from: BlobFrom::Payload,
+                        ..
+                    } = &layer.storage
+                    else {
+                        return Err(corrupt(format!(
+                            "layer {index} comes as a blob, the statement stores it otherwise"
+                        )));
+                    };
+                    if len != *size {
+                        return Err(corrupt(format!(
+                            "layer {index}'s blob is {len} bytes, the statement says {size}"
+                        )));
+                    }
+                    let mut blob = writer.blob_writer()?;
+                    let copied = io::copy(&mut reader.body(len), &mut blob)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    if copied != len {
+                        return Err(corrupt(format!("payload ends inside layer {index}'s blob")));
+                    }
+                    progress.advance(layer.size);
+                    blob.commit(Some((digest, Some(*size))))
+                        .map_err(|e| match e {
+                            ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {
+                                bundle: name.to_owned(),
+                                index,
+                                expected: digest.clone(),
+                                actual,
+                            },
+                            other => Error::Image(other),
+                        })?;
+                    rebuilt += 1;
                 }
                 Record::Layer { index: i } if i as usize == index => {
                     let mut blob = writer.blob_writer()?;
@@ -462,8 +501,12 @@ fn decode_payload(
                 }
             }
             match &layer.storage {
-                LayerStorage::Uncompressed { .. } => {}
-                LayerStorage::Gzip {
+                LayerStorage::Uncompressed { .. }
+                | LayerStorage::SourceBlob {
+                    from: BlobFrom::Payload,
+                    ..
+                } => {}
+                LayerStorage::SourceBlob {
                     digest,
                     size,
                     from: BlobFrom::Device,
@@ -481,7 +524,7 @@ fn decode_payload(
                         writer.put_blob_verified(stream, digest, Some(*size))?;
                     }
                 }
-                LayerStorage::Gzip {
+                LayerStorage::SourceBlob {
                     digest,
                     size,
                     from: BlobFrom::Recipe,
@@ -614,15 +657,18 @@ fn recreate_blob(
     let tar_path = crate::image::oci_layout::blob_path(writer.dir(), diff_id);
     let tar = File::open(&tar_path).map_err(Error::io("reading staged layer", &tar_path))?;
     let mut blob = writer.blob_writer()?;
-    recreate(recipe, &mut BufReader::with_capacity(1 << 20, tar), &mut blob).map_err(
-        |e| match e {
-            RecipeError::Io(e) => Error::io("recreating the blob of a layer from", &tar_path)(e),
-            other => Error::CorruptPayload {
-                bundle: name.to_owned(),
-                reason: format!("layer {index}: {other}"),
-            },
+    recreate(
+        recipe,
+        &mut BufReader::with_capacity(1 << 20, tar),
+        &mut blob,
+    )
+    .map_err(|e| match e {
+        RecipeError::Io(e) => Error::io("recreating the blob of a layer from", &tar_path)(e),
+        other => Error::CorruptPayload {
+            bundle: name.to_owned(),
+            reason: format!("layer {index}: {other}"),
         },
-    )?;
+    })?;
     blob.commit(Some((digest, Some(size))))
         .map_err(|e| match e {
             ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {

@@ -30,7 +30,7 @@ use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
 use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan};
 use crate::error::Error;
-use crate::exact::ExactOptions;
+use crate::exact::{ExactOptions, RecipeCache};
 use crate::image::digest_reader::HashingWriter;
 use crate::image::spec::media_types::OCI_MANIFEST;
 use crate::image::spec::Descriptor;
@@ -80,6 +80,9 @@ pub struct BuildOptions {
     /// inventory): target layers among them cost nothing, even when the image that holds them
     /// is not at hand to diff against.
     pub device_layers: Vec<Digest>,
+    /// Compressed layer blobs the device is known to hold (from its inventory): a target
+    /// layer stored as one of them needs no recipe.
+    pub device_blobs: Vec<Digest>,
     /// Whether the device gets the source's exact compressed blobs (and so its manifest
     /// digest), and what that may cost.
     pub exact: ExactOptions,
@@ -109,6 +112,7 @@ impl BuildOptions {
             whole_layer_patch_limit: MAX_WHOLE_LAYER,
             patch_time_budget: std::time::Duration::from_secs(600),
             device_layers: Vec::new(),
+            device_blobs: Vec::new(),
             exact: ExactOptions::default(),
         }
     }
@@ -124,6 +128,8 @@ pub enum LayerEncoding {
     },
     /// Rebuilt from copies, patches and literals.
     Delta(DeltaStats),
+    /// The source's compressed blob itself (`--exact required`, no recipe possible).
+    SourceBlob,
 }
 
 /// What a rebuilt layer is made of (uncompressed bytes of the layer tar).
@@ -204,6 +210,25 @@ pub fn build_bundle(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<BuildReport, Error> {
+    build_with_cache(
+        target,
+        bases,
+        options,
+        out,
+        progress,
+        &RecipeCache::default(),
+    )
+}
+
+/// [`build_bundle`] with recipes shared between builds of one target.
+fn build_with_cache(
+    target: &dyn ImageSource,
+    bases: &[&dyn ImageSource],
+    options: &BuildOptions,
+    out: &Path,
+    progress: &dyn Progress,
+    recipes: &RecipeCache,
+) -> Result<BuildReport, Error> {
     let image = target.image();
     if options.expires_at <= options.created_at {
         return Err(Error::InvalidBuild("expiry must be after creation".into()));
@@ -251,9 +276,24 @@ pub fn build_bundle(
     let io_err = |what| Error::io(what, out);
     let deadline = std::time::Instant::now() + options.patch_time_budget;
 
+    // Exact blobs: which layers the device recreates from a recipe, which it already holds,
+    // which go whole.
+    let held_blobs: HashSet<Digest> = bases
+        .iter()
+        .filter(|_| options.exact.trust_base_blobs)
+        .flat_map(|b| b.image().layers.iter())
+        .filter(|l| l.blob_digest != l.diff_id)
+        .map(|l| l.blob_digest.clone())
+        .chain(options.device_blobs.iter().cloned())
+        .collect();
+    let exact = crate::exact::plan(target, &held_blobs, options.exact, recipes, progress)?;
+    if let Some(why) = &exact.not_exact {
+        tracing::info!("{}: layers stored uncompressed: {why}", image.reference);
+    }
+
     // Which target layers need sending, and what the device holds to build them from.
     let to_send: Vec<usize> = (0..image.layers.len())
-        .filter(|&i| !on_device.contains_key(&image.layers[i].diff_id))
+        .filter(|&i| !on_device.contains_key(&image.layers[i].diff_id) && !exact.sends_blob(i))
         .collect();
     let base_layers = BaseLayers::new(bases);
     let mut index = BaseIndex::default();
@@ -376,18 +416,6 @@ pub fn build_bundle(
         scratch_dir.path(),
     )?;
 
-    // Exact blobs: which layers the device recreates from a recipe, which it already holds.
-    let held_blobs: HashSet<Digest> = bases
-        .iter()
-        .flat_map(|b| b.image().layers.iter())
-        .filter(|l| l.blob_digest != l.diff_id)
-        .map(|l| l.blob_digest.clone())
-        .collect();
-    let exact = crate::exact::plan(target, &held_blobs, options.exact, progress)?;
-    if let Some(why) = &exact.not_exact {
-        tracing::info!("{}: layers stored uncompressed: {why}", image.reference);
-    }
-
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
     let hashed = HashingWriter::new(BufWriter::new(&mut payload_file));
@@ -418,7 +446,16 @@ pub fn build_bundle(
         let index32 =
             u32::try_from(index).map_err(|_| Error::InvalidBuild("too many layers".into()))?;
         let before = compressed_so_far(&mut writer);
-        let (encoding, size) = if let Some(base) = on_device.get(&layer.diff_id) {
+        let (encoding, size) = if exact.sends_blob(index) {
+            let mut blob = target.open_layer_blob(index)?;
+            writer
+                .blob(index32, layer.blob_size, &mut blob)
+                .map_err(|e| layer_read_error(image, index, e))?;
+            // The manifest needs the uncompressed size; counting also checks the diff_id.
+            let size = std::io::copy(&mut target.open_layer(index)?, &mut std::io::sink())
+                .map_err(|e| layer_read_error(image, index, e))?;
+            (LayerEncoding::SourceBlob, size)
+        } else if let Some(base) = on_device.get(&layer.diff_id) {
             writer
                 .present(index32)
                 .map_err(io_err("writing payload of"))?;
@@ -608,7 +645,12 @@ pub fn build_bundle(
         ),
     };
     let statement = Statement {
-        format_version: FORMAT_VERSION,
+        // Version 1 unless a layer needs what version 2 added: old devices still apply it.
+        format_version: if layers.iter().any(|l| l.storage.is_exact_blob()) {
+            FORMAT_VERSION
+        } else {
+            1
+        },
         target: Target {
             repository: options.repository.clone(),
             tags: options.tags.clone(),
@@ -691,24 +733,18 @@ pub fn rank_bases(
     dir: &Path,
 ) -> Result<Vec<(String, u64)>, Error> {
     let scratch = tempfile::tempdir_in(dir).map_err(Error::io("creating a directory in", dir))?;
-    // Recipes cost the same whichever base is used (a layer whose blob a base holds is on the
-    // device anyway), so trials skip them: ranking stays as fast as before exact digests.
-    let options = &BuildOptions {
-        exact: ExactOptions {
-            mode: crate::exact::Exactness::Never,
-            ..options.exact
-        },
-        ..options.clone()
-    };
+    // A recipe depends only on the target layer: made once, shared by every trial.
+    let recipes = RecipeCache::default();
     let mut ranking = Vec::with_capacity(bases.len());
     for (i, base) in bases.iter().enumerate() {
         let out = scratch.path().join(format!("trial-{i}.bundle"));
-        let report = build_bundle(
+        let report = build_with_cache(
             target,
             &[*base],
             options,
             &out,
             &crate::progress::NoProgress,
+            &recipes,
         )?;
         ranking.push((base.image().reference.clone(), report.bundle_size));
         std::fs::remove_file(&out).map_err(Error::io("removing", &out))?;

@@ -4,11 +4,12 @@
 //! A manifest digest covers every layer's blob digest, so the image is exact only if every
 //! layer is: a gzip layer is recreated from its tar and a recipe ([`crate::gzip_recipe`]) or
 //! taken from a base image that holds the very same blob, and an uncompressed layer is exact
-//! as it is. Anything else (zstd layers, several gzip members, a compressor preflate cannot
-//! model cheaply, a source without a manifest such as a classic `docker save` archive) makes
-//! the image inexact; [`Exactness`] says whether that fails the build or falls back to storing
-//! every layer uncompressed under a manifest of sideload's own (the behaviour before exact
-//! digests, and the smallest bundle).
+//! as it is. What no recipe recreates cheaply (zstd layers, several gzip members, compressors
+//! preflate cannot model, such as the parallel gzip umoci writes) is either sent as the blob
+//! itself (`--exact required`: exact at any cost) or makes the image inexact
+//! (`where-possible`: every layer stored uncompressed under a manifest of sideload's own, the
+//! behaviour before exact digests and the smallest bundle). Only a source without a manifest
+//! (a classic `docker save` archive) cannot be exact at all.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,13 +21,14 @@ use crate::error::Error;
 use crate::gzip_recipe::{analyse, RecipeError};
 use crate::image::compression::sniff;
 use crate::image::spec::media_types::OCI_LAYER_TAR;
-use crate::image::{Compression, ImageSource};
+use crate::image::{Compression, ImageSource, Layer};
 use crate::progress::Progress;
 
 /// What the encoder does about the source's manifest digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Exactness {
-    /// Every layer exact or the build fails, naming the layer and why.
+    /// Every layer exact: what no recipe recreates goes as the compressed blob itself. Fails
+    /// only for a source without a manifest.
     Required,
     /// Exact when every layer can be; otherwise every layer uncompressed (and a manifest of
     /// sideload's own), with the reason in the build report.
@@ -58,6 +60,10 @@ pub struct ExactOptions {
     /// Largest recipe accepted for a layer, in percent of its compressed blob; a layer whose
     /// compressor preflate models badly costs more than this and is not recreated.
     pub max_recipe_percent: u32,
+    /// Trust that the device holds the exact compressed blobs of the base images (true when
+    /// it got them through exact bundles or pulled them); when false, a recipe is sent even
+    /// for layers a base holds, for devices whose copies were compressed again.
+    pub trust_base_blobs: bool,
 }
 
 impl Default for ExactOptions {
@@ -65,6 +71,7 @@ impl Default for ExactOptions {
         ExactOptions {
             mode: Exactness::WherePossible,
             max_recipe_percent: 5,
+            trust_base_blobs: true,
         }
     }
 }
@@ -83,6 +90,17 @@ pub struct ExactPlan {
 }
 
 impl ExactPlan {
+    /// True when layer `index` goes as the source's compressed blob itself.
+    pub fn sends_blob(&self, index: usize) -> bool {
+        matches!(
+            self.storages[index],
+            LayerStorage::SourceBlob {
+                from: BlobFrom::Payload,
+                ..
+            }
+        )
+    }
+
     fn uncompressed(layers: usize, why: String) -> ExactPlan {
         ExactPlan {
             storages: vec![
@@ -98,6 +116,21 @@ impl ExactPlan {
     }
 }
 
+fn source_blob(layer: &Layer, from: BlobFrom) -> LayerStorage {
+    LayerStorage::SourceBlob {
+        media_type: layer.media_type.clone(),
+        digest: layer.blob_digest.clone(),
+        size: layer.blob_size,
+        from,
+    }
+}
+
+/// Recipes already made for a target, by layer index (`Err`: why the layer cannot be
+/// recreated). A recipe depends only on the target's blob, so trial builds against different
+/// bases (`rank_bases`) share one cache instead of analysing every layer again.
+#[derive(Debug, Default)]
+pub struct RecipeCache(Mutex<HashMap<usize, Result<Vec<u8>, String>>>);
+
 /// What one layer needs, before any recipe is made.
 enum Need {
     /// Exact as it is (an uncompressed blob, or a blob a base image holds).
@@ -107,12 +140,13 @@ enum Need {
 }
 
 /// Decides how each target layer is stored. `held_blobs` are the compressed blobs the device
-/// holds (those of the base images). Recipes are made on two threads: preflate runs at about
+/// holds (those of the base images, when trusted, and those its inventory lists). Recipes are made on two threads: preflate runs at about
 /// 20 MB/s of plain text per core.
 pub fn plan(
     target: &dyn ImageSource,
     held_blobs: &HashSet<Digest>,
     options: ExactOptions,
+    cache: &RecipeCache,
     progress: &dyn Progress,
 ) -> Result<ExactPlan, Error> {
     let image = target.image();
@@ -121,7 +155,7 @@ pub fn plan(
         match options.mode {
             Exactness::Required => Err(Error::InvalidBuild(format!(
                 "{}: cannot keep the source's manifest digest: {why} \
-                 (--exact where-possible stores the layers uncompressed instead)",
+                 (read the image from a registry or an OCI layout, or use --exact where-possible)",
                 image.reference
             ))),
             _ => Ok(ExactPlan::uncompressed(count, why)),
@@ -142,36 +176,37 @@ pub fn plan(
             }));
             continue;
         }
+        if held_blobs.contains(&layer.blob_digest) {
+            needs.push(Need::Ready(source_blob(layer, BlobFrom::Device)));
+            continue;
+        }
         let (compression, _) = sniff(target.open_layer_blob(index)?)
             .map_err(|e| Error::io("reading a layer of", &image.reference)(e))?;
-        match compression {
-            Compression::Gzip => {}
-            other => {
+        match (compression, options.mode) {
+            (Compression::Gzip, _) => needs.push(Need::Analyse),
+            (_, Exactness::Required) => {
+                needs.push(Need::Ready(source_blob(layer, BlobFrom::Payload)))
+            }
+            (other, _) => {
                 return fallback(format!(
-                    "layer {index} is {other:?}-compressed; only gzip layers are recreated"
+                    "layer {index} is {other:?}-compressed; only gzip layers are recreated \
+                     (--exact required sends such blobs whole)"
                 ))
             }
-        }
-        if held_blobs.contains(&layer.blob_digest) {
-            needs.push(Need::Ready(LayerStorage::Gzip {
-                media_type: layer.media_type.clone(),
-                digest: layer.blob_digest.clone(),
-                size: layer.blob_size,
-                from: BlobFrom::Device,
-            }));
-        } else {
-            needs.push(Need::Analyse);
         }
     }
 
     // Make the recipes, two layers at a time.
-    let todo: Vec<usize> = (0..count)
-        .filter(|&i| matches!(needs[i], Need::Analyse))
-        .collect();
+    let results = &cache.0;
+    let todo: Vec<usize> = {
+        let done = results.lock().expect("not poisoned");
+        (0..count)
+            .filter(|&i| matches!(needs[i], Need::Analyse) && !done.contains_key(&i))
+            .collect()
+    };
     let total: u64 = todo.iter().map(|&i| image.layers[i].blob_size).sum();
     progress.start("exact gzip recipes", total);
     let next = AtomicUsize::new(0);
-    let results: Mutex<HashMap<usize, Result<Vec<u8>, String>>> = Mutex::new(HashMap::new());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..2.min(todo.len()) {
@@ -240,24 +275,23 @@ pub fn plan(
     if let Some(e) = failure.into_inner().expect("not poisoned") {
         return Err(e);
     }
-    let mut results = results.into_inner().expect("not poisoned");
+    let results = results.lock().expect("not poisoned");
     let mut storages = Vec::with_capacity(count);
     let mut recipes = HashMap::new();
     for (index, need) in needs.into_iter().enumerate() {
         match need {
             Need::Ready(storage) => storages.push(storage),
-            Need::Analyse => match results.remove(&index).expect("every layer analysed") {
+            Need::Analyse => match results.get(&index).expect("every layer analysed") {
                 Ok(recipe) => {
-                    let layer = &image.layers[index];
-                    recipes.insert(index, recipe);
-                    storages.push(LayerStorage::Gzip {
-                        media_type: layer.media_type.clone(),
-                        digest: layer.blob_digest.clone(),
-                        size: layer.blob_size,
-                        from: BlobFrom::Recipe,
-                    });
+                    recipes.insert(index, recipe.clone());
+                    storages.push(source_blob(&image.layers[index], BlobFrom::Recipe));
                 }
-                Err(why) => return fallback(why),
+                Err(_) if options.mode == Exactness::Required => {
+                    storages.push(source_blob(&image.layers[index], BlobFrom::Payload));
+                }
+                Err(why) => {
+                    return fallback(format!("{why} (--exact required sends such blobs whole)"))
+                }
             },
         }
     }

@@ -22,7 +22,9 @@
 //!                          (output: the body with the x86 BCJ filter of xz undone, from
 //!                          position 0: an x86 executable's call and jump targets made
 //!                          absolute, which compresses better)
-//! and after it, for a layer the statement stores as an exact gzip blob recreated on the device:
+//! 0x07 BLOB     u32 layer_index, u64 len, len bytes (the source's compressed blob itself, for
+//!               a layer no recipe can recreate when exactness is required)
+//! and after PRESENT or LAYER, for a layer whose source gzip blob the device recreates:
 //! 0x06 RECIPE   u32 layer_index, u64 len, len bytes (a `gzip_recipe` in its own encoding)
 //! 0xFF END
 //! ```
@@ -47,6 +49,7 @@ const TAG_PRESENT: u8 = 0x03;
 const TAG_LAYER: u8 = 0x04;
 const TAG_FRAME: u8 = 0x05;
 const TAG_RECIPE: u8 = 0x06;
+const TAG_BLOB: u8 = 0x07;
 const TAG_LITERAL: u8 = 0x10;
 const TAG_COPY: u8 = 0x11;
 const TAG_PATCH_ZSTD: u8 = 0x12;
@@ -99,6 +102,13 @@ pub enum Record {
     Layer {
         /// Layer index.
         index: u32,
+    },
+    /// Target layer `index` is the source's compressed blob, whose `len` bytes follow.
+    Blob {
+        /// Layer index.
+        index: u32,
+        /// Body length.
+        len: u64,
     },
     /// The gzip recipe of target layer `index`; `len` bytes follow.
     Recipe {
@@ -240,6 +250,10 @@ impl<R: Read> PayloadReader<R> {
             }
             TAG_PRESENT => Record::Present { index: self.u32()? },
             TAG_LAYER => Record::Layer { index: self.u32()? },
+            TAG_BLOB => Record::Blob {
+                index: self.u32()?,
+                len: self.u64()?,
+            },
             TAG_RECIPE => Record::Recipe {
                 index: self.u32()?,
                 len: self.u64()?,
@@ -459,6 +473,18 @@ impl<W: Write> PayloadWriter<W> {
         self.inner.write_all(recipe)
     }
 
+    /// Target layer `index` as the source's compressed blob: exactly `len` bytes of `blob`.
+    pub fn blob(&mut self, index: u32, len: u64, blob: &mut impl Read) -> io::Result<()> {
+        self.inner.write_all(&[TAG_BLOB])?;
+        self.inner.write_all(&index.to_le_bytes())?;
+        self.inner.write_all(&len.to_le_bytes())?;
+        let copied = io::copy(&mut blob.take(len), &mut self.inner)?;
+        if copied != len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
     /// Literal bytes.
     pub fn literal(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.inner.write_all(&[TAG_LITERAL])?;
@@ -577,6 +603,7 @@ mod tests {
         w.frame(&[(0, 10), (20, 5)]).unwrap();
         w.present(0).unwrap();
         w.recipe(0, b"rcp").unwrap();
+        w.blob(2, 4, &mut &b"gzip"[..]).unwrap();
         w.begin_layer(1).unwrap();
         w.literal(b"hello").unwrap();
         let call = [
@@ -600,8 +627,13 @@ mod tests {
             Record::Frame(vec![(0, 10), (20, 5)])
         );
         assert_eq!(r.next_record().unwrap(), Record::Present { index: 0 });
-        assert_eq!(r.next_record().unwrap(), Record::Recipe { index: 0, len: 3 });
+        assert_eq!(
+            r.next_record().unwrap(),
+            Record::Recipe { index: 0, len: 3 }
+        );
         io::copy(&mut r.body(3), &mut io::sink()).unwrap();
+        assert_eq!(r.next_record().unwrap(), Record::Blob { index: 2, len: 4 });
+        io::copy(&mut r.body(4), &mut io::sink()).unwrap();
         assert_eq!(r.next_record().unwrap(), Record::Layer { index: 1 });
         assert_eq!(r.next_record().unwrap(), Record::Literal { len: 5 });
         io::copy(&mut r.body(5), &mut io::sink()).unwrap();

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use sideload_bundle::apply::{apply_trusted, BaseStore, Output};
-use sideload_bundle::image::compression::verified_layer;
+use sideload_bundle::image::compression::{verified_blob, verified_layer};
 use sideload_bundle::image::spec::{self, Parsed};
 use sideload_bundle::image::{ImageError, Layer};
 use sideload_bundle::{verify_head, NoProgress};
@@ -48,12 +48,16 @@ pub struct RegistryBases {
     upstream: Upstream,
     handle: Handle,
     by_diff_id: HashMap<Digest, (String, Layer)>,
+    /// Every stored layer blob: several images may hold one diff_id as different blobs (one
+    /// uncompressed, one the source's exact gzip blob).
+    by_blob: HashMap<Digest, (String, Layer)>,
 }
 
 impl RegistryBases {
     /// Indexes the layers of `images`.
     pub fn new(upstream: Upstream, handle: Handle, images: &[StoredImage]) -> RegistryBases {
         let mut by_diff_id = HashMap::new();
+        let mut by_blob = HashMap::new();
         for image in images {
             for (i, diff_id) in image.diff_ids.iter().enumerate() {
                 let (Ok(diff_id), Some(Ok(blob_digest))) = (
@@ -62,32 +66,49 @@ impl RegistryBases {
                 ) else {
                     continue;
                 };
-                by_diff_id.entry(diff_id.clone()).or_insert_with(|| {
-                    (
-                        image.repository.clone(),
-                        Layer {
-                            diff_id,
-                            blob_digest,
-                            media_type: image.layer_media_types[i].clone(),
-                            blob_size: image.layer_sizes[i],
-                        },
-                    )
-                });
+                let layer = Layer {
+                    diff_id: diff_id.clone(),
+                    blob_digest: blob_digest.clone(),
+                    media_type: image.layer_media_types[i].clone(),
+                    blob_size: image.layer_sizes[i],
+                };
+                by_blob
+                    .entry(blob_digest)
+                    .or_insert_with(|| (image.repository.clone(), layer.clone()));
+                by_diff_id
+                    .entry(diff_id)
+                    .or_insert_with(|| (image.repository.clone(), layer));
             }
         }
         RegistryBases {
             upstream,
             handle,
             by_diff_id,
+            by_blob,
         }
     }
 
     /// A repository that holds the blob `digest`, for cross-repository mounts.
     fn repository_with_blob(&self, digest: &Digest) -> Option<&str> {
-        self.by_diff_id
-            .values()
-            .find(|(_, l)| &l.blob_digest == digest)
-            .map(|(repo, _)| repo.as_str())
+        self.by_blob.get(digest).map(|(repo, _)| repo.as_str())
+    }
+
+    /// Opens blob `digest` of `repository` from the registry, streamed.
+    fn open_stored(&self, repository: &str, digest: &Digest) -> Result<BlockingBody, ImageError> {
+        let resp = self
+            .handle
+            .block_on(self.upstream.open_blob(repository, digest))
+            .map_err(|e| ImageError::Io {
+                image: format!("local registry {repository}"),
+                action: "read layer",
+                path: PathBuf::from(digest.as_str()),
+                source: io::Error::other(e.to_string()),
+            })?;
+        Ok(BlockingBody {
+            handle: self.handle.clone(),
+            resp,
+            chunk: bytes::Bytes::new(),
+        })
     }
 }
 
@@ -104,20 +125,7 @@ impl BaseStore for RegistryBases {
             return Ok(None);
         };
         let label = format!("local registry {repository}");
-        let resp = self
-            .handle
-            .block_on(self.upstream.open_blob(repository, &layer.blob_digest))
-            .map_err(|e| ImageError::Io {
-                image: label.clone(),
-                action: "read layer",
-                path: PathBuf::from(layer.blob_digest.as_str()),
-                source: io::Error::other(e.to_string()),
-            })?;
-        let body = BlockingBody {
-            handle: self.handle.clone(),
-            resp,
-            chunk: bytes::Bytes::new(),
-        };
+        let body = self.open_stored(repository, &layer.blob_digest)?;
         let what = format!("{label} layer {}", diff_id.short());
         verified_layer(body, layer, &what)
             .map(Some)
@@ -127,6 +135,18 @@ impl BaseStore for RegistryBases {
                 path: PathBuf::from(layer.blob_digest.as_str()),
                 source,
             })
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
+        let Some((repository, layer)) = self.by_blob.get(digest) else {
+            return Ok(None);
+        };
+        let body = self.open_stored(repository, digest)?;
+        let what = format!(
+            "local registry {repository} layer {}",
+            layer.diff_id.short()
+        );
+        Ok(Some(verified_blob(body, layer, &what)))
     }
 }
 

@@ -344,7 +344,12 @@ fn an_upload_whose_head_was_never_checked_finishes_with_put() {
             ..Default::default()
         },
     );
-    let path = bundle(BundleSpec::default());
+    // Small enough (no recipes) to arrive whole before the head check answers.
+    let path = bundle(BundleSpec {
+        name: "app-v2-uncompressed.bundle",
+        exact: false,
+        ..Default::default()
+    });
     let bytes = std::fs::read(&path).unwrap();
     let id = daemon.create_upload(&path, &[]);
     let url = format!("/sideload/v1/uploads/{id}");

@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Digest, RepositoryName, Tag};
 
-/// The bundle format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest bundle format version this code writes and reads. Version 2 added
+/// [`LayerStorage::SourceBlob`] (and the payload records it uses); a statement without such
+/// layers is written as version 1, so devices that predate it still apply it.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this code reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Largest statement accepted, in bytes. Real statements are a few KiB (one digest per layer);
 /// the cap keeps a hostile header from making a reader allocate.
@@ -108,30 +113,46 @@ pub enum LayerStorage {
         /// Layer media type in the produced manifest.
         media_type: String,
     },
-    /// The blob is the source's own gzip blob, byte for byte, so the device can serve the
-    /// upstream manifest digest (what deployments pin and image signatures cover). gzip output
-    /// depends on the compressor, so the device does not compress the tar again by itself: it
-    /// replays the source compressor's decisions from a recipe in the payload.
-    Gzip {
+    /// The blob is the source's own compressed blob, byte for byte, so the device can serve
+    /// the upstream manifest digest (what deployments pin and image signatures cover).
+    /// Compressor output depends on the compressor, so the device does not compress the tar
+    /// again by itself: see [`BlobFrom`].
+    SourceBlob {
         /// Layer media type in the produced (upstream) manifest.
         media_type: String,
-        /// Digest of the gzip blob; the device checks what it produced against it.
+        /// Digest of the compressed blob; the device checks what it produced against it.
         digest: Digest,
-        /// Size of the gzip blob in bytes.
+        /// Size of the compressed blob in bytes.
         size: u64,
         /// Where the blob comes from on the device.
         from: BlobFrom,
     },
 }
 
-/// Where the device gets the compressed blob of a [`LayerStorage::Gzip`] layer.
+/// Where the device gets the compressed blob of a [`LayerStorage::SourceBlob`] layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlobFrom {
-    /// Recreated from the layer's tar and a recipe record in the payload.
+    /// A gzip blob recreated from the layer's tar and a recipe record in the payload (the
+    /// source compressor's decisions, replayed): a few hundredths of the blob.
     Recipe,
     /// Already on the device (a base image holds this exact blob); nothing is sent for it.
     Device,
+    /// The blob itself is in the payload: for compressors no recipe models, when exactness
+    /// is required. Costs the whole compressed blob.
+    Payload,
+}
+
+impl Target {
+    /// The lowest format version that can describe this target: 2 once any layer is stored
+    /// as the source's blob, 1 otherwise.
+    pub fn format_version(&self) -> u32 {
+        if self.layers.iter().any(|l| l.storage.is_exact_blob()) {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 impl LayerStorage {
@@ -139,22 +160,21 @@ impl LayerStorage {
     pub fn blob(&self, layer: &TargetLayer) -> (Digest, u64) {
         match self {
             LayerStorage::Uncompressed { .. } => (layer.diff_id.clone(), layer.size),
-            LayerStorage::Gzip { digest, size, .. } => (digest.clone(), *size),
+            LayerStorage::SourceBlob { digest, size, .. } => (digest.clone(), *size),
         }
     }
 
     /// Media type of the layer in the produced manifest.
     pub fn media_type(&self) -> &str {
         match self {
-            LayerStorage::Uncompressed { media_type } | LayerStorage::Gzip { media_type, .. } => {
-                media_type
-            }
+            LayerStorage::Uncompressed { media_type }
+            | LayerStorage::SourceBlob { media_type, .. } => media_type,
         }
     }
 
     /// True when the device stores the source's own compressed blob.
     pub fn is_exact_blob(&self) -> bool {
-        matches!(self, LayerStorage::Gzip { .. })
+        matches!(self, LayerStorage::SourceBlob { .. })
     }
 }
 

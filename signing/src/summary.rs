@@ -41,7 +41,17 @@ pub fn statement_summary(statement: &Statement, statement_bytes: &[u8]) -> Strin
         ("tags", tags.join(", ")),
         ("platform", platform),
         ("config (image ID)", t.config_digest.to_string()),
-        ("manifest", t.manifest_digest.to_string()),
+        (
+            "manifest",
+            if t.source.manifest_digest.as_ref() == Some(&t.manifest_digest) {
+                format!("{} (the source's own)", t.manifest_digest)
+            } else {
+                format!(
+                    "{} (sideload's; layers stored uncompressed)",
+                    t.manifest_digest
+                )
+            },
+        ),
         ("source", t.source.reference.clone()),
         ("sequence", statement.sequence.to_string()),
         (

@@ -24,7 +24,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::keys::{KeyId, Signature};
 use crate::names::RepositoryName;
 use crate::policy::TrustPolicy;
-use crate::statement::{Statement, StatementError, FORMAT_VERSION, MAX_STATEMENT_LEN};
+use crate::statement::{
+    Statement, StatementError, FORMAT_VERSION, MAX_STATEMENT_LEN, OLDEST_FORMAT_VERSION,
+};
 use crate::summary::rfc3339;
 
 /// What the device knows that the statement cannot tell it.
@@ -56,7 +58,7 @@ impl VerifyContext {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// The statement declares a format version this code does not know.
-    #[error("the statement has format version {found}; this device understands version {FORMAT_VERSION} only")]
+    #[error("the statement has format version {found}; this device understands versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}")]
     UnknownFormatVersion {
         /// The version found.
         found: u64,
@@ -189,12 +191,21 @@ pub fn parse_statement(statement_bytes: &[u8]) -> Result<Statement, Refusal> {
     // does not know, and "unknown version" is the useful thing to say about it.
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(statement_bytes) {
         if let Some(found) = value.get("format_version").and_then(|v| v.as_u64()) {
-            if found != u64::from(FORMAT_VERSION) {
+            if !(u64::from(OLDEST_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&found) {
                 return Err(Refusal::UnknownFormatVersion { found });
             }
         }
     }
-    Statement::from_canonical_json(statement_bytes).map_err(Refusal::MalformedStatement)
+    let statement =
+        Statement::from_canonical_json(statement_bytes).map_err(Refusal::MalformedStatement)?;
+    // A version-1 statement cannot use what version 2 added: a device that predates it would
+    // read the same bytes differently.
+    if statement.format_version < statement.target.format_version() {
+        return Err(Refusal::UnknownFormatVersion {
+            found: statement.format_version.into(),
+        });
+    }
+    Ok(statement)
 }
 
 /// Decides whether `statement_bytes`, signed by `signatures`, may be applied under `policy` in
@@ -504,7 +515,7 @@ mod tests {
     #[test]
     fn unknown_format_version() {
         let mut value = serde_json::to_value(sample()).unwrap();
-        value["format_version"] = 2.into();
+        value["format_version"] = 3.into();
         value["new_field_from_the_future"] = true.into();
         let bytes = serde_json::to_vec(&value).unwrap();
         let sigs: Vec<_> = [A, B]
@@ -512,7 +523,7 @@ mod tests {
             .map(|s| key(*s).sign_statement(&bytes))
             .collect();
         let err = verify_statement(&bytes, &sigs, &two_of_three(), &CTX).unwrap_err();
-        assert!(matches!(err, Refusal::UnknownFormatVersion { found: 2 }));
+        assert!(matches!(err, Refusal::UnknownFormatVersion { found: 3 }));
         assert_eq!(err.code(), "unknown_format_version");
     }
 

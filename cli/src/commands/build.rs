@@ -11,9 +11,9 @@ use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
 use sideload_signing::{PayloadCodec, RepositoryName, Tag};
 
 use super::{now, open_images, print_json};
-use sideload_signing::{BlobFrom, LayerStorage};
 use crate::progress::TermProgress;
 use crate::RegistryArgs;
+use sideload_signing::{BlobFrom, LayerStorage};
 
 /// Arguments of `sideload build`.
 #[derive(Args)]
@@ -100,6 +100,12 @@ pub struct BuildArgs {
     /// the layer counts as not recreatable.
     #[arg(long, default_value_t = 5, value_name = "PERCENT")]
     exact_max_recipe: u32,
+    /// Send recipes even for layers whose exact blob a base image holds: for devices that
+    /// hold the bases' content but not their exact compressed blobs (images pushed to them
+    /// re-compressed, or delivered by sideload before exact digests). `--inventory` tells
+    /// which blobs a device really holds either way.
+    #[arg(long)]
+    resend_base_blobs: bool,
     /// Also write the statement here, ready for `sideload-sign sign`.
     #[arg(long)]
     statement_out: Option<PathBuf>,
@@ -166,9 +172,11 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     options.exact = sideload_bundle::ExactOptions {
         mode: args.exact,
         max_recipe_percent: args.exact_max_recipe,
+        trust_base_blobs: !args.resend_base_blobs,
     };
     if let Some(inv) = &inventory {
         options.device_layers = inv.diff_ids()?;
+        options.device_blobs = inv.blobs()?;
     }
 
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
@@ -215,6 +223,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                         value["encoding"] = "present".into();
                         value["bases"] = serde_json::json!([base]);
                     }
+                    LayerEncoding::SourceBlob => value["encoding"] = "source_blob".into(),
                     LayerEncoding::Delta(d) => {
                         value["encoding"] = "delta".into();
                         value["bases"] = serde_json::json!(d.bases);
@@ -264,6 +273,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         for (i, l) in report.layers.iter().enumerate() {
             let how = match &l.encoding {
                 LayerEncoding::Present { base } => format!("on device (in {base})"),
+                LayerEncoding::SourceBlob => "sent as the source's compressed blob".into(),
                 LayerEncoding::Delta(d) if d.whole_layer_patch.is_some() => format!(
                     "one {:?} patch of the whole layer against {}",
                     d.whole_layer_patch.expect("checked"),
@@ -287,7 +297,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                 l.diff_id.short(),
                 l.size,
                 l.payload_bytes,
-                storage_text(&l.storage, l.recipe_bytes)
+                storage_text(&l.storage, Some(l.recipe_bytes))
             );
         }
         match &report.not_exact {
@@ -318,34 +328,46 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
 pub(crate) fn storage_code(storage: &LayerStorage) -> &'static str {
     match storage {
         LayerStorage::Uncompressed { .. } => "uncompressed",
-        LayerStorage::Gzip {
+        LayerStorage::SourceBlob {
             from: BlobFrom::Recipe,
             ..
-        } => "gzip_recipe",
-        LayerStorage::Gzip {
+        } => "recipe",
+        LayerStorage::SourceBlob {
             from: BlobFrom::Device,
             ..
-        } => "gzip_held",
+        } => "held",
+        LayerStorage::SourceBlob {
+            from: BlobFrom::Payload,
+            ..
+        } => "blob",
     }
 }
 
-/// A layer's storage in words.
-pub(crate) fn storage_text(storage: &LayerStorage, recipe_bytes: u64) -> String {
+/// A layer's storage in words (with its recipe's size when known).
+pub(crate) fn storage_text(storage: &LayerStorage, recipe_bytes: Option<u64>) -> String {
     match storage {
         LayerStorage::Uncompressed { .. } => "stored uncompressed".into(),
-        LayerStorage::Gzip {
+        LayerStorage::SourceBlob {
             digest,
             from: BlobFrom::Recipe,
             ..
-        } => format!(
-            "exact gzip blob {} recreated from a {recipe_bytes}-byte recipe",
-            digest.short()
-        ),
-        LayerStorage::Gzip {
+        } => match recipe_bytes {
+            Some(n) => format!(
+                "exact gzip blob {} recreated from a {n}-byte recipe",
+                digest.short()
+            ),
+            None => format!("exact gzip blob {} recreated from a recipe", digest.short()),
+        },
+        LayerStorage::SourceBlob {
             digest,
             from: BlobFrom::Device,
             ..
-        } => format!("exact gzip blob {} already on the device", digest.short()),
+        } => format!("exact blob {} already on the device", digest.short()),
+        LayerStorage::SourceBlob {
+            digest,
+            from: BlobFrom::Payload,
+            ..
+        } => format!("exact blob {} sent whole", digest.short()),
     }
 }
 
@@ -410,6 +432,9 @@ struct InventoryImage {
     repository: String,
     manifest_digest: String,
     diff_ids: Vec<String>,
+    /// Layer blobs as stored (the source's exact gzip blobs after an exact bundle).
+    #[serde(default)]
+    layer_blobs: Vec<String>,
 }
 
 impl DeviceInventory {
@@ -443,6 +468,20 @@ impl DeviceInventory {
                 if !out.contains(&d) {
                     out.push(d);
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every layer blob the device holds, compressed or not.
+    fn blobs(&self) -> Result<Vec<sideload_signing::Digest>> {
+        let mut out: Vec<sideload_signing::Digest> = Vec::new();
+        for d in self.images.iter().flat_map(|i| &i.layer_blobs) {
+            let d = d
+                .parse()
+                .with_context(|| format!("inventory of {}: bad layer blob {d:?}", self.device))?;
+            if !out.contains(&d) {
+                out.push(d);
             }
         }
         Ok(out)

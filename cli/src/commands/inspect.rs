@@ -87,7 +87,12 @@ pub fn run_inspect(args: InspectArgs) -> Result<ExitCode> {
         } else {
             "in payload"
         };
-        println!("    {i} {} {:>12} bytes  {how}", l.diff_id, l.size);
+        println!(
+            "    {i} {} {:>12} bytes  {how}, {}",
+            l.diff_id,
+            l.size,
+            super::build::storage_text(&l.storage, None)
+        );
     }
     println!(
         "  {:<18} {}, window 2^{}, decodes to {} bytes, scratch {} bytes",

@@ -210,6 +210,9 @@ pub struct BundleSpec {
     pub signer: Signer,
     /// Base image: v1 (delta) or none (whole image).
     pub with_base: bool,
+    /// Keep the source's manifest digest (gzip recipes in the payload), as `sideload build`
+    /// does by default; false = layers stored uncompressed (smaller).
+    pub exact: bool,
 }
 
 /// Who signs.
@@ -231,6 +234,7 @@ impl Default for BundleSpec {
             expires_in: 3600,
             signer: Signer::Trusted,
             with_base: true,
+            exact: true,
         }
     }
 }
@@ -262,6 +266,9 @@ pub fn bundle(spec: BundleSpec) -> PathBuf {
             spec.expires_in
         }) as u64;
     options.ordered_by = "plugin test".into();
+    if !spec.exact {
+        options.exact.mode = sideload_bundle::Exactness::Never;
+    }
     let bases: Vec<&dyn ImageSource> = if spec.with_base {
         vec![base.as_ref()]
     } else {
@@ -328,15 +335,14 @@ pub fn head_len(path: &Path) -> u64 {
     sideload_bundle::head_len(&header).unwrap()
 }
 
-/// Pushes v1 into the registry as edge/app:v1, gzip-compressed as registries usually hold it.
+/// Pushes v1 into the registry as edge/app:v1 with its gzip blobs unchanged: a device that
+/// got v1 exactly (an exact bundle, or a pull), as bundles built against v1 assume.
 pub fn seed_v1(registry: &Registry) {
     let f = fixture();
     skopeo(&[
         "copy",
         "--quiet",
         "--dest-tls-verify=false",
-        "--dest-compress-format=gzip",
-        "--dest-compress",
         &format!("oci:{}:v1", f.v1.display()),
         &format!("docker://{}/edge/app:v1", registry.host),
     ]);

@@ -1,0 +1,558 @@
+//! Exact upstream digests end to end: images whose layers were gzip-compressed by GNU gzip
+//! (levels 1, 6, 9) and pigz, read from OCI layouts and from a registry, and images whose
+//! layers skopeo (compressing while it pushes) and umoci compressed with a parallel gzip no
+//! recipe models, are built into bundles with `sideload build`, pushed to a real registry
+//! plugin with `sideload push --wait`, and pulled back *by the source's manifest digest* with
+//! skopeo through the plugin. Plus the failures: a device without the base blob a
+//! bundle counts on, and a signed statement naming a blob the device cannot reproduce.
+
+#[path = "../../registry-plugin/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sideload_bundle::image::{open_image, OpenOptions};
+use sideload_bundle::Limits;
+use sideload_signing::{Digest, Statement};
+use support::{fixture, require_tool, skopeo, stdout_json, Daemon, DaemonOptions, Registry};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn sideload(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sideload"))
+        .args(args)
+        .output()
+        .expect("sideload runs")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Digest::of_bytes(bytes).hex().to_owned()
+}
+
+/// The demo image `layout:tag` as its config bytes and uncompressed layer tars.
+fn image_parts(layout: &Path, tag: &str, out: &Path) -> (Vec<u8>, Vec<PathBuf>) {
+    let loc = format!("oci:{}:{tag}", layout.display()).parse().unwrap();
+    let source = open_image(&loc, &OpenOptions::default()).unwrap();
+    let mut tars = Vec::new();
+    for i in 0..source.image().layers.len() {
+        let path = out.join(format!("{tag}-layer{i}.tar"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        std::io::copy(&mut source.open_layer(i).unwrap(), &mut file).unwrap();
+        tars.push(path);
+    }
+    (source.image().config.bytes.clone(), tars)
+}
+
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, u64) {
+    let hex = sha256_hex(bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    (format!("sha256:{hex}"), bytes.len() as u64)
+}
+
+/// Writes an OCI layout holding one image whose layers are `tars` compressed by `compressor`
+/// (a command reading stdin, writing stdout; `None` = uncompressed). Returns the manifest
+/// digest.
+fn layout_with(
+    layout: &Path,
+    tag: &str,
+    config: &[u8],
+    tars: &[PathBuf],
+    compressor: Option<&[&str]>,
+) -> String {
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let mut layers = Vec::new();
+    for tar in tars {
+        let bytes = match compressor {
+            None => std::fs::read(tar).unwrap(),
+            Some(cmd) => {
+                let out = Command::new(cmd[0])
+                    .args(&cmd[1..])
+                    .stdin(std::fs::File::open(tar).unwrap())
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{cmd:?} failed");
+                out.stdout
+            }
+        };
+        let (digest, size) = put_blob(layout, &bytes);
+        let media_type = if compressor.is_some() {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        layers.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
+    }
+    let (config_digest, config_size) = put_blob(layout, config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": layers,
+    }))
+    .unwrap();
+    let (digest, size) = put_blob(layout, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": digest,
+            "size": size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    digest
+}
+
+/// Builds a bundle with `sideload build --json` (tag from the source's ref), signs it with
+/// the fixture's trusted key.
+fn build_signed(source: &str, out: &Path, repo: &str, extra: &[&str]) -> serde_json::Value {
+    let tag = source.rsplit(':').next().unwrap();
+    let mut args = vec![
+        "build",
+        source,
+        "-o",
+        out.to_str().unwrap(),
+        "--repository",
+        repo,
+        "--tag",
+        tag,
+        "--json",
+        // Faster to encode than the default LZMA2; what is tested here does not depend on it.
+        "--codec",
+        "zstd",
+    ];
+    args.extend_from_slice(extra);
+    let built = sideload(&args);
+    assert!(
+        built.status.success(),
+        "build {source}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let report = stdout_json(&built);
+    let (head, _) = sideload_bundle::open_bundle(out, &Limits::default()).unwrap();
+    sideload_bundle::attach_signatures(
+        out,
+        &[fixture().key.sign_statement(&head.statement_bytes)],
+        &Limits::default(),
+    )
+    .unwrap();
+    report
+}
+
+/// Pushes and waits; returns the push report of the one bundle.
+fn push(daemon: &Daemon, bundle: &Path) -> serde_json::Value {
+    let out = sideload(&[
+        "push",
+        bundle.to_str().unwrap(),
+        "--to",
+        &format!("http://{}", daemon.addr),
+        "--wait",
+        "--json",
+    ]);
+    let report = stdout_json(&out);
+    report["bundles"][0].clone()
+}
+
+/// Pulls `repo@digest` through the plugin by digest (every blob checked by skopeo) and
+/// returns the digest of the manifest it served.
+fn pull_by_digest(daemon: &Daemon, repo: &str, digest: &str, into: &Path) -> String {
+    let reference = format!("docker://{}/{repo}@{digest}", daemon.addr);
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &reference,
+        &format!("oci:{}:pulled", into.display()),
+    ]);
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &reference])
+        .output()
+        .unwrap();
+    assert!(raw.status.success());
+    format!("sha256:{}", sha256_hex(&raw.stdout))
+}
+
+fn inventory_image(daemon: &Daemon, repo: &str) -> serde_json::Value {
+    let inventory = daemon.get_json("/sideload/v1/inventory");
+    inventory["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["repository"] == repo)
+        .unwrap_or_else(|| panic!("{repo} not in the inventory: {inventory}"))
+        .clone()
+}
+
+#[test]
+fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
+    for (tool, package) in [
+        ("gzip", "gzip"),
+        ("pigz", "pigz"),
+        ("umoci", "umoci"),
+        ("go", "golang-go"),
+    ] {
+        require_tool(tool, package);
+    }
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (config, tars) = image_parts(&f.v1, "v1", w);
+    let cloud = Registry::start();
+    let device_registry = Registry::start();
+    let daemon = Daemon::start(&device_registry, DaemonOptions::default());
+
+    let go_gzip = go_gzip(w);
+    let go_gzip = go_gzip.to_str().unwrap();
+    let mut sources: Vec<(String, String, String)> = Vec::new();
+    for (name, cmd) in [
+        ("gzip-1", &["gzip", "-1", "-n"][..]),
+        ("gzip-6", &["gzip", "-6", "-n"][..]),
+        ("gzip-9", &["gzip", "-9"][..]),
+        ("pigz", &["pigz", "-c"][..]),
+        ("go", &[go_gzip][..]),
+    ] {
+        let layout = w.join(name);
+        let digest = layout_with(&layout, "v1", &config, &tars, Some(cmd));
+        sources.push((name.into(), format!("oci:{}:v1", layout.display()), digest));
+    }
+    // A registry holding those blobs: skopeo copies gzip layers as they are.
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", w.join("gzip-6").display()),
+        &format!("docker://{}/cloud/app:v1", cloud.host),
+    ]);
+    let registry_source = format!("docker://{}/cloud/app:v1", cloud.host);
+    sources.push((
+        "registry".into(),
+        registry_source.clone(),
+        manifest_digest_of(&registry_source),
+    ));
+
+    for (name, source, upstream) in &sources {
+        let bundle = w.join(format!("{name}.bundle"));
+        let repo = format!("exact/{name}");
+        let mut extra = vec![];
+        if name == "registry" {
+            extra.extend(["--insecure-registry", cloud.host.as_str()]);
+        }
+        let report = build_signed(source, &bundle, &repo, &extra);
+        assert_eq!(report["exact"], true, "{name}: {report}");
+        assert_eq!(report["manifest_digest"], upstream.as_str(), "{name}");
+        // Recipes are a few hundredths of a blob; Go's compressor is the hardest to model.
+        let recipe = report["recipe_bytes"].as_u64().unwrap();
+        let blobs = report["source_image_size"].as_u64().unwrap();
+        let percent = if name == "go" { 3 } else { 1 };
+        assert!(
+            recipe > 0 && recipe * 100 < blobs * percent,
+            "{name}: {recipe} recipe bytes for {blobs} bytes of layer blobs"
+        );
+        for layer in report["layers"].as_array().unwrap() {
+            assert_eq!(layer["storage"], "recipe", "{name}: {layer}");
+        }
+        let pushed = push(&daemon, &bundle);
+        assert_eq!(
+            pushed["state"],
+            "applied",
+            "{name}: {pushed}\n{}",
+            daemon.log()
+        );
+        let served = pull_by_digest(&daemon, &repo, upstream, &w.join(format!("{name}-pulled")));
+        assert_eq!(&served, upstream, "{name}");
+        let held = inventory_image(&daemon, &repo);
+        assert_eq!(held["manifest_digest"], upstream.as_str(), "{name}");
+    }
+
+    // skopeo (compressing while it pushes) and umoci compress with klauspost's parallel
+    // gzip, whose streams preflate cannot model: by default such an image is not exact (and
+    // the report says why); `--exact required` sends those blobs whole.
+    let plain = w.join("plain");
+    layout_with(&plain, "v1", &config, &tars, None);
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--dest-compress",
+        "--dest-compress-format=gzip",
+        &format!("oci:{}:v1", plain.display()),
+        &format!("docker://{}/cloud/pgzip:v1", cloud.host),
+    ]);
+    let umoci = w.join("umoci");
+    let run = |args: &[&str]| {
+        let out = Command::new("umoci").args(args).output().unwrap();
+        assert!(out.status.success(), "umoci {args:?}: {out:?}");
+    };
+    let image = format!("{}:v1", umoci.display());
+    run(&["init", "--layout", umoci.to_str().unwrap()]);
+    run(&["new", "--image", &image]);
+    for tar in &tars {
+        run(&["raw", "add-layer", "--image", &image, tar.to_str().unwrap()]);
+    }
+    for (name, source) in [
+        ("skopeo", format!("docker://{}/cloud/pgzip:v1", cloud.host)),
+        ("umoci", format!("oci:{image}")),
+    ] {
+        let upstream = manifest_digest_of(&source);
+        let repo = format!("exact/{name}");
+        let extra = ["--insecure-registry", cloud.host.as_str()];
+        let loose = build_signed(
+            &source,
+            &w.join(format!("{name}-loose.bundle")),
+            &repo,
+            &extra,
+        );
+        assert_eq!(loose["exact"], false, "{name}: {loose}");
+        let why = loose["not_exact_reason"].as_str().unwrap();
+        assert!(why.contains("--exact required"), "{name}: {why}");
+        let bundle = w.join(format!("{name}.bundle"));
+        let mut args = extra.to_vec();
+        args.extend(["--exact", "required"]);
+        let report = build_signed(&source, &bundle, &repo, &args);
+        assert_eq!(report["exact"], true, "{name}: {report}");
+        for layer in report["layers"].as_array().unwrap() {
+            assert_eq!(layer["storage"], "blob", "{name}: {layer}");
+            assert_eq!(layer["encoding"], "source_blob", "{name}: {layer}");
+        }
+        let pushed = push(&daemon, &bundle);
+        assert_eq!(
+            pushed["state"],
+            "applied",
+            "{name}: {pushed}\n{}",
+            daemon.log()
+        );
+        let served = pull_by_digest(&daemon, &repo, &upstream, &w.join(format!("{name}-pulled")));
+        assert_eq!(served, upstream, "{name}");
+    }
+}
+
+/// A gzip filter built with Go's standard library (`compress/gzip`, default level): what
+/// containerd and Docker write. Compiled for the test, offline (no modules).
+fn go_gzip(dir: &Path) -> PathBuf {
+    let src = dir.join("gogz.go");
+    std::fs::write(
+        &src,
+        "package main\nimport (\"compress/gzip\"; \"io\"; \"os\")\n\
+         func main() { w := gzip.NewWriter(os.Stdout); io.Copy(w, os.Stdin); w.Close() }\n",
+    )
+    .unwrap();
+    let bin = dir.join("gogz");
+    let out = Command::new("go")
+        .args(["build", "-o", bin.to_str().unwrap(), src.to_str().unwrap()])
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go build: {out:?}");
+    bin
+}
+
+/// The digest of the manifest a source serves.
+fn manifest_digest_of(source: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", source])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo inspect {source}: {out:?}");
+    format!("sha256:{}", sha256_hex(&out.stdout))
+}
+
+#[test]
+fn a_delta_reuses_the_exact_base_blobs_and_a_device_without_them_fails_clearly() {
+    require_tool("gzip", "gzip");
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (config1, tars1) = image_parts(&f.v1, "v1", w);
+    let (config2, tars2) = image_parts(&f.v2, "v2", w);
+    let gzip = &["gzip", "-6", "-n"][..];
+    let v1 = w.join("v1");
+    let v2 = w.join("v2");
+    layout_with(&v1, "v1", &config1, &tars1, Some(gzip));
+    let upstream = layout_with(&v2, "v2", &config2, &tars2, Some(gzip));
+    let v1_ref = format!("oci:{}:v1", v1.display());
+    let v2_ref = format!("oci:{}:v2", v2.display());
+
+    // Device A got v1 exactly: the v2 delta costs no recipe for the shared base layer.
+    let registry_a = Registry::start();
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &v1_ref,
+        &format!("docker://{}/edge/app:v1", registry_a.host),
+    ]);
+    let a = Daemon::start(&registry_a, DaemonOptions::default());
+    let delta = w.join("delta.bundle");
+    let report = build_signed(&v2_ref, &delta, "edge/app", &["--base", &v1_ref]);
+    assert_eq!(report["exact"], true, "{report}");
+    assert_eq!(report["layers"][0]["storage"], "held", "{report}");
+    assert_eq!(report["layers"][0]["recipe_bytes"], 0);
+    assert_eq!(report["layers"][1]["storage"], "recipe", "{report}");
+    let pushed = push(&a, &delta);
+    assert_eq!(pushed["state"], "applied", "{pushed}\n{}", a.log());
+    assert_eq!(
+        pull_by_digest(&a, "edge/app", &upstream, &w.join("a-pulled")),
+        upstream
+    );
+
+    // Device B holds v1's content but stored uncompressed: the same bundle fails with the
+    // reason and the fix, and B keeps what it had.
+    let plain = w.join("v1-plain");
+    layout_with(&plain, "v1", &config1, &tars1, None);
+    let registry_b = Registry::start();
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", plain.display()),
+        &format!("docker://{}/edge/app:v1", registry_b.host),
+    ]);
+    let b = Daemon::start(&registry_b, DaemonOptions::default());
+    let failed = push(&b, &delta);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs the compressed blob"),
+        "{failed}"
+    );
+    assert!(
+        failed["advice"].as_str().unwrap().contains("inventory"),
+        "{failed}"
+    );
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app", registry_b.host),
+    ]);
+    assert!(
+        tags.contains("\"v1\"") && !tags.contains("\"v2\""),
+        "{tags}"
+    );
+
+    // Built against B's inventory (which lists the blobs B really holds), or against v1 with
+    // --resend-base-blobs, the bundle carries the base layer's recipe too, and applies exactly.
+    let inventory = w.join("b-inventory.json");
+    std::fs::write(&inventory, b.get_json("/sideload/v1/inventory").to_string()).unwrap();
+    let report = build_signed(
+        &v2_ref,
+        &w.join("inventory.bundle"),
+        "edge/app",
+        &["--inventory", inventory.to_str().unwrap()],
+    );
+    assert_eq!(report["layers"][0]["encoding"], "present", "{report}");
+    assert_eq!(report["layers"][0]["storage"], "recipe", "{report}");
+    let resend = w.join("resend.bundle");
+    let report = build_signed(
+        &v2_ref,
+        &resend,
+        "edge/app",
+        &["--base", &v1_ref, "--resend-base-blobs"],
+    );
+    assert_eq!(report["layers"][0]["encoding"], "present", "{report}");
+    assert_eq!(report["layers"][0]["storage"], "recipe", "{report}");
+    let pushed = push(&b, &resend);
+    assert_eq!(pushed["state"], "applied", "{pushed}\n{}", b.log());
+    assert_eq!(
+        pull_by_digest(&b, "edge/app", &upstream, &w.join("b-pulled")),
+        upstream
+    );
+}
+
+#[test]
+fn a_signed_statement_naming_a_blob_the_device_cannot_reproduce_fails_before_any_output() {
+    require_tool("gzip", "gzip");
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (config, tars) = image_parts(&f.v1, "v1", w);
+    let layout = w.join("v1");
+    layout_with(
+        &layout,
+        "v1",
+        &config,
+        &tars,
+        Some(&["gzip", "-6", "-n"][..]),
+    );
+    let bundle = w.join("v1.bundle");
+    build_signed(
+        &format!("oci:{}:v1", layout.display()),
+        &bundle,
+        "edge/app",
+        &[],
+    );
+
+    // The release engineer signs a statement that names another blob for layer 1 (its manifest
+    // made consistent), over the genuine payload.
+    let (head, _) = sideload_bundle::open_bundle(&bundle, &Limits::default()).unwrap();
+    let mut statement = Statement::from_canonical_json(&head.statement_bytes).unwrap();
+    let wrong = Digest::of_bytes(b"not this layer's blob");
+    let sideload_signing::LayerStorage::SourceBlob { digest, .. } =
+        &mut statement.target.layers[1].storage
+    else {
+        panic!("layer 1 is not exact: {:?}", statement.target.layers[1]);
+    };
+    statement.target.manifest = statement
+        .target
+        .manifest
+        .replace(digest.as_str(), wrong.as_str());
+    *digest = wrong.clone();
+    statement.target.manifest_digest = Digest::of_bytes(statement.target.manifest.as_bytes());
+    let forged = w.join("forged.bundle");
+    {
+        let bytes = statement.to_canonical_json();
+        let mut original = std::fs::File::open(&bundle).unwrap();
+        std::io::Seek::seek(
+            &mut original,
+            std::io::SeekFrom::Start(head.payload_offset()),
+        )
+        .unwrap();
+        let mut out = std::fs::File::create(&forged).unwrap();
+        sideload_bundle::container::write_bundle(
+            &mut out,
+            &bytes,
+            &[f.key.sign_statement(&bytes)],
+            head.signature_slot,
+            &mut original,
+        )
+        .unwrap();
+    }
+    let policy = w.join("trust.toml");
+    std::fs::write(&policy, &f.policy_toml).unwrap();
+    std::fs::create_dir_all(w.join("device")).unwrap();
+    let output = w.join("out");
+    let applied = sideload(&[
+        "apply",
+        forged.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--base-dir",
+        w.join("device").to_str().unwrap(),
+        "--output",
+        &format!("oci:{}", output.display()),
+        "--json",
+    ]);
+    assert_eq!(applied.status.code(), Some(3), "{applied:?}");
+    let report = stdout_json(&applied);
+    assert_eq!(report["code"], "exact_blob_mismatch", "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("layer 1"),
+        "{report}"
+    );
+    assert!(!output.exists(), "nothing is written for a refused bundle");
+}
