@@ -145,6 +145,10 @@ run skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$PLUGIN_PORT/
 pulled_config=$(skopeo inspect --config --raw "docker-archive:$OUT/device/pulled-v2.tar" | sha256sum | cut -d' ' -f1)
 echo "config digest pulled through the plugin: sha256:$pulled_config"
 [ "$src_config" = "$pulled_config" ] || { echo "MISMATCH: config differs" >&2; exit 1; }
+src_manifest=sha256:$(skopeo inspect --raw "oci:$OUT/images/app-v2:v2" | sha256sum | cut -d' ' -f1)
+echo "the source's manifest digest: $src_manifest; pulling edge/app@ that digest through the plugin:"
+run skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$PLUGIN_PORT/edge/app@$src_manifest" >/dev/null
+echo "the device serves the very manifest the source has (pin it by digest; its signatures still apply)"
 printf '$ skopeo copy ... docker://127.0.0.1:%s/edge/other:v1 (a write through the plugin)\n' "$PLUGIN_PORT"
 skopeo copy --quiet --dest-tls-verify=false "docker-archive:$OUT/device/app-v1.tar" "docker://127.0.0.1:$PLUGIN_PORT/edge/other:v1" 2>&1 | tail -1 && exit 1 || true
 echo "inventory (GET /sideload/v1/inventory), as sideload build will take it:"

@@ -407,7 +407,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 out.extend_from_slice(&x.to_le_bytes());
             } else {
                 out.extend_from_slice(words[(x % 400) as usize].as_bytes());
