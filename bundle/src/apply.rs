@@ -20,7 +20,7 @@ use sideload_signing::{BlobFrom, Digest, LayerStorage, Statement, TrustPolicy, V
 
 use crate::codec::Frames;
 use crate::error::Error;
-use crate::gzip_recipe::{recreate, GzipRecipe, RecipeError};
+use crate::gzip_recipe::{max_chunks, recreate, GzipRecipe, RecipeError};
 use crate::image::oci_layout::OciLayoutSource;
 use crate::image::write::{write_docker_archive, OciLayoutWriter};
 use crate::image::{ImageError, ImageSource};
@@ -43,6 +43,10 @@ pub trait BaseStore {
     /// mismatch), for exact-blob bundles that reuse it. `None` if no image holds that blob.
     fn open_blob(&self, _digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
         Ok(None)
+    }
+    /// True if [`BaseStore::open_blob`] would find the blob (checked before decoding starts).
+    fn contains_blob(&self, _digest: &Digest) -> bool {
+        false
     }
 }
 
@@ -97,6 +101,12 @@ impl BaseStore for ImageSet {
             }
         }
         Ok(None)
+    }
+
+    fn contains_blob(&self, digest: &Digest) -> bool {
+        self.images
+            .iter()
+            .any(|i| i.image().layers.iter().any(|l| &l.blob_digest == digest))
     }
 }
 
@@ -171,6 +181,38 @@ pub fn apply_trusted(
                 diff_id: diff_id.clone(),
             });
         }
+    }
+    for (index, layer) in statement.target.layers.iter().enumerate() {
+        if let LayerStorage::SourceBlob {
+            digest,
+            from: BlobFrom::Device,
+            ..
+        } = &layer.storage
+        {
+            if !bases.contains_blob(digest) {
+                return Err(Error::MissingBaseBlob {
+                    bundle: name,
+                    index,
+                    digest: digest.clone(),
+                });
+            }
+        }
+    }
+    // Recipes run preflate's recompressor, which trusts its corrections: a damaged recipe can
+    // make it panic or loop. The payload's digest is checked before any recipe runs (one
+    // sequential read of a local file, cheap next to recreating blobs); after that, only a
+    // trusted signer could hand the device a bad recipe.
+    let has_recipes = statement.target.layers.iter().any(|l| {
+        matches!(
+            l.storage,
+            LayerStorage::SourceBlob {
+                from: BlobFrom::Recipe,
+                ..
+            }
+        )
+    });
+    if has_recipes {
+        check_payload_digest(&mut file, &head, &statement, path)?;
     }
     let parent = out_path
         .parent()
@@ -408,6 +450,20 @@ fn decode_payload(
                 }
             };
             match record {
+                Record::Present { index: i } | Record::Layer { index: i }
+                    if i as usize == index
+                        && matches!(
+                            layer.storage,
+                            LayerStorage::SourceBlob {
+                                from: BlobFrom::Payload,
+                                ..
+                            }
+                        ) =>
+                {
+                    return Err(corrupt(format!(
+                        "layer {index} must come as its blob (BLOB record), found {record:?}"
+                    )))
+                }
                 Record::Present { index: i } if i as usize == index => {
                     if !statement.requires.contains(&layer.diff_id) {
                         return Err(corrupt(format!(
@@ -547,15 +603,17 @@ fn decode_payload(
         }
         Ok((rebuilt, reused))
     })?;
-    // The tars of exact layers were only the material for their blobs.
+    // The tars of exact layers were only the material for their blobs; keep any blob the
+    // manifest names (the config, or a layer stored as that very digest).
+    let referenced: Vec<Digest> = statement
+        .target
+        .layers
+        .iter()
+        .map(|l| l.storage.blob(l).0)
+        .chain(std::iter::once(statement.target.config_digest.clone()))
+        .collect();
     for layer in &statement.target.layers {
-        if layer.storage.is_exact_blob()
-            && !statement
-                .target
-                .layers
-                .iter()
-                .any(|l| !l.storage.is_exact_blob() && l.diff_id == layer.diff_id)
-        {
+        if layer.storage.is_exact_blob() && !referenced.contains(&layer.diff_id) {
             let tar = crate::image::oci_layout::blob_path(writer.dir(), &layer.diff_id);
             match fs::remove_file(&tar) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -632,8 +690,8 @@ fn read_recipe<R: Read>(
             "payload ends inside the gzip recipe of layer {index}"
         )));
     }
-    let recipe =
-        GzipRecipe::from_bytes(&bytes).map_err(|e| corrupt(format!("layer {index}: {e}")))?;
+    let recipe = GzipRecipe::from_bytes(&bytes, max_chunks(layer_size))
+        .map_err(|e| corrupt(format!("layer {index}: {e}")))?;
     if recipe.plain_len() != layer_size {
         return Err(corrupt(format!(
             "the gzip recipe of layer {index} covers {} bytes, the layer has {layer_size}",

@@ -254,7 +254,7 @@ impl Error {
                 "this device cannot reproduce the source's exact layer (its sideload differs from the builder's, or the statement is wrong): rebuild the bundle with `--exact never`, or update sideload on the device"
             }
             Error::MissingBaseBlob { .. } => {
-                "build the bundle against the images this device really holds (its inventory), or with `--exact never`"
+                "the device holds this layer's content but not the source's compressed blob (its copy was compressed again, or stored by an older sideload): rebuild with `--inventory` (the device's own report) or `--resend-base-blobs`, or with `--exact never`"
             }
             Error::InsufficientDisk { .. } => "free disk space on the device, then apply again",
             Error::SignatureSlotFull { .. } => {

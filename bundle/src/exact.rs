@@ -24,6 +24,9 @@ use crate::image::spec::media_types::OCI_LAYER_TAR;
 use crate::image::{Compression, ImageSource, Layer};
 use crate::progress::Progress;
 
+/// A recipe up to this size is always accepted, whatever its share of a small blob.
+const MIN_RECIPE_LIMIT: u64 = 4096;
+
 /// What the encoder does about the source's manifest digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Exactness {
@@ -57,8 +60,9 @@ impl std::str::FromStr for Exactness {
 pub struct ExactOptions {
     /// The mode.
     pub mode: Exactness,
-    /// Largest recipe accepted for a layer, in percent of its compressed blob; a layer whose
-    /// compressor preflate models badly costs more than this and is not recreated.
+    /// Largest recipe accepted for a layer, in percent of its compressed blob (4 KiB is always
+    /// accepted); a layer whose compressor preflate models badly costs more than this and is
+    /// not recreated.
     pub max_recipe_percent: u32,
     /// Trust that the device holds the exact compressed blobs of the base images (true when
     /// it got them through exact bundles or pulled them); when false, a recipe is sent even
@@ -227,8 +231,11 @@ pub fn plan(
                         )),
                         Ok(a) => {
                             let bytes = a.recipe.to_bytes();
-                            let limit =
-                                layer.blob_size * u64::from(options.max_recipe_percent) / 100;
+                            // A tiny layer's recipe is tiny too, but a large share of it.
+                            let limit = (layer.blob_size.saturating_mul(u64::from(
+                                options.max_recipe_percent,
+                            )) / 100)
+                                .max(MIN_RECIPE_LIMIT);
                             tracing::debug!(
                                 layer = index,
                                 blob = layer.blob_size,

@@ -121,8 +121,9 @@ impl GzipRecipe {
         out
     }
 
-    /// Parses [`GzipRecipe::to_bytes`]; every length is checked before it sizes anything.
-    pub fn from_bytes(bytes: &[u8]) -> Result<GzipRecipe, RecipeError> {
+    /// Parses [`GzipRecipe::to_bytes`]; every length is checked before it sizes anything, and
+    /// at most `max_chunks` chunks are accepted (see [`max_chunks`]).
+    pub fn from_bytes(bytes: &[u8], max_chunks: u64) -> Result<GzipRecipe, RecipeError> {
         let mut r = Cursor::new(bytes);
         let version = take(&mut r, 1)?[0];
         if version != RECIPE_VERSION {
@@ -133,8 +134,9 @@ impl GzipRecipe {
         }
         let header = take_bytes(&mut r, MAX_FRAME_BYTES as u64)?;
         let count = u32::from_le_bytes(take(&mut r, 4)?.try_into().expect("4 bytes"));
-        // Each chunk takes at least 8 bytes: a count the rest cannot hold is a lie.
-        if u64::from(count) * 8 > bytes.len() as u64 {
+        // Each chunk takes at least 8 bytes: a count the rest cannot hold is a lie; and a layer
+        // has only so many chunks (an empty chunk costs the decoder more than its 8 bytes).
+        if u64::from(count) * 8 > bytes.len() as u64 || u64::from(count) > max_chunks {
             return Err(RecipeError::Invalid(format!(
                 "{count} chunks declared in {} bytes",
                 bytes.len()
@@ -165,6 +167,13 @@ impl GzipRecipe {
             trailer,
         })
     }
+}
+
+/// Most chunks a recipe for `plain_len` bytes of plain text can genuinely have: the analyser
+/// feeds 2 MiB of compressed data at a time and a chunk ends only at a block boundary, so
+/// chunks are large; 4 KiB per chunk on average, plus slack for the last ones, is generous.
+pub fn max_chunks(plain_len: u64) -> u64 {
+    plain_len / 4096 + 64
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -255,9 +264,15 @@ pub fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
             break n;
         }
         let want = pending.len() + 512;
-        if want > MAX_FRAME_BYTES || !fill(&mut blob, &mut pending, want)? {
+        if want > MAX_FRAME_BYTES {
             return Err(RecipeError::NotRecreatable(
-                "gzip header is truncated or too long".into(),
+                "gzip header is too long".into(),
+            ));
+        }
+        // A short blob ends before `want`: what was read may still hold the whole header.
+        if !fill(&mut blob, &mut pending, want)? && gzip_header_len(&pending)?.is_none() {
+            return Err(RecipeError::NotRecreatable(
+                "gzip header is truncated".into(),
             ));
         }
     };
@@ -370,15 +385,19 @@ pub fn recreate(
                 recipe.plain_len()
             )));
         }
-        let (deflate, _) = recreator
-            .recompress(&mut Cursor::new(&text), &chunk.corrections)
-            .map_err(|e| {
-                RecipeError::Invalid(format!(
-                    "chunk {i}: preflate: {:?}: {}",
-                    e.exit_code(),
-                    e.message()
-                ))
-            })?;
+        // preflate trusts its corrections and panics on some damaged ones (an index out of
+        // bounds): a recipe that does not fit its content is an invalid recipe, not a crash.
+        let recompressed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            recreator.recompress(&mut Cursor::new(&text), &chunk.corrections)
+        }))
+        .map_err(|_| RecipeError::Invalid(format!("chunk {i}: the corrections do not fit")))?;
+        let (deflate, _) = recompressed.map_err(|e| {
+            RecipeError::Invalid(format!(
+                "chunk {i}: preflate: {:?}: {}",
+                e.exit_code(),
+                e.message()
+            ))
+        })?;
         out.write_all(&deflate)?;
     }
     let mut extra = [0u8; 1];
@@ -422,7 +441,9 @@ mod tests {
         let analysis = analyse(gz).expect("analysable");
         assert_eq!(analysis.plain_len, plain.len() as u64);
         assert_eq!(analysis.plain_digest, Digest::of_bytes(plain));
-        let recipe = GzipRecipe::from_bytes(&analysis.recipe.to_bytes()).expect("parses");
+        let recipe =
+            GzipRecipe::from_bytes(&analysis.recipe.to_bytes(), max_chunks(plain.len() as u64))
+                .expect("parses");
         assert_eq!(recipe, analysis.recipe);
         assert_eq!(recipe.encoded_len(), recipe.to_bytes().len() as u64);
         let mut out = Vec::new();
@@ -449,6 +470,22 @@ mod tests {
                 recipe.encoded_len(),
                 gz.len()
             );
+        }
+    }
+
+    #[test]
+    fn tiny_and_empty_blobs_round_trip() {
+        // Empty layers and one-file layers are common; a blob shorter than the header read
+        // must not count as truncated.
+        for plain in [Vec::new(), b"hello".to_vec(), sample(300)] {
+            for level in [1, 6, 9] {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                enc.write_all(&plain).unwrap();
+                let gz = enc.finish().unwrap();
+                assert!(gz.len() < 512);
+                round_trip(&gz, &plain);
+            }
         }
     }
 
@@ -499,7 +536,7 @@ mod tests {
         bytes.extend(0u32.to_le_bytes());
         bytes.extend(u32::MAX.to_le_bytes());
         assert!(matches!(
-            GzipRecipe::from_bytes(&bytes),
+            GzipRecipe::from_bytes(&bytes, u64::MAX),
             Err(RecipeError::Invalid(_))
         ));
         let mut wrong_version = GzipRecipe {
@@ -509,7 +546,7 @@ mod tests {
         }
         .to_bytes();
         wrong_version[0] = 99;
-        let e = GzipRecipe::from_bytes(&wrong_version)
+        let e = GzipRecipe::from_bytes(&wrong_version, 10)
             .unwrap_err()
             .to_string();
         assert!(e.contains("version 99"), "{e}");
@@ -522,9 +559,9 @@ mod tests {
             trailer: vec![],
         }
         .to_bytes();
-        assert!(GzipRecipe::from_bytes(&huge_chunk).is_err());
+        assert!(GzipRecipe::from_bytes(&huge_chunk, 10).is_err());
         for cut in 0..wrong_version.len() {
-            let _ = GzipRecipe::from_bytes(&wrong_version[..cut]);
+            let _ = GzipRecipe::from_bytes(&wrong_version[..cut], 10);
         }
     }
 }

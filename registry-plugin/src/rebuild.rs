@@ -137,6 +137,10 @@ impl BaseStore for RegistryBases {
             })
     }
 
+    fn contains_blob(&self, digest: &Digest) -> bool {
+        self.by_blob.contains_key(digest)
+    }
+
     fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
         let Some((repository, layer)) = self.by_blob.get(digest) else {
             return Ok(None);

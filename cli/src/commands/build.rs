@@ -96,9 +96,10 @@ pub struct BuildArgs {
     /// uncompressed: the smallest bundle, a manifest digest of sideload's own).
     #[arg(long, default_value = "where-possible", value_name = "MODE")]
     exact: sideload_bundle::Exactness,
-    /// Largest recipe accepted for a gzip layer, in percent of its compressed size; above it
-    /// the layer counts as not recreatable.
-    #[arg(long, default_value_t = 5, value_name = "PERCENT")]
+    /// Largest recipe accepted for a gzip layer, in percent of its compressed size (4 KiB is
+    /// always accepted); above it the layer counts as not recreatable.
+    #[arg(long, default_value_t = 5, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
     exact_max_recipe: u32,
     /// Send recipes even for layers whose exact blob a base image holds: for devices that
     /// hold the bases' content but not their exact compressed blobs (images pushed to them
