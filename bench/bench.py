@@ -6,9 +6,13 @@ in its own `python3 -c` process so that its time and memory are measured apart f
 The realistic scenarios' images come from corpus.py (cached in bench/.cache/).
 
   bench.py --bin target/release --work TMPDIR --out bench/results/latest.md [--scenario NAME]...
-           [--only METHOD,...] [--no-peer-cache] [--plugin [--plugin-pull-rounds N]]
+           [--only METHOD,...] [--no-peer-cache] [--no-exact] [--plugin [--plugin-pull-rounds N]]
            [--link | --link-only] [--link-seed N] [--link-up-s LO,HI] [--link-down-s LO,HI]
            [--link-budget-s S]
+
+Wherever sideload runs, its bundle is also built from the images' gzip OCI layouts (`--exact
+where-possible`), applied to an `oci:` layout whose manifest digest must be the source's: the
+bytes and time exactness costs over the sideload row (issue 7; --no-exact skips it).
 
 --plugin also delivers each scenario's bundle to sideload-registry-plugin in front of a
 docker-registry on loopback (see "registry plugin" below and bench/README.md). --link (root)
@@ -334,6 +338,72 @@ def check_rebuilt_archive(path, want_config_sha, want_diff_ids):
             if "sha256:" + h.hexdigest() != want:
                 return f"layer {name} differs"
     return None
+
+
+def layout_manifest(layout_dir, tag=None):
+    """(manifest digest, manifest) of the image tagged `tag` in an OCI layout (the first one
+    without a tag)."""
+    with open(os.path.join(layout_dir, "index.json")) as f:
+        entries = json.load(f)["manifests"]
+    entry = next((m for m in entries
+                  if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag), None)
+    if entry is None:
+        if tag is not None:
+            raise RuntimeError(f"{layout_dir}: no image tagged {tag}")
+        entry = entries[0]
+    with open(os.path.join(layout_dir, "blobs", *entry["digest"].split(":"))) as f:
+        return entry["digest"], json.load(f)
+
+
+def delta_stats(report):
+    """What a `sideload build --json` report says of its deltas, to tell two builds' deltas apart:
+    payload bytes without the recipes, files patched with bsdiff and zstd, patch bytes."""
+    layers = report.get("layers", [])
+    return dict(payload=(report.get("payload_size") or 0) - (report.get("recipe_bytes") or 0),
+                bsdiff=sum(l.get("bsdiff_patched_files", 0) for l in layers),
+                zstd=sum(l.get("zstd_patched_files", 0) for l in layers),
+                patch=sum(l.get("patch_bytes", 0) for l in layers))
+
+
+def link_tree(src, dst):
+    """A copy of directory `src` at `dst` made of hard links (plain copies across filesystems):
+    a device's own copy of an OCI layout, which `sideload apply --base-dir` takes only as a real
+    directory, not a symlink."""
+    for root, dirs, files in os.walk(src):
+        out = os.path.join(dst, os.path.relpath(root, src))
+        os.makedirs(out, exist_ok=True)
+        for n in files:
+            try:
+                os.link(os.path.join(root, n), os.path.join(out, n))
+            except OSError:
+                shutil.copyfile(os.path.join(root, n), os.path.join(out, n))
+
+
+def check_rebuilt_oci(out, tag, want_manifest, want_config, sc, exact):
+    """The OCI layout apply wrote: its manifest (`skopeo inspect --raw`) has the digest
+    `want_manifest`; the config and every layer blob in it hash to their descriptors; the config
+    is `want_config` (the source layout's); not exact, the layers are the uncompressed tars of
+    the target's diff_ids. Returns (error or None, the rebuilt manifest's digest)."""
+    raw = run(["skopeo", "inspect", "--raw", f"oci:{out}:{tag}"])
+    got = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if got != want_manifest:
+        return f"manifest {got} is not {want_manifest}", got
+    manifest = json.loads(raw)
+    if manifest["config"]["digest"] != want_config:
+        return f"config digest {manifest['config']['digest']} is not the source's {want_config}", got
+    for desc in [manifest["config"]] + manifest["layers"]:
+        path = os.path.join(out, "blobs", *desc["digest"].split(":"))
+        if not os.path.exists(path):
+            return f"blob {desc['digest']} missing", got
+        if os.path.getsize(path) != desc["size"] or "sha256:" + sha256_file(path) != desc["digest"]:
+            return f"blob {desc['digest']} does not hash to its digest", got
+    if len(manifest["layers"]) != len(sc["diff_ids"]):
+        return "layer count differs", got
+    if not exact:
+        for i, (desc, want) in enumerate(zip(manifest["layers"], sc["diff_ids"])):
+            if desc["digest"] != want:
+                return f"layer {i} is not the target's diff_id {want}", got
+    return None, got
 
 
 class ScratchWatch:
@@ -860,6 +930,8 @@ class Bench:
         # The daemon's log of each --plugin run is kept next to the markdown report.
         self.log_dir = os.path.dirname(os.path.abspath(args.out))
         self.peer_cache = PeerCache(os.path.join(self.cache, "peer-results"), enabled=not args.no_peer_cache)
+        self.exact = not args.no_exact
+        self.gzip_layouts = {}  # docker-archive -> a gzip OCI layout skopeo wrote of it (exact_layouts)
         self.versions = tool_versions()
         # Read now: the file may be edited while a long run goes on.
         self.code_sha256 = {}
@@ -916,7 +988,125 @@ class Bench:
             note += "; config digest + every layer diff_id match"
         sc["sideload_apply"] = dict(rss_kib=dec.rss_kib, scratch=scratch, scratch_seen=watch.peak,
                                     seconds=dec.seconds)
+        sc["sideload_delta"] = delta_stats(report)  # for the exact measurement's notes
         return dict(bytes=size, enc=enc, dec=dec, status="NO" if err else "yes", note=note)
+
+    # -----------------------------------------------------------------------------------------
+    # exact manifest digest (issue 7): the same scenario from the gzip OCI layouts, so that the
+    # device can serve the source's own manifest; what that costs over the sideload row.
+
+    def exact_layouts(self, sc):
+        """(target layout, tag, old layout or None, its tag) with gzip layers for the exact
+        measurement: the scenario's own OCI layouts (corpus.py and make-demo-images write gzip
+        ones). Should a layout hold other layers, both images are written again from their
+        docker-save archives with `skopeo copy --dest-compress-format gzip` (the same gzip
+        writer for both, so the layers they share stay byte-identical), once per run."""
+        want = [(sc["layout"], sc["layout_tag"], sc["new"])]
+        if sc["old_layout"]:
+            want.append((sc["old_layout"], sc["old_layout_tag"], sc["old"]))
+        if all(l["mediaType"].endswith("gzip") for lay, tag, _ in want for l in layout_manifest(lay, tag)[1]["layers"]):
+            return sc["layout"], sc["layout_tag"], sc["old_layout"], sc["old_layout_tag"]
+        out = []
+        for lay, tag, archive in want:
+            if archive not in self.gzip_layouts:
+                dst = os.path.join(self.work, "gzip-layouts", f"{len(self.gzip_layouts)}")
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                run(["skopeo", "copy", "--quiet", "--dest-compress", "--dest-compress-format", "gzip",
+                     f"docker-archive:{archive}", f"oci:{dst}:{tag}"])
+                self.gzip_layouts[archive] = dst
+            out += [self.gzip_layouts[archive], tag]
+        return tuple(out + [None, None])[:4]
+
+    def sideload_exact(self, sc, d, base):
+        """`sideload build oci:TARGET --base oci:OLD --exact where-possible`, signed and applied
+        as the sideload row is, to an OCI layout whose manifest must be the source's (when the
+        build says exact). `base`: the sideload row (docker-archive, uncompressed layers)."""
+        sl, sign = os.path.join(self.bin, "sideload"), os.path.join(self.bin, "sideload-sign")
+        layout, tag, old_layout, old_tag = self.exact_layouts(sc)
+        src_digest, src_manifest = layout_manifest(layout, tag)
+        device = os.path.join(d, "device")
+        os.makedirs(device)
+        bases = []
+        if sc["old"] is not None:
+            # The device holds the old image as the registry sent it: its OCI layout, gzip blobs.
+            held = os.path.join(device, "held")
+            link_tree(old_layout, held)
+            bases = ["--base", f"oci:{held}:{old_tag}"]
+        bundle = os.path.join(d, "exact.bundle")
+        stmt = os.path.join(d, "statement.json")
+        enc = timed(
+            [sl, "build", f"oci:{layout}:{tag}", *bases, "-o", bundle, "--exact", "where-possible",
+             "--repository", sc["repo"], "--tag", sc["tag"], "--statement-out", stmt, "--json"],
+            d,
+        )
+        report = json.loads(enc.stdout)
+        sig = os.path.join(d, "bench.sig")
+        run([sign, "sign", "--key", self.key, stmt, "-o", sig])
+        run([sl, "attach", bundle, sig])
+        size = os.path.getsize(bundle)
+        info = json.loads(run([sl, "inspect", bundle, "--json"]))
+        scratch = info.get("statement", {}).get("payload", {}).get("scratch_bytes")
+        out = os.path.join(d, "rebuilt-oci")
+        with ScratchWatch(d) as watch:
+            dec = timed(
+                [sl, "apply", bundle, "--policy", self.policy, "--base-dir", device,
+                 "--output", f"oci:{out}"],
+                d,
+            )
+        exact = report.get("exact") is True
+        storage = {}
+        for layer in report.get("layers", []):
+            k = str(layer.get("storage", "?"))
+            storage[k] = storage.get(k, 0) + 1
+        res = dict(bytes=size, enc=enc, dec=dec, exact=exact, reason=report.get("not_exact_reason"),
+                   recipe_bytes=report.get("recipe_bytes"), storage=storage,
+                   layer_recipes=[l.get("recipe_bytes") for l in report.get("layers", [])],
+                   source_manifest=src_digest, build_source_manifest=report.get("source_manifest_digest"),
+                   build_manifest=report.get("manifest_digest"), scratch=scratch, scratch_seen=watch.peak,
+                   delta=delta_stats(report), base_delta=sc.get("sideload_delta"),
+                   base_bytes=base["bytes"] if base and base["status"] == "yes" else None,
+                   base_enc=base["enc"] if base and base["status"] == "yes" else None,
+                   base_apply=sc.get("sideload_apply") if base and base["status"] == "yes" else None)
+        if report.get("source_manifest_digest") != src_digest:
+            res.update(status="NO", error=f"the build names the source manifest {report.get('source_manifest_digest')}, "
+                                          f"the layout's is {src_digest}")
+            return res
+        if exact and report.get("manifest_digest") != src_digest:
+            res.update(status="NO", error=f"the build says exact but its statement's manifest is "
+                                          f"{report.get('manifest_digest')}, not the source's {src_digest}")
+            return res
+        err, got = check_rebuilt_oci(out, sc["tag"], src_digest if exact else report.get("manifest_digest"),
+                                     src_manifest["config"]["digest"], sc, exact)
+        res["rebuilt_manifest"] = got
+        if err:
+            res.update(status="NO", error=err)
+        else:
+            res["status"] = "yes" if exact else "not exact"
+        return res
+
+    def run_exact(self, sc, base):
+        """The exact measurement of one scenario (after its sideload row): sc["exact"]."""
+        print("   sideload, exact manifest digest (oci: gzip layouts) ...", end=" ", flush=True)
+        t = time.time()
+        d = os.path.join(self.work, "runs", sc["name"], "sideload-exact")
+        os.makedirs(d)
+        try:
+            res = self.sideload_exact(sc, d, base)
+        except (ToolTimeout, ToolOutOfMemory) as e:
+            res = dict(status="timeout" if isinstance(e, ToolTimeout) else "oom", error=str(e))
+        except Exception as e:  # recorded and reported; the run exits non-zero
+            msg = str(e).strip()
+            res = dict(status="FAILED", error=msg.splitlines()[-1][:300] if msg else type(e).__name__)
+            print(f"FAILED ({time.time() - t:.0f} s)\n--- error ---\n{msg[-3000:]}\n---", flush=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        sc["exact"] = res
+        if res["status"] == "FAILED":
+            return
+        if "bytes" not in res:
+            print(f"{res['status']} ({time.time() - t:.0f} s): {res['error']}", flush=True)
+            return
+        print(f"{res['status']} ({time.time() - t:.0f} s): {exact_line(res)}", flush=True)
 
     def bundle_target(self, bundle):
         """What the device will make of the bundle (from `sideload inspect`): a dict with the
@@ -1519,10 +1709,11 @@ class Bench:
             for n in wanted:
                 old, new, desc = corpus.SCENARIOS[n]
                 layout, tag, new_tar = corpus.build_image(cache, new)
-                old_tar = corpus.build_image(cache, old)[2] if old else None
+                old_layout, old_tag, old_tar = corpus.build_image(cache, old) if old else (None, None, None)
                 spec = corpus.IMAGES[new]
                 self.add_scenario(n, desc, old_tar, new_tar, layout, tag, spec["repo"], spec["tag"],
-                                  f"{spec['repo']}:{spec['tag']}", old and corpus.IMAGES[old]["repo"] + ":" + corpus.IMAGES[old]["tag"])
+                                  f"{spec['repo']}:{spec['tag']}", old and corpus.IMAGES[old]["repo"] + ":" + corpus.IMAGES[old]["tag"],
+                                  old_layout=old_layout, old_tag=old_tag)
         order = {n: i for i, n in enumerate(names)}
         self.scenarios.sort(key=lambda sc: order[sc["name"]])
 
@@ -1538,13 +1729,17 @@ class Bench:
         # The device's own copy of v2 (zstd refuses an input that is also its dictionary).
         v2_copy = os.path.join(arch, "device-app-v2.tar")
         shutil.copyfile(v2_tar, v2_copy)
-        olds = {"demo-app-update": (v1_tar, "edge/app:v1"), "demo-same-image": (v2_copy, "edge/app:v2"),
-                "demo-no-base": (None, None)}
+        # name -> (old archive, its ref, its OCI layout and tag: the device's image for the exact
+        # measurement; make-demo-images writes gzip layouts, see exact_layout()).
+        olds = {"demo-app-update": (v1_tar, "edge/app:v1", v1_oci, "v1"),
+                "demo-same-image": (v2_copy, "edge/app:v2", v2_oci, "v2"),
+                "demo-no-base": (None, None, None, None)}
         for n in names:
             self.add_scenario(n, DEMO_SCENARIOS[n], olds[n][0], v2_tar, v2_oci, "v2", "edge/app", "v2",
-                              "edge/app:v2", olds[n][1])
+                              "edge/app:v2", olds[n][1], old_layout=olds[n][2], old_tag=olds[n][3])
 
-    def add_scenario(self, name, desc, old, new, layout, tag, repo, dtag, target_ref, old_ref):
+    def add_scenario(self, name, desc, old, new, layout, tag, repo, dtag, target_ref, old_ref,
+                     old_layout=None, old_tag=None):
         manifest, config = oci_manifest(layout)
         diff_ids, raw = archive_facts(new)
         if config["rootfs"]["diff_ids"] != diff_ids:
@@ -1558,6 +1753,9 @@ class Bench:
                   old_size=os.path.getsize(old) if old else 0, new_size=os.path.getsize(new))
         sc["gz_size"] = sc["config_size"] + sum(l["size"] for l in sc["layers"])
         sc["old_or_empty"] = old or self.empty
+        # The same images as OCI layouts (gzip layers, a manifest): the exact measurement's inputs.
+        sc["layout"], sc["layout_tag"] = layout, tag
+        sc["old_layout"], sc["old_layout_tag"] = old_layout, old_tag
         self.scenarios.append(sc)
 
     # Methods whose rows go through the peer result cache (not sideload, not the computed plain row).
@@ -1684,6 +1882,8 @@ class Bench:
                     else:
                         sc["link"] = dict(status="FAILED", error="no bundle: sideload did not reproduce the target")
                 shutil.rmtree(d, ignore_errors=True)
+                if method == "sideload" and self.exact:
+                    self.run_exact(sc, row)
             results[sc["name"]] = rows
         return results
 
@@ -1747,7 +1947,20 @@ def md_table(rows, head=HEAD, numeric=NUMERIC):
     return "\n".join(out)
 
 
-def machine_info(versions):
+def build_info(bin_dir):
+    """The tree the sideload binary was built from: commit, and the files that differ from it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        built = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(bin_dir, "sideload")))
+    except OSError:
+        return "?"
+    dirty = [l.split(None, 1)[-1] for l in sh_out(f"git -C {repo} status --porcelain").splitlines() if l.strip()]
+    return (f"built {built.astimezone().strftime('%Y-%m-%d %H:%M:%S %z')} from commit "
+            f"{sh_out(f'git -C {repo} rev-parse --short HEAD')}"
+            + (f", files differing from it now: {', '.join(dirty)}" if dirty else ", clean tree"))
+
+
+def machine_info(versions, bin_dir=None):
     deb = ", ".join(f"{p} {v}" for p, v in versions.items() if p in DEB_PACKAGES)
     return [
         ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")),
@@ -1756,7 +1969,7 @@ def machine_info(versions):
         ("cpu", versions.get("cpu")),
         ("kernel", platform.release()),
         ("tools", deb + f", hdiffpatch (PyPI) {versions.get('hdiffpatch')}"),
-    ]
+    ] + ([("sideload binary", build_info(bin_dir))] if bin_dir else [])
 
 
 SUMMARY_HEAD = ["scenario", "sideload bytes", "smallest other (bytes)", "sideload ÷ smallest other",
@@ -1784,6 +1997,88 @@ def summary_rows(bench, results):
             "-" if not ap else f"{ap['rss_kib'] / 1024:.1f}",
             "-" if not ap or ap["scratch"] is None else f"{ap['scratch']:,} B",
             "-" if not ap else f"{ap['scratch_seen']:,} B",
+        ])
+    return rows
+
+
+def storage_text(storage):
+    return ", ".join(f"{n} {k}" for k, n in sorted(storage.items()))
+
+
+def exact_line(e):
+    """One sentence on a scenario's exact measurement (progress line, under its table)."""
+    if "bytes" not in e:
+        return f"{e['status']}: {e.get('error', '')}"
+    parts = [f"bundle {e['bytes']:,} B"]
+    if e["base_bytes"] is not None:
+        extra = e["bytes"] - e["base_bytes"]
+        parts[0] += f" ({extra:+,} B, {100.0 * extra / e['base_bytes']:+.2f} % over the docker-archive bundle)"
+    parts.append(f"recipes {e['recipe_bytes']:,} B" if e["recipe_bytes"] is not None else "recipes ?")
+    parts.append(f"layers: {storage_text(e['storage'])}")
+    b = e["base_enc"]
+    parts.append(f"build {e['enc'].seconds:.2f} s" + (f" (docker-archive {b.seconds:.2f} s)" if b else ""))
+    a = e["base_apply"]
+    parts.append(f"apply {e['dec'].seconds:.2f} s" + (f" (docker-archive {a['seconds']:.2f} s, ×{e['dec'].seconds / a['seconds']:.2f})"
+                                                     if a and a["seconds"] > 0 else "")
+                 + f", peak RSS {e['dec'].rss_kib / 1024:.1f} MiB" + (f" ({a['rss_kib'] / 1024:.1f})" if a else ""))
+    if e["status"] == "yes":
+        parts.append(f"rebuilt manifest {e['rebuilt_manifest']} = the source's, every blob checked")
+    elif e["status"] == "not exact":
+        parts.append(f"NOT EXACT: {e['reason']}; rebuilt manifest {e.get('rebuilt_manifest')} (sideload's own), "
+                     "config + every layer diff_id checked")
+    else:
+        parts.append(f"MISMATCH: {e.get('error')}")
+    return "; ".join(parts)
+
+
+EXACT_HEAD = ["scenario", "exact", "bundle B (docker-archive)", "exact bundle B (oci: gzip)", "extra B",
+              "extra % of bundle", "recipe B", "recipe % of bundle", "layers (storage)", "build s exact / d-a",
+              "apply s exact", "apply s d-a", "apply ÷ d-a", "apply RSS MiB exact / d-a", "manifest digest", "notes"]
+EXACT_NUMERIC = {2, 3, 4, 5, 6, 7, 10, 11, 12}
+
+
+def exact_rows(bench):
+    """The exact-digest table: a row per scenario measured (`d-a` = the sideload row, built from
+    the docker-archives)."""
+    rows = [EXACT_HEAD]
+    for sc in bench.scenarios:
+        e = sc.get("exact")
+        if not e:
+            continue
+        if "bytes" not in e:
+            rows.append([sc["name"], "-"] + ["-"] * 13 + [f"{e['status']}: {e.get('error', '')}"[:300]])
+            continue
+        bb, a, be = e["base_bytes"], e["base_apply"], e["base_enc"]
+        extra = None if bb is None else e["bytes"] - bb
+        if e["status"] == "yes":
+            check = f"= source {e['source_manifest'][:19]}…"
+            notes = "rebuilt manifest = the source's (`skopeo inspect --raw`), every blob hashed"
+        elif e["status"] == "not exact":
+            check = f"sideload's own {str(e.get('rebuilt_manifest'))[:19]}…"
+            notes = f"not exact: {e['reason']}; config + layer diff_ids checked"
+        else:
+            check = "MISMATCH"
+            notes = f"MISMATCH: {e.get('error')}"
+        x, y = e.get("delta"), e.get("base_delta")
+        if x and y:
+            notes += (f"; payload without recipes {x['payload']:,} / d-a {y['payload']:,} B, files patched with "
+                      f"bsdiff {x['bsdiff']} / {y['bsdiff']}, zstd {x['zstd']} / {y['zstd']}")
+        notes += (f"; recipes per layer: {', '.join(str(r) for r in e['layer_recipes'])} B; apply scratch: "
+                  f"declared {e['scratch']} B, seen {e['scratch_seen']} B; {pct(e['bytes'], sc['gz_size'])} % of the gz image")
+        rows.append([
+            sc["name"], "yes" if e["exact"] else "no",
+            "-" if bb is None else f"{bb:,}", f"{e['bytes']:,}",
+            "-" if extra is None else f"{extra:+,}",
+            "-" if extra is None else f"{100.0 * extra / bb:+.2f}",
+            "-" if e["recipe_bytes"] is None else f"{e['recipe_bytes']:,}",
+            "-" if e["recipe_bytes"] is None or bb is None else f"{100.0 * e['recipe_bytes'] / bb:.2f}",
+            storage_text(e["storage"]),
+            f"{e['enc'].seconds:.2f} / " + ("-" if be is None else f"{be.seconds:.2f}"),
+            f"{e['dec'].seconds:.2f}",
+            "-" if a is None else f"{a['seconds']:.2f}",
+            "-" if not a or a["seconds"] <= 0 else f"{e['dec'].seconds / a['seconds']:.2f}",
+            f"{e['dec'].rss_kib / 1024:.1f} / " + ("-" if a is None else f"{a['rss_kib'] / 1024:.1f}"),
+            check, notes,
         ])
     return rows
 
@@ -1960,6 +2255,10 @@ def report(bench, results, out_path, total_seconds):
         md.append(md_table(table) + "\n")
         if ap:
             md.append(line + ".\n")
+        if sc.get("exact"):
+            el = "exact manifest digest (oci: gzip layouts): " + exact_line(sc["exact"])
+            text.append(el)
+            md.append(el + ".\n")
         if sc.get("plugin"):
             pl = plugin_line(sc["plugin"])
             text.append(pl)
@@ -1972,6 +2271,24 @@ def report(bench, results, out_path, total_seconds):
         md.append("sideload against the smallest output of any other tool that reproduced the target "
                   "(ratio < 1: sideload is smaller).\n")
         md.append(md_table(summ, SUMMARY_HEAD, {1, 3, 4, 5, 6, 7, 8}) + "\n")
+    erow = exact_rows(bench)
+    if len(erow) > 1:
+        text.append("\n[exact manifest digest] sideload build from the gzip OCI layouts (--exact where-possible) "
+                    "against the sideload row (docker-archive, uncompressed layers: d-a)")
+        text.append("\n".join("  |  ".join(r) for r in erow))
+        md.append("## Exact manifest digest\n")
+        md.append("The same scenario built from the images' gzip OCI layouts (target and base as `oci:`, "
+                  "`sideload build --exact where-possible`), signed and applied like the sideload row but to an "
+                  "`oci:` output, which the device can serve under the source's own manifest digest. `bundle B "
+                  "(docker-archive)` and `d-a`: the sideload row above (built from the docker-save archives: "
+                  "uncompressed layers, a manifest of sideload's own). `extra B` / `extra % of bundle`: exact bundle "
+                  "− that bundle, and ÷ it (issue 7's target: under 1 %). `recipe B`: the build's `recipe_bytes` "
+                  "(preflate corrections that recreate each gzip blob), and ÷ the docker-archive bundle; the rest of "
+                  "the extra is the statement's upstream manifest and differences between the two builds' deltas "
+                  "(`sideload build` gives bsdiff a time budget, so under load two builds of the same delta differ). `layers (storage)`: the build's per-layer "
+                  "`storage`. `manifest digest`: `skopeo inspect --raw oci:OUT:TAG | sha256sum` of the rebuilt "
+                  "layout against the source layout's manifest digest (and every blob hashed). See `bench/README.md`.\n")
+        md.append(md_table(erow, EXACT_HEAD, EXACT_NUMERIC) + "\n")
     prow = plugin_rows(bench)
     if len(prow) > 1:
         text.append("\n[registry plugin] sideload-registry-plugin in front of docker-registry (loopback): "
@@ -2068,6 +2385,10 @@ def main():
     ap.add_argument("--no-peer-cache", action="store_true",
                     help="run every peer tool even when bench/.cache/peer-results holds its row for the "
                          "same key (the rows are rewritten)")
+    ap.add_argument("--no-exact", action="store_true",
+                    help="skip the exact-digest measurement (by default, wherever sideload runs, its bundle is "
+                         "also built from the gzip OCI layouts with --exact where-possible, applied to an oci: "
+                         "layout and its manifest digest checked against the source's)")
     ap.add_argument("--plugin", action="store_true",
                     help="also measure the registry plugin for each scenario: upload sideload's bundle to "
                          "sideload-registry-plugin (from --bin) in front of docker-registry on loopback, time "
@@ -2134,13 +2455,15 @@ def main():
         names = ALL_SCENARIOS
     start = datetime.datetime.now()
     bench = Bench(args)
-    bench.machine = machine_info(bench.versions)
+    bench.machine = machine_info(bench.versions, args.bin)
     signal.signal(signal.SIGTERM, on_sigterm)
     bench.setup(names)
     results = bench.run_link_only() if args.link_only else bench.run_all(only)
     report(bench, results, args.out, (datetime.datetime.now() - start).total_seconds())
     failed = [(n, r["tool"], r["status"]) for n, rows in results.items() for r in rows
               if r["status"] in ("NO", "FAILED")]
+    failed += [(sc["name"], "sideload exact", sc["exact"]["status"]) for sc in bench.scenarios
+               if sc.get("exact") and sc["exact"]["status"] in ("NO", "FAILED")]
     failed += [(sc["name"], "registry plugin", "FAILED") for sc in bench.scenarios
                if sc.get("plugin") and sc["plugin"]["status"] != "yes"]
     failed += [(sc["name"], "shaped link", "FAILED") for sc in bench.scenarios

@@ -13,6 +13,9 @@
 #   (default 1200), --mem-limit-gib N (default 16), --bsdiff-max-bytes N (default 1e9); see
 #   `python3 bench/bench.py --help`.
 #   --only METHOD,... runs only those tools (sideload plain bsdiff xdelta3 zstd rdiff hdiffpatch).
+#   Wherever sideload runs, its bundle is also built from the gzip OCI layouts with --exact
+#   where-possible and applied to an oci: layout whose manifest digest must be the source's:
+#   extra bytes and apply time of exactness (issue 7); --no-exact skips it.
 #   --plugin also uploads each scenario's bundle to sideload-registry-plugin in front of a
 #   docker-registry on loopback: upload -> tag visible, the daemon's peak RSS, pulls through the
 #   plugin against straight from the registry (builds the plugin, installs docker-registry).
