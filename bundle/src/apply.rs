@@ -512,16 +512,7 @@ fn decode_payload(
                         return Err(corrupt(format!("payload ends inside layer {index}'s blob")));
                     }
                     progress.advance(layer.size);
-                    blob.commit(Some((digest, Some(*size))))
-                        .map_err(|e| match e {
-                            ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {
-                                bundle: name.to_owned(),
-                                index,
-                                expected: digest.clone(),
-                                actual,
-                            },
-                            other => Error::Image(other),
-                        })?;
+                    commit_source_blob(name, index, blob, digest, *size)?;
                     rebuilt += 1;
                 }
                 Record::Layer { index: i } if i as usize == index => {
@@ -727,6 +718,17 @@ fn recreate_blob(
             reason: format!("layer {index}: {other}"),
         },
     })?;
+    commit_source_blob(name, index, blob, digest, size)
+}
+
+/// Stores layer `index`'s compressed blob if it is the one the statement names.
+fn commit_source_blob(
+    name: &str,
+    index: usize,
+    blob: crate::image::write::BlobWriter,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), Error> {
     blob.commit(Some((digest, Some(size))))
         .map_err(|e| match e {
             ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {
