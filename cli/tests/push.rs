@@ -175,8 +175,10 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     seed_v1(&registry);
     let daemon = Daemon::start(&registry, DaemonOptions::default());
     let untrusted = bundle(BundleSpec {
-        name: "untrusted.bundle",
+        name: "untrusted-whole.bundle",
         signer: Signer::Stranger,
+        // A whole image: megabytes of payload behind the head.
+        with_base: false,
         ..Default::default()
     });
     let good = bundle(BundleSpec::default());
@@ -191,15 +193,24 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("what to do:"), "{stderr}");
     assert!(
-        stderr.contains("app-v2.bundle: not sent: untrusted.bundle did not go through"),
+        stderr.contains("app-v2.bundle: not sent: untrusted-whole.bundle did not go through"),
         "{stderr}"
     );
     let v = stdout_json(&out);
     assert_eq!(v["bundles"][0]["outcome"], "refused");
     assert_eq!(v["bundles"][0]["code"], "unknown_key");
     assert_eq!(v["bundles"][1]["outcome"], "skipped", "{v:#}");
-    // The device stored no payload byte of the refused bundle (only its head was read).
-    assert!(daemon.upload_bytes_total() < 8192);
+    // The device stored no payload byte of the refused bundle: at most its head, however the
+    // client framed its bytes (one PATCH carries head and payload).
+    let mut header = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open(&untrusted).unwrap(), &mut header).unwrap();
+    let head = sideload_bundle::head_len(&header).unwrap();
+    assert!(size(&untrusted) > head + 65536);
+    let stored = daemon.upload_bytes_total();
+    assert!(
+        stored <= head,
+        "{stored} bytes stored, the head is {head}: {v:#}"
+    );
 }
 
 #[test]

@@ -146,6 +146,63 @@ struct Claim {
     force: bool,
 }
 
+/// How long a request's body is still read (and thrown away) after the device has answered
+/// early, and how long it may then go without a byte: nginx's `lingering_time` and
+/// `lingering_timeout`, which exist for the same reason (see [`LingeringBody`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An upload request's body that, when the device answers before the client has stopped
+/// sending (a refused head, bytes past the bundle's end, a take-over), goes on being read and
+/// thrown away in the background for a while ("lingering close"). Closing a socket with
+/// unread bytes makes the kernel reset the connection, and the reset can destroy the answer,
+/// with the refusal's reason, before the client reads it; the client then sees a dropped link
+/// and sends the head again to learn what it missed.
+struct LingeringBody {
+    body: Option<hyper::body::Incoming>,
+    /// The client sent its last byte: nothing left to read.
+    ended: bool,
+}
+
+impl LingeringBody {
+    fn new(body: hyper::body::Incoming) -> Self {
+        LingeringBody {
+            body: Some(body),
+            ended: false,
+        }
+    }
+
+    /// The next frame; `None` at the end of the body.
+    async fn frame(&mut self) -> Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>> {
+        let frame = self.body.as_mut()?.frame().await;
+        if frame.is_none() {
+            self.ended = true;
+        }
+        frame
+    }
+}
+
+impl Drop for LingeringBody {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take().filter(|_| !self.ended) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let until = tokio::time::Instant::now() + LINGER_TIME;
+            loop {
+                let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(until);
+                match tokio::time::timeout_at(idle, body.frame()).await {
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
 /// A writing request that received nothing for this long gives the upload to a newer one.
 const TAKEOVER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a newer request waits for the upload before it is told the upload is busy.
@@ -440,8 +497,9 @@ impl Uploads {
         daemon: &Arc<Daemon>,
         id: &str,
         offset: u64,
-        mut body: hyper::body::Incoming,
+        body: hyper::body::Incoming,
     ) -> Result<Appended, UploadError> {
+        let mut body = LingeringBody::new(body);
         let session = self.get(id)?;
         let (mut meta, mut claims, mine) = session.take(false).await?;
         if let Some(result) = &meta.result {
@@ -490,7 +548,7 @@ impl Uploads {
         let mut claimed = false;
         let read_timeout =
             std::time::Duration::from_secs(daemon.config.uploads.read_timeout_secs.max(1));
-        loop {
+        'frames: loop {
             // A client that vanishes without closing (a dead link) must not hold the upload:
             // no byte for `read_timeout` counts as a cut, and the lock is released.
             let frame = tokio::select! {
@@ -557,61 +615,66 @@ impl Uploads {
                     continue;
                 }
             }
-            if let Some(total) = meta.total_length {
-                if held + data.len() as u64 > total {
-                    outcome = Err(UploadError::Overflow {
-                        message: format!(
-                            "{}: more bytes than the bundle's head declares ({total})",
-                            meta.name
-                        ),
-                        held: total,
-                    });
-                    data = &data[..total.saturating_sub(held) as usize];
+            // Until the head is checked no byte past it is stored, however the client framed
+            // its bytes: a bundle the device refuses never has a payload byte on its disk
+            // (invariant 1). So a frame is written in pieces that end at the head's boundary.
+            while !data.is_empty() {
+                let piece = match meta.total_length {
+                    Some(_) => data.len(),
+                    None => {
+                        let boundary = self.head_boundary(id, held);
+                        boundary.saturating_sub(held).min(data.len() as u64) as usize
+                    }
+                };
+                let (mut now, later) = data.split_at(piece);
+                data = later;
+                if let Some(total) = meta.total_length {
+                    if held + now.len() as u64 > total {
+                        outcome = Err(UploadError::Overflow {
+                            message: format!(
+                                "{}: more bytes than the bundle's head declares ({total})",
+                                meta.name
+                            ),
+                            held: total,
+                        });
+                        now = &now[..total.saturating_sub(held) as usize];
+                        data = &[];
+                    }
                 }
-            }
-            if let Err(e) = file.write_all(data).await {
-                outcome = Err(UploadError::Internal(format!(
-                    "cannot store upload {id}: {e}; free disk space on the device"
-                )));
-                break;
-            }
-            held += data.len() as u64;
-            unsynced += data.len() as u64;
-            daemon
-                .metrics
-                .upload_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            if meta.total_length.is_none() {
-                // tokio's File writes in the background: flush before reading the head back.
-                if let Err(e) = file.flush().await {
+                if let Err(e) = file.write_all(now).await {
                     outcome = Err(UploadError::Internal(format!(
-                        "cannot store upload {id}: {e}"
+                        "cannot store upload {id}: {e}; free disk space on the device"
                     )));
-                    break;
+                    break 'frames;
                 }
-                if let Some(duplicate) = self.settle_head(daemon, &mut meta, held).await? {
-                    return Ok(Appended::Done {
-                        held,
-                        result: duplicate,
-                    });
-                }
-                if let Some(total) = meta.total_length.filter(|&t| held > t) {
-                    // The head and bytes past the bundle's end came in one frame.
-                    let _ = file.flush().await;
-                    if let Err(e) = file.set_len(total).await {
+                held += now.len() as u64;
+                unsynced += now.len() as u64;
+                daemon
+                    .metrics
+                    .upload_bytes
+                    .fetch_add(now.len() as u64, Ordering::Relaxed);
+                if meta.total_length.is_none() {
+                    // tokio's File writes in the background: flush before reading the head back.
+                    if let Err(e) = file.flush().await {
                         outcome = Err(UploadError::Internal(format!(
                             "cannot store upload {id}: {e}"
                         )));
-                        break;
+                        break 'frames;
                     }
-                    held = total;
-                    outcome = Err(UploadError::Overflow {
-                        message: format!(
-                            "{}: more bytes than the bundle's head declares ({total})",
-                            meta.name
-                        ),
-                        held,
-                    });
+                    if let Some(duplicate) = self.settle_head(daemon, &mut meta, held).await? {
+                        return Ok(Appended::Done {
+                            held,
+                            result: duplicate,
+                        });
+                    }
+                    if piece == 0 && meta.total_length.is_none() {
+                        // Cannot happen (at its boundary the head is either judged or refused);
+                        // refuse rather than loop.
+                        outcome = Err(UploadError::Internal(format!(
+                            "upload {id}: the head could not be judged at byte {held}"
+                        )));
+                        break 'frames;
+                    }
                 }
             }
             if unsynced >= SYNC_EVERY {
@@ -639,6 +702,22 @@ impl Uploads {
                 Ok(Appended::Done { held, result })
             }
             total => Ok(Appended::Partial { held, total }),
+        }
+    }
+
+    /// The byte at which the part of the head that is still missing ends: the fixed header
+    /// first, then the whole head as that header declares it. A stored prefix that is not a
+    /// bundle gives `held` (nothing more is stored; the head check refuses it).
+    fn head_boundary(&self, id: &str, held: u64) -> u64 {
+        let header_len = sideload_bundle::container::HEADER_LEN;
+        if held < header_len {
+            return header_len;
+        }
+        let mut header = [0u8; sideload_bundle::container::HEADER_LEN as usize];
+        let read = std::fs::File::open(self.part(id)).and_then(|mut f| f.read_exact(&mut header));
+        match read {
+            Ok(()) => sideload_bundle::head_len(&header).unwrap_or(held),
+            Err(_) => held,
         }
     }
 

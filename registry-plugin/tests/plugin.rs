@@ -332,9 +332,11 @@ fn a_resuming_client_takes_over_from_its_dead_connection_at_once() {
 }
 
 #[test]
-fn an_upload_whose_head_was_never_checked_finishes_with_put() {
-    // Every byte arrives, but the head check fails on the device's side (no room for the
-    // reserve): the bytes are kept. Once there is room, an empty PUT finishes the upload.
+fn a_head_check_that_fails_on_the_device_keeps_the_head_and_the_upload_resumes() {
+    // The whole bundle is sent in one request, but the head check fails on the device's side
+    // (no room for the reserve): the device stores nothing past the head and keeps what it
+    // has. Once there is room, the client resumes from the device's offset (the head is
+    // checked again first) and the bundle applies.
     let registry = Registry::start();
     seed_v1(&registry);
     let mut daemon = Daemon::start(
@@ -344,21 +346,31 @@ fn an_upload_whose_head_was_never_checked_finishes_with_put() {
             ..Default::default()
         },
     );
-    // Small enough (no recipes) to arrive whole before the head check answers.
     let path = bundle(BundleSpec {
         name: "app-v2-uncompressed.bundle",
         exact: false,
         ..Default::default()
     });
     let bytes = std::fs::read(&path).unwrap();
+    let head = sideload_bundle::head_len(&bytes[..32]).unwrap();
+    assert!(head < bytes.len() as u64);
     let id = daemon.create_upload(&path, &[]);
     let url = format!("/sideload/v1/uploads/{id}");
     let r = daemon.request("PATCH", &url, &[("Upload-Offset", "0".into())], &bytes);
     assert_eq!(r.status, 507, "{}", r.text());
-    assert_eq!(daemon.offset(&id), Some(bytes.len() as u64), "bytes kept");
+    assert_eq!(
+        daemon.offset(&id),
+        Some(head),
+        "the head is kept, nothing past it"
+    );
     daemon.set_extra("");
     daemon.restart();
-    let r = daemon.request("PUT", &url, &[], b"");
+    let r = daemon.request(
+        "PATCH",
+        &url,
+        &[("Upload-Offset", head.to_string())],
+        &bytes[head as usize..],
+    );
     assert_eq!(r.status, 202, "{}", r.text());
     let status = daemon.wait_state(
         &bundle_id(&path),
