@@ -10,11 +10,13 @@
 #   dosfstools       mkfs.vfat, for the vfat stick test
 #   libudev-dev, pkg-config  the USB loader reads udev properties through libudev
 #   iproute2         ip netns, veth and tc (tbf): `sideload push` tested over a shaped link that drops
+#   postgresql       the fleet ledger's tests run on a real PostgreSQL server as well as SQLite
+#                    (started by the tests on loopback, as the postgres user; never as a service)
 #   gzip, pigz, golang-go  compressors whose gzip layers exact bundles must recreate byte for
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go)
+packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

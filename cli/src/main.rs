@@ -53,6 +53,15 @@ enum Command {
                       may also come from SIDELOAD_DEVICE_TOKEN."
     )]
     Push(commands::push::PushArgs),
+    /// The fleet ledger: which images are on which device, which bundles are on their way,
+    /// rollout plans, IoT Edge manifests rewritten and gated.
+    #[command(
+        after_help = "Exit codes: 0 success, 1 error, 2 usage; `fleet gate` exits 4 when some \
+                      device lacks an image of the manifest (the deployment must wait).\nThe \
+                      ledger: --database (or SIDELOAD_FLEET_DATABASE), an SQLite file by \
+                      default, postgres://USER@HOST/DB to share one."
+    )]
+    Fleet(commands::fleet::FleetArgs),
 }
 
 /// Options shared by commands that read images from registries.
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::apply::run_verify(args),
         Command::Apply(args) => commands::apply::run_apply(args),
         Command::Push(args) => commands::push::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
     };
     match result {
         Ok(code) => code,

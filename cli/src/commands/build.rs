@@ -374,7 +374,7 @@ pub(crate) fn storage_text(storage: &LayerStorage, recipe_bytes: Option<u64>) ->
 
 /// Repository and tag from the first `repo:tag` the source gives, with any registry host
 /// removed (the device stores images under its own registry).
-fn default_name(repo_tags: &[String]) -> (Option<String>, Option<String>) {
+pub(crate) fn default_name(repo_tags: &[String]) -> (Option<String>, Option<String>) {
     let Some(first) = repo_tags.first() else {
         return (None, None);
     };

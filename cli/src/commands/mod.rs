@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod fleet;
 pub mod inspect;
 pub mod push;
 
