@@ -329,6 +329,25 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
         assert_eq!(outbox["bundles"][0]["id"], whole_bundle["bundle_id"]);
         let status = stdout_json(&ok(url, &["fleet", "status", "--json"]));
         assert_eq!(status["transfers"]["in_transit"], 40, "{status:#}");
+        eprintln!("plan totals ({}): {totals}", db.display());
+        // The same plan for a person: what it costs against whole images.
+        let text = ok(
+            url,
+            &[
+                "fleet",
+                "plan",
+                "--deployment",
+                "rollout-v2",
+                "--registry",
+                &cloud.host,
+            ],
+        );
+        let text = String::from_utf8_lossy(&text.stdout);
+        eprintln!("{text}");
+        assert!(
+            text.contains("50 devices, 10 already hold everything; 2 distinct bundles"),
+            "{text}"
+        );
 
         // Receipts come back: 25 applied, 5 failed (dev-25..29), on sticks.
         let delta_id = delta["bundle_id"].as_str().unwrap();
