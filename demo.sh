@@ -182,4 +182,42 @@ print("  %s: %s, device state %s; the device already held %d of %d bytes and too
 assert r["state"] == "applied" and r["held_at_start"] > 0 and r["held"] == r["size"], r
 PY
 
+step "15. The fleet ledger: what the device holds, a deployment that waits for it, the manifest for release"
+export SIDELOAD_FLEET_DATABASE="$OUT/fleet/fleet.db"
+mkdir -p "$OUT/fleet"
+run "$BIN/sideload" fleet ingest --device-url "$PLUGIN"
+# Two IoT Edge deployments: the app at v2 (on the device now), and one adding a v3 nobody has.
+python3 - "$OUT/fleet" <<'PY'
+import json, sys
+def module(image, policy=None):
+    m = {"version": "1.0", "type": "docker", "status": "running", "restartPolicy": "always"}
+    if policy:
+        m["imagePullPolicy"] = policy
+    m["settings"] = {"image": image, "createOptions": "{}"}
+    return m
+for name, modules in [
+    ("deployment.json", {"app": module("registry.example/edge/app:v2", "on-create")}),
+    ("deployment-next.json", {"app": module("registry.example/edge/app:v2"),
+                              "app-next": module("registry.example/edge/app:v3")}),
+]:
+    doc = {"modulesContent": {"$edgeAgent": {"properties.desired": {
+        "schemaVersion": "1.1",
+        "runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
+        "systemModules": {}, "modules": modules}}}}
+    open(f"{sys.argv[1]}/{name}", "w").write(json.dumps(doc, indent=2) + "\n")
+PY
+device_id=$(curl -fsS "$PLUGIN/sideload/v1/inventory" | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])')
+run "$BIN/sideload" fleet deployment demo-next --manifest "$OUT/fleet/deployment-next.json" --device "$device_id" --ordered-by demo.sh
+printf '$ sideload fleet gate --deployment demo-next\n'
+if "$BIN/sideload" fleet gate --deployment demo-next; then
+  echo "gate released a manifest whose edge/app:v3 is on no device" >&2; exit 1
+else
+  echo "(held back: exit $?)"
+fi
+run "$BIN/sideload" fleet deployment demo-rollout --manifest "$OUT/fleet/deployment.json" --device "$device_id" --ordered-by demo.sh
+run "$BIN/sideload" fleet gate --deployment demo-rollout
+run "$BIN/sideload" fleet rewrite "$OUT/fleet/deployment.json" --pin -o "$OUT/fleet/deployment.release.json"
+grep -n '"image"\|imagePullPolicy' "$OUT/fleet/deployment.release.json"
+run "$BIN/sideload" fleet status --svg "$OUT/fleet/transfers.svg"
+
 step "Done: everything is in $OUT/"

@@ -163,12 +163,12 @@ fn receipt(dir: &Path, device: &str, bundle: &str, id: &str, state: &str, at: u6
     );
 }
 
-#[test]
-fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
+/// The CI registry: edge/app:v1 and v2 as the demo's OCI layouts hold them (gzip layers,
+/// same manifest digests).
+fn cloud_registry() -> Registry {
     let f = fixture();
     let cloud = Registry::start();
-    for tag in ["v1", "v2"] {
-        let layout = if tag == "v1" { &f.v1 } else { &f.v2 };
+    for (tag, layout) in [("v1", &f.v1), ("v2", &f.v2)] {
         skopeo(&[
             "copy",
             "--quiet",
@@ -177,6 +177,13 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
             &format!("docker://{}/edge/app:{tag}", cloud.host),
         ]);
     }
+    cloud
+}
+
+#[test]
+fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
+    let f = fixture();
+    let cloud = cloud_registry();
     let v1 = held(&f.v1, "v1");
     let v2 = held(&f.v2, "v2");
     let dbs = pg::databases();
@@ -574,17 +581,7 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
 #[test]
 fn a_real_device_reports_over_its_api_and_takes_its_planned_bundle() {
     let f = fixture();
-    let cloud = Registry::start();
-    for tag in ["v1", "v2"] {
-        let layout = if tag == "v1" { &f.v1 } else { &f.v2 };
-        skopeo(&[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{}/edge/app:{tag}", cloud.host),
-        ]);
-    }
+    let cloud = cloud_registry();
     let device_registry = Registry::start();
     support::seed_v1(&device_registry);
     let daemon = Daemon::start(&device_registry, DaemonOptions::default());

@@ -119,8 +119,11 @@ struct PlanArgs {
     /// Target images (`docker://HOST/REPO:TAG`, `oci:DIR:TAG`, ...); or use --deployment.
     targets: Vec<String>,
     /// Roll out a deployment set: its manifest's images, to its devices.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "manifest")]
     deployment: Option<String>,
+    /// Roll out the images of this IoT Edge deployment manifest (to --device, or every device).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     /// The registry that holds the deployment's images (and, unless --bases-registry, the
     /// images the devices hold, by digest), e.g. the CI registry.
     #[arg(long)]
@@ -375,22 +378,37 @@ type TargetName = (String, String);
 fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Vec<String>)> {
     let mut targets = Vec::new();
     let mut devices = a.devices.clone();
-    if let Some(name) = &a.deployment {
-        let d = ledger.deployment(name)?;
-        let Some(registry) = &a.registry else {
-            bail!("--deployment needs --registry: the registry that holds the manifest's images");
-        };
-        if devices.is_empty() {
-            devices = d.devices.clone();
+    let manifest_images = match (&a.deployment, &a.manifest) {
+        (Some(name), _) => {
+            let d = ledger.deployment(name)?;
+            if devices.is_empty() {
+                devices = d.devices.clone();
+            }
+            Some((format!("deployment {name}"), d.images))
         }
+        (None, Some(path)) => {
+            let text = read_text(path)?;
+            let file = path.display().to_string();
+            let images = deployment::images(&file, &text)?;
+            Some((file, images.into_iter().map(|i| i.image).collect()))
+        }
+        (None, None) => None,
+    };
+    if devices.is_empty() {
+        devices = ledger.devices()?.into_iter().map(|d| d.device_id).collect();
+    }
+    if let Some((name, images)) = manifest_images {
+        let Some(registry) = &a.registry else {
+            bail!("{name}: rolling out a manifest needs --registry, the registry that holds its images");
+        };
         let mut held = Vec::new();
         for id in &devices {
             held.push(ledger.device(id)?.images);
         }
-        for reference in &d.images {
+        for reference in &images {
             let Some(n) = image_name(reference) else {
                 bail!(
-                    "deployment {name}: image {reference:?} is a template or not an image name; expand the manifest first"
+                    "{name}: image {reference:?} is a template or not an image name; expand the manifest first"
                 );
             };
             // An image every device already holds under the manifest's name needs no bundle
@@ -409,11 +427,8 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
     for t in &a.targets {
         targets.push((t.clone(), String::new()));
     }
-    if targets.is_empty() && a.deployment.is_none() {
-        bail!("nothing to roll out: name target images or a --deployment");
-    }
-    if devices.is_empty() {
-        devices = ledger.devices()?.into_iter().map(|d| d.device_id).collect();
+    if targets.is_empty() && a.deployment.is_none() && a.manifest.is_none() {
+        bail!("nothing to roll out: name target images, a --deployment or a --manifest");
     }
     if devices.is_empty() {
         bail!(
