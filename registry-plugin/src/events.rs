@@ -703,8 +703,9 @@ impl Inner {
             file.sync_all()?;
             fs::rename(&tmp, self.dir.join(LAST_SEQ))?;
         }
-        drop(state);
+        // Under the lock, so `pending()` never counts an event whose files are still there.
         self.remove_files(seq)?;
+        drop(state);
         sync_dir(&self.dir)
     }
 
