@@ -650,12 +650,18 @@ fn a_real_device_reports_over_its_api_and_takes_its_planned_bundle() {
         "{dev:#}"
     );
     // An unreachable device is a clear error, and the ledger keeps what it had.
-    let gone = sideload(
-        db,
-        &["fleet", "ingest", "--device-url", "http://127.0.0.1:9"],
-    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gone_url = format!("http://{closed}");
+    let gone = sideload(db, &["fleet", "ingest", "--device-url", &gone_url]);
     assert_eq!(gone.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach http://127.0.0.1:9"));
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach {gone_url}")),
+        "{stderr}"
+    );
     let dev_after = stdout_json(&ok(db, &["fleet", "status", "--device", id, "--json"]));
     assert_eq!(dev_after, dev);
 }

@@ -281,19 +281,41 @@ fn sqlite_sql(sql: &str) -> String {
     out
 }
 
-fn open_error(db: &Database, e: impl std::fmt::Display) -> LedgerError {
+fn open_error(db: &Database, e: impl std::error::Error) -> LedgerError {
+    let hint = match db {
+        Database::Sqlite(_) => "check the path and its permissions",
+        Database::Postgres(_) => {
+            "check that the server runs and accepts this user from here (pg_hba.conf), and that the database exists"
+        }
+    };
     LedgerError::Open {
         database: db.display(),
-        message: e.to_string(),
+        message: format!("{}; {hint}", causes(&e)),
     }
 }
 
-fn query_error(sql: &str, e: impl std::fmt::Display) -> LedgerError {
+fn query_error(sql: &str, e: impl std::error::Error) -> LedgerError {
     let first = sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
     LedgerError::Query {
         statement: first,
-        message: e.to_string(),
+        message: causes(&e),
     }
+}
+
+/// An error with its causes: the PostgreSQL driver says only "db error" at the top and keeps
+/// the server's message (and "connection refused") in its sources.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl rusqlite::ToSql for Value {

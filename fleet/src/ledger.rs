@@ -57,7 +57,7 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT,
         advice TEXT,
         sent_at BIGINT NOT NULL,
-        state_at BIGINT NOT NULL,
+        state_at BIGINT,
         PRIMARY KEY (device_id, bundle_id)
     );
     CREATE TABLE transfer_events (
@@ -165,10 +165,12 @@ pub struct Transfer {
     pub reason: Option<String>,
     /// What to do.
     pub advice: Option<String>,
-    /// When it was put in the outbox (or first heard of).
+    /// When it was put in the outbox (the ledger's clock), or first heard of.
     pub sent_at: u64,
-    /// When its state was last reported.
-    pub state_at: u64,
+    /// When the device last reported on it, by the device's own clock (`None`: not yet).
+    /// Device reports are ordered by this alone: a device whose clock is off (no NTP on a
+    /// ship) is consistent with itself, not with the ledger's machine.
+    pub state_at: Option<u64>,
 }
 
 /// A state change in a transfer's history (for the picture over time).
@@ -234,6 +236,9 @@ impl Ledger {
         contact: &str,
     ) -> Result<(), LedgerError> {
         check_name("device id", device_id)?;
+        if !route.is_empty() {
+            check_name("route", route)?;
+        }
         self.conn.transaction(|c| {
             ensure_device(c, device_id)?;
             if !route.is_empty() {
@@ -264,20 +269,12 @@ impl Ledger {
         let document = serde_json::to_string(inv).expect("inventory serializes");
         self.conn.transaction(|c| {
             ensure_device(c, &inv.device)?;
-            let known = c.query(
-                "SELECT inventory_at FROM devices WHERE device_id = $1",
-                &[inv.device.as_str().into()],
-            )?;
-            let known_at = known.first().and_then(|r| r[0].int());
-            match known_at {
-                Some(t) if t > inv.generated_at as i64 => return Ok(Ingested::Older),
-                Some(t) if t == inv.generated_at as i64 => return Ok(Ingested::Unchanged),
-                _ => {}
-            }
-            c.execute(
+            // Conditional, so that of two ingests racing on PostgreSQL the older inventory
+            // cannot win (the row lock makes the second re-check the condition).
+            let n = c.execute(
                 "UPDATE devices SET inventory_at = $2, inventory = $3, free_bytes = $4,
                      last_seen = $2
-                 WHERE device_id = $1",
+                 WHERE device_id = $1 AND (inventory_at IS NULL OR inventory_at < $2)",
                 &[
                     inv.device.as_str().into(),
                     inv.generated_at.into(),
@@ -285,6 +282,18 @@ impl Ledger {
                     inv.free_bytes.into(),
                 ],
             )?;
+            if n == 0 {
+                let known = c.query(
+                    "SELECT inventory_at FROM devices WHERE device_id = $1",
+                    &[inv.device.as_str().into()],
+                )?;
+                let same = known.first().and_then(|r| r[0].int()) == Some(inv.generated_at as i64);
+                return Ok(if same {
+                    Ingested::Unchanged
+                } else {
+                    Ingested::Older
+                });
+            }
             c.execute(
                 "DELETE FROM device_images WHERE device_id = $1",
                 &[inv.device.as_str().into()],
@@ -322,7 +331,7 @@ impl Ledger {
                 "SELECT t.bundle_id, b.manifest_digest, b.repository FROM transfers t
                      JOIN bundles b ON b.bundle_id = t.bundle_id
                  WHERE t.device_id = $1 AND t.state IN ('in_transit', 'received')
-                     AND t.state_at < $2",
+                     AND (t.state_at IS NULL OR t.state_at < $2)",
                 &[inv.device.as_str().into(), inv.generated_at.into()],
             )?;
             for row in pending {
@@ -396,20 +405,22 @@ impl Ledger {
                     Ok(Ingested::Changed)
                 }
                 Some(row) => {
-                    let at = row[1].int().unwrap_or(0);
                     let same = row[0].text() == Some(report.state.as_str())
                         && row[2].text() == report.reason.as_deref();
-                    if (report.at as i64) < at {
-                        Ok(Ingested::Older)
-                    } else if (report.at as i64) == at && same {
+                    let known_state = row[0].text().and_then(TransferState::parse);
+                    let newer = match row[1].int() {
+                        // Nothing heard from the device yet (only the ledger's "sent").
+                        None => true,
+                        Some(at) if (report.at as i64) != at => (report.at as i64) > at,
+                        // Two reports of the same moment (a stick and the API, in either
+                        // order): the further state stands, so the order does not matter.
+                        Some(_) => {
+                            !same && known_state.is_none_or(|k| report.state.rank() > k.rank())
+                        }
+                    };
+                    if same && row[1].int() == Some(report.at as i64) {
                         Ok(Ingested::Unchanged)
-                    } else if (report.at as i64) == at
-                        && row[0]
-                            .text()
-                            .and_then(TransferState::parse)
-                            .is_some_and(|s| s.is_final() && !report.state.is_final())
-                    {
-                        // Two reports of the same moment: the final one stands.
+                    } else if !newer {
                         Ok(Ingested::Older)
                     } else {
                         set_transfer_state(
@@ -470,7 +481,7 @@ impl Ledger {
             let n = c.execute(
                 "INSERT INTO transfers (device_id, bundle_id, bundle_name, route, state,
                      sent_at, state_at)
-                 VALUES ($1, $2, $3, $4, 'in_transit', $5, $5)
+                 VALUES ($1, $2, $3, $4, 'in_transit', $5, NULL)
                  ON CONFLICT (device_id, bundle_id) DO NOTHING",
                 &[
                     device.into(),
@@ -539,7 +550,7 @@ impl Ledger {
         )?;
         let Some(r) = rows.into_iter().next() else {
             return Err(LedgerError::NotFound(format!(
-                "no deployment set {name:?} in {}; create it with `sideload fleet deployment add`",
+                "no deployment set {name:?} in {}; create it with `sideload fleet deployment NAME --manifest FILE --device ID...`",
                 self.database.display()
             )));
         };
@@ -590,7 +601,7 @@ impl Ledger {
         )?;
         let Some(r) = rows.into_iter().next() else {
             return Err(LedgerError::NotFound(format!(
-                "no device {device_id:?} in {}; ingest its inventory or add it with `sideload fleet device add`",
+                "no device {device_id:?} in {}; ingest its inventory (`sideload fleet ingest`) or add it with `sideload fleet device ID`",
                 self.database.display()
             )));
         };
@@ -679,13 +690,13 @@ impl Ledger {
                 "SELECT device_id, bundle_id, bundle_name, route, state, reason, advice,
                      sent_at, state_at
                  FROM transfers WHERE device_id = $1
-                 ORDER BY state_at DESC, device_id, bundle_id",
+                 ORDER BY COALESCE(state_at, sent_at) DESC, device_id, bundle_id",
                 vec![Value::from(d)],
             ),
             None => (
                 "SELECT device_id, bundle_id, bundle_name, route, state, reason, advice,
                      sent_at, state_at
-                 FROM transfers ORDER BY state_at DESC, device_id, bundle_id",
+                 FROM transfers ORDER BY COALESCE(state_at, sent_at) DESC, device_id, bundle_id",
                 vec![],
             ),
         };
@@ -702,7 +713,7 @@ impl Ledger {
                     reason: r[5].text().map(str::to_owned),
                     advice: r[6].text().map(str::to_owned),
                     sent_at: r[7].int().unwrap_or(0) as u64,
-                    state_at: r[8].int().unwrap_or(0) as u64,
+                    state_at: r[8].int().map(|v| v as u64),
                 })
             })
             .collect()
@@ -757,8 +768,8 @@ fn words(v: &Value) -> Vec<String> {
     v.string().split_whitespace().map(str::to_owned).collect()
 }
 
-/// Names the ledger stores are shown in tables and used as outbox folder names: printable,
-/// no path separators.
+/// Names the ledger stores are shown in tables and used as outbox folder names on sticks
+/// (FAT, exFAT): printable, no path separators, nothing those filesystems refuse.
 fn check_name(what: &str, name: &str) -> Result<(), LedgerError> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -766,20 +777,27 @@ fn check_name(what: &str, name: &str) -> Result<(), LedgerError> {
         && name != ".."
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(())
     } else {
         Err(LedgerError::Invalid(format!(
-            "{what} {name:?} is not allowed: use letters, digits and - _ . : @ (at most 253)"
+            "{what} {name:?} is not allowed: use letters, digits and - _ . @ (at most 253)"
         )))
     }
 }
 
+/// Adds the device if missing and locks its row for the rest of the transaction: every
+/// read-then-write about one device (on PostgreSQL, at READ COMMITTED) is serialized by it.
+/// SQLite's `BEGIN IMMEDIATE` already serializes all writers.
 fn ensure_device(c: &mut Connection, device: &str) -> Result<(), LedgerError> {
     check_name("device id", device)?;
     c.execute(
         "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING",
+        &[device.into()],
+    )?;
+    c.execute(
+        "UPDATE devices SET device_id = device_id WHERE device_id = $1",
         &[device.into()],
     )?;
     Ok(())
@@ -843,14 +861,22 @@ fn schema_version(c: &mut Connection) -> Result<u64, LedgerError> {
         .unwrap_or(0) as u64)
 }
 
-/// Applies the migrations the database has not seen, each in its own transaction. On
-/// PostgreSQL an advisory lock keeps two operators' first runs from migrating at once.
+/// Applies the migrations the database has not seen, in one transaction. On PostgreSQL an
+/// advisory lock keeps two operators' first runs from migrating at once.
 fn migrate(c: &mut Connection) -> Result<(), LedgerError> {
+    if c.is_postgres() {
+        c.batch("SELECT pg_advisory_lock(7305861)")?;
+    }
+    let done = migrate_locked(c);
+    if c.is_postgres() {
+        let _ = c.batch("SELECT pg_advisory_unlock(7305861)");
+    }
+    done
+}
+
+fn migrate_locked(c: &mut Connection) -> Result<(), LedgerError> {
     c.batch("CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT NOT NULL)")?;
     c.transaction(|c| {
-        if c.is_postgres() {
-            c.batch("SELECT pg_advisory_xact_lock(7305861)")?;
-        }
         if c.query("SELECT version FROM ledger_schema", &[])?.is_empty() {
             c.execute("INSERT INTO ledger_schema (version) VALUES ($1)", &[0u64.into()])?;
         }

@@ -108,6 +108,18 @@ impl TransferState {
         })
     }
 
+    /// How far along: of two reports of the same moment, the further one stands (applied
+    /// over refused over failed over received over in transit).
+    pub fn rank(self) -> u8 {
+        match self {
+            TransferState::InTransit => 0,
+            TransferState::Received => 1,
+            TransferState::Failed => 2,
+            TransferState::Refused => 3,
+            TransferState::Applied => 4,
+        }
+    }
+
     /// Whether the transfer is over (either way).
     pub fn is_final(self) -> bool {
         matches!(

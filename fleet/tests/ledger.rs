@@ -172,7 +172,7 @@ fn receipts_move_transfers_and_replays_change_nothing() {
             .unwrap();
         let t3 = l.transfers(Some("dev-3")).unwrap();
         assert_eq!(t3[0].state, TransferState::Applied);
-        assert_eq!(t3[0].state_at, 3000);
+        assert_eq!(t3[0].state_at, Some(3000));
     }
 }
 
@@ -237,4 +237,59 @@ fn a_receipt_folder_from_a_stick() {
     // One device's folder works too.
     let (invs, reports) = read_receipt_folder(&dev).unwrap();
     assert_eq!((invs.len(), reports.len()), (1, 2));
+}
+
+#[test]
+fn device_clocks_order_reports_whatever_the_ledger_clock_says() {
+    let dbs = support::databases();
+    for db in &dbs.list {
+        let mut l = Ledger::open(db).unwrap();
+        let v2 = image("edge/app", "v2", 2);
+        l.record_bundle(&bundle("sha256:b1", &v2)).unwrap();
+        // The ledger's machine says 5000; the ship's clock, never synchronised, says 100.
+        for d in ["ship-1", "ship-2"] {
+            l.record_sent(d, "sha256:b1", "b1.bundle", "usb", 5000)
+                .unwrap();
+        }
+        let r = |d: &str, s| report(d, "sha256:b1", s, 100);
+        assert_eq!(
+            l.ingest_report(&r("ship-1", TransferState::Applied), "usb")
+                .unwrap(),
+            Ingested::Changed,
+            "{}",
+            db.display()
+        );
+        // Two reports of the same moment, in either order: the further state stands.
+        assert_eq!(
+            l.ingest_report(&r("ship-1", TransferState::Received), "api")
+                .unwrap(),
+            Ingested::Older
+        );
+        l.ingest_report(&r("ship-2", TransferState::Failed), "api")
+            .unwrap();
+        assert_eq!(
+            l.ingest_report(&r("ship-2", TransferState::Applied), "usb")
+                .unwrap(),
+            Ingested::Changed
+        );
+        for t in l.transfers(None).unwrap() {
+            assert_eq!(t.state, TransferState::Applied, "{t:?}");
+            assert_eq!((t.sent_at, t.state_at), (5000, Some(100)));
+        }
+        // An inventory by the ship's clock settles a transfer sent "later" by the ledger's.
+        l.record_sent("ship-3", "sha256:b1", "b1.bundle", "usb", 5000)
+            .unwrap();
+        l.ingest_inventory(&inventory("ship-3", 200, vec![v2.clone()]), "usb")
+            .unwrap();
+        assert_eq!(
+            l.transfers(Some("ship-3")).unwrap()[0].state,
+            TransferState::Applied
+        );
+        // Routes name outbox folders: nothing that leaves the output folder or a FAT stick
+        // refuses.
+        for bad in ["../up", "/srv", "a:b", "a/b"] {
+            assert!(l.set_device("ship-1", bad, "").is_err(), "{bad}");
+        }
+        l.set_device("ship-1", "sat-link_2", "").unwrap();
+    }
 }

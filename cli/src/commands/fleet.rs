@@ -370,9 +370,10 @@ fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>> {
     })
 }
 
-/// A target to roll out: where to build it from, and the `REPO:TAG` the device stores it
-/// under (empty: from the image's own tag).
-type TargetName = (String, String);
+/// A target to roll out: where to build it from, the `REPO:TAG` the device stores it under
+/// (empty: from the image's own tag), and whether it may be left out when the registry does
+/// not have it (every device already holds an image under that name).
+type TargetName = (String, String, bool);
 
 /// The images a plan rolls out and the devices it rolls them out to.
 fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Vec<String>)> {
@@ -411,21 +412,20 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
                     "{name}: image {reference:?} is a template or not an image name; expand the manifest first"
                 );
             };
-            // An image every device already holds under the manifest's name needs no bundle
-            // (and need not be in the registry: the edge runtime's own images often are not).
-            if held.iter().all(|h| h.iter().any(|i| gate::holds(i, &n))) {
-                continue;
-            }
+            // An image every device already holds under the manifest's name need not be in
+            // the registry (the edge runtime's own images often are not); if it is, its
+            // content decides (a tag pushed again is rolled out).
+            let optional = held.iter().all(|h| h.iter().any(|i| gate::holds(i, &n)));
             let tag = n.tag.clone().unwrap_or_else(|| "latest".into());
             let source = match &n.digest {
                 Some(digest) => format!("docker://{registry}/{}@{digest}", n.repository),
                 None => format!("docker://{registry}/{}:{tag}", n.repository),
             };
-            targets.push((source, format!("{}:{tag}", n.repository)));
+            targets.push((source, format!("{}:{tag}", n.repository), optional));
         }
     }
     for t in &a.targets {
-        targets.push((t.clone(), String::new()));
+        targets.push((t.clone(), String::new(), false));
     }
     if targets.is_empty() && a.deployment.is_none() && a.manifest.is_none() {
         bail!("nothing to roll out: name target images, a --deployment or a --manifest");
@@ -447,10 +447,16 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
             insecure.insecure_registries.push(host.clone());
         }
     }
-    let sources: Vec<String> = target_names.iter().map(|(s, _)| s.clone()).collect();
-    let opened = open_images(&sources, &insecure)?;
     let mut targets = Vec::new();
-    for ((source, name), image) in target_names.iter().zip(&opened) {
+    for (source, name, optional) in &target_names {
+        let image = match open_images(std::slice::from_ref(source), &insecure) {
+            Ok(mut v) => v.pop().expect("one image"),
+            Err(e) if *optional => {
+                eprintln!("{source}: not in the registry ({e:#}); every device holds it already, so it is left out");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let img = image.image();
         let (repository, tag) = if name.is_empty() {
             super::build::default_name(&img.repo_tags)
@@ -476,13 +482,29 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
         });
     }
     let mut views = Vec::new();
+    let mut floors = std::collections::BTreeMap::<String, u64>::new();
+    let mut silent = Vec::new();
     for id in &device_ids {
         let d = ledger.device(id)?;
+        if d.inventory_at.is_none() {
+            silent.push(d.device_id.clone());
+        }
+        for (repo, seq) in &d.sequences {
+            let f = floors.entry(repo.clone()).or_default();
+            *f = (*f).max(*seq);
+        }
         views.push(DeviceView {
             device_id: d.device_id,
             route: d.route,
             images: d.images,
         });
+    }
+    if !silent.is_empty() {
+        eprintln!(
+            "warning: {} devices never reported an inventory and are planned as holding nothing (whole images): {}",
+            silent.len(),
+            silent.join(", ")
+        );
     }
     let p = plan(&targets, &views);
     let mut sizes: Vec<Option<(u64, String, PathBuf)>> = vec![None; p.bundles.len()];
@@ -493,6 +515,7 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
             &a,
             &p,
             &views,
+            &floors,
             out,
             bases_registry.as_deref(),
             &insecure,
@@ -509,6 +532,7 @@ fn build_all(
     a: &PlanArgs,
     p: &sideload_fleet::plan::Plan,
     views: &[DeviceView],
+    floors: &std::collections::BTreeMap<String, u64>,
     out: &Path,
     bases_registry: Option<&str>,
     registry_args: &RegistryArgs,
@@ -556,7 +580,10 @@ fn build_all(
                 .collect::<Result<_, _>>()?,
             now,
         );
-        options.sequence = now;
+        // Above every floor the devices reported for the repository, and above the last
+        // bundle built in this run (two in one second must not share a sequence).
+        let floor = floors.get(&target.repository).copied().unwrap_or(0);
+        options.sequence = now.max(floor + 1) + i as u64;
         options.expires_at = now + a.expires_in.as_secs();
         options.ordered_by = a.ordered_by.clone();
         options.contact = a.contact.clone();
@@ -624,6 +651,10 @@ fn build_all(
             if std::fs::hard_link(&path, &link).is_err() {
                 std::fs::copy(&path, &link)
                     .with_context(|| format!("copying {} to {}", path.display(), link.display()))?;
+                eprintln!(
+                    "warning: {} is a copy, not a hard link (another filesystem?): attach the signatures to it too",
+                    link.display()
+                );
             }
             let name = name.to_string_lossy().into_owned();
             ledger.record_sent(&v.device_id, &id, &name, route, now)?;
@@ -1084,7 +1115,7 @@ fn print_transfers(t: &[sideload_fleet::Transfer]) {
             x.bundle_name,
             x.route,
             x.state.as_str(),
-            when(x.state_at),
+            when(x.state_at.unwrap_or(x.sent_at)),
             x.reason.as_deref().unwrap_or("")
         );
     }

@@ -1,5 +1,6 @@
 //! Test databases: an SQLite file, and a real PostgreSQL server (Debian's `postgresql`
-//! package) started on loopback for each test and stopped by PID when it ends.
+//! package) started for each test on a Unix socket in its own directory (no TCP port) and
+//! stopped by PID when it ends.
 
 #![allow(dead_code)]
 
@@ -78,14 +79,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Postgres {
     fn start() -> Postgres {
         let bin = bin_dir();
@@ -114,48 +107,41 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb: {out:?}");
-        // A free port can be taken between our check and the server's bind: try a few.
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = as_postgres(&bin.join("postgres"))
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-k",
-                ])
-                .arg(dir.path())
-                .args(["-c", "fsync=off"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if postgres::Client::connect(
-                    &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-                    postgres::NoTls,
-                )
-                .is_ok()
-                {
-                    return Postgres {
-                        child: std::sync::Mutex::new(child),
-                        port,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(100));
+        // No TCP at all: the server listens only on a socket in the test's own directory, so
+        // no other test (or test binary) can reach it or be reached by mistake. The port
+        // number only names the socket.
+        let port = 5432;
+        let url = format!(
+            "postgres://postgres@/postgres?host={}&port={port}",
+            dir.path().display()
+        );
+        let mut child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("PostgreSQL exited at start: {status}");
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if postgres::Client::connect(&url, postgres::NoTls).is_ok() {
+                return Postgres {
+                    child: std::sync::Mutex::new(child),
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("PostgreSQL did not start on loopback");
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("PostgreSQL did not start within 60 s");
     }
 
     /// A new, empty database on the server.
@@ -166,16 +152,16 @@ impl Postgres {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        let mut c = postgres::Client::connect(
-            &format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
-            postgres::NoTls,
-        )
-        .unwrap();
+        let socket_dir = self._dir.path().display().to_string();
+        let url = |db: &str| {
+            format!(
+                "postgres://postgres@/{db}?host={socket_dir}&port={}",
+                self.port
+            )
+        };
+        let mut c = postgres::Client::connect(&url("postgres"), postgres::NoTls).unwrap();
         c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        Database::Postgres(format!(
-            "postgres://postgres@127.0.0.1:{}/{name}",
-            self.port
-        ))
+        Database::Postgres(url(&name))
     }
 }
 
