@@ -555,14 +555,6 @@ async fn hand_over(
     // Remembered before a byte is sent: if the stick is pulled mid-transfer, its next
     // insertion resumes this upload instead of starting over.
     save_state(state_path, state);
-    if let Some(ms) = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_SEND_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        // Fault injection for the tests: time to pull the stick before the transfer.
-        tracing::warn!(ms, "fault injection: pausing before the transfer");
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
     if offset > 0 {
         tracing::info!(bundle = %name, offset, "resuming the transfer an earlier insertion started");
     }

@@ -213,8 +213,17 @@ impl Plugin {
 fn file_stream(
     file: std::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
+    // Fault injection for the tests: after the first chunk is on its way, time to pull the
+    // stick mid-transfer (so the device holds part of the bundle, whatever the page cache).
+    let pause: Option<u64> = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_SEND_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    futures_util::stream::unfold(Some((file, 0u32)), move |state| async move {
+        let (mut file, chunks) = state?;
+        if let (Some(ms), 1) = (pause, chunks) {
+            tracing::warn!(ms, "fault injection: pausing before the transfer goes on");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let read = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; 256 << 10];
             let n = file.read(&mut buf)?;
@@ -225,7 +234,7 @@ fn file_stream(
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match read {
             Ok((buf, _)) if buf.is_empty() => None,
-            Ok((buf, file)) => Some((Ok(bytes::Bytes::from(buf)), Some(file))),
+            Ok((buf, file)) => Some((Ok(bytes::Bytes::from(buf)), Some((file, chunks + 1)))),
             Err(e) => Some((Err(e), None)),
         }
     })
