@@ -147,10 +147,12 @@ struct Claim {
 }
 
 /// How long a request's body is still read (and thrown away) after the device has answered
-/// early, and how long it may then go without a byte: nginx's `lingering_time` and
-/// `lingering_timeout`, which exist for the same reason (see [`LingeringBody`]).
+/// early: nginx's `lingering_time`, which exists for the same reason (see [`LingeringBody`]).
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long that reading may go without a byte (nginx's `lingering_timeout`).
 const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most this much is thrown away: on a metered link the client should stop, not us read.
+const LINGER_MAX_BYTES: usize = 4 << 20;
 
 /// An upload request's body that, when the device answers before the client has stopped
 /// sending (a refused head, bytes past the bundle's end, a take-over), goes on being read and
@@ -192,10 +194,13 @@ impl Drop for LingeringBody {
         };
         runtime.spawn(async move {
             let until = tokio::time::Instant::now() + LINGER_TIME;
-            loop {
+            let mut thrown = 0usize;
+            while thrown < LINGER_MAX_BYTES {
                 let idle = (tokio::time::Instant::now() + LINGER_IDLE).min(until);
                 match tokio::time::timeout_at(idle, body.frame()).await {
-                    Ok(Some(Ok(_))) => continue,
+                    Ok(Some(Ok(frame))) => {
+                        thrown += frame.data_ref().map_or(0, |d| d.len());
+                    }
                     _ => break,
                 }
             }
