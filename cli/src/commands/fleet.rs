@@ -125,7 +125,8 @@ struct PlanArgs {
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// The registry that holds the deployment's images (and, unless --bases-registry, the
-    /// images the devices hold, by digest), e.g. the CI registry.
+    /// images the devices hold, by digest), e.g. the CI registry. A loopback registry
+    /// (127.x, localhost) is reached over plain HTTP.
     #[arg(long)]
     registry: Option<String>,
     /// Registry holding the devices' images by digest, used as delta bases.
