@@ -163,6 +163,20 @@ fn receipt(dir: &Path, device: &str, bundle: &str, id: &str, state: &str, at: u6
     );
 }
 
+/// `fleet ingest --receipts DIR --json`: what each report did.
+fn ingest_receipts(db: &str, dir: &Path) -> Value {
+    stdout_json(&ok(
+        db,
+        &[
+            "fleet",
+            "ingest",
+            "--receipts",
+            dir.to_str().unwrap(),
+            "--json",
+        ],
+    ))
+}
+
 /// The CI registry: edge/app:v1 and v2 as the demo's OCI layouts hold them (gzip layers,
 /// same manifest digests).
 fn cloud_registry() -> Registry {
@@ -383,16 +397,7 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
                 &inventory(&d, t1, images),
             );
         }
-        let first = stdout_json(&ok(
-            url,
-            &[
-                "fleet",
-                "ingest",
-                "--receipts",
-                receipts.to_str().unwrap(),
-                "--json",
-            ],
-        ));
+        let first = ingest_receipts(url, &receipts);
         let changed = |v: &Value| {
             v["ingested"]
                 .as_array()
@@ -403,16 +408,7 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
         };
         assert_eq!(changed(&first), 60, "{first:#}");
         // The same receipts again, and an older visit's receipt: nothing changes.
-        let again = stdout_json(&ok(
-            url,
-            &[
-                "fleet",
-                "ingest",
-                "--receipts",
-                receipts.to_str().unwrap(),
-                "--json",
-            ],
-        ));
+        let again = ingest_receipts(url, &receipts);
         assert_eq!(changed(&again), 0, "{again:#}");
         let old = w.join("old-stick/receipts");
         receipt(
@@ -427,16 +423,7 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
             &old.join("dev-00/inventory.json"),
             &inventory("dev-00", t1 - 3600, vec![v1.clone()]),
         );
-        let stale = stdout_json(&ok(
-            url,
-            &[
-                "fleet",
-                "ingest",
-                "--receipts",
-                old.to_str().unwrap(),
-                "--json",
-            ],
-        ));
+        let stale = ingest_receipts(url, &old);
         assert_eq!(changed(&stale), 0, "{stale:#}");
         let dev0 = stdout_json(&ok(
             url,

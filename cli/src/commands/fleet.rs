@@ -252,6 +252,17 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
     }
 }
 
+/// Each device with the images the ledger says it holds (an unknown device is an error).
+fn held_by(
+    ledger: &mut Ledger,
+    devices: &[String],
+) -> Result<Vec<(String, Vec<sideload_fleet::HeldImage>)>> {
+    devices
+        .iter()
+        .map(|id| Ok((id.clone(), ledger.device(id)?.images)))
+        .collect()
+}
+
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -403,10 +414,7 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
         let Some(registry) = &a.registry else {
             bail!("{name}: rolling out a manifest needs --registry, the registry that holds its images");
         };
-        let mut held = Vec::new();
-        for id in &devices {
-            held.push(ledger.device(id)?.images);
-        }
+        let held = held_by(ledger, &devices)?;
         for reference in &images {
             let Some(n) = image_name(reference) else {
                 bail!(
@@ -416,7 +424,9 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
             // An image every device already holds under the manifest's name need not be in
             // the registry (the edge runtime's own images often are not); if it is, its
             // content decides (a tag pushed again is rolled out).
-            let optional = held.iter().all(|h| h.iter().any(|i| gate::holds(i, &n)));
+            let optional = held
+                .iter()
+                .all(|(_, h)| h.iter().any(|i| gate::holds(i, &n)));
             let tag = n.tag.clone().unwrap_or_else(|| "latest".into());
             let source = match &n.digest {
                 Some(digest) => format!("docker://{registry}/{}@{digest}", n.repository),
@@ -864,11 +874,7 @@ fn run_gate(ledger: &mut Ledger, a: GateArgs) -> Result<ExitCode> {
     } else {
         bail!("name the devices (--device) or a --deployment whose devices to check");
     };
-    let mut held = Vec::new();
-    for id in &devices {
-        held.push((id.clone(), ledger.device(id)?.images));
-    }
-    let missing = gate::gate(&references, &held);
+    let missing = gate::gate(&references, &held_by(ledger, &devices)?);
     if a.json {
         print_json(&json!({
             "manifest": manifest.display().to_string(),
@@ -961,11 +967,7 @@ fn status(ledger: &mut Ledger, a: StatusArgs) -> Result<ExitCode> {
         json!({"image": reference, "devices": have, "devices_without": lack})
     } else if let Some(name) = &a.deployment {
         let d = ledger.deployment(name)?;
-        let mut held = Vec::new();
-        for id in &d.devices {
-            held.push((id.clone(), ledger.device(id)?.images));
-        }
-        let missing = gate::gate(&d.images, &held);
+        let missing = gate::gate(&d.images, &held_by(ledger, &d.devices)?);
         if !a.json {
             println!(
                 "{}: {} of {} devices ready; ordered by {}, contact {}",
