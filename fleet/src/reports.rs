@@ -119,14 +119,6 @@ impl TransferState {
             TransferState::Applied => 4,
         }
     }
-
-    /// Whether the transfer is over (either way).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            TransferState::Applied | TransferState::Failed | TransferState::Refused
-        )
-    }
 }
 
 /// A USB receipt as the loader writes it (`receipts/DEVICE/NAME.json`).
