@@ -16,7 +16,7 @@
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql)
+packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

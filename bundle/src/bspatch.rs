@@ -26,7 +26,6 @@ pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
     let mut diff = Vec::new();
     let mut extra = Vec::new();
     let mut at = 0usize;
-    let mut count = 0u64;
     while at < raw.len() {
         let control = raw.get(at..at + 24)?;
         let mix = u64::from_le_bytes(control[0..8].try_into().ok()?);
@@ -45,17 +44,24 @@ pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
         diff.extend_from_slice(raw.get(at..mix_end)?);
         extra.extend_from_slice(raw.get(mix_end..copy_end)?);
         at = copy_end;
-        put_varint(&mut controls, mix);
-        put_varint(&mut controls, copy);
-        put_varint(&mut controls, zigzag(seek));
-        count += 1;
+        controls.push((mix, copy, seek));
     }
-    let mut out = Vec::with_capacity(controls.len() + diff.len() + extra.len() + 10);
-    put_varint(&mut out, count);
-    out.extend_from_slice(&controls);
-    put_runs(&mut out, &diff);
-    out.extend_from_slice(&extra);
-    Some(out)
+    Some(encode(&controls, &diff, &extra))
+}
+
+/// Lays out a patch given as control triples (diff length, extra length, seek) with their diff
+/// and extra bytes, the way [`apply`] reads it.
+pub(crate) fn encode(controls: &[(u64, u64, i64)], diff: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(controls.len() * 4 + diff.len() / 8 + extra.len() + 10);
+    put_varint(&mut out, controls.len() as u64);
+    for &(mix, copy, seek) in controls {
+        put_varint(&mut out, mix);
+        put_varint(&mut out, copy);
+        put_varint(&mut out, zigzag(seek));
+    }
+    put_runs(&mut out, diff);
+    out.extend_from_slice(extra);
+    out
 }
 
 /// Shortest run of zeros that ends a run of literal diff bytes. Shorter runs stay inside the

@@ -141,7 +141,7 @@ pub struct DeltaStats {
     pub copied_bytes: u64,
     /// Files patched with zstd (old file as dictionary).
     pub zstd_patched_files: u64,
-    /// Files patched with bsdiff.
+    /// Files patched in the bsdiff layout (with bsdiff's covers or [`crate::covers`]).
     pub bsdiff_patched_files: u64,
     /// Bytes of the patched files (their new size).
     pub patched_bytes: u64,
@@ -1312,8 +1312,9 @@ fn read_scratch(
 /// A patch candidate: its kind, its bytes, and what it costs in the payload.
 type CandidatePatch = (PatchKind, Vec<u8>, usize);
 
-/// The smaller of a zstd patch (old as prefix) and, when both sides are at most
-/// `max_bsdiff` bytes, a bsdiff patch: (kind, patch bytes, what it costs in the payload).
+/// The smallest of a zstd patch (old as prefix) and, when both sides are at most `max_bsdiff`
+/// bytes, the bsdiff-layout patches of bsdiff and of [`crate::covers`]: (kind, patch bytes,
+/// what it costs in the payload).
 fn best_patch(
     old: &[u8],
     new: &[u8],
@@ -1333,12 +1334,24 @@ fn best_patch(
         bsdiff::diff(old, new, &mut raw).map_err(compress_err)?;
         let split = crate::bspatch::split(&raw)
             .ok_or_else(|| Error::InvalidBuild("bsdiff wrote a malformed patch".into()))?;
-        // The patch is mostly zeros; the payload's stream compresses it.
-        let cost = zstd::bulk::compress(&split, level)
-            .map_err(compress_err)?
-            .len();
-        if cost < best.1 {
-            best = (PatchKind::Bsdiff, cost, split);
+        // All lay out their covers the same way and the device applies any with one decoder.
+        // Neither encoder wins everywhere: on the corpus's recompiled binary the cost-chosen
+        // covers are 38 % smaller (19.4 KB against 31.3 KB after LZMA), on most shared
+        // libraries of a Debian security update bsdiff's are 1-10 % smaller.
+        let candidates = std::iter::once((split, "bsdiff")).chain(
+            crate::covers::diffs(old, new)
+                .into_iter()
+                .map(|p| (p, "covers")),
+        );
+        for (split, encoder) in candidates {
+            // The patch is mostly zeros; the payload's stream compresses it.
+            let cost = zstd::bulk::compress(&split, level)
+                .map_err(compress_err)?
+                .len();
+            tracing::trace!(encoder, cost, "bsdiff-layout patch");
+            if cost < best.1 {
+                best = (PatchKind::Bsdiff, cost, split);
+            }
         }
     }
     Ok((best.0, best.2, best.1))

@@ -34,6 +34,7 @@ pub mod bspatch;
 pub mod build;
 pub mod codec;
 pub mod container;
+pub mod covers;
 pub mod delta;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,42 @@
+//! Writes the two binary patches the encoder weighs for one pair of files, for measuring:
+//! `patch-sizes OLD NEW OUTDIR` writes OUTDIR/bsdiff.patch and OUTDIR/covers.patch (the smaller
+//! of `covers::diffs`; the split layout both use in a bundle) and prints their sizes raw and after zstd -19.
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, old, new, out] = args.as_slice() else {
+        eprintln!("usage: patch-sizes OLD NEW OUTDIR");
+        std::process::exit(2);
+    };
+    let old = std::fs::read(old).expect("read OLD");
+    let new = std::fs::read(new).expect("read NEW");
+    std::fs::create_dir_all(out).expect("create OUTDIR");
+    let t = Instant::now();
+    let mut raw = Vec::new();
+    if std::env::var_os("COVERS_ONLY").is_none() {
+        bsdiff::diff(&old, &new, &mut raw).expect("bsdiff");
+    }
+    let bs = sideload_bundle::bspatch::split(&raw).expect("split");
+    let bs_time = t.elapsed();
+    let t = Instant::now();
+    let cv = sideload_bundle::covers::diffs(&old, &new)
+        .into_iter()
+        .min_by_key(|p| zstd::bulk::compress(p, 19).map_or(usize::MAX, |c| c.len()))
+        .expect("one setting at least");
+    let cv_time = t.elapsed();
+    for (name, patch, time) in [("bsdiff", &bs, bs_time), ("covers", &cv, cv_time)] {
+        if patch.len() <= 1 {
+            continue;
+        }
+        let back = sideload_bundle::bspatch::apply(&old, patch, new.len()).expect("apply");
+        assert!(back == new, "{name} patch does not rebuild NEW");
+        let z = zstd::bulk::compress(patch, 19).expect("zstd").len();
+        println!(
+            "{name}: {} B raw, {z} B zstd-19, {:.2} s",
+            patch.len(),
+            time.as_secs_f64()
+        );
+        std::fs::write(format!("{out}/{name}.patch"), patch).expect("write");
+    }
+}
