@@ -12,6 +12,7 @@
 #   iproute2         ip netns, veth and tc (tbf): `sideload push` tested over a shaped link that drops
 #   postgresql       the fleet ledger's tests run on a real PostgreSQL server as well as SQLite
 #                    (started by the tests on loopback, as the postgres user; never as a service)
+#   gcc, libc6-dev   the delta engine's test compiles the benchmark's agent statically, twice
 #   gzip, pigz, golang-go  compressors whose gzip layers exact bundles must recreate byte for
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
 # Idempotent: installs only what is missing.
