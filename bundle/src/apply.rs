@@ -1031,6 +1031,61 @@ fn apply_ops<R: Read>(
                 }
                 progress.advance(len);
             }
+            Record::MixRuns {
+                scratch_offset,
+                len,
+                body_len,
+            } => {
+                claim(len, &mut written)?;
+                let mut base = scratch.range(name, scratch_offset, len)?;
+                let mut body = reader.body(body_len);
+                let mut chunk = Vec::new();
+                let mut left = len;
+                while left > 0 {
+                    let runs = crate::payload::read_body_varint(&mut body)
+                        .and_then(|zeros| {
+                            let n = crate::payload::read_body_varint(&mut body)?;
+                            Ok(zeros.zip(n))
+                        })
+                        .map_err(|e| corrupt(format!("mix runs: {e}")))?;
+                    let Some((zeros, n)) = runs else {
+                        return Err(corrupt("mix runs end before their length".into()));
+                    };
+                    match zeros.checked_add(n) {
+                        Some(0) => return Err(corrupt("an empty mix run".into())),
+                        Some(total) if total <= left => left -= total,
+                        _ => return Err(corrupt("mix runs go past their length".into())),
+                    }
+                    let copied = io::copy(&mut (&mut base).take(zeros), out).map_err(write_err)?;
+                    if copied != zeros {
+                        return Err(corrupt("scratch ends inside a mix run".into()));
+                    }
+                    let mut n = n;
+                    while n > 0 {
+                        let k = n.min(MIX_CHUNK as u64) as usize;
+                        chunk.resize(2 * k, 0);
+                        let (old, diff) = chunk.split_at_mut(k);
+                        base.read_exact(old)
+                            .map_err(Error::io("reading scratch", "scratch"))?;
+                        body.read_exact(diff)
+                            .map_err(|e| corrupt(format!("mix runs: {e}")))?;
+                        for (d, o) in diff.iter_mut().zip(old.iter()) {
+                            *d = d.wrapping_add(*o);
+                        }
+                        out.write_all(diff).map_err(write_err)?;
+                        n -= k as u64;
+                    }
+                }
+                let mut rest = [0u8; 1];
+                if body
+                    .read(&mut rest)
+                    .map_err(|e| corrupt(format!("mix runs: {e}")))?
+                    != 0
+                {
+                    return Err(corrupt("mix runs longer than their length".into()));
+                }
+                progress.advance(len);
+            }
             Record::Patch {
                 kind,
                 scratch_offset,

@@ -6,10 +6,13 @@
 //!    is scanned once (and spooled to a temporary file).
 //! 3. Each file of a target layer is planned: identical content anywhere on the device is a
 //!    `COPY`; a similar file (same path, same path with versions changed, same name and size
-//!    class) is patched, with bsdiff or with zstd using the old file as prefix, whichever is
-//!    smaller, and only if that beats sending it; files over 16 MiB piece by piece. Tar
-//!    metadata before a copied or patched file goes as its difference to the base file's
-//!    (`MIX`); new files and the rest are literals (x86 executables through the BCJ filter).
+//!    class) is patched, with bsdiff, with [`crate::covers`] (both in bsdiff's layout) or with
+//!    zstd using the old file as prefix, whichever is smallest, and only if that beats sending
+//!    it; files over 16 MiB piece by piece. Tar metadata before a copied or patched file goes as
+//!    its difference to the base file's; a stretch of such differences and the copies between
+//!    them that continues in scratch is one run-coded `MIX_RUNS` (a rebuild that stamps every
+//!    file with a new mtime: a few bytes a file). New files and the rest are literals (x86
+//!    executables through the BCJ filter).
 //! 4. The base ranges the plan needs become the payload's extents; the encoder gathers them
 //!    exactly as the device will (one pass per base layer) to compute patches against them.
 //! 5. Everything goes through one LZMA2 (or zstd) stream with a long window, so literal data
@@ -150,7 +153,7 @@ pub struct DeltaStats {
     /// Bytes sent as literals: tar headers, new files, files no patch made smaller.
     pub literal_bytes: u64,
     /// Tar metadata (headers, padding) sent as its bytewise difference to the metadata of the
-    /// base file it draws from (MIX records): typically a new mtime and checksum.
+    /// base file it draws from (MIX_RUNS records): typically a new mtime and checksum.
     pub mixed_bytes: u64,
     /// References of the base images the copies and patches came from.
     pub bases: Vec<String>,
@@ -488,7 +491,7 @@ fn build_with_cache(
             }
             let mut encoder = LayerEncoder {
                 deadline,
-                pending_copy: None,
+                pending: None,
                 scratch: &scratch,
                 layout: &layout,
                 base_scans: &base_scans,
@@ -948,8 +951,10 @@ fn patch_pieces(base: &BaseRef, new_len: u64) -> Vec<(u64, u64, BaseRef)> {
 struct LayerEncoder<'a> {
     /// After this instant, patches are made with zstd only (bsdiff is the slow one).
     deadline: std::time::Instant,
-    /// A copy not yet written, so that the next one can extend it: (scratch offset, length).
-    pending_copy: Option<(u64, u64)>,
+    /// Copies and header differences not yet written, so that the next one can extend them
+    /// when it continues in scratch: (scratch offset, what they make). Written as one COPY if
+    /// nothing differs, else as one MIX_RUNS.
+    pending: Option<(u64, crate::payload::MixRuns)>,
     scratch: &'a crate::apply::Scratch,
     layout: &'a ScratchLayout,
     base_scans: &'a [LayerScan],
@@ -1050,27 +1055,55 @@ impl LayerEncoder<'_> {
         self.flush_copy(writer)
     }
 
-    /// Queues a copy, merging it into the queued one when it continues it.
+    /// Queues a copy, merging it into the queued operations when it continues them.
     fn copy<W: Write>(
         &mut self,
         writer: &mut PayloadWriter<W>,
         offset: u64,
         len: u64,
     ) -> Result<(), Error> {
-        match &mut self.pending_copy {
-            Some((start, queued)) if *start + *queued == offset => *queued += len,
-            _ => {
-                self.flush_copy(writer)?;
-                self.pending_copy = Some((offset, len));
-            }
-        }
+        self.queued(writer, offset)?.same(len);
         Ok(())
     }
 
-    /// Writes the queued copy, if any; every other operation calls this first.
+    /// Queues metadata sent as its difference to scratch bytes at `offset`.
+    fn mix<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        offset: u64,
+        diff: &[u8],
+    ) -> Result<(), Error> {
+        self.queued(writer, offset)?.diff(diff);
+        Ok(())
+    }
+
+    /// The queued operations if they end at scratch `offset` (and are not too long to keep
+    /// in memory), else a fresh queue after writing them.
+    fn queued<W: Write>(
+        &mut self,
+        writer: &mut PayloadWriter<W>,
+        offset: u64,
+    ) -> Result<&mut crate::payload::MixRuns, Error> {
+        let continues = self.pending.as_ref().is_some_and(|(start, runs)| {
+            start + runs.len() == offset && runs.body_len() < MAX_QUEUED_RUNS
+        });
+        if !continues {
+            self.flush_copy(writer)?;
+            self.pending = Some((offset, crate::payload::MixRuns::default()));
+        }
+        Ok(&mut self.pending.as_mut().expect("just queued").1)
+    }
+
+    /// Writes the queued operations, if any; every other operation calls this first.
     fn flush_copy<W: Write>(&mut self, writer: &mut PayloadWriter<W>) -> Result<(), Error> {
-        if let Some((offset, len)) = self.pending_copy.take() {
-            writer.copy(offset, len).map_err(self.io_err())?;
+        match self.pending.take() {
+            Some((offset, runs)) if runs.has_differences() => {
+                writer.mix_runs(offset, &runs).map_err(self.io_err())?
+            }
+            Some((offset, runs)) if !runs.is_empty() => {
+                writer.copy(offset, runs.len()).map_err(self.io_err())?
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -1215,20 +1248,20 @@ impl LayerEncoder<'_> {
         let Some(at) = base.filter(|at| at.len == len && len <= MAX_MIX) else {
             return self.literal(writer, spool, len);
         };
-        self.flush_copy(writer)?;
         let mut new = vec![0u8; len as usize];
         spool.read_exact(&mut new).map_err(self.io_err())?;
         let offset = self.layout.scratch_offset(&at);
         let old = self.scratch.read_at(&self.name, offset, len)?;
         let same = new.iter().zip(&old).filter(|(n, o)| n == o).count();
         if same * 2 < new.len() {
+            self.flush_copy(writer)?;
             writer.literal(&new).map_err(self.io_err())?;
             self.stats.literal_bytes += len;
         } else {
             for (n, o) in new.iter_mut().zip(&old) {
                 *n = n.wrapping_sub(*o);
             }
-            writer.mix(offset, &new).map_err(self.io_err())?;
+            self.mix(writer, offset, &new)?;
             self.stats.mixed_bytes += len;
         }
         self.progress.advance(len);
@@ -1469,6 +1502,10 @@ fn frame_dictionary(plan: &[RegionPlan], base_scans: &[LayerScan], cap: u64) -> 
     }
     gaps
 }
+
+/// Run bytes (differences and their lengths) queued before a MIX_RUNS record is written: the
+/// encoder's memory for them, and a bound on one record.
+const MAX_QUEUED_RUNS: usize = 1 << 20;
 
 /// Largest metadata gap sent as a MIX (a gap is usually one or two 512-byte headers; a long
 /// run of directory entries is sent literally instead of held in memory).

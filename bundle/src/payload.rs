@@ -17,7 +17,13 @@
 //!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x14 MIX          varint zigzag(scratch_offset - cursor), varint len, len bytes
 //!                          (output byte i = scratch[scratch_offset + i] + body[i] mod 256;
-//!                          moves the cursor like COPY)
+//!                          moves the cursor like COPY; today's encoder writes MIX_RUNS
+//!                          instead, devices still read MIX from bundles built before)
+//!        0x16 MIX_RUNS     varint zigzag(scratch_offset - cursor), varint len, varint body_len,
+//!                          body_len bytes: runs (varint zeros, varint n, n bytes) making len
+//!                          bytes: `zeros` scratch bytes as they are, then n scratch bytes
+//!                          plus the n body bytes (mod 256); moves the cursor like COPY
+//!                          (files copied with their changed headers between them: one record)
 //!        0x15 LITERAL_X86  varint len, len bytes
 //!                          (output: the body with the x86 BCJ filter of xz undone, from
 //!                          position 0: an x86 executable's call and jump targets made
@@ -56,6 +62,7 @@ const TAG_PATCH_ZSTD: u8 = 0x12;
 const TAG_PATCH_BSDIFF: u8 = 0x13;
 const TAG_MIX: u8 = 0x14;
 const TAG_LITERAL_X86: u8 = 0x15;
+const TAG_MIX_RUNS: u8 = 0x16;
 const TAG_END_LAYER: u8 = 0x1F;
 const TAG_END: u8 = 0xFF;
 
@@ -142,6 +149,18 @@ pub enum Record {
         scratch_offset: u64,
         /// Length, of the scratch range and of the body that follows.
         len: u64,
+    },
+    /// `len` scratch bytes from `scratch_offset`, with the run-coded differences of the
+    /// `body_len` bytes that follow added: a stretch of files copied from one base layer whose
+    /// tar headers changed (a rebuild stamps every file with a new mtime) costs a few bytes a
+    /// file instead of a COPY and a MIX of mostly zeros each.
+    MixRuns {
+        /// Offset in scratch.
+        scratch_offset: u64,
+        /// Length of the scratch range and of the output.
+        len: u64,
+        /// Length of the runs that follow.
+        body_len: u64,
     },
     /// Apply a patch to a scratch range; `patch_len` patch bytes follow.
     Patch {
@@ -282,6 +301,21 @@ impl<R: Read> PayloadReader<R> {
                         scratch_offset,
                         len,
                     }
+                }
+            }
+            TAG_MIX_RUNS => {
+                let delta = unzigzag(self.varint()?);
+                let len = self.varint()?;
+                let body_len = self.varint()?;
+                let scratch_offset = self
+                    .copy_cursor
+                    .checked_add_signed(delta)
+                    .ok_or_else(|| RecordError::Invalid("mix offset out of range".into()))?;
+                self.copy_cursor = scratch_offset.saturating_add(len);
+                Record::MixRuns {
+                    scratch_offset,
+                    len,
+                    body_len,
                 }
             }
             TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF => Record::Patch {
@@ -528,6 +562,18 @@ impl<W: Write> PayloadWriter<W> {
         self.inner.write_all(diff)
     }
 
+    /// The scratch bytes from `scratch_offset` with `runs` added (see [`MixRuns`]).
+    pub fn mix_runs(&mut self, scratch_offset: u64, runs: &MixRuns) -> io::Result<()> {
+        self.inner.write_all(&[TAG_MIX_RUNS])?;
+        let delta = scratch_offset.wrapping_sub(self.copy_cursor) as i64;
+        write_varint(&mut self.inner, zigzag(delta))?;
+        write_varint(&mut self.inner, runs.len)?;
+        let body = runs.body();
+        write_varint(&mut self.inner, body.len() as u64)?;
+        self.copy_cursor = scratch_offset + runs.len;
+        self.inner.write_all(&body)
+    }
+
     /// A patch against a scratch range.
     pub fn patch(
         &mut self,
@@ -584,6 +630,131 @@ pub fn is_x86_elf(head: &[u8]) -> bool {
         && head.starts_with(b"\x7fELF")
         && head[5] == 1 // little-endian
         && matches!(u16::from_le_bytes([head[18], head[19]]), 0x03 | 0x3E)
+}
+
+/// The body of a MIX_RUNS record, built a piece at a time: stretches equal to the scratch
+/// bytes ([`MixRuns::same`]) and byte-wise differences ([`MixRuns::diff`]).
+#[derive(Debug, Default, Clone)]
+pub struct MixRuns {
+    /// Output length so far.
+    len: u64,
+    /// Finished runs.
+    runs: Vec<u8>,
+    /// Equal bytes not yet written into a run.
+    zeros: u64,
+    /// Differences of the run being built (after `zeros`).
+    literal: Vec<u8>,
+}
+
+/// Shortest stretch of equal bytes that ends a run of differences: a changed tar header
+/// differs in a few fields (mtime, checksum, a PAX record's digits) a few bytes apart.
+const MIN_EQUAL_RUN: usize = 8;
+
+impl MixRuns {
+    /// Output bytes so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether any byte differs from the scratch bytes (if not, a COPY says the same).
+    pub fn has_differences(&self) -> bool {
+        !self.runs.is_empty() || !self.literal.is_empty()
+    }
+
+    /// Bytes of runs so far (to bound the record).
+    pub fn body_len(&self) -> usize {
+        self.runs.len() + self.literal.len()
+    }
+
+    /// `len` bytes equal to the scratch bytes.
+    pub fn same(&mut self, len: u64) {
+        self.len += len;
+        if self.literal.is_empty() {
+            self.zeros += len;
+        } else if len >= MIN_EQUAL_RUN as u64 {
+            self.close();
+            self.zeros += len;
+        } else {
+            self.literal.extend(std::iter::repeat_n(0, len as usize));
+        }
+    }
+
+    /// Bytes given as their differences (new minus scratch, mod 256).
+    pub fn diff(&mut self, diff: &[u8]) {
+        let mut at = 0;
+        while at < diff.len() {
+            let equal = diff[at..].iter().take_while(|&&b| b == 0).count();
+            if equal > 0 {
+                self.same(equal as u64);
+                at += equal;
+                continue;
+            }
+            let n = diff[at..]
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(diff.len() - at);
+            self.literal.extend_from_slice(&diff[at..at + n]);
+            self.len += n as u64;
+            at += n;
+        }
+    }
+
+    fn close(&mut self) {
+        // Trailing zeros of a literal run belong to the next run's equal stretch.
+        let trailing = self.literal.iter().rev().take_while(|&&b| b == 0).count();
+        self.literal.truncate(self.literal.len() - trailing);
+        put_varint(&mut self.runs, self.zeros);
+        put_varint(&mut self.runs, self.literal.len() as u64);
+        self.runs.append(&mut self.literal);
+        self.zeros = trailing as u64;
+    }
+
+    /// The record body: the runs, the last one closed.
+    fn body(&self) -> Vec<u8> {
+        let mut done = self.clone();
+        if !done.literal.is_empty() {
+            done.close();
+        }
+        if done.zeros > 0 {
+            put_varint(&mut done.runs, done.zeros);
+            put_varint(&mut done.runs, 0);
+        }
+        done.runs
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    write_varint(out, v).expect("writing to a Vec does not fail");
+}
+
+/// Reads one varint from a record body; `None` at a clean end of the body.
+pub fn read_body_varint(body: &mut impl Read) -> Result<Option<u64>, RecordError> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        if body.read(&mut b)? == 0 {
+            return if i == 0 {
+                Ok(None)
+            } else {
+                Err(RecordError::Invalid(
+                    "record body ends inside a varint".into(),
+                ))
+            };
+        }
+        if i == 9 && b[0] > 1 {
+            return Err(RecordError::Invalid("varint overflows 64 bits".into()));
+        }
+        value |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(value));
+        }
+    }
+    Err(RecordError::Invalid("varint longer than 10 bytes".into()))
 }
 
 #[cfg(test)]
@@ -790,5 +961,35 @@ mod tests {
             .next_record()
             .unwrap_err();
         assert!(err.to_string().contains("middle of a record"));
+    }
+
+    #[test]
+    fn mix_runs_keep_short_equal_stretches_inside_a_run() {
+        let mut runs = MixRuns::default();
+        runs.same(1000);
+        runs.diff(&[1, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]);
+        runs.same(3);
+        runs.diff(&[5, 0, 0]);
+        runs.same(20);
+        assert_eq!(runs.len(), 1000 + 15 + 3 + 3 + 20);
+        assert!(runs.has_differences());
+        // (1000 equal, 5 differing: "1 2 0 0 3"), then 9 equal, then "4 0 0 0 5" (the short
+        // equal stretches inside), then the 22 equal bytes at the end as a last run of none.
+        let mut expect = Vec::new();
+        for v in [1000u64, 5] {
+            put_varint(&mut expect, v);
+        }
+        expect.extend_from_slice(&[1, 2, 0, 0, 3]);
+        put_varint(&mut expect, 9);
+        put_varint(&mut expect, 5);
+        expect.extend_from_slice(&[4, 0, 0, 0, 5]);
+        put_varint(&mut expect, 22);
+        put_varint(&mut expect, 0);
+        assert_eq!(runs.body(), expect);
+        let mut copy_only = MixRuns::default();
+        copy_only.same(7);
+        copy_only.diff(&[0; 9]);
+        assert!(!copy_only.has_differences());
+        assert_eq!(copy_only.len(), 16);
     }
 }

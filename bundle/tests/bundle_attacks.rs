@@ -15,7 +15,7 @@ use sideload_bundle::image::build::{build_image, ConfigExtras};
 use sideload_bundle::image::oci_layout::OciLayoutSource;
 use sideload_bundle::image::spec::{linux_amd64, Descriptor};
 use sideload_bundle::image::ImageSource;
-use sideload_bundle::payload::{Extent, PatchKind, PayloadWriter};
+use sideload_bundle::payload::{Extent, MixRuns, PatchKind, PayloadWriter};
 use sideload_bundle::{
     apply_bundle, build_bundle, BuildOptions, Error, ImageSet, Limits, NoProgress, Output,
 };
@@ -840,6 +840,72 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
         &f.forge_records("mix-wrong.bundle", s2.clone(), &rec),
         |e| matches!(e, Error::LayerMismatch { index: 1, .. }),
     );
+
+    // MIX_RUNS: the same differences as runs rebuild the layer; runs that do not add up to
+    // the record's length, an empty run, a body with bytes after the runs, or a range outside
+    // the store are refused with the reason.
+    // (Against the store shifted by a byte, so that the runs hold differences and equal
+    // stretches both.)
+    let common = common as usize;
+    let shifted: Vec<u8> = target[..common - 1]
+        .iter()
+        .zip(&base[1..common])
+        .map(|(t, b)| t.wrapping_sub(*b))
+        .collect();
+    assert!(shifted.windows(8).any(|w| w == [0; 8]) && shifted.iter().any(|&b| b != 0));
+    let mut runs = MixRuns::default();
+    runs.same(0);
+    runs.diff(&shifted);
+    let rec = records(&f, &extents, |w| {
+        w.mix_runs(1, &runs).unwrap();
+        w.literal(&target[common - 1..]).unwrap();
+    });
+    let (result, _) = f.apply(&f.forge_records("runs.bundle", s2.clone(), &rec), &f.ctx());
+    result.unwrap();
+    for (name, offset, len, body, reason) in [
+        (
+            "past",
+            0,
+            10,
+            vec![5, 6, 1, 2, 3, 4, 5, 6],
+            "go past their length",
+        ),
+        ("short", 0, 10, vec![5, 0], "end before their length"),
+        ("empty", 0, 10, vec![0, 0, 10, 0], "an empty mix run"),
+        ("trailing", 0, 5, vec![5, 0, 0], "longer than their length"),
+        ("varint", 0, 5, vec![0x85], "ends inside a varint"),
+        (
+            "outside",
+            common as u64 - 5,
+            10,
+            vec![10, 0],
+            "operation reads scratch",
+        ),
+    ] {
+        let mut rec = records(&f, &extents, |_| {});
+        let mut raw = vec![0x16];
+        for v in [offset * 2, len, body.len() as u64] {
+            assert!(v < 1 << 21, "test varints stay short");
+            let mut v = v;
+            while v >= 0x80 {
+                raw.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            raw.push(v as u8);
+        }
+        raw.extend_from_slice(&body);
+        let end_layer = rec.len() - 2;
+        rec.splice(end_layer..end_layer, raw);
+        let err = f.assert_refused(
+            &f.forge_records(&format!("runs-{name}.bundle"), s2.clone(), &rec),
+            |e| matches!(e, Error::CorruptPayload { .. }),
+        );
+        assert!(err.to_string().contains(reason), "{name}: {err}");
+        assert!(
+            err.to_string().contains(&format!("runs-{name}.bundle")),
+            "{err}"
+        );
+    }
 
     // LITERAL_X86 longer than the layer, or cut short by the payload's end.
     let rec = records(&f, &[], |w| {
