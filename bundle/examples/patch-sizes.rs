@@ -1,6 +1,7 @@
 //! Writes the two binary patches the encoder weighs for one pair of files, for measuring:
-//! `patch-sizes OLD NEW OUTDIR` writes OUTDIR/bsdiff.patch and OUTDIR/covers.patch (the smaller
-//! of `covers::diffs`; the split layout both use in a bundle) and prints their sizes raw and after zstd -19.
+//! `patch-sizes OLD NEW OUTDIR` writes OUTDIR/bsdiff.patch, OUTDIR/covers.patch (the smaller of
+//! `covers::diffs`; the split layout both use in a bundle) and OUTDIR/covers-x86.patch (that one
+//! with x86 address fields as 32-bit differences), and prints their sizes raw and after zstd -19.
 use std::time::Instant;
 
 fn main() {
@@ -25,11 +26,21 @@ fn main() {
         .min_by_key(|p| zstd::bulk::compress(p, 19).map_or(usize::MAX, |c| c.len()))
         .expect("one setting at least");
     let cv_time = t.elapsed();
-    for (name, patch, time) in [("bsdiff", &bs, bs_time), ("covers", &cv, cv_time)] {
+    let x86 = sideload_bundle::bspatch::to_x86(&old, &cv).expect("covers patch applies");
+    let candidates = [
+        ("bsdiff", &bs, bs_time, false),
+        ("covers", &cv, cv_time, false),
+        ("covers-x86", &x86, cv_time, true),
+    ];
+    for (name, patch, time, is_x86) in candidates {
         if patch.len() <= 1 {
             continue;
         }
-        let back = sideload_bundle::bspatch::apply(&old, patch, new.len()).expect("apply");
+        let back = if is_x86 {
+            sideload_bundle::bspatch::apply_x86(&old, patch, new.len()).expect("apply")
+        } else {
+            sideload_bundle::bspatch::apply(&old, patch, new.len()).expect("apply")
+        };
         assert!(back == new, "{name} patch does not rebuild NEW");
         let z = zstd::bulk::compress(patch, 19).expect("zstd").len();
         println!(

@@ -1145,11 +1145,16 @@ fn apply_ops<R: Read>(
                         }
                         n
                     }
-                    PatchKind::Bsdiff => {
+                    PatchKind::Bsdiff | PatchKind::BsdiffX86 => {
                         let mut patch = Vec::with_capacity(patch_len.min(1 << 20) as usize);
                         body.read_to_end(&mut patch)
                             .map_err(|e| corrupt(format!("bsdiff patch: {e}")))?;
-                        let new = crate::bspatch::apply(&base, &patch, out_len as usize)
+                        let apply = if kind == PatchKind::Bsdiff {
+                            crate::bspatch::apply
+                        } else {
+                            crate::bspatch::apply_x86
+                        };
+                        let new = apply(&base, &patch, out_len as usize)
                             .map_err(|e| corrupt(format!("bsdiff patch: {e}")))?;
                         out.write_all(&new).map_err(write_err)?;
                         new.len() as u64

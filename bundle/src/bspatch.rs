@@ -183,6 +183,16 @@ impl<'a> Runs<'a> {
 /// Controls are parsed twice (once to find where the streams start, once to apply) rather than
 /// stored, so a patch cannot make the decoder allocate more than its output.
 pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String> {
+    apply_with(old, patch, max_out, false)
+}
+
+/// Applies a split patch whose diff stream holds x86 address fields as 32-bit differences
+/// (see [`to_x86`]).
+pub fn apply_x86(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String> {
+    apply_with(old, patch, max_out, true)
+}
+
+fn apply_with(old: &[u8], patch: &[u8], max_out: usize, x86: bool) -> Result<Vec<u8>, String> {
     let mut cursor = 0usize;
     let count = get_varint(patch, &mut cursor)?;
     // Each control takes at least 3 bytes.
@@ -231,7 +241,18 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
         let old_slice = old
             .get(from..from.checked_add(mix).ok_or("overflow")?)
             .ok_or("bsdiff reads past the old data")?;
+        let start = out.len();
         runs.mix(old_slice, &mut out)?;
+        if x86 {
+            for at in x86_fields(old_slice) {
+                let field = &mut out[start + at..start + at + 4];
+                let old_value = u32::from_le_bytes(old_slice[at..at + 4].try_into().expect("4"));
+                let diff: [u8; 4] =
+                    std::array::from_fn(|k| field[k].wrapping_sub(old_slice[at + k]));
+                let value = old_value.wrapping_add(u32::from_le_bytes(diff));
+                field.copy_from_slice(&value.to_le_bytes());
+            }
+        }
         out.extend_from_slice(&patch[extra_at..extra_at + copy]);
         extra_at += copy;
         old_at = i64::try_from(mix)
@@ -241,6 +262,91 @@ pub fn apply(old: &[u8], patch: &[u8], max_out: usize) -> Result<Vec<u8>, String
             .ok_or("bsdiff seek overflows")?;
     }
     Ok(out)
+}
+
+/// Where x86 address fields start in `old` (one cover's old bytes): the rel32 of a call or
+/// jump (E8, E9, 0F 80-8F) and the disp32 of RIP-relative operands of the common opcodes
+/// (ModRM with mod 00, r/m 101). A moved function changes each such field by one amount; as a
+/// 32-bit difference that amount is the same bytes every time, where a byte-wise difference
+/// varies with the carries. Decided from the old bytes alone, which the device holds, so it
+/// needs no list in the patch; a byte that only looks like an opcode costs compression, never
+/// correctness (the transform is inverted the same way). Fields do not overlap and lie inside
+/// `old`.
+fn x86_fields(old: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < old.len() {
+            let op = old[at];
+            let field = match op {
+                0xe8 | 0xe9 => at + 1,
+                0x0f if old.get(at + 1).is_some_and(|b| (0x80..=0x8f).contains(b)) => at + 2,
+                0x03 | 0x2b | 0x33 | 0x39 | 0x3b | 0x63 | 0x85 | 0x88..=0x8b | 0x8d
+                    if old.get(at + 1).is_some_and(|m| m & 0xc7 == 0x05) =>
+                {
+                    at + 2
+                }
+                _ => {
+                    at += 1;
+                    continue;
+                }
+            };
+            if field + 4 > old.len() {
+                at = old.len();
+                return None;
+            }
+            at = field + 4;
+            return Some(field);
+        }
+        None
+    })
+}
+
+/// Rewrites a split patch so that x86 address fields of each cover's old bytes carry 32-bit
+/// differences, for [`apply_x86`]. `None` if the patch is malformed or does not apply to
+/// `old`. The encoder keeps it only where it compresses smaller (executables, shared
+/// libraries).
+pub fn to_x86(old: &[u8], patch: &[u8]) -> Option<Vec<u8>> {
+    let mut cursor = 0usize;
+    let count = get_varint(patch, &mut cursor).ok()?;
+    let mut controls = Vec::new();
+    for _ in 0..count {
+        let mix = get_varint(patch, &mut cursor).ok()?;
+        let copy = get_varint(patch, &mut cursor).ok()?;
+        let seek = unzigzag(get_varint(patch, &mut cursor).ok()?);
+        controls.push((mix, copy, seek));
+    }
+    let diff_total = controls
+        .iter()
+        .try_fold(0usize, |t, c| t.checked_add(c.0 as usize))?;
+    let mut runs = Runs::new(patch, cursor);
+    let mut diff = Vec::with_capacity(diff_total);
+    runs.walk(diff_total, |part| match part {
+        Diff::Zeros(n) => diff.resize(diff.len() + n, 0),
+        Diff::Bytes(bytes) => diff.extend_from_slice(bytes),
+    })
+    .ok()?;
+    let extra = patch.get(runs.at..)?;
+    let extra_total = controls
+        .iter()
+        .try_fold(0usize, |t, c| t.checked_add(c.1 as usize))?;
+    if runs.zeros != 0 || runs.literal != 0 || extra.len() != extra_total {
+        return None;
+    }
+    let (mut old_at, mut done) = (0i64, 0usize);
+    for &(mix, _, seek) in &controls {
+        let from = usize::try_from(old_at).ok()?;
+        let slice = old.get(from..from.checked_add(mix as usize)?)?;
+        let cover = &mut diff[done..done + mix as usize];
+        for at in x86_fields(slice) {
+            let old_value = u32::from_le_bytes(slice[at..at + 4].try_into().ok()?);
+            let new: [u8; 4] = std::array::from_fn(|k| slice[at + k].wrapping_add(cover[at + k]));
+            let d = u32::from_le_bytes(new).wrapping_sub(old_value);
+            cover[at..at + 4].copy_from_slice(&d.to_le_bytes());
+        }
+        done += mix as usize;
+        old_at = old_at.checked_add(mix as i64)?.checked_add(seek)?;
+    }
+    Some(encode(&controls, &diff, extra))
 }
 
 fn to_usize(v: u64) -> Result<usize, String> {
@@ -345,5 +451,66 @@ mod tests {
         put_varint(&mut huge, 0);
         put_varint(&mut huge, 0);
         assert!(apply(&old, &huge, 1 << 20).is_err());
+    }
+
+    /// Code-like bytes: calls (E8 rel32), conditional jumps (0F 8x rel32) and RIP-relative
+    /// loads (8B 05 disp32) between other instructions.
+    fn code(len: usize, shift: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 16);
+        let mut i = 0u32;
+        while out.len() < len {
+            i += 1;
+            let target = (i * 2_654_435_761) % 100_000;
+            // Everything after 1/3 of the code moved by `shift`.
+            let rel = target.wrapping_add(if out.len() > len / 3 { shift } else { 0 });
+            match i % 4 {
+                0 => out.push(0xe8),
+                1 => out.extend_from_slice(&[0x0f, 0x85]),
+                2 => out.extend_from_slice(&[0x8b, 0x05]),
+                _ => out.extend_from_slice(&[0x48, 0x89, 0xc7, 0x31, 0xc0]),
+            }
+            if i % 4 != 3 {
+                out.extend_from_slice(&rel.to_le_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn x86_fields_as_32_bit_differences_apply_exactly_and_compress_better() {
+        let old = code(60_000, 0);
+        let new = code(60_000, 0x1f3);
+        let mut raw = Vec::new();
+        bsdiff::diff(&old, &new, &mut raw).unwrap();
+        let plain = split(&raw).unwrap();
+        let x86 = to_x86(&old, &plain).unwrap();
+        assert_eq!(apply_x86(&old, &x86, new.len()).unwrap(), new);
+        assert_eq!(apply(&old, &plain, new.len()).unwrap(), new);
+        let (a, b) = (
+            zstd::bulk::compress(&plain, 19).unwrap().len(),
+            zstd::bulk::compress(&x86, 19).unwrap().len(),
+        );
+        assert!(b < a, "x86 {b} B against byte-wise {a} B");
+        // Fields cut by the end of the old data, or of a cover, are left byte-wise.
+        for cut in [1, 2, 3, 4, 5, 6] {
+            let old = &old[..old.len() - cut];
+            let mut raw = Vec::new();
+            bsdiff::diff(old, &new, &mut raw).unwrap();
+            let x86 = to_x86(old, &split(&raw).unwrap()).unwrap();
+            assert_eq!(apply_x86(old, &x86, new.len()).unwrap(), new, "cut {cut}");
+        }
+        // Hostile x86 patches: an error or bounded output, never a panic.
+        for cut in 0..x86.len().min(300) {
+            let _ = apply_x86(&old, &x86[..cut], new.len());
+        }
+        for at in 0..x86.len().min(300) {
+            let mut bad = x86.clone();
+            bad[at] ^= 0x5a;
+            if let Ok(out) = apply_x86(&old, &bad, new.len()) {
+                assert!(out.len() <= new.len());
+            }
+        }
+        assert!(to_x86(&old, &x86[..x86.len() / 2]).is_none());
     }
 }

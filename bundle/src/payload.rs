@@ -15,6 +15,8 @@
 //!                          (cursor: end of the previous COPY in the payload, 0 at first)
 //!        0x12 PATCH_ZSTD   u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
+//!        0x17 PATCH_BSDIFF_X86  the same, with x86 address fields as 32-bit differences
+//!                          (`bspatch::to_x86`: executables and shared libraries)
 //!        0x14 MIX          varint zigzag(scratch_offset - cursor), varint len, len bytes
 //!                          (output byte i = scratch[scratch_offset + i] + body[i] mod 256;
 //!                          moves the cursor like COPY; today's encoder writes MIX_RUNS
@@ -63,6 +65,7 @@ const TAG_PATCH_BSDIFF: u8 = 0x13;
 const TAG_MIX: u8 = 0x14;
 const TAG_LITERAL_X86: u8 = 0x15;
 const TAG_MIX_RUNS: u8 = 0x16;
+const TAG_PATCH_BSDIFF_X86: u8 = 0x17;
 const TAG_END_LAYER: u8 = 0x1F;
 const TAG_END: u8 = 0xFF;
 
@@ -82,8 +85,10 @@ pub struct Extent {
 pub enum PatchKind {
     /// A zstd frame compressed with the base range as a raw-content dictionary.
     Zstd,
-    /// A bsdiff patch (the `bsdiff` crate's raw format) against the base range.
+    /// A patch in the split bsdiff layout ([`crate::bspatch`]) against the base range.
     Bsdiff,
+    /// The same, with x86 address fields as 32-bit differences ([`crate::bspatch::to_x86`]).
+    BsdiffX86,
 }
 
 /// One record of the payload, as the reader yields it. Records with a body (`Config`,
@@ -318,11 +323,11 @@ impl<R: Read> PayloadReader<R> {
                     body_len,
                 }
             }
-            TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF => Record::Patch {
-                kind: if tag == TAG_PATCH_ZSTD {
-                    PatchKind::Zstd
-                } else {
-                    PatchKind::Bsdiff
+            TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF | TAG_PATCH_BSDIFF_X86 => Record::Patch {
+                kind: match tag {
+                    TAG_PATCH_ZSTD => PatchKind::Zstd,
+                    TAG_PATCH_BSDIFF => PatchKind::Bsdiff,
+                    _ => PatchKind::BsdiffX86,
                 },
                 scratch_offset: self.u64()?,
                 base_len: self.u64()?,
@@ -586,6 +591,7 @@ impl<W: Write> PayloadWriter<W> {
         let tag = match kind {
             PatchKind::Zstd => TAG_PATCH_ZSTD,
             PatchKind::Bsdiff => TAG_PATCH_BSDIFF,
+            PatchKind::BsdiffX86 => TAG_PATCH_BSDIFF_X86,
         };
         self.inner.write_all(&[tag])?;
         for v in [scratch_offset, base_len, out_len, patch.len() as u64] {
