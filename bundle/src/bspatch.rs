@@ -265,8 +265,8 @@ fn apply_with(old: &[u8], patch: &[u8], max_out: usize, x86: bool) -> Result<Vec
 }
 
 /// Where x86 address fields start in `old` (one cover's old bytes): the rel32 of a call or
-/// jump (E8, E9, 0F 80-8F) and the disp32 of RIP-relative operands of the common opcodes
-/// (ModRM with mod 00, r/m 101). A moved function changes each such field by one amount; as a
+/// jump (E8, E9, 0F 80-8F) and the disp32 of the common opcodes' ModRM with mod 00, r/m 101
+/// (RIP-relative on x86-64, an absolute address on i386). A moved function changes each such field by one amount; as a
 /// 32-bit difference that amount is the same bytes every time, where a byte-wise difference
 /// varies with the carries. Decided from the old bytes alone, which the device holds, so it
 /// needs no list in the patch; a byte that only looks like an opcode costs compression, never
@@ -460,7 +460,7 @@ mod tests {
         let mut i = 0u32;
         while out.len() < len {
             i += 1;
-            let target = (i * 2_654_435_761) % 100_000;
+            let target = i.wrapping_mul(2_654_435_761) % 100_000;
             // Everything after 1/3 of the code moved by `shift`.
             let rel = target.wrapping_add(if out.len() > len / 3 { shift } else { 0 });
             match i % 4 {

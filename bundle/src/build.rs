@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use sideload_signing::{
     Digest, LayerStorage, PayloadInfo, RepositoryName, SourceRef, Statement, Tag, Target,
-    TargetLayer, FORMAT_VERSION,
+    TargetLayer,
 };
 
 use crate::apply::BaseStore;
@@ -622,6 +622,7 @@ fn build_with_cache(
         });
     }
 
+    let records_version = writer.format_version();
     let counted = writer.finish().map_err(io_err("writing payload of"))?;
     let (frames, _, decoded_size) = counted.finish();
     let hashed = frames.finish().map_err(io_err("finishing the codec for"))?;
@@ -648,12 +649,13 @@ fn build_with_cache(
         ),
     };
     let statement = Statement {
-        // Version 1 unless a layer needs what version 2 added: old devices still apply it.
-        format_version: if layers.iter().any(|l| l.storage.is_exact_blob()) {
-            FORMAT_VERSION
+        // The lowest version that describes the bundle: devices that predate a version still
+        // apply what does not need it.
+        format_version: records_version.max(if layers.iter().any(|l| l.storage.is_exact_blob()) {
+            2
         } else {
             1
-        },
+        }),
         target: Target {
             repository: options.repository.clone(),
             tags: options.tags.clone(),

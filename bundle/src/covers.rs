@@ -6,9 +6,9 @@
 //! but then extends each cover until half its bytes differ and jumps to 9-byte coincidences
 //! elsewhere, so much of new code ends up as diff bytes of random value, which compress worse
 //! than the new code itself (on the corpus's recompiled 890 KB binary: 39,791 non-zero diff
-//! bytes, 29.8 KB after LZMA). Here a cover is kept, merged with its neighbour on the same
-//! diagonal, or extended only while the bytes it covers are estimated to cost less as diff bytes
-//! than as new data; the rest is new data, which the payload's LZMA compresses with the rest
+//! bytes, whose stream alone is 29.8 KB of bsdiff's 31.3 KB patch after LZMA). Here the previous
+//! cover's diagonal is carried on over the next match, a match starts a cover of its own, and a
+//! cover is extended, only where the bytes are estimated to cost less that way than the other; the rest is new data, which the payload's LZMA compresses with the rest
 //! of the new file. The output is the split bsdiff layout of [`crate::bspatch`], so the device
 //! applies it with the same decoder.
 //!

@@ -12,7 +12,7 @@
 //! 0x04 LAYER    u32 layer_index, then operations, then 0x1F END_LAYER
 //!        0x10 LITERAL      varint len, len bytes
 //!        0x11 COPY         varint zigzag(scratch_offset - cursor), varint len
-//!                          (cursor: end of the previous COPY in the payload, 0 at first)
+//!                          (cursor: end of the previous COPY, MIX or MIX_RUNS, 0 at first)
 //!        0x12 PATCH_ZSTD   u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x13 PATCH_BSDIFF u64 scratch_offset, u64 base_len, u64 out_len, u64 patch_len, patch bytes
 //!        0x17 PATCH_BSDIFF_X86  the same, with x86 address fields as 32-bit differences
@@ -439,6 +439,7 @@ fn eof_as_invalid(e: io::Error) -> RecordError {
 pub struct PayloadWriter<W: Write> {
     inner: W,
     copy_cursor: u64,
+    format_version: u32,
 }
 
 impl<W: Write> PayloadWriter<W> {
@@ -448,7 +449,14 @@ impl<W: Write> PayloadWriter<W> {
         Ok(PayloadWriter {
             inner,
             copy_cursor: 0,
+            format_version: 1,
         })
+    }
+
+    /// The lowest bundle format version that has every record written so far (3 once a
+    /// MIX_RUNS or PATCH_BSDIFF_X86 is written, else 1): what the statement must declare.
+    pub fn format_version(&self) -> u32 {
+        self.format_version
     }
 
     /// The config record with its bytes.
@@ -570,6 +578,7 @@ impl<W: Write> PayloadWriter<W> {
     /// The scratch bytes from `scratch_offset` with `runs` added (see [`MixRuns`]).
     pub fn mix_runs(&mut self, scratch_offset: u64, runs: &MixRuns) -> io::Result<()> {
         self.inner.write_all(&[TAG_MIX_RUNS])?;
+        self.format_version = self.format_version.max(3);
         let delta = scratch_offset.wrapping_sub(self.copy_cursor) as i64;
         write_varint(&mut self.inner, zigzag(delta))?;
         write_varint(&mut self.inner, runs.len)?;
@@ -593,6 +602,9 @@ impl<W: Write> PayloadWriter<W> {
             PatchKind::Bsdiff => TAG_PATCH_BSDIFF,
             PatchKind::BsdiffX86 => TAG_PATCH_BSDIFF_X86,
         };
+        if kind == PatchKind::BsdiffX86 {
+            self.format_version = self.format_version.max(3);
+        }
         self.inner.write_all(&[tag])?;
         for v in [scratch_offset, base_len, out_len, patch.len() as u64] {
             self.inner.write_all(&v.to_le_bytes())?;
@@ -652,8 +664,9 @@ pub struct MixRuns {
     literal: Vec<u8>,
 }
 
-/// Shortest stretch of equal bytes that ends a run of differences: a changed tar header
-/// differs in a few fields (mtime, checksum, a PAX record's digits) a few bytes apart.
+/// Shortest stretch of equal bytes (given in one piece) that ends a run of differences: a
+/// changed tar header differs in a few fields (mtime, checksum, a PAX record's digits) a few
+/// bytes apart, and a shorter stretch inside the run costs less than a new run.
 const MIN_EQUAL_RUN: usize = 8;
 
 impl MixRuns {
@@ -743,7 +756,13 @@ pub fn read_body_varint(body: &mut impl Read) -> Result<Option<u64>, RecordError
     let mut value = 0u64;
     for i in 0..10 {
         let mut b = [0u8; 1];
-        if body.read(&mut b)? == 0 {
+        let n = loop {
+            match body.read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
             return if i == 0 {
                 Ok(None)
             } else {

@@ -644,6 +644,8 @@ fn new_mtimes_on_every_file_cost_a_few_bytes_each() {
     };
     assert_eq!(stats.copied_files, 299, "{stats:?}");
     assert!(stats.mixed_bytes >= 299 * 512, "{stats:?}");
+    // MIX_RUNS is a version-3 record: devices that predate it refuse the head.
+    assert_eq!(report.statement.format_version, 3);
     assert!(
         report.statement.payload.size < 300 * 3,
         "payload {} bytes for 300 new headers and one changed file",

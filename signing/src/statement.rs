@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::names::{Digest, RepositoryName, Tag};
 
 /// The newest bundle format version this code writes and reads. Version 2 added
-/// [`LayerStorage::SourceBlob`] (and the payload records it uses); a statement without such
-/// layers is written as version 1, so devices that predate it still apply it.
-pub const FORMAT_VERSION: u32 = 2;
+/// [`LayerStorage::SourceBlob`] (and the payload records it uses); version 3 the payload
+/// records MIX_RUNS and PATCH_BSDIFF_X86. A bundle is written with the lowest version that
+/// describes it, so devices that predate a version still apply what does not need it, and
+/// refuse the rest from its head, before its payload travels.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
