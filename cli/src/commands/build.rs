@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sideload_bundle::codec::CodecSettings;
+use sideload_bundle::payload::PatchKind;
 use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
 use sideload_signing::{PayloadCodec, RepositoryName, Tag};
 
@@ -237,7 +238,9 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                         value["literal_bytes"] = d.literal_bytes.into();
                         value["mixed_bytes"] = d.mixed_bytes.into();
                         value["whole_layer_patch"] = match d.whole_layer_patch {
-                            Some(kind) => format!("{kind:?}").to_lowercase().into(),
+                            Some(PatchKind::Zstd) => "zstd".into(),
+                            Some(PatchKind::Bsdiff) => "bsdiff".into(),
+                            Some(PatchKind::BsdiffX86) => "bsdiff-x86".into(),
                             None => serde_json::Value::Null,
                         };
                     }
