@@ -155,7 +155,10 @@ fn build_sign_verify_apply_reproduces_the_image() {
     assert_eq!(report["layers"][1]["encoding"], "delta");
     // The app layer is small enough to be tried as one patch of the whole layer, but its 600
     // copied files with new headers cost a few bytes each as one MIX_RUNS: file by file wins.
-    assert_eq!(report["layers"][1]["whole_layer_patch"], serde_json::Value::Null);
+    assert_eq!(
+        report["layers"][1]["whole_layer_patch"],
+        serde_json::Value::Null
+    );
     assert!(report["layers"][1]["copied_files"].as_u64().unwrap() >= 590);
     assert!(
         report["bundle_size"].as_u64().unwrap() < 100_000,
