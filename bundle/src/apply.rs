@@ -942,8 +942,54 @@ fn copy_split(
     }
 }
 
-/// Bytes of a MIX record handled at a time.
+/// Bytes of a MIX or MIX_RUNS record handled at a time.
 const MIX_CHUNK: usize = 64 << 10;
+
+/// Where adding a record's differences to scratch bytes failed.
+enum MixFailure {
+    Scratch(io::Error),
+    Body(io::Error),
+    Write(io::Error),
+}
+
+impl MixFailure {
+    fn into_error(
+        self,
+        corrupt: &impl Fn(String) -> Error,
+        record: &str,
+        write_err: impl Fn(io::Error) -> Error,
+    ) -> Error {
+        match self {
+            MixFailure::Scratch(e) => Error::io("reading scratch", "scratch")(e),
+            MixFailure::Body(e) => corrupt(format!("{record}: {e}")),
+            MixFailure::Write(e) => write_err(e),
+        }
+    }
+}
+
+/// Writes the next `n` bytes of `base` plus (mod 256) the next `n` bytes of `body`, a chunk
+/// at a time in `buf` (MIX and MIX_RUNS).
+fn add_differences(
+    base: &mut impl Read,
+    body: &mut impl Read,
+    mut n: u64,
+    buf: &mut Vec<u8>,
+    out: &mut impl Write,
+) -> Result<(), MixFailure> {
+    while n > 0 {
+        let k = n.min(MIX_CHUNK as u64) as usize;
+        buf.resize(2 * k, 0);
+        let (old, diff) = buf.split_at_mut(k);
+        base.read_exact(old).map_err(MixFailure::Scratch)?;
+        body.read_exact(diff).map_err(MixFailure::Body)?;
+        for (d, o) in diff.iter_mut().zip(old.iter()) {
+            *d = d.wrapping_add(*o);
+        }
+        out.write_all(diff).map_err(MixFailure::Write)?;
+        n -= k as u64;
+    }
+    Ok(())
+}
 
 /// Applies one layer's operations up to `END_LAYER`, writing at most `size` bytes.
 #[allow(clippy::too_many_arguments)]
@@ -1014,21 +1060,8 @@ fn apply_ops<R: Read>(
                 claim(len, &mut written)?;
                 let mut base = scratch.range(name, scratch_offset, len)?;
                 let mut body = reader.body(len);
-                let mut old = vec![0u8; MIX_CHUNK.min(len as usize)];
-                let mut diff = vec![0u8; old.len()];
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(old.len() as u64) as usize;
-                    base.read_exact(&mut old[..n])
-                        .map_err(Error::io("reading scratch", "scratch"))?;
-                    body.read_exact(&mut diff[..n])
-                        .map_err(|e| corrupt(format!("mix: {e}")))?;
-                    for (d, o) in diff[..n].iter_mut().zip(&old[..n]) {
-                        *d = d.wrapping_add(*o);
-                    }
-                    out.write_all(&diff[..n]).map_err(write_err)?;
-                    left -= n as u64;
-                }
+                add_differences(&mut base, &mut body, len, &mut Vec::new(), out)
+                    .map_err(|e| e.into_error(&corrupt, "mix", write_err))?;
                 progress.advance(len);
             }
             Record::MixRuns {
@@ -1060,21 +1093,8 @@ fn apply_ops<R: Read>(
                     if copied != zeros {
                         return Err(corrupt("scratch ends inside a mix run".into()));
                     }
-                    let mut n = n;
-                    while n > 0 {
-                        let k = n.min(MIX_CHUNK as u64) as usize;
-                        chunk.resize(2 * k, 0);
-                        let (old, diff) = chunk.split_at_mut(k);
-                        base.read_exact(old)
-                            .map_err(Error::io("reading scratch", "scratch"))?;
-                        body.read_exact(diff)
-                            .map_err(|e| corrupt(format!("mix runs: {e}")))?;
-                        for (d, o) in diff.iter_mut().zip(old.iter()) {
-                            *d = d.wrapping_add(*o);
-                        }
-                        out.write_all(diff).map_err(write_err)?;
-                        n -= k as u64;
-                    }
+                    add_differences(&mut base, &mut body, n, &mut chunk, out)
+                        .map_err(|e| e.into_error(&corrupt, "mix runs", write_err))?;
                 }
                 let mut rest = [0u8; 1];
                 if body

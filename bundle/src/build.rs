@@ -1102,7 +1102,7 @@ impl LayerEncoder<'_> {
     fn flush_copy<W: Write>(&mut self, writer: &mut PayloadWriter<W>) -> Result<(), Error> {
         match self.pending.take() {
             Some((offset, runs)) if runs.has_differences() => {
-                writer.mix_runs(offset, &runs).map_err(self.io_err())?
+                writer.mix_runs(offset, runs).map_err(self.io_err())?
             }
             Some((offset, runs)) if !runs.is_empty() => {
                 writer.copy(offset, runs.len()).map_err(self.io_err())?

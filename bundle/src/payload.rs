@@ -289,13 +289,7 @@ impl<R: Read> PayloadReader<R> {
                 len: self.varint()?,
             },
             TAG_COPY | TAG_MIX => {
-                let delta = unzigzag(self.varint()?);
-                let len = self.varint()?;
-                let scratch_offset = self
-                    .copy_cursor
-                    .checked_add_signed(delta)
-                    .ok_or_else(|| RecordError::Invalid("copy offset out of range".into()))?;
-                self.copy_cursor = scratch_offset.saturating_add(len);
+                let (scratch_offset, len) = self.relative_range()?;
                 if tag == TAG_COPY {
                     Record::Copy {
                         scratch_offset,
@@ -309,14 +303,8 @@ impl<R: Read> PayloadReader<R> {
                 }
             }
             TAG_MIX_RUNS => {
-                let delta = unzigzag(self.varint()?);
-                let len = self.varint()?;
+                let (scratch_offset, len) = self.relative_range()?;
                 let body_len = self.varint()?;
-                let scratch_offset = self
-                    .copy_cursor
-                    .checked_add_signed(delta)
-                    .ok_or_else(|| RecordError::Invalid("mix offset out of range".into()))?;
-                self.copy_cursor = scratch_offset.saturating_add(len);
                 Record::MixRuns {
                     scratch_offset,
                     len,
@@ -367,6 +355,19 @@ impl<R: Read> PayloadReader<R> {
     /// The underlying stream (to switch frames at a FRAME record).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// A scratch range given relative to the cursor (COPY, MIX, MIX_RUNS), which moves to its
+    /// end: (scratch offset, length).
+    fn relative_range(&mut self) -> Result<(u64, u64), RecordError> {
+        let delta = unzigzag(self.varint()?);
+        let len = self.varint()?;
+        let scratch_offset = self
+            .copy_cursor
+            .checked_add_signed(delta)
+            .ok_or_else(|| RecordError::Invalid("copy offset out of range".into()))?;
+        self.copy_cursor = scratch_offset.saturating_add(len);
+        Ok((scratch_offset, len))
     }
 
     fn u8(&mut self) -> Result<u8, RecordError> {
@@ -576,15 +577,16 @@ impl<W: Write> PayloadWriter<W> {
     }
 
     /// The scratch bytes from `scratch_offset` with `runs` added (see [`MixRuns`]).
-    pub fn mix_runs(&mut self, scratch_offset: u64, runs: &MixRuns) -> io::Result<()> {
+    pub fn mix_runs(&mut self, scratch_offset: u64, runs: MixRuns) -> io::Result<()> {
         self.inner.write_all(&[TAG_MIX_RUNS])?;
         self.format_version = self.format_version.max(3);
         let delta = scratch_offset.wrapping_sub(self.copy_cursor) as i64;
         write_varint(&mut self.inner, zigzag(delta))?;
-        write_varint(&mut self.inner, runs.len)?;
-        let body = runs.body();
+        let len = runs.len;
+        write_varint(&mut self.inner, len)?;
+        let body = runs.into_body();
         write_varint(&mut self.inner, body.len() as u64)?;
-        self.copy_cursor = scratch_offset + runs.len;
+        self.copy_cursor = scratch_offset + len;
         self.inner.write_all(&body)
     }
 
@@ -734,16 +736,15 @@ impl MixRuns {
     }
 
     /// The record body: the runs, the last one closed.
-    fn body(&self) -> Vec<u8> {
-        let mut done = self.clone();
-        if !done.literal.is_empty() {
-            done.close();
+    fn into_body(mut self) -> Vec<u8> {
+        if !self.literal.is_empty() {
+            self.close();
         }
-        if done.zeros > 0 {
-            put_varint(&mut done.runs, done.zeros);
-            put_varint(&mut done.runs, 0);
+        if self.zeros > 0 {
+            put_varint(&mut self.runs, self.zeros);
+            put_varint(&mut self.runs, 0);
         }
-        done.runs
+        self.runs
     }
 }
 
@@ -1010,7 +1011,7 @@ mod tests {
         expect.extend_from_slice(&[4, 0, 0, 0, 5]);
         put_varint(&mut expect, 22);
         put_varint(&mut expect, 0);
-        assert_eq!(runs.body(), expect);
+        assert_eq!(runs.into_body(), expect);
         let mut copy_only = MixRuns::default();
         copy_only.same(7);
         copy_only.diff(&[0; 9]);

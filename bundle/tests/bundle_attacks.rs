@@ -857,7 +857,7 @@ fn copy_and_patch_operations_rebuild_the_exact_layer() {
     runs.same(0);
     runs.diff(&shifted);
     let rec = records(&f, &extents, |w| {
-        w.mix_runs(1, &runs).unwrap();
+        w.mix_runs(1, runs).unwrap();
         w.literal(&target[common - 1..]).unwrap();
     });
     let (result, _) = f.apply(&f.forge_records("runs.bundle", s2.clone(), &rec), &f.ctx());
