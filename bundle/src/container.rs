@@ -2,18 +2,20 @@
 //!
 //! ```text
 //! offset 0   magic "SIDELOAD" (8 bytes)
-//!        8   format version, u16 big-endian (1)
+//!        8   container version, u16 big-endian (2; readers also take 1)
 //!       10   flags, u16 big-endian (0; readers refuse other values)
-//!       12   statement length S, u32 big-endian
+//!       12   stored statement length S, u32 big-endian
 //!       16   signature slot length G, u32 big-endian
 //!       20   12 zero bytes (reserved)
-//!       32   statement: S bytes of canonical JSON
+//!       32   statement: S bytes, one zstd frame of its canonical JSON made with the
+//!            built-in dictionary (version 1: the canonical JSON itself)
 //!     32+S   signature slot: G bytes, a JSON array of signatures padded with spaces
 //!   32+S+G   payload: exactly statement.payload.size bytes, then end of file
 //! ```
 //!
 //! The slot is reserved when the bundle is built, so attaching signatures later rewrites only
-//! the slot, never the payload. See `docs/bundle-format.md`.
+//! the slot, never the payload. Signatures cover the canonical JSON, not its compressed form,
+//! so signers see and sign what the device acts on. See `docs/bundle-format.md`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,21 +28,40 @@ use crate::limits::Limits;
 
 /// First bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"SIDELOAD";
-/// The container version this build writes and reads.
-pub const CONTAINER_VERSION: u16 = 1;
+/// The container version this build writes; it reads this one and version 1.
+pub const CONTAINER_VERSION: u16 = 2;
+/// The first container version, whose statement is stored as plain canonical JSON; still
+/// read, so bundles built before version 2 (on a stick in a drawer) still apply.
+pub const CONTAINER_VERSION_PLAIN_STATEMENT: u16 = 1;
 /// Length of the fixed header.
 pub const HEADER_LEN: u64 = 32;
-/// Default signature slot size: room for 7 Ed25519 signatures (about 130 bytes each), enough
-/// for any sensible k-of-n policy; every byte of it travels over the link.
-pub const DEFAULT_SIGNATURE_SLOT: u32 = 1024;
+/// Bytes one Ed25519 signature takes in the slot: `{"key_id":"<16 hex>","signature":"<88
+/// base64>"}` and its comma.
+pub const SIGNATURE_SLOT_BYTES_EACH: u32 = 134;
+/// Default signature slot size: room for 3 signatures (a 2-of-3 policy, or one signer and a
+/// spare). Every byte of it travels over the link, on an app update a few percent of the
+/// bundle, so larger policies ask for more with `--signature-slot`.
+pub const DEFAULT_SIGNATURE_SLOT: u32 = 2 + 3 * SIGNATURE_SLOT_BYTES_EACH;
+
+/// zstd dictionary the statement is compressed with (container version 2): a few statements
+/// of the shapes `sideload build` writes, with their digests, numbers and names taken out, so
+/// what is left of a statement is mostly its digests. A 2 KB statement stores in about 450
+/// bytes (zstd alone: 850). Frozen: a device decodes with its own copy, so changing one byte
+/// needs a new container version (a test pins its sha256).
+pub const STATEMENT_DICTIONARY: &[u8] = include_bytes!("statement.dict");
+
+/// zstd level for the statement: it is a few KB, so the slowest level costs nothing.
+const STATEMENT_LEVEL: i32 = 19;
 
 /// The front of a bundle: everything needed to decide whether to trust it.
 #[derive(Debug, Clone)]
 pub struct BundleHead {
     /// Name used in messages (usually the file name).
     pub name: String,
-    /// The statement exactly as stored (what signatures cover).
+    /// The statement's canonical JSON (what signatures cover), decompressed.
     pub statement_bytes: Vec<u8>,
+    /// Bytes the statement takes in the file (compressed, in container version 2).
+    pub statement_stored_len: u32,
     /// Signatures found in the slot.
     pub signatures: Vec<Signature>,
     /// Size of the signature slot.
@@ -50,7 +71,7 @@ pub struct BundleHead {
 impl BundleHead {
     /// Offset of the signature slot in the file.
     pub fn signature_slot_offset(&self) -> u64 {
-        HEADER_LEN + self.statement_bytes.len() as u64
+        HEADER_LEN + u64::from(self.statement_stored_len)
     }
 
     /// Offset of the payload in the file.
@@ -71,7 +92,7 @@ pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<
         });
     }
     let version = u16::from_be_bytes([header[8], header[9]]);
-    if version != CONTAINER_VERSION {
+    if version != CONTAINER_VERSION && version != CONTAINER_VERSION_PLAIN_STATEMENT {
         return Err(Error::UnsupportedVersion {
             bundle: name.to_owned(),
             found: version,
@@ -101,17 +122,86 @@ pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<
         limits.max_signature_slot.into(),
     )?;
 
-    let mut statement_bytes = vec![0u8; statement_len as usize];
-    read_part(reader, &mut statement_bytes, name, "statement")?;
+    let mut stored = vec![0u8; statement_len as usize];
+    read_part(reader, &mut stored, name, "statement")?;
+    let statement_bytes = if version == CONTAINER_VERSION_PLAIN_STATEMENT {
+        stored
+    } else {
+        decompress_statement(&stored, name, limits)?
+    };
     let mut slot = vec![0u8; slot_len as usize];
     read_part(reader, &mut slot, name, "signature slot")?;
     let signatures = decode_slot(&slot, name, limits)?;
     Ok(BundleHead {
         name: name.to_owned(),
         statement_bytes,
+        statement_stored_len: statement_len,
         signatures,
         signature_slot: slot_len,
     })
+}
+
+/// The statement as a version 2 bundle stores it: one zstd frame with the built-in dictionary,
+/// its content size in the frame header (the reader bounds its allocation by it), no
+/// checksum (the signatures cover the decompressed bytes).
+pub fn compress_statement(statement_bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut compressor =
+        zstd::bulk::Compressor::with_dictionary(STATEMENT_LEVEL, STATEMENT_DICTIONARY)?;
+    compressor.include_contentsize(true)?;
+    compressor.include_checksum(false)?;
+    compressor.include_dictid(false)?;
+    compressor.compress(statement_bytes)
+}
+
+/// Decompresses a stored statement. The stored bytes are still unauthenticated here, so the
+/// frame must declare its size, that size must be within the statement limit, the frame must
+/// fill the stored bytes exactly (nothing appended that a signature would not cover), and the
+/// output must be exactly the declared size.
+fn decompress_statement(stored: &[u8], name: &str, limits: &Limits) -> Result<Vec<u8>, Error> {
+    let undecodable = |reason: String| Error::UndecodableStatement {
+        bundle: name.to_owned(),
+        reason,
+    };
+    let declared = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(undecodable(
+                "its zstd frame does not declare its size".into(),
+            ))
+        }
+        Err(_) => return Err(undecodable("it is not a zstd frame".into())),
+    };
+    check_limit(
+        name,
+        "statement (decompressed)",
+        declared,
+        limits.max_statement.into(),
+    )?;
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => {}
+        Ok(n) => {
+            return Err(undecodable(format!(
+                "{} bytes follow its zstd frame",
+                stored.len() - n
+            )))
+        }
+        Err(code) => {
+            return Err(undecodable(format!(
+                "its zstd frame is damaged ({})",
+                zstd::zstd_safe::get_error_name(code)
+            )))
+        }
+    }
+    let mut out = Vec::with_capacity(declared as usize);
+    let written = zstd::bulk::Decompressor::with_dictionary(STATEMENT_DICTIONARY)
+        .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
+        .map_err(|e| undecodable(format!("its zstd frame does not decode ({e})")))?;
+    if written as u64 != declared {
+        return Err(undecodable(format!(
+            "its zstd frame declares {declared} bytes but holds {written}"
+        )));
+    }
+    Ok(out)
 }
 
 /// How many bytes the head (header, statement, signature slot) takes, from the fixed header
@@ -155,19 +245,20 @@ pub fn write_bundle(
             format!("signatures do not fit a {slot_len}-byte slot"),
         )
     })?;
+    let stored = compress_statement(statement_bytes)?;
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(&MAGIC);
     header[8..10].copy_from_slice(&CONTAINER_VERSION.to_be_bytes());
-    let statement_len = u32::try_from(statement_bytes.len()).map_err(|_| {
+    let statement_len = u32::try_from(stored.len()).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "statement too large")
     })?;
     header[12..16].copy_from_slice(&statement_len.to_be_bytes());
     header[16..20].copy_from_slice(&slot_len.to_be_bytes());
     out.write_all(&header)?;
-    out.write_all(statement_bytes)?;
+    out.write_all(&stored)?;
     out.write_all(&slot)?;
     let copied = std::io::copy(payload, out)?;
-    Ok(HEADER_LEN + statement_bytes.len() as u64 + u64::from(slot_len) + copied)
+    Ok(HEADER_LEN + stored.len() as u64 + u64::from(slot_len) + copied)
 }
 
 /// Adds signatures to a bundle in place, rewriting only its signature slot. A signature by a

@@ -32,7 +32,7 @@ pub enum Error {
         bundle: String,
     },
     /// The header names a format version this build does not read.
-    #[error("{bundle}: bundle format version {found} is not supported (this build reads version {supported})")]
+    #[error("{bundle}: bundle format version {found} is not supported (this build reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// The bundle.
         bundle: String,
@@ -64,6 +64,14 @@ pub enum Error {
         value: u64,
         /// The cap from [`crate::Limits`].
         limit: u64,
+    },
+    /// The stored statement does not decompress to a bounded statement (container version 2).
+    #[error("{bundle}: statement cannot be read: {reason}")]
+    UndecodableStatement {
+        /// The bundle.
+        bundle: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The signature slot does not hold a valid signature list.
     #[error("{bundle}: signature slot is malformed: {reason}")]
@@ -192,6 +200,7 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::OverLimit { .. }
                 | Error::MalformedSignatures { .. }
+                | Error::UndecodableStatement { .. }
                 | Error::Refused { .. }
                 | Error::PayloadDigestMismatch { .. }
                 | Error::SizeMismatch { .. }
@@ -210,6 +219,7 @@ impl Error {
             Error::Truncated { .. } => "truncated",
             Error::OverLimit { .. } => "over_limit",
             Error::MalformedSignatures { .. } => "malformed_signatures",
+            Error::UndecodableStatement { .. } => "undecodable_statement",
             Error::Refused { refusal, .. } => refusal.code(),
             Error::PayloadDigestMismatch { .. } => "payload_digest_mismatch",
             Error::SizeMismatch { .. } => "size_mismatch",
@@ -241,6 +251,7 @@ impl Error {
             }
             Error::OverLimit { .. }
             | Error::MalformedSignatures { .. }
+            | Error::UndecodableStatement { .. }
             | Error::CorruptPayload { .. }
             | Error::PayloadDigestMismatch { .. }
             | Error::LayerMismatch { .. } => {

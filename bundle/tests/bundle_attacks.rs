@@ -411,6 +411,39 @@ fn two_of_three_and_a_policy_trusting_only_one_signer() {
 }
 
 #[test]
+fn the_default_slot_holds_three_signatures_and_says_so_when_full() {
+    let f = fixture();
+    let bundle = f.copy_with("slot.bundle", |_| {});
+    let before = fs::read(&bundle).unwrap();
+    // Keys 0 and 1 are in; key 2 fits; a fourth does not, and nothing is written.
+    sign(&bundle, &[&f.keys[2]]);
+    let fourth = keys(1).remove(0);
+    let (head, _) = sideload_bundle::open_bundle(&bundle, &Limits::default()).unwrap();
+    assert_eq!(head.signatures.len(), 3);
+    let full = fs::read(&bundle).unwrap();
+    let err = sideload_bundle::attach_signatures(
+        &bundle,
+        &[fourth.sign_statement(&head.statement_bytes)],
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::SignatureSlotFull { .. }), "{err:?}");
+    assert!(err.to_string().contains("slot.bundle"), "{err}");
+    assert!(
+        err.advice().contains("--signature-slot"),
+        "{}",
+        err.advice()
+    );
+    assert_eq!(fs::read(&bundle).unwrap(), full);
+    // Re-signing with a key already present replaces its signature; the payload never moves.
+    sign(&bundle, &[&f.keys[0]]);
+    let after = fs::read(&bundle).unwrap();
+    let payload_at = head.payload_offset() as usize;
+    assert_eq!(after[payload_at..], before[payload_at..]);
+    assert!(f.apply(&bundle, &f.ctx()).0.is_ok());
+}
+
+#[test]
 fn unknown_key_expired_and_replayed() {
     let f = fixture();
     let stranger = keys(1);
@@ -511,18 +544,30 @@ fn flipped_bytes_in_every_part_are_refused() {
         flip(at);
         f.assert_refused(&path, |e| e.is_refusal());
     }
-    // Statement: every byte; a signature no longer matches, or it no longer parses.
+    // Statement: every byte; its frame no longer decodes, a signature no longer matches, or it
+    // no longer parses. zstd leaves a few bits without effect on the output (the stored form is
+    // not canonical, like the slot's padding): such a flip decodes to the very JSON that was
+    // signed, so the device acts on exactly what was signed, and it applies.
     for at in statement_range {
         flip(at);
+        let flipped = fs::read(&path).unwrap();
+        if read_head(&mut &flipped[..], "b", &Limits::default())
+            .is_ok_and(|h| h.statement_bytes == head.statement_bytes)
+        {
+            let (result, _) = f.apply(&path, &f.ctx());
+            result.unwrap_or_else(|e| panic!("byte {at}: same statement, refused: {e}"));
+            continue;
+        }
         f.assert_refused(&path, |e| {
-            matches!(
-                refusal(e),
-                Some(
-                    Refusal::BadSignature { .. }
-                        | Refusal::MalformedStatement(_)
-                        | Refusal::UnknownFormatVersion { .. }
+            matches!(e, Error::UndecodableStatement { .. })
+                || matches!(
+                    refusal(e),
+                    Some(
+                        Refusal::BadSignature { .. }
+                            | Refusal::MalformedStatement(_)
+                            | Refusal::UnknownFormatVersion { .. }
+                    )
                 )
-            )
         });
     }
     // Signatures: every byte of the used part of the slot.
@@ -582,12 +627,112 @@ fn a_header_that_lies_about_sizes_allocates_nothing() {
             }
         )
     });
-    let version = f.copy_with("version.bundle", |b| b[9] = 2);
+    let version = f.copy_with("version.bundle", |b| b[9] = 3);
     f.assert_refused(&version, |e| {
-        matches!(e, Error::UnsupportedVersion { found: 2, .. })
+        matches!(e, Error::UnsupportedVersion { found: 3, .. })
     });
     let magic = f.copy_with("magic.bundle", |b| b[0] = b'X');
     f.assert_refused(&magic, |e| matches!(e, Error::NotABundle { .. }));
+}
+
+/// The fixture's bundle with its statement stored as `stored` under container `version`.
+fn reframed(bytes: &[u8], version: u16, stored: &[u8]) -> Vec<u8> {
+    let head = read_head(&mut &bytes[..], "b", &Limits::default()).unwrap();
+    let mut out = bytes[..32].to_vec();
+    out[8..10].copy_from_slice(&version.to_be_bytes());
+    out[12..16].copy_from_slice(&(stored.len() as u32).to_be_bytes());
+    out.extend_from_slice(stored);
+    out.extend_from_slice(&bytes[head.signature_slot_offset() as usize..]);
+    out
+}
+
+#[test]
+fn the_statement_is_stored_compressed_and_checked_before_use() {
+    let f = fixture();
+    let bytes = fs::read(&f.bundle).unwrap();
+    let head = read_head(&mut &bytes[..], "b", &Limits::default()).unwrap();
+    let json = head.statement_bytes.clone();
+    let stored = head.statement_stored_len as usize;
+    // The dictionary is frozen with container version 2: devices decode with their own copy.
+    assert_eq!(
+        Digest::of_bytes(sideload_bundle::container::STATEMENT_DICTIONARY).to_string(),
+        "sha256:27f99510d43ff54059ab0c35e57bd995da33428986b35acdba59abcbbda4a9f6"
+    );
+    assert_eq!(&bytes[8..10], &[0, 2]);
+    assert!(
+        stored * 2 < json.len(),
+        "stored {stored} B of {} B of JSON",
+        json.len()
+    );
+    assert_eq!(
+        &bytes[32..32 + stored],
+        &sideload_bundle::container::compress_statement(&json).unwrap()[..]
+    );
+
+    // A version 1 bundle (plain JSON statement) still applies, signatures unchanged.
+    let plain = f.dir.path().join("v1-container.bundle");
+    fs::write(&plain, reframed(&bytes, 1, &json)).unwrap();
+    let (result, exists) = f.apply(&plain, &f.ctx());
+    result.unwrap();
+    assert!(exists);
+
+    // Hostile stored statements, each refused before anything is verified or written.
+    let frame = &bytes[32..32 + stored];
+    let mut trailing = frame.to_vec();
+    trailing.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let mut no_size = zstd::bulk::Compressor::with_dictionary(
+        3,
+        sideload_bundle::container::STATEMENT_DICTIONARY,
+    )
+    .unwrap();
+    no_size.include_contentsize(false).unwrap();
+    let no_size = no_size.compress(&json).unwrap();
+    let mut short = frame.to_vec();
+    short.truncate(stored - 3);
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "plain JSON under version 2",
+            json.clone(),
+            "not a zstd frame",
+        ),
+        (
+            "bytes after the frame",
+            trailing,
+            "4 bytes follow its zstd frame",
+        ),
+        ("no declared size", no_size, "does not declare its size"),
+        ("a cut frame", short, "damaged"),
+    ];
+    for (what, stored, expected) in cases {
+        let path = f.dir.path().join("hostile.bundle");
+        fs::write(&path, reframed(&bytes, 2, &stored)).unwrap();
+        let err = f.assert_refused(&path, |e| matches!(e, Error::UndecodableStatement { .. }));
+        let text = err.to_string();
+        assert!(text.contains(expected), "{what}: {text}");
+        assert!(
+            text.starts_with("hostile.bundle: statement cannot be read"),
+            "{what}: {text}"
+        );
+        assert!(err.is_refusal());
+    }
+
+    // A small frame that declares more than the statement cap is refused before it is
+    // inflated (the cap bounds the allocation, not the compressed size).
+    let limits = Limits {
+        max_statement: (stored + 10) as u32,
+        ..Limits::default()
+    };
+    let err = read_head(&mut &bytes[..], "b", &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OverLimit {
+                field: "statement (decompressed)",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -75,7 +75,9 @@ pub struct BuildArgs {
     /// patch and a literal.
     #[arg(long, default_value_t = 19)]
     patch_level: i32,
-    /// Bytes reserved at the front for signatures (about 130 bytes each).
+    /// Bytes reserved at the front for signatures: 134 each, plus 2. The default holds 3 (a
+    /// 2-of-3 policy); every byte travels over the link. Attaching more than fit fails, and
+    /// the bundle must be built again with a larger slot.
     #[arg(long, default_value_t = sideload_bundle::container::DEFAULT_SIGNATURE_SLOT)]
     signature_slot: u32,
     /// zstd compression threads (lzma2 compresses on one thread, as one stream; patches are
