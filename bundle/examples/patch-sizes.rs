@@ -1,7 +1,9 @@
-//! Writes the two binary patches the encoder weighs for one pair of files, for measuring:
-//! `patch-sizes OLD NEW OUTDIR` writes OUTDIR/bsdiff.patch, OUTDIR/covers.patch (the smaller of
-//! `covers::diffs`; the split layout both use in a bundle) and OUTDIR/covers-x86.patch (that one
-//! with x86 address fields as 32-bit differences), and prints their sizes raw and after zstd -19.
+//! Writes the binary patches the encoder weighs for one pair of files, for measuring:
+//! `patch-sizes OLD NEW OUTDIR` writes OUTDIR/bsdiff.patch (the `bsdiff` crate, for reference),
+//! OUTDIR/classic.patch (bsdiff's cover selection as the encoder makes it, over divsufsort),
+//! OUTDIR/covers.patch (the smallest cost-chosen one; all in the split layout a bundle uses) and
+//! OUTDIR/covers-x86.patch (that one with x86 address fields as 32-bit differences), and prints
+//! their sizes raw and after zstd -19 and the time each took. COVERS_ONLY=1 skips the crate.
 use std::time::Instant;
 
 fn main() {
@@ -21,14 +23,19 @@ fn main() {
     let bs = sideload_bundle::bspatch::split(&raw).expect("split");
     let bs_time = t.elapsed();
     let t = Instant::now();
-    let cv = sideload_bundle::covers::diffs(&old, &new)
+    let classic = sideload_bundle::covers::diffs(&old, &new, false).remove(0);
+    let classic_time = t.elapsed();
+    let t = Instant::now();
+    let cv = sideload_bundle::covers::diffs(&old, &new, true)
         .into_iter()
+        .skip(1)
         .min_by_key(|p| zstd::bulk::compress(p, 19).map_or(usize::MAX, |c| c.len()))
         .expect("one setting at least");
     let cv_time = t.elapsed();
     let x86 = sideload_bundle::bspatch::to_x86(&old, &cv).expect("covers patch applies");
     let candidates = [
         ("bsdiff", &bs, bs_time, false),
+        ("classic", &classic, classic_time, false),
         ("covers", &cv, cv_time, false),
         ("covers-x86", &x86, cv_time, true),
     ];

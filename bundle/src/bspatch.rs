@@ -19,8 +19,9 @@
 //! Σ copy_len bytes  extra: copied as they are
 //! ```
 
-/// Converts a patch of the `bsdiff` crate into the split layout. `None` if it is malformed
-/// (it never is when it comes from `bsdiff::diff`).
+/// Converts a patch of the `bsdiff` crate into the split layout, so tests and measurements can
+/// hold the encoder against the reference bsdiff. `None` if it is malformed (it never is when it
+/// comes from `bsdiff::diff`).
 pub fn split(raw: &[u8]) -> Option<Vec<u8>> {
     let mut controls = Vec::new();
     let mut diff = Vec::new();

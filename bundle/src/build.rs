@@ -893,9 +893,10 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Largest patch base (old side; the new side is at most a [`PATCH_PIECE`]) also tried with
-/// bsdiff. Its suffix sort needs about 17 bytes per old byte (800 MiB per worker at 48 MiB) and
-/// tens of seconds, but on executables and shared libraries bsdiff patches are 2-3x smaller
-/// than zstd's (libjvm.so update: 0.8 MB against 2.0 MB); the patch time budget bounds it.
+/// bsdiff's layout. Its suffix array needs 4 bytes per old byte (192 MiB per worker at 48 MiB)
+/// and seconds of sorting, and its match search tens of seconds on the largest, but on
+/// executables and shared libraries these patches are 2-3x smaller than zstd's (libjvm.so
+/// update: 0.8 MB against 2.0 MB); the patch time budget bounds it.
 const MAX_BSDIFF_FILE: usize = 48 << 20;
 
 /// Largest piece of a file patched as one operation (new side). A larger file is patched piece
@@ -1052,7 +1053,14 @@ impl LayerEncoder<'_> {
                     }
                     self.progress.advance(region.len);
                 }
-                RegionPlan::Literal => self.file_literal(writer, spool, region.len)?,
+                RegionPlan::Literal => {
+                    tracing::debug!(
+                        path = %String::from_utf8_lossy(&region.path),
+                        len = region.len,
+                        "literal file (no base file like it)"
+                    );
+                    self.file_literal(writer, spool, region.len)?
+                }
             }
         }
         self.literal(writer, spool, scan.len - pos)?;
@@ -1158,16 +1166,30 @@ impl LayerEncoder<'_> {
             if new.is_empty() || old.is_empty() {
                 return Ok(None);
             }
+            let started = std::time::Instant::now();
             let literal_cost = zstd::bulk::compress(&new, self.level)
                 .map_err(|e| Error::InvalidBuild(format!("compressing: {e}")))?
                 .len();
             // Past the time budget, only the fast zstd patch is tried.
-            let max_bsdiff = if std::time::Instant::now() < self.deadline {
+            let max_bsdiff = if started < self.deadline {
                 MAX_BSDIFF_FILE
             } else {
                 0
             };
             let (kind, patch, cost) = best_patch(&old, &new, self.level, max_bsdiff)?;
+            // Where a build's time and bytes go (SIDELOAD_LOG=sideload_bundle=debug).
+            tracing::debug!(
+                path = %String::from_utf8_lossy(&region.path),
+                piece_at = start,
+                new = len,
+                old = old.len(),
+                ?kind,
+                cost,
+                literal_cost,
+                past_budget = max_bsdiff == 0,
+                ms = started.elapsed().as_millis() as u64,
+                "patch piece"
+            );
             Ok((cost < literal_cost).then_some((kind, patch, at)))
         };
         std::thread::scope(|s| {
@@ -1367,10 +1389,6 @@ fn best_patch(
     let repetitive =
         |data: &[u8]| zstd::bulk::compress(data, 1).map_or(true, |c| c.len() * 16 < data.len());
     if old.len() <= max_bsdiff && new.len() <= max_bsdiff && !repetitive(old) && !repetitive(new) {
-        let mut raw = Vec::new();
-        bsdiff::diff(old, new, &mut raw).map_err(compress_err)?;
-        let split = crate::bspatch::split(&raw)
-            .ok_or_else(|| Error::InvalidBuild("bsdiff wrote a malformed patch".into()))?;
         // All lay out their covers the same way and the device applies any with one decoder.
         // Neither encoder wins everywhere: on the corpus's recompiled binary the cost-chosen
         // covers are 38 % smaller (19.4 KB against 31.3 KB after LZMA), on most shared
@@ -1382,13 +1400,11 @@ fn best_patch(
         // goes to more files patched, which matters more (the 1.24 GB image's update: 29.3
         // against 26.1 MB when every candidate was compressed at level 19).
         let x86 = crate::payload::is_x86_elf(old) || crate::payload::is_x86_elf(new);
-        let mut layouts = vec![(PatchKind::Bsdiff, split)];
+        let mut layouts: Vec<_> = crate::covers::diffs(old, new, x86)
+            .into_iter()
+            .map(|p| (PatchKind::Bsdiff, p))
+            .collect();
         if x86 {
-            layouts.extend(
-                crate::covers::diffs(old, new)
-                    .into_iter()
-                    .map(|p| (PatchKind::Bsdiff, p)),
-            );
             let with_fields: Vec<_> = layouts
                 .iter()
                 .map(|(_, p)| crate::bspatch::to_x86(old, p).map(|x| (PatchKind::BsdiffX86, x)))
