@@ -36,8 +36,8 @@ pub const CONTAINER_VERSION_PLAIN_STATEMENT: u16 = 1;
 /// Length of the fixed header.
 pub const HEADER_LEN: u64 = 32;
 /// Bytes one Ed25519 signature takes in the slot: `{"key_id":"<16 hex>","signature":"<88
-/// base64>"}` and its comma.
-pub const SIGNATURE_SLOT_BYTES_EACH: u32 = 134;
+/// base64>"}` (132) and its comma.
+pub const SIGNATURE_SLOT_BYTES_EACH: u32 = 133;
 /// Default signature slot size: room for 3 signatures (a 2-of-3 policy, or one signer and a
 /// spare). Every byte of it travels over the link, on an app update a few percent of the
 /// bundle, so larger policies ask for more with `--signature-slot`.
@@ -49,6 +49,9 @@ pub const DEFAULT_SIGNATURE_SLOT: u32 = 2 + 3 * SIGNATURE_SLOT_BYTES_EACH;
 /// bytes (zstd alone: 850). Frozen: a device decodes with its own copy, so changing one byte
 /// needs a new container version (a test pins its sha256).
 pub const STATEMENT_DICTIONARY: &[u8] = include_bytes!("statement.dict");
+
+/// The first four bytes of a regular zstd frame (RFC 8878, 3.1.1).
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// zstd level for the statement: it is a few KB, so the slowest level costs nothing.
 const STATEMENT_LEVEL: i32 = 19;
@@ -162,6 +165,10 @@ fn decompress_statement(stored: &[u8], name: &str, limits: &Limits) -> Result<Ve
         bundle: name.to_owned(),
         reason,
     };
+    // Only a regular frame: zstd also takes skippable frames (any content, no output).
+    if !stored.starts_with(&ZSTD_FRAME_MAGIC) {
+        return Err(undecodable("it is not a zstd frame".into()));
+    }
     let declared = match zstd::zstd_safe::get_frame_content_size(stored) {
         Ok(Some(n)) => n,
         Ok(None) => {

@@ -4,7 +4,8 @@
 //! to the exact manifest bytes), what the device must already hold, and the payload's size and
 //! digest, so signing the statement signs the payload too without the signer ever seeing it.
 //!
-//! It is stored and signed as *canonical JSON*: object keys sorted by byte value, no
+//! It is signed as *canonical JSON* (a bundle stores it zstd-compressed, and the device acts on
+//! the decompressed JSON, which is what was signed): object keys sorted by byte value, no
 //! insignificant whitespace, integers only (no floats anywhere in the schema), strings escaped
 //! as `serde_json` escapes them. [`Statement::to_canonical_json`] produces that form and
 //! [`Statement::from_canonical_json`] refuses anything else, so one statement has exactly one
@@ -245,7 +246,7 @@ pub enum StatementError {
 }
 
 impl Statement {
-    /// Canonical JSON bytes: what is stored in the bundle and what signatures cover.
+    /// Canonical JSON bytes: what signatures cover (a bundle stores them zstd-compressed).
     pub fn to_canonical_json(&self) -> Vec<u8> {
         let value = serde_json::to_value(self).expect("statement serializes");
         let mut out = Vec::with_capacity(4096);

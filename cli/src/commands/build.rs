@@ -75,7 +75,7 @@ pub struct BuildArgs {
     /// patch and a literal.
     #[arg(long, default_value_t = 19)]
     patch_level: i32,
-    /// Bytes reserved at the front for signatures: 134 each, plus 2. The default holds 3 (a
+    /// Bytes reserved at the front for signatures: 133 each, plus 2. The default holds 3 (a
     /// 2-of-3 policy); every byte travels over the link. Attaching more than fit fails, and
     /// the bundle must be built again with a larger slot.
     #[arg(long, default_value_t = sideload_bundle::container::DEFAULT_SIGNATURE_SLOT)]
