@@ -50,9 +50,6 @@ pub const DEFAULT_SIGNATURE_SLOT: u32 = 2 + 3 * SIGNATURE_SLOT_BYTES_EACH;
 /// needs a new container version (a test pins its sha256).
 pub const STATEMENT_DICTIONARY: &[u8] = include_bytes!("statement.dict");
 
-/// The first four bytes of a regular zstd frame (RFC 8878, 3.1.1).
-const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
 /// zstd level for the statement: it is a few KB, so the slowest level costs nothing.
 const STATEMENT_LEVEL: i32 = 19;
 
@@ -165,8 +162,9 @@ fn decompress_statement(stored: &[u8], name: &str, limits: &Limits) -> Result<Ve
         bundle: name.to_owned(),
         reason,
     };
-    // Only a regular frame: zstd also takes skippable frames (any content, no output).
-    if !stored.starts_with(&ZSTD_FRAME_MAGIC) {
+    // Only a regular frame (its magic, as layer blobs are told apart): zstd also takes
+    // skippable frames (any content, no output).
+    if crate::image::compression::detect(stored) != crate::image::Compression::Zstd {
         return Err(undecodable("it is not a zstd frame".into()));
     }
     let declared = match zstd::zstd_safe::get_frame_content_size(stored) {

@@ -8,8 +8,8 @@
 //! than the new code itself (on the corpus's recompiled 890 KB binary: 39,791 non-zero diff
 //! bytes, whose stream alone is 29.8 KB of bsdiff's 31.3 KB patch after LZMA). Here the previous
 //! cover's diagonal is carried on over the next match, a match starts a cover of its own, and a
-//! cover is extended, only where the bytes are estimated to cost less that way than the other; the rest is new data, which the payload's LZMA compresses with the rest
-//! of the new file. The output is the split bsdiff layout of [`crate::bspatch`], so the device
+//! cover is extended, only where the bytes are estimated to cost less that way than the other;
+//! the rest is new data, which the payload's LZMA compresses with the rest of the new file. The output is the split bsdiff layout of [`crate::bspatch`], so the device
 //! applies it with the same decoder.
 //!
 //! Written by hand: the one library with this kind of cover selection (HDiffPatch) is C++, has
@@ -108,9 +108,9 @@ pub fn diffs(old: &[u8], new: &[u8], cost_chosen: bool) -> Vec<Vec<u8>> {
 /// is more than 8 bytes longer than what the current diagonal agrees on over the same span;
 /// each cover is then extended forwards and backwards while more than half its bytes agree.
 /// Written again here over `divsufsort`'s suffix array, because the `bsdiff` crate sorts with
-/// qsufsort into two 8-byte-per-byte arrays: on a 48 MiB base that was ~90 s and 800 MiB per
-/// worker, where this sort takes a few seconds and 4 bytes per byte, and a large image's build
-/// ran out of its time budget on its few largest files.
+/// qsufsort into two 8-byte-per-byte arrays: on a 16 MiB piece against a 48 MiB base that was
+/// 50 s and 800 MiB per worker where this takes 14 s and 4 bytes per byte, and a large image's
+/// build ran out of its time budget on its few largest files.
 fn bsdiff_covers(old: &[u8], new: &[u8], sa: &[i32]) -> Vec<Cover> {
     let (old_len, new_len) = (old.len() as i64, new.len() as i64);
     // Whether new[n] agrees with old at the diagonal `offset` (old position minus new).
