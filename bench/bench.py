@@ -1061,6 +1061,7 @@ class Bench:
         res = dict(bytes=size, enc=enc, dec=dec, exact=exact, reason=report.get("not_exact_reason"),
                    recipe_bytes=report.get("recipe_bytes"), storage=storage,
                    layer_recipes=[l.get("recipe_bytes") for l in report.get("layers", [])],
+                   layer_recipe_kinds=[l.get("recipe") for l in report.get("layers", [])],
                    source_manifest=src_digest, build_source_manifest=report.get("source_manifest_digest"),
                    build_manifest=report.get("manifest_digest"), scratch=scratch, scratch_seen=watch.peak,
                    delta=delta_stats(report), base_delta=sc.get("sideload_delta"),
@@ -2063,7 +2064,9 @@ def exact_rows(bench):
         if x and y:
             notes += (f"; payload without recipes {x['payload']:,} / d-a {y['payload']:,} B, files patched with "
                       f"bsdiff {x['bsdiff']} / {y['bsdiff']}, zstd {x['zstd']} / {y['zstd']}")
-        notes += (f"; recipes per layer: {', '.join(str(r) for r in e['layer_recipes'])} B; apply scratch: "
+        kinds = e.get("layer_recipe_kinds") or [None] * len(e["layer_recipes"])
+        per_layer = ", ".join(f"{r}" + (f" ({k})" if k else "") for r, k in zip(e["layer_recipes"], kinds))
+        notes += (f"; recipes per layer: {per_layer} B; apply scratch: "
                   f"declared {e['scratch']} B, seen {e['scratch_seen']} B; {pct(e['bytes'], sc['gz_size'])} % of the gz image")
         rows.append([
             sc["name"], "yes" if e["exact"] else "no",

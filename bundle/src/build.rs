@@ -179,6 +179,8 @@ pub struct LayerReport {
     pub storage: LayerStorage,
     /// Bytes of its gzip recipe (before the payload codec), 0 if it has none.
     pub recipe_bytes: u64,
+    /// Its recipe in words ("zlib level 6", "preflate corrections, 2 chunks"), if it has one.
+    pub recipe: Option<String>,
 }
 
 /// Result of a build.
@@ -619,6 +621,11 @@ fn build_with_cache(
             payload_bytes,
             storage,
             recipe_bytes: recipe.map_or(0, |r| r.len() as u64),
+            recipe: recipe.map(|r| {
+                crate::gzip_recipe::GzipRecipe::from_bytes(r, u64::MAX)
+                    .expect("the encoder's own recipe parses")
+                    .describe()
+            }),
         });
     }
 

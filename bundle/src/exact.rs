@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use sideload_signing::{BlobFrom, Digest, LayerStorage};
 
 use crate::error::Error;
-use crate::gzip_recipe::{analyse, RecipeError};
+use crate::gzip_recipe::{analyse, analyse_zlib, Analysis, RecipeError};
 use crate::image::compression::sniff;
 use crate::image::spec::media_types::OCI_LAYER_TAR;
 use crate::image::{Compression, ImageSource, Layer};
@@ -143,6 +143,22 @@ enum Need {
     Analyse,
 }
 
+/// Layer `index`'s recipe: a zlib level when one wrote the blob (a few bytes), else preflate's
+/// corrections. The blob is read twice only when it is not zlib's, and then the zlib pass
+/// stops at the first differing block.
+fn recipe_for(
+    target: &dyn ImageSource,
+    index: usize,
+) -> Result<Result<Analysis, RecipeError>, Error> {
+    match analyse_zlib(target.open_layer_blob(index)?) {
+        Ok(Some(analysis)) => return Ok(Ok(analysis)),
+        Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
+        // Not zlib's, or not a blob preflate reads either: preflate says which.
+        Ok(None) | Err(_) => {}
+    }
+    Ok(analyse(target.open_layer_blob(index)?))
+}
+
 /// Decides how each target layer is stored. `held_blobs` are the compressed blobs the device
 /// holds (those of the base images, when trusted, and those its inventory lists). Recipes are made on two threads: preflate runs at about
 /// 20 MB/s of plain text per core.
@@ -221,8 +237,7 @@ pub fn plan(
                     break;
                 }
                 let layer = &image.layers[index];
-                let outcome = target.open_layer_blob(index).map_err(Error::from).and_then(
-                    |blob| match analyse(blob) {
+                let outcome = recipe_for(target, index).and_then(|analysis| match analysis {
                         Ok(a) if a.plain_digest != layer.diff_id => Err(Error::InvalidBuild(
                             format!(
                                 "{}: layer {index} decompresses to {}, its diff_id is {}",
@@ -240,7 +255,7 @@ pub fn plan(
                                 layer = index,
                                 blob = layer.blob_size,
                                 recipe = bytes.len(),
-                                chunks = a.recipe.chunks.len(),
+                                kind = a.recipe.describe(),
                                 "gzip recipe"
                             );
                             let limit = limit.min(crate::Limits::default().max_recipe);

@@ -1,5 +1,5 @@
 //! Exact upstream digests end to end: images whose layers were gzip-compressed by GNU gzip
-//! (levels 1, 6, 9) and pigz, read from OCI layouts and from a registry, and images whose
+//! (levels 1, 6, 9), pigz, Go's compress/gzip and zlib (Python's gzip, levels 6 and 9), read from OCI layouts and from a registry, and images whose
 //! layers skopeo (compressing while it pushes) and umoci compressed with a parallel gzip no
 //! recipe models, are built into bundles with `sideload build`, pushed to a real registry
 //! plugin with `sideload push --wait`, and pulled back *by the source's manifest digest* with
@@ -18,6 +18,11 @@ use sideload_signing::{Digest, Statement};
 use support::{fixture, require_tool, skopeo, stdout_json, Daemon, DaemonOptions, Registry};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Python's gzip module (zlib at the level given as the argument, mtime 0), stdin to stdout.
+const PYTHON_GZIP: &str = "import gzip, shutil, sys\n\
+    with gzip.GzipFile('', 'wb', fileobj=sys.stdout.buffer, compresslevel=int(sys.argv[1]), mtime=0) as out:\n\
+    \x20   shutil.copyfileobj(sys.stdin.buffer, out)";
 
 fn sideload(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sideload"))
@@ -222,6 +227,10 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
         ("gzip-9", &["gzip", "-9"][..]),
         ("pigz", &["pigz", "-c"][..]),
         ("go", &[go_gzip][..]),
+        // zlib itself, as Python's gzip module (the benchmark corpus) and Java's
+        // GZIPOutputStream write: the recipe is the level.
+        ("zlib-6", &["python3", "-c", PYTHON_GZIP, "6"][..]),
+        ("zlib-9", &["python3", "-c", PYTHON_GZIP, "9"][..]),
     ] {
         let layout = w.join(name);
         let digest = layout_with(&layout, "v1", &config, &tars, Some(cmd));
@@ -262,6 +271,18 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
         );
         for layer in report["layers"].as_array().unwrap() {
             assert_eq!(layer["storage"], "recipe", "{name}: {layer}");
+            let kind = layer["recipe"].as_str().unwrap();
+            if let Some(level) = name.strip_prefix("zlib-") {
+                assert_eq!(kind, format!("zlib level {level}"), "{name}: {layer}");
+                // Header (10 B, no name), level, plain length, trailer and their lengths.
+                assert_eq!(
+                    layer["recipe_bytes"],
+                    1 + 4 + 10 + 9 + 4 + 8,
+                    "{name}: {layer}"
+                );
+            } else {
+                assert!(kind.starts_with("preflate"), "{name}: {layer}");
+            }
         }
         let pushed = push(&daemon, &bundle);
         assert_eq!(

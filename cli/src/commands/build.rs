@@ -221,6 +221,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                     "payload_bytes": l.payload_bytes,
                     "storage": storage_code(&l.storage),
                     "recipe_bytes": l.recipe_bytes,
+                    "recipe": l.recipe,
                 });
                 match &l.encoding {
                     LayerEncoding::Present { base } => {
@@ -303,7 +304,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
                 l.diff_id.short(),
                 l.size,
                 l.payload_bytes,
-                storage_text(&l.storage, Some(l.recipe_bytes))
+                storage_text(&l.storage, Some((l.recipe_bytes, l.recipe.as_deref())))
             );
         }
         match &report.not_exact {
@@ -349,18 +350,19 @@ pub(crate) fn storage_code(storage: &LayerStorage) -> &'static str {
     }
 }
 
-/// A layer's storage in words (with its recipe's size when known).
-pub(crate) fn storage_text(storage: &LayerStorage, recipe_bytes: Option<u64>) -> String {
+/// A layer's storage in words (with its recipe's size and kind when known).
+pub(crate) fn storage_text(storage: &LayerStorage, recipe: Option<(u64, Option<&str>)>) -> String {
     match storage {
         LayerStorage::Uncompressed { .. } => "stored uncompressed".into(),
         LayerStorage::SourceBlob {
             digest,
             from: BlobFrom::Recipe,
             ..
-        } => match recipe_bytes {
-            Some(n) => format!(
-                "exact gzip blob {} recreated from a {n}-byte recipe",
-                digest.short()
+        } => match recipe {
+            Some((n, kind)) => format!(
+                "exact gzip blob {} recreated from a {n}-byte recipe{}",
+                digest.short(),
+                kind.map(|k| format!(" ({k})")).unwrap_or_default()
             ),
             None => format!("exact gzip blob {} recreated from a recipe", digest.short()),
         },
