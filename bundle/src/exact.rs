@@ -144,13 +144,13 @@ enum Need {
 }
 
 /// Layer `index`'s recipe: a zlib level when one wrote the blob (a few bytes), else preflate's
-/// corrections. The blob is read twice only when it is not zlib's, and then the zlib pass
-/// stops at the first differing block.
+/// corrections. A blob that is not zlib's is read twice, the zlib pass stopping at the first
+/// block that differs.
 fn recipe_for(
     target: &dyn ImageSource,
     index: usize,
 ) -> Result<Result<Analysis, RecipeError>, Error> {
-    match analyse_zlib(target.open_layer_blob(index)?) {
+    match analyse_zlib(|| target.open_layer_blob(index).map_err(std::io::Error::other)) {
         Ok(Some(analysis)) => return Ok(Ok(analysis)),
         Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
         // Not zlib's, or not a blob preflate reads either: preflate says which.

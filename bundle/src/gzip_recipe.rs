@@ -77,6 +77,16 @@ pub struct GzipRecipe {
     pub trailer: Vec<u8>,
 }
 
+/// How a zlib stream was ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZlibEnding {
+    /// `Z_FINISH` right after the last input (Python's gzip, Java, zlib's own gzip functions).
+    Finish,
+    /// `Z_SYNC_FLUSH` after the last input, then `Z_FINISH`: the writer was flushed before it
+    /// was closed (Rust's flate2 under a `flush()`, for one).
+    SyncThenFinish,
+}
+
 /// The deflate stream's part of a recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeflateRecipe {
@@ -85,6 +95,8 @@ pub enum DeflateRecipe {
     Zlib {
         /// 1-9.
         level: u8,
+        /// How the stream ends.
+        ending: ZlibEnding,
         /// Plain-text bytes.
         plain_len: u64,
     },
@@ -140,7 +152,12 @@ impl GzipRecipe {
     /// The recipe in words, for build reports and `--explain`.
     pub fn describe(&self) -> String {
         match &self.deflate {
-            DeflateRecipe::Zlib { level, .. } => format!("zlib level {level}"),
+            DeflateRecipe::Zlib {
+                level,
+                ending: ZlibEnding::Finish,
+                ..
+            } => format!("zlib level {level}"),
+            DeflateRecipe::Zlib { level, .. } => format!("zlib level {level}, flushed at the end"),
             DeflateRecipe::Preflate(chunks) => {
                 let n = chunks.len();
                 format!(
@@ -154,7 +171,7 @@ impl GzipRecipe {
     /// Length of [`GzipRecipe::to_bytes`] without building it.
     pub fn encoded_len(&self) -> u64 {
         let deflate = match &self.deflate {
-            DeflateRecipe::Zlib { .. } => 1 + 8,
+            DeflateRecipe::Zlib { .. } => 1 + 1 + 8,
             DeflateRecipe::Preflate(chunks) => {
                 4 + chunks
                     .iter()
@@ -165,16 +182,24 @@ impl GzipRecipe {
         1 + 4 + self.header.len() as u64 + deflate + 4 + self.trailer.len() as u64
     }
 
-    /// The recipe as the payload carries it: kind byte, header, then for zlib the level (u8)
-    /// and plain length (u64), for preflate the chunks (plain length and corrections), then
+    /// The recipe as the payload carries it: kind byte, header, then for zlib the level (u8),
+    /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for preflate the chunks (plain length and corrections), then
     /// the trailer; every length and number little-endian, byte strings prefixed by a u32.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len() as usize);
         match &self.deflate {
-            DeflateRecipe::Zlib { level, plain_len } => {
+            DeflateRecipe::Zlib {
+                level,
+                ending,
+                plain_len,
+            } => {
                 out.push(RECIPE_ZLIB);
                 put_bytes(&mut out, &self.header);
                 out.push(*level);
+                out.push(match ending {
+                    ZlibEnding::Finish => 0,
+                    ZlibEnding::SyncThenFinish => 1,
+                });
                 out.extend_from_slice(&plain_len.to_le_bytes());
             }
             DeflateRecipe::Preflate(chunks) => {
@@ -209,8 +234,21 @@ impl GzipRecipe {
             if !(1..=9).contains(&level) {
                 return Err(RecipeError::Invalid(format!("zlib level {level}")));
             }
+            let ending = match take(&mut r, 1)?[0] {
+                0 => ZlibEnding::Finish,
+                1 => ZlibEnding::SyncThenFinish,
+                other => {
+                    return Err(RecipeError::Invalid(format!(
+                        "zlib stream ending {other}; update sideload on the device"
+                    )))
+                }
+            };
             let plain_len = u64::from_le_bytes(take(&mut r, 8)?.try_into().expect("8 bytes"));
-            DeflateRecipe::Zlib { level, plain_len }
+            DeflateRecipe::Zlib {
+                level,
+                ending,
+                plain_len,
+            }
         } else {
             DeflateRecipe::Preflate(take_chunks(&mut r, bytes.len(), max_chunks)?)
         };
@@ -380,18 +418,85 @@ fn read_trailer(blob: &mut impl Read, mut pending: Vec<u8>) -> Result<Vec<u8>, R
     Ok(pending)
 }
 
+/// Runs zlib's `deflate` over all of `input` (`FlushCompress::None`), handing each piece of
+/// output to `sink`, which stops it early by returning false.
+fn deflate_all(
+    deflate: &mut Compress,
+    mut input: &[u8],
+    buf: &mut [u8],
+    sink: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<bool> {
+    loop {
+        let (in0, out0) = (deflate.total_in(), deflate.total_out());
+        deflate
+            .compress(input, buf, FlushCompress::None)
+            .map_err(io::Error::other)?;
+        input = &input[(deflate.total_in() - in0) as usize..];
+        let wrote = (deflate.total_out() - out0) as usize;
+        if !sink(&buf[..wrote])? {
+            return Ok(false);
+        }
+        if input.is_empty() && wrote < buf.len() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Ends a zlib stream the way `ending` says, after all the input went in.
+fn deflate_end(
+    deflate: &mut Compress,
+    ending: ZlibEnding,
+    buf: &mut [u8],
+    sink: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<bool> {
+    if ending == ZlibEnding::SyncThenFinish {
+        // One Z_SYNC_FLUSH, then whatever it left pending drained without flushing again:
+        // a second Z_SYNC_FLUSH call would write a second empty stored block.
+        let out0 = deflate.total_out();
+        deflate
+            .compress(&[], buf, FlushCompress::Sync)
+            .map_err(io::Error::other)?;
+        let wrote = (deflate.total_out() - out0) as usize;
+        if !sink(&buf[..wrote])? {
+            return Ok(false);
+        }
+        if wrote == buf.len() && !deflate_all(deflate, &[], buf, sink)? {
+            return Ok(false);
+        }
+    }
+    loop {
+        let out0 = deflate.total_out();
+        let status = deflate
+            .compress(&[], buf, FlushCompress::Finish)
+            .map_err(io::Error::other)?;
+        let wrote = (deflate.total_out() - out0) as usize;
+        if !sink(&buf[..wrote])? {
+            return Ok(false);
+        }
+        if status == Status::StreamEnd {
+            return Ok(true);
+        }
+    }
+}
+
 /// One zlib level under test: its compressor and how far its output matched the blob.
 struct ZlibCandidate {
     level: u32,
     deflate: Compress,
-    /// Compressed bytes of the blob's deflate stream its output matched.
+    matcher: Matcher,
+}
+
+/// How far a compressor's output matched the blob.
+#[derive(Default)]
+struct Matcher {
+    /// Compressed bytes of the blob's deflate stream the output matched.
     matched: u64,
-    /// Its output past the blob bytes read so far, compared when they arrive.
+    /// Output past the blob bytes read so far, compared when they arrive.
     ahead: Vec<u8>,
 }
 
-impl ZlibCandidate {
-    /// Compares `out` (its next output) with the blob's deflate bytes `window` (starting at
+impl Matcher {
+    /// Compares `out` (the next output) with the blob's deflate bytes `window` (starting at
     /// stream offset `window_at`); false at the first differing byte.
     fn compare(&mut self, out: &[u8], window: &[u8], window_at: u64) -> bool {
         self.ahead.extend_from_slice(out);
@@ -404,54 +509,70 @@ impl ZlibCandidate {
         self.matched += n as u64;
         true
     }
+}
 
-    /// Feeds plain text (or, with `Finish`, ends the stream) and compares what comes out.
+impl ZlibCandidate {
+    /// Feeds plain text and compares what comes out; with `ending`, then ends the stream.
     fn feed(
         &mut self,
-        mut plain: &[u8],
-        flush: FlushCompress,
-        out: &mut [u8],
+        plain: &[u8],
+        ending: Option<ZlibEnding>,
+        buf: &mut [u8],
         window: &[u8],
         window_at: u64,
     ) -> bool {
-        loop {
-            let (in0, out0) = (self.deflate.total_in(), self.deflate.total_out());
-            let status = self
-                .deflate
-                .compress(plain, out, flush)
-                .expect("zlib's deflate takes any input");
-            let used = (self.deflate.total_in() - in0) as usize;
-            let wrote = (self.deflate.total_out() - out0) as usize;
-            plain = &plain[used..];
-            if !self.compare(&out[..wrote], window, window_at) {
-                return false;
+        let matcher = &mut self.matcher;
+        let mut sink = |out: &[u8]| Ok(matcher.compare(out, window, window_at));
+        // zlib refuses nothing here (a valid stream, no dictionary): an error is a bug.
+        deflate_all(&mut self.deflate, plain, buf, &mut sink).expect("zlib deflates")
+            && match ending {
+                None => true,
+                Some(e) => deflate_end(&mut self.deflate, e, buf, &mut sink).expect("zlib ends"),
             }
-            let done = match flush {
-                FlushCompress::Finish => status == Status::StreamEnd,
-                _ => plain.is_empty() && wrote < out.len(),
-            };
-            if done {
-                return true;
-            }
-        }
     }
+}
+
+/// What one pass over a blob found.
+enum ZlibPass {
+    /// This level (and ending) wrote the stream.
+    Found(Analysis),
+    /// These levels wrote all of it but its end: another ending may fit.
+    EndDiffers(Vec<u32>),
+    /// No level wrote it.
+    NoLevel,
 }
 
 /// Streams a gzip blob and finds the zlib level that wrote its deflate stream, if one did:
 /// every level compresses the plain text as it is inflated, and a level drops out at its first
 /// byte that differs from the blob's. `Ok(None)` when no level reproduces the stream (another
 /// compressor: [`analyse`] models it instead); reading stops as soon as every level is out.
-pub fn analyse_zlib(blob: impl Read) -> Result<Option<Analysis>, RecipeError> {
+/// `open` opens the blob; a second time only when a level matched all but the stream's end,
+/// to try the other ending.
+pub fn analyse_zlib<R: Read>(
+    mut open: impl FnMut() -> io::Result<R>,
+) -> Result<Option<Analysis>, RecipeError> {
+    match zlib_pass(open()?, &ZLIB_LEVELS, ZlibEnding::Finish)? {
+        ZlibPass::Found(analysis) => Ok(Some(analysis)),
+        ZlibPass::NoLevel => Ok(None),
+        ZlibPass::EndDiffers(levels) => {
+            match zlib_pass(open()?, &levels, ZlibEnding::SyncThenFinish)? {
+                ZlibPass::Found(analysis) => Ok(Some(analysis)),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<ZlibPass, RecipeError> {
     let mut blob = blob;
     let mut pending = Vec::with_capacity(ANALYSE_STEP);
     let header = read_header(&mut blob, &mut pending)?;
-    let mut candidates: Vec<ZlibCandidate> = ZLIB_LEVELS
+    let mut candidates: Vec<ZlibCandidate> = levels
         .iter()
         .map(|&level| ZlibCandidate {
             level,
             deflate: Compress::new(Compression::new(level), false),
-            matched: 0,
-            ahead: Vec::new(),
+            matcher: Matcher::default(),
         })
         .collect();
     let mut inflate = Decompress::new(false);
@@ -461,7 +582,7 @@ pub fn analyse_zlib(blob: impl Read) -> Result<Option<Analysis>, RecipeError> {
     let mut window: Vec<u8> = Vec::new();
     let mut window_at = 0u64;
     let mut plain = vec![0u8; 256 << 10];
-    let mut out = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; 256 << 10];
     let mut input = std::mem::take(&mut pending);
     let mut at = 0usize;
     loop {
@@ -489,37 +610,34 @@ pub fn analyse_zlib(blob: impl Read) -> Result<Option<Analysis>, RecipeError> {
         window.extend_from_slice(&input[at..at + used]);
         at += used;
         hasher.update(&plain[..made]);
-        let end = status == Status::StreamEnd;
-        let flush = if end {
-            FlushCompress::Finish
-        } else {
-            FlushCompress::None
-        };
-        candidates.retain_mut(|c| c.feed(&plain[..made], flush, &mut out, &window, window_at));
-        // A level whose output lags far behind the blob is not the one (zlib holds back at
-        // most one block), and keeping the blob's bytes for it would grow the window.
-        let read_so_far = window_at + window.len() as u64;
-        candidates.retain(|c| read_so_far - c.matched <= MAX_ZLIB_LAG as u64);
-        let Some(slowest) = candidates.iter().map(|c| c.matched).min() else {
-            return Ok(None);
-        };
-        window.drain(..(slowest - window_at) as usize);
-        window_at = slowest;
-        if end {
+        candidates.retain_mut(|c| c.feed(&plain[..made], None, &mut buf, &window, window_at));
+        if status == Status::StreamEnd {
             let stream_len = inflate.total_in();
-            let Some(found) = candidates
-                .iter()
-                .find(|c| c.matched == stream_len && c.ahead.is_empty())
-            else {
-                return Ok(None);
+            let mut end_differs = Vec::new();
+            candidates.retain_mut(|c| {
+                let fits = c.feed(&[], Some(ending), &mut buf, &window, window_at)
+                    && c.matcher.matched == stream_len
+                    && c.matcher.ahead.is_empty();
+                if !fits {
+                    end_differs.push(c.level);
+                }
+                fits
+            });
+            let Some(found) = candidates.first() else {
+                return Ok(if end_differs.is_empty() {
+                    ZlibPass::NoLevel
+                } else {
+                    ZlibPass::EndDiffers(end_differs)
+                });
             };
             let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
             let plain_len = inflate.total_out();
-            return Ok(Some(Analysis {
+            return Ok(ZlibPass::Found(Analysis {
                 recipe: GzipRecipe {
                     header,
                     deflate: DeflateRecipe::Zlib {
                         level: found.level as u8,
+                        ending,
                         plain_len,
                     },
                     trailer,
@@ -528,6 +646,15 @@ pub fn analyse_zlib(blob: impl Read) -> Result<Option<Analysis>, RecipeError> {
                 plain_len,
             }));
         }
+        // A level whose output lags far behind the blob is not the one (zlib holds back at
+        // most one block), and keeping the blob's bytes for it would grow the window.
+        let read_so_far = window_at + window.len() as u64;
+        candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
+        let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
+            return Ok(ZlibPass::NoLevel);
+        };
+        window.drain(..(slowest - window_at) as usize);
+        window_at = slowest;
     }
 }
 
@@ -617,9 +744,11 @@ pub fn recreate(
 ) -> Result<(), RecipeError> {
     out.write_all(&recipe.header)?;
     match &recipe.deflate {
-        DeflateRecipe::Zlib { level, plain_len } => {
-            recreate_zlib(u32::from(*level), *plain_len, plain, out)?
-        }
+        DeflateRecipe::Zlib {
+            level,
+            ending,
+            plain_len,
+        } => recreate_zlib(u32::from(*level), *ending, *plain_len, plain, out)?,
         DeflateRecipe::Preflate(chunks) => recreate_preflate(chunks, plain, out)?,
     }
     let mut extra = [0u8; 1];
@@ -633,18 +762,21 @@ pub fn recreate(
     Ok(())
 }
 
-/// zlib's raw deflate at `level` over exactly `plain_len` bytes of `plain`.
+/// zlib's raw deflate at `level` over exactly `plain_len` bytes of `plain`, ended as the
+/// encoder's analysis ended it (the same calls, so the same bytes).
 fn recreate_zlib(
     level: u32,
+    ending: ZlibEnding,
     plain_len: u64,
     plain: &mut impl Read,
     out: &mut impl Write,
 ) -> Result<(), RecipeError> {
     let mut deflate = Compress::new(Compression::new(level), false);
     let mut text = vec![0u8; 256 << 10];
-    let mut compressed = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; 256 << 10];
+    let mut sink = |bytes: &[u8]| out.write_all(bytes).map(|()| true);
     let mut left = plain_len;
-    loop {
+    while left > 0 {
         let want = text.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = read_full(plain, &mut text[..want])?;
         if n < want {
@@ -654,32 +786,10 @@ fn recreate_zlib(
             )));
         }
         left -= n as u64;
-        let flush = if left == 0 {
-            FlushCompress::Finish
-        } else {
-            FlushCompress::None
-        };
-        let mut input = &text[..n];
-        loop {
-            let (in0, out0) = (deflate.total_in(), deflate.total_out());
-            let status = deflate
-                .compress(input, &mut compressed, flush)
-                .map_err(|e| RecipeError::Invalid(format!("zlib: {e}")))?;
-            input = &input[(deflate.total_in() - in0) as usize..];
-            let wrote = (deflate.total_out() - out0) as usize;
-            out.write_all(&compressed[..wrote])?;
-            let done = match flush {
-                FlushCompress::Finish => status == Status::StreamEnd,
-                _ => input.is_empty() && wrote < compressed.len(),
-            };
-            if done {
-                break;
-            }
-        }
-        if left == 0 {
-            return Ok(());
-        }
+        deflate_all(&mut deflate, &text[..n], &mut buf, &mut sink)?;
     }
+    deflate_end(&mut deflate, ending, &mut buf, &mut sink)?;
+    Ok(())
 }
 
 /// Reads until `buf` is full or `r` ends; the bytes read.
@@ -810,7 +920,7 @@ mod tests {
     }
 
     fn round_trip_zlib(gz: &[u8], plain: &[u8]) -> GzipRecipe {
-        let analysis = analyse_zlib(Trickle(gz, 0))
+        let analysis = analyse_zlib(|| Ok(Trickle(gz, 0)))
             .expect("readable")
             .expect("a zlib level matches");
         round_trip_analysis(analysis, gz, plain)
@@ -848,15 +958,44 @@ mod tests {
                 recipe.deflate,
                 DeflateRecipe::Zlib {
                     level: level as u8,
+                    ending: ZlibEnding::Finish,
                     plain_len: plain.len() as u64
                 }
             );
             assert_eq!(
                 recipe.encoded_len(),
-                1 + 4 + 20 + 9 + 4 + 8,
+                1 + 4 + 20 + 10 + 4 + 8,
                 "level {level}"
             );
             assert_eq!(recipe.describe(), format!("zlib level {level}"));
+        }
+    }
+
+    #[test]
+    fn a_zlib_stream_flushed_before_it_was_closed_keeps_its_level_recipe() {
+        // flate2 under `flush()` then `finish()` (how sideload's own image builder and many
+        // Rust tools end a layer): a sync flush, then the final block.
+        let plain = sample(1 << 20);
+        for level in [1, 6, 9] {
+            let mut enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(level));
+            enc.write_all(&plain).unwrap();
+            enc.flush().unwrap();
+            let gz = enc.finish().unwrap();
+            let recipe = round_trip_zlib(&gz, &plain);
+            assert_eq!(
+                recipe.deflate,
+                DeflateRecipe::Zlib {
+                    level: level as u8,
+                    ending: ZlibEnding::SyncThenFinish,
+                    plain_len: plain.len() as u64
+                }
+            );
+            assert_eq!(
+                recipe.describe(),
+                format!("zlib level {level}, flushed at the end")
+            );
         }
     }
 
@@ -870,7 +1009,7 @@ mod tests {
         enc.flush().unwrap();
         enc.write_all(&plain[700_000..]).unwrap();
         let gz = enc.finish().unwrap();
-        assert!(analyse_zlib(&gz[..]).unwrap().is_none());
+        assert!(analyse_zlib(|| Ok(&gz[..])).unwrap().is_none());
         let recipe = round_trip(&gz, &plain);
         assert!(matches!(recipe.deflate, DeflateRecipe::Preflate(_)));
     }
@@ -897,7 +1036,7 @@ mod tests {
         let plain = sample(300_000);
         let gz = gzip(&plain, 6);
         let preflate = analyse(&gz[..]).unwrap().recipe;
-        let zlib = analyse_zlib(&gz[..]).unwrap().unwrap().recipe;
+        let zlib = analyse_zlib(|| Ok(&gz[..])).unwrap().unwrap().recipe;
         for (recipe, short_says) in [(preflate, "ends inside"), (zlib, "ends after 1000")] {
             let short = recreate(&recipe, &mut Cursor::new(&plain[..1000]), &mut Vec::new());
             assert!(
@@ -918,7 +1057,7 @@ mod tests {
         assert!(
             matches!(not_gzip, Err(RecipeError::NotRecreatable(m)) if m.contains("not a gzip"))
         );
-        let not_gzip = analyse_zlib(&plain[..]);
+        let not_gzip = analyse_zlib(|| Ok(&plain[..]));
         assert!(
             matches!(not_gzip, Err(RecipeError::NotRecreatable(m)) if m.contains("not a gzip"))
         );
@@ -928,7 +1067,7 @@ mod tests {
         }
         let members = analyse(&two[..]);
         assert!(matches!(members, Err(RecipeError::NotRecreatable(m)) if m.contains("members")));
-        let members = analyse_zlib(&two[..]);
+        let members = analyse_zlib(|| Ok(&two[..]));
         assert!(matches!(members, Err(RecipeError::NotRecreatable(m)) if m.contains("members")));
         let gz = gzip(&plain, 6);
         let truncated = analyse(&gz[..gz.len() / 2]);
@@ -936,14 +1075,14 @@ mod tests {
             matches!(truncated, Err(RecipeError::NotRecreatable(_))),
             "{truncated:?}"
         );
-        let truncated = analyse_zlib(&gz[..gz.len() / 2]);
+        let truncated = analyse_zlib(|| Ok(&gz[..gz.len() / 2]));
         assert!(
             matches!(&truncated, Err(RecipeError::NotRecreatable(m)) if m.contains("truncated")),
             "{truncated:?}"
         );
         let mut damaged = gz.clone();
         damaged[40] ^= 0xff;
-        assert!(!matches!(analyse_zlib(&damaged[..]), Ok(Some(_))));
+        assert!(!matches!(analyse_zlib(|| Ok(&damaged[..])), Ok(Some(_))));
     }
 
     #[test]
@@ -983,17 +1122,28 @@ mod tests {
             header: vec![0x1f, 0x8b],
             deflate: DeflateRecipe::Zlib {
                 level: 6,
+                ending: ZlibEnding::SyncThenFinish,
                 plain_len: 5,
             },
             trailer: vec![0; 8],
         }
         .to_bytes();
+        assert_eq!(GzipRecipe::from_bytes(&zlib, 10).unwrap().to_bytes(), zlib);
         let mut level_10 = zlib.clone();
         level_10[1 + 4 + 2] = 10;
         let e = GzipRecipe::from_bytes(&level_10, 10)
             .unwrap_err()
             .to_string();
         assert!(e.contains("zlib level 10"), "{e}");
+        let mut ending_2 = zlib.clone();
+        ending_2[1 + 4 + 2 + 1] = 2;
+        let e = GzipRecipe::from_bytes(&ending_2, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ending 2") && e.contains("update sideload"),
+            "{e}"
+        );
         let mut longer = zlib.clone();
         longer.push(0);
         assert!(GzipRecipe::from_bytes(&longer, 10).is_err());

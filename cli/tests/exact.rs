@@ -274,10 +274,10 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             let kind = layer["recipe"].as_str().unwrap();
             if let Some(level) = name.strip_prefix("zlib-") {
                 assert_eq!(kind, format!("zlib level {level}"), "{name}: {layer}");
-                // Header (10 B, no name), level, plain length, trailer and their lengths.
+                // Kind, header (10 B, no name), level, ending, plain length, trailer, lengths.
                 assert_eq!(
                     layer["recipe_bytes"],
-                    1 + 4 + 10 + 9 + 4 + 8,
+                    1 + 4 + 10 + 10 + 4 + 8,
                     "{name}: {layer}"
                 );
             } else {
