@@ -2286,7 +2286,7 @@ def report(bench, results, out_path, total_seconds):
                   "(docker-archive)` and `d-a`: the sideload row above (built from the docker-save archives: "
                   "uncompressed layers, a manifest of sideload's own). `extra B` / `extra % of bundle`: exact bundle "
                   "− that bundle, and ÷ it (issue 7's target: under 1 %). `recipe B`: the build's `recipe_bytes` "
-                  "(preflate corrections that recreate each gzip blob), and ÷ the docker-archive bundle; the rest of "
+                  "(a zlib level or preflate corrections that recreate each gzip blob; notes: per layer), and ÷ the docker-archive bundle; the rest of "
                   "the extra is the statement's upstream manifest and differences between the two builds' deltas "
                   "(`sideload build` gives bsdiff a time budget, so under load two builds of the same delta differ). `layers (storage)`: the build's per-layer "
                   "`storage`. `manifest digest`: `skopeo inspect --raw oci:OUT:TAG | sha256sum` of the rebuilt "
