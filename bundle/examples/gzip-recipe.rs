@@ -40,7 +40,11 @@ fn main() {
         recreate(&analysis.recipe, &mut plain, &mut check).expect("recreates the same bytes");
         let recreated = t.elapsed();
         let mut rest = [0u8; 1];
-        assert_eq!(check.0.read(&mut rest).unwrap(), 0, "{path}: recreated a prefix");
+        assert_eq!(
+            check.0.read(&mut rest).unwrap(),
+            0,
+            "{path}: recreated a prefix"
+        );
         println!(
             "{path}: blob {} B, tar {} B; recipe {} B ({}); analysis {:.2} s, recreation {:.2} s (gunzip included)",
             check.1,

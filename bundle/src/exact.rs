@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use sideload_signing::{BlobFrom, Digest, LayerStorage};
 
 use crate::error::Error;
-use crate::gzip_recipe::{analyse, analyse_zlib, Analysis, RecipeError};
+use crate::gzip_recipe::{analyse, analyse_zlib, max_chunks, Analysis, GzipRecipe, RecipeError};
 use crate::image::compression::sniff;
 use crate::image::spec::media_types::OCI_LAYER_TAR;
 use crate::image::{Compression, ImageSource, Layer};
@@ -144,13 +144,25 @@ enum Need {
 }
 
 /// Layer `index`'s recipe: a zlib level when one wrote the blob (a few bytes), else preflate's
-/// corrections. A blob that is not zlib's is read twice, the zlib pass stopping at the first
-/// block that differs.
+/// corrections. A blob that is not zlib's is read again for preflate (the zlib pass usually
+/// stops at its first block; a stream that differs only at its end is read whole, twice).
 fn recipe_for(
     target: &dyn ImageSource,
     index: usize,
 ) -> Result<Result<Analysis, RecipeError>, Error> {
-    match analyse_zlib(|| target.open_layer_blob(index).map_err(std::io::Error::other)) {
+    // An image error while opening is kept as it is, not turned into an I/O error.
+    let mut open_error = None;
+    let zlib = analyse_zlib(|| {
+        target.open_layer_blob(index).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            open_error = Some(e);
+            io
+        })
+    });
+    if let Some(e) = open_error {
+        return Err(e.into());
+    }
+    match zlib {
         Ok(Some(analysis)) => return Ok(Ok(analysis)),
         Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
         // Not zlib's, or not a blob preflate reads either: preflate says which.
@@ -160,8 +172,9 @@ fn recipe_for(
 }
 
 /// Decides how each target layer is stored. `held_blobs` are the compressed blobs the device
-/// holds (those of the base images, when trusted, and those its inventory lists). Recipes are made on two threads: preflate runs at about
-/// 20 MB/s of plain text per core.
+/// holds (those of the base images, when trusted, and those its inventory lists). Recipes are
+/// made on two threads: zlib's level search and preflate each run at about 20 MB/s of plain
+/// text per core.
 pub fn plan(
     target: &dyn ImageSource,
     held_blobs: &HashSet<Digest>,
@@ -246,6 +259,14 @@ pub fn plan(
                         )),
                         Ok(a) => {
                             let bytes = a.recipe.to_bytes();
+                            // What a device would refuse is no recipe (the build report then
+                            // says why; it also keeps the report's own parse of it safe).
+                            if let Err(e) = GzipRecipe::from_bytes(&bytes, max_chunks(a.plain_len))
+                            {
+                                return Ok(Err(format!(
+                                    "layer {index}'s recipe would be refused by a device: {e}"
+                                )));
+                            }
                             // A tiny layer's recipe is tiny too, but a large share of it.
                             let limit = (layer.blob_size.saturating_mul(u64::from(
                                 options.max_recipe_percent,

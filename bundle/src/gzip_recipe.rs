@@ -44,6 +44,10 @@ pub const RECIPE_ZLIB: u8 = 2;
 /// of the plain text alone (preflate recreates such blobs).
 const ZLIB_LEVELS: [u32; 9] = [6, 9, 1, 5, 4, 3, 2, 7, 8];
 
+/// Output buffer of every zlib call, on both sides: the same size, so the same calls (see
+/// [`deflate_end`]).
+const ZLIB_BUF: usize = 256 << 10;
+
 /// Compressed bytes a level's output may lag behind the blob read so far before the level is
 /// dropped (bounds the comparison window; the matching level lags by at most one block).
 const MAX_ZLIB_LAG: usize = 16 << 20;
@@ -128,8 +132,8 @@ pub struct Analysis {
 /// Why a blob cannot be recreated from a recipe, or a recipe not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    /// The blob is not one gzip member whose compressor preflate can model; the caller falls
-    /// back (stores the layer another way).
+    /// The blob is not one gzip member that zlib wrote or whose compressor preflate can
+    /// model; the caller falls back (stores the layer another way).
     #[error("cannot be recreated exactly: {0}")]
     NotRecreatable(String),
     /// The recipe record is malformed or does not fit the content.
@@ -183,8 +187,9 @@ impl GzipRecipe {
     }
 
     /// The recipe as the payload carries it: kind byte, header, then for zlib the level (u8),
-    /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for preflate the chunks (plain length and corrections), then
-    /// the trailer; every length and number little-endian, byte strings prefixed by a u32.
+    /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for
+    /// preflate the chunks (plain length and corrections), then the trailer; every length and
+    /// number little-endian, byte strings prefixed by a u32.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len() as usize);
         match &self.deflate {
@@ -232,7 +237,9 @@ impl GzipRecipe {
         let deflate = if kind == RECIPE_ZLIB {
             let level = take(&mut r, 1)?[0];
             if !(1..=9).contains(&level) {
-                return Err(RecipeError::Invalid(format!("zlib level {level}")));
+                return Err(RecipeError::Invalid(format!(
+                    "zlib level {level}, this device knows levels 1-9; update sideload on the device"
+                )));
             }
             let ending = match take(&mut r, 1)?[0] {
                 0 => ZlibEnding::Finish,
@@ -450,17 +457,17 @@ fn deflate_end(
     sink: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
 ) -> io::Result<bool> {
     if ending == ZlibEnding::SyncThenFinish {
-        // One Z_SYNC_FLUSH, then whatever it left pending drained without flushing again:
-        // a second Z_SYNC_FLUSH call would write a second empty stored block.
+        // One Z_SYNC_FLUSH call, whose output must fit in `buf` (it holds at most zlib's
+        // pending block and the empty stored block, far less than ZLIB_BUF): had it filled
+        // `buf`, zlib could still owe the stored block, and finishing it with a second sync
+        // call or with no-flush calls writes different bytes. Such a stream is not matched,
+        // and a device never meets one.
         let out0 = deflate.total_out();
         deflate
             .compress(&[], buf, FlushCompress::Sync)
             .map_err(io::Error::other)?;
         let wrote = (deflate.total_out() - out0) as usize;
-        if !sink(&buf[..wrote])? {
-            return Ok(false);
-        }
-        if wrote == buf.len() && !deflate_all(deflate, &[], buf, sink)? {
+        if wrote == buf.len() || !sink(&buf[..wrote])? {
             return Ok(false);
         }
     }
@@ -582,7 +589,7 @@ fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<Zlib
     let mut window: Vec<u8> = Vec::new();
     let mut window_at = 0u64;
     let mut plain = vec![0u8; 256 << 10];
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; ZLIB_BUF];
     let mut input = std::mem::take(&mut pending);
     let mut at = 0usize;
     loop {
@@ -773,7 +780,7 @@ fn recreate_zlib(
 ) -> Result<(), RecipeError> {
     let mut deflate = Compress::new(Compression::new(level), false);
     let mut text = vec![0u8; 256 << 10];
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; ZLIB_BUF];
     let mut sink = |bytes: &[u8]| out.write_all(bytes).map(|()| true);
     let mut left = plain_len;
     while left > 0 {
@@ -788,7 +795,12 @@ fn recreate_zlib(
         left -= n as u64;
         deflate_all(&mut deflate, &text[..n], &mut buf, &mut sink)?;
     }
-    deflate_end(&mut deflate, ending, &mut buf, &mut sink)?;
+    if !deflate_end(&mut deflate, ending, &mut buf, &mut sink)? {
+        // The encoder never accepts such a stream (see `deflate_end`).
+        return Err(RecipeError::Invalid(
+            "zlib's sync flush did not fit its buffer".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -969,6 +981,37 @@ mod tests {
             );
             assert_eq!(recipe.describe(), format!("zlib level {level}"));
         }
+    }
+
+    #[test]
+    fn the_built_in_zlib_writes_the_bytes_recipes_were_made_with() {
+        // A zlib recipe means the bytes this zlib writes: a libz-sys update that changed them
+        // would make devices fail exact applies of bundles from older builds. Update this only
+        // with a new recipe kind.
+        let plain = sample(1 << 20);
+        let got: Vec<String> = [1, 6, 9]
+            .iter()
+            .map(|&level| {
+                let mut out = Vec::new();
+                recreate_zlib(
+                    level,
+                    ZlibEnding::Finish,
+                    plain.len() as u64,
+                    &mut &plain[..],
+                    &mut out,
+                )
+                .unwrap();
+                Digest::of_bytes(&out).to_string()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "sha256:c9b10326e2b32b0fd8101c6489f69cce90a0e850d2c5b9c8f0d585605dbeb4d6",
+                "sha256:2f57b80a45fff74e4017201a8915d31f239fe7b295b70d2cab826087db74f670",
+                "sha256:e83855cf222e97703b1cd1ee1cdaaac1d5bd62e0a6331cbfb96485c80ff789fc",
+            ]
+        );
     }
 
     #[test]
