@@ -572,8 +572,9 @@ pub fn analyse_zlib<R: Read>(
 
 fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<ZlibPass, RecipeError> {
     let mut blob = blob;
-    let mut pending = Vec::with_capacity(ANALYSE_STEP);
-    let header = read_header(&mut blob, &mut pending)?;
+    // The blob's bytes read but not yet inflated, from `at` on.
+    let mut input = Vec::with_capacity(ANALYSE_STEP);
+    let header = read_header(&mut blob, &mut input)?;
     let mut candidates: Vec<ZlibCandidate> = levels
         .iter()
         .map(|&level| ZlibCandidate {
@@ -590,7 +591,6 @@ fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<Zlib
     let mut window_at = 0u64;
     let mut plain = vec![0u8; 256 << 10];
     let mut buf = vec![0u8; ZLIB_BUF];
-    let mut input = std::mem::take(&mut pending);
     let mut at = 0usize;
     loop {
         if at == input.len() {
@@ -779,21 +779,22 @@ fn recreate_zlib(
     out: &mut impl Write,
 ) -> Result<(), RecipeError> {
     let mut deflate = Compress::new(Compression::new(level), false);
-    let mut text = vec![0u8; 256 << 10];
+    let mut text = Vec::with_capacity(256 << 10);
     let mut buf = vec![0u8; ZLIB_BUF];
     let mut sink = |bytes: &[u8]| out.write_all(bytes).map(|()| true);
     let mut left = plain_len;
     while left > 0 {
-        let want = text.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = read_full(plain, &mut text[..want])?;
-        if n < want {
+        let want = left.min(256 << 10);
+        text.clear();
+        plain.by_ref().take(want).read_to_end(&mut text)?;
+        if (text.len() as u64) < want {
             return Err(RecipeError::Invalid(format!(
                 "the layer ends after {} bytes: the recipe covers {plain_len}",
-                plain_len - left + n as u64
+                plain_len - left + text.len() as u64
             )));
         }
-        left -= n as u64;
-        deflate_all(&mut deflate, &text[..n], &mut buf, &mut sink)?;
+        left -= want;
+        deflate_all(&mut deflate, &text, &mut buf, &mut sink)?;
     }
     if !deflate_end(&mut deflate, ending, &mut buf, &mut sink)? {
         // The encoder never accepts such a stream (see `deflate_end`).
@@ -802,20 +803,6 @@ fn recreate_zlib(
         ));
     }
     Ok(())
-}
-
-/// Reads until `buf` is full or `r` ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// preflate's recompressor, chunk by chunk.
