@@ -6,6 +6,10 @@
 //! directory is renamed (`app-1.0/` → `app-1.1/`), a few modules change, a file is added, the
 //! config changes. Nothing is random; the files come from the machine, so the images are as
 //! compressible and as delta-friendly as real ones.
+//!
+//! The images run: their entrypoint (`/opt/app/run.sh`, a `/bin/sh` script that starts the
+//! app's own Perl) prints `edge app 1.0: telemetry collector` (or `1.1`), so the demo and the
+//! engine tests can start the released module and see which version runs.
 
 use std::fs;
 use std::io;
@@ -19,6 +23,7 @@ use crate::image::ImageError;
 /// Files for the base layer; the ones missing on this machine are skipped.
 const BASE_FILES: &[&str] = &[
     "/usr/bin/bash",
+    "/usr/bin/dash",
     "/usr/bin/ls",
     "/usr/bin/cat",
     "/usr/bin/env",
@@ -31,6 +36,7 @@ const BASE_FILES: &[&str] = &[
     "/lib/x86_64-linux-gnu/libpcre2-8.so.0",
     "/lib/x86_64-linux-gnu/libacl.so.1",
     "/lib/x86_64-linux-gnu/libm.so.6",
+    "/lib/x86_64-linux-gnu/libcrypt.so.1",
     "/lib64/ld-linux-x86-64.so.2",
     "/etc/os-release",
     "/etc/passwd",
@@ -114,6 +120,10 @@ fn make_base(root: &Path) -> io::Result<()> {
     for dir in BASE_DIRS {
         copy_tree(Path::new(dir), &root.join(dir.trim_start_matches('/')))?;
     }
+    // As on a merged-/usr Debian: `/bin` is `usr/bin`, and `/bin/sh` is dash, so the app's
+    // `#!/bin/sh` entrypoint runs in the container as it does on the host.
+    std::os::unix::fs::symlink("usr/bin", root.join("bin"))?;
+    std::os::unix::fs::symlink("dash", root.join("usr/bin/sh"))?;
     fs::create_dir_all(root.join("tmp"))?;
     Ok(())
 }
