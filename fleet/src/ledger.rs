@@ -4,7 +4,7 @@
 //! never overwrites a newer state.
 
 use crate::db::{Connection, Database, Row, Value};
-use crate::reports::{BundleReport, HeldImage, Inventory, TransferState};
+use crate::reports::{BundleReport, EngineInventory, HeldImage, Inventory, TransferState};
 use crate::LedgerError;
 
 /// Schema migrations, in order; `ledger_schema.version` counts those applied. Append only.
@@ -119,6 +119,9 @@ pub struct Device {
     pub images: Vec<HeldImage>,
     /// Its anti-rollback floors.
     pub sequences: Vec<(String, u64)>,
+    /// What its container engine resolved at its newest inventory; `None` when the device
+    /// has no engine sink (or reported before sideload reported engines).
+    pub engine: Option<EngineInventory>,
 }
 
 /// A bundle the ledger sent or knows of.
@@ -595,7 +598,7 @@ impl Ledger {
     /// One device.
     pub fn device(&mut self, device_id: &str) -> Result<Device, LedgerError> {
         let rows = self.conn.query(
-            "SELECT device_id, route, contact, inventory_at, free_bytes FROM devices
+            "SELECT device_id, route, contact, inventory_at, free_bytes, inventory FROM devices
              WHERE device_id = $1",
             &[device_id.into()],
         )?;
@@ -639,6 +642,12 @@ impl Ledger {
             free_bytes: r[4].int().map(|v| v as u64),
             images,
             sequences,
+            // The stored document is the inventory as it came; its engine part is read back
+            // from it rather than kept in tables of its own, since only the gate reads it.
+            engine: r[5]
+                .text()
+                .and_then(|doc| serde_json::from_str::<Inventory>(doc).ok())
+                .and_then(|inv| inv.engine),
         })
     }
 

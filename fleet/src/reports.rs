@@ -29,6 +29,35 @@ pub struct Inventory {
     /// Free bytes in the plugin's data directory.
     #[serde(default)]
     pub free_bytes: u64,
+    /// What the device's container engine resolves, when the plugin feeds one (`[engine]`).
+    /// Absent: the device has no engine sink, and its registry is what counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInventory>,
+}
+
+/// The container engine's images and names, as the plugin's inventory reports them: what the
+/// edge agent will look its images up in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineInventory {
+    /// `docker` (moby, podman) or `containerd`.
+    pub kind: String,
+    /// Every image with every reference it resolves under, as the engine spells them
+    /// (moby: `edge/app:v2`; containerd: `docker.io/edge/app:v2`).
+    #[serde(default)]
+    pub images: Vec<EngineHeld>,
+    /// Why the engine could not be asked, when it could not: then nothing counts as resolving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One image in a device's engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineHeld {
+    /// The image ID (`sha256:` + config digest).
+    pub id: String,
+    /// Its tag and digest references.
+    #[serde(default)]
+    pub references: Vec<String>,
 }
 
 /// One image a device holds.

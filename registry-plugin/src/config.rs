@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::EngineConfig;
 use crate::events::EventsConfig;
+use crate::sink::SinkConfig;
 
 /// Everything the daemon reads from its config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,8 +28,9 @@ pub struct Config {
     pub uploads: UploadLimits,
     /// Folder watched for bundles delivered by a file transfer tool.
     pub inbox: InboxConfig,
-    /// Also put applied images into the container engine (Docker Engine API); off when absent.
-    pub engine: Option<EngineConfig>,
+    /// Also put applied images into the container engine (Docker Engine API or containerd's
+    /// CRI), under every name a deployment may use; off when absent.
+    pub engine: Option<SinkConfig>,
     /// Where bundle state changes are announced.
     pub events: EventsConfig,
     /// A second listener with TLS for clients off the device; off when absent.

@@ -13,9 +13,9 @@ use sideload_signing::{Statement, TrustPolicy};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::events::{Event, EventSpool};
 use crate::journal::{BundleRecord, Journal, NewBundle, State};
+use crate::sink::Sink;
 use crate::upstream::Upstream;
 
 /// Counters for `/metrics` that the journal does not hold.
@@ -47,8 +47,8 @@ pub struct Daemon {
     pub events: EventSpool,
     /// Wakes the queue worker.
     pub queue: Notify,
-    /// The container engine, when configured.
-    pub engine: Option<Engine>,
+    /// The container engine, when configured (`config.engine` holds its settings).
+    pub engine: Option<Sink>,
     /// Counters.
     pub metrics: Metrics,
     /// Serializes the end of intake (duplicate check, move into the store, enqueue).
@@ -491,11 +491,11 @@ impl Daemon {
                 tracing::info!(bundle = %b.name, repository = %b.repository, tags = ?b.tags,
                     manifest = %b.manifest_digest, millis, "applied");
                 self.announce(&b, "applied", None, None);
-                if let Some(engine) = &self.engine {
-                    let outcome = match load_into_engine(engine, &b).await {
-                        Ok(id) => {
+                if let (Some(engine), Some(settings)) = (&self.engine, &self.config.engine) {
+                    let outcome = match load_into_engine(engine, settings, &statement).await {
+                        Ok(loaded) => {
                             self.announce(&b, "engine-loaded", None, None);
-                            format!("loaded as {id}")
+                            engine_outcome(&loaded)
                         }
                         Err(e) => {
                             tracing::warn!(bundle = %b.name, error = %e, "container engine did not take the image");
@@ -526,18 +526,34 @@ impl Daemon {
     }
 }
 
-/// Loads an applied bundle's image into the engine under its tags.
+/// Loads an applied bundle's image into the engine under every name a deployment may use.
 async fn load_into_engine(
-    engine: &Engine,
-    b: &BundleRecord,
-) -> Result<String, crate::engine::EngineError> {
-    // The journal's strings came from a verified statement, so they parse.
-    let repository: sideload_signing::RepositoryName =
-        b.repository.parse().expect("journaled repository is valid");
-    let digest: sideload_signing::Digest = b
-        .manifest_digest
-        .parse()
-        .expect("journaled digest is valid");
-    let tags: Vec<sideload_signing::Tag> = b.tags.iter().filter_map(|t| t.parse().ok()).collect();
-    engine.load(&repository, &digest, &tags).await
+    engine: &Sink,
+    settings: &crate::sink::SinkConfig,
+    statement: &Statement,
+) -> Result<crate::sink::Loaded, crate::sink::SinkError> {
+    let target = &statement.target;
+    let applied = crate::names::Applied {
+        repository: &target.repository,
+        tags: &target.tags,
+        manifest_digest: &target.manifest_digest,
+    };
+    engine.load(settings, &applied, &target.config_digest).await
+}
+
+/// The journal's one-line engine outcome: the ID, the names it resolves under, and the names a
+/// deployment might use that this engine cannot hold.
+fn engine_outcome(loaded: &crate::sink::Loaded) -> String {
+    let mut outcome = format!(
+        "loaded as {} under {}",
+        loaded.id,
+        loaded.references.join(", ")
+    );
+    if !loaded.unreachable.is_empty() {
+        outcome.push_str(&format!(
+            "; not resolvable in this engine: {} (pin deployments to the device-local name)",
+            loaded.unreachable.join(", ")
+        ));
+    }
+    outcome
 }

@@ -66,6 +66,10 @@ pub const MAX_JSON_BYTES: usize = 1 << 20;
 /// itself may be long, so it is never held whole.
 pub const MAX_PROGRESS_LINE_BYTES: usize = 64 << 10;
 
+/// Largest image list read into memory (`GET /images/json`, for the inventory): a few hundred
+/// bytes per image, so thousands of images fit.
+pub const MAX_LIST_BYTES: usize = 16 << 20;
+
 /// Longest engine message kept in an error, so a confused engine cannot flood the journal.
 const MAX_MESSAGE_CHARS: usize = 1000;
 
@@ -170,7 +174,8 @@ impl Engine {
     /// reading the progress stream to its end: a line with `error`/`errorDetail` is a failure,
     /// even though the HTTP status was 200. Then each tag is set with `POST /images/{name}/tag`.
     /// The whole of it is bounded by [`EngineConfig::timeout_secs`]; on timeout the connection
-    /// is dropped, which cancels the engine's pull.
+    /// is dropped, which cancels the engine's pull. The daemon uses [`crate::sink`], which also
+    /// names the image under its upstream hosts; this is the plain form.
     pub async fn load(
         &self,
         repository: &RepositoryName,
@@ -181,25 +186,77 @@ impl Engine {
             "{}/{}@{}",
             self.config.pull_from, repository, manifest_digest
         );
-        check_reference(&image)?;
         let limit = Duration::from_secs(self.config.timeout_secs);
         let action = format!("loading {image}");
         self.within(limit, &action, async {
-            self.pull(repository, manifest_digest, &image).await?;
-            let id = match self.inspect_unbounded(&image).await? {
-                Some(found) => found.id,
-                None => {
-                    return Err(EngineError::NotThere {
-                        socket: self.config.socket.clone(),
-                        image: image.clone(),
-                    })
-                }
-            };
+            let id = self.pull_unbounded(&image).await?;
             for tag in tags {
-                self.tag(&image, repository, tag).await?;
+                self.tag_unbounded(&image, repository.as_str(), tag.as_str())
+                    .await?;
             }
             tracing::info!(%image, %id, tags = tags.len(), "image loaded into the engine");
             Ok(id)
+        })
+        .await
+    }
+
+    /// Pulls `reference` (`host/repository@sha256:…` or `host/repository:tag`) through
+    /// `POST /images/create` and returns the image ID the engine then has under it. Bounded by
+    /// [`EngineConfig::timeout_secs`].
+    pub async fn pull(&self, reference: &str) -> Result<String, EngineError> {
+        let limit = Duration::from_secs(self.config.timeout_secs);
+        self.within(
+            limit,
+            &format!("pulling {reference}"),
+            self.pull_unbounded(reference),
+        )
+        .await
+    }
+
+    /// Adds the name `repository:tag` to the image `image` resolves to
+    /// (`POST /images/{image}/tag`). `repository` may carry a registry host.
+    pub async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<(), EngineError> {
+        let limit = self.quick_timeout();
+        self.within(
+            limit,
+            &format!("tagging {image} as {repository}:{tag}"),
+            self.tag_unbounded(image, repository, tag),
+        )
+        .await
+    }
+
+    /// `GET /images/json`: every image the engine holds with its names, as the engine spells
+    /// them. For the inventory; the answer is capped at [`MAX_LIST_BYTES`].
+    pub async fn list(&self) -> Result<Vec<EngineImage>, EngineError> {
+        let call = Call {
+            action: "listing the engine's images".to_owned(),
+            method: Method::GET,
+            path: "/images/json".to_owned(),
+        };
+        let limit = self.quick_timeout();
+        self.within(limit, &call.action, async {
+            let response = self.send(&call).await?;
+            if !response.status().is_success() {
+                return Err(self.refusal(&call, response).await);
+            }
+            let body = self
+                .read_bounded(&call, response.into_body(), MAX_LIST_BYTES)
+                .await?;
+            let listed: Vec<ListedImage> =
+                serde_json::from_slice(&body).map_err(|source| EngineError::BadAnswer {
+                    socket: self.config.socket.clone(),
+                    action: call.action.clone(),
+                    endpoint: call.endpoint(),
+                    source,
+                })?;
+            Ok(listed
+                .into_iter()
+                .map(|i| EngineImage {
+                    id: i.id,
+                    repo_tags: clean_names(i.repo_tags),
+                    repo_digests: clean_names(i.repo_digests),
+                })
+                .collect())
         })
         .await
     }
@@ -240,21 +297,18 @@ impl Engine {
         }
     }
 
-    async fn pull(
-        &self,
-        repository: &RepositoryName,
-        digest: &Digest,
-        image: &str,
-    ) -> Result<(), EngineError> {
+    /// Pulls `image` and returns the ID the engine has under that name afterwards.
+    async fn pull_unbounded(&self, image: &str) -> Result<String, EngineError> {
+        check_reference(image)?;
+        let (from, tag) = split_reference(image);
         // `tag` may hold a digest: the engine then pulls `fromImage@tag`.
-        let from = format!("{}/{}", self.config.pull_from, repository);
         let call = Call {
             action: format!("pulling {image}"),
             method: Method::POST,
             path: format!(
                 "/images/create?fromImage={}&tag={}",
-                encode_query(&from),
-                encode_query(digest.as_str())
+                encode_query(from),
+                encode_query(tag)
             ),
         };
         let response = self.send(&call).await?;
@@ -284,7 +338,13 @@ impl Engine {
         if let Some(line) = lines.finish() {
             self.check_progress(&call, image, status, &line)?;
         }
-        Ok(())
+        match self.inspect_unbounded(image).await? {
+            Some(found) => Ok(found.id),
+            None => Err(EngineError::NotThere {
+                socket: self.config.socket.clone(),
+                image: image.to_owned(),
+            }),
+        }
     }
 
     fn check_progress(
@@ -306,20 +366,22 @@ impl Engine {
         }
     }
 
-    async fn tag(
+    async fn tag_unbounded(
         &self,
         image: &str,
-        repository: &RepositoryName,
-        tag: &Tag,
+        repository: &str,
+        tag: &str,
     ) -> Result<(), EngineError> {
+        check_reference(image)?;
+        check_reference(&format!("{repository}:{tag}"))?;
         let call = Call {
             action: format!("tagging {image} as {repository}:{tag}"),
             method: Method::POST,
             // `image` passed check_reference: only characters that are literal in a path.
             path: format!(
                 "/images/{image}/tag?repo={}&tag={}",
-                encode_query(repository.as_str()),
-                encode_query(tag.as_str())
+                encode_query(repository),
+                encode_query(tag)
             ),
         };
         let response = self.send(&call).await?;
@@ -463,6 +525,43 @@ impl Engine {
             endpoint: call.endpoint(),
             limit,
         }
+    }
+}
+
+/// One entry of `GET /images/json`; the rest of its fields are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedImage {
+    id: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    repo_digests: Option<Vec<String>>,
+}
+
+/// Names as the engine lists them, without the placeholders dockerd uses for an image that
+/// has none (`<none>:<none>`, `<none>@<none>`).
+fn clean_names(names: Option<Vec<String>>) -> Vec<String> {
+    names
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.contains("<none>"))
+        .collect()
+}
+
+/// Splits `name@sha256:…` or `name:tag` into the `fromImage` and `tag` of a pull (`latest` when
+/// neither is written).
+fn split_reference(reference: &str) -> (&str, &str) {
+    if let Some((name, digest)) = reference.split_once('@') {
+        return (name, digest);
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last_slash..].rfind(':') {
+        Some(colon) => (
+            &reference[..last_slash + colon],
+            &reference[last_slash + colon + 1..],
+        ),
+        None => (reference, "latest"),
     }
 }
 

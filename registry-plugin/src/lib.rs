@@ -3,7 +3,8 @@
 //! It fronts the distribution registry (pulls pass through `/v2/`, writes are refused), takes
 //! signed bundles from resumable uploads ([`uploads`]) and an inbox folder ([`inbox`]) through
 //! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
-//! registry ([`rebuild`]) and optionally the container engine ([`engine`]), and keeps a
+//! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
+//! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API), and keeps a
 //! durable [`journal`]. State changes go out as [`events`]. Protocol: `docs/upload-api.md`.
 pub mod auth;
 pub mod config;
@@ -13,8 +14,10 @@ pub mod events;
 pub mod inbox;
 pub mod journal;
 pub mod listen;
+pub mod names;
 pub mod rebuild;
 pub mod server;
+pub mod sink;
 pub mod status;
 pub mod tls;
 pub mod uploads;
@@ -68,7 +71,7 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         .with_context(|| "cannot open the upload directory")?;
     let upstream = upstream::Upstream::new(&config.registry.url);
     wait_for_registry(&upstream, config.registry.startup_timeout_secs).await?;
-    let engine = config.engine.clone().map(engine::Engine::new);
+    let engine = config.engine.as_ref().map(sink::Sink::new);
     let daemon = Arc::new(Daemon {
         journal: Arc::new(journal),
         policy: Arc::new(policy),

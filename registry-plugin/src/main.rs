@@ -42,6 +42,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {}: [events]: {e}", args.config.display());
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
+    if let Some(Err(e)) = config.engine.as_ref().map(|e| e.check()) {
+        eprintln!("error: {}: [engine]: {e}", args.config.display());
+        return std::process::ExitCode::from(EXIT_CONFIG);
+    }
     if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
         eprintln!("error: trust policy: {e}; make one with `sideload-sign pubkey KEY.pub`");
         return std::process::ExitCode::from(EXIT_CONFIG);
@@ -93,7 +97,7 @@ fn main() -> std::process::ExitCode {
             config
                 .engine
                 .as_ref()
-                .map(|e| e.socket.display().to_string())
+                .map(|e| e.summary())
                 .unwrap_or_else(|| "off".into()),
             if config.events.url.is_some() || config.events.command.is_some() {
                 "on"

@@ -1,5 +1,6 @@
 //! What the device reports about itself: its inventory (the JSON `sideload build
-//! --inventory` takes to choose bases) and Prometheus metrics.
+//! --inventory` takes to choose bases, and the fleet gate reads: the registry's images and,
+//! with `[engine]`, every name the container engine resolves) and Prometheus metrics.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,6 +29,10 @@ pub struct Inventory {
     pub sequences: std::collections::BTreeMap<String, u64>,
     /// Free bytes in the data directory.
     pub free_bytes: u64,
+    /// With `[engine]`: what the container engine holds, under which names. The fleet gate
+    /// checks a deployment's references against this, since it is what the agent looks up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::sink::EngineInventory>,
 }
 
 /// Why no inventory could be made.
@@ -58,6 +63,10 @@ pub async fn inventory(daemon: &Daemon) -> Result<Inventory, InventoryError> {
         images,
         sequences: sequences.into_iter().collect(),
         free_bytes: fs4::available_space(&daemon.config.data_dir).unwrap_or(0),
+        engine: match (&daemon.engine, &daemon.config.engine) {
+            (Some(engine), Some(settings)) => Some(engine.inventory(settings.kind).await),
+            _ => None,
+        },
     })
 }
 

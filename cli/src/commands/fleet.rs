@@ -253,14 +253,19 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
 }
 
 /// Each device with the images the ledger says it holds (an unknown device is an error).
-fn held_by(
-    ledger: &mut Ledger,
-    devices: &[String],
-) -> Result<Vec<(String, Vec<sideload_fleet::HeldImage>)>> {
+fn held_by(ledger: &mut Ledger, devices: &[String]) -> Result<Vec<(String, gate::Holdings)>> {
     devices
         .iter()
-        .map(|id| Ok((id.clone(), ledger.device(id)?.images)))
+        .map(|id| Ok((id.clone(), holdings(ledger.device(id)?))))
         .collect()
+}
+
+/// What a device holds as the gate sees it: its registry, and its engine when it has one.
+fn holdings(device: sideload_fleet::Device) -> gate::Holdings {
+    gate::Holdings {
+        images: device.images,
+        engine: device.engine,
+    }
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -424,9 +429,7 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
             // An image every device already holds under the manifest's name need not be in
             // the registry (the edge runtime's own images often are not); if it is, its
             // content decides (a tag pushed again is rolled out).
-            let optional = held
-                .iter()
-                .all(|(_, h)| h.iter().any(|i| gate::holds(i, &n)));
+            let optional = held.iter().all(|(_, h)| gate::resolves(h, reference));
             let tag = n.tag.clone().unwrap_or_else(|| "latest".into());
             let source = match &n.digest {
                 Some(digest) => format!("docker://{registry}/{}@{digest}", n.repository),
@@ -898,7 +901,15 @@ fn run_gate(ledger: &mut Ledger, a: GateArgs) -> Result<ExitCode> {
             manifest.display()
         );
         for m in &missing {
-            println!("  {}: {}", m.device, m.images.join(", "));
+            println!(
+                "  {} (checked in its {}): {}",
+                m.device,
+                m.checked,
+                m.images.join(", ")
+            );
+            if let Some(error) = &m.engine_error {
+                println!("    the device could not ask its engine: {error}");
+            }
         }
     }
     Ok(if missing.is_empty() {
@@ -1050,12 +1061,12 @@ fn status(ledger: &mut Ledger, a: StatusArgs) -> Result<ExitCode> {
                 .devices
                 .iter()
                 .map(|id| {
-                    let images = devices
+                    let holdings = devices
                         .iter()
                         .find(|x| &x.device_id == id)
-                        .map(|x| x.images.clone())
+                        .map(|x| holdings(x.clone()))
                         .unwrap_or_default();
-                    (id.clone(), images)
+                    (id.clone(), holdings)
                 })
                 .collect();
             let missing = gate::gate(&d.images, &held);

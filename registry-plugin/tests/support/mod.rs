@@ -213,6 +213,9 @@ pub struct BundleSpec {
     /// Keep the source's manifest digest (gzip recipes in the payload), as `sideload build`
     /// does by default; false = layers stored uncompressed (smaller).
     pub exact: bool,
+    /// The image the bundle makes: `"v2"` (default) or `"v1"` (then `with_base` must be
+    /// false: v1 is the first version).
+    pub target: &'static str,
 }
 
 /// Who signs.
@@ -235,11 +238,13 @@ impl Default for BundleSpec {
             signer: Signer::Trusted,
             with_base: true,
             exact: true,
+            target: "v2",
         }
     }
 }
 
-/// Builds (once per name) a v1 → v2 bundle for repository edge/app, tag v2.
+/// Builds (once per name) a v1 → v2 bundle for repository edge/app, tag v2 (or as `spec`
+/// says: whole image, edge/app:v1).
 pub fn bundle(spec: BundleSpec) -> PathBuf {
     // Tests run in parallel and share bundle files by name: build each one once, under a lock.
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -249,13 +254,20 @@ pub fn bundle(spec: BundleSpec) -> PathBuf {
     if path.exists() {
         return path;
     }
-    let target = open(&f.v2, "v2");
+    assert!(
+        spec.target == "v2" || !spec.with_base,
+        "v1 has no base to be a delta against"
+    );
+    let target = match spec.target {
+        "v1" => open(&f.v1, "v1"),
+        _ => open(&f.v2, "v2"),
+    };
     let base = open(&f.v1, "v1");
     let now = sideload_signing::VerifyContext::at_system_time(None).now;
     let created = if spec.expires_in < 0 { now - 7200 } else { now };
     let mut options = BuildOptions::new(
         "edge/app".parse().unwrap(),
-        vec!["v2".parse().unwrap()],
+        vec![spec.target.parse().unwrap()],
         created,
     );
     options.sequence = spec.sequence;
