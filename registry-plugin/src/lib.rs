@@ -3,10 +3,12 @@
 //! It fronts the distribution registry (pulls pass through `/v2/`, writes are refused), takes
 //! signed bundles from resumable uploads ([`uploads`]) and an inbox folder ([`inbox`]) through
 //! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
-//! registry ([`rebuild`]) and optionally the container engine ([`engine`]), and keeps a
-//! durable [`journal`]. State changes go out as [`events`]. Protocol: `docs/upload-api.md`.
+//! registry ([`rebuild`]) and optionally the container engine ([`engine`]; containerd through
+//! its CRI image service: [`cri`]), and keeps a durable [`journal`]. State changes go out as
+//! [`events`]. Protocol: `docs/upload-api.md`.
 pub mod auth;
 pub mod config;
+pub mod cri;
 pub mod daemon;
 pub mod engine;
 pub mod events;
