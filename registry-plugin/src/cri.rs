@@ -52,8 +52,8 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Image, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
-    RemoveImageRequest, VersionRequest,
+    Image, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    VersionRequest,
 };
 use serde::Deserialize;
 use tokio::net::UnixStream;
@@ -431,7 +431,10 @@ fn rpc_advice(code: tonic::Code, message: &str) -> &'static str {
         || m.contains("no such host")
         || m.contains("timeout")
     {
-        "containerd cannot reach the mirror: does hosts.toml for the reference's host name this plugin as `[host.\"http://127.0.0.1:PORT\"]` with capabilities pull and resolve, and is the plugin running?"
+        // containerd tries the mirrors first and then the upstream (`server` in hosts.toml), and
+        // reports only the last failure: on an offline device a tag the mirror lacks shows up
+        // as the upstream host not resolving.
+        "containerd got nothing from the mirror and could not reach the upstream host (which it tries last): is the image stored in the local registry, does hosts.toml for the reference's host name this plugin as `[host.\"http://127.0.0.1:PORT\"]` with capabilities pull and resolve, and is the plugin running?"
     } else {
         "see containerd's log (journalctl -u containerd, or k3s's); is `[plugins.\"io.containerd.grpc.v1.cri\".registry] config_path` set and does hosts.toml for the reference's host name this plugin as mirror?"
     }
@@ -506,8 +509,8 @@ mod tests {
 
     #[test]
     fn config_refuses_unknown_fields_and_defaults_the_timeout() {
-        let config: CriConfig = toml::from_str("socket = \"/run/containerd/containerd.sock\"")
-            .expect("minimal config");
+        let config: CriConfig =
+            toml::from_str("socket = \"/run/containerd/containerd.sock\"").expect("minimal config");
         assert_eq!(config.timeout_secs, 600);
         let e = toml::from_str::<CriConfig>("socket = \"/s\"\nnamespace = \"k8s.io\"")
             .unwrap_err()
