@@ -24,6 +24,9 @@ use support::{seed_v1, skopeo, Registry};
 /// The upstream host the pod specs name; it does not exist, so only the mirror can serve it.
 const UPSTREAM: &str = "registry.example";
 
+/// A port-qualified upstream: its `hosts.toml` lives in `registry.example_5000_/`.
+const UPSTREAM_WITH_PORT: &str = "registry.example:5000";
+
 /// The manifest digest and the config digest (= containerd's image ID) of `edge/app:v1` in
 /// `registry`, as skopeo reads them from the registry.
 fn digests(registry: &Registry) -> (String, String) {
@@ -52,7 +55,11 @@ async fn containerd_pulls_through_the_mirror_and_records_the_upstream_names() {
         .tempdir()
         .unwrap();
     let mirror = format!("http://{}", registry.host);
-    let containerd = start_containerd(scratch.path(), &[(UPSTREAM, &mirror)]).await;
+    let containerd = start_containerd(
+        scratch.path(),
+        &[(UPSTREAM, &mirror), (UPSTREAM_WITH_PORT, &mirror)],
+    )
+    .await;
     let cri = containerd.cri(120);
     let context = || format!("containerd log:\n{}", containerd.log_tail());
 
@@ -160,9 +167,20 @@ async fn containerd_pulls_through_the_mirror_and_records_the_upstream_names() {
         context()
     );
 
+    // The same image through the port-qualified upstream: one image, a second name.
+    let with_port = format!("{UPSTREAM_WITH_PORT}/edge/app:v1");
+    let pulled = cri
+        .pull(&with_port)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nadvice: {}\n{}", e.advice(), context()));
+    assert_eq!(pulled, image_id);
+    let mut names = cri.status(&tag).await.unwrap().unwrap().repo_tags;
+    names.sort();
+    assert_eq!(names, vec![tag.clone(), with_port.clone()]);
+
     // Removal takes every name; removing again is no error (CRI's RemoveImage is idempotent).
     cri.remove(&tag).await.unwrap();
-    for reference in [tag.as_str(), by_digest.as_str(), image_id.as_str()] {
+    for reference in [&tag, &by_digest, &image_id, &with_port] {
         assert_eq!(cri.status(reference).await.unwrap(), None, "{reference}");
     }
     cri.remove(&tag).await.unwrap();
