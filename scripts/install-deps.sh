@@ -5,6 +5,9 @@
 #   umoci            writes image layers with Go's archive/tar, as Docker and buildkit do
 #   curl             the demo drives the registry plugin's upload API with it
 #   podman           a Docker-compatible engine API (tests of the plugin's engine path)
+#   containerd, runc containerd with its CRI plugin, and ctr (tests of the plugin's CRI path:
+#                    containerd pulls through the plugin as a mirror, as on a k3s node)
+#   protobuf-compiler  protoc: the k8s-cri crate's build script generates the CRI client with it
 #   systemd          systemd-analyze, to check the units in systemd/
 #   e2fsprogs        mkfs.ext4 -d and debugfs: the USB loader's tests build real stick images
 #   dosfstools       mkfs.vfat, for the vfat stick test
@@ -17,7 +20,7 @@
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
+packages=(docker-registry skopeo umoci curl podman containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,10 +4,12 @@
 //! signed bundles from resumable uploads ([`uploads`]) and an inbox folder ([`inbox`]) through
 //! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
 //! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
-//! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API), and keeps a
-//! durable [`journal`]. State changes go out as [`events`]. Protocol: `docs/upload-api.md`.
+//! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API and [`cri`] for
+//! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
+//! [`events`]. Protocol: `docs/upload-api.md`.
 pub mod auth;
 pub mod config;
+pub mod cri;
 pub mod daemon;
 pub mod engine;
 pub mod events;
