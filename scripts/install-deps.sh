@@ -5,6 +5,7 @@
 #   umoci            writes image layers with Go's archive/tar, as Docker and buildkit do
 #   curl             the demo drives the registry plugin's upload API with it
 #   podman           a Docker-compatible engine API (tests of the plugin's engine path)
+#   docker.io        dockerd (moby, the engine IoT Edge runs): the edge-agent tests start modules in it
 #   containerd, runc containerd with its CRI plugin, and ctr (tests of the plugin's CRI path:
 #                    containerd pulls through the plugin as a mirror, as on a k3s node)
 #   protobuf-compiler  protoc: the k8s-cri crate's build script generates the CRI client with it
@@ -20,7 +21,7 @@
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
+packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -2,7 +2,8 @@
 //! every reference a deployment may use for it resolve in the engine the edge agent asks.
 //!
 //! [`SinkConfig`] is the config file's `[engine]` section; [`Sink`] holds the client for the
-//! configured kind ([`Engine`] for the Docker Engine API). [`Sink::load`] works out the
+//! configured kind ([`Engine`] for the Docker Engine API, [`Cri`] for containerd). [`Sink::load`]
+//! works out the
 //! [`names::plan`] for an applied image, carries it out, and then checks every reference the
 //! plan expects: each must resolve to the image whose ID is the statement's config digest,
 //! or the load fails with [`SinkError::Wrong`] / [`SinkError::Unresolved`]. [`Sink::inventory`]
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sideload_signing::Digest;
 
+use crate::cri::{Cri, CriConfig, CriError};
 use crate::engine::{Engine, EngineConfig, EngineError, EngineImage};
 use crate::names::{self, Applied, EngineKind};
 
@@ -99,6 +101,8 @@ impl SinkConfig {
 pub enum Sink {
     /// dockerd or podman, over the Docker Engine API.
     Docker(Engine),
+    /// containerd, over the CRI image service (namespace `k8s.io`).
+    Containerd(Cri),
 }
 
 /// What a load did, for the journal and the status API.
@@ -139,6 +143,9 @@ pub enum SinkError {
     /// The Docker Engine API failed.
     #[error(transparent)]
     Docker(#[from] EngineError),
+    /// containerd's CRI failed.
+    #[error(transparent)]
+    Containerd(#[from] CriError),
     /// After the load, a reference resolves to another image than the statement's.
     #[error("after loading, the engine resolves {reference} to {found}, not to the applied image {expected}")]
     Wrong {
@@ -162,6 +169,7 @@ impl SinkError {
     pub fn advice(&self) -> &'static str {
         match self {
             SinkError::Docker(e) => e.advice(),
+            SinkError::Containerd(e) => e.advice(),
             SinkError::Wrong { .. } => {
                 "another image holds that name in the engine, or a mirror served another manifest: check the engine's registry mirror config (hosts.toml) routes the host to this plugin, then apply again"
             }
@@ -176,13 +184,15 @@ impl Sink {
     /// The client for `config`'s kind; nothing is connected until the first call.
     pub fn new(config: &SinkConfig) -> Sink {
         match config.kind {
-            EngineKind::Docker | EngineKind::Containerd => {
-                Sink::Docker(Engine::new(EngineConfig {
-                    socket: config.socket.clone(),
-                    pull_from: config.pull_from.clone().unwrap_or_default(),
-                    timeout_secs: config.timeout_secs,
-                }))
-            }
+            EngineKind::Docker => Sink::Docker(Engine::new(EngineConfig {
+                socket: config.socket.clone(),
+                pull_from: config.pull_from.clone().unwrap_or_default(),
+                timeout_secs: config.timeout_secs,
+            })),
+            EngineKind::Containerd => Sink::Containerd(Cri::new(CriConfig {
+                socket: config.socket.clone(),
+                timeout_secs: config.timeout_secs,
+            })),
         }
     }
 
@@ -193,6 +203,7 @@ impl Sink {
                 engine.ping().await?;
                 Ok("docker engine API".to_owned())
             }
+            Sink::Containerd(cri) => Ok(cri.version().await?),
         }
     }
 
@@ -232,6 +243,24 @@ impl Sink {
                     unreachable: plan.unreachable,
                 })
             }
+            Sink::Containerd(cri) => {
+                // containerd pulls each name through its own registry config, which routes
+                // the upstream hosts to this plugin; a tag pull also records `repo@digest`.
+                let mut id = String::new();
+                for reference in &plan.pulls {
+                    id = cri.pull(reference).await?;
+                }
+                for reference in &plan.expect {
+                    let found = cri.status(reference).await?;
+                    check_resolves(reference, found.map(|i| i.id), config_digest)?;
+                }
+                tracing::info!(%id, references = ?plan.expect, "image loaded into containerd");
+                Ok(Loaded {
+                    id,
+                    references: plan.expect,
+                    unreachable: plan.unreachable,
+                })
+            }
         }
     }
 
@@ -240,6 +269,7 @@ impl Sink {
     pub async fn inventory(&self, kind: EngineKind) -> EngineInventory {
         let listed = match self {
             Sink::Docker(engine) => engine.list().await.map_err(SinkError::from),
+            Sink::Containerd(cri) => cri.list().await.map_err(SinkError::from),
         };
         match listed {
             Ok(images) => EngineInventory {
