@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use sideload_bundle::{build_bundle, BuildOptions, NoProgress};
 use sideload_fleet::deployment::{self, image_name};
+use sideload_fleet::manifest::Pin;
 use sideload_fleet::plan::{plan, DeviceView, Need, Target};
 use sideload_fleet::{
     chart, gate, BundleRecord, Database, Deployment, Ingested, Ledger, TransferState,
@@ -814,7 +815,7 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
     let name = a.manifest.display().to_string();
     let bundles = if a.pin { ledger.bundles()? } else { Vec::new() };
     let devices = if a.pin { ledger.devices()? } else { Vec::new() };
-    let pin = |reference: &str| -> Option<String> {
+    let pin = |reference: &str| -> Option<Pin> {
         let n = image_name(reference)?;
         let tag = n.tag.clone().unwrap_or_else(|| "latest".into());
         // What a rollout will leave on the devices: the newest bundle built for this tag...
@@ -822,7 +823,10 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
             .iter()
             .find(|b| b.repository == n.repository && b.tags.contains(&tag))
         {
-            return Some(b.manifest_digest.clone());
+            return Some(Pin {
+                digest: b.manifest_digest.clone(),
+                registry: None,
+            });
         }
         // ...else what the devices hold under it, if they all agree.
         let held: BTreeSet<&str> = devices
@@ -831,7 +835,10 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
             .filter(|i| i.repository == n.repository && i.tags.contains(&tag))
             .map(|i| i.manifest_digest.as_str())
             .collect();
-        (held.len() == 1).then(|| held.into_iter().next().expect("one").to_owned())
+        (held.len() == 1).then(|| Pin {
+            digest: held.into_iter().next().expect("one").to_owned(),
+            registry: None,
+        })
     };
     let out = deployment::rewrite(&name, &text, &pin)?;
     match &a.output {
@@ -843,7 +850,7 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
         print_json(&json!({ "changes": out.changes }));
     } else {
         for c in &out.changes {
-            eprintln!("{}: {}", c.module, c.what);
+            eprintln!("{c}");
         }
         if out.changes.is_empty() {
             eprintln!("{name}: nothing to change");
