@@ -19,13 +19,18 @@
 //! key order, quoting, flow or block style, CRLF line endings and a byte order mark stay as
 //! written, and documents of other kinds (Service, ConfigMap, …) are not touched at all.
 //!
-//! What it deliberately does not do: resolve anchors, aliases or merge keys (`<<`) on the way to
-//! a container or in it, or edit an image written as a multi-line, escaped or tagged scalar. Each
-//! of those could change bytes, or values elsewhere in the file, that the rewrite cannot see, so
-//! they are refused ([`KubernetesError::Refused`], naming the file, the document and the reason)
-//! for a person to simplify. Nor does it expand templates: a Helm chart's `{{ .Values.image }}`
-//! is not YAML until rendered, and a quoted one is reported and never pinned. It does not check
-//! the rest of the workload against the Kubernetes API; only what it reads must make sense.
+//! What it deliberately does not do: resolve anchors, aliases, merge keys (`<<`) or keys
+//! written twice on the way to a container or in it, or edit an image written as a multi-line,
+//! escaped or tagged scalar. Each of those could change bytes, or values elsewhere in the file,
+//! that the rewrite cannot see, so they are refused ([`KubernetesError::Refused`], naming the
+//! file, the document and the reason) for a person to simplify. Nor does it expand templates: a
+//! Helm chart's `{{ .Values.image }}` is not YAML until rendered, and a quoted one is reported
+//! and never pinned. It does not check the rest of the workload against the Kubernetes API; only
+//! what it reads must make sense.
+//!
+//! Tests: `cargo test -p sideload-fleet kubernetes`. Each fixture in `tests/data/kubernetes/`
+//! has its rewrite beside it as `NAME.expected.EXT`, compared byte for byte;
+//! `SIDELOAD_BLESS=1` writes them anew, to be reviewed as a diff.
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
@@ -97,6 +102,9 @@ pub enum Refusal {
     /// Keys come in through a merge key (`<<`), so the value seen is not the one written here.
     #[error("{what} takes keys from a merge key (<<)")]
     MergeKey { what: String },
+    /// The same key twice in one mapping: which one counts depends on the reader.
+    #[error("{what} appears twice in one mapping")]
+    DuplicateKey { what: String },
     /// A multi-line scalar (`|`, `>`, or a plain or quoted scalar folded over lines).
     #[error("{what} is a multi-line scalar")]
     MultiLine { what: String },
@@ -240,21 +248,30 @@ enum Value {
 
 impl Node {
     /// The value of `key` in this mapping. None when it is not a mapping or lacks the key; a
-    /// missing key in a mapping with a merge key (`<<`) is refused, since it may come from there.
+    /// missing key in a mapping with a merge key (`<<`) is refused, since it may come from there,
+    /// and so is a key written twice.
     fn lookup(&self, key: &str) -> Result<Option<&Node>, Refusal> {
         let Value::Mapping { entries, .. } = &self.value else {
             return Ok(None);
         };
         let mut merged = false;
+        let mut found = None;
         for (k, v) in entries {
             if let Value::Scalar { text, style } = &k.value {
                 if text == key {
-                    return Ok(Some(v));
+                    if found.is_some() {
+                        return Err(Refusal::DuplicateKey {
+                            what: format!("`{key}`"),
+                        });
+                    }
+                    found = Some(v);
                 }
                 merged |= text == "<<" && *style == ScalarStyle::Plain;
             }
         }
-        if merged {
+        if found.is_some() {
+            Ok(found)
+        } else if merged {
             Err(Refusal::MergeKey {
                 what: format!("the mapping that would hold `{key}`"),
             })
@@ -1444,6 +1461,14 @@ mod tests {
             refusal("tagged.yaml", tagged),
             KubernetesError::Refused {
                 reason: Refusal::NotVerbatim { .. },
+                ..
+            }
+        ));
+        let twice = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: app\n      image: a\n      imagePullPolicy: Always\n      imagePullPolicy: IfNotPresent\n";
+        assert!(matches!(
+            refusal("twice.yaml", twice),
+            KubernetesError::Refused {
+                reason: Refusal::DuplicateKey { .. },
                 ..
             }
         ));
