@@ -565,6 +565,112 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
     }
 }
 
+/// A Kubernetes workload file, through the same commands as an IoT Edge manifest: rewritten
+/// (never pull, pinned to what the nodes hold, renamed for the device-local registry, comments
+/// and the Service kept), registered as a deployment set, and gated.
+#[test]
+fn a_kubernetes_manifest_is_rewritten_and_gated() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let db = w.join("fleet.db");
+    let db = db.to_str().unwrap();
+    let app = other("edge/app", "v2", 1);
+    let digest = app["manifest_digest"].as_str().unwrap().to_string();
+    let inv = w.join("node-1.json");
+    write_json(&inv, &inventory("node-1", 100, vec![app]));
+    let inv2 = w.join("node-2.json");
+    write_json(&inv2, &inventory("node-2", 100, vec![]));
+    ok(
+        db,
+        &[
+            "fleet",
+            "ingest",
+            "--inventory",
+            inv.to_str().unwrap(),
+            "--inventory",
+            inv2.to_str().unwrap(),
+        ],
+    );
+
+    let manifest = w.join("app.yml");
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: app}\n---\n# the app\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: \"registry.example/edge/app:v2\"  # from CI\n          imagePullPolicy: IfNotPresent\n";
+    std::fs::write(&manifest, text).unwrap();
+    let released = w.join("app.release.yml");
+    let r = stdout_json(&ok(
+        db,
+        &[
+            "fleet",
+            "rewrite",
+            manifest.to_str().unwrap(),
+            "--pin",
+            "--device-registry",
+            "127.0.0.1:5000",
+            "-o",
+            released.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(r["kind"], "kubernetes", "{r:#}");
+    assert_eq!(r["changes"][0]["workload"], "Deployment/app", "{r:#}");
+    let out = std::fs::read_to_string(&released).unwrap();
+    assert_eq!(
+        out,
+        text.replace("IfNotPresent", "Never").replace(
+            "registry.example/edge/app:v2",
+            &format!("127.0.0.1:5000/edge/app:v2@{digest}")
+        )
+    );
+
+    // A device registry without --pin is refused by the arguments.
+    let bad = sideload(
+        db,
+        &[
+            "fleet",
+            "rewrite",
+            manifest.to_str().unwrap(),
+            "--device-registry",
+            "127.0.0.1:5000",
+        ],
+    );
+    assert!(!bad.status.success());
+
+    ok(
+        db,
+        &[
+            "fleet",
+            "deployment",
+            "k8s",
+            "--manifest",
+            released.to_str().unwrap(),
+            "--device",
+            "node-1",
+            "--device",
+            "node-2",
+        ],
+    );
+    let gate = sideload(db, &["fleet", "gate", "--deployment", "k8s", "--json"]);
+    assert_eq!(gate.status.code(), Some(4));
+    let g = stdout_json(&gate);
+    assert_eq!(g["missing"][0]["device"], "node-2", "{g:#}");
+    let gate = sideload(
+        db,
+        &[
+            "fleet",
+            "gate",
+            released.to_str().unwrap(),
+            "--device",
+            "node-1",
+        ],
+    );
+    assert_eq!(
+        gate.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&gate.stdout),
+        String::from_utf8_lossy(&gate.stderr)
+    );
+}
+
 #[test]
 fn a_real_device_reports_over_its_api_and_takes_its_planned_bundle() {
     let f = fixture();

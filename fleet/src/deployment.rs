@@ -24,6 +24,9 @@
 use jsonc_parser::cst::{CstLeafNode, CstNode, CstObject, CstObjectProp, CstRootNode};
 use jsonc_parser::ParseOptions;
 
+use crate::manifest::{pinning, Pin, Pinning};
+pub use crate::manifest::{Change, ModuleImage, Rewritten};
+
 /// The key the edge agent reads to decide whether it may pull a module's image.
 const POLICY_KEY: &str = "imagePullPolicy";
 /// The only policy a sideloaded device may be given.
@@ -42,22 +45,6 @@ pub enum DeploymentError {
     /// JSON, but no `modulesContent.$edgeAgent` with modules (say what was expected).
     #[error("{file}: {message}")]
     NotADeployment { file: String, message: String },
-}
-
-/// One module's image as the manifest writes it.
-///
-/// Reported as written (not normalised) so that a planner can match it against what a device
-/// holds and an operator can find it in the file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ModuleImage {
-    /// `"edgeAgent"`, `"edgeHub"` or the module's name.
-    pub module: String,
-    /// Whether this is one of the runtime's own modules (`systemModules.edgeAgent`/`edgeHub`).
-    pub system: bool,
-    /// `settings.image`, verbatim (the JSON string's value).
-    pub image: String,
-    /// `imagePullPolicy` as written, if any (a non-string value in its JSON spelling).
-    pub pull_policy: Option<String>,
 }
 
 /// Parses `text` (named `file` in messages) and lists every module's image, system modules first,
@@ -80,6 +67,7 @@ pub fn images(file: &str, text: &str) -> Result<Vec<ModuleImage>, DeploymentErro
                 .as_ref()
                 .and_then(|prop| prop.value())
                 .map(|value| policy_text(&value)),
+            workload: None,
         })
         .collect())
 }
@@ -151,38 +139,13 @@ pub fn image_name(reference: &str) -> Option<ImageName> {
     })
 }
 
-/// What `rewrite` changed, for the report.
-///
-/// Also carries what it deliberately left alone (a template reference it may not pin), because a
-/// release engineer has to know that such a module is not covered by the pinning.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Change {
-    /// The module concerned, named as in [`ModuleImage::module`].
-    pub module: String,
-    /// One line for a human, e.g. `imagePullPolicy on-create -> never`, `imagePullPolicy set to
-    /// never`, `image edge/app:v2 -> edge/app:v2@sha256:…`, `image ${MODULES.x} not pinned:
-    /// template variable`.
-    pub what: String,
-}
-
-/// The rewritten text and what changed.
-///
-/// The text is returned rather than written so that the caller decides where it goes (a release
-/// artefact, a review diff, stdout) and can show the changes before anything is replaced.
-#[derive(Debug, Clone)]
-pub struct Rewritten {
-    /// The whole manifest, byte-identical to the input outside the changed spots.
-    pub text: String,
-    /// Each change in module order (as [`images`] lists them), then within a module the pull
-    /// policy before the image.
-    pub changes: Vec<Change>,
-}
-
 /// Sets imagePullPolicy to "never" on every module (edgeAgent and edgeHub included; inserted as
 /// the module's last property when absent, matching the surrounding indentation), and, when `pin`
 /// returns a digest for an image reference (called with the reference verbatim), rewrites
-/// `settings.image` to `NAME:TAG@DIGEST` (an existing `@digest` replaced; no tag: `NAME@DIGEST`).
-/// References with template variables are never changed (reported as a Change). Idempotent:
+/// `settings.image` to `NAME:TAG@DIGEST` (an existing `@digest` replaced; no tag: `NAME@DIGEST`;
+/// the registry host replaced when the [`Pin`] names a device registry, see
+/// [`with_registry`](crate::manifest::with_registry)). References with template variables
+/// (`$`, `{{`) are never changed (reported as a Change). Idempotent:
 /// rewriting the result again changes nothing and reports no changes. Everything else
 /// byte-identical.
 ///
@@ -196,7 +159,7 @@ pub struct Rewritten {
 pub fn rewrite(
     file: &str,
     text: &str,
-    pin: &dyn Fn(&str) -> Option<String>,
+    pin: &dyn Fn(&str) -> Option<Pin>,
 ) -> Result<Rewritten, DeploymentError> {
     let manifest = Manifest::read(file, text)?;
     let mut edits = Vec::new();
@@ -205,6 +168,7 @@ pub fn rewrite(
         changes.push(Change {
             module: module.name.clone(),
             what,
+            workload: None,
         })
     };
 
@@ -231,27 +195,10 @@ pub fn rewrite(
         }
 
         let image = module.image.as_str();
-        if image.contains('$') {
-            change(
-                module,
-                format!("image {image} not pinned: template variable"),
-            );
-        } else if image_name(image).is_none() {
-            change(
-                module,
-                format!("image {image:?} not pinned: not an image reference"),
-            );
-        } else if let Some(digest) = pin(image) {
-            if !valid_digest(&digest) {
-                change(
-                    module,
-                    format!("image {image} not pinned: {digest:?} is not a digest"),
-                );
-                continue;
-            }
-            let name = image.split_once('@').map_or(image, |(name, _)| name);
-            let pinned = format!("{name}@{digest}");
-            if pinned != image {
+        match pinning(image, pin) {
+            Pinning::Keep => {}
+            Pinning::Notice(what) => change(module, what),
+            Pinning::Pinned(pinned) => {
                 edits.push(Edit::replace(&module.image_node, json_string(&pinned)));
                 change(module, format!("image {image} -> {pinned}"));
             }
@@ -711,7 +658,7 @@ fn separator(prop: &CstObjectProp) -> String {
 
 /// `algorithm:encoded` as the OCI image spec defines a digest, with the registered algorithms'
 /// lengths checked, since a digest the registry cannot parse would stop the agent.
-fn valid_digest(digest: &str) -> bool {
+pub(crate) fn valid_digest(digest: &str) -> bool {
     let Some((algorithm, encoded)) = digest.split_once(':') else {
         return false;
     };
@@ -784,7 +731,7 @@ fn valid_component(component: &str) -> bool {
 }
 
 /// `host[:port]`, where host is DNS labels or a bracketed IPv6 address.
-fn valid_host(host: &str) -> bool {
+pub(crate) fn valid_host(host: &str) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let Some((address, after)) = rest.split_once(']') else {
             return false;
@@ -849,6 +796,13 @@ mod tests {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
+    fn pinned_to(digest: String) -> Pin {
+        Pin {
+            digest,
+            registry: None,
+        }
+    }
+
     /// A pin lookup keyed by the reference without any digest, recording what it was asked, so a
     /// second run finds the same digest for the pinned reference (the idempotence case).
     struct Pins {
@@ -867,16 +821,16 @@ mod tests {
             }
         }
 
-        fn pin(&self, reference: &str) -> Option<String> {
+        fn pin(&self, reference: &str) -> Option<Pin> {
             self.asked.borrow_mut().push(reference.to_string());
             let name = reference
                 .split_once('@')
                 .map_or(reference, |(name, _)| name);
-            self.digests.get(name).cloned()
+            self.digests.get(name).cloned().map(pinned_to)
         }
     }
 
-    fn no_pins(_: &str) -> Option<String> {
+    fn no_pins(_: &str) -> Option<Pin> {
         None
     }
 
@@ -886,6 +840,7 @@ mod tests {
             system,
             image: image.to_string(),
             pull_policy: pull_policy.map(str::to_string),
+            workload: None,
         }
     }
 
@@ -893,6 +848,7 @@ mod tests {
         Change {
             module: module.to_string(),
             what: what.to_string(),
+            workload: None,
         }
     }
 
@@ -973,7 +929,7 @@ mod tests {
     }
 
     /// Rewrites again and checks nothing moves and only the standing notices come back.
-    fn assert_idempotent(file: &str, first: &Rewritten, pin: &dyn Fn(&str) -> Option<String>) {
+    fn assert_idempotent(file: &str, first: &Rewritten, pin: &dyn Fn(&str) -> Option<Pin>) {
         let again = rewrite(file, &first.text, pin).unwrap();
         assert_eq!(
             again.text, first.text,
@@ -1215,7 +1171,7 @@ mod tests {
         let asked = RefCell::new(Vec::new());
         let pin = |reference: &str| {
             asked.borrow_mut().push(reference.to_string());
-            Some(digest('c'))
+            Some(pinned_to(digest('c')))
         };
         let out = rewrite("deployment.template.json", TEMPLATE, &pin).unwrap();
         let indent = " ".repeat(12);
@@ -1381,7 +1337,7 @@ mod tests {
             r#"{"type":"docker","settings":{"image":"edge/app:v2","createOptions":"{}"}}"#,
         )
         .replace(": ", ":");
-        let out = rewrite("min.json", &text, &|_| Some(digest('5'))).unwrap();
+        let out = rewrite("min.json", &text, &|_| Some(pinned_to(digest('5')))).unwrap();
         let expected = manifest_with_module(&format!(
             r#"{{"type":"docker","settings":{{"image":"edge/app:v2@{}","createOptions":"{{}}"}},"imagePullPolicy":"never"}}"#,
             digest('5')
@@ -1422,7 +1378,10 @@ mod tests {
         let text = manifest_with_module(
             r#"{"imagePullPolicy": "never", "settings": {"image": "edge/app:v2"}}"#,
         );
-        let out = rewrite("pin.json", &text, &|_| Some("sha256:abc".to_string())).unwrap();
+        let out = rewrite("pin.json", &text, &|_| {
+            Some(pinned_to("sha256:abc".to_string()))
+        })
+        .unwrap();
         assert_eq!(out.text, text);
         assert_eq!(
             out.changes,
@@ -1454,7 +1413,7 @@ mod tests {
         let text = manifest_with_module(
             r#"{"imagePullPolicy": "never", "settings": {"image": "localhost:5000/edge/app"}}"#,
         );
-        let out = rewrite("untagged.json", &text, &|_| Some(digest('6'))).unwrap();
+        let out = rewrite("untagged.json", &text, &|_| Some(pinned_to(digest('6')))).unwrap();
         assert_eq!(
             out.text,
             text.replace(

@@ -13,11 +13,15 @@
 //! - [`plan`] decides, purely, which bundle each device needs for a set of target images and
 //!   which of those are the same bundle (built once, sent to many).
 //! - [`deployment`] reads and rewrites IoT Edge deployment manifests in place
-//!   (`imagePullPolicy: never`, digest pins), keeping the file as written; [`gate`] decides
-//!   whether a deployment may go out.
+//!   (`imagePullPolicy: never`, digest pins), keeping the file as written; [`kubernetes`] does
+//!   the same for Kubernetes workload YAML (`imagePullPolicy: Never` for k3s and other edge
+//!   kubelets); [`manifest`] tells the two apart by content and answers for both in the same
+//!   types, and spells pinned references (renamed for a device-local registry on request);
+//!   [`gate`] decides whether a deployment may go out.
 //! - [`chart`] draws transfers over time as SVG.
 //!
-//! What it does not do: build bundles or talk to devices. The `sideload fleet` commands of
+//! What it does not do: build bundles or talk to devices, or expand manifest templates (a
+//! template reference is reported, never pinned). The `sideload fleet` commands of
 //! the CLI wire the ledger to the bundle engine, the device API and the file system.
 //!
 //! Tests: `cargo test -p sideload-fleet` (SQLite); the CLI's `fleet` tests also run every
@@ -27,7 +31,9 @@ pub mod chart;
 pub mod db;
 pub mod deployment;
 pub mod gate;
+pub mod kubernetes;
 pub mod ledger;
+pub mod manifest;
 pub mod plan;
 pub mod reports;
 

@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use sideload_bundle::{build_bundle, BuildOptions, NoProgress};
-use sideload_fleet::deployment::{self, image_name};
+use sideload_fleet::deployment::image_name;
+use sideload_fleet::manifest::{self, Pin, RegistryHost};
 use sideload_fleet::plan::{plan, DeviceView, Need, Target};
 use sideload_fleet::{
     chart, gate, BundleRecord, Database, Deployment, Ingested, Ledger, TransferState,
@@ -53,8 +54,9 @@ enum FleetCommand {
     /// Decide which bundle each device needs; with --build, build each distinct bundle once,
     /// write an outbox per device and record the bundles as in transit.
     Plan(Box<PlanArgs>),
-    /// Rewrite an IoT Edge deployment manifest: imagePullPolicy never on every module, and
-    /// optionally image references pinned to the digests the devices hold.
+    /// Rewrite an IoT Edge deployment manifest or Kubernetes workload YAML: never pull (on every
+    /// module or container), and optionally image references pinned to the digests the devices
+    /// hold. Only those spots change; comments and layout stay as written.
     Rewrite(RewriteArgs),
     /// Exit 0 only if every image of the manifest is on every target device; otherwise list
     /// what is missing where and exit 4.
@@ -100,7 +102,8 @@ struct IngestArgs {
 struct DeploymentArgs {
     /// Its name.
     name: String,
-    /// The IoT Edge deployment manifest.
+    /// The manifest: IoT Edge deployment (JSON) or Kubernetes workloads (YAML), told apart by
+    /// content.
     #[arg(long)]
     manifest: PathBuf,
     /// A device it targets; repeatable.
@@ -121,7 +124,8 @@ struct PlanArgs {
     /// Roll out a deployment set: its manifest's images, to its devices.
     #[arg(long, conflicts_with = "manifest")]
     deployment: Option<String>,
-    /// Roll out the images of this IoT Edge deployment manifest (to --device, or every device).
+    /// Roll out the images of this manifest, IoT Edge deployment or Kubernetes workloads (to
+    /// --device, or every device).
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// The registry that holds the deployment's images (and, unless --bases-registry, the
@@ -156,7 +160,8 @@ struct PlanArgs {
 
 #[derive(Args)]
 struct RewriteArgs {
-    /// The deployment manifest.
+    /// The manifest: IoT Edge deployment (JSON) or Kubernetes workloads (YAML, `---` documents
+    /// and `kind: List` included), told apart by content.
     manifest: PathBuf,
     /// Where to write the result (default: stdout).
     #[arg(long, short = 'o')]
@@ -165,6 +170,14 @@ struct RewriteArgs {
     /// bundle built for it).
     #[arg(long)]
     pin: bool,
+    /// With --pin, write every pinned reference under this registry host instead of the one it
+    /// names (`registry.example/edge/app:v2` -> `HOST/edge/app:v2@sha256:…`, Docker Hub's
+    /// `nginx` -> `HOST/library/nginx@…`): Docker/moby, which IoT Edge runs on, resolves a digest
+    /// reference only under the registry name it loaded the image from, so on a moby device it
+    /// must name the device-local registry. containerd (k3s) resolves the upstream name too.
+    /// Unpinned references are left as written.
+    #[arg(long, value_name = "HOST[:PORT]", requires = "pin")]
+    device_registry: Option<RegistryHost>,
     /// Print what changed as JSON (on stdout, so the text needs --output).
     #[arg(long, requires = "output")]
     json: bool,
@@ -172,7 +185,8 @@ struct RewriteArgs {
 
 #[derive(Args)]
 struct GateArgs {
-    /// The deployment manifest (default: the deployment set's).
+    /// The manifest, IoT Edge deployment or Kubernetes workloads (default: the deployment
+    /// set's).
     manifest: Option<PathBuf>,
     /// The deployment set whose devices (and manifest) to check.
     #[arg(long)]
@@ -224,7 +238,7 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
         FleetCommand::Deployment(a) => {
             let text = read_text(&a.manifest)?;
             let name = a.manifest.display().to_string();
-            let images = deployment::images(&name, &text)?;
+            let (_, images) = manifest::images(&name, &text)?;
             ledger.set_deployment(&Deployment {
                 name: a.name.clone(),
                 manifest: std::path::absolute(&a.manifest)
@@ -407,7 +421,7 @@ fn plan_inputs(ledger: &mut Ledger, a: &PlanArgs) -> Result<(Vec<TargetName>, Ve
         (None, Some(path)) => {
             let text = read_text(path)?;
             let file = path.display().to_string();
-            let images = deployment::images(&file, &text)?;
+            let (_, images) = manifest::images(&file, &text)?;
             Some((file, images.into_iter().map(|i| i.image).collect()))
         }
         (None, None) => None,
@@ -817,7 +831,8 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
     let name = a.manifest.display().to_string();
     let bundles = if a.pin { ledger.bundles()? } else { Vec::new() };
     let devices = if a.pin { ledger.devices()? } else { Vec::new() };
-    let pin = |reference: &str| -> Option<String> {
+    let registry = a.device_registry.clone();
+    let pin = |reference: &str| -> Option<Pin> {
         let n = image_name(reference)?;
         let tag = n.tag.clone().unwrap_or_else(|| "latest".into());
         // What a rollout will leave on the devices: the newest bundle built for this tag...
@@ -825,7 +840,10 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
             .iter()
             .find(|b| b.repository == n.repository && b.tags.contains(&tag))
         {
-            return Some(b.manifest_digest.clone());
+            return Some(Pin {
+                digest: b.manifest_digest.clone(),
+                registry: registry.clone(),
+            });
         }
         // ...else what the devices hold under it, if they all agree.
         let held: BTreeSet<&str> = devices
@@ -834,22 +852,25 @@ fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
             .filter(|i| i.repository == n.repository && i.tags.contains(&tag))
             .map(|i| i.manifest_digest.as_str())
             .collect();
-        (held.len() == 1).then(|| held.into_iter().next().expect("one").to_owned())
+        (held.len() == 1).then(|| Pin {
+            digest: held.into_iter().next().expect("one").to_owned(),
+            registry: registry.clone(),
+        })
     };
-    let out = deployment::rewrite(&name, &text, &pin)?;
+    let (kind, out) = manifest::rewrite(&name, &text, &pin)?;
     match &a.output {
         Some(path) => std::fs::write(path, &out.text)
             .with_context(|| format!("writing {}", path.display()))?,
         None => print!("{}", out.text),
     }
     if a.json {
-        print_json(&json!({ "changes": out.changes }));
+        print_json(&json!({ "kind": kind, "changes": out.changes }));
     } else {
         for c in &out.changes {
-            eprintln!("{}: {}", c.module, c.what);
+            eprintln!("{c}");
         }
         if out.changes.is_empty() {
-            eprintln!("{name}: nothing to change");
+            eprintln!("{name} ({kind}): nothing to change");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -866,10 +887,8 @@ fn run_gate(ledger: &mut Ledger, a: GateArgs) -> Result<ExitCode> {
         (None, None) => bail!("name a manifest or a --deployment"),
     };
     let text = read_text(&manifest)?;
-    let references: Vec<String> = deployment::images(&manifest.display().to_string(), &text)?
-        .into_iter()
-        .map(|i| i.image)
-        .collect();
+    let (_, images) = manifest::images(&manifest.display().to_string(), &text)?;
+    let references: Vec<String> = images.into_iter().map(|i| i.image).collect();
     let devices = if !a.devices.is_empty() {
         a.devices.clone()
     } else if let Some(d) = &set {
