@@ -2,6 +2,9 @@
 # The end-to-end demo on defaults: make two real images, make signing keys, build a bundle from
 # v1 to v2, sign it "offline", verify it, apply it on a pretend device that holds v1, and show
 # with skopeo that the rebuilt image is the source image (same config digest, same layers).
+# Then the device side for real (registry, plugin, uploads, push, the fleet ledger) and, where a
+# Docker engine is installed and we are root, the released IoT Edge module started from it as
+# edgeAgent does, with pulling forbidden.
 # Needs no arguments; writes everything under ./demo-output (removed and made anew).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -112,8 +115,40 @@ trust_policy = "$PWD/$OUT/device/trust.toml"
 url = "http://127.0.0.1:$REG_PORT"
 TOML
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+ENGINE=""; ENGINE_DIR=""; engine_pid=""
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "$engine_pid" ]; then
+    kill "$engine_pid" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  if [ -n "$ENGINE_DIR" ]; then
+    # Anything the engine left mounted under its directories, deepest first.
+    awk -v d="$ENGINE_DIR" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r | xargs -r umount -l 2>/dev/null || true
+    rm -rf "$ENGINE_DIR"
+  fi
+}
 trap cleanup EXIT
+# The device's container engine: Debian's dockerd (moby, what IoT Edge runs), all its state in a
+# directory of its own, no host networking touched. Needs root; without it the demo skips the
+# engine and ends at the registry.
+if [ "$(id -u)" -eq 0 ] && command -v dockerd >/dev/null 2>&1; then
+  ENGINE_DIR=$(mktemp -d /tmp/sideload-demo-engine.XXXXXX)
+  ENGINE="$ENGINE_DIR/docker.sock"
+  dockerd --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" --pidfile "$ENGINE_DIR/docker.pid" \
+    --host "unix://$ENGINE" --iptables=false --ip6tables=false --ip-masq=false --bridge=none \
+    >"$OUT/engine.log" 2>&1 & engine_pid=$!
+  for _ in $(seq 1 150); do curl -fsS --unix-socket "$ENGINE" http://docker/_ping >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -fsS --unix-socket "$ENGINE" http://docker/_ping >/dev/null || { cat "$OUT/engine.log" >&2; exit 1; }
+  echo "the device's Docker engine: dockerd on $ENGINE (log: $OUT/engine.log)"
+  cat >>"$OUT/plugin/registry-plugin.toml" <<TOML
+[engine]
+kind = "docker"
+socket = "$ENGINE"
+pull_from = "127.0.0.1:$PLUGIN_PORT"
+upstream_hosts = ["registry.example"]
+TOML
+fi
 docker-registry serve "$OUT/registry/config.yml" >"$OUT/registry/log" 2>&1 & pids+=($!)
 until curl -fsS "http://127.0.0.1:$REG_PORT/v2/" >/dev/null 2>&1; do sleep 0.2; done
 echo "registry on 127.0.0.1:$REG_PORT (loopback only); the device holds v1 in it:"
@@ -139,6 +174,16 @@ for _ in $(seq 1 300); do
 done
 echo "bundle $id: $state"
 [ "$state" = applied ] || { cat "$OUT/plugin/log" >&2; exit 1; }
+if [ -n "$ENGINE" ]; then
+  for _ in $(seq 1 300); do
+    engine=$(curl -fsS "$PLUGIN/sideload/v1/bundles/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bundle"].get("engine") or "")')
+    [ -z "$engine" ] || break
+    sleep 0.2
+  done
+  echo "container engine: $engine"
+  printf '$ docker image ls --digests edge/app  (and the other names)\n'
+  docker -H "unix://$ENGINE" image ls --digests --format '  {{.Repository}}:{{.Tag}} {{.Digest}} {{.ID}}'
+fi
 
 step "13. Pull the rebuilt image back through the plugin, as the edge agent's engine would"
 run skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$PLUGIN_PORT/edge/app:v2" "docker-archive:$OUT/device/pulled-v2.tar:edge/app:v2"
@@ -216,8 +261,60 @@ else
 fi
 run "$BIN/sideload" fleet deployment demo-rollout --manifest "$OUT/fleet/deployment.json" --device "$device_id" --ordered-by demo.sh
 run "$BIN/sideload" fleet gate --deployment demo-rollout
-run "$BIN/sideload" fleet rewrite "$OUT/fleet/deployment.json" --pin -o "$OUT/fleet/deployment.release.json"
+if [ -n "$ENGINE" ]; then
+  # moby holds a digest reference only under the registry it pulled from: the device's own
+  # (docs/engines.md), so the release pins the device-local name.
+  run "$BIN/sideload" fleet rewrite "$OUT/fleet/deployment.json" --pin --device-registry "127.0.0.1:$PLUGIN_PORT" -o "$OUT/fleet/deployment.release.json"
+else
+  run "$BIN/sideload" fleet rewrite "$OUT/fleet/deployment.json" --pin -o "$OUT/fleet/deployment.release.json"
+fi
 grep -n '"image"\|imagePullPolicy' "$OUT/fleet/deployment.release.json"
+run "$BIN/sideload" fleet gate "$OUT/fleet/deployment.release.json" --deployment demo-rollout
 run "$BIN/sideload" fleet status --svg "$OUT/fleet/transfers.svg"
+
+if [ -n "$ENGINE" ]; then
+  step "16. The edge agent starts the released module from the device's engine, pulling forbidden"
+  # What edgeAgent does with "imagePullPolicy": "never": Engine API create with the image exactly
+  # as the manifest writes it (create never pulls), start, and here: wait and read its output.
+  python3 - "$OUT/fleet/deployment.release.json" "$ENGINE" <<'PY'
+import http.client, json, socket, sys
+manifest, engine = sys.argv[1], sys.argv[2]
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(engine)
+def api(method, path, body=None):
+    c = Unix("docker", timeout=120)
+    c.request(method, path, body=None if body is None else json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        sys.exit(f"{method} {path}: {r.status} {data.decode(errors='replace')}")
+    return data
+def demux(raw):
+    out = b""
+    while len(raw) >= 8:
+        n = int.from_bytes(raw[4:8], "big")
+        out, raw = out + raw[8:8 + n], raw[8 + n:]
+    return out.decode(errors="replace")
+desired = json.load(open(manifest))["modulesContent"]["$edgeAgent"]["properties.desired"]
+for name, module in desired["modules"].items():
+    image = module["settings"]["image"]
+    options = json.loads(module["settings"].get("createOptions") or "{}")
+    options["Image"] = image
+    options.setdefault("HostConfig", {})["NetworkMode"] = "none"
+    print(f"$ POST /containers/create  Image={image}  (imagePullPolicy {module['imagePullPolicy']})")
+    cid = json.loads(api("POST", f"/containers/create?name=demo-{name}", options))["Id"]
+    api("POST", f"/containers/{cid}/start")
+    code = json.loads(api("POST", f"/containers/{cid}/wait"))["StatusCode"]
+    logs = demux(api("GET", f"/containers/{cid}/logs?stdout=true&stderr=true"))
+    api("DELETE", f"/containers/{cid}?force=true")
+    print(f"  module {name} ran and printed: {logs.strip()}  (exit {code})")
+    assert code == 0 and "edge app 1.1" in logs, logs
+PY
+else
+  step "16. (skipped: the released module is started from a Docker engine only as root with dockerd installed)"
+fi
 
 step "Done: everything is in $OUT/"

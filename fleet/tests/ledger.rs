@@ -25,6 +25,7 @@ fn inventory(device: &str, at: u64, images: Vec<HeldImage>) -> Inventory {
         images,
         sequences: [("edge/app".to_owned(), at)].into_iter().collect(),
         free_bytes: 1 << 30,
+        engine: None,
     }
 }
 
@@ -71,6 +72,46 @@ fn the_schema_migrates_once_and_reopens() {
         let mut l = Ledger::open(db).unwrap();
         assert_eq!(l.devices().unwrap().len(), 1, "{}", db.display());
         assert!(l.set_device("../etc", "usb", "").is_err());
+    }
+}
+
+#[test]
+fn the_engine_a_device_reports_is_what_the_gate_sees_and_newer_reports_replace_it() {
+    use sideload_fleet::gate::{self, Holdings};
+    use sideload_fleet::reports::{EngineHeld, EngineInventory};
+    let dbs = support::databases();
+    for db in &dbs.list {
+        let mut l = Ledger::open(db).unwrap();
+        let v2 = image("edge/app", "v2", 2);
+        let engine = |references: &[&str]| EngineInventory {
+            kind: "docker".into(),
+            images: vec![EngineHeld {
+                id: v2.config_digest.clone(),
+                references: references.iter().map(|r| r.to_string()).collect(),
+            }],
+            error: None,
+        };
+        let mut inv = inventory("dev-1", 100, vec![v2.clone()]);
+        inv.engine = Some(engine(&["registry.example/edge/app:v2"]));
+        l.ingest_inventory(&inv, "api").unwrap();
+        let device = l.device("dev-1").unwrap();
+        assert_eq!(device.engine, inv.engine, "{}", db.display());
+        let holdings = Holdings {
+            images: device.images,
+            engine: device.engine,
+        };
+        let refs = vec!["registry.example/edge/app:v2".to_owned()];
+        assert!(gate::gate(&refs, &[("dev-1".into(), holdings)]).is_empty());
+        // The image left the engine; the registry still has it: held.
+        let mut later = inventory("dev-1", 200, vec![v2.clone()]);
+        later.engine = Some(engine(&[]));
+        l.ingest_inventory(&later, "api").unwrap();
+        let device = l.device("dev-1").unwrap();
+        let holdings = Holdings {
+            images: device.images,
+            engine: device.engine,
+        };
+        assert_eq!(gate::gate(&refs, &[("dev-1".into(), holdings)]).len(), 1);
     }
 }
 

@@ -52,6 +52,14 @@ pub struct SinkConfig {
     /// Seconds for the whole load of one image (default 600).
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Seconds between offers of applied images the engine did not take (it was down, or the
+    /// daemon stopped before the load); default 60.
+    #[serde(default = "default_retry_secs")]
+    pub retry_secs: u64,
+}
+
+fn default_retry_secs() -> u64 {
+    60
 }
 
 impl SinkConfig {
