@@ -129,7 +129,8 @@ fn apply(daemon: &Daemon, path: &Path) -> Value {
 }
 
 fn ingest(db: &str, daemon: &Daemon) {
-    std::thread::sleep(Duration::from_millis(1100));
+    // Also past the plugin's engine inventory cache (sink::INVENTORY_TTL, 2 s).
+    std::thread::sleep(Duration::from_millis(2100));
     ok(
         db,
         &[

@@ -144,10 +144,11 @@ fn apply(daemon: &Daemon, path: &Path) -> Value {
     }
 }
 
-/// `fleet ingest` of the device's inventory; one second apart, since the ledger orders
+/// `fleet ingest` of the device's inventory; seconds apart, since the ledger orders
 /// inventories by the device's clock in whole seconds.
 fn ingest(db: &str, daemon: &Daemon) {
-    std::thread::sleep(Duration::from_millis(1100));
+    // Also past the plugin's engine inventory cache (sink::INVENTORY_TTL, 2 s).
+    std::thread::sleep(Duration::from_millis(2100));
     ok(
         db,
         &[
@@ -297,13 +298,17 @@ fn edge_agent_on_moby_starts_the_released_modules_with_pulling_forbidden() {
         missing.contains(&format!("{UPSTREAM}/edge/app:v1@{v1_digest}")),
         "{report:#}"
     );
-    assert!(dockerd
+    let refused = dockerd
         .run_module(
             "telemetry-upstream-pin",
             &format!("{UPSTREAM}/edge/app@{v1_digest}"),
-            ""
+            "",
         )
-        .is_err());
+        .unwrap_err();
+    assert!(
+        refused.contains("404") && refused.contains("No such image"),
+        "{refused}"
+    );
 
     // Before v2 arrives, its deployment is held.
     let (_, code, report) = release(db, work.path(), "v2", &local);
@@ -326,7 +331,8 @@ fn edge_agent_on_moby_starts_the_released_modules_with_pulling_forbidden() {
         db,
         &["fleet", "status", "--deployment", "rollout-v2", "--json"],
     ));
-    eprintln!("{status:#}");
+    assert_eq!(status["ready"], 1, "{status:#}");
+    assert_eq!(status["missing"], serde_json::json!([]), "{status:#}");
 
     // Someone removes the image from the engine (the registry still has it): the agent
     // could not start it, so the gate holds the release again.

@@ -644,10 +644,7 @@ impl Ledger {
             sequences,
             // The stored document is the inventory as it came; its engine part is read back
             // from it rather than kept in tables of its own, since only the gate reads it.
-            engine: r[5]
-                .text()
-                .and_then(|doc| serde_json::from_str::<Inventory>(doc).ok())
-                .and_then(|inv| inv.engine),
+            engine: r[5].text().and_then(engine_of),
         })
     }
 
@@ -764,6 +761,22 @@ fn deployment_from(r: Row, devices: Vec<String>) -> Deployment {
         ordered_by: r[3].string(),
         contact: r[4].string(),
         created_at: r[5].int().unwrap_or(0) as u64,
+    }
+}
+
+/// The engine part of a stored inventory document. One that cannot be read any more (written by
+/// a newer sideload, say) counts as an engine that could not be asked: the gate then finds
+/// nothing there, rather than falling back to the registry and releasing on less evidence.
+fn engine_of(document: &str) -> Option<EngineInventory> {
+    match serde_json::from_str::<Inventory>(document) {
+        Ok(inventory) => inventory.engine,
+        Err(e) => Some(EngineInventory {
+            kind: "unknown".into(),
+            images: Vec::new(),
+            error: Some(format!(
+                "the ledger cannot read this device's stored inventory: {e}; ingest a new one"
+            )),
+        }),
     }
 }
 

@@ -75,9 +75,6 @@ pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest containerd message kept in an error, so a confused runtime cannot flood the journal.
 const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// Longest image reference we send (`host:port/repository:tag@sha256:…` fits easily).
-const MAX_REFERENCE_LEN: usize = 512;
-
 /// The CRI API version we ask for in `Version` (what kubelet ≥ 1.26 speaks).
 const CRI_API_VERSION: &str = "v1";
 
@@ -449,22 +446,10 @@ fn check_reference(reference: &str) -> Result<(), CriError> {
             reason,
         })
     };
-    if reference.is_empty() || reference.len() > MAX_REFERENCE_LEN {
-        return refuse("must be 1 to 512 characters");
+    match crate::names::reference_problem(reference) {
+        Some(reason) => refuse(reason),
+        None => Ok(()),
     }
-    if !reference
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'))
-    {
-        return refuse("only letters, digits and . _ - / : @ may appear");
-    }
-    if reference
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return refuse("empty, '.' and '..' path segments are not allowed");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -432,6 +432,7 @@ impl Daemon {
     /// a kill mid-apply is recovered at the next start).
     pub async fn run_queue(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut engine_checked: Option<std::time::Instant> = None;
+        let mut engine_backoff = crate::reconcile::Backoff::default();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -444,7 +445,7 @@ impl Daemon {
                     .map_or(60, |e| e.retry_secs.max(1)),
             );
             if engine_checked.is_none_or(|t| t.elapsed() >= retry) {
-                self.retry_engine_loads().await;
+                self.retry_engine_loads(&mut engine_backoff).await;
                 engine_checked = Some(std::time::Instant::now());
             }
             let next = match self.journal.in_state(State::Queued) {
@@ -538,100 +539,8 @@ impl Daemon {
     }
 }
 
-impl Daemon {
-    /// Offers the engine again every applied image it did not take: the engine was down when
-    /// the bundle applied (a boot where the plugin starts first), the daemon stopped between
-    /// the apply and the load, or `[engine]` was turned on later. Only images still current are
-    /// loaded (every tag of the bundle still names its manifest in the registry), so an older
-    /// bundle never takes a tag back in the engine; a superseded one is marked so.
-    async fn retry_engine_loads(&self) {
-        let (Some(engine), Some(settings)) = (&self.engine, &self.config.engine) else {
-            return;
-        };
-        let pending = match self.journal.in_state(State::Applied) {
-            Ok(applied) => applied
-                .into_iter()
-                .filter(|b| b.engine.as_deref().is_none_or(|o| o.starts_with("failed")))
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read applied bundles from the journal");
-                return;
-            }
-        };
-        for b in pending {
-            let current = match self.current_image(&b).await {
-                Ok(Some(config_digest)) => config_digest,
-                Ok(None) => {
-                    let _ = self.journal.set_engine(
-                        &b.id,
-                        "superseded: its tags name newer images in the registry; not loaded",
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(bundle = %b.name, error = %e, "cannot check the registry before loading into the engine");
-                    continue;
-                }
-            };
-            let (Ok(repository), Ok(digest)) = (b.repository.parse(), b.manifest_digest.parse())
-            else {
-                continue;
-            };
-            let tags: Vec<sideload_signing::Tag> =
-                b.tags.iter().filter_map(|t| t.parse().ok()).collect();
-            let applied = crate::names::Applied {
-                repository: &repository,
-                tags: &tags,
-                manifest_digest: &digest,
-            };
-            match engine.load(settings, &applied, &current).await {
-                Ok(loaded) => {
-                    tracing::info!(bundle = %b.name, id = %loaded.id, "the engine took the image on a retry");
-                    self.announce(&b, "engine-loaded", None, None);
-                    let _ = self.journal.set_engine(&b.id, &engine_outcome(&loaded));
-                }
-                Err(e) => {
-                    tracing::debug!(bundle = %b.name, error = %e, "the engine still does not take the image");
-                    let _ = self.journal.set_engine(
-                        &b.id,
-                        &format!(
-                            "failed (retried every {} s): {e}; {}",
-                            settings.retry_secs,
-                            e.advice()
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    /// The config digest of `b`'s image when every tag of `b` still names its manifest in the
-    /// registry (or, without tags, the manifest is there); `None` when it was superseded.
-    async fn current_image(
-        &self,
-        b: &BundleRecord,
-    ) -> Result<Option<sideload_signing::Digest>, crate::upstream::UpstreamError> {
-        for tag in &b.tags {
-            match self.upstream.manifest(&b.repository, tag).await? {
-                Some(m) if m.digest.as_str() == b.manifest_digest => {}
-                _ => return Ok(None),
-            }
-        }
-        let Some(manifest) = self
-            .upstream
-            .manifest(&b.repository, &b.manifest_digest)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
-            .ok()
-            .and_then(|v| v["config"]["digest"].as_str()?.parse().ok()))
-    }
-}
-
 /// Loads an applied bundle's image into the engine under every name a deployment may use.
-async fn load_into_engine(
+pub(crate) async fn load_into_engine(
     engine: &Sink,
     settings: &crate::sink::SinkConfig,
     statement: &Statement,
@@ -647,7 +556,7 @@ async fn load_into_engine(
 
 /// The journal's one-line engine outcome: the ID, the names it resolves under, and the names a
 /// deployment might use that this engine cannot hold.
-fn engine_outcome(loaded: &crate::sink::Loaded) -> String {
+pub(crate) fn engine_outcome(loaded: &crate::sink::Loaded) -> String {
     let mut outcome = format!(
         "loaded as {} under {}",
         loaded.id,

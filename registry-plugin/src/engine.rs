@@ -1,15 +1,18 @@
 //! A small client for the Docker Engine API, spoken over a unix socket, that puts an image from
-//! the local registry into the container engine.
+//! the local registry into the container engine (dockerd/moby, or podman's service).
 //!
-//! After the daemon has stored an image in the local registry, an edge agent whose pods say
-//! `imagePullPolicy: Never` still cannot start it: it looks in the engine's image store, not in
-//! the registry. [`Engine::load`] closes that gap: the engine pulls the image by manifest digest
-//! from the plugin's own listen address ([`EngineConfig::pull_from`]), then tags it under the
-//! names the deployment manifest uses.
+//! After the daemon has stored an image in the local registry, an edge agent that may not pull
+//! (IoT Edge's edgeAgent with `imagePullPolicy: never`) still cannot start it: it looks in the
+//! engine's image store, not in the registry. [`Engine::pull`] has the engine pull the image by
+//! manifest digest from the plugin's own listen address ([`EngineConfig::pull_from`]),
+//! [`Engine::tag`] adds the names the deployment manifest uses, [`Engine::inspect`] checks a
+//! name resolves and [`Engine::list`] reports every name for the inventory. Which names:
+//! [`crate::names`]; the whole load: [`crate::sink`]. [`Engine::load`] is the plain form (local
+//! digest, then `REPOSITORY:TAG`), kept for the podman tests.
 //!
 //! # Why it is hand-written
 //!
-//! Three endpoints and a ping are all we need. No well-kept crate both speaks the API over a unix
+//! Four endpoints and a ping are all we need. No well-kept crate both speaks the API over a unix
 //! socket with hyper 1 and stays small: bollard does, but it is a large dependency tree (the full
 //! generated API model, its own TLS and SSH stacks) for four requests. Here each request opens
 //! one connection with `hyper::client::conn::http1` over a `tokio::net::UnixStream`, which also
@@ -21,9 +24,10 @@
 //!   the plugin on the same device, over loopback.
 //! - No API version negotiation: paths are unversioned, so the engine answers in its current
 //!   version. The endpoints used (`/_ping`, `/images/create`, `/images/{name}/tag`,
-//!   `/images/{name}/json`) have kept their shape since API 1.24, and both dockerd and podman's
+//!   `/images/{name}/json`, `/images/json`) have kept their shape since API 1.24, and both dockerd and podman's
 //!   Docker-compatible service (`podman system service`) serve them.
 //! - Nothing is read whole from the socket: JSON answers are capped at [`MAX_JSON_BYTES`], and
+//!   the image list at [`MAX_LIST_BYTES`], and
 //!   the pull's progress stream is read line by line, each line capped at
 //!   [`MAX_PROGRESS_LINE_BYTES`].
 //!
@@ -72,9 +76,6 @@ pub const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// Longest engine message kept in an error, so a confused engine cannot flood the journal.
 const MAX_MESSAGE_CHARS: usize = 1000;
-
-/// Longest image reference we pass to the engine (`host:port/repository@sha256:…` fits easily).
-const MAX_REFERENCE_LEN: usize = 512;
 
 /// Upper bound for the quick calls (`ping`, `inspect`): a status page must not hang for the whole
 /// pull timeout when the engine is wedged.
@@ -854,22 +855,10 @@ fn check_reference(reference: &str) -> Result<(), EngineError> {
             reason,
         })
     };
-    if reference.is_empty() || reference.len() > MAX_REFERENCE_LEN {
-        return refuse("must be 1 to 512 characters");
+    match crate::names::reference_problem(reference) {
+        Some(reason) => refuse(reason),
+        None => Ok(()),
     }
-    if !reference
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'))
-    {
-        return refuse("only letters, digits and . _ - / : @ may appear");
-    }
-    if reference
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return refuse("empty, '.' and '..' path segments are not allowed");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod listen;
 pub mod names;
 pub mod rebuild;
+pub mod reconcile;
 pub mod server;
 pub mod sink;
 pub mod status;

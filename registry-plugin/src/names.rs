@@ -22,7 +22,8 @@
 //! plugin has containerd *pull* them through its CRI image service, with containerd's registry
 //! config (`hosts.toml`) naming the plugin as the mirror of each upstream host: a tag pull
 //! records the tag, `repo@digest` and the image ID, unpacked, exactly as the kubelet's own pull
-//! would have. Nothing leaves the device as long as every upstream host has a `hosts.toml`.
+//! would have. Nothing leaves the device as long as every upstream host has a `hosts.toml` whose
+//! `server` is the plugin too (`systemd/engines/`).
 //!
 //! moby (dockerd) records a digest reference only for the name it pulled under, and it pulls
 //! from an upstream host's own address (its `registry-mirrors` serve Docker Hub only). So on
@@ -137,6 +138,32 @@ pub fn plan(
         }
     }
     plan
+}
+
+/// Longest image reference handed to an engine (`host:port/repository@sha256:…` fits easily).
+pub const MAX_REFERENCE_LEN: usize = 512;
+
+/// Why `reference` may not be handed to an engine (it goes into URL paths of the Docker Engine
+/// API and into CRI requests), or `None`: 1 to [`MAX_REFERENCE_LEN`] characters, only letters,
+/// digits and `. _ - / : @`, no empty, `.` or `..` path segment. Both engine clients check
+/// every reference with it before a request is made.
+pub fn reference_problem(reference: &str) -> Option<&'static str> {
+    if reference.is_empty() || reference.len() > MAX_REFERENCE_LEN {
+        return Some("must be 1 to 512 characters");
+    }
+    if !reference
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'))
+    {
+        return Some("only letters, digits and . _ - / : @ may appear");
+    }
+    if reference
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Some("empty, '.' and '..' path segments are not allowed");
+    }
+    None
 }
 
 fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {

@@ -49,11 +49,12 @@ pub struct SinkConfig {
     /// that names the plugin as mirror; see `systemd/engines/`.
     #[serde(default)]
     pub upstream_hosts: Vec<String>,
-    /// Seconds for the whole load of one image (default 600).
+    /// Seconds for each pull of a load (default 600; the quick calls take at most 30).
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Seconds between offers of applied images the engine did not take (it was down, or the
-    /// daemon stopped before the load); default 60.
+    /// Seconds before an applied image the engine did not take (it was down, or the daemon
+    /// stopped before the load) is offered again, doubling per failure up to an hour
+    /// ([`crate::reconcile`]); default 60.
     #[serde(default = "default_retry_secs")]
     pub retry_secs: u64,
 }
@@ -104,9 +105,21 @@ impl SinkConfig {
     }
 }
 
-/// The configured engine's client.
+/// The configured engine's client, and the last inventory asked of it.
 #[derive(Debug, Clone)]
-pub enum Sink {
+pub struct Sink {
+    client: Client,
+    /// The engine's image list, reused for [`INVENTORY_TTL`] and dropped after every load, so
+    /// that status requests (anyone's, by default) cannot make the daemon list a large engine
+    /// again and again; the lock makes concurrent requests share one listing.
+    listed: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, EngineInventory)>>>,
+}
+
+/// How long an engine inventory is reused.
+pub const INVENTORY_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+enum Client {
     /// dockerd or podman, over the Docker Engine API.
     Docker(Engine),
     /// containerd, over the CRI image service (namespace `k8s.io`).
@@ -191,27 +204,31 @@ impl SinkError {
 impl Sink {
     /// The client for `config`'s kind; nothing is connected until the first call.
     pub fn new(config: &SinkConfig) -> Sink {
-        match config.kind {
-            EngineKind::Docker => Sink::Docker(Engine::new(EngineConfig {
+        let client = match config.kind {
+            EngineKind::Docker => Client::Docker(Engine::new(EngineConfig {
                 socket: config.socket.clone(),
                 pull_from: config.pull_from.clone().unwrap_or_default(),
                 timeout_secs: config.timeout_secs,
             })),
-            EngineKind::Containerd => Sink::Containerd(Cri::new(CriConfig {
+            EngineKind::Containerd => Client::Containerd(Cri::new(CriConfig {
                 socket: config.socket.clone(),
                 timeout_secs: config.timeout_secs,
             })),
+        };
+        Sink {
+            client,
+            listed: Default::default(),
         }
     }
 
     /// Asks the engine whether it is up, for the start-up log.
     pub async fn ping(&self) -> Result<String, SinkError> {
-        match self {
-            Sink::Docker(engine) => {
+        match &self.client {
+            Client::Docker(engine) => {
                 engine.ping().await?;
                 Ok("docker engine API".to_owned())
             }
-            Sink::Containerd(cri) => Ok(cri.version().await?),
+            Client::Containerd(cri) => Ok(cri.version().await?),
         }
     }
 
@@ -229,8 +246,10 @@ impl Sink {
             &config.upstream_hosts,
             image,
         );
-        match self {
-            Sink::Docker(engine) => {
+        // Whatever happens next, the engine's names change: the next inventory asks again.
+        *self.listed.lock().await = None;
+        match &self.client {
+            Client::Docker(engine) => {
                 let mut id = String::new();
                 for reference in &plan.pulls {
                     id = engine.pull(reference).await?;
@@ -251,7 +270,7 @@ impl Sink {
                     unreachable: plan.unreachable,
                 })
             }
-            Sink::Containerd(cri) => {
+            Client::Containerd(cri) => {
                 // containerd pulls each name through its own registry config, which routes
                 // the upstream hosts to this plugin; a tag pull also records `repo@digest`.
                 let mut id = String::new();
@@ -274,12 +293,19 @@ impl Sink {
 
     /// Every image the engine holds, with its names; an engine that cannot be asked gives an
     /// inventory with `error` set and no images, so the cloud side knows nothing resolves.
+    /// Reused for [`INVENTORY_TTL`] unless a load happened since.
     pub async fn inventory(&self, kind: EngineKind) -> EngineInventory {
-        let listed = match self {
-            Sink::Docker(engine) => engine.list().await.map_err(SinkError::from),
-            Sink::Containerd(cri) => cri.list().await.map_err(SinkError::from),
+        let mut listed = self.listed.lock().await;
+        if let Some((at, inventory)) = listed.as_ref() {
+            if at.elapsed() < INVENTORY_TTL {
+                return inventory.clone();
+            }
+        }
+        let answer = match &self.client {
+            Client::Docker(engine) => engine.list().await.map_err(SinkError::from),
+            Client::Containerd(cri) => cri.list().await.map_err(SinkError::from),
         };
-        match listed {
+        let inventory = match answer {
             Ok(images) => EngineInventory {
                 kind: kind.as_str().to_owned(),
                 images: images.into_iter().map(held).collect(),
@@ -290,7 +316,9 @@ impl Sink {
                 images: Vec::new(),
                 error: Some(format!("{e}; {}", e.advice())),
             },
-        }
+        };
+        *listed = Some((std::time::Instant::now(), inventory.clone()));
+        inventory
     }
 }
 
