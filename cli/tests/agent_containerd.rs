@@ -13,49 +13,18 @@
 //!
 //! Needs root, `containerd`, `runc`, `docker-registry` and `skopeo`; a missing tool fails.
 
+mod agent_support;
 #[path = "../../registry-plugin/tests/containerd_support/mod.rs"]
 mod containerd_support;
 #[path = "../../registry-plugin/tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
+use agent_support::{apply, free_port, gate, ingest, ok, UPSTREAM};
 use containerd_support::{require, start_containerd, Containerd};
 use serde_json::Value;
-use support::{bundle, bundle_id, stdout_json, BundleSpec, Daemon, DaemonOptions, Registry};
-
-const DEADLINE: Duration = Duration::from_secs(180);
-const UPSTREAM: &str = "registry.example";
-
-fn sideload(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sideload"))
-        .args(args)
-        .env("SIDELOAD_FLEET_DATABASE", db)
-        .output()
-        .unwrap()
-}
-
-fn ok(db: &str, args: &[&str]) -> Output {
-    let out = sideload(db, args);
-    assert!(
-        out.status.success(),
-        "sideload {args:?} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{bundle, BundleSpec, Daemon, DaemonOptions, Registry};
 
 /// A Deployment as a team writes it: comments, a Service beside it, the image by its upstream
 /// name and tag.
@@ -106,42 +75,6 @@ fn image_of(path: &Path) -> String {
         .to_owned()
 }
 
-fn apply(daemon: &Daemon, path: &Path) -> Value {
-    let id = bundle_id(path);
-    let r = daemon.upload(path);
-    assert_eq!(r.status, 202, "upload: {}", r.text());
-    let v = daemon.wait_state(&id, &["applied", "failed"], DEADLINE);
-    assert_eq!(v["bundle"]["state"], "applied", "{v:#}\n{}", daemon.log());
-    let started = Instant::now();
-    loop {
-        let v = daemon.get_json(&format!("/sideload/v1/bundles/{id}"));
-        if let Some(outcome) = v["bundle"]["engine"].as_str() {
-            assert!(
-                outcome.starts_with("loaded as sha256:"),
-                "{outcome}\n{}",
-                daemon.log()
-            );
-            return v["bundle"].clone();
-        }
-        assert!(started.elapsed() < DEADLINE, "no engine outcome: {v:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ingest(db: &str, daemon: &Daemon) {
-    // Also past the plugin's engine inventory cache (sink::INVENTORY_TTL, 2 s).
-    std::thread::sleep(Duration::from_millis(2100));
-    ok(
-        db,
-        &[
-            "fleet",
-            "ingest",
-            "--device-url",
-            &format!("http://{}", daemon.addr),
-        ],
-    );
-}
-
 /// `fleet rewrite --pin` of `NAME.yaml` (upstream names kept: containerd holds them) and the
 /// gate's exit code and report on the result.
 fn release(db: &str, work: &Path, name: &str) -> (PathBuf, i32, Value) {
@@ -160,21 +93,6 @@ fn release(db: &str, work: &Path, name: &str) -> (PathBuf, i32, Value) {
     );
     let (code, report) = gate(db, &released);
     (released, code, report)
-}
-
-fn gate(db: &str, manifest: &Path) -> (i32, Value) {
-    let out = sideload(
-        db,
-        &[
-            "fleet",
-            "gate",
-            manifest.to_str().unwrap(),
-            "--device",
-            "test-device",
-            "--json",
-        ],
-    );
-    (out.status.code().unwrap_or(-1), stdout_json(&out))
 }
 
 /// What the kubelet does with `imagePullPolicy: Never`: asks CRI for the image exactly as the

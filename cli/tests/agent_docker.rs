@@ -12,49 +12,19 @@
 //! Needs root, `dockerd` (docker.io), `curl`, `docker-registry` and `skopeo`; a missing tool
 //! fails the test.
 
+mod agent_support;
 #[path = "../../registry-plugin/tests/docker_support/mod.rs"]
 mod docker_support;
 #[path = "../../registry-plugin/tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use agent_support::{apply, engine_outcome, free_port, gate, ingest, ok, DEADLINE, UPSTREAM};
 use docker_support::Dockerd;
 use serde_json::Value;
-use support::{bundle, bundle_id, stdout_json, BundleSpec, Daemon, DaemonOptions, Registry};
-
-const DEADLINE: Duration = Duration::from_secs(180);
-const UPSTREAM: &str = "registry.example";
-
-fn sideload(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sideload"))
-        .args(args)
-        .env("SIDELOAD_FLEET_DATABASE", db)
-        .output()
-        .unwrap()
-}
-
-fn ok(db: &str, args: &[&str]) -> Output {
-    let out = sideload(db, args);
-    assert!(
-        out.status.success(),
-        "sideload {args:?} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{bundle, bundle_id, BundleSpec, Daemon, DaemonOptions, Registry};
 
 /// An IoT Edge `set-modules` manifest: the runtime's two modules (installed with the device's
 /// OS image) and the app, by its upstream name, with createOptions as the portal writes them.
@@ -121,45 +91,6 @@ fn modules(path: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Uploads `path` and waits until it is applied and the engine outcome is recorded.
-fn apply(daemon: &Daemon, path: &Path) -> Value {
-    let id = bundle_id(path);
-    let r = daemon.upload(path);
-    assert_eq!(r.status, 202, "upload: {}", r.text());
-    let v = daemon.wait_state(&id, &["applied", "failed"], DEADLINE);
-    assert_eq!(v["bundle"]["state"], "applied", "{v:#}\n{}", daemon.log());
-    let started = Instant::now();
-    loop {
-        let v = daemon.get_json(&format!("/sideload/v1/bundles/{id}"));
-        if let Some(outcome) = v["bundle"]["engine"].as_str() {
-            assert!(
-                outcome.starts_with("loaded as sha256:"),
-                "{outcome}\n{}",
-                daemon.log()
-            );
-            return v["bundle"].clone();
-        }
-        assert!(started.elapsed() < DEADLINE, "no engine outcome: {v:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `fleet ingest` of the device's inventory; seconds apart, since the ledger orders
-/// inventories by the device's clock in whole seconds.
-fn ingest(db: &str, daemon: &Daemon) {
-    // Also past the plugin's engine inventory cache (sink::INVENTORY_TTL, 2 s).
-    std::thread::sleep(Duration::from_millis(2100));
-    ok(
-        db,
-        &[
-            "fleet",
-            "ingest",
-            "--device-url",
-            &format!("http://{}", daemon.addr),
-        ],
-    );
-}
-
 /// Rewrites `manifest` for release pinned to the device-local registry, gates it, and
 /// returns the released file and the gate's exit code and report.
 fn release(db: &str, work: &Path, name: &str, local: &str) -> (PathBuf, i32, Value) {
@@ -180,21 +111,6 @@ fn release(db: &str, work: &Path, name: &str, local: &str) -> (PathBuf, i32, Val
     );
     let (code, report) = gate(db, &released);
     (released, code, report)
-}
-
-fn gate(db: &str, manifest: &Path) -> (i32, Value) {
-    let out = sideload(
-        db,
-        &[
-            "fleet",
-            "gate",
-            manifest.to_str().unwrap(),
-            "--device",
-            "test-device",
-            "--json",
-        ],
-    );
-    (out.status.code().unwrap_or(-1), stdout_json(&out))
 }
 
 #[test]
@@ -405,15 +321,10 @@ fn an_image_the_engine_missed_at_apply_is_loaded_when_the_engine_is_there() {
     assert_eq!(daemon.upload(&path).status, 202);
     let v = daemon.wait_state(&id, &["applied", "failed"], DEADLINE);
     assert_eq!(v["bundle"]["state"], "applied", "{v:#}");
-    let started = Instant::now();
-    let failed = loop {
-        let v = daemon.get_json(&format!("/sideload/v1/bundles/{id}"));
-        if let Some(outcome) = v["bundle"]["engine"].as_str() {
-            break outcome.to_owned();
-        }
-        assert!(started.elapsed() < DEADLINE);
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let failed = engine_outcome(&daemon, &id)["engine"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(
         failed.starts_with("failed") && failed.contains("not-yet.sock"),
         "{failed}"

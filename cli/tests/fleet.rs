@@ -446,7 +446,7 @@ fn a_rollout_to_fifty_devices_on_sqlite_and_postgres() {
         assert_eq!(gate.status.code(), Some(4));
         let text = String::from_utf8_lossy(&gate.stdout);
         assert!(
-            text.contains("dev-27: ") && text.contains("/edge/app:v2"),
+            text.contains("dev-27 (checked in its registry): ") && text.contains("/edge/app:v2"),
             "{text}"
         );
         let last = w.join("last/receipts");
