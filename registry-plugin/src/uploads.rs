@@ -1032,6 +1032,8 @@ impl Uploads {
                     reason: format!("{name}: the uploaded bytes hash to {digest}, the client declared {expected}"),
                     advice: "the copy was damaged on the way: upload the bundle again".into(),
                     permanent: true,
+                    // Only an upload whose head was trusted gets this far.
+                    verified: true,
                 };
                 d.refusal(&name, &name, &r);
                 return Ok(UploadResult::Refused(r));
