@@ -18,6 +18,10 @@ pub enum Scope {
     Upload,
     /// `/sideload/v1/bundles...`, `/journal`, `/inventory`: needs it with `protect_status`.
     Status,
+    /// `/sideload/v1/admin/...` (list and delete anyone's uploads): always needs the token
+    /// when one is set; without a token, only loopback clients may use it, since an upload's
+    /// id is what lets a client write to or delete it.
+    Operator,
     /// Everything else (`/v2/`, `/health`, `/metrics`, unknown routes).
     Open,
 }
@@ -31,6 +35,8 @@ pub enum Denied {
     Malformed,
     /// A bearer token that is not this device's.
     Wrong,
+    /// The operator API from another host while no token is configured.
+    NotLocal,
 }
 
 /// The loaded `[auth]` settings. Holds only the token's SHA-256, never the token, so it
@@ -77,16 +83,20 @@ impl Auth {
         peer: IpAddr,
         authorization: Option<&HeaderValue>,
     ) -> Result<(), Denied> {
+        let loopback = peer.to_canonical().is_loopback();
         let Some(expected) = &self.token_digest else {
-            return Ok(());
+            return match scope {
+                Scope::Operator if !loopback => Err(Denied::NotLocal),
+                _ => Ok(()),
+            };
         };
         let needs = match scope {
-            Scope::Upload => true,
+            Scope::Upload | Scope::Operator => true,
             Scope::Status => self.protect_status,
             Scope::Open => false,
         };
         // `::ffff:127.0.0.1` (a v4 client on a dual-stack listener) counts as loopback too.
-        if !needs || (self.exempt_loopback && peer.to_canonical().is_loopback()) {
+        if !needs || (self.exempt_loopback && loopback) {
             return Ok(());
         }
         let value = authorization.ok_or(Denied::Missing)?;
@@ -217,6 +227,29 @@ mod tests {
             b.check(Scope::Upload, "127.0.0.1".parse().unwrap(), None),
             Err(Denied::Missing)
         );
+    }
+
+    #[test]
+    fn the_operator_api_needs_the_token_or_loopback() {
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let open = Auth::open();
+        assert_eq!(open.check(Scope::Operator, local, None), Ok(()));
+        assert_eq!(
+            open.check(Scope::Operator, remote, None),
+            Err(Denied::NotLocal)
+        );
+        let a = auth("s3cret-token", true, false);
+        assert_eq!(a.check(Scope::Operator, remote, None), Err(Denied::Missing));
+        assert_eq!(
+            a.check(
+                Scope::Operator,
+                remote,
+                Some(&header("Bearer s3cret-token"))
+            ),
+            Ok(())
+        );
+        assert_eq!(a.check(Scope::Operator, local, None), Ok(()));
     }
 
     #[test]

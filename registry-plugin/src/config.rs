@@ -37,6 +37,27 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Who may upload (and read status) without the upload token.
     pub auth: AuthConfig,
+    /// What the journal keeps.
+    pub journal: JournalConfig,
+}
+
+/// Bounds on the journal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Refusals of untrusted deliveries (no statement that verified: not a bundle, unknown
+    /// key, bad signature) kept in the history; older ones are deleted and only counted
+    /// (`sideload_untrusted_refusals_total` in `/metrics`). Everything about trusted bundles
+    /// is kept.
+    pub max_untrusted_refusals: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_untrusted_refusals: 1000,
+        }
+    }
 }
 
 /// TLS on a second listener: the plain `listen` stays for local clients (USB loader,
@@ -90,12 +111,24 @@ pub struct RegistryConfig {
 pub struct UploadLimits {
     /// Largest bundle accepted, bytes.
     pub max_bundle_bytes: u64,
-    /// Most unfinished uploads at once.
+    /// Most unfinished uploads whose head is trusted (signatures verified) at once. A head that
+    /// arrives while this many are open answers 429 and keeps its bytes (resume later).
+    /// Uploads whose head has not been checked yet never count here.
     pub max_concurrent_uploads: usize,
+    /// Most uploads whose head has not been checked yet (anyone who reaches the port can make
+    /// one). When the budget is full, a new upload evicts the stalest of them: they are cheap
+    /// (a head is small) and can never crowd out a trusted one.
+    pub max_unchecked_uploads: usize,
+    /// Most unchecked uploads one client address may hold; its next upload evicts its own
+    /// stalest one, so one client cannot take the whole unchecked budget.
+    pub max_unchecked_per_client: usize,
+    /// Unchecked uploads untouched this long are removed (seconds). A real client sends the
+    /// head right after creating the upload, so minutes are plenty.
+    pub unchecked_idle_expiry_secs: u64,
     /// Free space the data directory must keep after a bundle is stored and applied, bytes.
     pub free_disk_reserve_bytes: u64,
-    /// Unfinished uploads untouched this long are removed (seconds). Slow links resume
-    /// over days, so the default is long.
+    /// Uploads with a trusted head (and finished upload records) untouched this long are
+    /// removed (seconds). Slow links resume over days, so the default is long.
     pub idle_expiry_secs: u64,
     /// A request that sends no byte for this long counts as cut (seconds): a dead link must
     /// not hold an upload that its client wants to resume on a new connection.
@@ -133,6 +166,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             tls: None,
             auth: AuthConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -173,6 +207,9 @@ impl Default for UploadLimits {
         UploadLimits {
             max_bundle_bytes: 16 << 30,
             max_concurrent_uploads: 8,
+            max_unchecked_uploads: 16,
+            max_unchecked_per_client: 4,
+            unchecked_idle_expiry_secs: 300,
             free_disk_reserve_bytes: 1 << 30,
             idle_expiry_secs: 30 * 24 * 3600,
             read_timeout_secs: 120,

@@ -94,6 +94,11 @@ pub struct Refused {
     /// True if the bundle itself is bad (untrusted, damaged); false if the device could not
     /// take it now (I/O error), which a retry may fix.
     pub permanent: bool,
+    /// The statement's signatures verified (an expired or rolled-back bundle, a damaged
+    /// payload): only a signer can cause such a refusal, so its event is never dropped and
+    /// its journal entry is kept. False for untrusted deliveries, which anyone can send.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 impl Refused {
@@ -105,8 +110,29 @@ impl Refused {
             reason: e.to_string(),
             advice: e.advice().to_owned(),
             permanent: e.is_refusal(),
+            verified: statement_verified(e),
         }
     }
+
+    /// The same refusal, of a bundle whose statement is known to have verified.
+    pub fn verified(mut self) -> Refused {
+        self.verified = true;
+        self
+    }
+}
+
+/// Whether an error from checking a head means the statement's signatures verified: the
+/// trust policy checks signatures first and expiry and the sequence floor after, so only
+/// those refusals come from a signed statement. Pure.
+pub fn statement_verified(e: &BundleError) -> bool {
+    use sideload_signing::Refusal;
+    matches!(
+        e,
+        BundleError::Refused {
+            refusal: Refusal::Expired { .. } | Refusal::Rollback { .. },
+            ..
+        }
+    )
 }
 
 impl Daemon {
@@ -216,6 +242,8 @@ impl Daemon {
             HeadCheck::Trusted(head, statement) => (head, statement),
             HeadCheck::Known(existing) => return Ok(Intake::Duplicate { bundle: *existing }),
         };
+        // From here on the statement verified: a refusal is about a signed bundle.
+        let refuse = |e: BundleError| refuse(e).verified();
         let id = statement.digest().to_string();
         let expected = head.payload_offset() + statement.payload.size;
         let actual = file
@@ -307,12 +335,20 @@ impl Daemon {
         self.bundles_dir().join(format!("{hex}.bundle"))
     }
 
-    /// Records and announces a refusal.
+    /// Records and announces a refusal. A refusal of an untrusted delivery (anyone can cause
+    /// one) goes into the journal's bounded set of such refusals and the event spool's small
+    /// ring; one of a bundle whose statement verified is kept like any state change.
     pub fn refusal(&self, bundle: &str, name: &str, refused: &Refused) {
         tracing::warn!(bundle = %name, code = %refused.code, reason = %refused.reason,
-            advice = %refused.advice, "bundle refused");
-        let _ = self.journal.record_refusal(bundle, name, &refused.reason);
-        self.emit(Event {
+            advice = %refused.advice, verified = refused.verified, "bundle refused");
+        let keep = (!refused.verified).then_some(self.config.journal.max_untrusted_refusals);
+        if let Err(e) = self
+            .journal
+            .record_refusal(bundle, name, &refused.reason, keep)
+        {
+            tracing::warn!(error = %e, "cannot record the refusal in the journal");
+        }
+        let event = Event {
             seq: 0,
             at: 0,
             device: self.config.device_id.clone(),
@@ -322,7 +358,15 @@ impl Daemon {
             reason: Some(refused.reason.clone()),
             advice: Some(refused.advice.clone()),
             details: serde_json::json!({ "code": refused.code }),
-        });
+        };
+        let stored = if refused.verified {
+            self.events.emit(event)
+        } else {
+            self.events.emit_untrusted(event)
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot spool event");
+        }
     }
 
     /// Announces a state change of a journaled bundle.

@@ -31,9 +31,19 @@
 //! # Order and retries
 //!
 //! The sender works on the lowest pending seq until every target took it, retrying with
-//! exponential backoff and jitter, so nothing later overtakes it. When the spool holds more than
-//! `max_events`, the oldest events are dropped with a warning: a receiver that is gone for weeks
-//! must not fill the device's disk.
+//! exponential backoff and jitter, so nothing later overtakes it.
+//!
+//! # What is kept, and what is only counted
+//!
+//! Events about trusted bundles ([`EventSpool::emit`]: a statement that verified, so only a
+//! signer can cause them) are **never dropped**. Refusals of untrusted deliveries
+//! ([`EventSpool::emit_untrusted`]: not a bundle, unknown key, bad signature; anyone who
+//! reaches the port can cause them) live in a small ring of their own (`max_untrusted_events`,
+//! files `SEQ.untrusted.json`): when it is full, the oldest of them is dropped and counted, and
+//! each untrusted event carries the count so far in `details.earlier_refusals_dropped`. When
+//! the whole spool holds `max_events`, untrusted events make room, never trusted ones. So a
+//! receiver that is gone for weeks while junk arrives costs the disk at most the ring, and
+//! every real bundle's events still arrive, in order.
 //!
 //! The tests in `tests/events.rs` run real loopback HTTP receivers and shell scripts:
 //! `cargo test -p sideload-registry-plugin --test events`.
@@ -71,9 +81,12 @@ pub struct EventsConfig {
     pub retry_max_secs: f64,
     /// Seconds one POST or one command run may take before it counts as failed (default 30)
     pub timeout_secs: f64,
-    /// Most events kept in the spool; beyond it the oldest are dropped with a warning, because a
-    /// full disk must not stop the device (default 10000)
+    /// Most events kept in the spool; beyond it the oldest refusals of untrusted deliveries make
+    /// room. Events about trusted bundles are never dropped (default 10000)
     pub max_events: usize,
+    /// Most refusals of untrusted deliveries kept undelivered; beyond it the oldest of them are
+    /// dropped and counted (`details.earlier_refusals_dropped` of the next one) (default 100)
+    pub max_untrusted_events: usize,
 }
 
 impl Default for EventsConfig {
@@ -86,6 +99,7 @@ impl Default for EventsConfig {
             retry_max_secs: 300.0,
             timeout_secs: 30.0,
             max_events: 10_000,
+            max_untrusted_events: 100,
         }
     }
 }
@@ -142,6 +156,11 @@ impl EventsConfig {
         if self.max_events == 0 {
             return Err(invalid("events.max_events: must be at least 1".into()));
         }
+        if self.max_untrusted_events == 0 {
+            return Err(invalid(
+                "events.max_untrusted_events: must be at least 1".into(),
+            ));
+        }
         Ok(Checked {
             url,
             headers,
@@ -150,6 +169,7 @@ impl EventsConfig {
             retry_max,
             timeout,
             max_events: self.max_events,
+            max_untrusted_events: self.max_untrusted_events,
         })
     }
 }
@@ -164,6 +184,7 @@ struct Checked {
     retry_max: Duration,
     timeout: Duration,
     max_events: usize,
+    max_untrusted_events: usize,
 }
 
 /// One announcement. `seq` is assigned by the spool, increasing, so receivers can dedupe and order.
@@ -236,6 +257,29 @@ struct State {
     next_seq: u64,
     /// Seqs whose event file is in the directory and not yet taken by every target
     pending: BTreeSet<u64>,
+    /// Those of `pending` that are refusals of untrusted deliveries (droppable)
+    untrusted: BTreeSet<u64>,
+    /// Untrusted events dropped for room since the spool was opened
+    untrusted_dropped: u64,
+}
+
+/// How many of the oldest untrusted events to drop before one more event is added, so that
+/// the untrusted ring stays within `max_untrusted` and the spool within `max_events`. Trusted
+/// events are never counted out: when only they are left, nothing is dropped. Pure.
+fn room_to_make(
+    untrusted: usize,
+    total: usize,
+    adding_untrusted: bool,
+    max_untrusted: usize,
+    max_events: usize,
+) -> usize {
+    let over_total = (total + 1).saturating_sub(max_events);
+    let over_ring = if adding_untrusted {
+        (untrusted + 1).saturating_sub(max_untrusted)
+    } else {
+        0
+    };
+    over_total.max(over_ring).min(untrusted)
 }
 
 /// The delivery targets; each has its own marker so neither is sent twice.
@@ -314,6 +358,7 @@ impl EventSpool {
         fs::create_dir_all(dir).map_err(at(dir))?;
 
         let mut pending = BTreeSet::new();
+        let mut untrusted = BTreeSet::new();
         let mut markers = Vec::new();
         let mut highest = 0;
         for entry in fs::read_dir(dir).map_err(at(dir))? {
@@ -341,6 +386,10 @@ impl EventSpool {
                     "json" => {
                         pending.insert(seq);
                     }
+                    "untrusted.json" => {
+                        pending.insert(seq);
+                        untrusted.insert(seq);
+                    }
                     "url-done" | "command-done" => markers.push((seq, entry.path())),
                     // e.g. ".corrupt": set aside for a person, but its seq stays used
                     _ => {}
@@ -363,45 +412,95 @@ impl EventSpool {
                 dir: dir.to_owned(),
                 config,
                 http,
-                state: Mutex::new(State { next_seq, pending }),
+                state: Mutex::new(State {
+                    next_seq,
+                    pending,
+                    untrusted,
+                    untrusted_dropped: 0,
+                }),
                 wake: Notify::new(),
             }),
         })
     }
 
-    /// Durably records an event (write temp file, fsync, rename, fsync dir) before returning, then
-    /// wakes the sender. Fills `seq` and `at`; returns the stored event.
+    /// Durably records an event about a trusted bundle (write temp file, fsync, rename, fsync
+    /// dir) before returning, then wakes the sender. Fills `seq` and `at`; returns the stored
+    /// event. It is never dropped for room.
     ///
     /// Blocks for the fsyncs (milliseconds on flash). A failure (say, a full disk) loses only this
     /// announcement: callers should log it and carry on with the state change.
-    pub fn emit(&self, mut event: Event) -> io::Result<Event> {
+    pub fn emit(&self, event: Event) -> io::Result<Event> {
+        self.store(event, false)
+    }
+
+    /// Records a refusal of an untrusted delivery (no statement that verified) in the small
+    /// ring of such events: the oldest of them is dropped when it is full, and the event
+    /// carries how many were dropped so far in `details.earlier_refusals_dropped`.
+    pub fn emit_untrusted(&self, event: Event) -> io::Result<Event> {
+        self.store(event, true)
+    }
+
+    fn store(&self, mut event: Event, untrusted: bool) -> io::Result<Event> {
         let inner = &self.inner;
         let mut state = inner.lock();
+        let drop_count = room_to_make(
+            state.untrusted.len(),
+            state.pending.len(),
+            untrusted,
+            inner.config.max_untrusted_events,
+            inner.config.max_events,
+        );
+        for _ in 0..drop_count {
+            let Some(oldest) = state.untrusted.pop_first() else {
+                break;
+            };
+            state.pending.remove(&oldest);
+            state.untrusted_dropped += 1;
+            tracing::debug!(
+                seq = oldest,
+                "events: oldest refusal of an untrusted delivery dropped for room"
+            );
+            if let Err(e) = inner.remove_files(oldest) {
+                tracing::warn!(seq = oldest, error = %e, "events: cannot remove dropped event");
+            }
+        }
+        if untrusted {
+            let dropped = serde_json::Value::from(state.untrusted_dropped);
+            match &mut event.details {
+                serde_json::Value::Object(map) => {
+                    map.insert("earlier_refusals_dropped".into(), dropped);
+                }
+                details => {
+                    *details = serde_json::json!({ "earlier_refusals_dropped": dropped });
+                }
+            }
+        }
         // Taken before writing, so a failed write leaves a gap rather than a reused seq.
         event.seq = state.next_seq;
         state.next_seq += 1;
         event.at = unix_now();
         let body = serde_json::to_vec(&event).map_err(io::Error::other)?;
         inner
-            .write_event(event.seq, &body)
+            .write_event(event.seq, untrusted, &body)
             .map_err(at(&inner.dir))?;
         state.pending.insert(event.seq);
-        while state.pending.len() > inner.config.max_events {
-            let Some(oldest) = state.pending.pop_first() else {
-                break;
-            };
+        if untrusted {
+            state.untrusted.insert(event.seq);
+        } else if state.pending.len() > inner.config.max_events {
             tracing::warn!(
-                seq = oldest,
+                pending = state.pending.len(),
                 max_events = inner.config.max_events,
-                "events spool full; dropping the oldest event undelivered"
+                "events spool over max_events with events about trusted bundles only; none is dropped"
             );
-            if let Err(e) = inner.remove_files(oldest) {
-                tracing::warn!(seq = oldest, error = %e, "events: cannot remove dropped event");
-            }
         }
         drop(state);
         inner.wake.notify_one();
         Ok(event)
+    }
+
+    /// Refusals of untrusted deliveries dropped for room since the spool was opened.
+    pub fn untrusted_dropped(&self) -> u64 {
+        self.inner.lock().untrusted_dropped
     }
 
     /// Delivers spooled events in seq order until `shutdown` resolves: each to the URL (2xx =
@@ -638,13 +737,19 @@ impl Inner {
         self.dir.join(format!("{seq:0SEQ_DIGITS$}.json"))
     }
 
+    /// Where a refusal of an untrusted delivery is kept: its own name, so a restart knows it
+    /// may be dropped for room.
+    fn untrusted_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:0SEQ_DIGITS$}.untrusted.json"))
+    }
+
     fn marker_path(&self, seq: u64, target: Target) -> PathBuf {
         self.dir
             .join(format!("{seq:0SEQ_DIGITS$}.{}", target.marker_suffix()))
     }
 
     /// Write aside, fsync, rename, fsync the directory: the event is there whole or not at all.
-    fn write_event(&self, seq: u64, body: &[u8]) -> io::Result<()> {
+    fn write_event(&self, seq: u64, untrusted: bool, body: &[u8]) -> io::Result<()> {
         let tmp = self
             .dir
             .join(format!("{TMP_PREFIX}{seq:0SEQ_DIGITS$}.json"));
@@ -652,7 +757,12 @@ impl Inner {
             let mut file = File::create(&tmp)?;
             file.write_all(body)?;
             file.sync_all()?;
-            fs::rename(&tmp, self.event_path(seq))?;
+            let path = if untrusted {
+                self.untrusted_path(seq)
+            } else {
+                self.event_path(seq)
+            };
+            fs::rename(&tmp, path)?;
             sync_dir(&self.dir)
         })();
         if written.is_err() {
@@ -664,10 +774,17 @@ impl Inner {
     /// The event, or `None` when its file is gone. A file that does not parse (a disk fault, or a
     /// hand edit) is renamed to `.corrupt` and logged, so it neither blocks the spool nor vanishes.
     fn read_event(&self, seq: u64) -> io::Result<Option<Event>> {
-        let path = self.event_path(seq);
+        let mut path = self.event_path(seq);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                path = self.untrusted_path(seq);
+                match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         };
         match serde_json::from_slice::<Event>(&bytes) {
@@ -695,6 +812,7 @@ impl Inner {
     fn retire(&self, seq: u64) -> io::Result<()> {
         let mut state = self.lock();
         state.pending.remove(&seq);
+        state.untrusted.remove(&seq);
         if state.pending.range(seq..).next().is_none() {
             let last = state.next_seq - 1;
             let tmp = self.dir.join(format!("{TMP_PREFIX}{LAST_SEQ}"));
@@ -712,6 +830,7 @@ impl Inner {
     /// Removes the event file first: a crash in between leaves only markers, which `open` sweeps.
     fn remove_files(&self, seq: u64) -> io::Result<()> {
         remove_if_present(&self.event_path(seq))?;
+        remove_if_present(&self.untrusted_path(seq))?;
         remove_if_present(&self.marker_path(seq, Target::Url))?;
         remove_if_present(&self.marker_path(seq, Target::Command))
     }
@@ -824,6 +943,19 @@ mod tests {
     }
 
     #[test]
+    fn only_untrusted_events_make_room() {
+        // The ring is full: adding an untrusted event drops its oldest.
+        assert_eq!(room_to_make(3, 10, true, 3, 100), 1);
+        assert_eq!(room_to_make(2, 10, true, 3, 100), 0);
+        // The spool is full: trusted and untrusted both make room from the untrusted ones.
+        assert_eq!(room_to_make(2, 5, false, 3, 5), 1);
+        assert_eq!(room_to_make(2, 5, true, 3, 5), 1);
+        // Only trusted events left: nothing is dropped, however full.
+        assert_eq!(room_to_make(0, 50, false, 3, 5), 0);
+        assert_eq!(room_to_make(1, 50, false, 3, 5), 1);
+    }
+
+    #[test]
     fn jitter_stays_in_range() {
         for _ in 0..1000 {
             let j = jitter();
@@ -837,6 +969,10 @@ mod tests {
         assert_eq!(
             parse_name("00000000000000000007.url-done"),
             Some((7, "url-done"))
+        );
+        assert_eq!(
+            parse_name("00000000000000000007.untrusted.json"),
+            Some((7, "untrusted.json"))
         );
         assert_eq!(parse_name("7.json"), None);
         assert_eq!(parse_name("0000000000000000000x.json"), None);

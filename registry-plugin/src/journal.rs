@@ -12,7 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// Schema migrations, applied in order; `user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE bundles (
     id              TEXT PRIMARY KEY,  -- the statement's digest: one bundle however it is signed
     name            TEXT NOT NULL,     -- file name as delivered (for messages)
@@ -44,7 +45,17 @@ CREATE TABLE sequences (
     repository TEXT PRIMARY KEY,
     sequence   INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Refusals of untrusted deliveries (anyone can cause them) are kept only up to a bound.
+ALTER TABLE history ADD COLUMN untrusted INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX history_untrusted ON history (untrusted, id);
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#,
+];
 
 /// Where a bundle is in its life on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -352,16 +363,56 @@ impl Journal {
 
     /// Records a refusal of a delivery that never became a queued bundle (untrusted, not a
     /// bundle, too large). `bundle` is the statement digest when it could be read.
-    pub fn record_refusal(&self, bundle: &str, name: &str, reason: &str) -> Result<()> {
-        let conn = self.conn();
+    ///
+    /// `keep_untrusted`: the delivery was untrusted (no statement that verified); it is
+    /// counted, and of such refusals only the newest this many stay in the history. `None`
+    /// for a refusal of a signed bundle, which is kept like every other state change.
+    pub fn record_refusal(
+        &self,
+        bundle: &str,
+        name: &str,
+        reason: &str,
+        keep_untrusted: Option<u64>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         add_history(
-            &conn,
+            &tx,
             bundle,
             name,
             State::Refused.as_str(),
             Some(reason),
             now(),
-        )
+        )?;
+        if let Some(keep) = keep_untrusted {
+            tx.execute(
+                "UPDATE history SET untrusted = 1 WHERE id = last_insert_rowid()",
+                [],
+            )?;
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ('untrusted_refusals', 1) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM history WHERE untrusted = 1 AND id <= \
+                 (SELECT id FROM history WHERE untrusted = 1 ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                [keep as i64],
+            )?;
+        }
+        tx.commit()
+    }
+
+    /// How many refusals of untrusted deliveries the journal has seen (kept or not).
+    pub fn untrusted_refusals(&self) -> Result<u64> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'untrusted_refusals'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
     }
 
     /// Bundles in `state`, oldest first.
@@ -529,5 +580,25 @@ mod tests {
             .collect();
         assert_eq!(states, ["queued", "applying", "applied"]);
         assert_eq!(j.in_state(State::Queued).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn untrusted_refusals_are_bounded_and_counted_signed_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        j.record_refusal("signed", "signed.bundle", "expired", None)
+            .unwrap();
+        for i in 0..10 {
+            j.record_refusal(&format!("junk-{i}"), "junk", "not a bundle", Some(3))
+                .unwrap();
+        }
+        let kept: Vec<String> = j
+            .history(None, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.bundle)
+            .collect();
+        assert_eq!(kept, ["signed", "junk-7", "junk-8", "junk-9"]);
+        assert_eq!(j.untrusted_refusals().unwrap(), 10);
     }
 }

@@ -145,11 +145,14 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         let server = server.clone();
         let mut rx = stop_rx.clone();
         let idle = daemon.config.uploads.idle_expiry_secs;
+        let unchecked_idle = daemon.config.uploads.unchecked_idle_expiry_secs;
+        // Often enough that an unchecked upload lives at most about 1.5 times its expiry.
+        let every = Duration::from_secs((unchecked_idle / 2).clamp(1, 60));
         tokio::spawn(async move {
             loop {
-                server.uploads.expire(idle).await;
+                server.uploads.expire(idle, unchecked_idle).await;
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = rx.changed() => return,
                 }
             }

@@ -189,6 +189,7 @@ impl Server {
         // anything reads the body: a refused upload stores nothing.
         let scope = match segments.first() {
             Some(&"uploads") => Scope::Upload,
+            Some(&"admin") => Scope::Operator,
             Some(&("bundles" | "journal" | "inventory")) => Scope::Status,
             _ => Scope::Open,
         };
@@ -198,10 +199,30 @@ impl Server {
         {
             tracing::info!(%peer, %method, path = %req.uri().path(), reason = ?denied,
                 "request refused: upload token missing or wrong");
+            if denied == Denied::NotLocal {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "operator_only",
+                    "the operator API answers only on the device itself (loopback) while no upload token is configured",
+                    "call it on the device, or set auth.upload_token_file and send the token",
+                );
+            }
             return unauthorized(denied);
         }
         match (method, segments.as_slice()) {
-            (Method::POST, ["uploads"]) => self.create_upload(&req),
+            (Method::POST, ["uploads"]) => self.create_upload(&req, peer).await,
+            (Method::GET, ["admin", "uploads"]) => {
+                json_response(StatusCode::OK, &json!({ "uploads": self.uploads.list() }))
+            }
+            (Method::DELETE, ["admin", "uploads", id]) => match self.uploads.delete(id).await {
+                Ok(()) => {
+                    tracing::info!(upload = %id, %peer, "upload deleted by the operator");
+                    empty(StatusCode::NO_CONTENT)
+                }
+                Err(e) => upload_error(e),
+            },
+            (_, ["admin", "uploads"]) => method_not_allowed("GET"),
+            (_, ["admin", "uploads", _]) => method_not_allowed("DELETE"),
             (m, ["uploads", id]) => {
                 let id = id.to_string();
                 match m {
@@ -275,7 +296,7 @@ impl Server {
         }
     }
 
-    fn create_upload(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn create_upload(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let header_str = |h: &str| {
             req.headers()
                 .get(h)
@@ -291,12 +312,17 @@ impl Server {
             }
             None => None,
         };
-        match self.uploads.create(
-            &self.daemon,
-            header_str("bundle-name"),
-            header_str("bundle-digest"),
-            length,
-        ) {
+        match self
+            .uploads
+            .create(
+                &self.daemon,
+                header_str("bundle-name"),
+                header_str("bundle-digest"),
+                length,
+                peer.ip(),
+            )
+            .await
+        {
             Ok(Created::New { id }) => upload_location(StatusCode::CREATED, &id, 0),
             Ok(Created::Existing { id, held }) => upload_location(StatusCode::OK, &id, held),
             Ok(Created::Known(b)) => json_response(
@@ -526,7 +552,7 @@ fn unauthorized(denied: Denied) -> Response<Body> {
             "the Authorization header is not `Bearer TOKEN`",
             "Bearer realm=\"sideload\", error=\"invalid_request\"",
         ),
-        Denied::Wrong => (
+        Denied::Wrong | Denied::NotLocal => (
             "the upload token is not this device's",
             "Bearer realm=\"sideload\", error=\"invalid_token\"",
         ),

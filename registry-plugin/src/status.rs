@@ -119,6 +119,16 @@ pub fn metrics(daemon: &Daemon, uploads_active: usize) -> String {
             "Applies finished, either way.",
             m.applies.load(Ordering::Relaxed),
         ),
+        (
+            "sideload_untrusted_refusals_total",
+            "Refusals of untrusted deliveries (no statement that verified), kept or not.",
+            daemon.journal.untrusted_refusals().unwrap_or(0),
+        ),
+        (
+            "sideload_untrusted_events_dropped_total",
+            "Refusal events of untrusted deliveries dropped from the spool's ring since start.",
+            daemon.events.untrusted_dropped(),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

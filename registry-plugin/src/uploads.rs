@@ -48,6 +48,100 @@ pub struct UploadMeta {
     pub bundle_id: Option<String>,
     /// Set when the upload ended: what intake said.
     pub result: Option<UploadResult>,
+    /// The address of the client that created it (absent in records of older versions).
+    #[serde(default)]
+    pub client: Option<String>,
+}
+
+/// One open upload as the operator API lists it (`GET /sideload/v1/admin/uploads`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadInfo {
+    /// The upload's id.
+    pub id: String,
+    /// Its name (`Bundle-Name`, else `upload-ID`).
+    pub name: String,
+    /// Bytes the device holds.
+    pub held: u64,
+    /// The head's signatures verified: the upload has the long resume window and counts
+    /// against `max_concurrent_uploads`; otherwise it is one of the cheap, evictable ones.
+    pub trusted: bool,
+    /// The statement digest, once trusted.
+    pub bundle_id: Option<String>,
+    /// The client address that created it.
+    pub client: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last byte or request.
+    pub last_activity: u64,
+}
+
+/// An unchecked upload (head not verified yet) as the admission decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unchecked {
+    /// The upload's id.
+    pub id: String,
+    /// The client address that created it.
+    pub client: Option<String>,
+    /// Unix seconds of its last activity.
+    pub last_activity: u64,
+}
+
+/// What to do before a new unchecked upload from a client is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Make it.
+    Admit,
+    /// Evict this unchecked upload first, then decide again.
+    Evict(String),
+}
+
+/// Whether a client may open one more unchecked upload, or which one to evict first: the
+/// client's own stalest when it is at `per_client`, else the stalest of all when `total`
+/// are open. Trusted uploads are not in `open` and are never evicted. Pure, so it is tested
+/// without a socket.
+pub fn admit_unchecked(
+    open: &[Unchecked],
+    client: &str,
+    total: usize,
+    per_client: usize,
+) -> Admission {
+    let stalest = |it: &mut dyn Iterator<Item = &Unchecked>| {
+        it.min_by(|a, b| (a.last_activity, &a.id).cmp(&(b.last_activity, &b.id)))
+            .map(|u| Admission::Evict(u.id.clone()))
+    };
+    let mine = open
+        .iter()
+        .filter(|u| u.client.as_deref() == Some(client))
+        .count();
+    if mine >= per_client {
+        if let Some(evict) =
+            stalest(&mut open.iter().filter(|u| u.client.as_deref() == Some(client)))
+        {
+            return evict;
+        }
+    }
+    if open.len() >= total {
+        if let Some(evict) = stalest(&mut open.iter()) {
+            return evict;
+        }
+    }
+    Admission::Admit
+}
+
+/// Whether an upload has been idle too long: unchecked ones after `unchecked_idle` seconds,
+/// trusted and finished ones after `idle`.
+pub fn is_expired(
+    trusted_or_finished: bool,
+    idle_secs: u64,
+    idle: u64,
+    unchecked_idle: u64,
+) -> bool {
+    idle_secs
+        > if trusted_or_finished {
+            idle
+        } else {
+            unchecked_idle
+        }
 }
 
 /// How a finished upload ended.
@@ -317,6 +411,62 @@ impl Uploads {
             .ok_or_else(|| UploadError::NotFound(format!("no upload {id} on this device")))
     }
 
+    /// Unix seconds of an upload's last activity: its last saved change, or now while a
+    /// request is still receiving its bytes.
+    fn last_activity(session: &Session, meta: &UploadMeta) -> u64 {
+        let receiving = session
+            .receiving_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| now().saturating_sub(t.elapsed().as_secs()));
+        receiving.map_or(meta.updated_at, |r| r.max(meta.updated_at))
+    }
+
+    /// Every unfinished upload, oldest first, for the operator.
+    pub fn list(&self) -> Vec<UploadInfo> {
+        let sessions: Vec<Arc<Session>> = self.table().values().cloned().collect();
+        let mut out: Vec<UploadInfo> = sessions
+            .iter()
+            .map(|s| (s, s.snapshot()))
+            .filter(|(_, m)| m.result.is_none())
+            .map(|(s, m)| UploadInfo {
+                held: self.held_for(&m),
+                trusted: m.total_length.is_some(),
+                last_activity: Self::last_activity(s, &m),
+                id: m.id,
+                name: m.name,
+                bundle_id: m.bundle_id,
+                client: m.client,
+                created_at: m.created_at,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        out
+    }
+
+    /// Unfinished uploads whose head is not trusted yet.
+    fn unchecked(&self) -> Vec<Unchecked> {
+        self.table()
+            .values()
+            .map(|s| (s, s.snapshot()))
+            .filter(|(_, m)| m.result.is_none() && m.total_length.is_none())
+            .map(|(s, m)| Unchecked {
+                last_activity: Self::last_activity(s, &m),
+                id: m.id,
+                client: m.client,
+            })
+            .collect()
+    }
+
+    /// Unfinished uploads whose head is trusted, other than `except`.
+    fn trusted_active(&self, except: &str) -> usize {
+        self.table()
+            .values()
+            .map(|s| s.snapshot())
+            .filter(|m| m.result.is_none() && m.total_length.is_some() && m.id != except)
+            .count()
+    }
+
     /// Unfinished uploads.
     pub fn active(&self) -> usize {
         self.table()
@@ -367,12 +517,13 @@ impl Uploads {
 
     /// Starts an upload, or points at what already exists: an unfinished upload of the same
     /// file (so two clients share one), or a bundle already taken (nothing to send).
-    pub fn create(
+    pub async fn create(
         &self,
         daemon: &Daemon,
         name: Option<String>,
         digest: Option<String>,
         length: Option<u64>,
+        client: std::net::IpAddr,
     ) -> Result<Created, UploadError> {
         if let Some(d) = &digest {
             let hex = d.strip_prefix("sha256:").unwrap_or("");
@@ -413,11 +564,21 @@ impl Uploads {
             }
             self.check_space(daemon, len)?;
         }
-        if self.active() >= limits.max_concurrent_uploads {
-            return Err(UploadError::TooMany(format!(
-                "{} uploads are already open (uploads.max_concurrent_uploads); finish or delete one, or retry later",
-                limits.max_concurrent_uploads
-            )));
+        // Until its head is checked an upload is anyone's: it takes a place in the small
+        // unchecked budget, evicting the stalest unchecked one (the client's own first) when
+        // the budget is full. Trusted uploads have their own limit, checked with the head.
+        let client = client.to_canonical().to_string();
+        while let Admission::Evict(victim) = admit_unchecked(
+            &self.unchecked(),
+            &client,
+            limits.max_unchecked_uploads,
+            limits.max_unchecked_per_client,
+        ) {
+            tracing::info!(upload = %victim, %client, "unchecked upload evicted to make room for a new one");
+            match self.delete(&victim).await {
+                Ok(()) | Err(UploadError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let id = random_id();
         let now = now();
@@ -433,6 +594,7 @@ impl Uploads {
             total_length: None,
             bundle_id: None,
             result: None,
+            client: Some(client.clone()),
         };
         std::fs::File::create(self.part(&id))
             .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
@@ -441,7 +603,7 @@ impl Uploads {
             self.remove(&id);
             return Err(e);
         }
-        tracing::info!(upload = %id, "upload created");
+        tracing::info!(upload = %id, %client, "upload created");
         Ok(Created::New { id })
     }
 
@@ -828,6 +990,13 @@ impl Uploads {
                 meta.name
             )));
         }
+        let max = daemon.config.uploads.max_concurrent_uploads;
+        if self.trusted_active(&meta.id) >= max {
+            return Err(UploadError::TooMany(format!(
+                "{}: {max} uploads of trusted bundles are already open (uploads.max_concurrent_uploads); the head is kept: resume after one of them finished",
+                meta.name
+            )));
+        }
         self.check_space(daemon, total.saturating_sub(held))?;
         let id = statement.digest().to_string();
         tracing::info!(upload = %meta.id, bundle = %meta.name, id = %id, total, "bundle head trusted");
@@ -863,6 +1032,8 @@ impl Uploads {
                     reason: format!("{name}: the uploaded bytes hash to {digest}, the client declared {expected}"),
                     advice: "the copy was damaged on the way: upload the bundle again".into(),
                     permanent: true,
+                    // Only an upload whose head was trusted gets this far.
+                    verified: true,
                 };
                 d.refusal(&name, &name, &r);
                 return Ok(UploadResult::Refused(r));
@@ -900,18 +1071,18 @@ impl Uploads {
         Ok(result)
     }
 
-    /// Removes uploads untouched for longer than `max_idle_secs`.
-    pub async fn expire(&self, max_idle_secs: u64) {
+    /// Removes uploads idle too long: unchecked ones after `unchecked_idle_secs`, trusted and
+    /// finished ones after `idle_secs` (see [`is_expired`]).
+    pub async fn expire(&self, idle_secs: u64, unchecked_idle_secs: u64) {
         let now = now();
-        let ids: Vec<String> = self.table().keys().cloned().collect();
-        for id in ids {
-            let Ok(session) = self.get(&id) else {
-                continue;
-            };
-            let meta = session.meta.lock().await;
-            if now.saturating_sub(meta.updated_at) > max_idle_secs {
-                tracing::info!(upload = %id, bundle = %meta.name, "idle upload expired");
-                self.remove(&id);
+        let sessions: Vec<Arc<Session>> = self.table().values().cloned().collect();
+        for session in sessions {
+            let meta = session.snapshot();
+            let settled = meta.result.is_some() || meta.total_length.is_some();
+            let idle = now.saturating_sub(Self::last_activity(&session, &meta));
+            if is_expired(settled, idle, idle_secs, unchecked_idle_secs) {
+                tracing::info!(upload = %meta.id, bundle = %meta.name, trusted = settled, "idle upload expired");
+                let _ = self.delete(&meta.id).await;
             }
         }
     }
@@ -943,4 +1114,62 @@ fn random_id() -> String {
         .fill(&mut bytes)
         .expect("the system random source works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(id: &str, client: &str, last: u64) -> Unchecked {
+        Unchecked {
+            id: id.into(),
+            client: Some(client.into()),
+            last_activity: last,
+        }
+    }
+
+    #[test]
+    fn a_client_at_its_cap_evicts_its_own_stalest_upload_only() {
+        let open = [
+            u("a", "10.0.0.1", 5),
+            u("b", "10.0.0.2", 1),
+            u("c", "10.0.0.1", 3),
+        ];
+        assert_eq!(
+            admit_unchecked(&open, "10.0.0.1", 16, 2),
+            Admission::Evict("c".into())
+        );
+        assert_eq!(admit_unchecked(&open, "10.0.0.3", 16, 2), Admission::Admit);
+    }
+
+    #[test]
+    fn a_full_budget_evicts_the_stalest_of_all() {
+        let open = [
+            u("a", "10.0.0.1", 5),
+            u("b", "10.0.0.2", 1),
+            u("c", "10.0.0.3", 3),
+        ];
+        assert_eq!(
+            admit_unchecked(&open, "10.0.0.4", 3, 2),
+            Admission::Evict("b".into())
+        );
+        assert_eq!(admit_unchecked(&open, "10.0.0.4", 4, 2), Admission::Admit);
+        // Ties go by id, so the choice is stable.
+        let tied = [u("y", "10.0.0.1", 1), u("x", "10.0.0.2", 1)];
+        assert_eq!(
+            admit_unchecked(&tied, "10.0.0.3", 2, 2),
+            Admission::Evict("x".into())
+        );
+        // A zero budget never loops: nothing to evict means admit.
+        assert_eq!(admit_unchecked(&[], "10.0.0.1", 0, 0), Admission::Admit);
+    }
+
+    #[test]
+    fn unchecked_uploads_expire_in_minutes_trusted_ones_in_days() {
+        let (idle, unchecked) = (30 * 24 * 3600, 300);
+        assert!(!is_expired(false, 300, idle, unchecked));
+        assert!(is_expired(false, 301, idle, unchecked));
+        assert!(!is_expired(true, 301, idle, unchecked));
+        assert!(is_expired(true, idle + 1, idle, unchecked));
+    }
 }

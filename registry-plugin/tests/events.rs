@@ -459,23 +459,42 @@ async fn a_restart_after_the_url_took_an_event_runs_only_the_command_again() {
 }
 
 #[tokio::test]
-async fn a_full_spool_drops_the_oldest_events() {
+async fn a_full_ring_drops_the_oldest_untrusted_refusals_and_never_a_trusted_event() {
     log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::up().await;
     let config = EventsConfig {
-        max_events: 3,
+        max_events: 4,
+        max_untrusted_events: 2,
         ..fast(Some(receiver.url()), None)
     };
-    let spool = EventSpool::open(dir.path(), config).unwrap();
-
-    let emitted: Vec<Event> = (0..5)
-        .map(|i| emit(&spool, &format!("b{i}"), "queued"))
+    let spool = EventSpool::open(dir.path(), config.clone()).unwrap();
+    let refusal = |i: usize| {
+        spool
+            .emit_untrusted(Event::new("device-1", format!("junk{i}"), "", "refused"))
+            .unwrap()
+    };
+    let queued = emit(&spool, "real", "queued");
+    let junk: Vec<Event> = (0..5).map(refusal).collect();
+    assert_eq!(spool.pending(), 3, "the trusted event and the ring of 2");
+    assert_eq!(junk[4].details["earlier_refusals_dropped"], 3);
+    // Trusted events beyond max_events push refusals out, never each other.
+    let trusted: Vec<Event> = (0..4)
+        .map(|i| emit(&spool, "real", &format!("state{i}")))
         .collect();
-    assert_eq!(spool.pending(), 3);
+    assert_eq!(spool.pending(), 5, "5 trusted, no refusal left");
+    drop(spool);
+    // A restart still knows which ones are refusals (their own file name).
+    let spool = EventSpool::open(dir.path(), config).unwrap();
+    let later = spool
+        .emit_untrusted(Event::new("device-1", "junk5", "", "refused"))
+        .unwrap();
     let (_stop, _sender) = start_sender(&spool);
     wait_until("the spool to drain", || spool.pending() == 0).await;
-    assert_eq!(receiver.accepted(), emitted[2..]);
+    let mut expected = vec![queued];
+    expected.extend(trusted);
+    expected.push(later);
+    assert_eq!(receiver.accepted(), expected);
 }
 
 #[tokio::test]
@@ -531,9 +550,10 @@ fn config_defaults_and_refusals() {
             config.retry_initial_secs,
             config.retry_max_secs,
             config.timeout_secs,
-            config.max_events
+            config.max_events,
+            config.max_untrusted_events
         ),
-        (2.0, 300.0, 30.0, 10_000)
+        (2.0, 300.0, 30.0, 10_000, 100)
     );
     config.check().unwrap();
     assert!(serde_json::from_str::<EventsConfig>(r#"{"urll": "http://x"}"#).is_err());
