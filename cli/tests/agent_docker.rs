@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use agent_support::{apply, engine_outcome, free_port, gate, ingest, ok, DEADLINE, UPSTREAM};
 use docker_support::Dockerd;
 use serde_json::Value;
-use support::{bundle, bundle_id, BundleSpec, Daemon, DaemonOptions, Registry};
+use support::{bundle, bundle_id, stdout_json, BundleSpec, Daemon, DaemonOptions, Registry};
 
 /// An IoT Edge `set-modules` manifest: the runtime's two modules (installed with the device's
 /// OS image) and the app, by its upstream name, with createOptions as the portal writes them.
@@ -268,13 +268,29 @@ fn edge_agent_on_moby_starts_the_released_modules_with_pulling_forbidden() {
         "{report:#}"
     );
     // The next apply puts it back, and the release goes out.
-    apply(
-        &daemon,
-        &bundle(BundleSpec {
-            name: "app-v2-again.bundle",
-            sequence: 101,
-            ..Default::default()
-        }),
+    // Sent as a pipeline would: `sideload push --wait` returns once the engine took it.
+    let again = bundle(BundleSpec {
+        name: "app-v2-again.bundle",
+        sequence: 101,
+        ..Default::default()
+    });
+    let pushed = ok(
+        db,
+        &[
+            "push",
+            again.to_str().unwrap(),
+            "--to",
+            &format!("http://{}", daemon.addr),
+            "--wait",
+            "--json",
+        ],
+    );
+    let pushed = stdout_json(&pushed);
+    let engine = pushed["bundles"][0]["engine"].as_str().unwrap_or_default();
+    assert!(engine.starts_with("loaded as sha256:"), "{pushed:#}");
+    assert!(
+        engine.contains(&format!("{UPSTREAM}/edge/app:v2")),
+        "{pushed:#}"
     );
     ingest(db, &daemon);
     let (code, report) = gate(db, &released_v2);

@@ -432,7 +432,13 @@ impl Server {
                     .journal
                     .history(Some(&id), 0, 1000)
                     .unwrap_or_default();
-                json_response(StatusCode::OK, &json!({ "bundle": b, "history": history }))
+                // `engine_configured` tells a waiting client (`sideload push --wait`) that an
+                // applied bundle is done only once its `engine` outcome is in.
+                let engine_configured = self.daemon.engine.is_some();
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "bundle": b, "history": history, "engine_configured": engine_configured }),
+                )
             }
             Ok(None) => error(
                 StatusCode::NOT_FOUND,

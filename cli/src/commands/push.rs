@@ -50,7 +50,8 @@ pub struct PushArgs {
     /// Longest delay between retries.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     retry_max: humantime::Duration,
-    /// After sending, follow each bundle until the device applied it or failed, and print that.
+    /// After sending, follow each bundle until the device applied it or failed (and, where the
+    /// device feeds a container engine, until the engine took it or failed to), and print that.
     #[arg(long)]
     wait: bool,
     /// Print a JSON report on stdout (progress and notes still go to stderr).
@@ -101,13 +102,18 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
                 observer.start_wait(&report.name);
                 device.wait(report, &observer).await;
                 observer.line(&format!(
-                    "{}: {}{}",
+                    "{}: {}{}{}",
                     report.name,
                     report.state.as_deref().unwrap_or("unknown"),
                     report
                         .reason
                         .as_deref()
                         .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
+                    report
+                        .engine
+                        .as_deref()
+                        .map(|e| format!("; container engine: {e}"))
                         .unwrap_or_default()
                 ));
             }

@@ -154,6 +154,9 @@ pub struct Report {
     pub outcome: Outcome,
     /// The device's state of the bundle when last seen (`applied`, `failed`, ...).
     pub state: Option<String>,
+    /// With `--wait` on a device that feeds a container engine: the engine's outcome
+    /// (`loaded as …`, `failed: …`), so the edge agent's side is known too.
+    pub engine: Option<String>,
     /// Why it did not go through.
     pub reason: Option<String>,
     /// What to do about it.
@@ -185,6 +188,7 @@ impl Report {
             size: local.size,
             outcome: Outcome::Skipped,
             state: None,
+            engine: None,
             reason: None,
             advice: None,
             code: None,
@@ -819,15 +823,18 @@ impl Device {
         result
     }
 
-    /// Follows a bundle on the device until it is applied or failed.
+    /// Follows a bundle on the device until it is applied or failed, and, on a device that
+    /// feeds a container engine, until the engine's outcome is in (what the edge agent needs).
     pub async fn wait(&self, report: &mut Report, obs: &dyn Observer) {
         let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
         let path = format!("/sideload/v1/bundles/{}", report.bundle);
         let mut poll = Duration::from_millis(500);
         let mut unknown = 0;
+        // Until a status answer says otherwise: the upload's answer does not tell.
+        let mut engine_pending = true;
         loop {
             if let Some(state) = &report.state {
-                if state == "applied" || state == "failed" {
+                if state == "failed" || (state == "applied" && !engine_pending) {
                     return;
                 }
             }
@@ -847,7 +854,19 @@ impl Device {
                         report.reason = record["reason"].as_str().map(str::to_owned);
                         report.advice = record["advice"].as_str().map(str::to_owned);
                     }
+                    let engine = record["engine"].as_str();
+                    engine_pending = engine_pending_after(&v, &state);
+                    if let Some(engine) = engine {
+                        if report.engine.as_deref() != Some(engine) {
+                            obs.note(&format!("device engine: {engine}"));
+                        }
+                        report.engine = Some(engine.to_owned());
+                    }
+                    let done = state == "failed" || (state == "applied" && !engine_pending);
                     report.state = Some(state);
+                    if done {
+                        return;
+                    }
                     backoff.reset();
                     if self.within(tokio::time::sleep(poll)).await.is_err() {
                         return self.wait_deadline(report);
@@ -892,6 +911,20 @@ impl Device {
     }
 
     fn wait_deadline(&self, report: &mut Report) {
+        if report.state.as_deref() == Some("applied") {
+            return report.fail(
+                Outcome::Deadline,
+                "deadline",
+                format!(
+                    "{}: applied, but the deadline passed before the device's container engine took it",
+                    report.name
+                ),
+                format!(
+                    "the device offers it to the engine again; follow it with GET /sideload/v1/bundles/{}",
+                    report.bundle
+                ),
+            );
+        }
         report.fail(
             Outcome::Deadline,
             "deadline",
@@ -974,6 +1007,14 @@ fn body_stream(
     )
 }
 
+/// Whether an applied bundle still waits for the device's engine: the device says it feeds one
+/// (`engine_configured`, absent on older devices) and the record has no `engine` outcome yet.
+fn engine_pending_after(status: &serde_json::Value, state: &str) -> bool {
+    state == "applied"
+        && status["engine_configured"].as_bool() == Some(true)
+        && !status["bundle"]["engine"].is_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,5 +1072,34 @@ mod tests {
         assert!(
             matches!(classify(200, None, b"<html>"), Answer::Fatal { code, .. } if code == "unexpected_answer")
         );
+    }
+
+    #[test]
+    fn wait_holds_for_the_engine_only_where_the_device_feeds_one() {
+        let status = |configured: Option<bool>, engine: serde_json::Value| {
+            let mut v = serde_json::json!({"bundle": {"state": "applied", "engine": engine}});
+            if let Some(c) = configured {
+                v["engine_configured"] = c.into();
+            }
+            v
+        };
+        let null = serde_json::Value::Null;
+        assert!(engine_pending_after(
+            &status(Some(true), null.clone()),
+            "applied"
+        ));
+        assert!(!engine_pending_after(
+            &status(Some(true), "loaded as sha256:c".into()),
+            "applied"
+        ));
+        assert!(!engine_pending_after(
+            &status(Some(false), null.clone()),
+            "applied"
+        ));
+        assert!(
+            !engine_pending_after(&status(None, null.clone()), "applied"),
+            "older devices"
+        );
+        assert!(!engine_pending_after(&status(Some(true), null), "applying"));
     }
 }
