@@ -1,0 +1,96 @@
+// gogzip compresses stdin to stdout with Go's compress/gzip (or compress/flate with -raw), the
+// reference that tests/goflate_equal.rs compares sideload's port against.
+//
+// Usage: gogzip -level N [-chunk BYTES] [-flush OFF,OFF,...] [-raw]
+//
+// Input is written in chunks of -chunk bytes (0: one Write); the writer is flushed (Go's
+// Flush, a sync flush) after the input offsets listed in -flush. Standard library only.
+package main
+
+import (
+	"bufio"
+	"compress/flate"
+	"compress/gzip"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+type flushWriter interface {
+	io.WriteCloser
+	Flush() error
+}
+
+func main() {
+	level := flag.Int("level", gzip.DefaultCompression, "compression level, -2..9")
+	chunk := flag.Int("chunk", 0, "write chunk size in bytes, 0 for one write")
+	flushes := flag.String("flush", "", "comma-separated input offsets after which to Flush")
+	raw := flag.Bool("raw", false, "raw deflate (compress/flate) instead of gzip")
+	flag.Parse()
+
+	var points []int
+	if *flushes != "" {
+		for _, f := range strings.Split(*flushes, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				fail(err)
+			}
+			points = append(points, n)
+		}
+		sort.Ints(points)
+	}
+	data, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fail(err)
+	}
+	out := bufio.NewWriter(os.Stdout)
+	var w flushWriter
+	if *raw {
+		w, err = flate.NewWriter(out, *level)
+	} else {
+		w, err = gzip.NewWriterLevel(out, *level)
+	}
+	if err != nil {
+		fail(err)
+	}
+	// Write [from, to) in chunks.
+	write := func(from, to int) {
+		for from < to {
+			end := to
+			if *chunk > 0 && from+*chunk < end {
+				end = from + *chunk
+			}
+			if _, err := w.Write(data[from:end]); err != nil {
+				fail(err)
+			}
+			from = end
+		}
+	}
+	at := 0
+	for _, p := range points {
+		if p > len(data) {
+			p = len(data)
+		}
+		write(at, p)
+		at = p
+		if err := w.Flush(); err != nil {
+			fail(err)
+		}
+	}
+	write(at, len(data))
+	if err := w.Close(); err != nil {
+		fail(err)
+	}
+	if err := out.Flush(); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "gogzip:", err)
+	os.Exit(1)
+}
