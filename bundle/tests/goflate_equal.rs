@@ -42,8 +42,22 @@ struct Pattern {
     chunk: usize,
     /// Input offsets after which the writer is flushed (Go's `Flush`).
     flushes: Vec<usize>,
+    /// Also flush after every `.0` bytes up to offset `.1`.
+    every: Option<(usize, usize)>,
     /// Raw deflate instead of gzip.
     raw: bool,
+}
+
+impl Pattern {
+    /// All flush points, sorted (as gogzip.go computes them).
+    fn points(&self) -> Vec<usize> {
+        let mut points = self.flushes.clone();
+        if let Some((every, until)) = self.every {
+            points.extend((1..).map(|i| i * every).take_while(|&p| p <= until));
+        }
+        points.sort_unstable();
+        points
+    }
 }
 
 fn go_output(data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
@@ -53,6 +67,10 @@ fn go_output(data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
     if !p.flushes.is_empty() {
         let list: Vec<String> = p.flushes.iter().map(|f| f.to_string()).collect();
         cmd.arg("-flush").arg(list.join(","));
+    }
+    if let Some((every, until)) = p.every {
+        cmd.arg("-flush-every").arg(every.to_string());
+        cmd.arg("-flush-until").arg(until.to_string());
     }
     if p.raw {
         cmd.arg("-raw");
@@ -74,7 +92,7 @@ fn go_output(data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
 /// Writes `data` like gogzip.go does: stretches between flush points, each in chunks.
 fn feed<W: Write>(w: &mut W, data: &[u8], p: &Pattern, mut flush: impl FnMut(&mut W)) {
     let mut at = 0;
-    let mut write = |w: &mut W, from: usize, to: usize| {
+    let write = |w: &mut W, from: usize, to: usize| {
         let mut from = from;
         while from < to {
             let end = if p.chunk > 0 { (from + p.chunk).min(to) } else { to };
@@ -82,9 +100,7 @@ fn feed<W: Write>(w: &mut W, data: &[u8], p: &Pattern, mut flush: impl FnMut(&mu
             from = end;
         }
     };
-    let mut points = p.flushes.clone();
-    points.sort_unstable();
-    for point in points {
+    for point in p.points() {
         let point = point.min(data.len());
         write(w, at, point);
         at = point;
@@ -276,7 +292,7 @@ fn goflate_flush_points() {
                 let p = Pattern {
                     chunk,
                     flushes: flushes.clone(),
-                    raw: false,
+                    ..whole()
                 };
                 cases += check("tar 400K", data, level, &p);
             }
@@ -293,4 +309,45 @@ fn goflate_whole_system_tar() {
         cases += check("system tar", tar, level, &Pattern { chunk: 32768, ..whole() });
     }
     eprintln!("goflate system tar ({} bytes): {cases} cases equal", tar.len());
+}
+
+/// BestSpeed keeps table offsets in an `i32` that grows by 32 KiB at every short flushed
+/// block and by the block's size at every other; near `i32::MAX` Go rebases the table
+/// (`shiftOffsets`), with and without a previous block to match into. 65 528 flushes every
+/// 10 bytes bring the offset just below the rebase point; the full blocks after them cross
+/// it with a history, and one more flush run crosses it without.
+#[test]
+fn goflate_best_speed_rebases_its_table() {
+    let tar = system_tar();
+    let mut data = words(655_280, 9);
+    data.extend_from_slice(&tar[..400_000]);
+    let below = Pattern {
+        every: Some((10, 655_280)),
+        ..whole()
+    };
+    let mut cases = check("flushed prefix + tar", &data, 1, &below);
+    let across = Pattern {
+        every: Some((10, 700_000)),
+        ..whole()
+    };
+    cases += check("flushed across the rebase", &data, 1, &across);
+    eprintln!("goflate BestSpeed rebase: {cases} cases equal");
+}
+
+/// Levels 2 to 9 rebase their hash chains after 16 MiB of input (`maxHashOffset`).
+#[test]
+fn goflate_hash_chains_rebase_after_16_mib() {
+    let tar = system_tar();
+    let mut data = Vec::with_capacity(18 << 20);
+    let mut seed = 10;
+    while data.len() < 17 << 20 {
+        data.extend_from_slice(&tar[..tar.len().min(3 << 20)]);
+        data.extend_from_slice(&words(1 << 20, seed));
+        seed += 1;
+    }
+    let mut cases = 0;
+    for level in [2, 6] {
+        cases += check("17 MiB", &data, level, &Pattern { chunk: 1 << 20, ..whole() });
+    }
+    eprintln!("goflate 17 MiB ({} bytes): {cases} cases equal", data.len());
 }

@@ -1,10 +1,11 @@
 // gogzip compresses stdin to stdout with Go's compress/gzip (or compress/flate with -raw), the
 // reference that tests/goflate_equal.rs compares sideload's port against.
 //
-// Usage: gogzip -level N [-chunk BYTES] [-flush OFF,OFF,...] [-raw]
+// Usage: gogzip -level N [-chunk BYTES] [-flush OFF,OFF,...] [-flush-every N -flush-until M] [-raw]
 //
 // Input is written in chunks of -chunk bytes (0: one Write); the writer is flushed (Go's
-// Flush, a sync flush) after the input offsets listed in -flush. Standard library only.
+// Flush, a sync flush) after the input offsets listed in -flush, and after every
+// -flush-every bytes up to offset -flush-until. Standard library only.
 package main
 
 import (
@@ -29,6 +30,8 @@ func main() {
 	level := flag.Int("level", gzip.DefaultCompression, "compression level, -2..9")
 	chunk := flag.Int("chunk", 0, "write chunk size in bytes, 0 for one write")
 	flushes := flag.String("flush", "", "comma-separated input offsets after which to Flush")
+	every := flag.Int("flush-every", 0, "also flush after every this many bytes")
+	until := flag.Int("flush-until", 0, "last offset -flush-every flushes at")
 	raw := flag.Bool("raw", false, "raw deflate (compress/flate) instead of gzip")
 	flag.Parse()
 
@@ -41,8 +44,13 @@ func main() {
 			}
 			points = append(points, n)
 		}
-		sort.Ints(points)
 	}
+	if *every > 0 {
+		for p := *every; p <= *until; p += *every {
+			points = append(points, p)
+		}
+	}
+	sort.Ints(points)
 	data, err := io.ReadAll(os.Stdin)
 	if err != nil {
 		fail(err)
