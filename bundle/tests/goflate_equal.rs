@@ -351,3 +351,38 @@ fn goflate_hash_chains_rebase_after_16_mib() {
     }
     eprintln!("goflate 17 MiB ({} bytes): {cases} cases equal", data.len());
 }
+
+/// Header fields as Go writes them: FLG, MTIME, XFL by level, Latin-1 strings, the extra
+/// field's length.
+#[test]
+fn goflate_header_fields() {
+    let data = words(10_000, 12);
+    let header = GoGzipHeader {
+        name: GoGzipHeader::latin1("name", "layer.tar").unwrap(),
+        comment: GoGzipHeader::latin1("comment", "café au lait").unwrap(),
+        extra: Some(b"sl\x01\x02".to_vec()),
+        mtime: 1_700_000_000,
+        ..GoGzipHeader::default()
+    };
+    let mut cases = 0;
+    for level in [-1, 1, 6, 9] {
+        let go = {
+            let mut cmd = Command::new(gogzip());
+            cmd.args(["-level", &level.to_string(), "-name", "layer.tar"]);
+            cmd.args(["-comment", "café au lait", "-extra", "sl\x01\x02"]);
+            cmd.args(["-mtime", "1700000000"]);
+            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            child.stdin.take().unwrap().write_all(&data).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            out.stdout
+        };
+        let mut w = GoGzipWriter::new(Vec::new(), Level::new(level).unwrap(), &header).unwrap();
+        w.write_all(&data).unwrap();
+        assert_eq!(w.finish().unwrap(), go, "level {level}");
+        cases += 1;
+    }
+    assert!(GoGzipHeader::latin1("name", "日本").is_err());
+    assert!(GoGzipHeader::latin1("name", "a\0b").is_err());
+    eprintln!("goflate header fields: {cases} cases equal");
+}

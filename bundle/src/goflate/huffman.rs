@@ -226,10 +226,62 @@ pub(crate) fn reverse_bits(number: u16, bit_length: u16) -> u16 {
 mod tests {
     use super::*;
 
-    fn lengths(freq: &[i32], max_bits: i32) -> Vec<u16> {
+    /// (lengths, codes) of the code for `freq`.
+    fn generated(freq: &[i32], max_bits: i32) -> (Vec<u16>, Vec<u16>) {
         let mut h = HuffmanEncoder::new(freq.len());
         h.generate(freq, max_bits);
-        h.codes.iter().map(|c| c.len).collect()
+        (
+            h.codes.iter().map(|c| c.len).collect(),
+            h.codes.iter().map(|c| c.code).collect(),
+        )
+    }
+
+    fn fibonacci(n: usize) -> Vec<i32> {
+        let (mut a, mut b) = (1, 1);
+        (0..n)
+            .map(|_| {
+                let f = a;
+                (a, b) = (b, a + b);
+                f
+            })
+            .collect()
+    }
+
+    /// Expected values printed by Go 1.19.8's own `huffman_code.go` (copied into a `main`
+    /// package, `generate` on a fresh encoder).
+    #[test]
+    fn goflate_huffman_codes_match_go() {
+        let (lens, codes) = generated(&[1; 8], 15);
+        assert_eq!(lens, [3; 8]);
+        assert_eq!(codes, [0, 4, 2, 6, 1, 5, 3, 7]);
+
+        let (lens, codes) = generated(&[5, 0, 3, 9, 1, 1, 0, 40, 2, 2], 15);
+        assert_eq!(lens, [3, 0, 5, 2, 6, 6, 0, 1, 5, 5]);
+        assert_eq!(codes, [3, 0, 7, 1, 31, 63, 0, 0, 23, 15]);
+
+        // Fibonacci frequencies: the length limit binds.
+        let (lens, codes) = generated(&fibonacci(20), 7);
+        assert_eq!(lens, [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 4, 4, 3, 3, 2, 2]);
+        assert_eq!(
+            codes,
+            [23, 87, 55, 119, 15, 79, 47, 111, 31, 95, 63, 127, 7, 39, 3, 11, 1, 5, 0, 2]
+        );
+        let (lens, codes) = generated(&fibonacci(20), 15);
+        assert_eq!(
+            lens,
+            [15, 15, 15, 15, 14, 14, 13, 13, 12, 12, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+        );
+        assert_eq!(
+            codes,
+            [
+                8191, 24575, 16383, 32767, 4095, 12287, 2047, 6143, 1023, 3071, 511, 255, 127, 63,
+                31, 15, 7, 3, 1, 0
+            ]
+        );
+
+        // One and two symbols: one bit each, by rank.
+        let (lens, codes) = generated(&[0, 7, 0, 2], 15);
+        assert_eq!((lens, codes), (vec![0, 1, 0, 1], vec![0, 0, 0, 1]));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 // gogzip compresses stdin to stdout with Go's compress/gzip (or compress/flate with -raw), the
 // reference that tests/goflate_equal.rs compares sideload's port against.
 //
-// Usage: gogzip -level N [-chunk BYTES] [-flush OFF,OFF,...] [-flush-every N -flush-until M] [-raw]
+// Usage: gogzip -level N [-name S] [-comment S] [-extra S] [-mtime SECS] [-chunk BYTES] [-flush OFF,OFF,...] [-flush-every N -flush-until M] [-raw]
 //
 // Input is written in chunks of -chunk bytes (0: one Write); the writer is flushed (Go's
 // Flush, a sync flush) after the input offsets listed in -flush, and after every
@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 type flushWriter interface {
@@ -33,6 +34,10 @@ func main() {
 	every := flag.Int("flush-every", 0, "also flush after every this many bytes")
 	until := flag.Int("flush-until", 0, "last offset -flush-every flushes at")
 	raw := flag.Bool("raw", false, "raw deflate (compress/flate) instead of gzip")
+	name := flag.String("name", "", "gzip header Name")
+	comment := flag.String("comment", "", "gzip header Comment")
+	extra := flag.String("extra", "", "gzip header Extra (set when not empty)")
+	mtime := flag.Int64("mtime", 0, "gzip header ModTime, Unix seconds (0: unset)")
 	flag.Parse()
 
 	var points []int
@@ -60,7 +65,18 @@ func main() {
 	if *raw {
 		w, err = flate.NewWriter(out, *level)
 	} else {
-		w, err = gzip.NewWriterLevel(out, *level)
+		var z *gzip.Writer
+		z, err = gzip.NewWriterLevel(out, *level)
+		if err == nil {
+			z.Name, z.Comment = *name, *comment
+			if *extra != "" {
+				z.Extra = []byte(*extra)
+			}
+			if *mtime != 0 {
+				z.ModTime = time.Unix(*mtime, 0)
+			}
+		}
+		w = z
 	}
 	if err != nil {
 		fail(err)
