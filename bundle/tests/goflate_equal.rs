@@ -386,3 +386,39 @@ fn goflate_header_fields() {
     assert!(GoGzipHeader::latin1("name", "a\0b").is_err());
     eprintln!("goflate header fields: {cases} cases equal");
 }
+
+/// `analyse_go` names the level Go wrote a blob with, and the port recreates the blob from the
+/// plain text, header and trailer alone; blobs Go did not write (zlib, or Go flushed before
+/// closing) are not claimed.
+#[test]
+fn goflate_analyse_go_finds_the_level() {
+    use sideload_bundle::gzip_recipe::analyse_go;
+    let data = &system_tar()[..700_000];
+    let mut cases = 0;
+    for level in [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9] {
+        let blob = go_output(data, level, &whole());
+        let found = analyse_go(&blob[..])
+            .unwrap()
+            .unwrap_or_else(|| panic!("level {level} not found"));
+        let expect = if level == -1 { 6 } else { level };
+        assert_eq!(found.level.get(), expect, "level {level}");
+        assert_eq!(found.plain_len, data.len() as u64);
+        // Recreate: verbatim header, the port's deflate stream, verbatim trailer.
+        let mut again = found.header.clone();
+        let mut w = GoFlateWriter::new(again, found.level);
+        w.write_all(data).unwrap();
+        again = w.finish().unwrap();
+        again.extend_from_slice(&found.trailer);
+        assert!(again == blob, "level {level}: recreated blob differs");
+        cases += 1;
+    }
+    let mut zlib = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    zlib.write_all(data).unwrap();
+    assert!(analyse_go(&zlib.finish().unwrap()[..]).unwrap().is_none());
+    let flushed = Pattern {
+        flushes: vec![100_000],
+        ..whole()
+    };
+    assert!(analyse_go(&go_output(data, 6, &flushed)[..]).unwrap().is_none());
+    eprintln!("goflate analyse_go: {cases} levels found");
+}

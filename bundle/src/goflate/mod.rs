@@ -44,8 +44,9 @@
 //!
 //! - No dictionaries (`NewWriterDict`), no `Reset`: not used by image builders.
 //! - No decoding: inflate with any decoder.
-//! - Nothing about which level or flush points a blob was written with: that is the
-//!   analyser's job (see `gzip_recipe`), and not wired in yet.
+//! - Nothing about which level or flush points a blob was written with: that is
+//!   [`analyse_go`](crate::gzip_recipe::analyse_go)'s job (levels only, no flush points), and
+//!   no recipe kind or bundle format change uses it yet.
 //!
 //! # Which Go versions
 //!
@@ -161,6 +162,16 @@ impl<W: Write> GoFlateWriter<W> {
             d: Compressor::new(level),
             done: false,
         }
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// The inner writer (writing to it directly corrupts the stream).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     /// Go's `Flush`: compress everything written so far, end the block and write an empty
