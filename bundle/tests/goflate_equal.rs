@@ -95,7 +95,11 @@ fn feed<W: Write>(w: &mut W, data: &[u8], p: &Pattern, mut flush: impl FnMut(&mu
     let write = |w: &mut W, from: usize, to: usize| {
         let mut from = from;
         while from < to {
-            let end = if p.chunk > 0 { (from + p.chunk).min(to) } else { to };
+            let end = if p.chunk > 0 {
+                (from + p.chunk).min(to)
+            } else {
+                to
+            };
             w.write_all(&data[from..end]).unwrap();
             from = end;
         }
@@ -154,15 +158,29 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 /// Text-like input: words from a small vocabulary, with skewed frequencies and numbers.
 fn words(len: usize, seed: u64) -> Vec<u8> {
     const VOCAB: [&str; 16] = [
-        "the ", "layer ", "image ", "registry ", "digest ", "sha256:", "blob ", "manifest ",
-        "\n", "config ", "of ", "a ", "tar ", "gzip ", "deflate ", "window ",
+        "the ",
+        "layer ",
+        "image ",
+        "registry ",
+        "digest ",
+        "sha256:",
+        "blob ",
+        "manifest ",
+        "\n",
+        "config ",
+        "of ",
+        "a ",
+        "tar ",
+        "gzip ",
+        "deflate ",
+        "window ",
     ];
     let noise = random(len, seed);
     let mut out = Vec::with_capacity(len + 16);
     let mut i = 0;
     while out.len() < len {
         let r = noise[i % noise.len()] as usize;
-        if r % 7 == 0 {
+        if r.is_multiple_of(7) {
             out.extend_from_slice(format!("{} ", r * 31 + i).as_bytes());
         } else {
             out.extend_from_slice(VOCAB[(r * r) % VOCAB.len()].as_bytes());
@@ -179,7 +197,10 @@ fn system_tar() -> &'static [u8] {
     TAR.get_or_init(|| {
         let out = Command::new("tar")
             .args(["-cf", "-", "-C", "/"])
-            .args(["usr/share/common-licenses", "usr/lib/x86_64-linux-gnu/perl-base"])
+            .args([
+                "usr/share/common-licenses",
+                "usr/lib/x86_64-linux-gnu/perl-base",
+            ])
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -261,10 +282,7 @@ fn goflate_chunking_does_not_matter() {
             if chunk == 1 && level != 6 && level != 1 {
                 continue; // one-byte writes are slow through a pipe; two levels suffice
             }
-            let p = Pattern {
-                chunk,
-                ..whole()
-            };
+            let p = Pattern { chunk, ..whole() };
             cases += check("tar 300K", data, level, &p);
         }
     }
@@ -306,9 +324,20 @@ fn goflate_whole_system_tar() {
     let mut cases = 0;
     let tar = system_tar();
     for level in LEVELS {
-        cases += check("system tar", tar, level, &Pattern { chunk: 32768, ..whole() });
+        cases += check(
+            "system tar",
+            tar,
+            level,
+            &Pattern {
+                chunk: 32768,
+                ..whole()
+            },
+        );
     }
-    eprintln!("goflate system tar ({} bytes): {cases} cases equal", tar.len());
+    eprintln!(
+        "goflate system tar ({} bytes): {cases} cases equal",
+        tar.len()
+    );
 }
 
 /// BestSpeed keeps table offsets in an `i32` that grows by 32 KiB at every short flushed
@@ -347,7 +376,15 @@ fn goflate_hash_chains_rebase_after_16_mib() {
     }
     let mut cases = 0;
     for level in [2, 6] {
-        cases += check("17 MiB", &data, level, &Pattern { chunk: 1 << 20, ..whole() });
+        cases += check(
+            "17 MiB",
+            &data,
+            level,
+            &Pattern {
+                chunk: 1 << 20,
+                ..whole()
+            },
+        );
     }
     eprintln!("goflate 17 MiB ({} bytes): {cases} cases equal", data.len());
 }
@@ -371,7 +408,11 @@ fn goflate_header_fields() {
             cmd.args(["-level", &level.to_string(), "-name", "layer.tar"]);
             cmd.args(["-comment", "café au lait", "-extra", "sl\x01\x02"]);
             cmd.args(["-mtime", "1700000000"]);
-            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
             child.stdin.take().unwrap().write_all(&data).unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(out.status.success());
@@ -419,6 +460,8 @@ fn goflate_analyse_go_finds_the_level() {
         flushes: vec![100_000],
         ..whole()
     };
-    assert!(analyse_go(&go_output(data, 6, &flushed)[..]).unwrap().is_none());
+    assert!(analyse_go(&go_output(data, 6, &flushed)[..])
+        .unwrap()
+        .is_none());
     eprintln!("goflate analyse_go: {cases} levels found");
 }

@@ -21,8 +21,9 @@ const BAD_CODE: u8 = 255;
 /// Largest stored block.
 pub(crate) const MAX_STORE_BLOCK_SIZE: usize = 65535;
 
-const CODEGEN_ORDER: [usize; CODEGEN_CODE_COUNT] =
-    [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
+const CODEGEN_ORDER: [usize; CODEGEN_CODE_COUNT] = [
+    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+];
 
 /// Which code a block is written with.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -135,9 +136,12 @@ impl HuffmanBitWriter {
                 extra_bits += i64::from(self.literal_freq[code])
                     * i64::from(LENGTH_EXTRA_BITS[code - LENGTH_CODES_START]);
             }
-            for code in 4..num_offsets {
-                extra_bits += i64::from(self.offset_freq[code]) * i64::from(OFFSET_EXTRA_BITS[code]);
-            }
+            // Empty when fewer than 5 offset codes are used.
+            let offsets = self.offset_freq.iter().take(num_offsets).skip(4);
+            extra_bits += offsets
+                .zip(&OFFSET_EXTRA_BITS[4..])
+                .map(|(&freq, &bits)| i64::from(freq) * i64::from(bits))
+                .sum::<i64>();
         }
         let mut codes = Codes::Fixed;
         let mut size = 3
@@ -166,12 +170,26 @@ impl HuffmanBitWriter {
             Codes::Fixed => {
                 self.write_fixed_header(eof);
                 let (lit, off) = (&self.fixed_literal.codes, &self.fixed_offset.codes);
-                write_tokens(&mut self.out, &mut self.bits, &mut self.nbits, tokens, lit, off);
+                write_tokens(
+                    &mut self.out,
+                    &mut self.bits,
+                    &mut self.nbits,
+                    tokens,
+                    lit,
+                    off,
+                );
             }
             Codes::Dynamic => {
                 self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
                 let (lit, off) = (&self.literal_encoding.codes, &self.offset_encoding.codes);
-                write_tokens(&mut self.out, &mut self.bits, &mut self.nbits, tokens, lit, off);
+                write_tokens(
+                    &mut self.out,
+                    &mut self.bits,
+                    &mut self.nbits,
+                    tokens,
+                    lit,
+                    off,
+                );
             }
         }
     }
@@ -195,7 +213,14 @@ impl HuffmanBitWriter {
         }
         self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
         let (lit, off) = (&self.literal_encoding.codes, &self.offset_encoding.codes);
-        write_tokens(&mut self.out, &mut self.bits, &mut self.nbits, tokens, lit, off);
+        write_tokens(
+            &mut self.out,
+            &mut self.bits,
+            &mut self.nbits,
+            tokens,
+            lit,
+            off,
+        );
     }
 
     /// `writeBlockHuff`: literals only, with a dynamic code (HuffmanOnly, and BestSpeed's
@@ -273,7 +298,11 @@ impl HuffmanBitWriter {
         while num_codegens > 4 && self.codegen_freq[CODEGEN_ORDER[num_codegens - 1]] == 0 {
             num_codegens -= 1;
         }
-        let header = 3 + 5 + 5 + 4 + 3 * num_codegens as i64
+        let header = 3
+            + 5
+            + 5
+            + 4
+            + 3 * num_codegens as i64
             + self.codegen_encoding.bit_length(&self.codegen_freq)
             + i64::from(self.codegen_freq[16]) * 2
             + i64::from(self.codegen_freq[17]) * 3

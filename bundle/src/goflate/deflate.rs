@@ -202,7 +202,8 @@ impl Compressor {
         if self.window_end < self.window.len() && !self.sync || self.window_end == 0 {
             return;
         }
-        self.w.write_block_huff(false, &self.window[..self.window_end]);
+        self.w
+            .write_block_huff(false, &self.window[..self.window_end]);
         self.window_end = 0;
     }
 
@@ -311,7 +312,10 @@ impl Compressor {
                 if greedy {
                     tokens.push(match_token((c.length - 3) as u32, (c.offset - 1) as u32));
                 } else {
-                    tokens.push(match_token((prev_length - 3) as u32, (prev_offset - 1) as u32));
+                    tokens.push(match_token(
+                        (prev_length - 3) as u32,
+                        (prev_offset - 1) as u32,
+                    ));
                 }
                 if c.length <= p.fast_skip_hashing {
                     let new_index = if greedy {

@@ -192,11 +192,6 @@ impl DeflateFast {
         }
         self.cur = MAX_MATCH_OFFSET as i32 + 1;
     }
-
-    #[cfg(test)]
-    pub(crate) fn set_cur(&mut self, cur: i32) {
-        self.cur = cur;
-    }
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -213,6 +208,9 @@ mod tests {
         // (u * 0x1e35a7bd) >> 18 on uint32, as Go computes it.
         assert_eq!(hash(0), 0);
         assert_eq!(hash(1), 0x1e35a7bd >> 18);
-        assert_eq!(hash(0xffff_ffff), 0xffff_ffffu32.wrapping_mul(0x1e35a7bd) >> 18);
+        assert_eq!(
+            hash(0xffff_ffff),
+            0xffff_ffffu32.wrapping_mul(0x1e35a7bd) >> 18
+        );
     }
 }

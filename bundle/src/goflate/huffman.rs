@@ -57,7 +57,7 @@ impl HuffmanEncoder {
             };
             *code = HCode {
                 code: reverse_bits(bits, size),
-                len: size as u16,
+                len: size,
             };
         }
         h
@@ -140,13 +140,13 @@ impl HuffmanEncoder {
 /// `bitCounts`: how many symbols get each code length (index = length), for `list` sorted by
 /// frequency (at least 3 symbols), lengths limited to `max_bits`.
 fn bit_counts(list: &[LiteralNode], max_bits: i32) -> Vec<i32> {
-    assert!((max_bits as usize) < MAX_BITS_LIMIT, "flate: maxBits too large");
+    assert!(
+        (max_bits as usize) < MAX_BITS_LIMIT,
+        "flate: maxBits too large"
+    );
     let n = list.len() as i32;
     // Go appends a sentinel of maximal frequency after the list.
-    let freq = |i: i32| -> i32 {
-        list.get(i as usize)
-            .map_or(i32::MAX, |node| node.freq)
-    };
+    let freq = |i: i32| -> i32 { list.get(i as usize).map_or(i32::MAX, |node| node.freq) };
     let max_bits = max_bits.min(n - 1) as usize;
 
     // One more level than Go's array: Go never writes `levels[maxBits + 1]` on valid input, but
@@ -261,7 +261,10 @@ mod tests {
 
         // Fibonacci frequencies: the length limit binds.
         let (lens, codes) = generated(&fibonacci(20), 7);
-        assert_eq!(lens, [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 4, 4, 3, 3, 2, 2]);
+        assert_eq!(
+            lens,
+            [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 4, 4, 3, 3, 2, 2]
+        );
         assert_eq!(
             codes,
             [23, 87, 55, 119, 15, 79, 47, 111, 31, 95, 63, 127, 7, 39, 3, 11, 1, 5, 0, 2]

@@ -307,8 +307,8 @@ impl GoGzipHeader {
         out.extend_from_slice(&self.mtime.to_le_bytes());
         out.extend_from_slice(&[xfl, self.os]);
         if let Some(extra) = &self.extra {
-            let len = u16::try_from(extra.len())
-                .map_err(|_| GoFlateError::ExtraTooLarge(extra.len()))?;
+            let len =
+                u16::try_from(extra.len()).map_err(|_| GoFlateError::ExtraTooLarge(extra.len()))?;
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(extra);
         }

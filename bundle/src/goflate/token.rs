@@ -111,7 +111,16 @@ mod tests {
     #[test]
     fn goflate_code_tables_match_go() {
         // Spot values of `lengthCodes` and `offsetCodes` as token.go spells them.
-        let lengths = [(0, 0), (7, 7), (8, 8), (9, 8), (10, 9), (18, 12), (223, 26), (224, 27)];
+        let lengths = [
+            (0, 0),
+            (7, 7),
+            (8, 8),
+            (9, 8),
+            (10, 9),
+            (18, 12),
+            (223, 26),
+            (224, 27),
+        ];
         for (len, code) in lengths {
             assert_eq!(length_code(len), code, "length {len}");
         }
