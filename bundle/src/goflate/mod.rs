@@ -29,9 +29,11 @@
 //! `gzip.Writer`) are the public face: streaming `std::io::Write` adapters over any writer.
 //! The core is sans-I/O: each call processes at most one window and hands its bytes on, so
 //! memory is Go's own buffers whatever the input's size: at levels 2 to 9 about 770 KiB (window
-//! 64 KiB, hash heads 512 KiB, chain links 128 KiB, 16 K tokens), at level 1 about 450 KiB
-//! (64 KiB window, 64 KiB history, 128 KiB table, 64 K tokens), at levels 0 and -2 the 64 KiB
-//! window; plus one block of output (at most ~70 KiB) before it is written on.
+//! 64 KiB, hash heads 512 KiB, chain links 128 KiB, 16 K tokens), at level 1 about 520 KiB
+//! (64 KiB window, 64 KiB history, 128 KiB table, 64 K tokens of 4 bytes), at levels 0 and -2
+//! the 64 KiB window; plus one block of output (at most ~70 KiB) before it is written on.
+//! Dropping a writer without `finish` leaves the stream unterminated (no final block), as in
+//! Go without `Close`.
 //!
 //! Chunking: Go buffers input into its window, so how the input is split into `Write` calls
 //! does not change the output (the tests prove it for several chunkings). Flushes do: Go's
