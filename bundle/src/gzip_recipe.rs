@@ -665,6 +665,138 @@ fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<Zlib
     }
 }
 
+/// Go `compress/flate` levels [`analyse_go`] races, most common first (6 is Go's default).
+const GO_LEVELS: [i32; 11] = [6, 9, 1, 5, 4, 3, 2, 7, 8, 0, -2];
+
+/// A blob that Go's `compress/gzip` wrote, as [`analyse_go`] found it: Go's writer at `level`
+/// (the [`goflate`](crate::goflate) port, proven for [`GO_WRITER`](crate::goflate::GO_WRITER)),
+/// closed without earlier flushes, writes its deflate stream from the plain text. Not yet a
+/// bundle recipe kind: the bundle format is unchanged.
+#[derive(Debug)]
+pub struct GoAnalysis {
+    /// The `compress/flate` level (-2 to 9; Go's default -1 is found as 6).
+    pub level: crate::goflate::Level,
+    /// The gzip member header, verbatim.
+    pub header: Vec<u8>,
+    /// CRC32 and size, verbatim.
+    pub trailer: Vec<u8>,
+    /// sha256 of the plain text.
+    pub plain_digest: Digest,
+    /// Plain-text length.
+    pub plain_len: u64,
+}
+
+/// One Go level in the race.
+struct GoCandidate {
+    level: crate::goflate::Level,
+    /// `None` once closed.
+    writer: Option<crate::goflate::GoFlateWriter<Vec<u8>>>,
+    matcher: Matcher,
+}
+
+impl GoCandidate {
+    /// Feeds plain text and compares what comes out; with `end`, then closes the stream.
+    fn feed(&mut self, plain: &[u8], end: bool, window: &[u8], window_at: u64) -> bool {
+        let Some(writer) = self.writer.as_mut() else {
+            return false;
+        };
+        writer.write_all(plain).expect("writing to a Vec");
+        let out = writer.get_mut();
+        let same = self.matcher.compare(out, window, window_at);
+        out.clear();
+        if !same || !end {
+            return same;
+        }
+        let writer = self.writer.take().expect("still open");
+        let last = writer.finish().expect("writing to a Vec");
+        self.matcher.compare(&last, window, window_at)
+    }
+}
+
+/// Streams a gzip blob once and finds the Go `compress/flate` level whose output (written in
+/// one go and closed, as `docker`, BuildKit and containerd do) is the blob's deflate stream,
+/// byte for byte. Like [`analyse_zlib`], every level runs over the inflated text and drops out
+/// at its first differing byte, so a foreign blob costs about one block per level. `None`:
+/// no Go level wrote it (another compressor, or a Go writer that was flushed before it was
+/// closed, which this does not model).
+pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
+    use crate::goflate::{GoFlateWriter, Level};
+    let mut blob = blob;
+    let mut input = Vec::with_capacity(ANALYSE_STEP);
+    let header = read_header(&mut blob, &mut input)?;
+    let mut candidates: Vec<GoCandidate> = GO_LEVELS
+        .iter()
+        .map(|&level| {
+            let level = Level::new(level).expect("a Go level");
+            GoCandidate {
+                level,
+                writer: Some(GoFlateWriter::new(Vec::new(), level)),
+                matcher: Matcher::default(),
+            }
+        })
+        .collect();
+    let mut inflate = Decompress::new(false);
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    // The blob's deflate bytes from stream offset `window_at` on.
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_at = 0u64;
+    let mut plain = vec![0u8; 256 << 10];
+    let mut at = 0usize;
+    loop {
+        if at == input.len() {
+            input.clear();
+            at = 0;
+            if !fill(&mut blob, &mut input, ANALYSE_STEP)? && input.is_empty() {
+                return Err(RecipeError::NotRecreatable(
+                    "the deflate stream is truncated".into(),
+                ));
+            }
+        }
+        let in0 = inflate.total_in();
+        let out0 = inflate.total_out();
+        let status = inflate
+            .decompress(&input[at..], &mut plain, FlushDecompress::None)
+            .map_err(|e| RecipeError::NotRecreatable(format!("not a deflate stream: {e}")))?;
+        let used = (inflate.total_in() - in0) as usize;
+        let made = (inflate.total_out() - out0) as usize;
+        if used == 0 && made == 0 && status != Status::StreamEnd {
+            return Err(RecipeError::NotRecreatable(
+                "the deflate stream does not decode".into(),
+            ));
+        }
+        window.extend_from_slice(&input[at..at + used]);
+        at += used;
+        hasher.update(&plain[..made]);
+        let end = status == Status::StreamEnd;
+        candidates.retain_mut(|c| c.feed(&plain[..made], end, &window, window_at));
+        if end {
+            let stream_len = inflate.total_in();
+            let Some(found) = candidates
+                .iter()
+                .find(|c| c.matcher.matched == stream_len && c.matcher.ahead.is_empty())
+            else {
+                return Ok(None);
+            };
+            let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
+            return Ok(Some(GoAnalysis {
+                level: found.level,
+                header,
+                trailer,
+                plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
+                plain_len: inflate.total_out(),
+            }));
+        }
+        // Go holds back at most one window of input, so a level far behind is not the one.
+        let read_so_far = window_at + window.len() as u64;
+        candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
+        let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
+            return Ok(None);
+        };
+        window.drain(..(slowest - window_at) as usize);
+        window_at = slowest;
+    }
+}
+
 /// Streams a gzip blob once and returns the preflate recipe that recreates it from its plain
 /// text, checked (preflate recompresses every chunk from the recipe and compares) as it goes.
 /// `NotRecreatable` when the blob is not one deflate-compressed gzip member that preflate can

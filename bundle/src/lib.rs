@@ -40,6 +40,7 @@ pub mod demo;
 pub mod error;
 pub mod exact;
 pub mod fsutil;
+pub mod goflate;
 pub mod gzip_recipe;
 pub mod image;
 pub mod limits;
