@@ -145,14 +145,21 @@ async fn an_applied_bundle_is_pulled_by_the_engine_through_the_plugin_and_tagged
 
     let record = upload_and_wait_for_engine(&daemon);
     let outcome = record["engine"].as_str().unwrap();
-    let id = outcome.strip_prefix("loaded as ").unwrap_or_else(|| {
-        panic!(
-            "engine outcome {outcome:?}\ndaemon log:\n{}\npodman log:\n{}",
-            daemon.log(),
-            podman.log_tail()
-        )
-    });
+    // "loaded as ID under NAME, NAME…"
+    let id = outcome
+        .strip_prefix("loaded as ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| {
+            panic!(
+                "engine outcome {outcome:?}\ndaemon log:\n{}\npodman log:\n{}",
+                daemon.log(),
+                podman.log_tail()
+            )
+        });
     assert!(id.starts_with("sha256:"), "{outcome}");
+    for name in [format!("{plugin}/edge/app:v2"), "edge/app:v2".to_owned()] {
+        assert!(outcome.contains(&name), "{outcome}");
+    }
 
     let engine = Engine::new(EngineConfig {
         socket: socket.clone(),

@@ -194,7 +194,10 @@ pub async fn start_podman(dir: &Path, insecure: &[&str]) -> (Service, PathBuf) {
     let registries_conf = p.join("registries.conf");
     fs::write(&registries_conf, registries).unwrap();
     let containers_conf = p.join("containers.conf");
-    fs::write(&containers_conf, "").unwrap();
+    // File locks in this service's own tmp dir: with the default shm locks every podman on
+    // the host shares /dev/shm/libpod_lock, and services started at once by parallel tests
+    // race creating it ("failed to open 2048 locks in /libpod_lock: bad file descriptor").
+    fs::write(&containers_conf, "[engine]\nlock_type = \"file\"\n").unwrap();
     let storage_conf = p.join("storage.conf");
     fs::write(
         &storage_conf,
