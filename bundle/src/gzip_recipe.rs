@@ -19,13 +19,15 @@
 //!   itself, replays the model over the plain text and records where the real stream differs
 //!   from the prediction. Those corrections cost a floor of about 0.2 % of the blob even where
 //!   the prediction is always right (their arithmetic coder spends a fraction of a bit on
-//!   every token), which is why zlib and Go streams get their own kinds. The deflate stream is cut
-//!   into chunks of whole deflate blocks (a few MiB of plain text each) so neither side ever
-//!   holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to the
-//!   next.
+//!   every token), which is why zlib and Go streams get their own kinds. The deflate stream
+//!   is cut into chunks of whole deflate blocks (a few MiB of plain text each) so neither side
+//!   ever holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to
+//!   the next.
 //!
-//! All three keep the gzip header and everything after the deflate stream (CRC32, size) verbatim: a
-//! few bytes, and no guessing at what a tool wrote in them.
+//! All three keep the gzip header and everything after the deflate stream (CRC32, size)
+//! verbatim: a few bytes, and no guessing at what a tool wrote in them. (A Go blob's header is
+//! what `GoGzipHeader` would write, but kept verbatim it costs the same 10 bytes and needs no
+//! check.)
 //!
 //! A recipe means the same bytes only to the zlib, the Go writer and the `preflate-rs` version
 //! that made it (zlib and preflate pinned by Cargo.lock and in `Cargo.toml`, the Go writer named
