@@ -2,7 +2,8 @@
 //! compressed blob, so that it can serve the source's manifest unchanged.
 //!
 //! A manifest digest covers every layer's blob digest, so the image is exact only if every
-//! layer is: a gzip layer is recreated from its tar and a recipe ([`crate::gzip_recipe`]) or
+//! layer is: a gzip layer is recreated from its tar and a recipe ([`crate::gzip_recipe`]: a
+//! zlib level, a Go `compress/gzip` level, or preflate's corrections) or
 //! taken from a base image that holds the very same blob, and an uncompressed layer is exact
 //! as it is. What no recipe recreates cheaply (zstd layers, several gzip members, compressors
 //! preflate cannot model, such as the parallel gzip umoci writes) is either sent as the blob
@@ -18,7 +19,9 @@ use std::sync::Mutex;
 use sideload_signing::{BlobFrom, Digest, LayerStorage};
 
 use crate::error::Error;
-use crate::gzip_recipe::{analyse, analyse_zlib, max_chunks, Analysis, GzipRecipe, RecipeError};
+use crate::gzip_recipe::{
+    analyse, analyse_go, analyse_zlib, max_chunks, Analysis, GzipRecipe, RecipeError,
+};
 use crate::image::compression::sniff;
 use crate::image::spec::media_types::OCI_LAYER_TAR;
 use crate::image::{Compression, ImageSource, Layer};
@@ -143,9 +146,11 @@ enum Need {
     Analyse,
 }
 
-/// Layer `index`'s recipe: a zlib level when one wrote the blob (a few bytes), else preflate's
-/// corrections. A blob that is not zlib's is read again for preflate (the zlib pass usually
-/// stops at its first block; a stream that differs only at its end is read whole, twice).
+/// Layer `index`'s recipe: a zlib level when one wrote the blob (a few bytes), else a Go
+/// `compress/gzip` level when Go wrote it (a few bytes too), else preflate's corrections. A
+/// blob is read again for each (the zlib and Go passes usually stop at their first block; a
+/// stream that differs only at its end is read whole), so zlib and Go blobs never pay
+/// preflate's time.
 fn recipe_for(
     target: &dyn ImageSource,
     index: usize,
@@ -166,6 +171,11 @@ fn recipe_for(
         Ok(Some(analysis)) => return Ok(Ok(analysis)),
         Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
         // Not zlib's, or not a blob preflate reads either: preflate says which.
+        Ok(None) | Err(_) => {}
+    }
+    match analyse_go(target.open_layer_blob(index)?) {
+        Ok(Some(go)) => return Ok(Ok(go.into_analysis())),
+        Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
         Ok(None) | Err(_) => {}
     }
     Ok(analyse(target.open_layer_blob(index)?))
@@ -297,7 +307,7 @@ pub fn plan(
                         Err(RecipeError::Io(e)) => {
                             Err(Error::io("reading a layer of", &image.reference)(e))
                         }
-                        Err(e @ RecipeError::Invalid(_)) => {
+                        Err(e) => {
                             Ok(Err(format!("layer {index}: {e}")))
                         }
                     },

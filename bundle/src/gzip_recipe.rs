@@ -2,7 +2,7 @@
 //!
 //! Registries hold layers gzip-compressed by whatever tool built the image, and deflate output
 //! depends on the compressor (its hash chains, lazy matching, block splitting), so compressing
-//! the tar again gives other bytes and another digest. Two kinds of *recipe* recreate a blob:
+//! the tar again gives other bytes and another digest. Three kinds of *recipe* recreate a blob:
 //!
 //! - **zlib.** Many tools compress with zlib itself at a standard level (Python's `gzip`,
 //!   Java's `GZIPOutputStream`, zlib's own `gzip` functions). zlib is deterministic, so the
@@ -10,24 +10,34 @@
 //!   and the device runs the same zlib (built in, pinned) over the tar. A few bytes per layer,
 //!   whatever its size. [`analyse_zlib`] tries every level in one pass and gives up on a level
 //!   at its first differing byte, which for a foreign compressor is its first block.
+//! - **Go.** Docker, BuildKit and containerd compress layers with Go's `compress/gzip`, which
+//!   is deterministic too; [`crate::goflate`] is a bit-exact port of its writer. The recipe is
+//!   the level and the Go release the port is proven for ([`GoWriter`]); [`analyse_go`] races
+//!   every Go level like [`analyse_zlib`] races zlib's. Only a writer closed without earlier
+//!   flushes is modelled.
 //! - **preflate.** For any other compressor, `preflate-rs` models it from the deflate stream
 //!   itself, replays the model over the plain text and records where the real stream differs
 //!   from the prediction. Those corrections cost a floor of about 0.2 % of the blob even where
 //!   the prediction is always right (their arithmetic coder spends a fraction of a bit on
-//!   every token), which is why zlib streams get their own kind. The deflate stream is cut
-//!   into chunks of whole deflate blocks (a few MiB of plain text each) so neither side ever
-//!   holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to the
-//!   next.
+//!   every token), which is why zlib and Go streams get their own kinds. The deflate stream
+//!   is cut into chunks of whole deflate blocks (a few MiB of plain text each) so neither side
+//!   ever holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to
+//!   the next.
 //!
-//! Both keep the gzip header and everything after the deflate stream (CRC32, size) verbatim: a
-//! few bytes, and no guessing at what a tool wrote in them.
+//! All three keep the gzip header and everything after the deflate stream (CRC32, size)
+//! verbatim: a few bytes, and no guessing at what a tool wrote in them. (A Go blob's header is
+//! what `GoGzipHeader` would write, but kept verbatim it costs the same 10 bytes and needs no
+//! check.)
 //!
-//! A recipe means the same bytes only to the zlib and the `preflate-rs` version that made it
-//! (both pinned, by Cargo.lock and in `Cargo.toml`); the recipe starts with a kind byte, and a
-//! device refuses a kind it does not know instead of producing wrong bytes.
+//! A recipe means the same bytes only to the zlib, the Go writer and the `preflate-rs` version
+//! that made it (zlib and preflate pinned by Cargo.lock and in `Cargo.toml`, the Go writer named
+//! in the recipe itself); the recipe starts with a kind byte, and a device refuses a kind or a
+//! Go writer it does not know ([`RecipeError::UnknownKind`], [`RecipeError::UnknownGoWriter`])
+//! instead of producing wrong bytes.
 
 use std::io::{self, Cursor, Read, Write};
 
+use crate::goflate::{GoFlateWriter, Level};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use preflate_rs::{ExitCode, PreflateConfig, PreflateStreamProcessor, RecreateStreamProcessor};
 use sideload_signing::Digest;
@@ -38,6 +48,12 @@ pub const RECIPE_PREFLATE: u8 = 1;
 
 /// Kind byte of a zlib recipe.
 pub const RECIPE_ZLIB: u8 = 2;
+
+/// Kind byte of a Go recipe (Go's `compress/flate` writer, see [`GoWriter`]).
+pub const RECIPE_GO: u8 = 3;
+
+/// Longest Go writer id a recipe may carry (ids are Go release names, `go1.19.8`).
+const MAX_GO_WRITER_ID: usize = 32;
 
 /// zlib levels tried, most common first (a tie keeps the first). Not level 0: zlib sizes its
 /// stored blocks by how the input and output buffers arrive, so its output is not a function
@@ -104,8 +120,51 @@ pub enum DeflateRecipe {
         /// Plain-text bytes.
         plain_len: u64,
     },
+    /// Go's `compress/flate` writer of release `writer` at `level`, closed without earlier
+    /// flushes, writes the stream from the plain text (what `gzip.NewWriterLevel` writes
+    /// between its header and trailer).
+    Go {
+        /// The `compress/flate` level (-2 to 9).
+        level: Level,
+        /// Plain-text bytes.
+        plain_len: u64,
+        /// The Go release whose writer the recipe was proven with.
+        writer: GoWriter,
+    },
     /// preflate's corrections, chunk by chunk.
     Preflate(Vec<RecipeChunk>),
+}
+
+/// A Go writer a recipe may name: the Go releases whose `compress/flate` output this build
+/// reproduces bit for bit ([`crate::goflate`]). Go's encoder has changed over releases, so a
+/// recipe names the release it was proven with and a device refuses one it does not
+/// implement ([`RecipeError::UnknownGoWriter`]) rather than write other bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoWriter {
+    /// Go 1.19.8 ([`crate::goflate::GO_WRITER`]).
+    Go1_19_8,
+}
+
+impl GoWriter {
+    /// The writer this build's [`crate::goflate`] implements.
+    pub const CURRENT: GoWriter = GoWriter::Go1_19_8;
+
+    /// The id a recipe carries: the Go release name.
+    pub fn id(self) -> &'static str {
+        match self {
+            GoWriter::Go1_19_8 => crate::goflate::GO_WRITER,
+        }
+    }
+
+    /// The writer a recipe names, refused unless this build implements it.
+    pub fn from_id(id: &[u8]) -> Result<GoWriter, RecipeError> {
+        if id == GoWriter::Go1_19_8.id().as_bytes() {
+            return Ok(GoWriter::Go1_19_8);
+        }
+        Err(RecipeError::UnknownGoWriter {
+            writer: String::from_utf8_lossy(id).into_owned(),
+        })
+    }
 }
 
 /// One run of whole deflate blocks.
@@ -139,6 +198,32 @@ pub enum RecipeError {
     /// The recipe record is malformed or does not fit the content.
     #[error("invalid recipe: {0}")]
     Invalid(String),
+    /// The recipe is of a kind this build does not know (made by a newer sideload).
+    #[error(
+        "recipe kind {kind}, this device knows kinds {RECIPE_PREFLATE} (preflate), {RECIPE_ZLIB} \
+         (zlib) and {RECIPE_GO} (Go); update sideload on the device or build the bundle with \
+         --exact never"
+    )]
+    UnknownKind {
+        /// The kind byte.
+        kind: u8,
+    },
+    /// A Go recipe names a Go writer this build does not implement.
+    #[error(
+        "the recipe needs Go's compress/gzip writer {writer:?}, this device recreates {} only; \
+         update sideload on the device or build the bundle with --exact never",
+        GoWriter::CURRENT.id()
+    )]
+    UnknownGoWriter {
+        /// The writer id the recipe carries (lossily decoded).
+        writer: String,
+    },
+    /// A Go recipe's level is not one of Go's (-2 to 9).
+    #[error("Go compression level {level}, Go's levels are -2 to 9")]
+    InvalidGoLevel {
+        /// The level byte, as a signed number.
+        level: i8,
+    },
     /// Reading or writing failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -148,7 +233,9 @@ impl GzipRecipe {
     /// Plain-text bytes the recipe covers.
     pub fn plain_len(&self) -> u64 {
         match &self.deflate {
-            DeflateRecipe::Zlib { plain_len, .. } => *plain_len,
+            DeflateRecipe::Zlib { plain_len, .. } | DeflateRecipe::Go { plain_len, .. } => {
+                *plain_len
+            }
             DeflateRecipe::Preflate(chunks) => chunks.iter().map(|c| c.plain_len).sum(),
         }
     }
@@ -162,6 +249,9 @@ impl GzipRecipe {
                 ..
             } => format!("zlib level {level}"),
             DeflateRecipe::Zlib { level, .. } => format!("zlib level {level}, flushed at the end"),
+            DeflateRecipe::Go { level, writer, .. } => {
+                format!("Go compress/gzip level {} ({})", level.get(), writer.id())
+            }
             DeflateRecipe::Preflate(chunks) => {
                 let n = chunks.len();
                 format!(
@@ -176,6 +266,7 @@ impl GzipRecipe {
     pub fn encoded_len(&self) -> u64 {
         let deflate = match &self.deflate {
             DeflateRecipe::Zlib { .. } => 1 + 1 + 8,
+            DeflateRecipe::Go { writer, .. } => 1 + writer.id().len() as u64 + 1 + 8,
             DeflateRecipe::Preflate(chunks) => {
                 4 + chunks
                     .iter()
@@ -187,9 +278,10 @@ impl GzipRecipe {
     }
 
     /// The recipe as the payload carries it: kind byte, header, then for zlib the level (u8),
-    /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for
+    /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for Go the
+    /// writer id (u8 length, then its ASCII bytes), the level (i8) and plain length (u64), for
     /// preflate the chunks (plain length and corrections), then the trailer; every length and
-    /// number little-endian, byte strings prefixed by a u32.
+    /// number little-endian, byte strings prefixed by a u32 (but the writer id).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len() as usize);
         match &self.deflate {
@@ -205,6 +297,18 @@ impl GzipRecipe {
                     ZlibEnding::Finish => 0,
                     ZlibEnding::SyncThenFinish => 1,
                 });
+                out.extend_from_slice(&plain_len.to_le_bytes());
+            }
+            DeflateRecipe::Go {
+                level,
+                plain_len,
+                writer,
+            } => {
+                out.push(RECIPE_GO);
+                put_bytes(&mut out, &self.header);
+                out.push(writer.id().len() as u8);
+                out.extend_from_slice(writer.id().as_bytes());
+                out.push(level.get() as i8 as u8);
                 out.extend_from_slice(&plain_len.to_le_bytes());
             }
             DeflateRecipe::Preflate(chunks) => {
@@ -226,15 +330,28 @@ impl GzipRecipe {
     pub fn from_bytes(bytes: &[u8], max_chunks: u64) -> Result<GzipRecipe, RecipeError> {
         let mut r = Cursor::new(bytes);
         let kind = take(&mut r, 1)?[0];
-        if kind != RECIPE_PREFLATE && kind != RECIPE_ZLIB {
-            return Err(RecipeError::Invalid(format!(
-                "recipe kind {kind}, this device knows kinds {RECIPE_PREFLATE} (preflate) and \
-                 {RECIPE_ZLIB} (zlib); update sideload on the device or build the bundle with \
-                 --exact never"
-            )));
+        if ![RECIPE_PREFLATE, RECIPE_ZLIB, RECIPE_GO].contains(&kind) {
+            return Err(RecipeError::UnknownKind { kind });
         }
         let header = take_bytes(&mut r, MAX_FRAME_BYTES as u64)?;
-        let deflate = if kind == RECIPE_ZLIB {
+        let deflate = if kind == RECIPE_GO {
+            let id_len = take(&mut r, 1)?[0] as usize;
+            if id_len > MAX_GO_WRITER_ID {
+                return Err(RecipeError::Invalid(format!(
+                    "a Go writer id of {id_len} bytes (at most {MAX_GO_WRITER_ID})"
+                )));
+            }
+            let writer = GoWriter::from_id(take(&mut r, id_len)?)?;
+            let level = take(&mut r, 1)?[0] as i8;
+            let level =
+                Level::new(i32::from(level)).map_err(|_| RecipeError::InvalidGoLevel { level })?;
+            let plain_len = u64::from_le_bytes(take(&mut r, 8)?.try_into().expect("8 bytes"));
+            DeflateRecipe::Go {
+                level,
+                plain_len,
+                writer,
+            }
+        } else if kind == RECIPE_ZLIB {
             let level = take(&mut r, 1)?[0];
             if !(1..=9).contains(&level) {
                 return Err(RecipeError::Invalid(format!(
@@ -670,12 +787,12 @@ const GO_LEVELS: [i32; 11] = [6, 9, 1, 5, 4, 3, 2, 7, 8, 0, -2];
 
 /// A blob that Go's `compress/gzip` wrote, as [`analyse_go`] found it: Go's writer at `level`
 /// (the [`goflate`](crate::goflate) port, proven for [`GO_WRITER`](crate::goflate::GO_WRITER)),
-/// closed without earlier flushes, writes its deflate stream from the plain text. Not yet a
-/// bundle recipe kind: the bundle format is unchanged.
+/// closed without earlier flushes, writes its deflate stream from the plain text.
+/// [`GoAnalysis::into_analysis`] makes it a [`DeflateRecipe::Go`] recipe.
 #[derive(Debug)]
 pub struct GoAnalysis {
     /// The `compress/flate` level (-2 to 9; Go's default -1 is found as 6).
-    pub level: crate::goflate::Level,
+    pub level: Level,
     /// The gzip member header, verbatim.
     pub header: Vec<u8>,
     /// CRC32 and size, verbatim.
@@ -686,11 +803,31 @@ pub struct GoAnalysis {
     pub plain_len: u64,
 }
 
+impl GoAnalysis {
+    /// The recipe that recreates the blob: the verbatim header and trailer around the deflate
+    /// stream of this build's Go writer ([`GoWriter::CURRENT`]) at the level found.
+    pub fn into_analysis(self) -> Analysis {
+        Analysis {
+            recipe: GzipRecipe {
+                header: self.header,
+                deflate: DeflateRecipe::Go {
+                    level: self.level,
+                    plain_len: self.plain_len,
+                    writer: GoWriter::CURRENT,
+                },
+                trailer: self.trailer,
+            },
+            plain_digest: self.plain_digest,
+            plain_len: self.plain_len,
+        }
+    }
+}
+
 /// One Go level in the race.
 struct GoCandidate {
-    level: crate::goflate::Level,
+    level: Level,
     /// `None` once closed.
-    writer: Option<crate::goflate::GoFlateWriter<Vec<u8>>>,
+    writer: Option<GoFlateWriter<Vec<u8>>>,
     matcher: Matcher,
 }
 
@@ -720,7 +857,6 @@ impl GoCandidate {
 /// no Go level wrote it (another compressor, or a Go writer that was flushed before it was
 /// closed, which this does not model).
 pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
-    use crate::goflate::{GoFlateWriter, Level};
     let mut blob = blob;
     let mut input = Vec::with_capacity(ANALYSE_STEP);
     let header = read_header(&mut blob, &mut input)?;
@@ -874,7 +1010,7 @@ pub fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
 }
 
 /// Writes the gzip blob `recipe` describes, reading the plain text from `plain` (a chunk at a
-/// time for preflate, 256 KiB at a time for zlib). Fails if `plain` is longer or shorter than
+/// time for preflate, 256 KiB at a time for zlib and Go). Fails if `plain` is longer or shorter than
 /// the recipe says; the caller checks the written blob's digest.
 pub fn recreate(
     recipe: &GzipRecipe,
@@ -888,6 +1024,11 @@ pub fn recreate(
             ending,
             plain_len,
         } => recreate_zlib(u32::from(*level), *ending, *plain_len, plain, out)?,
+        DeflateRecipe::Go {
+            level,
+            plain_len,
+            writer: GoWriter::Go1_19_8,
+        } => recreate_go(*level, *plain_len, plain, out)?,
         DeflateRecipe::Preflate(chunks) => recreate_preflate(chunks, plain, out)?,
     }
     let mut extra = [0u8; 1];
@@ -934,6 +1075,34 @@ fn recreate_zlib(
             "zlib's sync flush did not fit its buffer".into(),
         ));
     }
+    Ok(())
+}
+
+/// The Go writer port at `level` over exactly `plain_len` bytes of `plain`, then closed as Go's
+/// `Close` closes it. Memory: Go's own buffers (under 1 MiB) and one piece of input.
+fn recreate_go(
+    level: Level,
+    plain_len: u64,
+    plain: &mut impl Read,
+    out: &mut impl Write,
+) -> Result<(), RecipeError> {
+    let mut writer = GoFlateWriter::new(out, level);
+    let mut text = Vec::with_capacity(256 << 10);
+    let mut left = plain_len;
+    while left > 0 {
+        let want = left.min(256 << 10);
+        text.clear();
+        plain.by_ref().take(want).read_to_end(&mut text)?;
+        if (text.len() as u64) < want {
+            return Err(RecipeError::Invalid(format!(
+                "the layer ends after {} bytes: the recipe covers {plain_len}",
+                plain_len - left + text.len() as u64
+            )));
+        }
+        left -= want;
+        writer.write_all(&text)?;
+    }
+    writer.finish()?;
     Ok(())
 }
 
@@ -1314,5 +1483,184 @@ mod tests {
                 assert!(GzipRecipe::from_bytes(&bytes[..cut], 10).is_err());
             }
         }
+    }
+
+    /// Go's `gzip.Writer` at `level` with a name in its header, as a layer tool may set.
+    fn go_gzip(plain: &[u8], level: i32) -> Vec<u8> {
+        use crate::goflate::{GoGzipHeader, GoGzipWriter};
+        let header = GoGzipHeader {
+            name: b"layer.tar".to_vec(),
+            ..GoGzipHeader::default()
+        };
+        let mut w =
+            GoGzipWriter::new(Vec::new(), Level::new(level).unwrap(), &header).expect("valid");
+        w.write_all(plain).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn go_recipe(level: i32, plain_len: u64) -> GzipRecipe {
+        GzipRecipe {
+            header: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+            deflate: DeflateRecipe::Go {
+                level: Level::new(level).unwrap(),
+                plain_len,
+                writer: GoWriter::CURRENT,
+            },
+            trailer: vec![0; 8],
+        }
+    }
+
+    #[test]
+    fn go_streams_are_recreated_from_their_level_alone() {
+        // What Docker, BuildKit and containerd write: no zlib level matches, a Go level does,
+        // and the recipe is the header, the writer, the level and the trailer.
+        let plain = sample(1 << 20);
+        for level in [1, -1, 9] {
+            let gz = go_gzip(&plain, level);
+            assert!(analyse_zlib(|| Ok(&gz[..])).unwrap().is_none(), "{level}");
+            let analysis = analyse_go(&gz[..])
+                .unwrap()
+                .unwrap_or_else(|| panic!("level {level} not found"))
+                .into_analysis();
+            let recipe = round_trip_analysis(analysis, &gz, &plain);
+            let found = if level == -1 { 6 } else { level };
+            assert_eq!(
+                recipe.deflate,
+                DeflateRecipe::Go {
+                    level: Level::new(found).unwrap(),
+                    plain_len: plain.len() as u64,
+                    writer: GoWriter::Go1_19_8,
+                }
+            );
+            // Kind, header (10 B and "layer.tar\0"), writer id, level, length, trailer.
+            assert_eq!(
+                recipe.encoded_len(),
+                1 + 4 + 20 + 1 + 8 + 1 + 8 + 4 + 8,
+                "level {level}"
+            );
+            assert_eq!(
+                recipe.describe(),
+                format!("Go compress/gzip level {found} (go1.19.8)")
+            );
+        }
+    }
+
+    #[test]
+    fn the_go_writer_port_writes_the_bytes_recipes_were_made_with() {
+        // A Go recipe names go1.19.8 and means the bytes its writer writes; they are proven
+        // equal to Go's own by tests/goflate_equal.rs (which needs the Go toolchain). This
+        // pins them where Go is not installed: a change to the port that changed them would
+        // make devices fail exact applies. Update this only with a new Go writer id.
+        let plain = sample(1 << 20);
+        let got: Vec<String> = [1, 6, 9]
+            .iter()
+            .map(|&level| {
+                let mut out = Vec::new();
+                recreate_go(
+                    Level::new(level).unwrap(),
+                    plain.len() as u64,
+                    &mut &plain[..],
+                    &mut out,
+                )
+                .unwrap();
+                Digest::of_bytes(&out).to_string()
+            })
+            .collect();
+        // These are also the sha256 of `gogzip -raw -level N` (tests/goflate/gogzip.go) built
+        // with go1.19.8 over the same sample.
+        assert_eq!(
+            got,
+            [
+                "sha256:d952ea95f39f4c6ce28ee3e0f05f878c9ce6338112f368bcc150410d072a436d",
+                "sha256:68e786468bb2c822bd791365d82762ce57464a36da2c56cc3ad12f626996e16e",
+                "sha256:5fc7735c616dcd34b9e9080befe4ae35771b3cc1e5e32fca312fc18f1031b3b1",
+            ]
+        );
+    }
+
+    #[test]
+    fn go_recipes_naming_another_writer_or_level_are_refused() {
+        let go = go_recipe(6, 5).to_bytes();
+        assert_eq!(GzipRecipe::from_bytes(&go, 10).unwrap(), go_recipe(6, 5));
+        let at_writer = 1 + 4 + 10;
+        assert_eq!(go[at_writer] as usize, "go1.19.8".len());
+        let at_level = at_writer + 1 + "go1.19.8".len();
+
+        // A writer this build does not implement: refused, named, with the way out.
+        let mut newer = go.clone();
+        newer[at_writer + 1..at_level].copy_from_slice(b"go1.22.0");
+        let e = GzipRecipe::from_bytes(&newer, 10).unwrap_err();
+        assert!(
+            matches!(&e, RecipeError::UnknownGoWriter { writer } if writer == "go1.22.0"),
+            "{e:?}"
+        );
+        let said = e.to_string();
+        assert!(
+            said.contains("\"go1.22.0\"") && said.contains("go1.19.8") && said.contains("update"),
+            "{said}"
+        );
+        let mut shorter = go[..at_writer].to_vec();
+        shorter.push(4);
+        shorter.extend_from_slice(b"go1.");
+        shorter.extend_from_slice(&go[at_level..]);
+        assert!(matches!(
+            GzipRecipe::from_bytes(&shorter, 10),
+            Err(RecipeError::UnknownGoWriter { .. })
+        ));
+        let mut long_id = go[..at_writer].to_vec();
+        long_id.push(200);
+        long_id.extend(vec![b'g'; 200]);
+        long_id.extend_from_slice(&go[at_level..]);
+        let e = GzipRecipe::from_bytes(&long_id, 10).unwrap_err();
+        assert!(
+            matches!(&e, RecipeError::Invalid(m) if m.contains("200 bytes")),
+            "{e:?}"
+        );
+
+        // Levels: Go's -2 to 9 (-1 is the default), nothing else.
+        for level in [-2i8, -1, 0, 1, 9] {
+            let mut ok = go.clone();
+            ok[at_level] = level as u8;
+            let parsed = GzipRecipe::from_bytes(&ok, 10).unwrap();
+            assert_eq!(parsed.to_bytes(), ok, "level {level}");
+        }
+        for level in [-3i8, 10, 127, -128] {
+            let mut bad = go.clone();
+            bad[at_level] = level as u8;
+            let e = GzipRecipe::from_bytes(&bad, 10).unwrap_err();
+            assert!(
+                matches!(e, RecipeError::InvalidGoLevel { level: l } if l == level),
+                "{level}: {e:?}"
+            );
+        }
+
+        // An unknown kind is its own refusal; every cut is refused.
+        let mut kind_4 = go.clone();
+        kind_4[0] = 4;
+        assert!(matches!(
+            GzipRecipe::from_bytes(&kind_4, 10),
+            Err(RecipeError::UnknownKind { kind: 4 })
+        ));
+        for cut in 0..go.len() {
+            assert!(GzipRecipe::from_bytes(&go[..cut], 10).is_err(), "cut {cut}");
+        }
+        let mut longer = go.clone();
+        longer.push(0);
+        assert!(GzipRecipe::from_bytes(&longer, 10).is_err());
+    }
+
+    #[test]
+    fn a_go_recipe_refuses_content_of_the_wrong_length() {
+        let plain = sample(300_000);
+        let recipe = go_recipe(6, plain.len() as u64);
+        let short = recreate(&recipe, &mut Cursor::new(&plain[..1000]), &mut Vec::new());
+        assert!(
+            matches!(&short, Err(RecipeError::Invalid(m)) if m.contains("ends after 1000")),
+            "{short:?}"
+        );
+        let mut longer = plain.clone();
+        longer.push(0);
+        let long = recreate(&recipe, &mut Cursor::new(&longer), &mut Vec::new());
+        assert!(matches!(long, Err(RecipeError::Invalid(m)) if m.contains("longer")));
     }
 }

@@ -454,8 +454,9 @@ impl<W: Write> PayloadWriter<W> {
         })
     }
 
-    /// The lowest bundle format version that has every record written so far (3 once a
-    /// MIX_RUNS or PATCH_BSDIFF_X86 is written, else 1): what the statement must declare.
+    /// The lowest bundle format version that has every record written so far (4 once a
+    /// RECIPE of the Go kind is written, 3 once a MIX_RUNS or PATCH_BSDIFF_X86 is, else 1):
+    /// what the statement must declare.
     pub fn format_version(&self) -> u32 {
         self.format_version
     }
@@ -515,6 +516,9 @@ impl<W: Write> PayloadWriter<W> {
 
     /// The gzip recipe of target layer `index` (after its PRESENT or END_LAYER record).
     pub fn recipe(&mut self, index: u32, recipe: &[u8]) -> io::Result<()> {
+        if recipe.first() == Some(&crate::gzip_recipe::RECIPE_GO) {
+            self.format_version = self.format_version.max(4);
+        }
         self.inner.write_all(&[TAG_RECIPE])?;
         self.inner.write_all(&index.to_le_bytes())?;
         self.inner.write_all(&(recipe.len() as u64).to_le_bytes())?;
@@ -786,6 +790,20 @@ pub fn read_body_varint(body: &mut impl Read) -> Result<Option<u64>, RecordError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_recipe_raises_the_format_version_to_4() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.recipe(0, &[crate::gzip_recipe::RECIPE_ZLIB]).unwrap();
+        assert_eq!(w.format_version(), 1);
+        w.recipe(1, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
+        assert_eq!(w.format_version(), 4);
+        assert_eq!(
+            sideload_signing::FORMAT_VERSION,
+            4,
+            "devices read what builds write"
+        );
+    }
 
     #[test]
     fn round_trip() {

@@ -47,8 +47,10 @@
 //! - No dictionaries (`NewWriterDict`), no `Reset`: not used by image builders.
 //! - No decoding: inflate with any decoder.
 //! - Nothing about which level or flush points a blob was written with: that is
-//!   [`analyse_go`](crate::gzip_recipe::analyse_go)'s job (levels only, no flush points), and
-//!   no recipe kind or bundle format change uses it yet.
+//!   [`analyse_go`](crate::gzip_recipe::analyse_go)'s job (levels only, no flush points). Its
+//!   finding becomes a Go recipe ([`DeflateRecipe::Go`](crate::gzip_recipe::DeflateRecipe::Go),
+//!   recipe kind 3, bundle format version 4), which names [`GO_WRITER`] and which a device
+//!   recreates with [`GoFlateWriter`] between the blob's verbatim header and trailer.
 //!
 //! # Which Go versions
 //!
