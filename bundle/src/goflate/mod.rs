@@ -70,6 +70,9 @@ mod fast;
 mod huffman;
 mod token;
 
+pub mod klauspost;
+pub mod pgzip;
+
 use std::io::{self, Write};
 
 use deflate::Compressor;

