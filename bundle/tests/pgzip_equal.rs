@@ -231,6 +231,8 @@ fn pgzip_block_boundaries_match() {
     // Other block sizes (SetConcurrency), including one no longer than the tail.
     assert_same("text 40k blocks", &text[..300_000], 5, 40_000, 0);
     assert_same("text 16385 blocks", &text[..100_000], 5, 16_385, 0);
+    // umoci 0.4.7 calls SetConcurrency(256 << 10, _).
+    assert_same("text umoci blocks", &text, -1, 256 << 10, 0);
 }
 
 #[test]
@@ -241,4 +243,95 @@ fn pgzip_system_tar_matches_any_chunking() {
     }
     assert_same("system tar", tar, -1, 0, 10_240);
     assert_same("system tar", tar, -1, 0, 1_000_003);
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Put `data` in `layout` (an OCI image layout) as a blob; its digest hex.
+fn put_blob(layout: &Path, data: &[u8]) -> String {
+    let hex = sha256_hex(data);
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&hex), data).unwrap();
+    hex
+}
+
+/// An OCI layout holding one image, tagged `t`, whose only layer is `tar`, uncompressed.
+fn uncompressed_layout(layout: &Path, tar: &[u8]) {
+    let layer = put_blob(layout, tar);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{layer}"]}},"config":{{}}}}"#
+    );
+    let config_hex = put_blob(layout, config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{layer}","size":{}}}]}}"#,
+        config.len(),
+        tar.len()
+    );
+    let manifest_hex = put_blob(layout, manifest.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"t"}}}}]}}"#,
+        manifest.len()
+    );
+    std::fs::write(layout.join("index.json"), index).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// The blob of the first layer of the image tagged in `layout`.
+fn first_layer(layout: &Path) -> Vec<u8> {
+    let blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    blob(manifest["layers"][0]["digest"].as_str().unwrap())
+}
+
+/// skopeo (Debian's, built against the same pgzip and compress packages) compresses an
+/// uncompressed layer the way podman and buildah push one; the port must write that blob.
+#[test]
+fn pgzip_reproduces_a_layer_skopeo_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let dst = dir.path().join("dst");
+    let tar = system_tar();
+    uncompressed_layout(&src, tar);
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-compress",
+            "--dest-compress-format",
+            "gzip",
+        ])
+        .arg(format!("oci:{}:t", src.display()))
+        .arg(format!("oci:{}:t", dst.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `skopeo` ({e}): install the Debian package skopeo to run this test")
+        });
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blob = first_layer(&dst);
+    assert_eq!(&blob[..2], &[0x1f, 0x8b], "skopeo did not gzip the layer");
+    let ours = port_output(tar, -1, 0, 0);
+    assert_eq!(
+        sha256_hex(&ours),
+        sha256_hex(&blob),
+        "the port differs from skopeo's blob ({} vs {} bytes)",
+        ours.len(),
+        blob.len()
+    );
 }
