@@ -20,7 +20,7 @@ use sideload_signing::{BlobFrom, Digest, LayerStorage};
 
 use crate::error::Error;
 use crate::gzip_recipe::{
-    analyse, analyse_go, analyse_zlib, max_chunks, Analysis, GzipRecipe, RecipeError,
+    analyse, analyse_go, analyse_pgzip, analyse_zlib, max_chunks, Analysis, GzipRecipe, RecipeError,
 };
 use crate::image::compression::sniff;
 use crate::image::spec::media_types::OCI_LAYER_TAR;
@@ -175,6 +175,11 @@ fn recipe_for(
     }
     match analyse_go(target.open_layer_blob(index)?) {
         Ok(Some(go)) => return Ok(Ok(go.into_analysis())),
+        Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
+        Ok(None) | Err(_) => {}
+    }
+    match analyse_pgzip(target.open_layer_blob(index)?) {
+        Ok(Some(pgzip)) => return Ok(Ok(pgzip.into_analysis())),
         Err(RecipeError::Io(e)) => return Ok(Err(RecipeError::Io(e))),
         Ok(None) | Err(_) => {}
     }

@@ -516,8 +516,14 @@ impl<W: Write> PayloadWriter<W> {
 
     /// The gzip recipe of target layer `index` (after its PRESENT or END_LAYER record).
     pub fn recipe(&mut self, index: u32, recipe: &[u8]) -> io::Result<()> {
-        if recipe.first() == Some(&crate::gzip_recipe::RECIPE_GO) {
-            self.format_version = self.format_version.max(4);
+        match recipe.first() {
+            Some(&crate::gzip_recipe::RECIPE_GO) => {
+                self.format_version = self.format_version.max(4);
+            }
+            Some(&crate::gzip_recipe::RECIPE_PGZIP) => {
+                self.format_version = self.format_version.max(5);
+            }
+            _ => {}
         }
         self.inner.write_all(&[TAG_RECIPE])?;
         self.inner.write_all(&index.to_le_bytes())?;
@@ -798,9 +804,20 @@ mod tests {
         assert_eq!(w.format_version(), 1);
         w.recipe(1, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
         assert_eq!(w.format_version(), 4);
+    }
+
+    #[test]
+    fn a_pgzip_recipe_raises_the_format_version_to_5() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.recipe(0, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
+        assert_eq!(w.format_version(), 4);
+        w.recipe(1, &[crate::gzip_recipe::RECIPE_PGZIP]).unwrap();
+        assert_eq!(w.format_version(), 5);
+        w.recipe(2, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
+        assert_eq!(w.format_version(), 5);
         assert_eq!(
             sideload_signing::FORMAT_VERSION,
-            4,
+            5,
             "devices read what builds write"
         );
     }

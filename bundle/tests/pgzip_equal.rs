@@ -280,7 +280,11 @@ fn uncompressed_layout(layout: &Path, tar: &[u8]) {
         manifest.len()
     );
     std::fs::write(layout.join("index.json"), index).unwrap();
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
 }
 
 /// The blob of the first layer of the image tagged in `layout`.

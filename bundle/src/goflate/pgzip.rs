@@ -31,7 +31,7 @@
 
 use std::io::{self, Write};
 
-use super::klauspost::{Compressor, KLAUSPOST_COMPRESS_VERSION};
+use super::klauspost::Compressor;
 
 /// The writer this module is proven to reproduce, as a recipe names it.
 pub const PGZIP_WRITER: &str = "pgzip1.2.5+klauspost1.15.12";
@@ -97,60 +97,40 @@ pub fn pgzip_header(level: PgzipLevel) -> [u8; 10] {
     [0x1f, 0x8b, 8, 0, m[0], m[1], m[2], m[3], level.xfl(), 255]
 }
 
-/// A gzip stream as `pgzip.NewWriterLevel(w, level)` (with `SetConcurrency(block_size, _)`)
-/// writes it. Write the input with `write_all` (any chunking), then [`Self::finish`].
-pub struct PgzipWriter<W: Write> {
+/// The deflate stream pgzip writes between its header and trailer (blocks, dictionaries, sync
+/// flushes, final block). Write the input with `write_all` (any chunking), then
+/// [`Self::finish`].
+pub struct PgzipDeflateWriter<W: Write> {
     inner: W,
-    level: PgzipLevel,
     block_size: usize,
     d: Compressor,
-    wrote_header: bool,
     /// Bytes of the current block given to the encoder; `None` before the block started.
     in_block: Option<usize>,
     /// The last (up to) 16 KiB of the current block.
     tail: Vec<u8>,
     /// The dictionary of the next block.
     prev_tail: Vec<u8>,
-    crc: flate2::Crc,
     /// A write to `inner` failed: the stream is no longer usable.
     failed: bool,
 }
 
-impl<W: Write> PgzipWriter<W> {
-    /// A writer with pgzip's default 1 MiB blocks.
-    pub fn new(inner: W, level: PgzipLevel) -> Self {
-        Self::with_block_size(inner, level, PGZIP_DEFAULT_BLOCK_SIZE)
-            .expect("the default block size is valid")
-    }
-
-    /// A writer with `block_size`-byte blocks (pgzip's `SetConcurrency`).
-    pub fn with_block_size(
-        inner: W,
-        level: PgzipLevel,
-        block_size: usize,
-    ) -> Result<Self, PgzipError> {
+impl<W: Write> PgzipDeflateWriter<W> {
+    /// A writer with `block_size`-byte blocks (pgzip's `SetConcurrency`; default
+    /// [`PGZIP_DEFAULT_BLOCK_SIZE`]).
+    pub fn new(inner: W, level: PgzipLevel, block_size: usize) -> Result<Self, PgzipError> {
         if block_size <= TAIL_SIZE {
             return Err(PgzipError::BlockSizeTooSmall(block_size));
         }
         let d = Compressor::new(level.get()).ok_or(PgzipError::UnsupportedLevel(level.get()))?;
-        Ok(PgzipWriter {
+        Ok(PgzipDeflateWriter {
             inner,
-            level,
             block_size,
             d,
-            wrote_header: false,
             in_block: None,
             tail: Vec::with_capacity(2 * TAIL_SIZE),
             prev_tail: Vec::with_capacity(TAIL_SIZE),
-            crc: flate2::Crc::new(),
             failed: false,
         })
-    }
-
-    /// The writer's identity for recipes: [`PGZIP_WRITER`].
-    pub fn writer_id() -> String {
-        debug_assert!(PGZIP_WRITER.ends_with(KLAUSPOST_COMPRESS_VERSION));
-        PGZIP_WRITER.to_string()
     }
 
     /// The inner writer.
@@ -158,21 +138,14 @@ impl<W: Write> PgzipWriter<W> {
         &self.inner
     }
 
-    fn check(&self) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "pgzip writer failed earlier",
-            ));
-        }
-        Ok(())
+    /// The inner writer (writing to it directly corrupts the stream).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
-    fn write_header(&mut self) -> io::Result<()> {
-        if !self.wrote_header {
-            self.wrote_header = true;
-            let header = pgzip_header(self.level);
-            self.emit_raw(&header)?;
+    fn check(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("pgzip writer failed earlier"));
         }
         Ok(())
     }
@@ -185,11 +158,11 @@ impl<W: Write> PgzipWriter<W> {
 
     /// Hand the encoder's output on.
     fn drain(&mut self) -> io::Result<()> {
-        let out = std::mem::take(self.d.output());
+        let mut out = std::mem::take(self.d.output());
         let res = self.emit_raw(&out);
         // Keep the buffer's allocation.
+        out.clear();
         *self.d.output() = out;
-        self.d.output().clear();
         res
     }
 
@@ -226,35 +199,27 @@ impl<W: Write> PgzipWriter<W> {
         }
     }
 
-    /// pgzip's `Close`: compress the rest, write the final block and the trailer. Returns the
-    /// inner writer.
+    /// What pgzip's `Close` writes of the deflate stream: the rest, its sync flush and the
+    /// final block. Returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.check()?;
-        self.write_header()?;
         self.start_block();
         self.end_block();
         self.d.close();
         self.drain()?;
-        let mut trailer = [0u8; 8];
-        trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
-        trailer[4..].copy_from_slice(&self.crc.amount().to_le_bytes());
-        self.emit_raw(&trailer)?;
-        self.inner.flush()?;
         Ok(self.inner)
     }
 }
 
-impl<W: Write> Write for PgzipWriter<W> {
+impl<W: Write> Write for PgzipDeflateWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.check()?;
-        self.write_header()?;
         let mut q = buf;
         while !q.is_empty() {
             self.start_block();
             let have = self.in_block.unwrap_or(0);
             let n = q.len().min(self.block_size - have);
             let chunk = &q[..n];
-            self.crc.update(chunk);
             self.d.write(chunk);
             self.remember_tail(chunk);
             self.in_block = Some(have + n);
@@ -270,6 +235,79 @@ impl<W: Write> Write for PgzipWriter<W> {
     /// Flushes the inner writer only: pgzip's `Flush` would end a block and change the bytes.
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A gzip stream as `pgzip.NewWriterLevel(w, level)` (with `SetConcurrency(block_size, _)`)
+/// writes it. Write the input with `write_all` (any chunking), then [`Self::finish`].
+pub struct PgzipWriter<W: Write> {
+    deflate: PgzipDeflateWriter<W>,
+    level: PgzipLevel,
+    wrote_header: bool,
+    crc: flate2::Crc,
+}
+
+impl<W: Write> PgzipWriter<W> {
+    /// A writer with pgzip's default 1 MiB blocks.
+    pub fn new(inner: W, level: PgzipLevel) -> Self {
+        Self::with_block_size(inner, level, PGZIP_DEFAULT_BLOCK_SIZE)
+            .expect("the default block size is valid")
+    }
+
+    /// A writer with `block_size`-byte blocks (pgzip's `SetConcurrency`).
+    pub fn with_block_size(
+        inner: W,
+        level: PgzipLevel,
+        block_size: usize,
+    ) -> Result<Self, PgzipError> {
+        Ok(PgzipWriter {
+            deflate: PgzipDeflateWriter::new(inner, level, block_size)?,
+            level,
+            wrote_header: false,
+            crc: flate2::Crc::new(),
+        })
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        self.deflate.get_ref()
+    }
+
+    fn write_header(&mut self) -> io::Result<()> {
+        if !self.wrote_header {
+            self.deflate.check()?;
+            self.wrote_header = true;
+            let header = pgzip_header(self.level);
+            self.deflate.emit_raw(&header)?;
+        }
+        Ok(())
+    }
+
+    /// pgzip's `Close`: compress the rest, write the final block and the trailer. Returns the
+    /// inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.write_header()?;
+        let mut inner = self.deflate.finish()?;
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
+        trailer[4..].copy_from_slice(&self.crc.amount().to_le_bytes());
+        inner.write_all(&trailer)?;
+        inner.flush()?;
+        Ok(inner)
+    }
+}
+
+impl<W: Write> Write for PgzipWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_header()?;
+        let n = self.deflate.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    /// Flushes the inner writer only: pgzip's `Flush` would end a block and change the bytes.
+    fn flush(&mut self) -> io::Result<()> {
+        self.deflate.flush()
     }
 }
 
