@@ -330,7 +330,15 @@ fn pgzip_reproduces_a_layer_skopeo_compressed() {
     );
     let blob = first_layer(&dst);
     assert_eq!(&blob[..2], &[0x1f, 0x8b], "skopeo did not gzip the layer");
+    let started = std::time::Instant::now();
     let ours = port_output(tar, -1, 0, 0);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "port: {} bytes to {} in {secs:.3} s ({:.0} MB/s of plain text)",
+        tar.len(),
+        ours.len(),
+        tar.len() as f64 / secs / 1e6
+    );
     assert_eq!(
         sha256_hex(&ours),
         sha256_hex(&blob),

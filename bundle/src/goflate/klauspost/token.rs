@@ -198,15 +198,9 @@ impl Tokens {
     }
 }
 
-/// `atLeastOne`: clamp to 1..=15.
+/// `atLeastOne`: clamp to 1..=15 (NaN stays NaN, as in Go).
 fn at_least_one(v: f32) -> f32 {
-    if v < 1.0 {
-        1.0
-    } else if v > 15.0 {
-        15.0
-    } else {
-        v
-    }
+    v.clamp(1.0, 15.0)
 }
 
 /// `mFastLog2`: klauspost's polynomial approximation of log2. The constants are Go's literals,
