@@ -19,9 +19,12 @@
 #   gcc, libc6-dev   the delta engine's test compiles the benchmark's agent statically, twice
 #   gzip, pigz, golang-go  compressors whose gzip layers exact bundles must recreate byte for
 #                    byte (GNU gzip, pigz, Go's compress/gzip as containerd and Docker write)
+#   golang-github-klauspost-compress-dev, golang-github-klauspost-pgzip-dev  the Go sources of
+#                    the parallel gzip skopeo, podman and umoci write layers with: the pgzip
+#                    tests build the real writer from them (offline) to compare bytes
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go postgresql gcc libc6-dev)
+packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
