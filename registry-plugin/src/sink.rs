@@ -246,8 +246,20 @@ impl Sink {
             &config.upstream_hosts,
             image,
         );
-        // Whatever happens next, the engine's names change: the next inventory asks again.
+        // The engine's names change: the next inventory asks again (also after the load, in
+        // case a status request listed the engine halfway through it).
         *self.listed.lock().await = None;
+        let loaded = self.carry_out(plan, config_digest).await;
+        *self.listed.lock().await = None;
+        loaded
+    }
+
+    /// Pulls, tags and checks what `plan` says, on this sink's engine.
+    async fn carry_out(
+        &self,
+        plan: names::EnginePlan,
+        config_digest: &Digest,
+    ) -> Result<Loaded, SinkError> {
         match &self.client {
             Client::Docker(engine) => {
                 let mut id = String::new();
