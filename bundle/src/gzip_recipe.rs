@@ -951,33 +951,6 @@ impl GoAnalysis {
     }
 }
 
-/// One Go level in the race.
-struct GoCandidate {
-    level: Level,
-    /// `None` once closed.
-    writer: Option<GoFlateWriter<Vec<u8>>>,
-    matcher: Matcher,
-}
-
-impl GoCandidate {
-    /// Feeds plain text and compares what comes out; with `end`, then closes the stream.
-    fn feed(&mut self, plain: &[u8], end: bool, window: &[u8], window_at: u64) -> bool {
-        let Some(writer) = self.writer.as_mut() else {
-            return false;
-        };
-        writer.write_all(plain).expect("writing to a Vec");
-        let out = writer.get_mut();
-        let same = self.matcher.compare(out, window, window_at);
-        out.clear();
-        if !same || !end {
-            return same;
-        }
-        let writer = self.writer.take().expect("still open");
-        let last = writer.finish().expect("writing to a Vec");
-        self.matcher.compare(&last, window, window_at)
-    }
-}
-
 /// Streams a gzip blob once and finds the Go `compress/flate` level whose output (written in
 /// one go and closed, as `docker`, BuildKit and containerd do) is the blob's deflate stream,
 /// byte for byte. Like [`analyse_zlib`], every level runs over the inflated text and drops out
@@ -985,18 +958,100 @@ impl GoCandidate {
 /// no Go level wrote it (another compressor, or a Go writer that was flushed before it was
 /// closed, which this does not model).
 pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
+    let candidates = GO_LEVELS.iter().map(|&level| {
+        let level = Level::new(level).expect("a Go level");
+        (level, GoFlateWriter::new(Vec::new(), level))
+    });
+    Ok(
+        race_writers(blob, candidates.collect())?.map(|won| GoAnalysis {
+            level: won.key,
+            header: won.header,
+            trailer: won.trailer,
+            plain_digest: won.plain_digest,
+            plain_len: won.plain_len,
+        }),
+    )
+}
+
+/// A deflate writer in a race ([`race_writers`]): it writes into a `Vec` that the race
+/// empties after each comparison, and is closed once the blob's stream ends.
+trait RacingWriter: Write {
+    /// The output written so far and not yet compared.
+    fn output(&mut self) -> &mut Vec<u8>;
+    /// Closes the stream; the rest of the output.
+    fn close(self) -> Vec<u8>;
+}
+
+impl RacingWriter for GoFlateWriter<Vec<u8>> {
+    fn output(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+    fn close(self) -> Vec<u8> {
+        self.finish().expect("writing to a Vec")
+    }
+}
+
+impl RacingWriter for PgzipDeflateWriter<Vec<u8>> {
+    fn output(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+    fn close(self) -> Vec<u8> {
+        self.finish().expect("writing to a Vec")
+    }
+}
+
+/// One writer in the race, named by `key` (a level, or a level and block size).
+struct Candidate<K, W> {
+    key: K,
+    /// `None` once closed.
+    writer: Option<W>,
+    matcher: Matcher,
+}
+
+impl<K, W: RacingWriter> Candidate<K, W> {
+    /// Feeds plain text and compares what comes out; with `end`, then closes the stream.
+    fn feed(&mut self, plain: &[u8], end: bool, window: &[u8], window_at: u64) -> bool {
+        let Some(writer) = self.writer.as_mut() else {
+            return false;
+        };
+        writer.write_all(plain).expect("writing to a Vec");
+        let out = writer.output();
+        let same = self.matcher.compare(out, window, window_at);
+        out.clear();
+        if !same || !end {
+            return same;
+        }
+        let last = self.writer.take().expect("still open").close();
+        self.matcher.compare(&last, window, window_at)
+    }
+}
+
+/// The candidate whose output was the blob's whole deflate stream, with the blob's frame.
+struct RaceWin<K> {
+    key: K,
+    header: Vec<u8>,
+    trailer: Vec<u8>,
+    plain_digest: Digest,
+    plain_len: u64,
+}
+
+/// Streams a gzip blob once: inflates it and feeds the plain text to every candidate writer,
+/// each dropping out at its first byte that differs from the blob's (so a foreign blob costs
+/// about one block per candidate). The one whose output is the whole stream, byte for byte,
+/// wins; `None` when none is. The Go and pgzip passes share it.
+fn race_writers<K, W: RacingWriter>(
+    blob: impl Read,
+    writers: Vec<(K, W)>,
+) -> Result<Option<RaceWin<K>>, RecipeError> {
     let mut blob = blob;
     let mut input = Vec::with_capacity(ANALYSE_STEP);
     let header = read_header(&mut blob, &mut input)?;
-    let mut candidates: Vec<GoCandidate> = GO_LEVELS
-        .iter()
-        .map(|&level| {
-            let level = Level::new(level).expect("a Go level");
-            GoCandidate {
-                level,
-                writer: Some(GoFlateWriter::new(Vec::new(), level)),
-                matcher: Matcher::default(),
-            }
+    let mut candidates: Vec<Candidate<K, W>> = writers
+        .into_iter()
+        .map(|(key, writer)| Candidate {
+            key,
+            writer: Some(writer),
+            matcher: Matcher::default(),
         })
         .collect();
     let mut inflate = Decompress::new(false);
@@ -1036,21 +1091,22 @@ pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
         if end {
             let stream_len = inflate.total_in();
             let Some(found) = candidates
-                .iter()
+                .into_iter()
                 .find(|c| c.matcher.matched == stream_len && c.matcher.ahead.is_empty())
             else {
                 return Ok(None);
             };
             let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
-            return Ok(Some(GoAnalysis {
-                level: found.level,
+            return Ok(Some(RaceWin {
+                key: found.key,
                 header,
                 trailer,
                 plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
                 plain_len: inflate.total_out(),
             }));
         }
-        // Go holds back at most one window of input, so a level far behind is not the one.
+        // Go holds back at most one window of input and pgzip one block, so a candidate far
+        // behind is not the one.
         let read_so_far = window_at + window.len() as u64;
         candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
         let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
@@ -1181,117 +1237,27 @@ impl PgzipAnalysis {
     }
 }
 
-/// One pgzip candidate in the race.
-struct PgzipCandidate {
-    level: PgzipLevel,
-    block_size: usize,
-    /// `None` once closed.
-    writer: Option<PgzipDeflateWriter<Vec<u8>>>,
-    matcher: Matcher,
-}
-
-impl PgzipCandidate {
-    /// Feeds plain text and compares what comes out; with `end`, then closes the stream.
-    fn feed(&mut self, plain: &[u8], end: bool, window: &[u8], window_at: u64) -> bool {
-        let Some(writer) = self.writer.as_mut() else {
-            return false;
-        };
-        writer.write_all(plain).expect("writing to a Vec");
-        let out = writer.get_mut();
-        let same = self.matcher.compare(out, window, window_at);
-        out.clear();
-        if !same || !end {
-            return same;
-        }
-        let writer = self.writer.take().expect("still open");
-        let last = writer.finish().expect("writing to a Vec");
-        self.matcher.compare(&last, window, window_at)
-    }
-}
-
 /// Streams a gzip blob once and finds the pgzip level and block size whose output is the
 /// blob's deflate stream, byte for byte (the race of [`analyse_go`]: every candidate runs over
 /// the inflated text and drops out at its first differing byte). `None`: pgzip (as ported) did
 /// not write it.
 pub fn analyse_pgzip(blob: impl Read) -> Result<Option<PgzipAnalysis>, RecipeError> {
-    let mut blob = blob;
-    let mut input = Vec::with_capacity(ANALYSE_STEP);
-    let header = read_header(&mut blob, &mut input)?;
-    let mut candidates: Vec<PgzipCandidate> = PGZIP_CANDIDATES
-        .iter()
-        .map(|&(level, block_size)| {
-            let level = PgzipLevel::new(level).expect("a ported pgzip level");
-            PgzipCandidate {
-                level,
-                block_size,
-                writer: Some(
-                    PgzipDeflateWriter::new(Vec::new(), level, block_size)
-                        .expect("a valid pgzip block size"),
-                ),
-                matcher: Matcher::default(),
-            }
-        })
-        .collect();
-    let mut inflate = Decompress::new(false);
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut window: Vec<u8> = Vec::new();
-    let mut window_at = 0u64;
-    let mut plain = vec![0u8; 256 << 10];
-    let mut at = 0usize;
-    loop {
-        if at == input.len() {
-            input.clear();
-            at = 0;
-            if !fill(&mut blob, &mut input, ANALYSE_STEP)? && input.is_empty() {
-                return Err(RecipeError::NotRecreatable(
-                    "the deflate stream is truncated".into(),
-                ));
-            }
-        }
-        let in0 = inflate.total_in();
-        let out0 = inflate.total_out();
-        let status = inflate
-            .decompress(&input[at..], &mut plain, FlushDecompress::None)
-            .map_err(|e| RecipeError::NotRecreatable(format!("not a deflate stream: {e}")))?;
-        let used = (inflate.total_in() - in0) as usize;
-        let made = (inflate.total_out() - out0) as usize;
-        if used == 0 && made == 0 && status != Status::StreamEnd {
-            return Err(RecipeError::NotRecreatable(
-                "the deflate stream does not decode".into(),
-            ));
-        }
-        window.extend_from_slice(&input[at..at + used]);
-        at += used;
-        hasher.update(&plain[..made]);
-        let end = status == Status::StreamEnd;
-        candidates.retain_mut(|c| c.feed(&plain[..made], end, &window, window_at));
-        if end {
-            let stream_len = inflate.total_in();
-            let Some(found) = candidates
-                .iter()
-                .find(|c| c.matcher.matched == stream_len && c.matcher.ahead.is_empty())
-            else {
-                return Ok(None);
-            };
-            let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
-            return Ok(Some(PgzipAnalysis {
-                level: found.level,
-                block_size: found.block_size as u32,
-                header,
-                trailer,
-                plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
-                plain_len: inflate.total_out(),
-            }));
-        }
-        // pgzip holds back at most one block of input, so a candidate far behind is not the one.
-        let read_so_far = window_at + window.len() as u64;
-        candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
-        let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
-            return Ok(None);
-        };
-        window.drain(..(slowest - window_at) as usize);
-        window_at = slowest;
-    }
+    let candidates = PGZIP_CANDIDATES.iter().map(|&(level, block_size)| {
+        let level = PgzipLevel::new(level).expect("a ported pgzip level");
+        let writer = PgzipDeflateWriter::new(Vec::new(), level, block_size)
+            .expect("a valid pgzip block size");
+        ((level, block_size), writer)
+    });
+    Ok(
+        race_writers(blob, candidates.collect())?.map(|won| PgzipAnalysis {
+            level: won.key.0,
+            block_size: won.key.1 as u32,
+            header: won.header,
+            trailer: won.trailer,
+            plain_digest: won.plain_digest,
+            plain_len: won.plain_len,
+        }),
+    )
 }
 
 /// Writes the gzip blob `recipe` describes, reading the plain text from `plain` (a chunk at a
