@@ -47,8 +47,8 @@ step "5. Offline: alice and bob sign the statement ($(stat -c %s "$OUT/offline/a
 run "$BIN/sideload-sign" sign --key "$OUT/keys/alice.key" "$OUT/offline/app-v2.statement.json" -o "$OUT/offline/alice.sig"
 run "$BIN/sideload-sign" sign --key "$OUT/keys/bob.key" "$OUT/offline/app-v2.statement.json" -o "$OUT/offline/bob.sig"
 
-step "6. Attach the signatures (rewrites only the signature slot, not the payload)"
-run "$BIN/sideload" attach "$OUT/app-v2.bundle" "$OUT/offline/alice.sig" "$OUT/offline/bob.sig"
+step "6. Attach the signatures (each checked against the statement with its public key; only the slot changes)"
+run "$BIN/sideload" attach "$OUT/app-v2.bundle" "$OUT/offline/alice.sig" "$OUT/offline/bob.sig" --policy "$OUT/device/trust.toml"
 run "$BIN/sideload" inspect "$OUT/app-v2.bundle"
 
 step "7. On the device: verify against the trust policy"
@@ -211,7 +211,7 @@ step "14. sideload push over a link that breaks: edge/app:v2 as a whole image (n
 for name in alice bob; do
   "$BIN/sideload-sign" sign --key "$OUT/keys/$name.key" "$OUT/offline/app-v2-full.statement.json" -o "$OUT/offline/$name-full.sig" >/dev/null
 done
-"$BIN/sideload" attach "$OUT/app-v2-full.bundle" "$OUT/offline/alice-full.sig" "$OUT/offline/bob-full.sig"
+"$BIN/sideload" attach "$OUT/app-v2-full.bundle" "$OUT/offline/alice-full.sig" "$OUT/offline/bob-full.sig" --policy "$OUT/device/trust.toml"
 echo "app-v2-full.bundle: $(stat -c %s "$OUT/app-v2-full.bundle") bytes, signed by alice and bob; the client is killed after 4 s"
 printf '$ sideload push app-v2-full.bundle --to %s --limit-rate 1mbit
 ' "$PLUGIN"

@@ -266,18 +266,24 @@ pub fn write_bundle(
     Ok(HEADER_LEN + stored.len() as u64 + u64::from(slot_len) + copied)
 }
 
-/// Adds signatures to a bundle in place, rewriting only its signature slot. A signature by a
-/// key already in the slot replaces the old one. Returns the signatures now in the slot.
+/// Adds signatures to a bundle, rewriting only its signature slot. A signature by a key already
+/// in the slot replaces the old one. Returns the signatures now in the slot.
+///
+/// Nothing here checks that a signature covers this bundle's statement: callers that take
+/// signatures from outside (`sideload attach`) check them against the public keys first.
+///
+/// The write is atomic: a bundle with one link is copied aside with the new slot (the payload
+/// copy is an in-kernel `copy_file_range`, a reflink where the filesystem has them), synced,
+/// renamed over the original and the folder synced, so a crash leaves the old bundle or the new
+/// one, never a torn slot. A bundle with several hard links (a fleet's outboxes share one file,
+/// so one attach signs every copy) is rewritten in place instead, its slot in one `pwrite`
+/// within the head, then synced: a rename would leave the other links unsigned.
 pub fn attach_signatures(
     path: &Path,
     new: &[Signature],
     limits: &Limits,
 ) -> Result<Vec<Signature>, Error> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(Error::io("opening bundle for writing", path))?;
+    let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
     let head = read_head(&mut file, &bundle_name(path), limits)?;
     let mut signatures = head.signatures.clone();
     for sig in new {
@@ -294,11 +300,62 @@ pub fn attach_signatures(
         bundle: head.name.clone(),
         slot: head.signature_slot,
     })?;
-    file.seek(SeekFrom::Start(head.signature_slot_offset()))
-        .and_then(|_| file.write_all(&slot))
-        .and_then(|_| file.sync_all())
-        .map_err(Error::io("writing signature slot of", path))?;
+    let links = std::os::unix::fs::MetadataExt::nlink(
+        &file
+            .metadata()
+            .map_err(Error::io("reading metadata of", path))?,
+    );
+    if links > 1 {
+        rewrite_slot_in_place(path, head.signature_slot_offset(), &slot)
+            .map_err(Error::io("writing signature slot of", path))?;
+    } else {
+        replace_with_new_slot(path, &mut file, &head, &slot)
+            .map_err(Error::io("writing signed copy of", path))?;
+    }
     Ok(signatures)
+}
+
+/// Writes `slot` at `offset` of the bundle at `path` in one write, and syncs it.
+fn rewrite_slot_in_place(path: &Path, offset: u64, slot: &[u8]) -> std::io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    std::os::unix::fs::FileExt::write_all_at(&file, slot, offset)?;
+    file.sync_all()
+}
+
+/// Copies the bundle `original` (open at `path`) beside itself with `slot` in place of its
+/// signature slot, syncs the copy, renames it over `path` and syncs the folder. The copy keeps
+/// the original's permissions; on any error it is removed and the original is untouched.
+fn replace_with_new_slot(
+    path: &Path,
+    original: &mut File,
+    head: &BundleHead,
+    slot: &[u8],
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.attach-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut copy = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        copy.set_permissions(original.metadata()?.permissions())?;
+        original.seek(SeekFrom::Start(0))?;
+        std::io::copy(
+            &mut Read::by_ref(original).take(head.signature_slot_offset()),
+            &mut copy,
+        )?;
+        copy.write_all(slot)?;
+        original.seek(SeekFrom::Start(head.payload_offset()))?;
+        std::io::copy(original, &mut copy)?;
+        copy.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The slot's bytes: compact JSON array, padded with spaces. `None` if it does not fit.

@@ -39,8 +39,9 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Write a bundle's statement to a file, for signing on the offline machine.
     Statement(commands::inspect::StatementArgs),
-    /// Attach signature files (made by `sideload-sign sign`) to a bundle, in place.
-    Attach(commands::inspect::AttachArgs),
+    /// Attach signature files (made by `sideload-sign sign`) to a bundle, after checking each
+    /// against the bundle's statement with the signer's public key.
+    Attach(commands::attach::AttachArgs),
     /// Check a bundle against a trust policy: signatures, expiry, sequence, payload digest.
     Verify(commands::apply::VerifyArgs),
     /// Verify a bundle and rebuild its image from base images into a new archive or layout.
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args),
         Command::Inspect(args) => commands::inspect::run_inspect(args),
         Command::Statement(args) => commands::inspect::run_statement(args),
-        Command::Attach(args) => commands::inspect::run_attach(args),
+        Command::Attach(args) => commands::attach::run(args),
         Command::Verify(args) => commands::apply::run_verify(args),
         Command::Apply(args) => commands::apply::run_apply(args),
         Command::Push(args) => commands::push::run(args),

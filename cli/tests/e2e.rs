@@ -181,7 +181,14 @@ fn build_sign_verify_apply_reproduces_the_image() {
     );
     let sigs = sign_offline(&s, &statement, &["alice", "bob"]);
     let payload_before = fs::read(&bundle).unwrap();
-    ok(&["attach", p(&bundle), p(&sigs[0]), p(&sigs[1])]);
+    ok(&[
+        "attach",
+        p(&bundle),
+        p(&sigs[0]),
+        p(&sigs[1]),
+        "--policy",
+        p(&s.policy),
+    ]);
     let payload_after = fs::read(&bundle).unwrap();
     assert_eq!(
         payload_before.len(),
@@ -312,7 +319,7 @@ fn one_signature_is_not_enough_for_two_of_three() {
         p(&statement),
     ]);
     let sigs = sign_offline(&s, &statement, &["carol"]);
-    ok(&["attach", p(&bundle), p(&sigs[0])]);
+    ok(&["attach", p(&bundle), p(&sigs[0]), "--policy", p(&s.policy)]);
     let out = sideload(&["verify", p(&bundle), "--policy", p(&s.policy), "--json"]);
     assert_eq!(out.status.code(), Some(3));
     let report = json(&out);
@@ -410,7 +417,9 @@ fn build_from_a_device_inventory_and_apply_through_the_plugin() {
     let sig = work.path().join("key.sig");
     let bytes = fs::read(&statement).unwrap();
     fs::write(&sig, f.key.sign_statement(&bytes).to_json()).unwrap();
-    ok(&["attach", p(&bundle), p(&sig)]);
+    let policy = work.path().join("trust.toml");
+    fs::write(&policy, &f.policy_toml).unwrap();
+    ok(&["attach", p(&bundle), p(&sig), "--policy", p(&policy)]);
     let r = daemon.upload(&bundle);
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json()["bundle"].as_str().unwrap().to_owned();

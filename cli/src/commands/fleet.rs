@@ -817,7 +817,7 @@ fn print_plan(
             100.0 * bundle_total as f64 / whole_total.max(1) as f64
         );
         println!(
-            "next: sign every bundles/*.statement.json offline (sideload-sign sign), `sideload attach` the signatures to bundles/*.bundle (the outboxes hold hard links), then send each outbox/ROUTE/DEVICE folder"
+            "next: sign every bundles/*.statement.json offline (sideload-sign sign), `sideload attach --policy TRUST.toml` the signatures to bundles/*.bundle (the outboxes hold hard links), then send each outbox/ROUTE/DEVICE folder"
         );
     } else {
         println!(

@@ -1,4 +1,4 @@
-//! `sideload inspect`, `sideload statement`, `sideload attach`: the bundle's front, untrusted.
+//! `sideload inspect`, `sideload statement`: the bundle's front, untrusted.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sideload_bundle::{attach_signatures, open_bundle, Limits};
+use sideload_bundle::{open_bundle, Limits};
 use sideload_signing::summary::{rfc3339, statement_summary};
-use sideload_signing::{parse_statement, Signature};
+use sideload_signing::parse_statement;
 
 use super::print_json;
 
@@ -30,16 +30,6 @@ pub struct StatementArgs {
     /// Where to write the statement (`-` for stdout). Carry this file to the signing machine.
     #[arg(long, short = 'o')]
     output: PathBuf,
-}
-
-/// Arguments of `sideload attach`.
-#[derive(Args)]
-pub struct AttachArgs {
-    /// The bundle file; only its signature slot is rewritten.
-    bundle: PathBuf,
-    /// Signature files written by `sideload-sign sign`.
-    #[arg(required = true)]
-    signatures: Vec<PathBuf>,
 }
 
 /// Runs `sideload inspect`. Trusts nothing: shows what the bundle claims and who signed it.
@@ -123,25 +113,5 @@ pub fn run_statement(args: StatementArgs) -> Result<ExitCode> {
             args.output.display()
         );
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `sideload attach`.
-pub fn run_attach(args: AttachArgs) -> Result<ExitCode> {
-    let signatures = args
-        .signatures
-        .iter()
-        .map(|p| {
-            Signature::read_file(p).with_context(|| format!("reading signature {}", p.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let all = attach_signatures(&args.bundle, &signatures, &Limits::default())?;
-    let ids: Vec<&str> = all.iter().map(|s| s.key_id.as_str()).collect();
-    println!(
-        "{}: now signed by {} key(s): {}",
-        args.bundle.display(),
-        ids.len(),
-        ids.join(", ")
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand; helpers they share.
 
 pub mod apply;
+pub mod attach;
 pub mod build;
 pub mod fleet;
 pub mod inspect;
