@@ -25,8 +25,14 @@ pub struct Config {
     pub mount_root: PathBuf,
     /// Most directory entries looked at in the folder.
     pub max_entries: usize,
-    /// Most bundles taken from one stick.
+    /// Most trusted bundles handed over from one stick per visit (junk and untrusted files do
+    /// not count); the rest stay on the stick for another visit.
     pub max_bundles: usize,
+    /// Most bytes of bundle heads (statement and signatures) read and verified per visit;
+    /// heads signed by a key of the trust policy are verified first.
+    pub max_head_bytes: u64,
+    /// Most seconds the scan of the folder may take (cheap checks of each entry).
+    pub scan_secs: u64,
     /// Largest bundle taken, bytes.
     pub max_bundle_bytes: u64,
     /// How long to wait, after hand-over, for the plugin to apply the bundles, so the receipts
@@ -49,8 +55,10 @@ impl Default for Config {
             allowed_filesystems: vec!["vfat".into(), "exfat".into(), "ext4".into()],
             folder: "sideload".into(),
             mount_root: PathBuf::from("/run/sideload-usb"),
-            max_entries: 10_000,
+            max_entries: 100_000,
             max_bundles: 100,
+            max_head_bytes: 1 << 30,
+            scan_secs: 300,
             max_bundle_bytes: 16 << 30,
             apply_wait_secs: 900,
             hook: None,

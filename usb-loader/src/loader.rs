@@ -135,8 +135,9 @@ async fn visit(
     let now = VerifyContext::at_system_time(None).now;
     let limits = crate::scan::ScanLimits {
         max_entries: config.max_entries,
-        max_bundles: config.max_bundles,
         max_bundle_bytes: config.max_bundle_bytes,
+        max_time: Duration::from_secs(config.scan_secs),
+        ..crate::scan::ScanLimits::default()
     };
     let scan = crate::scan::scan(&root.join(&config.folder), &limits)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -147,6 +148,12 @@ async fn visit(
         .collect();
     for (name, reason) in &skipped {
         tracing::warn!(entry = %name, %reason, "skipped on the stick");
+    }
+    if scan.skipped_unlisted > 0 {
+        tracing::warn!(
+            more = scan.skipped_unlisted,
+            "more entries were skipped than are listed by name"
+        );
     }
     if scan.truncated {
         tracing::warn!(
@@ -174,10 +181,12 @@ async fn visit(
     let floors = Plugin::sequences(&inventory);
     let limits_engine = Limits::default();
 
-    // Check every head on the stick; sort the trusted ones per repository by sequence.
+    // Check the heads on the stick, those signed by a trusted key first, within the budget;
+    // sort the trusted ones per repository by sequence.
     let mut receipts: Vec<Receipt> = Vec::new();
     let mut to_send: Vec<(Statement, crate::scan::Candidate)> = Vec::new();
-    for c in &scan.candidates {
+    let mut head_budget = config.max_head_bytes;
+    for c in verification_order(&scan, policy) {
         let receipt = |state: &str, reason: Option<String>, advice: Option<String>| Receipt {
             bundle: c.name.clone(),
             id: None,
@@ -189,6 +198,19 @@ async fn visit(
             advice,
             at: now,
         };
+        if c.head_len > head_budget {
+            receipts.push(receipt(
+                "skipped",
+                Some(format!(
+                    "{}: not checked: this visit's budget for reading bundle heads \
+                     (max_head_bytes = {}) ran out on other files",
+                    c.name, config.max_head_bytes
+                )),
+                Some("it stays on the stick: insert the stick again, or remove the files the device refused".into()),
+            ));
+            continue;
+        }
+        head_budget -= c.head_len;
         let mut file = match scan.open(c) {
             Ok((f, _)) => f,
             Err(e) => {
@@ -271,6 +293,29 @@ async fn visit(
             &b.1.name,
         ))
     });
+    if to_send.len() > config.max_bundles {
+        for (statement, c) in to_send.split_off(config.max_bundles) {
+            let id = statement.digest().to_string();
+            receipts.push(with_statement(
+                Receipt {
+                    bundle: c.name.clone(),
+                    id: None,
+                    repository: None,
+                    tags: Vec::new(),
+                    sequence: None,
+                    state: "skipped".into(),
+                    reason: Some(format!(
+                        "{}: more than max_bundles = {} trusted bundles on this stick",
+                        c.name, config.max_bundles
+                    )),
+                    advice: Some("it stays on the stick for the next visit".into()),
+                    at: now,
+                },
+                &statement,
+                &id,
+            ));
+        }
+    }
 
     let state_path = config
         .state_dir
@@ -510,6 +555,8 @@ async fn visit(
         "result": result,
         "summary": summary,
         "skipped": skipped.iter().map(|(n, r)| serde_json::json!({"entry": n, "reason": r})).collect::<Vec<_>>(),
+        // Skipped entries beyond the ones listed by name.
+        "skipped_unlisted": scan.skipped_unlisted,
         // More entries than max_entries: the rest of the folder was not looked at.
         "entries_truncated": scan.truncated,
     });
@@ -532,6 +579,70 @@ async fn visit(
         receipts_written,
         dry_run,
     })
+}
+
+/// The order in which candidates' heads are verified: those whose signature slot names a key
+/// of the trust policy first (a cheap look at the slot, trusted for nothing else), then the
+/// rest; by name within each. Junk that merely looks like a bundle cannot use up the head
+/// budget before a trusted bundle is reached.
+fn verification_order<'a>(
+    scan: &'a crate::scan::Scan,
+    policy: &TrustPolicy,
+) -> Vec<&'a crate::scan::Candidate> {
+    let mut ranked: Vec<(bool, &crate::scan::Candidate)> = scan
+        .candidates
+        .iter()
+        .map(|c| {
+            let signers = slot_signers(scan, c);
+            (!signers.iter().any(|id| policy.key(id).is_some()), c)
+        })
+        .collect();
+    ranked.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+    ranked.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Bytes of a signature slot looked at to rank a candidate: room for seven signatures, so the
+/// ranking reads at most this much (and one open) per candidate, whatever the slot declares.
+const SLOT_PEEK_BYTES: u64 = 1024;
+
+/// The key ids a candidate's signature slot names in its first [`SLOT_PEEK_BYTES`], unverified
+/// (a hint for the order of verification, nothing else); empty if it cannot be read.
+fn slot_signers(
+    scan: &crate::scan::Scan,
+    c: &crate::scan::Candidate,
+) -> Vec<sideload_signing::KeyId> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> Option<Vec<u8>> {
+        let (mut file, _) = scan.open(c).ok()?;
+        file.seek(SeekFrom::Start(
+            sideload_bundle::container::HEADER_LEN + u64::from(c.statement_len),
+        ))
+        .ok()?;
+        let mut slot = Vec::new();
+        file.take(u64::from(c.slot_len).min(SLOT_PEEK_BYTES))
+            .read_to_end(&mut slot)
+            .ok()?;
+        Some(slot)
+    };
+    read().map(|slot| key_ids_named(&slot)).unwrap_or_default()
+}
+
+/// Every `"key_id":"<16 hex>"` in a (possibly cut) compact JSON signature list. Pure.
+fn key_ids_named(slot: &[u8]) -> Vec<sideload_signing::KeyId> {
+    const FIELD: &[u8] = b"\"key_id\":\"";
+    let mut ids = Vec::new();
+    let mut rest = slot;
+    while let Some(at) = rest.windows(FIELD.len()).position(|w| w == FIELD) {
+        rest = &rest[at + FIELD.len()..];
+        if let Some(id) = rest
+            .get(..16)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| hex.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// Sends one bundle, resuming an upload an earlier visit started.
@@ -619,5 +730,24 @@ fn save_state(path: &Path, state: &StickState) {
     };
     if let Err(e) = write() {
         tracing::warn!(path = %path.display(), error = %e, "cannot save the loader's state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_picked_from_a_slot_even_when_cut() {
+        let sig = |id: &str| format!(r#"{{"key_id":"{id}","signature":"AAAA"}}"#);
+        let slot = format!("[{},{}]   ", sig("0123456789abcdef"), sig("fedcba9876543210"));
+        let ids: Vec<String> = key_ids_named(slot.as_bytes())
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(ids, ["0123456789abcdef", "fedcba9876543210"]);
+        assert_eq!(key_ids_named(&slot.as_bytes()[..30]).len(), 1);
+        assert!(key_ids_named(b"[{\"key_id\":\"short\"}]").is_empty());
+        assert!(key_ids_named(b"").is_empty());
     }
 }

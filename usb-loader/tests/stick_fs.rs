@@ -36,6 +36,18 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `len` bytes (at least 32) that pass the scan's cheap header check: a bundle header that
+/// declares an empty statement and signature slot, then noise. Not a bundle the loader would
+/// trust; these tests are about the filesystem side.
+fn fake_bundle(len: usize, seed: u64) -> Vec<u8> {
+    assert!(len >= 32);
+    let mut bytes = noise(len, seed);
+    bytes[..32].fill(0);
+    bytes[..8].copy_from_slice(b"SIDELOAD");
+    bytes[9] = 2;
+    bytes
+}
+
 /// A source tree for a stick: the returned directory is the stick's root, with `sideload/`.
 fn stick_tree() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
@@ -69,13 +81,16 @@ fn names(candidates: &[Candidate]) -> Vec<(&str, u64)> {
 #[test]
 fn good_stick_is_mounted_read_only_and_its_bundles_listed_in_order() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("b-app.bundle"), noise(3000, 1)).unwrap();
-    std::fs::write(folder.join("a-base.bundle"), noise(10, 2)).unwrap();
-    std::fs::write(folder.join("c-empty.bundle"), b"").unwrap();
+    std::fs::write(folder.join("b-app.bundle"), fake_bundle(3000, 1)).unwrap();
+    std::fs::write(folder.join("a-base.bundle"), fake_bundle(40, 2)).unwrap();
+    std::fs::write(folder.join("C-UPPER.BUNDLE"), fake_bundle(32, 3)).unwrap();
+    std::fs::write(folder.join("d-empty.bundle"), b"").unwrap();
     std::fs::write(folder.join("README.txt"), b"bundles go here").unwrap();
     std::fs::write(src.path().join("elsewhere.bundle"), b"not in the folder").unwrap();
     let exe = folder.join("run.sh.bundle");
-    std::fs::write(&exe, b"#!/bin/sh\necho pwned\n").unwrap();
+    let mut script = fake_bundle(32, 4);
+    script.extend_from_slice(b"\n#!/bin/sh\necho pwned\n");
+    std::fs::write(&exe, &script).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
 
     let root = MountRoot::new();
@@ -99,13 +114,19 @@ fn good_stick_is_mounted_read_only_and_its_bundles_listed_in_order() {
     assert_eq!(
         names(&scan.candidates),
         [
-            ("a-base.bundle", 10),
+            ("C-UPPER.BUNDLE", 32),
+            ("a-base.bundle", 40),
             ("b-app.bundle", 3000),
-            ("c-empty.bundle", 0),
-            ("run.sh.bundle", 21)
+            ("run.sh.bundle", 54)
         ]
     );
-    assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
+    assert_eq!(scan.skipped.len(), 1, "{:?}", scan.skipped);
+    assert_eq!(scan.skipped[0].name, "d-empty.bundle");
+    assert!(
+        scan.skipped[0].reason.contains("too short"),
+        "{:?}",
+        scan.skipped[0]
+    );
     assert_eq!(scan.ignored, 1);
     assert!(!scan.truncated);
     for candidate in &scan.candidates {
@@ -141,7 +162,7 @@ fn good_stick_is_mounted_read_only_and_its_bundles_listed_in_order() {
 #[test]
 fn symlinks_fifos_sockets_devices_and_directories_are_skipped_not_opened() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("good.bundle"), b"good").unwrap();
+    std::fs::write(folder.join("good.bundle"), fake_bundle(36, 5)).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", folder.join("evil.bundle")).unwrap();
     std::os::unix::fs::symlink("good.bundle", folder.join("relative.bundle")).unwrap();
     run(Command::new("mkfifo").arg(folder.join("fifo.bundle")));
@@ -163,7 +184,7 @@ fn symlinks_fifos_sockets_devices_and_directories_are_skipped_not_opened() {
         scan(&dir, &ScanLimits::default())
     })
     .unwrap();
-    assert_eq!(names(&scan.candidates), [("good.bundle", 4)]);
+    assert_eq!(names(&scan.candidates), [("good.bundle", 36)]);
     let skipped: Vec<(&str, &str)> = scan
         .skipped
         .iter()
@@ -209,12 +230,12 @@ fn symlinks_fifos_sockets_devices_and_directories_are_skipped_not_opened() {
 }
 
 #[test]
-fn a_folder_with_100_000_entries_is_read_only_up_to_the_limit() {
+fn junk_never_hides_a_bundle_and_every_junk_entry_is_listed_or_counted() {
     let (src, _) = stick_tree();
     let image = Image::ext4_with(
         src.path(),
         &Ext4 {
-            size_mib: 96,
+            size_mib: 160,
             inodes: Some(110_000),
             label: None,
         },
@@ -224,12 +245,22 @@ fn a_folder_with_100_000_entries_is_read_only_up_to_the_limit() {
     let started = Instant::now();
     stick.fill(|stick_root| {
         let folder = stick_root.join("sideload");
-        for i in 0..100_000 {
-            File::create(folder.join(format!("f{i:06}.bundle"))).unwrap();
+        // Junk named like bundles, sorting before the real one: empty files, and files of
+        // noise (their header is read and refused).
+        for i in 0..80_000 {
+            File::create(folder.join(format!("a{i:06}.bundle"))).unwrap();
         }
+        for i in 0..10_000u64 {
+            std::fs::write(folder.join(format!("b{i:06}.bundle")), noise(64, i)).unwrap();
+        }
+        std::fs::write(folder.join("zz-real.bundle"), fake_bundle(5000, 1)).unwrap();
+        std::fs::write(folder.join("ZZ-UPPER.BUNDLE"), fake_bundle(5000, 2)).unwrap();
+        std::fs::write(folder.join("zz-trailing.bundle "), fake_bundle(5000, 3)).unwrap();
+        std::fs::write(folder.join("zz-partial.bundle.part"), fake_bundle(5000, 4)).unwrap();
+        std::fs::write(folder.join("notes.txt"), b"not a bundle").unwrap();
     });
     println!(
-        "filled the stick with 100 000 files in {:?}",
+        "filled the stick with 90 005 entries in {:?}",
         started.elapsed()
     );
 
@@ -239,25 +270,64 @@ fn a_folder_with_100_000_entries_is_read_only_up_to_the_limit() {
     let scan = scan(&mounted.path().join("sideload"), &limits).unwrap();
     let took = started.elapsed();
     println!(
-        "scan with max_entries = {}: {took:?}; {} candidates, {} skipped, truncated {}",
-        limits.max_entries,
+        "scan of 90 005 entries: {took:?}; {} candidates, {} skipped listed + {} counted, \
+         {} ignored, truncated {}",
         scan.candidates.len(),
         scan.skipped.len(),
+        scan.skipped_unlisted,
+        scan.ignored,
         scan.truncated
     );
-    assert!(scan.truncated);
-    assert_eq!(scan.candidates.len(), limits.max_bundles);
+    assert!(!scan.truncated);
     assert_eq!(
-        scan.candidates.len() + scan.skipped.len() + scan.ignored,
-        limits.max_entries
+        names(&scan.candidates),
+        [("ZZ-UPPER.BUNDLE", 5000), ("zz-real.bundle", 5000)]
     );
-    assert!(
-        scan.skipped[0].reason.contains("max_bundles = 100"),
-        "{:?}",
-        scan.skipped[0]
-    );
-    assert!(scan.candidates.windows(2).all(|w| w[0].name < w[1].name));
+    assert_eq!(scan.ignored, 1);
+    assert_eq!(scan.skipped.len(), limits.max_listed);
+    assert_eq!(scan.skipped.len() + scan.skipped_unlisted, 90_002);
+    for s in &scan.skipped {
+        let expected: &[&str] = if s.name.starts_with('a') {
+            &["too short"]
+        } else if s.name.starts_with('b') {
+            &["not a bundle"]
+        } else {
+            &["rename", "does not end in .bundle"]
+        };
+        assert!(expected.iter().any(|e| s.reason.contains(e)), "{s:?}");
+    }
+    drop(scan);
 
+    // Listing everything that is skipped, the odd names are there with their reasons.
+    let all = ScanLimits {
+        max_listed: usize::MAX,
+        ..ScanLimits::default()
+    };
+    let scan = sideload_usb_loader::scan::scan(&mounted.path().join("sideload"), &all).unwrap();
+    let reason = |name: &str| {
+        scan.skipped
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name:?} not listed"))
+            .reason
+            .clone()
+    };
+    println!("zz-trailing.bundle : {}", reason("zz-trailing.bundle "));
+    assert!(reason("zz-trailing.bundle ").contains("spaces"));
+    assert!(reason("zz-partial.bundle.part").contains("does not end in .bundle"));
+    drop(scan);
+
+    // A folder larger than max_entries: the scan stops there and says so.
+    let few = ScanLimits {
+        max_entries: 50_000,
+        ..ScanLimits::default()
+    };
+    let scan = sideload_usb_loader::scan::scan(&mounted.path().join("sideload"), &few).unwrap();
+    assert!(scan.truncated);
+    assert_eq!(
+        scan.candidates.len() + scan.skipped.len() + scan.skipped_unlisted + scan.ignored,
+        50_000
+    );
     drop(scan);
     mounted.unmount().unwrap();
 }
@@ -265,9 +335,9 @@ fn a_folder_with_100_000_entries_is_read_only_up_to_the_limit() {
 #[test]
 fn a_bundle_over_the_size_limit_is_skipped_with_the_limit_named() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("big.bundle"), noise(2 << 20, 3)).unwrap();
-    std::fs::write(folder.join("small.bundle"), noise(1000, 4)).unwrap();
-    std::fs::write(folder.join("exact.bundle"), noise(1 << 20, 5)).unwrap();
+    std::fs::write(folder.join("big.bundle"), fake_bundle(2 << 20, 3)).unwrap();
+    std::fs::write(folder.join("small.bundle"), fake_bundle(1000, 4)).unwrap();
+    std::fs::write(folder.join("exact.bundle"), fake_bundle(1 << 20, 5)).unwrap();
 
     let root = MountRoot::new();
     let stick = Image::ext4(src.path()).attach();
@@ -420,12 +490,12 @@ fn receipts_can_be_written_between_remounts_and_persist() {
 #[test]
 fn a_write_protected_stick_mounts_but_refuses_to_become_writable() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("a.bundle"), b"a").unwrap();
+    std::fs::write(folder.join("a.bundle"), fake_bundle(33, 6)).unwrap();
     let root = MountRoot::new();
     let stick = Image::ext4(src.path()).attach_read_only();
     let mounted = mount_readonly(stick.device(), "ext4", root.path(), "locked").unwrap();
     let scan = scan(&mounted.path().join("sideload"), &ScanLimits::default()).unwrap();
-    assert_eq!(names(&scan.candidates), [("a.bundle", 1)]);
+    assert_eq!(names(&scan.candidates), [("a.bundle", 33)]);
     let err = mounted.remount_writable().unwrap_err();
     println!(
         "remount_writable on a write-protected stick: {err}; {}",
@@ -486,7 +556,7 @@ fn mounts_count(path: &Path) -> usize {
 #[test]
 fn a_busy_mount_is_detached_lazily_and_reported() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("a.bundle"), noise(100_000, 7)).unwrap();
+    std::fs::write(folder.join("a.bundle"), fake_bundle(100_000, 7)).unwrap();
     let root = MountRoot::new();
     let stick = Image::ext4(src.path()).attach();
     let mounted = mount_readonly(stick.device(), "ext4", root.path(), "busy").unwrap();
@@ -514,8 +584,8 @@ fn a_busy_mount_is_detached_lazily_and_reported() {
 #[test]
 fn a_stick_pulled_mid_read_gives_an_io_error_not_a_hang() {
     let (src, folder) = stick_tree();
-    std::fs::write(folder.join("a.bundle"), noise(16 << 20, 8)).unwrap();
-    std::fs::write(folder.join("b.bundle"), noise(1000, 9)).unwrap();
+    std::fs::write(folder.join("a.bundle"), fake_bundle(16 << 20, 8)).unwrap();
+    std::fs::write(folder.join("b.bundle"), fake_bundle(1000, 9)).unwrap();
     let root = MountRoot::new();
     let stick = Image::ext4_with(
         src.path(),

@@ -23,6 +23,8 @@ struct Device {
     dir: tempfile::TempDir,
     /// `apply_wait_secs` of the loader's config.
     apply_wait: u64,
+    /// More lines for the loader's config.
+    extra_config: String,
 }
 
 impl Device {
@@ -40,6 +42,7 @@ impl Device {
             daemon,
             dir: tempfile::tempdir().unwrap(),
             apply_wait: 120,
+            extra_config: String::new(),
         }
     }
 
@@ -56,13 +59,14 @@ impl Device {
             format!(
                 "plugin_url = \"http://{}\"\ntrust_policy = \"{}\"\ndevice_id = \"test-device\"\n\
                  mount_root = \"{}\"\nstate_dir = \"{}\"\napply_wait_secs = {}\nmax_bundle_bytes = 8000000\n\
-                 hook = [\"sh\", \"-c\", \"echo $SIDELOAD_USB_RESULT >> {}\"]\n",
+                 hook = [\"sh\", \"-c\", \"echo $SIDELOAD_USB_RESULT >> {}\"]\n{}",
                 self.daemon.addr,
                 policy.display(),
                 self.mount_root().display(),
                 self.dir.path().join("state").display(),
                 self.apply_wait,
                 self.dir.path().join("hook.log").display(),
+                self.extra_config,
             ),
         )
         .unwrap();
@@ -535,4 +539,221 @@ fn with_the_plugin_down_the_stick_still_gets_receipts_saying_why() {
         "{outcome:#}"
     );
     assert!(!stderr(&out).contains("SAFE TO REMOVE"));
+}
+
+/// Undoes percent-encoding (`%C3%BC` -> `ü`); other text stays as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Every file in the stick's receipt folder for this device, by name, with its content.
+fn receipt_files(stick: &support::Stick) -> std::collections::BTreeMap<String, String> {
+    let mut files = std::collections::BTreeMap::new();
+    stick.fill(|root| {
+        for entry in std::fs::read_dir(root.join("sideload/receipts/test-device")).unwrap() {
+            let entry = entry.unwrap();
+            files.insert(
+                entry.file_name().into_string().unwrap(),
+                std::fs::read_to_string(entry.path()).unwrap(),
+            );
+        }
+    });
+    files
+}
+
+#[test]
+fn look_alike_and_non_ascii_names_each_get_their_own_receipt_and_reach_the_journal() {
+    let device = Device::start();
+    let on_stick = [
+        ("ü.bundle", "n5-110.bundle", 110),
+        ("é.bundle", "n5-111.bundle", 111),
+        ("a b.bundle", "n5-112.bundle", 112),
+        ("a_b.bundle", "n5-113.bundle", 113),
+    ];
+    let mut files = Vec::new();
+    let mut ids = Vec::new();
+    for (name, built, sequence) in on_stick {
+        let path = bundle(BundleSpec {
+            name: built,
+            sequence,
+            ..Default::default()
+        });
+        ids.push(bundle_id(&path));
+        files.push((name, std::fs::read(&path).unwrap()));
+    }
+    let src = stick_dir(&files);
+    let stick = Image::ext4(src.path()).attach();
+    let outcome = device.load_json(stick.device(), &usb_ext4(), 0);
+    assert_eq!(outcome["result"], "ok", "{outcome:#}");
+
+    let receipts = receipt_files(&stick);
+    println!("receipt files: {:?}", receipts.keys().collect::<Vec<_>>());
+    assert_eq!(
+        receipts.len(),
+        on_stick.len() + 2,
+        "one receipt per bundle, plus inventory.json and visit.json: {:?}",
+        receipts.keys()
+    );
+    let mut named: Vec<String> = receipts
+        .iter()
+        .filter(|(file, _)| !matches!(file.as_str(), "inventory.json" | "visit.json"))
+        .map(|(_, text)| {
+            let r: serde_json::Value = serde_json::from_str(text).unwrap();
+            r["bundle"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    named.sort();
+    let mut expected: Vec<&str> = on_stick.iter().map(|(n, _, _)| *n).collect();
+    expected.sort();
+    assert_eq!(named, expected);
+    for ((name, _, _), id) in on_stick.iter().zip(&ids) {
+        let file = sideload_usb_loader::receipts::receipt_file_name(name);
+        let receipt: serde_json::Value = serde_json::from_str(
+            receipts
+                .get(&file)
+                .unwrap_or_else(|| panic!("no receipt {file} for {name}")),
+        )
+        .unwrap();
+        assert_eq!(receipt["bundle"], *name);
+        assert_eq!(receipt["id"], id.as_str());
+        assert_eq!(receipt["state"], "applied", "{receipt:#}");
+        assert_eq!(
+            sideload_usb_loader::receipts::bundle_name_from_receipt_file(&file).as_deref(),
+            Some(*name)
+        );
+    }
+
+    // The journal names each bundle by its file name on the stick (sent percent-encoded).
+    let journal = device.daemon.get_json("/sideload/v1/journal");
+    for ((name, _, _), id) in on_stick.iter().zip(&ids) {
+        let entry = journal["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["state"] == "applied" && e["bundle"] == id.as_str())
+            .unwrap_or_else(|| panic!("{name} not applied: {journal:#}"));
+        let journaled = entry["name"].as_str().unwrap();
+        println!("{name}: journal name {journaled:?}");
+        assert_eq!(percent_decode(journaled), *name, "{entry:#}");
+    }
+}
+
+#[test]
+fn a_stick_full_of_junk_still_gives_up_its_good_bundles_and_lists_the_rest() {
+    let mut device = Device::start();
+    let good = bundle(BundleSpec {
+        name: "n6-120.bundle",
+        sequence: 120,
+        ..Default::default()
+    });
+    let upper = bundle(BundleSpec {
+        name: "n6-121.bundle",
+        sequence: 121,
+        ..Default::default()
+    });
+    let stranger = bundle(BundleSpec {
+        name: "n6-stranger.bundle",
+        sequence: 122,
+        signer: Signer::Stranger,
+        ..Default::default()
+    });
+    // Room to verify three heads: the two signed by the device's key come first, then one of
+    // the 150 well-formed bundles by a stranger; the rest are listed as not checked.
+    let head = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        sideload_bundle::head_len(&bytes[..32]).unwrap()
+    };
+    let budget = head(&good) + head(&upper) + head(&stranger);
+    device.extra_config = format!("max_head_bytes = {budget}\n");
+
+    let src = stick_dir(&[]);
+    let image = Image::ext4_with(
+        src.path(),
+        &support::Ext4 {
+            size_mib: 96,
+            inodes: Some(20_000),
+            label: None,
+        },
+    );
+    let stick = image.attach();
+    let (good_bytes, upper_bytes, stranger_bytes) = (
+        std::fs::read(&good).unwrap(),
+        std::fs::read(&upper).unwrap(),
+        std::fs::read(&stranger).unwrap(),
+    );
+    stick.fill(|root| {
+        let folder = root.join("sideload");
+        std::fs::create_dir_all(&folder).unwrap();
+        // Junk named like bundles, sorting before the good ones: with the strangers, more
+        // entries than the old max_entries and more names than max_bundles.
+        for i in 0..9_998u64 {
+            let junk: Vec<u8> = (0..(i % 200)).map(|b| (b * 7 + i) as u8).collect();
+            std::fs::write(folder.join(format!("a-junk-{i:05}.bundle")), junk).unwrap();
+        }
+        for i in 0..150 {
+            std::fs::write(folder.join(format!("b-stranger-{i:03}.bundle")), &stranger_bytes)
+                .unwrap();
+        }
+        std::fs::write(folder.join("zz-good.bundle"), &good_bytes).unwrap();
+        std::fs::write(folder.join("ZZ-UPPER.BUNDLE"), &upper_bytes).unwrap();
+        std::fs::write(folder.join("zz-trailing.bundle "), &good_bytes).unwrap();
+    });
+
+    let started = std::time::Instant::now();
+    let out = device.load(stick.device(), &usb_ext4(), &["--json"]);
+    println!("loader on 10 151 entries: {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(3), "partial: {}", stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let receipts = outcome["receipts"].as_array().unwrap();
+    let state_of = |name: &str| {
+        receipts
+            .iter()
+            .find(|r| r["bundle"] == name)
+            .unwrap_or_else(|| panic!("no receipt for {name}"))
+            .clone()
+    };
+    assert_eq!(state_of("zz-good.bundle")["state"], "applied");
+    assert_eq!(state_of("ZZ-UPPER.BUNDLE")["state"], "applied");
+    let refused = receipts.iter().filter(|r| r["state"] == "refused").count();
+    let not_checked: Vec<_> = receipts
+        .iter()
+        .filter(|r| r["state"] == "skipped")
+        .collect();
+    println!(
+        "{} receipts: {refused} refused, {} not checked; e.g. {:#}",
+        receipts.len(),
+        not_checked.len(),
+        not_checked[0]
+    );
+    assert_eq!(refused, 1);
+    assert_eq!(not_checked.len(), 149);
+    assert!(not_checked[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_head_bytes"));
+    let skipped = outcome["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 9_999, "every junk entry and the odd name");
+    let trailing = skipped
+        .iter()
+        .find(|s| s[0] == "zz-trailing.bundle ")
+        .expect("the trailing-space name is listed");
+    assert!(trailing[1].as_str().unwrap().contains("spaces"), "{trailing}");
+    assert!(skipped.iter().all(|s| s[1].as_str().unwrap().len() > 10));
 }
