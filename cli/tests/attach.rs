@@ -159,7 +159,13 @@ fn attach_replaces_the_file_atomically_and_signs_every_hard_link_in_place() {
     let a = s.root.join("a.bundle");
     let before = fs::metadata(&a).unwrap();
     let bob_pub = s.root.join("bob.pub");
-    ok(&["attach", p(&a), p(&sign(&s, "bob", "a")), "--key", p(&bob_pub)]);
+    ok(&[
+        "attach",
+        p(&a),
+        p(&sign(&s, "bob", "a")),
+        "--key",
+        p(&bob_pub),
+    ]);
     let after = fs::metadata(&a).unwrap();
     assert_ne!(before.ino(), after.ino(), "written aside and renamed");
     assert_eq!(before.len(), after.len());

@@ -740,7 +740,11 @@ mod tests {
     #[test]
     fn key_ids_are_picked_from_a_slot_even_when_cut() {
         let sig = |id: &str| format!(r#"{{"key_id":"{id}","signature":"AAAA"}}"#);
-        let slot = format!("[{},{}]   ", sig("0123456789abcdef"), sig("fedcba9876543210"));
+        let slot = format!(
+            "[{},{}]   ",
+            sig("0123456789abcdef"),
+            sig("fedcba9876543210")
+        );
         let ids: Vec<String> = key_ids_named(slot.as_bytes())
             .iter()
             .map(|k| k.to_string())

@@ -267,7 +267,12 @@ mod tests {
         assert_eq!(bundle_name_header("ü.bundle"), "%C3%BC.bundle");
         assert_eq!(bundle_name_header("é.bundle"), "%C3%A9.bundle");
         assert_eq!(bundle_name_header("50%.bundle"), "50%25.bundle");
-        for name in ["ü.bundle", "日本語 v2.bundle", "50%.bundle", "a\u{7f}.bundle"] {
+        for name in [
+            "ü.bundle",
+            "日本語 v2.bundle",
+            "50%.bundle",
+            "a\u{7f}.bundle",
+        ] {
             let value = bundle_name_header(name);
             assert!(reqwest::header::HeaderValue::from_str(&value)
                 .unwrap()

@@ -179,7 +179,9 @@ fn with_suffix(stem: &str, suffix: &str, spare: usize) -> String {
     let mut cut = stem.len().min(room);
     let splits_escape = |cut: usize| {
         let head = &stem.as_bytes()[..cut];
-        head.ends_with(b"!") || head.ends_with(b"%") || head[..cut.saturating_sub(1)].ends_with(b"%")
+        head.ends_with(b"!")
+            || head.ends_with(b"%")
+            || head[..cut.saturating_sub(1)].ends_with(b"%")
     };
     while cut > 0 && splits_escape(cut) {
         cut -= 1;
@@ -227,16 +229,15 @@ pub fn receipt_file_names(receipts: &[Receipt]) -> Vec<String> {
     for r in receipts {
         let plain = receipt_file_name(&r.bundle);
         let stem = plain.strip_suffix(".json").expect("ends in .json");
-        let id = r
-            .id
-            .as_deref()
-            .map(|id| id.rsplit(':').next().unwrap_or(id))
-            .unwrap_or("")
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let id =
+            r.id.as_deref()
+                .map(|id| id.rsplit(':').next().unwrap_or(id))
+                .unwrap_or("")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(12)
+                .collect::<String>()
+                .to_ascii_lowercase();
         let mut candidates = std::iter::once(plain.clone())
             .chain((!id.is_empty()).then(|| with_suffix(stem, &format!("~{id}"), 0)))
             .chain((2..).map(|n| with_suffix(stem, &format!("~{n}"), 0)));
@@ -347,12 +348,34 @@ mod tests {
         let long_e2 = format!("{}x.bundle", "é".repeat(123));
         let long_ascii = format!("{}.bundle", "A".repeat(248));
         let names = [
-            "ü.bundle", "é.bundle", "a b.bundle", "a_b.bundle", "a.bundle", "A.bundle",
-            "UPPER.BUNDLE", "upper.bundle", "50%.bundle", "50%25.bundle", "x!y.bundle",
-            "!x!y.bundle", "a~b.bundle", "日本語.bundle", "a:b.bundle", "a*b?.bundle",
-            "a\"b\".bundle", "<a>|b.bundle", "con.bundle", "CON.bundle", "%63on.bundle",
-            "com1.bundle", "a\\b.bundle", "e\u{301}.bundle", "tab\u{a0}.bundle",
-            &long_e, &long_e2, &long_ascii,
+            "ü.bundle",
+            "é.bundle",
+            "a b.bundle",
+            "a_b.bundle",
+            "a.bundle",
+            "A.bundle",
+            "UPPER.BUNDLE",
+            "upper.bundle",
+            "50%.bundle",
+            "50%25.bundle",
+            "x!y.bundle",
+            "!x!y.bundle",
+            "a~b.bundle",
+            "日本語.bundle",
+            "a:b.bundle",
+            "a*b?.bundle",
+            "a\"b\".bundle",
+            "<a>|b.bundle",
+            "con.bundle",
+            "CON.bundle",
+            "%63on.bundle",
+            "com1.bundle",
+            "a\\b.bundle",
+            "e\u{301}.bundle",
+            "tab\u{a0}.bundle",
+            &long_e,
+            &long_e2,
+            &long_ascii,
         ];
         let mut seen = std::collections::HashMap::new();
         for name in names {
@@ -375,7 +398,12 @@ mod tests {
         assert_eq!(receipt_file_name("ü.bundle"), "%C3%BC.bundle.json");
         assert_eq!(receipt_file_name("App v2.bundle"), "!app v2.bundle.json");
         assert_eq!(receipt_file_name("con.bundle"), "%63on.bundle.json");
-        for not_ours in ["inventory.json", "visit.json", "a.bundle", "%c3%bc.bundle.json"] {
+        for not_ours in [
+            "inventory.json",
+            "visit.json",
+            "a.bundle",
+            "%c3%bc.bundle.json",
+        ] {
             assert_eq!(bundle_name_from_receipt_file(not_ours), None, "{not_ours}");
         }
     }
@@ -401,8 +429,14 @@ mod tests {
             ]
         );
         let long = format!("{}.bundle", "é".repeat(124));
-        let names = receipt_file_names(&[receipt(&long, Some("sha256:ab")), receipt(&long, Some("sha256:cd"))]);
+        let names = receipt_file_names(&[
+            receipt(&long, Some("sha256:ab")),
+            receipt(&long, Some("sha256:cd")),
+        ]);
         assert_ne!(names[0], names[1]);
-        assert!(names.iter().all(|n| valid_on_fat_exfat_ext4(n)), "{names:?}");
+        assert!(
+            names.iter().all(|n| valid_on_fat_exfat_ext4(n)),
+            "{names:?}"
+        );
     }
 }

@@ -213,7 +213,10 @@ fn classify_name(name: &[u8]) -> NameClass {
         );
     }
     let lower = name.to_ascii_lowercase();
-    if lower.windows(BUNDLE_SUFFIX.len()).any(|w| w == BUNDLE_SUFFIX.as_bytes()) {
+    if lower
+        .windows(BUNDLE_SUFFIX.len())
+        .any(|w| w == BUNDLE_SUFFIX.as_bytes())
+    {
         return NameClass::LookAlike(
             "name does not end in .bundle (a partial or renamed copy?): copy the bundle again \
              under a name ending in .bundle",
@@ -565,13 +568,20 @@ mod tests {
     fn look_alike_names_are_told_apart_from_other_files() {
         assert_eq!(classify_name(b"a.bundle"), NameClass::Bundle);
         assert_eq!(classify_name(b"UPPER.BUNDLE"), NameClass::Bundle);
-        for odd in [&b"a.bundle "[..], b"a.bundle.", b"a.BUNDLE \t", b"a.bundle.part"] {
+        for odd in [
+            &b"a.bundle "[..],
+            b"a.bundle.",
+            b"a.BUNDLE \t",
+            b"a.bundle.part",
+        ] {
             assert!(
                 matches!(classify_name(odd), NameClass::LookAlike(_)),
                 "{odd:?}"
             );
         }
-        assert!(matches!(classify_name(b"a.bundle ") , NameClass::LookAlike(r) if r.contains("spaces")));
+        assert!(
+            matches!(classify_name(b"a.bundle ") , NameClass::LookAlike(r) if r.contains("spaces"))
+        );
         for other in [&b"README.txt"[..], b"a.bundl", b"bundle", b""] {
             assert_eq!(classify_name(other), NameClass::Other, "{other:?}");
         }
@@ -583,7 +593,8 @@ mod tests {
         let good = bundle_like(10, 20);
         let c = check_header("a.bundle", &good[..32], 62, &limits).unwrap();
         assert_eq!((c.head_len, c.statement_len, c.slot_len), (62, 10, 20));
-        let reason = |header: &[u8], len: u64| check_header("a.bundle", header, len, &limits).unwrap_err();
+        let reason =
+            |header: &[u8], len: u64| check_header("a.bundle", header, len, &limits).unwrap_err();
         assert!(reason(&[], 0).contains("too short"));
         assert!(reason(&[0; 32], 100).contains("not a bundle"));
         let mut v9 = good.clone();
@@ -618,12 +629,22 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("evil.bundle")).unwrap();
         std::fs::create_dir(dir.path().join("d.bundle")).unwrap();
         let scan = scan(dir.path(), &ScanLimits::default()).unwrap();
-        let names: Vec<_> = scan.candidates.iter().map(|c| (c.name.as_str(), c.len)).collect();
+        let names: Vec<_> = scan
+            .candidates
+            .iter()
+            .map(|c| (c.name.as_str(), c.len))
+            .collect();
         assert_eq!(names, [("C.BUNDLE", 39), ("a.bundle", 35)]);
         let skipped: Vec<_> = scan.skipped.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             skipped,
-            ["._a.bundle", "b.bundle", "c.bundle ", "d.bundle", "evil.bundle"]
+            [
+                "._a.bundle",
+                "b.bundle",
+                "c.bundle ",
+                "d.bundle",
+                "evil.bundle"
+            ]
         );
         assert_eq!(scan.ignored, 1);
         assert!(!scan.truncated);

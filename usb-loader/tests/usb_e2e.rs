@@ -708,8 +708,11 @@ fn a_stick_full_of_junk_still_gives_up_its_good_bundles_and_lists_the_rest() {
             std::fs::write(folder.join(format!("a-junk-{i:05}.bundle")), junk).unwrap();
         }
         for i in 0..150 {
-            std::fs::write(folder.join(format!("b-stranger-{i:03}.bundle")), &stranger_bytes)
-                .unwrap();
+            std::fs::write(
+                folder.join(format!("b-stranger-{i:03}.bundle")),
+                &stranger_bytes,
+            )
+            .unwrap();
         }
         std::fs::write(folder.join("zz-good.bundle"), &good_bytes).unwrap();
         std::fs::write(folder.join("ZZ-UPPER.BUNDLE"), &upper_bytes).unwrap();
@@ -754,6 +757,9 @@ fn a_stick_full_of_junk_still_gives_up_its_good_bundles_and_lists_the_rest() {
         .iter()
         .find(|s| s[0] == "zz-trailing.bundle ")
         .expect("the trailing-space name is listed");
-    assert!(trailing[1].as_str().unwrap().contains("spaces"), "{trailing}");
+    assert!(
+        trailing[1].as_str().unwrap().contains("spaces"),
+        "{trailing}"
+    );
     assert!(skipped.iter().all(|s| s[1].as_str().unwrap().len() > 10));
 }

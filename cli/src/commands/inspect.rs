@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use sideload_bundle::{open_bundle, Limits};
-use sideload_signing::summary::{rfc3339, statement_summary};
 use sideload_signing::parse_statement;
+use sideload_signing::summary::{rfc3339, statement_summary};
 
 use super::print_json;
 
