@@ -64,7 +64,13 @@ impl Server {
         Server {
             daemon,
             uploads,
-            proxy: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            // Without a timer hyper never closes an idle pooled connection, and it reuses the
+            // newest first: after a burst of pulls every connection of the burst stayed open.
+            proxy: Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(crate::upstream::POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(crate::upstream::POOL_MAX_IDLE)
+                .build_http(),
             upstream_authority,
             auth,
         }
