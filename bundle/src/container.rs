@@ -80,27 +80,37 @@ impl BundleHead {
     }
 }
 
-/// Reads the header, statement and signatures from the front of a bundle. Reads at most
-/// `HEADER_LEN + max_statement + max_signature_slot` bytes and allocates only after each length
-/// is checked against `limits`.
-pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<BundleHead, Error> {
-    let mut header = [0u8; HEADER_LEN as usize];
-    read_part(reader, &mut header, name, "header")?;
-    if header[..8] != MAGIC {
+/// What the fixed header declares, once it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Container version (1 or 2).
+    pub version: u16,
+    /// Bytes the stored statement takes.
+    pub statement_len: u32,
+    /// Bytes the signature slot takes.
+    pub slot_len: u32,
+}
+
+impl Header {
+    /// Bytes of the whole head: header, statement and signature slot.
+    pub fn head_len(&self) -> u64 {
+        HEADER_LEN + u64::from(self.statement_len) + u64::from(self.slot_len)
+    }
+}
+
+/// Checks the fixed header alone: magic, version, flags, reserved bytes, and each declared
+/// length against `limits`. A receiver calls it as soon as the first [`HEADER_LEN`] bytes are
+/// in, so a head that declares more than the limits is refused before any of it is stored.
+pub fn check_header(header: &[u8], name: &str, limits: &Limits) -> Result<Header, Error> {
+    if header.len() < HEADER_LEN as usize || header[..8] != MAGIC {
         return Err(Error::NotABundle {
             bundle: name.to_owned(),
         });
     }
     let version = u16::from_be_bytes([header[8], header[9]]);
-    if version != CONTAINER_VERSION && version != CONTAINER_VERSION_PLAIN_STATEMENT {
-        return Err(Error::UnsupportedVersion {
-            bundle: name.to_owned(),
-            found: version,
-            supported: CONTAINER_VERSION,
-        });
-    }
     let flags = u16::from_be_bytes([header[10], header[11]]);
-    if flags != 0 || header[20..].iter().any(|&b| b != 0) {
+    let known = version == CONTAINER_VERSION || version == CONTAINER_VERSION_PLAIN_STATEMENT;
+    if !known || flags != 0 || header[20..HEADER_LEN as usize].iter().any(|&b| b != 0) {
         return Err(Error::UnsupportedVersion {
             bundle: name.to_owned(),
             found: version,
@@ -121,6 +131,24 @@ pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<
         slot_len.into(),
         limits.max_signature_slot.into(),
     )?;
+    Ok(Header {
+        version,
+        statement_len,
+        slot_len,
+    })
+}
+
+/// Reads the header, statement and signatures from the front of a bundle. Reads at most
+/// `HEADER_LEN + max_statement + max_signature_slot` bytes and allocates only after each length
+/// is checked against `limits`.
+pub fn read_head(reader: &mut impl Read, name: &str, limits: &Limits) -> Result<BundleHead, Error> {
+    let mut header = [0u8; HEADER_LEN as usize];
+    read_part(reader, &mut header, name, "header")?;
+    let Header {
+        version,
+        statement_len,
+        slot_len,
+    } = check_header(&header, name, limits)?;
 
     let mut stored = vec![0u8; statement_len as usize];
     read_part(reader, &mut stored, name, "statement")?;
@@ -223,9 +251,48 @@ pub fn head_len(header: &[u8]) -> Option<u64> {
 
 /// Opens a bundle file and reads its head; the file is left positioned at the payload.
 pub fn open_bundle(path: &Path, limits: &Limits) -> Result<(BundleHead, File), Error> {
-    let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
+    let mut file = open_regular(path, OpenOptions::new().read(true), "opening bundle")?;
     let head = read_head(&mut file, &bundle_name(path), limits)?;
     Ok((head, file))
+}
+
+/// Opens a bundle file, refusing anything but a regular file before opening it: opening a FIFO
+/// waits for a writer that may never come (a `sideload inspect` that hangs), and a device or
+/// a directory is no bundle. The kind is checked again on the open file, in case the path was
+/// replaced in between.
+fn open_regular(path: &Path, options: &OpenOptions, what: &'static str) -> Result<File, Error> {
+    let not_regular = |kind: std::fs::FileType| Error::NotAFile {
+        path: path.to_owned(),
+        kind: file_kind(kind),
+    };
+    let meta = std::fs::metadata(path).map_err(Error::io(what, path))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let file = options.open(path).map_err(Error::io(what, path))?;
+    let opened = file.metadata().map_err(Error::io(what, path))?;
+    if !opened.is_file() {
+        return Err(not_regular(opened.file_type()));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 /// The name a bundle goes by in messages: its file name.
@@ -283,7 +350,7 @@ pub fn attach_signatures(
     new: &[Signature],
     limits: &Limits,
 ) -> Result<Vec<Signature>, Error> {
-    let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
+    let mut file = open_regular(path, OpenOptions::new().read(true), "opening bundle")?;
     let head = read_head(&mut file, &bundle_name(path), limits)?;
     let mut signatures = head.signatures.clone();
     for sig in new {

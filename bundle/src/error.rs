@@ -25,6 +25,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO, a device, a directory): nothing is read from it.
+    #[error("{path}: is a {kind}, not a regular file; a bundle is read only from a file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// The file does not start with the bundle magic.
     #[error("{bundle}: not a sideload bundle (bad magic bytes)")]
     NotABundle {
@@ -214,6 +222,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Io { .. } => "io",
+            Error::NotAFile { .. } => "not_a_file",
             Error::NotABundle { .. } => "not_a_bundle",
             Error::UnsupportedVersion { .. } => "unsupported_version",
             Error::Truncated { .. } => "truncated",
@@ -241,6 +250,9 @@ impl Error {
         match self {
             Error::Io { .. } | Error::Image(_) => {
                 "check that the path exists and is readable/writable, then retry"
+            }
+            Error::NotAFile { .. } => {
+                "give the path of the bundle file itself; to read from a pipe or a device, copy it to a file first"
             }
             Error::NotABundle { .. } => "check that the file is a bundle written by `sideload build`",
             Error::UnsupportedVersion { .. } => {

@@ -48,13 +48,16 @@ pub mod manifest;
 pub mod payload;
 pub mod progress;
 pub mod stream;
+pub mod text;
 pub mod verify;
 
 pub use apply::{apply_bundle, apply_trusted, ApplyReport, BaseStore, ImageSet, Output};
 pub use build::{
     build_bundle, rank_bases, BuildOptions, BuildReport, DeltaStats, LayerEncoding, LayerReport,
 };
-pub use container::{attach_signatures, bundle_name, head_len, open_bundle, read_head, BundleHead};
+pub use container::{
+    attach_signatures, bundle_name, check_header, head_len, open_bundle, read_head, BundleHead,
+};
 pub use error::Error;
 pub use exact::{ExactOptions, Exactness};
 pub use limits::Limits;

@@ -85,6 +85,15 @@ pub struct RegistryArgs {
     platform: String,
 }
 
+/// Longest error message shown, in characters; the rest is counted, not printed.
+pub const MAX_MESSAGE: usize = 1000;
+
+/// A message built from input, as the terminal may show it (see
+/// [`sideload_bundle::text::printable`]).
+pub fn shown(text: &str) -> String {
+    sideload_bundle::text::printable(text, MAX_MESSAGE)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -107,7 +116,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors quote their input (tar headers, names, a device's answer): shown escaped
+            // and cut, never as raw bytes a terminal would act on.
+            eprintln!("error: {}", shown(&format!("{err:#}")));
             match err.downcast_ref::<sideload_bundle::Error>() {
                 Some(e) if e.is_refusal() => {
                     eprintln!("what to do: {}", e.advice());

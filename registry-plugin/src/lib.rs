@@ -1,8 +1,9 @@
 //! The device daemon: the single writer of the local registry.
 //!
 //! It fronts the distribution registry (pulls pass through `/v2/`, writes are refused), takes
-//! signed bundles from resumable uploads ([`uploads`]) and an inbox folder ([`inbox`]) through
-//! one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
+//! signed bundles from resumable uploads ([`uploads`]; each request's route and headers are
+//! checked by [`request`] before a byte of its body is read) and an inbox folder ([`inbox`])
+//! through one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
 //! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
 //! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API and [`cri`] for
 //! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
@@ -19,6 +20,7 @@ pub mod listen;
 pub mod names;
 pub mod rebuild;
 pub mod reconcile;
+pub mod request;
 pub mod server;
 pub mod sink;
 pub mod status;

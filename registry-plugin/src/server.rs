@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::auth::{Auth, Denied, Scope};
 use crate::daemon::Daemon;
-use crate::uploads::{Appended, Created, UploadError, UploadResult, Uploads};
+use crate::request::{self, RequestError, Route, Unrouted};
+use crate::uploads::{Appended, Created, LingeringBody, UploadError, UploadResult, Uploads};
 
 /// Response body: streamed from the registry or built here.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -63,7 +64,13 @@ impl Server {
         Server {
             daemon,
             uploads,
-            proxy: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            // Without a timer hyper never closes an idle pooled connection, and it reuses the
+            // newest first: after a burst of pulls every connection of the burst stayed open.
+            proxy: Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(crate::upstream::POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(crate::upstream::POOL_MAX_IDLE)
+                .build_http(),
             upstream_authority,
             auth,
         }
@@ -77,10 +84,16 @@ impl Server {
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let response = if path == "/v2" || path.starts_with("/v2/") {
+        let response = if let Err(e) = request::check_body_codings(req.headers(), false) {
+            refuse_unread(req, request_error(e))
+        } else if path == "/v2" || path.starts_with("/v2/") {
             self.registry(req, peer.tls).await
-        } else if path == "/metrics" && method == Method::GET {
-            self.metrics().await
+        } else if path == "/metrics" {
+            if method == Method::GET || method == Method::HEAD {
+                self.metrics().await
+            } else {
+                method_not_allowed("GET, HEAD")
+            }
         } else if let Some(rest) = path.strip_prefix(API) {
             self.api(req, rest.to_owned(), peer.addr).await
         } else {
@@ -209,35 +222,40 @@ impl Server {
             }
             return unauthorized(denied);
         }
-        match (method, segments.as_slice()) {
-            (Method::POST, ["uploads"]) => self.create_upload(&req, peer).await,
-            (Method::GET, ["admin", "uploads"]) => {
+        let route = match request::route(&method, &segments) {
+            Ok(route) => route,
+            Err(Unrouted::MethodNotAllowed(allow)) => return method_not_allowed(allow),
+            Err(Unrouted::NotFound) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no route {}{}", API, rest),
+                    "see docs/upload-api.md",
+                )
+            }
+        };
+        match route {
+            Route::CreateUpload => self.create_upload(&req, peer).await,
+            Route::ListUploads => {
                 json_response(StatusCode::OK, &json!({ "uploads": self.uploads.list() }))
             }
-            (Method::DELETE, ["admin", "uploads", id]) => match self.uploads.delete(id).await {
+            Route::AdminDeleteUpload(id) => match self.uploads.delete(id).await {
                 Ok(()) => {
                     tracing::info!(upload = %id, %peer, "upload deleted by the operator");
                     empty(StatusCode::NO_CONTENT)
                 }
                 Err(e) => upload_error(e),
             },
-            (_, ["admin", "uploads"]) => method_not_allowed("GET"),
-            (_, ["admin", "uploads", _]) => method_not_allowed("DELETE"),
-            (m, ["uploads", id]) => {
-                let id = id.to_string();
-                match m {
-                    Method::HEAD | Method::GET => {
-                        self.upload_status(&id, req.method() == Method::HEAD).await
-                    }
-                    Method::PATCH | Method::PUT => self.append(req, &id).await,
-                    Method::DELETE => match self.uploads.delete(&id).await {
-                        Ok(()) => empty(StatusCode::NO_CONTENT),
-                        Err(e) => upload_error(e),
-                    },
-                    _ => method_not_allowed("GET, HEAD, PATCH, PUT, DELETE"),
-                }
+            Route::UploadStatus { id, head } => self.upload_status(id, head).await,
+            Route::Append { id, put } => {
+                let id = id.to_owned();
+                self.append(req, &id, put).await
             }
-            (Method::GET, ["bundles"]) => {
+            Route::DeleteUpload(id) => match self.uploads.delete(id).await {
+                Ok(()) => empty(StatusCode::NO_CONTENT),
+                Err(e) => upload_error(e),
+            },
+            Route::Bundles => {
                 let limit = query(&req, "limit")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(100);
@@ -246,8 +264,8 @@ impl Server {
                     Err(e) => internal(e),
                 }
             }
-            (Method::GET, ["bundles", id]) => self.bundle(id),
-            (Method::GET, ["journal"]) => {
+            Route::Bundle(id) => self.bundle(id),
+            Route::Journal => {
                 let after = query(&req, "after")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
@@ -260,7 +278,7 @@ impl Server {
                     Err(e) => internal(e),
                 }
             }
-            (Method::GET, ["inventory"]) => match crate::status::inventory(&self.daemon).await {
+            Route::Inventory => match crate::status::inventory(&self.daemon).await {
                 Ok(inv) => json_response(StatusCode::OK, &inv),
                 Err(e @ crate::status::InventoryError::Registry(_)) => error(
                     StatusCode::BAD_GATEWAY,
@@ -270,7 +288,7 @@ impl Server {
                 ),
                 Err(e) => internal(e),
             },
-            (Method::GET, ["health"]) => {
+            Route::Health => {
                 let registry = self.daemon.upstream.ping().await;
                 let status = if registry.is_ok() {
                     StatusCode::OK
@@ -287,37 +305,26 @@ impl Server {
                     }),
                 )
             }
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                &format!("no route {}{}", API, rest),
-                "see docs/upload-api.md",
-            ),
         }
     }
 
     async fn create_upload(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let header_str = |h: &str| {
-            req.headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+        let headers = req.headers();
+        let checked = request::upload_length(headers)
+            .and_then(|length| Ok((length, request::BundleName::from_headers(headers)?)));
+        let (length, name) = match checked {
+            Ok(v) => v,
+            Err(e) => return request_error(e),
         };
-        let length = match header_str("upload-length").map(|v| v.parse::<u64>()) {
-            Some(Ok(l)) => Some(l),
-            Some(Err(_)) => {
-                return upload_error(UploadError::BadRequest(
-                    "Upload-Length is not a number".into(),
-                ))
-            }
-            None => None,
-        };
+        let digest = headers
+            .get("bundle-digest")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         match self
             .uploads
             .create(
                 &self.daemon,
-                header_str("bundle-name"),
-                header_str("bundle-digest"),
+                name.map(request::BundleName::into_string),
+                digest,
                 length,
                 peer.ip(),
             )
@@ -353,26 +360,31 @@ impl Server {
         }
     }
 
-    async fn append(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
-        let offset = req
-            .headers()
-            .get("upload-offset")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let offset = match (offset, req.method()) {
+    async fn append(&self, req: Request<Incoming>, id: &str, is_put: bool) -> Response<Body> {
+        // Checked before a byte of the body is read: a malformed offset or a coded body must
+        // not be appended as if it were the bundle's bytes.
+        let offset = match request::check_body_codings(req.headers(), true)
+            .and_then(|()| request::upload_offset(req.headers()))
+        {
+            Ok(offset) => offset,
+            Err(e) => return refuse_unread(req, request_error(e)),
+        };
+        let offset = match (offset, is_put) {
             (Some(o), _) => o,
             // PUT without an offset: "finish", i.e. report; the offset is what is held.
-            (None, &Method::PUT) => match self.uploads.status(id).await {
+            (None, true) => match self.uploads.status(id).await {
                 Ok((_, held)) => held,
                 Err(e) => return upload_error(e),
             },
-            (None, _) => {
-                return upload_error(UploadError::BadRequest(
-                    "PATCH needs an Upload-Offset header (ask HEAD for the current one)".into(),
-                ))
+            (None, false) => {
+                return refuse_unread(
+                    req,
+                    upload_error(UploadError::BadRequest(
+                        "PATCH needs an Upload-Offset header (ask HEAD for the current one)".into(),
+                    )),
+                )
             }
         };
-        let is_put = req.method() == Method::PUT;
         match self
             .uploads
             .append(&self.daemon, id, offset, req.into_body())
@@ -681,6 +693,52 @@ fn upload_error(e: UploadError) -> Response<Body> {
             &m,
             "retry; if it repeats, check the device's disk and logs",
         ),
+    }
+}
+
+/// Answers `response` to a request whose body is not read: the body is read and thrown away
+/// for a while in the background, so that closing the connection does not reset it before the
+/// client has read the answer (see [`LingeringBody`]).
+fn refuse_unread(req: Request<Incoming>, response: Response<Body>) -> Response<Body> {
+    drop(LingeringBody::new(req.into_body()));
+    response
+}
+
+/// A request refused from its method, path or headers, before its body is read.
+fn request_error(e: RequestError) -> Response<Body> {
+    let reason = e.to_string();
+    match e {
+        RequestError::BadHeader(_) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &reason,
+            "see docs/upload-api.md",
+        ),
+        RequestError::BadBundleName(_) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_bundle_name",
+            &reason,
+            "send the file's name (at most 255 bytes of UTF-8, no '/' or control characters), percent-encoded where it is not ASCII, or leave Bundle-Name out",
+        ),
+        RequestError::TransferCoding(_) => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            &reason,
+            "send the body with Content-Length or Transfer-Encoding: chunked alone",
+        ),
+        RequestError::ContentCoding(_) => {
+            let mut r = error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_coding",
+                &reason,
+                "send the bundle file's bytes as they are, without Content-Encoding",
+            );
+            r.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            r
+        }
     }
 }
 

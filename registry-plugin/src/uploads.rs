@@ -254,14 +254,14 @@ const LINGER_MAX_BYTES: usize = 4 << 20;
 /// unread bytes makes the kernel reset the connection, and the reset can destroy the answer,
 /// with the refusal's reason, before the client reads it; the client then sees a dropped link
 /// and sends the head again to learn what it missed.
-struct LingeringBody {
+pub(crate) struct LingeringBody {
     body: Option<hyper::body::Incoming>,
     /// The client sent its last byte: nothing left to read.
     ended: bool,
 }
 
 impl LingeringBody {
-    fn new(body: hyper::body::Incoming) -> Self {
+    pub(crate) fn new(body: hyper::body::Incoming) -> Self {
         LingeringBody {
             body: Some(body),
             ended: false,
@@ -949,17 +949,12 @@ impl Uploads {
             daemon.refusal(&r.bundle.clone(), &meta.name, &r);
             UploadError::Refused(r)
         };
-        let Some(head_len) = sideload_bundle::head_len(&header) else {
-            return Err(refuse(Refused::from_error(
-                &meta.name,
-                &sideload_bundle::Error::NotABundle {
-                    bundle: meta.name.clone(),
-                },
-            )));
-        };
-        // Wait for the rest of the head, unless its declared size already breaks the limits
-        // (then the check below refuses it without waiting for a byte more).
-        if held < head_len && head_len <= daemon.head_cap() {
+        // The fixed header alone says whether this is a bundle and whether each length it
+        // declares is within the limits: refused at byte 32, before the head is stored.
+        let head_len = sideload_bundle::check_header(&header, &meta.name, &daemon.limits)
+            .map_err(|e| refuse(Refused::from_error(&meta.name, &e)))?
+            .head_len();
+        if held < head_len {
             return Ok(None);
         }
         let (head, statement) = match daemon

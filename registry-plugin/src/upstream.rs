@@ -18,6 +18,18 @@ use sideload_signing::Digest;
 /// Largest manifest or config the daemon reads into memory.
 const MAX_JSON: usize = 16 << 20;
 
+/// How long a connection to the registry may sit idle in a pool before it is closed. The
+/// registry (Go's `net/http` as distribution configures it) never closes an idle connection
+/// itself, and a new one over loopback costs well under a millisecond, so idle ones are not
+/// kept for long. Also used by the `/v2/` pass-through ([`crate::server`]).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Most idle connections to the registry a pool keeps; more are closed as soon as they are
+/// returned. A burst of pulls (an engine fetching many layers at once through `/v2/`) then
+/// leaves at most this many sockets open, not one per request of the burst. Go's own HTTP
+/// client keeps 2 per host; the apply queue and an engine's parallel pulls need a few more.
+pub const POOL_MAX_IDLE: usize = 8;
+
 /// Talks to the registry at `base` (e.g. `http://127.0.0.1:5001`).
 #[derive(Clone)]
 pub struct Upstream {
@@ -79,6 +91,8 @@ impl Upstream {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build()
             .expect("a plain HTTP client builds");
         Upstream {

@@ -102,7 +102,7 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
                 observer.start_wait(&report.name);
                 device.wait(report, &observer).await;
                 observer.line(&format!(
-                    "{}: {}{}{}",
+                    "{}: {}{}{} ({} status requests, {} retried)",
                     report.name,
                     report.state.as_deref().unwrap_or("unknown"),
                     report
@@ -114,7 +114,9 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
                         .engine
                         .as_deref()
                         .map(|e| format!("; container engine: {e}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    report.status_requests,
+                    report.status_retries,
                 ));
             }
         }
@@ -128,7 +130,12 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
     for r in reports.iter().filter(|r| r.outcome != Outcome::Skipped) {
         if let (Some(reason), Some(advice)) = (&r.reason, &r.advice) {
             if !taken(r.outcome) || r.state.as_deref() == Some("failed") {
-                eprintln!("error: {reason}\nwhat to do: {advice}");
+                // The device wrote these: shown escaped.
+                eprintln!(
+                    "error: {}\nwhat to do: {}",
+                    crate::shown(reason),
+                    crate::shown(advice)
+                );
             }
         }
     }
@@ -248,7 +255,7 @@ fn summary(r: &Report) -> String {
         Outcome::Skipped => "not sent".into(),
     };
     format!(
-        "{}: {how}; the device took {} of its {} bytes ({} were there before), {} requests, \
+        "{}: {how}; the device took {} of its {} bytes ({} were there before), {} upload requests, \
          {} retries, {:.1} s ({} bytes handed to connections, counting those lost with them)",
         r.name,
         r.held.saturating_sub(r.held_at_start),
@@ -297,6 +304,8 @@ impl TermObserver {
     }
 
     fn line(&self, text: &str) {
+        // Lines carry the device's words (reasons, states): shown escaped.
+        let text = crate::shown(text);
         match &self.lock().bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -366,7 +375,7 @@ impl Observer for TermObserver {
 
     fn note(&self, line: &str) {
         let s = self.lock();
-        let text = format!("{}: {line}", s.name);
+        let text = crate::shown(&format!("{}: {line}", s.name));
         match &s.bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),

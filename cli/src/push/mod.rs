@@ -169,10 +169,16 @@ pub struct Report {
     pub held: u64,
     /// Bytes handed to connections (an upper bound of what crossed the link).
     pub bytes_sent: u64,
-    /// HTTP requests made.
+    /// Requests of the upload itself: create, offset, send and finish (`POST`, `HEAD`,
+    /// `PATCH`, `PUT`). The summary line counts the same.
     pub requests: u32,
-    /// Failures retried (drops, timeouts, busy device).
+    /// Failures of the upload retried (drops, timeouts, busy device).
     pub retries: u32,
+    /// With `--wait`: status requests while following the bundle to its end (`GET
+    /// /sideload/v1/bundles/ID`); the line printed after the wait counts the same.
+    pub status_requests: u32,
+    /// With `--wait`: failed status requests retried.
+    pub status_retries: u32,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -197,6 +203,8 @@ impl Report {
             bytes_sent: 0,
             requests: 0,
             retries: 0,
+            status_requests: 0,
+            status_retries: 0,
             seconds: 0.0,
         }
     }
@@ -536,6 +544,19 @@ impl Device {
         self.pause(backoff, why, obs).await
     }
 
+    /// Waits before asking for a bundle's status again, counted apart from the upload's
+    /// retries.
+    async fn retry_status(
+        &self,
+        backoff: &mut Backoff,
+        report: &mut Report,
+        why: &str,
+        obs: &dyn Observer,
+    ) -> Result<(), Failure> {
+        report.status_retries += 1;
+        self.pause(backoff, why, obs).await
+    }
+
     /// Pushes one bundle until the device takes or refuses it, or the deadline passes.
     pub async fn push(&self, local: &LocalBundle, obs: &dyn Observer) -> Report {
         let started = Instant::now();
@@ -838,7 +859,7 @@ impl Device {
                     return;
                 }
             }
-            report.requests += 1;
+            report.status_requests += 1;
             let result = self
                 .fetch(self.request(Method::GET, &path).body(http::empty()))
                 .await;
@@ -895,14 +916,22 @@ impl Device {
                         return;
                     }
                     let why = format!("bundle status: {answer:?}");
-                    if self.retry(&mut backoff, report, &why, obs).await.is_err() {
+                    if self
+                        .retry_status(&mut backoff, report, &why, obs)
+                        .await
+                        .is_err()
+                    {
                         return self.wait_deadline(report);
                     }
                 }
                 Err(Failure::Deadline) => return self.wait_deadline(report),
                 Err(e) => {
                     let why = format!("cannot reach the device: {e:?}");
-                    if self.retry(&mut backoff, report, &why, obs).await.is_err() {
+                    if self
+                        .retry_status(&mut backoff, report, &why, obs)
+                        .await
+                        .is_err()
+                    {
                         return self.wait_deadline(report);
                     }
                 }
