@@ -30,9 +30,27 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
 
+/// The `Bundle-Name` header value for a bundle file name: header values are ASCII (the
+/// registry plugin, like most HTTP stacks, reads only visible ASCII), so every byte of the UTF-8
+/// name outside printable ASCII, and `%` itself, is sent percent-encoded (`ü.bundle` ->
+/// `%C3%BC.bundle`, `50%.bundle` -> `50%25.bundle`). Names of printable ASCII without `%` go as
+/// they are. The plugin percent-decodes the value to get the name back exactly
+/// (docs/upload-api.md). `sideload push` and the USB loader both send names this way.
+pub fn bundle_name_header(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{bundle_name_header, printable};
 
     #[test]
     fn control_characters_are_escaped_and_long_text_is_cut() {
@@ -44,5 +62,22 @@ mod tests {
         assert_eq!(printable("a\u{202e}b", 100), "a\\u{202e}b");
         assert_eq!(printable("abcdef", 3), "abc… (3 more characters)");
         assert_eq!(printable("abc", 3), "abc");
+    }
+
+    #[test]
+    fn bundle_names_go_as_percent_encoded_utf8() {
+        assert_eq!(bundle_name_header("app v2.bundle"), "app v2.bundle");
+        assert_eq!(bundle_name_header("ü.bundle"), "%C3%BC.bundle");
+        assert_eq!(bundle_name_header("é.bundle"), "%C3%A9.bundle");
+        assert_eq!(bundle_name_header("50%.bundle"), "50%25.bundle");
+        for name in [
+            "ü.bundle",
+            "日本語 v2.bundle",
+            "50%.bundle",
+            "a\u{7f}.bundle",
+        ] {
+            let value = bundle_name_header(name);
+            assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)), "{value}");
+        }
     }
 }

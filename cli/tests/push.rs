@@ -181,6 +181,11 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
         with_base: false,
         ..Default::default()
     });
+    // Under a name a header cannot carry as it is: it reaches the device's journal intact.
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("ungeprüft whole.bundle");
+    std::fs::copy(&untrusted, &renamed).unwrap();
+    let untrusted = renamed;
     let good = bundle(BundleSpec::default());
     let out = push(&[
         untrusted.to_str().unwrap(),
@@ -193,13 +198,22 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("what to do:"), "{stderr}");
     assert!(
-        stderr.contains("app-v2.bundle: not sent: untrusted-whole.bundle did not go through"),
+        stderr.contains("app-v2.bundle: not sent: ungeprüft whole.bundle did not go through"),
         "{stderr}"
     );
     let v = stdout_json(&out);
     assert_eq!(v["bundles"][0]["outcome"], "refused");
     assert_eq!(v["bundles"][0]["code"], "unknown_key");
     assert_eq!(v["bundles"][1]["outcome"], "skipped", "{v:#}");
+    let journal = daemon.get_json("/sideload/v1/journal");
+    assert!(
+        journal["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["state"] == "refused" && e["name"] == "ungeprüft whole.bundle"),
+        "{journal:#}"
+    );
     // The device stored no payload byte of the refused bundle: at most its head, however the
     // client framed its bytes (one PATCH carries head and payload).
     let mut header = [0u8; 32];

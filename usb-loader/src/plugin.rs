@@ -142,7 +142,10 @@ impl Plugin {
         let resp = self
             .http
             .post(self.url("/sideload/v1/uploads"))
-            .header("Bundle-Name", bundle_name_header(name))
+            .header(
+                "Bundle-Name",
+                sideload_bundle::text::bundle_name_header(name),
+            )
             .header("Upload-Length", len)
             .timeout(Duration::from_secs(30))
             .send()
@@ -208,23 +211,6 @@ impl Plugin {
     }
 }
 
-/// The `Bundle-Name` header value for a bundle file name: header values are ASCII (the plugin,
-/// like most HTTP stacks, reads only visible ASCII), so every byte of the UTF-8 name outside
-/// printable ASCII, and `%` itself, is sent percent-encoded (`ü.bundle` -> `%C3%BC.bundle`,
-/// `50%.bundle` -> `50%25.bundle`). Names of printable ASCII without `%` go as they are. The
-/// plugin percent-decodes the value to get the name back exactly (docs/upload-api.md).
-pub fn bundle_name_header(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A file read in chunks on a blocking thread, as a body stream (the stick may be slow, and
 /// a read must not stall the runtime).
 fn file_stream(
@@ -255,29 +241,4 @@ fn file_stream(
             Err(e) => Some((Err(e), None)),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bundle_names_go_as_percent_encoded_utf8() {
-        assert_eq!(bundle_name_header("app v2.bundle"), "app v2.bundle");
-        assert_eq!(bundle_name_header("ü.bundle"), "%C3%BC.bundle");
-        assert_eq!(bundle_name_header("é.bundle"), "%C3%A9.bundle");
-        assert_eq!(bundle_name_header("50%.bundle"), "50%25.bundle");
-        for name in [
-            "ü.bundle",
-            "日本語 v2.bundle",
-            "50%.bundle",
-            "a\u{7f}.bundle",
-        ] {
-            let value = bundle_name_header(name);
-            assert!(reqwest::header::HeaderValue::from_str(&value)
-                .unwrap()
-                .to_str()
-                .is_ok());
-        }
-    }
 }

@@ -617,10 +617,11 @@ impl Device {
                 .request(Method::POST, "/sideload/v1/uploads")
                 .header("Bundle-Digest", &local.file_digest)
                 .header("Upload-Length", local.size);
-            // A name a header cannot carry is left out; the device then names the upload.
-            if let Ok(name) = HeaderValue::from_str(&local.name) {
-                create = create.header("Bundle-Name", name);
-            }
+            // Percent-encoded UTF-8, so any file name reaches the device's journal as it is.
+            create = create.header(
+                "Bundle-Name",
+                sideload_bundle::text::bundle_name_header(&local.name),
+            );
             let create = create.body(http::empty());
             let (location, mut offset) = match self.exchange(create).await {
                 Ok(Answer::Known { state, .. }) => {
