@@ -8,7 +8,9 @@
 //! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
 //! [`events`]. Protocol: `docs/upload-api.md`.
 pub mod auth;
+pub mod ballast;
 pub mod config;
+pub mod crash;
 pub mod cri;
 pub mod daemon;
 pub mod engine;
@@ -19,6 +21,7 @@ pub mod listen;
 pub mod names;
 pub mod rebuild;
 pub mod reconcile;
+pub mod recover;
 pub mod server;
 pub mod sink;
 pub mod status;
@@ -85,11 +88,14 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         engine,
         metrics: Metrics::default(),
         intake_lock: std::sync::Mutex::new(()),
+        ballast: ballast::Ballast::new(data),
         config,
     });
     daemon
         .recover()
         .context("cannot recover the journal's interrupted work")?;
+    uploads.settle(&daemon);
+    daemon.ballast.ensure();
 
     if daemon.config.inbox.enabled {
         // Made before the daemon reports ready, so a delivery right after start has a place.
