@@ -6,7 +6,10 @@
 //! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
 //! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API and [`cri`] for
 //! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
-//! [`events`]. Protocol: `docs/upload-api.md`.
+//! [`events`]. Every step of intake and apply is named ([`crash`]) and a crash at any of them is
+//! finished at the next start ([`recover`]); an apply that fails for a passing cause (a full
+//! disk, the registry down) keeps its bundle in the state `waiting` and is retried once the
+//! cause is gone. Protocol: `docs/upload-api.md`.
 pub mod auth;
 pub mod ballast;
 pub mod config;

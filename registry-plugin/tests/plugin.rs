@@ -728,6 +728,37 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
     assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
 }
 
+#[test]
+fn an_apply_while_the_registry_is_down_waits_with_the_bundle_and_applies_when_it_is_back() {
+    let mut registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let id = bundle_id(&path);
+    registry.stop();
+    assert_eq!(daemon.upload(&path).status, 202);
+    let status = daemon.wait_state(&id, &["waiting", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "waiting", "{status:#}");
+    let reason = status["bundle"]["reason"].as_str().unwrap();
+    assert!(reason.contains("app-v2.bundle") && reason.contains("local registry"), "{reason}");
+    let hex = id.trim_start_matches("sha256:");
+    assert!(daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
+    // A second delivery while it waits is a duplicate, not a new transfer.
+    let again = daemon.upload(&path);
+    assert_eq!(again.status, 200, "{}", again.text());
+    registry.resume();
+    let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    assert!(!daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
+    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app", registry.host),
+    ]))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+}
+
 fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
