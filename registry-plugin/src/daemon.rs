@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sideload_bundle::{Error as BundleError, Limits};
@@ -414,7 +414,10 @@ impl Daemon {
     }
 
     fn emit(&self, event: Event) {
-        if let Err(e) = self.ballast.released_retry(|| self.events.emit(event.clone())) {
+        if let Err(e) = self
+            .ballast
+            .released_retry(|| self.events.emit(event.clone()))
+        {
             tracing::warn!(error = %e, "cannot spool event");
         }
     }
@@ -494,7 +497,13 @@ impl Daemon {
 
     /// After the tags moved: journal, announce, remove the stored file, load the engine, in
     /// that order (recovery finishes the same order from any point, see [`crate::recover`]).
-    async fn finish_applied(&self, b: &BundleRecord, path: &Path, statement: &Statement, millis: u64) {
+    async fn finish_applied(
+        &self,
+        b: &BundleRecord,
+        path: &Path,
+        statement: &Statement,
+        millis: u64,
+    ) {
         // The tag has moved: the sequence floor must follow before anything else is
         // applied, or an older bundle queued earlier could move the tag back.
         let mut delay = 1;
@@ -588,14 +597,19 @@ impl Daemon {
                 tracing::debug!(bundle = %b.name, %blocker, "waiting bundle still blocked");
                 continue;
             }
-            let delay = backoff
-                .get(&b.id)
-                .map_or(Duration::from_secs(5), |(_, d)| (*d * 2).min(Duration::from_secs(1800)));
+            let delay = backoff.get(&b.id).map_or(Duration::from_secs(5), |(_, d)| {
+                (*d * 2).min(Duration::from_secs(1800))
+            });
             backoff.insert(b.id.clone(), (now + delay, delay));
             tracing::info!(bundle = %b.name, id = %b.id, "the cause of the wait looks gone; applied again");
             if self
                 .journal
-                .set_state(&b.id, State::Queued, Some("retried: the cause of the wait is gone"), None)
+                .set_state(
+                    &b.id,
+                    State::Queued,
+                    Some("retried: the cause of the wait is gone"),
+                    None,
+                )
                 .is_ok()
             {
                 self.announce(&b, "queued", None, None);

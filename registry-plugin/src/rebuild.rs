@@ -283,23 +283,23 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
         })
         .await;
         let decoded = decoded
-        .map_err(|e| {
-            ApplyFailure::new(
-                format!("{name}: the decoder stopped: {e}"),
-                "report this as a bug",
-            )
-        })?
-        .map_err(|e| {
-            // Name the bundle in every reason (disk and I/O errors name only a path).
-            let text = e.to_string();
-            let reason = if text.contains(&name) {
-                text
-            } else {
-                format!("{name}: {text}")
-            };
-            ApplyFailure::new(reason, e.advice())
-                .transient(is_no_space(&e).then_some(Transient::NoSpace))
-        });
+            .map_err(|e| {
+                ApplyFailure::new(
+                    format!("{name}: the decoder stopped: {e}"),
+                    "report this as a bug",
+                )
+            })?
+            .map_err(|e| {
+                // Name the bundle in every reason (disk and I/O errors name only a path).
+                let text = e.to_string();
+                let reason = if text.contains(&name) {
+                    text
+                } else {
+                    format!("{name}: {text}")
+                };
+                ApplyFailure::new(reason, e.advice())
+                    .transient(is_no_space(&e).then_some(Transient::NoSpace))
+            });
         match decoded {
             // A base read from the registry can fail because the registry went away.
             Err(f) if f.transient.is_none() => {
@@ -426,4 +426,33 @@ async fn push_layout(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_found_through_the_error_chain_and_nothing_else_is() {
+        let full = io::Error::from_raw_os_error(28);
+        assert!(is_no_space(&full));
+        let quota = io::Error::from_raw_os_error(122);
+        assert!(is_no_space(&quota));
+        let wrapped = sideload_bundle::Error::Io {
+            what: "writing",
+            path: PathBuf::from("/x"),
+            source: io::Error::from_raw_os_error(28),
+        };
+        assert!(is_no_space(&wrapped));
+        let disk = sideload_bundle::Error::InsufficientDisk {
+            path: PathBuf::from("/x"),
+            needed: 2,
+            available: 1,
+        };
+        assert!(is_no_space(&disk));
+        let denied = io::Error::from_raw_os_error(13);
+        assert!(!is_no_space(&denied));
+        let missing = sideload_bundle::Error::NotABundle { bundle: "b".into() };
+        assert!(!is_no_space(&missing));
+    }
 }

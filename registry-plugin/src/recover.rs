@@ -120,7 +120,10 @@ impl Daemon {
         let (name, source) = self.upload_name(id).map_or_else(
             || {
                 let hex = id.strip_prefix("sha256:").unwrap_or(id);
-                (format!("recovered-{}.bundle", &hex[..hex.len().min(12)]), "recovery")
+                (
+                    format!("recovered-{}.bundle", &hex[..hex.len().min(12)]),
+                    "recovery",
+                )
             },
             |n| (n, "upload"),
         );
@@ -215,7 +218,11 @@ impl Daemon {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .find(|s| s.metadata().map(|m| Some(m.ino()) == inode).unwrap_or(false));
+                .find(|s| {
+                    s.metadata()
+                        .map(|m| Some(m.ino()) == inode)
+                        .unwrap_or(false)
+                });
             if let Some(stem) = stored.and_then(|s| {
                 s.file_name()
                     .to_str()

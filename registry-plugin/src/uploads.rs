@@ -580,7 +580,13 @@ impl Uploads {
         // Also without a declared length: a disk with no room for the upload's own record
         // refuses it here, with a reason, rather than failing to write the record.
         let label = name.as_deref().unwrap_or("upload");
-        self.check_space(daemon, label, length.unwrap_or(0).max(UPLOAD_FLOOR), 0, false)?;
+        self.check_space(
+            daemon,
+            label,
+            length.unwrap_or(0).max(UPLOAD_FLOOR),
+            0,
+            false,
+        )?;
         // Until its head is checked an upload is anyone's: it takes a place in the small
         // unchecked budget, evicting the stalest unchecked one (the client's own first) when
         // the budget is full. Trusted uploads have their own limit, checked with the head.
@@ -1138,7 +1144,10 @@ impl Uploads {
         if meta.result.is_some() || self.part(&meta.id).exists() {
             return Ok(meta.result.clone());
         }
-        let live = meta.bundle_id.as_deref().and_then(|b| daemon.journal.live(b));
+        let live = meta
+            .bundle_id
+            .as_deref()
+            .and_then(|b| daemon.journal.live(b));
         if let Some(b) = live {
             tracing::info!(upload = %meta.id, bundle = %meta.name, id = %b.id, state = b.state.as_str(),
                 "upload settled from the journal");
@@ -1253,6 +1262,19 @@ mod tests {
         );
         // A zero budget never loops: nothing to evict means admit.
         assert_eq!(admit_unchecked(&[], "10.0.0.1", 0, 0), Admission::Admit);
+    }
+
+    #[test]
+    fn an_upload_needs_room_for_its_rest_its_apply_and_the_reserve() {
+        assert_eq!(space_shortfall(100, 40, 50, 10), None);
+        assert_eq!(space_shortfall(99, 40, 50, 10), Some(100));
+        // A full disk refuses even an upload's record.
+        assert_eq!(space_shortfall(0, UPLOAD_FLOOR, 0, 0), Some(UPLOAD_FLOOR));
+        // Declared sizes that overflow never pass.
+        assert_eq!(
+            space_shortfall(u64::MAX - 1, u64::MAX, 1, 0),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

@@ -260,7 +260,11 @@ fn leftovers(data: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for dir in ["bundles", "staging", "quarantine", "inbox"] {
         if let Ok(entries) = std::fs::read_dir(data.join(dir)) {
-            found.extend(entries.flatten().map(|e| format!("{dir}/{}", e.file_name().to_string_lossy())));
+            found.extend(
+                entries
+                    .flatten()
+                    .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy())),
+            );
         }
     }
     if let Ok(entries) = std::fs::read_dir(data.join("uploads")) {

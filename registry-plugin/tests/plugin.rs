@@ -635,26 +635,57 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
         std::fs::copy(b, inbox.join(b.file_name().unwrap())).unwrap();
     }
     for b in [&first, &second] {
-        let status = daemon.wait_state(&bundle_id(b), &["waiting", "failed"], Duration::from_secs(120));
+        let status = daemon.wait_state(
+            &bundle_id(b),
+            &["waiting", "failed"],
+            Duration::from_secs(120),
+        );
         assert_eq!(status["bundle"]["state"], "waiting", "{status:#}");
         let reason = status["bundle"]["reason"].as_str().unwrap();
         let name = b.file_name().unwrap().to_str().unwrap();
-        assert!(reason.contains(name) && reason.contains("bytes"), "{reason}");
+        assert!(
+            reason.contains(name) && reason.contains("bytes"),
+            "{reason}"
+        );
         let advice = status["bundle"]["advice"].as_str().unwrap();
-        assert!(advice.contains("kept") && advice.contains("free disk"), "{advice}");
+        assert!(
+            advice.contains("kept") && advice.contains("free disk"),
+            "{advice}"
+        );
         // The stored bundle is kept.
         let hex = bundle_id(b).trim_start_matches("sha256:").to_owned();
-        assert!(daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
+        assert!(daemon
+            .data_dir
+            .join("bundles")
+            .join(format!("{hex}.bundle"))
+            .exists());
     }
     // The operator drops one of them.
     let second_id = bundle_id(&second);
-    let r = daemon.request("DELETE", &format!("/sideload/v1/admin/bundles/{second_id}"), &[], b"");
+    let r = daemon.request(
+        "DELETE",
+        &format!("/sideload/v1/admin/bundles/{second_id}"),
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 204, "{}", r.text());
     let status = daemon.wait_state(&second_id, &["failed"], Duration::from_secs(5));
-    assert!(status["bundle"]["reason"].as_str().unwrap().contains("deleted by the operator"));
+    assert!(status["bundle"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("deleted by the operator"));
     let hex = second_id.trim_start_matches("sha256:");
-    assert!(!daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
-    let r = daemon.request("DELETE", &format!("/sideload/v1/admin/bundles/{second_id}"), &[], b"");
+    assert!(!daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
+    let r = daemon.request(
+        "DELETE",
+        &format!("/sideload/v1/admin/bundles/{second_id}"),
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 409, "{}", r.text());
 
     // An upload the disk could take but not apply is refused before its payload is sent,
@@ -666,7 +697,10 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
     });
     let r = daemon.upload(&third);
     assert_eq!(r.status, 507, "{}", r.text());
-    let reason = r.json()["error"]["reason"].as_str().unwrap_or_default().to_owned();
+    let reason = r.json()["error"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         reason.contains("seq-104.bundle") && reason.contains("needs") && reason.contains("has"),
         "{}",
@@ -674,7 +708,9 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
     );
     assert!(r.text().contains("free disk space"), "{}", r.text());
     assert!(
-        journal_of(&daemon, "seq-104.bundle").iter().any(|e| e["state"] == "refused"),
+        journal_of(&daemon, "seq-104.bundle")
+            .iter()
+            .any(|e| e["state"] == "refused"),
         "the refusal is journaled"
     );
 
@@ -696,7 +732,9 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
     assert_eq!(r.status, 507, "{}", r.text());
     assert!(r.text().contains("on-a-full-disk.bundle"), "{}", r.text());
     assert!(
-        journal_of(&daemon, "on-a-full-disk.bundle").iter().any(|e| e["state"] == "refused"),
+        journal_of(&daemon, "on-a-full-disk.bundle")
+            .iter()
+            .any(|e| e["state"] == "refused"),
         "the refusal on a full disk is journaled"
     );
     std::fs::remove_file(&filler).unwrap();
@@ -712,10 +750,16 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
         .iter()
         .map(|h| h["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.iter().filter(|s| **s == "applied").count(), 1, "{states:?}");
+    assert_eq!(
+        states.iter().filter(|s| **s == "applied").count(),
+        1,
+        "{states:?}"
+    );
     assert!(states.contains(&"waiting"), "{states:?}");
     assert_eq!(
-        std::fs::read_dir(daemon.data_dir.join("bundles")).unwrap().count(),
+        std::fs::read_dir(daemon.data_dir.join("bundles"))
+            .unwrap()
+            .count(),
         0,
         "no stored bundle left"
     );
@@ -740,16 +784,27 @@ fn an_apply_while_the_registry_is_down_waits_with_the_bundle_and_applies_when_it
     let status = daemon.wait_state(&id, &["waiting", "failed"], Duration::from_secs(120));
     assert_eq!(status["bundle"]["state"], "waiting", "{status:#}");
     let reason = status["bundle"]["reason"].as_str().unwrap();
-    assert!(reason.contains("app-v2.bundle") && reason.contains("local registry"), "{reason}");
+    assert!(
+        reason.contains("app-v2.bundle") && reason.contains("local registry"),
+        "{reason}"
+    );
     let hex = id.trim_start_matches("sha256:");
-    assert!(daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
+    assert!(daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
     // A second delivery while it waits is a duplicate, not a new transfer.
     let again = daemon.upload(&path);
     assert_eq!(again.status, 200, "{}", again.text());
     registry.resume();
     let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
     assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
-    assert!(!daemon.data_dir.join("bundles").join(format!("{hex}.bundle")).exists());
+    assert!(!daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
     let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
         "list-tags",
         "--tls-verify=false",
