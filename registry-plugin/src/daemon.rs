@@ -638,7 +638,7 @@ impl Daemon {
             .map_err(|e| DeleteError::Journal(e.to_string()))?
             .ok_or_else(|| DeleteError::Unknown(id.to_owned()))?;
         if !matches!(b.state, State::Queued | State::Waiting) {
-            return Err(DeleteError::NotHeld(b));
+            return Err(DeleteError::NotHeld(Box::new(b)));
         }
         let reason = format!("{}: deleted by the operator", b.name);
         let advice = "deliver the bundle again to apply it";
@@ -660,7 +660,7 @@ pub enum DeleteError {
     Unknown(String),
     /// The bundle is applying, applied, failed or refused: the device holds no copy to delete.
     #[error("bundle {} is {}: the device holds no copy of it to delete", .0.id, .0.state.as_str())]
-    NotHeld(BundleRecord),
+    NotHeld(Box<BundleRecord>),
     /// The journal could not be read or written.
     #[error("the journal: {0}")]
     Journal(String),
