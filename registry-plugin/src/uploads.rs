@@ -577,16 +577,15 @@ impl Uploads {
                 )));
             }
         }
-        // Also without a declared length: a disk with no room for the upload's own record
-        // refuses it here, with a reason, rather than failing to write the record.
+        // A declared length must fit with the reserve. Without one, a disk with no room for
+        // even the upload's own record refuses it here, with a reason, rather than failing to
+        // write the record (the reserve is checked once the head tells the size).
         let label = name.as_deref().unwrap_or("upload");
-        self.check_space(
-            daemon,
-            label,
-            length.unwrap_or(0).max(UPLOAD_FLOOR),
-            0,
-            false,
-        )?;
+        let (receive, reserve) = match length {
+            Some(len) => (len, limits.free_disk_reserve_bytes),
+            None => (UPLOAD_FLOOR, 0),
+        };
+        self.check_space(daemon, label, receive, 0, reserve, false)?;
         // Until its head is checked an upload is anyone's: it takes a place in the small
         // unchecked budget, evicting the stalest unchecked one (the client's own first) when
         // the budget is full. Trusted uploads have their own limit, checked with the head.
@@ -631,7 +630,7 @@ impl Uploads {
     }
 
     /// Refuses an upload the disk cannot hold and apply: `receive` more bytes of the bundle,
-    /// `apply` for its rebuilt image, and the configured reserve. The refusal is recorded and
+    /// `apply` for its rebuilt image, and `reserve` kept free. The refusal is recorded and
     /// announced (through the disk reserve when the disk is full); `verified`: the bundle's
     /// head was trusted, so the refusal concerns a signed bundle.
     fn check_space(
@@ -640,11 +639,11 @@ impl Uploads {
         name: &str,
         receive: u64,
         apply: u64,
+        reserve: u64,
         verified: bool,
     ) -> Result<(), UploadError> {
         let available = fs4::available_space(&self.dir)
             .map_err(|e| UploadError::Internal(format!("cannot read free space: {e}")))?;
-        let reserve = daemon.config.uploads.free_disk_reserve_bytes;
         let Some(needed) = space_shortfall(available, receive, apply, reserve) else {
             return Ok(());
         };
@@ -1043,7 +1042,15 @@ impl Uploads {
             )));
         }
         let apply = sideload_bundle::apply::space_needed(&statement, 1).unwrap_or(u64::MAX);
-        self.check_space(daemon, &meta.name, total.saturating_sub(held), apply, true)?;
+        let reserve = daemon.config.uploads.free_disk_reserve_bytes;
+        self.check_space(
+            daemon,
+            &meta.name,
+            total.saturating_sub(held),
+            apply,
+            reserve,
+            true,
+        )?;
         let id = statement.digest().to_string();
         tracing::info!(upload = %meta.id, bundle = %meta.name, id = %id, total, "bundle head trusted");
         meta.total_length = Some(total);
