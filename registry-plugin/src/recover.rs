@@ -114,19 +114,20 @@ impl Daemon {
         Ok(taken_again)
     }
 
-    /// Takes a stored file without a live journal row in again, under the name its upload
-    /// gave it if one is still recorded.
+    /// Takes a stored file without a live journal row in again, under the name its delivery
+    /// gave it if one is still recorded (an upload's record, an inbox take's pending link).
     fn intake_again(&self, path: &Path, id: &str) {
-        let (name, source) = self.upload_name(id).map_or_else(
-            || {
+        let (name, source) = match (self.upload_name(id), self.pending_name(path)) {
+            (Some(n), _) => (n, "upload"),
+            (None, Some(n)) => (n, "inbox"),
+            (None, None) => {
                 let hex = id.strip_prefix("sha256:").unwrap_or(id);
                 (
                     format!("recovered-{}.bundle", &hex[..hex.len().min(12)]),
                     "recovery",
                 )
-            },
-            |n| (n, "upload"),
-        );
+            }
+        };
         tracing::warn!(bundle = %name, %id, "a stored bundle has no journal entry (a crash during intake); taken in again");
         let digest = std::fs::File::open(path)
             .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
@@ -149,6 +150,20 @@ impl Daemon {
                 serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
             (meta.bundle_id.as_deref() == Some(id)).then_some(meta.name)
         })
+    }
+
+    /// The inbox name of the file at `path`, from the quarantine's `.NAME.pending` link to it.
+    fn pending_name(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(path).ok()?.ino();
+        std::fs::read_dir(self.config.quarantine_dir())
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                let bare = name.strip_prefix('.')?.strip_suffix(".pending")?.to_owned();
+                (e.metadata().ok()?.ino() == inode).then_some(bare)
+            })
     }
 
     /// Removes a stored bundle file and makes the removal durable.

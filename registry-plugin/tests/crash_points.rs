@@ -122,6 +122,8 @@ fn crash_case(step: Step, source: Source, path: &Path) {
     }
     let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
     assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    // Under the name it was delivered as.
+    assert_eq!(status["bundle"]["name"], "app-v2.bundle", "{status:#}");
     // Exactly once in the journal, nothing failed or refused on the way.
     let states: Vec<String> = status["history"]
         .as_array()
