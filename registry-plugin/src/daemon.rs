@@ -578,7 +578,7 @@ impl Daemon {
     /// answers, the data directory has the room the apply needs). A bundle that fails again
     /// waits longer before its next try (`backoff`, doubling from 5 s to 30 min), so a cause
     /// the device cannot see (the registry's own disk) costs a try now and then, not a loop.
-    /// True while bundles wait.
+    /// Returns true while bundles wait, so the worker looks again in [`WAIT_CHECK`].
     pub(crate) async fn retry_waiting(
         &self,
         backoff: &mut HashMap<String, (Instant, Duration)>,

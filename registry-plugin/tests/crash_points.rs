@@ -257,7 +257,7 @@ fn wait_events(file: &Path, bundle: &str, state: &str) -> Vec<serde_json::Value>
 }
 
 /// Files intake and apply may leave: stored bundles, incoming files, staging, upload bytes
-/// and half-written records, quarantine links, inbox files.
+/// and half-written records, quarantine links, inbox files, half-written events.
 fn leftovers(data: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for dir in ["bundles", "staging", "quarantine", "inbox"] {
@@ -268,6 +268,15 @@ fn leftovers(data: &Path) -> Vec<String> {
                     .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy())),
             );
         }
+    }
+    if let Ok(entries) = std::fs::read_dir(data.join("events")) {
+        found.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".tmp-"))
+                .map(|n| format!("events/{n}")),
+        );
     }
     if let Ok(entries) = std::fs::read_dir(data.join("uploads")) {
         found.extend(
