@@ -225,31 +225,10 @@ pub fn apply_trusted(
     } else {
         1
     };
-    let needed = statement
-        .target
-        .layers
-        .iter()
-        .try_fold(
-            statement.target.manifest.len() as u64 + (1 << 20),
-            |acc, l| acc.checked_add(l.size),
-        )
-        .and_then(|image| {
-            // Exact layers are held twice while staged: the tar and the recreated blob.
-            statement
-                .target
-                .layers
-                .iter()
-                .try_fold(image, |acc, l| match &l.storage {
-                    LayerStorage::SourceBlob { size, .. } => acc.checked_add(*size),
-                    LayerStorage::Uncompressed { .. } => Some(acc),
-                })
-        })
-        .and_then(|image| image.checked_mul(copies))
-        .and_then(|n| n.checked_add(statement.payload.scratch_bytes))
-        .ok_or_else(|| Error::CorruptPayload {
-            bundle: name.clone(),
-            reason: "declared sizes overflow".into(),
-        })?;
+    let needed = space_needed(&statement, copies).ok_or_else(|| Error::CorruptPayload {
+        bundle: name.clone(),
+        reason: "declared sizes overflow".into(),
+    })?;
     let available = crate::fsutil::available_space(parent)?;
     if available < needed {
         return Err(Error::InsufficientDisk {
@@ -1201,4 +1180,30 @@ fn apply_ops<R: Read>(
             other => return Err(corrupt(format!("unexpected {other:?} inside a layer"))),
         }
     }
+}
+
+/// Disk bytes an apply of `statement` needs beside the bundle file: every layer uncompressed,
+/// exact layers a second time as their recreated blob, the manifest, 1 MiB of slack, the
+/// payload's declared scratch, all `copies` times (2 for a docker archive, which is written
+/// from the staged layout). `None` when the declared sizes overflow. Pure: a receiver checks
+/// it before it takes a bundle, from the statement alone.
+pub fn space_needed(statement: &Statement, copies: u64) -> Option<u64> {
+    let target = &statement.target;
+    let image = target
+        .layers
+        .iter()
+        .try_fold(target.manifest.len() as u64 + (1 << 20), |acc, l| {
+            acc.checked_add(l.size)
+        })?;
+    // Exact layers are held twice while staged: the tar and the recreated blob.
+    let image = target
+        .layers
+        .iter()
+        .try_fold(image, |acc, l| match &l.storage {
+            LayerStorage::SourceBlob { size, .. } => acc.checked_add(*size),
+            LayerStorage::Uncompressed { .. } => Some(acc),
+        })?;
+    image
+        .checked_mul(copies)?
+        .checked_add(statement.payload.scratch_bytes)
 }

@@ -2,10 +2,12 @@
 //! all hand a whole bundle file to [`Daemon::intake`], which checks it and queues it; the
 //! queue worker ([`Daemon::run_queue`]) applies queued bundles one at a time.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sideload_bundle::{Error as BundleError, Limits};
@@ -13,10 +15,14 @@ use sideload_signing::{Statement, TrustPolicy};
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::crash::{self, Step};
 use crate::events::{Event, EventSpool};
 use crate::journal::{BundleRecord, Journal, NewBundle, State};
 use crate::sink::Sink;
 use crate::upstream::Upstream;
+
+/// How often the queue worker looks whether the cause of a waiting bundle is gone.
+const WAIT_CHECK: Duration = Duration::from_secs(5);
 
 /// Counters for `/metrics` that the journal does not hold.
 #[derive(Default)]
@@ -53,6 +59,8 @@ pub struct Daemon {
     pub metrics: Metrics,
     /// Serializes the end of intake (duplicate check, move into the store, enqueue).
     pub intake_lock: std::sync::Mutex<()>,
+    /// The disk reserve freed to record a full disk.
+    pub ballast: crate::ballast::Ballast,
 }
 
 /// How a delivery ended at intake.
@@ -274,6 +282,7 @@ impl Daemon {
         }
         sideload_bundle::check_payload_digest(&mut file, &head, &statement, path)
             .map_err(refuse)?;
+        crash::reached(Step::IntakeChecked);
         let new = NewBundle {
             id: id.clone(),
             name: name.to_owned(),
@@ -307,11 +316,16 @@ impl Daemon {
                     source: e,
                 })
             })?;
+            sync_dir(&self.bundles_dir());
         }
+        crash::reached(Step::IntakeStored);
         match self.journal.enqueue(&new) {
-            Ok(None) => Ok(Intake::Queued {
-                bundle: self.journal.get(&id).ok().flatten().expect("just inserted"),
-            }),
+            Ok(None) => {
+                crash::reached(Step::IntakeJournaled);
+                Ok(Intake::Queued {
+                    bundle: self.journal.get(&id).ok().flatten().expect("just inserted"),
+                })
+            }
             Ok(Some(existing)) => {
                 // Cannot happen under the lock (checked above); the stored file is the
                 // live bundle's, so it stays.
@@ -342,10 +356,10 @@ impl Daemon {
         tracing::warn!(bundle = %name, code = %refused.code, reason = %refused.reason,
             advice = %refused.advice, verified = refused.verified, "bundle refused");
         let keep = (!refused.verified).then_some(self.config.journal.max_untrusted_refusals);
-        if let Err(e) = self
-            .journal
-            .record_refusal(bundle, name, &refused.reason, keep)
-        {
+        if let Err(e) = self.ballast.released_retry(|| {
+            self.journal
+                .record_refusal(bundle, name, &refused.reason, keep)
+        }) {
             tracing::warn!(error = %e, "cannot record the refusal in the journal");
         }
         let event = Event {
@@ -359,11 +373,13 @@ impl Daemon {
             advice: Some(refused.advice.clone()),
             details: serde_json::json!({ "code": refused.code }),
         };
-        let stored = if refused.verified {
-            self.events.emit(event)
-        } else {
-            self.events.emit_untrusted(event)
-        };
+        let stored = self.ballast.released_retry(|| {
+            if refused.verified {
+                self.events.emit(event.clone())
+            } else {
+                self.events.emit_untrusted(event.clone())
+            }
+        });
         if let Err(e) = stored {
             tracing::warn!(error = %e, "cannot spool event");
         }
@@ -398,77 +414,12 @@ impl Daemon {
     }
 
     fn emit(&self, event: Event) {
-        if let Err(e) = self.events.emit(event) {
+        if let Err(e) = self
+            .ballast
+            .released_retry(|| self.events.emit(event.clone()))
+        {
             tracing::warn!(error = %e, "cannot spool event");
         }
-    }
-
-    /// On start: bundles caught mid-apply by a crash go back to the queue (apply is
-    /// idempotent: blobs are content-addressed and the tag moves last); queued bundles whose
-    /// file is gone fail with a reason; leftover staging is removed.
-    pub fn recover(&self) -> anyhow::Result<()> {
-        let staging = self.config.data_dir.join("staging");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
-        }
-        self.recover_incoming()?;
-        for b in self.journal.in_state(State::Applying)? {
-            tracing::warn!(bundle = %b.name, id = %b.id, "apply was interrupted; queued again");
-            self.journal.set_state(
-                &b.id,
-                State::Queued,
-                Some("apply interrupted by a restart; retried"),
-                None,
-            )?;
-        }
-        for b in self.journal.in_state(State::Queued)? {
-            if !self.stored_bundle(&b.id).exists() {
-                let reason = format!("{}: the stored bundle file is missing", b.name);
-                let advice = "deliver the bundle again";
-                self.journal
-                    .set_state(&b.id, State::Failed, Some(&reason), Some(advice))?;
-                self.announce(&b, "failed", Some(&reason), Some(advice));
-            }
-        }
-        Ok(())
-    }
-
-    /// Files caught between their delivery and the queue (`bundles/*.incoming`) go back where
-    /// they came from: an upload's bytes to its upload (whose client finishes it with a PUT),
-    /// an inbox file to the inbox (taken again at the next scan).
-    fn recover_incoming(&self) -> std::io::Result<()> {
-        let Ok(entries) = std::fs::read_dir(self.bundles_dir()) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".incoming") else {
-                continue;
-            };
-            let back = match stem.strip_prefix("inbox-") {
-                Some(file) => self.config.inbox_dir().join(file),
-                None => self
-                    .config
-                    .data_dir
-                    .join("uploads")
-                    .join(format!("{stem}.part")),
-            };
-            let has_owner = back.parent().map(|d| d.exists()).unwrap_or(false)
-                && (stem.starts_with("inbox-")
-                    || self
-                        .config
-                        .data_dir
-                        .join("uploads")
-                        .join(format!("{stem}.json"))
-                        .exists());
-            if has_owner {
-                tracing::warn!(file = %name, to = %back.display(), "delivery interrupted by a restart; put back");
-                std::fs::rename(entry.path(), &back)?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-        Ok(())
     }
 
     /// Applies queued bundles one at a time, oldest first, until `shutdown` fires. A stop
@@ -477,6 +428,7 @@ impl Daemon {
     pub async fn run_queue(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut engine_checked: Option<std::time::Instant> = None;
         let mut engine_backoff = crate::reconcile::Backoff::default();
+        let mut wait_backoff = HashMap::new();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -492,6 +444,8 @@ impl Daemon {
                 self.retry_engine_loads(&mut engine_backoff).await;
                 engine_checked = Some(std::time::Instant::now());
             }
+            self.ballast.ensure();
+            let waiting = self.retry_waiting(&mut wait_backoff).await;
             let next = match self.journal.in_state(State::Queued) {
                 Ok(q) => q.into_iter().next(),
                 Err(e) => {
@@ -505,7 +459,7 @@ impl Daemon {
                     tokio::select! {
                         _ = self.queue.notified() => {}
                         _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(retry.min(std::time::Duration::from_secs(60))) => {}
+                        _ = tokio::time::sleep(if waiting { WAIT_CHECK } else { retry.min(Duration::from_secs(60)) }) => {}
                     }
                 }
             }
@@ -520,6 +474,7 @@ impl Daemon {
             return;
         }
         self.announce(&b, "applying", None, None);
+        crash::reached(Step::ApplyStarted);
         tracing::info!(bundle = %b.name, id = %b.id, repository = %b.repository, "applying");
         let path = self.stored_bundle(&b.id);
         let result = crate::rebuild::rebuild(self, &path, &b.name).await;
@@ -533,53 +488,195 @@ impl Daemon {
             .store(millis, Ordering::Relaxed);
         match result {
             Ok(statement) => {
-                // The tag has moved: the sequence floor must follow before anything else is
-                // applied, or an older bundle queued earlier could move the tag back.
-                let mut delay = 1;
-                while let Err(e) =
-                    self.journal
-                        .mark_applied(&b.id, &b.repository, statement.sequence)
-                {
-                    tracing::error!(error = %e, "image applied but the journal cannot record it; the queue waits until it can");
-                    tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
-                    delay = (delay * 2).min(60);
-                }
-                let _ = std::fs::remove_file(&path);
-                tracing::info!(bundle = %b.name, repository = %b.repository, tags = ?b.tags,
-                    manifest = %b.manifest_digest, millis, "applied");
-                self.announce(&b, "applied", None, None);
-                if let (Some(engine), Some(settings)) = (&self.engine, &self.config.engine) {
-                    let outcome = match load_into_engine(engine, settings, &statement).await {
-                        Ok(loaded) => {
-                            self.announce(&b, "engine-loaded", None, None);
-                            engine_outcome(&loaded)
-                        }
-                        Err(e) => {
-                            tracing::warn!(bundle = %b.name, error = %e, "container engine did not take the image");
-                            self.announce(
-                                &b,
-                                "engine-failed",
-                                Some(&e.to_string()),
-                                Some(e.advice()),
-                            );
-                            format!("failed: {e}")
-                        }
-                    };
-                    let _ = self.journal.set_engine(&b.id, &outcome);
-                }
+                crash::reached(Step::ApplyTagged);
+                self.finish_applied(&b, &path, &statement, millis).await;
             }
-            Err(failure) => {
-                tracing::warn!(bundle = %b.name, reason = %failure.reason, advice = %failure.advice, "apply failed");
-                let _ = self.journal.set_state(
+            Err(failure) => self.apply_failed(&b, &path, failure),
+        }
+    }
+
+    /// After the tags moved: journal, announce, remove the stored file, load the engine, in
+    /// that order (recovery finishes the same order from any point, see [`crate::recover`]).
+    async fn finish_applied(
+        &self,
+        b: &BundleRecord,
+        path: &Path,
+        statement: &Statement,
+        millis: u64,
+    ) {
+        // The tag has moved: the sequence floor must follow before anything else is
+        // applied, or an older bundle queued earlier could move the tag back.
+        let mut delay = 1;
+        while let Err(e) = self.ballast.released_retry(|| {
+            self.journal
+                .mark_applied(&b.id, &b.repository, statement.sequence)
+        }) {
+            tracing::error!(error = %e, "image applied but the journal cannot record it; the queue waits until it can");
+            tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+            delay = (delay * 2).min(60);
+        }
+        crash::reached(Step::ApplyJournaled);
+        tracing::info!(bundle = %b.name, repository = %b.repository, tags = ?b.tags,
+            manifest = %b.manifest_digest, millis, "applied");
+        self.announce(b, "applied", None, None);
+        crash::reached(Step::ApplyAnnounced);
+        self.remove_stored(path);
+        crash::reached(Step::ApplyCleaned);
+        if let (Some(engine), Some(settings)) = (&self.engine, &self.config.engine) {
+            let outcome = match load_into_engine(engine, settings, statement).await {
+                Ok(loaded) => {
+                    self.announce(b, "engine-loaded", None, None);
+                    engine_outcome(&loaded)
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %b.name, error = %e, "container engine did not take the image");
+                    self.announce(b, "engine-failed", Some(&e.to_string()), Some(e.advice()));
+                    format!("failed: {e}")
+                }
+            };
+            let _ = self.journal.set_engine(&b.id, &outcome);
+        }
+    }
+
+    /// A failed apply: one whose cause passes keeps its stored file and waits
+    /// ([`State::Waiting`], retried by [`Daemon::retry_waiting`]); any other fails and its file
+    /// is removed (after the journal says so: a crash between is finished by recovery).
+    fn apply_failed(&self, b: &BundleRecord, path: &Path, failure: crate::rebuild::ApplyFailure) {
+        tracing::warn!(bundle = %b.name, reason = %failure.reason, advice = %failure.advice,
+            transient = ?failure.transient, "apply failed");
+        if failure.transient.is_some() {
+            let advice = format!(
+                "{}; the bundle is kept on the device and applied again once the cause is gone (or delete it: DELETE /sideload/v1/admin/bundles/{})",
+                failure.advice, b.id
+            );
+            let recorded = self.ballast.released_retry(|| {
+                self.journal
+                    .set_state(&b.id, State::Waiting, Some(&failure.reason), Some(&advice))
+            });
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "cannot record the wait in the journal");
+            }
+            self.announce(b, "waiting", Some(&failure.reason), Some(&advice));
+            return;
+        }
+        let recorded = self.ballast.released_retry(|| {
+            self.journal.set_state(
+                &b.id,
+                State::Failed,
+                Some(&failure.reason),
+                Some(&failure.advice),
+            )
+        });
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot record the failure in the journal");
+        }
+        self.remove_stored(path);
+        self.announce(b, "failed", Some(&failure.reason), Some(&failure.advice));
+    }
+
+    /// Puts waiting bundles back into the queue once their cause looks gone (the registry
+    /// answers, the data directory has the room the apply needs). A bundle that fails again
+    /// waits longer before its next try (`backoff`, doubling from 5 s to 30 min), so a cause
+    /// the device cannot see (the registry's own disk) costs a try now and then, not a loop.
+    /// Returns true while bundles wait, so the worker looks again in [`WAIT_CHECK`].
+    pub(crate) async fn retry_waiting(
+        &self,
+        backoff: &mut HashMap<String, (Instant, Duration)>,
+    ) -> bool {
+        let Ok(waiting) = self.journal.in_state(State::Waiting) else {
+            return false;
+        };
+        let any = !waiting.is_empty();
+        backoff.retain(|id, _| waiting.iter().any(|b| &b.id == id));
+        for b in waiting {
+            let now = Instant::now();
+            if backoff.get(&b.id).is_some_and(|(at, _)| now < *at) {
+                continue;
+            }
+            if let Some(blocker) = self.apply_blocker(&b).await {
+                tracing::debug!(bundle = %b.name, %blocker, "waiting bundle still blocked");
+                continue;
+            }
+            let delay = backoff.get(&b.id).map_or(Duration::from_secs(5), |(_, d)| {
+                (*d * 2).min(Duration::from_secs(1800))
+            });
+            backoff.insert(b.id.clone(), (now + delay, delay));
+            tracing::info!(bundle = %b.name, id = %b.id, "the cause of the wait looks gone; applied again");
+            if self
+                .journal
+                .set_state(
                     &b.id,
-                    State::Failed,
-                    Some(&failure.reason),
-                    Some(&failure.advice),
-                );
-                let _ = std::fs::remove_file(&path);
-                self.announce(&b, "failed", Some(&failure.reason), Some(&failure.advice));
+                    State::Queued,
+                    Some("retried: the cause of the wait is gone"),
+                    None,
+                )
+                .is_ok()
+            {
+                self.announce(&b, "queued", None, None);
             }
         }
+        any
+    }
+
+    /// What still keeps a waiting bundle from applying, if anything the device can see.
+    async fn apply_blocker(&self, b: &BundleRecord) -> Option<String> {
+        if let Err(e) = self.upstream.ping().await {
+            return Some(e.to_string());
+        }
+        let needed = apply_space(&self.stored_bundle(&b.id))?;
+        let free = fs4::available_space(&self.config.data_dir).ok()?;
+        (free < needed).then(|| format!("the apply needs {needed} bytes free, {free} are"))
+    }
+
+    /// The operator's removal of a bundle the device holds but has not applied (queued or
+    /// waiting): its stored file is deleted and it is marked failed.
+    pub fn delete_bundle(&self, id: &str) -> Result<BundleRecord, DeleteError> {
+        let _serial = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let b = self
+            .journal
+            .get(id)
+            .map_err(|e| DeleteError::Journal(e.to_string()))?
+            .ok_or_else(|| DeleteError::Unknown(id.to_owned()))?;
+        if !matches!(b.state, State::Queued | State::Waiting) {
+            return Err(DeleteError::NotHeld(Box::new(b)));
+        }
+        let reason = format!("{}: deleted by the operator", b.name);
+        let advice = "deliver the bundle again to apply it";
+        self.journal
+            .set_state(&b.id, State::Failed, Some(&reason), Some(advice))
+            .map_err(|e| DeleteError::Journal(e.to_string()))?;
+        self.remove_stored(&self.stored_bundle(&b.id));
+        self.announce(&b, "failed", Some(&reason), Some(advice));
+        tracing::info!(bundle = %b.name, id = %b.id, "bundle deleted by the operator");
+        Ok(b)
+    }
+}
+
+/// Why the operator's delete of a bundle did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// No such bundle in the journal.
+    #[error("no bundle {0} in the journal")]
+    Unknown(String),
+    /// The bundle is applying, applied, failed or refused: the device holds no copy to delete.
+    #[error("bundle {} is {}: the device holds no copy of it to delete", .0.id, .0.state.as_str())]
+    NotHeld(Box<BundleRecord>),
+    /// The journal could not be read or written.
+    #[error("the journal: {0}")]
+    Journal(String),
+}
+
+/// Disk bytes applying the stored bundle at `path` needs, from its statement.
+pub fn apply_space(path: &Path) -> Option<u64> {
+    let (head, _) = sideload_bundle::open_bundle(path, &Limits::default()).ok()?;
+    let statement = Statement::from_canonical_json(&head.statement_bytes).ok()?;
+    sideload_bundle::apply::space_needed(&statement, 1)
+}
+
+/// fsyncs a directory, so a rename or removal in it survives a power cut.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

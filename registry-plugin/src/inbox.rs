@@ -214,6 +214,7 @@ fn take(daemon: &Daemon, path: &Path, quarantine: &Path, name: &str) {
     // hard link made before intake runs.
     let keep = quarantine.join(format!(".{}.pending", sanitize(name)));
     let linked = std::fs::hard_link(&incoming, &keep).is_ok();
+    crate::crash::reached(crate::crash::Step::InboxMoved);
     match daemon.intake(&incoming, name, "inbox", None) {
         Ok(Intake::Queued { bundle }) => {
             tracing::info!(bundle = %name, id = %bundle.id, "inbox bundle queued")

@@ -67,6 +67,10 @@ pub enum State {
     Applying,
     /// The image is in the registry under its tags.
     Applied,
+    /// The apply failed for a cause that passes (a full disk, the registry down; `reason` says
+    /// which): the stored bundle is kept and applied again once the cause is gone, unless the
+    /// operator deletes it (`DELETE /sideload/v1/admin/bundles/ID`).
+    Waiting,
     /// Could not be applied; `reason` says why. Delivering it again retries.
     Failed,
     /// Not trusted or not valid; its bytes were deleted. Delivering a good copy retries.
@@ -80,6 +84,7 @@ impl State {
             State::Queued => "queued",
             State::Applying => "applying",
             State::Applied => "applied",
+            State::Waiting => "waiting",
             State::Failed => "failed",
             State::Refused => "refused",
         }
@@ -90,6 +95,7 @@ impl State {
             "queued" => State::Queued,
             "applying" => State::Applying,
             "applied" => State::Applied,
+            "waiting" => State::Waiting,
             "refused" => State::Refused,
             _ => State::Failed,
         }
@@ -98,7 +104,15 @@ impl State {
     /// True while the bundle counts as on its way or done: another delivery of it is a
     /// duplicate, not a retry.
     pub fn is_live(self) -> bool {
-        matches!(self, State::Queued | State::Applying | State::Applied)
+        matches!(
+            self,
+            State::Queued | State::Applying | State::Waiting | State::Applied
+        )
+    }
+
+    /// True while the device keeps the bundle's stored file: it is still to be applied.
+    pub fn keeps_file(self) -> bool {
+        matches!(self, State::Queued | State::Applying | State::Waiting)
     }
 }
 

@@ -7,9 +7,14 @@
 //! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
 //! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API and [`cri`] for
 //! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
-//! [`events`]. Protocol: `docs/upload-api.md`.
+//! [`events`]. Every step of intake and apply is named ([`crash`]) and a crash at any of them is
+//! finished at the next start ([`recover`]); an apply that fails for a passing cause (a full
+//! disk, the registry down) keeps its bundle in the state `waiting` and is retried once the
+//! cause is gone. Protocol: `docs/upload-api.md`.
 pub mod auth;
+pub mod ballast;
 pub mod config;
+pub mod crash;
 pub mod cri;
 pub mod daemon;
 pub mod engine;
@@ -20,6 +25,7 @@ pub mod listen;
 pub mod names;
 pub mod rebuild;
 pub mod reconcile;
+pub mod recover;
 pub mod request;
 pub mod server;
 pub mod sink;
@@ -87,11 +93,14 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         engine,
         metrics: Metrics::default(),
         intake_lock: std::sync::Mutex::new(()),
+        ballast: ballast::Ballast::new(data),
         config,
     });
     daemon
         .recover()
         .context("cannot recover the journal's interrupted work")?;
+    uploads.settle(&daemon);
+    daemon.ballast.ensure();
 
     if daemon.config.inbox.enabled {
         // Made before the daemon reports ready, so a delivery right after start has a place.

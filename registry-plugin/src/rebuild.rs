@@ -32,6 +32,19 @@ pub struct ApplyFailure {
     pub reason: String,
     /// What to do about it.
     pub advice: String,
+    /// Set when the cause is on the device's side and passes (a full disk, the registry
+    /// down): the bundle is kept and applied again once the cause is gone. `None`: the bundle
+    /// itself cannot be applied here (a missing base, a damaged payload).
+    pub transient: Option<Transient>,
+}
+
+/// A cause of a failed apply that goes away by itself or by an operator's hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// A disk (the data directory's, or the registry's storage) is full.
+    NoSpace,
+    /// The local registry did not answer or could not store the image.
+    Registry,
 }
 
 impl ApplyFailure {
@@ -39,8 +52,37 @@ impl ApplyFailure {
         ApplyFailure {
             reason: reason.into(),
             advice: advice.into(),
+            transient: None,
         }
     }
+
+    fn transient(mut self, cause: Option<Transient>) -> ApplyFailure {
+        self.transient = cause;
+        self
+    }
+}
+
+/// Whether an error, or any error it was caused by, is a full disk or quota. Pure.
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            // ENOSPC, EDQUOT
+            if io.kind() == io::ErrorKind::StorageFull
+                || io.kind() == io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(28 | 122))
+            {
+                return true;
+            }
+        }
+        if let Some(sideload_bundle::Error::InsufficientDisk { .. }) =
+            e.downcast_ref::<sideload_bundle::Error>()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Layers the registry holds, found by diff_id, read as verified uncompressed streams.
@@ -190,8 +232,8 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
         .await
         .map_err(|e| ApplyFailure::new(
             format!("{name}: cannot list the images of the local registry: {e}"),
-            "check that the registry service runs (systemctl status docker-registry); the bundle is retried when delivered again",
-        ))?;
+            "check that the registry service runs (systemctl status docker-registry); the bundle is kept and applied once the registry answers",
+        ).transient(Some(Transient::Registry)))?;
     let bases = RegistryBases::new(daemon.upstream.clone(), Handle::current(), &images);
     let staging_root = daemon.config.data_dir.join("staging");
     std::fs::create_dir_all(&staging_root).map_err(|e| {
@@ -199,6 +241,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
             format!("{name}: cannot create {}: {e}", staging_root.display()),
             "check the data directory's permissions and free space",
         )
+        .transient(is_no_space(&e).then_some(Transient::NoSpace))
     })?;
     let staging = tempfile::Builder::new()
         .prefix("apply-")
@@ -208,6 +251,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
                 format!("{name}: cannot create a staging directory: {e}"),
                 "check the data directory's permissions and free space",
             )
+            .transient(is_no_space(&e).then_some(Transient::NoSpace))
         })?;
     let layout = staging.path().join("image");
     let (statement, bases) = {
@@ -216,7 +260,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
         let policy = daemon.policy.clone();
         let limits = daemon.limits.clone();
         let journal = daemon.journal.clone();
-        tokio::task::spawn_blocking(move || {
+        let decoded = tokio::task::spawn_blocking(move || {
             let statement = peek_statement(&path)?;
             let recorded = journal
                 .sequence(statement.target.repository.as_str())
@@ -237,32 +281,51 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
             )?;
             Ok::<_, sideload_bundle::Error>((report.statement, bases))
         })
-        .await
-        .map_err(|e| {
-            ApplyFailure::new(
-                format!("{name}: the decoder stopped: {e}"),
-                "report this as a bug",
-            )
-        })?
-        .map_err(|e| {
-            // Name the bundle in every reason (disk and I/O errors name only a path).
-            let text = e.to_string();
-            let reason = if text.contains(&name) {
-                text
-            } else {
-                format!("{name}: {text}")
-            };
-            ApplyFailure::new(reason, e.advice())
-        })?
+        .await;
+        let decoded = decoded
+            .map_err(|e| {
+                ApplyFailure::new(
+                    format!("{name}: the decoder stopped: {e}"),
+                    "report this as a bug",
+                )
+            })?
+            .map_err(|e| {
+                // Name the bundle in every reason (disk and I/O errors name only a path).
+                let text = e.to_string();
+                let reason = if text.contains(&name) {
+                    text
+                } else {
+                    format!("{name}: {text}")
+                };
+                ApplyFailure::new(reason, e.advice())
+                    .transient(is_no_space(&e).then_some(Transient::NoSpace))
+            });
+        match decoded {
+            // A base read from the registry can fail because the registry went away.
+            Err(f) if f.transient.is_none() => {
+                let down = daemon.upstream.ping().await.is_err();
+                return Err(f.transient(down.then_some(Transient::Registry)));
+            }
+            other => other?,
+        }
     };
+    crate::crash::reached(crate::crash::Step::ApplyStaged);
     // 3: push blobs, config, manifest, tags.
     push_layout(daemon, &bases, &statement, &layout)
         .await
         .map_err(|e| {
+            // The registry refused or failed to store a manifest and blobs whose digests
+            // the decoder checked: its storage is full or it is down, both of which pass.
+            let cause = if e.to_ascii_lowercase().contains("no space left") {
+                Transient::NoSpace
+            } else {
+                Transient::Registry
+            };
             ApplyFailure::new(
                 format!("{name}: cannot store the rebuilt image in the local registry: {e}"),
-                "check that the registry service runs and its storage has free space; the old tags are unchanged; deliver the bundle again to retry",
+                "check that the registry service runs and its storage has free space; the old tags are unchanged; the bundle is kept and applied again once the registry takes it",
             )
+            .transient(Some(cause))
         })?;
     drop(staging);
     Ok(statement)
@@ -335,6 +398,7 @@ async fn push_layout(
             "the manifest hashes to {stored}, the statement says {want}"
         ));
     }
+    crate::crash::reached(crate::crash::Step::ApplyManifestStored);
     // Fault injection for the crash tests: hold here, with every blob and the manifest
     // stored but no tag moved, so a test can kill the process at the worst moment.
     if let Some(ms) = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_TAG_MS")
@@ -362,4 +426,33 @@ async fn push_layout(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_found_through_the_error_chain_and_nothing_else_is() {
+        let full = io::Error::from_raw_os_error(28);
+        assert!(is_no_space(&full));
+        let quota = io::Error::from_raw_os_error(122);
+        assert!(is_no_space(&quota));
+        let wrapped = sideload_bundle::Error::Io {
+            what: "writing",
+            path: PathBuf::from("/x"),
+            source: io::Error::from_raw_os_error(28),
+        };
+        assert!(is_no_space(&wrapped));
+        let disk = sideload_bundle::Error::InsufficientDisk {
+            path: PathBuf::from("/x"),
+            needed: 2,
+            available: 1,
+        };
+        assert!(is_no_space(&disk));
+        let denied = io::Error::from_raw_os_error(13);
+        assert!(!is_no_space(&denied));
+        let missing = sideload_bundle::Error::NotABundle { bundle: "b".into() };
+        assert!(!is_no_space(&missing));
+    }
 }

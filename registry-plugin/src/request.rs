@@ -70,6 +70,8 @@ pub enum Route<'a> {
     ListUploads,
     /// `DELETE /admin/uploads/ID`.
     AdminDeleteUpload(&'a str),
+    /// `DELETE /admin/bundles/ID`: drops a bundle the device holds (waiting or queued).
+    AdminDeleteBundle(&'a str),
     /// `GET /bundles`.
     Bundles,
     /// `GET /bundles/ID`.
@@ -121,6 +123,11 @@ pub fn route<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, Unr
         ["admin", "uploads", id] => only(
             method == Method::DELETE,
             Route::AdminDeleteUpload(id),
+            "DELETE",
+        ),
+        ["admin", "bundles", id] => only(
+            method == Method::DELETE,
+            Route::AdminDeleteBundle(id),
             "DELETE",
         ),
         ["bundles"] => only(read, Route::Bundles, READ),
@@ -498,9 +505,16 @@ mod tests {
                 "{p}"
             );
         }
+        for p in ["admin/uploads/x", "admin/bundles/sha256:ab"] {
+            assert_eq!(
+                r(Method::GET, p),
+                Err(Unrouted::MethodNotAllowed("DELETE")),
+                "{p}"
+            );
+        }
         assert_eq!(
-            r(Method::GET, "admin/uploads/x"),
-            Err(Unrouted::MethodNotAllowed("DELETE"))
+            r(Method::DELETE, "admin/bundles/sha256:ab"),
+            Ok(Route::AdminDeleteBundle("sha256:ab"))
         );
         for p in [
             "",

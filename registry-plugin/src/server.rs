@@ -246,6 +246,7 @@ impl Server {
                 }
                 Err(e) => upload_error(e),
             },
+            Route::AdminDeleteBundle(id) => self.delete_bundle(id, peer),
             Route::UploadStatus { id, head } => self.upload_status(id, head).await,
             Route::Append { id, put } => {
                 let id = id.to_owned();
@@ -428,6 +429,35 @@ impl Server {
                 resp
             }
             Err(e) => upload_error(e),
+        }
+    }
+
+    /// `DELETE /sideload/v1/admin/bundles/ID`: the operator drops a queued or waiting bundle.
+    fn delete_bundle(&self, id: &str, peer: SocketAddr) -> Response<Body> {
+        use crate::daemon::DeleteError;
+        let id = if id.starts_with("sha256:") {
+            id.to_owned()
+        } else {
+            format!("sha256:{id}")
+        };
+        match self.daemon.delete_bundle(&id) {
+            Ok(b) => {
+                tracing::info!(bundle = %b.name, %id, %peer, "bundle deleted by the operator");
+                empty(StatusCode::NO_CONTENT)
+            }
+            Err(e @ DeleteError::Unknown(_)) => error(
+                StatusCode::NOT_FOUND,
+                "unknown_bundle",
+                &e.to_string(),
+                "bundles are named by their statement digest (GET /sideload/v1/bundles lists them)",
+            ),
+            Err(e @ DeleteError::NotHeld(_)) => error(
+                StatusCode::CONFLICT,
+                "not_held",
+                &e.to_string(),
+                "only queued and waiting bundles can be deleted",
+            ),
+            Err(e @ DeleteError::Journal(_)) => internal(e),
         }
     }
 

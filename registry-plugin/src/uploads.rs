@@ -144,6 +144,15 @@ pub fn is_expired(
         }
 }
 
+/// Bytes needed when `available` cannot hold `receive` + `apply` + `reserve`, else `None`. Pure.
+pub fn space_shortfall(available: u64, receive: u64, apply: u64, reserve: u64) -> Option<u64> {
+    let needed = receive.saturating_add(apply).saturating_add(reserve);
+    (available < needed).then_some(needed)
+}
+
+/// Bytes an upload takes on disk before its head says more: its record and the head itself.
+const UPLOAD_FLOOR: u64 = 64 << 10;
+
 /// How a finished upload ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
@@ -373,6 +382,11 @@ impl Uploads {
         let mut open = HashMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("tmp") {
+                // A record half-written by a crash inside `save`; the old record stands.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
@@ -562,8 +576,16 @@ impl Uploads {
                     limits.max_bundle_bytes
                 )));
             }
-            self.check_space(daemon, len)?;
         }
+        // A declared length must fit with the reserve. Without one, a disk with no room for
+        // even the upload's own record refuses it here, with a reason, rather than failing to
+        // write the record (the reserve is checked once the head tells the size).
+        let label = name.as_deref().unwrap_or("upload");
+        let (receive, reserve) = match length {
+            Some(len) => (len, limits.free_disk_reserve_bytes),
+            None => (UPLOAD_FLOOR, 0),
+        };
+        self.check_space(daemon, label, receive, 0, reserve, false)?;
         // Until its head is checked an upload is anyone's: it takes a place in the small
         // unchecked budget, evicting the stalest unchecked one (the client's own first) when
         // the budget is full. Trusted uploads have their own limit, checked with the head.
@@ -607,16 +629,38 @@ impl Uploads {
         Ok(Created::New { id })
     }
 
-    fn check_space(&self, daemon: &Daemon, remaining: u64) -> Result<(), UploadError> {
+    /// Refuses an upload the disk cannot hold and apply: `receive` more bytes of the bundle,
+    /// `apply` for its rebuilt image, and `reserve` kept free. The refusal is recorded and
+    /// announced (through the disk reserve when the disk is full); `verified`: the bundle's
+    /// head was trusted, so the refusal concerns a signed bundle.
+    fn check_space(
+        &self,
+        daemon: &Daemon,
+        name: &str,
+        receive: u64,
+        apply: u64,
+        reserve: u64,
+        verified: bool,
+    ) -> Result<(), UploadError> {
         let available = fs4::available_space(&self.dir)
             .map_err(|e| UploadError::Internal(format!("cannot read free space: {e}")))?;
-        let reserve = daemon.config.uploads.free_disk_reserve_bytes;
-        if available < remaining.saturating_add(reserve) {
-            return Err(UploadError::NoSpace(format!(
-                "the device has {available} bytes free; this bundle needs {remaining} more and {reserve} must stay free (uploads.free_disk_reserve_bytes); free disk space on the device or send a smaller bundle"
-            )));
-        }
-        Ok(())
+        let Some(needed) = space_shortfall(available, receive, apply, reserve) else {
+            return Ok(());
+        };
+        let reason = format!(
+            "{name}: the device needs {needed} bytes free to take this bundle ({receive} still to receive, {apply} to apply it, {reserve} kept free by uploads.free_disk_reserve_bytes) and has {available}"
+        );
+        let advice = "free disk space on the device (waiting bundles: DELETE /sideload/v1/admin/bundles/ID), then resume the upload; or send a smaller bundle";
+        let refused = Refused {
+            bundle: name.to_owned(),
+            code: "insufficient_storage".into(),
+            reason: reason.clone(),
+            advice: advice.into(),
+            permanent: false,
+            verified,
+        };
+        daemon.refusal(name, name, &refused);
+        Err(UploadError::NoSpace(format!("{reason}; {advice}")))
     }
 
     /// Status of one upload: bytes held, total once known, result once finished. Answers at
@@ -669,10 +713,10 @@ impl Uploads {
         let mut body = LingeringBody::new(body);
         let session = self.get(id)?;
         let (mut meta, mut claims, mine) = session.take(false).await?;
-        if let Some(result) = &meta.result {
+        if let Some(result) = self.settle_one(daemon, &mut meta)? {
             return Ok(Appended::Done {
                 held: meta.total_length.unwrap_or(0),
-                result: result.clone(),
+                result,
             });
         }
         let part = self.part(id);
@@ -992,7 +1036,16 @@ impl Uploads {
                 meta.name
             )));
         }
-        self.check_space(daemon, total.saturating_sub(held))?;
+        let apply = sideload_bundle::apply::space_needed(&statement, 1).unwrap_or(u64::MAX);
+        let reserve = daemon.config.uploads.free_disk_reserve_bytes;
+        self.check_space(
+            daemon,
+            &meta.name,
+            total.saturating_sub(held),
+            apply,
+            reserve,
+            true,
+        )?;
         let id = statement.digest().to_string();
         tracing::info!(upload = %meta.id, bundle = %meta.name, id = %id, total, "bundle head trusted");
         meta.total_length = Some(total);
@@ -1012,6 +1065,7 @@ impl Uploads {
             .map_err(|e| {
                 UploadError::Internal(format!("cannot move upload into the queue: {e}"))
             })?;
+        crate::crash::reached(crate::crash::Step::UploadMoved);
         let d = daemon.clone();
         let name = meta.name.clone();
         let expected = meta.expected_digest.clone();
@@ -1063,7 +1117,60 @@ impl Uploads {
         meta.result = Some(result.clone());
         meta.updated_at = now();
         self.save(meta)?;
+        crate::crash::reached(crate::crash::Step::UploadRecorded);
         Ok(result)
+    }
+
+    /// After start-up recovery: settles every upload a crash left between its last byte and
+    /// its result (see [`Uploads::settle_one`]).
+    pub fn settle(&self, daemon: &Daemon) {
+        let sessions: Vec<Arc<Session>> = self.table().values().cloned().collect();
+        for session in sessions {
+            let Ok(mut meta) = session.meta.try_lock() else {
+                continue;
+            };
+            if let Err(e) = self.settle_one(daemon, &mut meta) {
+                tracing::warn!(upload = %meta.id, error = ?e, "cannot settle the upload");
+            }
+        }
+    }
+
+    /// The upload's result, settling it first when its bytes are no longer in `ID.part`: the
+    /// bundle went into the journal (a crash or a lost answer after intake) gives that result;
+    /// bytes that are gone altogether restart the upload at 0, head unchecked.
+    fn settle_one(
+        &self,
+        daemon: &Daemon,
+        meta: &mut UploadMeta,
+    ) -> Result<Option<UploadResult>, UploadError> {
+        if meta.result.is_some() || self.part(&meta.id).exists() {
+            return Ok(meta.result.clone());
+        }
+        let live = meta
+            .bundle_id
+            .as_deref()
+            .and_then(|b| daemon.journal.live(b));
+        if let Some(b) = live {
+            tracing::info!(upload = %meta.id, bundle = %meta.name, id = %b.id, state = b.state.as_str(),
+                "upload settled from the journal");
+            // At least once: the crash may have come after intake announced it.
+            if b.state == crate::journal::State::Queued {
+                daemon.announce(&b, "queued", None, None);
+            }
+            meta.result = Some(UploadResult::Accepted {
+                bundle: b.id,
+                intake: "queued".into(),
+            });
+        } else {
+            tracing::warn!(upload = %meta.id, bundle = %meta.name, "the upload's bytes are gone; it starts again at 0");
+            std::fs::File::create(self.part(&meta.id))
+                .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
+            meta.total_length = None;
+            meta.bundle_id = None;
+        }
+        meta.updated_at = now();
+        self.save(meta)?;
+        Ok(meta.result.clone())
     }
 
     /// Removes uploads idle too long: unchecked ones after `unchecked_idle_secs`, trusted and
@@ -1157,6 +1264,19 @@ mod tests {
         );
         // A zero budget never loops: nothing to evict means admit.
         assert_eq!(admit_unchecked(&[], "10.0.0.1", 0, 0), Admission::Admit);
+    }
+
+    #[test]
+    fn an_upload_needs_room_for_its_rest_its_apply_and_the_reserve() {
+        assert_eq!(space_shortfall(100, 40, 50, 10), None);
+        assert_eq!(space_shortfall(99, 40, 50, 10), Some(100));
+        // A full disk refuses even an upload's record.
+        assert_eq!(space_shortfall(0, UPLOAD_FLOOR, 0, 0), Some(UPLOAD_FLOOR));
+        // Declared sizes that overflow never pass.
+        assert_eq!(
+            space_shortfall(u64::MAX - 1, u64::MAX, 1, 0),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

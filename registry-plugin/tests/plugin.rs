@@ -553,71 +553,265 @@ fn a_kill_during_apply_leaves_the_old_image_and_the_bundle_applies_after_restart
     assert_eq!(v1_before, v1_after, "base image untouched");
 }
 
-#[test]
-fn a_full_data_disk_fails_the_apply_with_a_reason_and_keeps_every_image() {
-    if !is_root() {
-        panic!(
+/// A tmpfs of `size` mounted on a new temporary directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        assert!(
+            is_root(),
             "this test mounts a small tmpfs as the data directory and must run as root (CI does)"
         );
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        SmallDisk { dir }
     }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Journal entries (oldest first) whose name is `name`.
+fn journal_of(daemon: &Daemon, name: &str) -> Vec<serde_json::Value> {
+    daemon.get_json("/sideload/v1/journal")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == name)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_apply_are_refused_first(
+) {
     let registry = Registry::start();
     seed_v1(&registry);
-    let small = tempfile::tempdir().unwrap();
-    // Room for the bundle (a few KB) but not for the rebuilt 7 MB image.
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(small.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(small.path().to_owned());
+    // Room for the bundles (a few KB) but not for the rebuilt 7 MB image.
+    let disk = SmallDisk::mount("4m");
     let options = DaemonOptions {
-        data_dir: Some(small.path().join("data")),
+        data_dir: Some(disk.path().join("data")),
         extra: "[uploads]\nfree_disk_reserve_bytes = 0\n".into(),
         ..Default::default()
     };
     let daemon = Daemon::start(&registry, options);
-    let path = bundle(BundleSpec::default());
-    assert_eq!(daemon.upload(&path).status, 202);
-    let status = daemon.wait_state(
-        &bundle_id(&path),
-        &["applied", "failed"],
-        Duration::from_secs(120),
+    let inbox = daemon.data_dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // Two bundles through the inbox, which takes what is delivered (no upload to refuse):
+    // the apply finds the disk too small.
+    let first = bundle(BundleSpec::default());
+    let second = bundle(BundleSpec {
+        name: "seq-103.bundle",
+        sequence: 103,
+        ..Default::default()
+    });
+    for b in [&first, &second] {
+        std::fs::copy(b, inbox.join(b.file_name().unwrap())).unwrap();
+    }
+    for b in [&first, &second] {
+        let status = daemon.wait_state(
+            &bundle_id(b),
+            &["waiting", "failed"],
+            Duration::from_secs(120),
+        );
+        assert_eq!(status["bundle"]["state"], "waiting", "{status:#}");
+        let reason = status["bundle"]["reason"].as_str().unwrap();
+        let name = b.file_name().unwrap().to_str().unwrap();
+        assert!(
+            reason.contains(name) && reason.contains("bytes"),
+            "{reason}"
+        );
+        let advice = status["bundle"]["advice"].as_str().unwrap();
+        assert!(
+            advice.contains("kept") && advice.contains("free disk"),
+            "{advice}"
+        );
+        // The stored bundle is kept.
+        let hex = bundle_id(b).trim_start_matches("sha256:").to_owned();
+        assert!(daemon
+            .data_dir
+            .join("bundles")
+            .join(format!("{hex}.bundle"))
+            .exists());
+    }
+    // The operator drops one of them.
+    let second_id = bundle_id(&second);
+    let r = daemon.request(
+        "DELETE",
+        &format!("/sideload/v1/admin/bundles/{second_id}"),
+        &[],
+        b"",
     );
-    assert_eq!(status["bundle"]["state"], "failed");
-    let reason = status["bundle"]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("app-v2.bundle") && reason.contains("bytes free"),
-        "{reason}"
-    );
-    assert!(status["bundle"]["advice"]
+    assert_eq!(r.status, 204, "{}", r.text());
+    let status = daemon.wait_state(&second_id, &["failed"], Duration::from_secs(5));
+    assert!(status["bundle"]["reason"]
         .as_str()
         .unwrap()
-        .contains("free disk"));
+        .contains("deleted by the operator"));
+    let hex = second_id.trim_start_matches("sha256:");
+    assert!(!daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
+    let r = daemon.request(
+        "DELETE",
+        &format!("/sideload/v1/admin/bundles/{second_id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // An upload the disk could take but not apply is refused before its payload is sent,
+    // naming the bundle, the bytes needed and free, and the fix; the refusal is journaled.
+    let third = bundle(BundleSpec {
+        name: "seq-104.bundle",
+        sequence: 104,
+        ..Default::default()
+    });
+    let r = daemon.upload(&third);
+    assert_eq!(r.status, 507, "{}", r.text());
+    let reason = r.json()["error"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("seq-104.bundle") && reason.contains("needs") && reason.contains("has"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("free disk space"), "{}", r.text());
+    assert!(
+        journal_of(&daemon, "seq-104.bundle")
+            .iter()
+            .any(|e| e["state"] == "refused"),
+        "the refusal is journaled"
+    );
+
+    // A 100 % full disk: the refusal is still journaled (the disk reserve is freed for it).
+    let filler = disk.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Bundle-Name", "on-a-full-disk.bundle".into())],
+        b"",
+    );
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(r.text().contains("on-a-full-disk.bundle"), "{}", r.text());
+    assert!(
+        journal_of(&daemon, "on-a-full-disk.bundle")
+            .iter()
+            .any(|e| e["state"] == "refused"),
+        "the refusal on a full disk is journaled"
+    );
+    std::fs::remove_file(&filler).unwrap();
+
+    // Space returns: the waiting bundle applies, once, and its stored file goes.
+    disk.resize("64m");
+    let id = bundle_id(&first);
+    let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    let states: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "applied").count(),
+        1,
+        "{states:?}"
+    );
+    assert!(states.contains(&"waiting"), "{states:?}");
+    assert_eq!(
+        std::fs::read_dir(daemon.data_dir.join("bundles"))
+            .unwrap()
+            .count(),
+        0,
+        "no stored bundle left"
+    );
     let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
         "list-tags",
         "--tls-verify=false",
         &format!("docker://{}/edge/app", daemon.addr),
     ]))
     .unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
-    // An upload larger than the disk is refused up front with 507.
-    let r = daemon.request(
-        "POST",
-        "/sideload/v1/uploads",
-        &[("Upload-Length", (64u64 << 20).to_string())],
-        b"",
+    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+}
+
+#[test]
+fn an_apply_while_the_registry_is_down_waits_with_the_bundle_and_applies_when_it_is_back() {
+    let mut registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let id = bundle_id(&path);
+    registry.stop();
+    assert_eq!(daemon.upload(&path).status, 202);
+    let status = daemon.wait_state(&id, &["waiting", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "waiting", "{status:#}");
+    let reason = status["bundle"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("app-v2.bundle") && reason.contains("local registry"),
+        "{reason}"
     );
-    assert_eq!(r.status, 507, "{}", r.text());
+    let hex = id.trim_start_matches("sha256:");
+    assert!(daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
+    // A second delivery while it waits is a duplicate, not a new transfer.
+    let again = daemon.upload(&path);
+    assert_eq!(again.status, 200, "{}", again.text());
+    registry.resume();
+    let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
+    assert_eq!(status["bundle"]["state"], "applied", "{status:#}");
+    assert!(!daemon
+        .data_dir
+        .join("bundles")
+        .join(format!("{hex}.bundle"))
+        .exists());
+    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/edge/app", registry.host),
+    ]))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
 }
 
 fn is_root() -> bool {

@@ -872,7 +872,9 @@ impl Device {
                     if report.state.as_deref() != Some(&state) {
                         obs.note(&format!("device: {state}"));
                     }
-                    if state == "failed" {
+                    // A waiting bundle (the device keeps it until a full disk or a down
+                    // registry passes) is followed on; its reason goes into the report.
+                    if state == "failed" || state == "waiting" {
                         report.reason = record["reason"].as_str().map(str::to_owned);
                         report.advice = record["advice"].as_str().map(str::to_owned);
                     }

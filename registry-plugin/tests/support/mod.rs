@@ -140,6 +140,40 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Stops the registry (SIGKILL), keeping its storage and port for [`Registry::resume`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped registry again on the same port and storage.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("log"))
+            .unwrap();
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self._dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env_remove("REGISTRY_HTTP_ADDR")
+            .spawn()
+            .expect("start docker-registry");
+        let port: u16 = self.host.rsplit(':').next().unwrap().parse().unwrap();
+        let start = Instant::now();
+        while !probe(port) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "docker-registry did not start again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
