@@ -138,14 +138,17 @@ pub fn judge(daemon: &Daemon, path: &Path, name: &str, len: u64, stable: bool) -
             Verdict::Wait
         };
     }
-    let Some(head_len) = sideload_bundle::head_len(&header) else {
-        return if stable {
-            Verdict::Quarantine(not_a_bundle(name))
-        } else {
-            Verdict::Wait
-        };
+    // The fixed header alone, as the upload API judges it: a head declaring more than the
+    // limits is refused now, not after a megabyte of it was copied in.
+    let head_len = match sideload_bundle::check_header(&header, name, &daemon.limits) {
+        Ok(h) => h.head_len(),
+        Err(sideload_bundle::Error::NotABundle { .. }) if !stable => return Verdict::Wait,
+        Err(sideload_bundle::Error::NotABundle { .. }) => {
+            return Verdict::Quarantine(not_a_bundle(name))
+        }
+        Err(e) => return Verdict::Quarantine(Refused::from_error(name, &e)),
     };
-    if len < head_len && head_len <= daemon.head_cap() {
+    if len < head_len {
         return Verdict::Wait;
     }
     let Ok(mut f) = std::fs::File::open(path) else {

@@ -200,6 +200,54 @@ fn a_head_declaring_more_than_the_limits_is_refused_at_byte_32() {
     }
 }
 
+/// The inbox (a folder another program copies into) judges a file's header as the upload API
+/// does: a head that declares more than the limits goes to quarantine as soon as its 32 bytes
+/// are there, not after a megabyte was copied, even while the file still grows.
+#[test]
+fn an_inbox_file_declaring_more_than_the_limits_is_quarantined_at_byte_32() {
+    let (_registry, daemon) = start();
+    let mut header = Vec::new();
+    header.extend_from_slice(b"SIDELOAD");
+    header.extend_from_slice(&2u16.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
+    header.extend_from_slice(&401u32.to_be_bytes());
+    header.extend_from_slice(&[0u8; 12]);
+    let path = daemon
+        .data_dir
+        .join("inbox")
+        .join("declares-too-much.bundle");
+    std::fs::write(&path, &header).unwrap();
+    let reason = daemon
+        .data_dir
+        .join("quarantine")
+        .join("declares-too-much.bundle.reason.json");
+    // Keep the file growing, as a slow copy would, so it never looks finished.
+    let start = std::time::Instant::now();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    while !reason.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not quarantined while growing; log:\n{}",
+            daemon.log()
+        );
+        if file.write_all(&[b'x'; 1000]).is_err() {
+            // Moved to quarantine between the check and the write.
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while !reason.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&reason).unwrap()).unwrap();
+    assert!(v.to_string().contains("statement"), "{v}");
+}
+
 #[test]
 fn every_path_answers_405_with_allow_to_a_method_it_does_not_take() {
     let (_registry, daemon) = start();
