@@ -505,6 +505,8 @@ async fn visit(
                 r.state = receipt_state(&s.state).into();
                 r.reason = s.reason.clone();
                 r.advice = s.advice.clone();
+                // A `waiting` bundle waits for a cause to pass (disk space, the registry):
+                // it is on the device, and no use keeping the stick for it.
                 open |= matches!(s.state.as_str(), "queued" | "applying");
             }
         }
@@ -514,39 +516,7 @@ async fn visit(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let applied = receipts.iter().filter(|r| r.state == "applied").count();
-    let already = receipts
-        .iter()
-        .filter(|r| r.state == "already-applied")
-        .count();
-    let in_progress = receipts
-        .iter()
-        .filter(|r| matches!(r.state.as_str(), "received" | "applying"))
-        .count();
-    let bad: Vec<&Receipt> = receipts
-        .iter()
-        .filter(|r| matches!(r.state.as_str(), "refused" | "failed" | "skipped"))
-        .collect();
-    let result = if receipts.is_empty() {
-        "nothing"
-    } else if bad.is_empty() {
-        "ok"
-    } else if applied + already + in_progress > 0 {
-        "partial"
-    } else {
-        "failed"
-    };
-    let mut summary = format!(
-        "{applied} applied, {already} already there, {in_progress} still applying, {} refused or failed",
-        bad.len()
-    );
-    for r in &bad {
-        summary.push_str(&format!(
-            "; {}: {}",
-            r.bundle,
-            r.reason.as_deref().unwrap_or(&r.state)
-        ));
-    }
+    let (result, summary) = judge_visit(&receipts);
 
     // Receipts back onto the stick, where it is writable.
     let visit_json = serde_json::json!({
@@ -733,9 +703,91 @@ fn save_state(path: &Path, state: &StickState) {
     }
 }
 
+/// The visit's result (`nothing`, `ok`, `partial`, `failed`) and its one-line summary, from the
+/// receipts. A bundle the device keeps `waiting` (for disk space, for its registry) is on the
+/// device and applies when the cause passes: it is named with its reason, not counted as bad.
+fn judge_visit(receipts: &[Receipt]) -> (&'static str, String) {
+    let count = |states: &[&str]| {
+        receipts
+            .iter()
+            .filter(|r| states.contains(&r.state.as_str()))
+            .count()
+    };
+    let applied = count(&["applied"]);
+    let already = count(&["already-applied"]);
+    let in_progress = count(&["received", "applying"]);
+    let waiting: Vec<&Receipt> = receipts.iter().filter(|r| r.state == "waiting").collect();
+    let bad: Vec<&Receipt> = receipts
+        .iter()
+        .filter(|r| matches!(r.state.as_str(), "refused" | "failed" | "skipped"))
+        .collect();
+    let result = if receipts.is_empty() {
+        "nothing"
+    } else if bad.is_empty() {
+        "ok"
+    } else if applied + already + in_progress + waiting.len() > 0 {
+        "partial"
+    } else {
+        "failed"
+    };
+    let mut summary = format!(
+        "{applied} applied, {already} already there, {in_progress} still applying, {} waiting on the device, {} refused or failed",
+        waiting.len(),
+        bad.len()
+    );
+    for r in waiting.iter().chain(&bad) {
+        summary.push_str(&format!(
+            "; {}: {}",
+            r.bundle,
+            r.reason.as_deref().unwrap_or(&r.state)
+        ));
+    }
+    (result, summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn receipt(bundle: &str, state: &str, reason: Option<&str>) -> Receipt {
+        Receipt {
+            bundle: bundle.into(),
+            id: None,
+            repository: None,
+            tags: Vec::new(),
+            sequence: None,
+            state: state.into(),
+            reason: reason.map(Into::into),
+            advice: None,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn a_waiting_bundle_is_named_with_its_reason_and_is_not_a_failure() {
+        let (result, summary) = judge_visit(&[
+            receipt("a.bundle", "applied", None),
+            receipt("b.bundle", "waiting", Some("no space left for the apply")),
+        ]);
+        assert_eq!(result, "ok");
+        assert_eq!(
+            summary,
+            "1 applied, 0 already there, 0 still applying, 1 waiting on the device, 0 refused or \
+             failed; b.bundle: no space left for the apply"
+        );
+        let (result, _) = judge_visit(&[
+            receipt("b.bundle", "waiting", None),
+            receipt("c.bundle", "refused", Some("unknown key")),
+        ]);
+        assert_eq!(result, "partial");
+        let (result, summary) = judge_visit(&[receipt("c.bundle", "refused", None)]);
+        assert_eq!(result, "failed");
+        assert!(
+            summary.ends_with("1 refused or failed; c.bundle: refused"),
+            "{summary}"
+        );
+        assert_eq!(judge_visit(&[]).0, "nothing");
+    }
 
     #[test]
     fn key_ids_are_picked_from_a_slot_even_when_cut() {

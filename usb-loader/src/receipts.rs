@@ -47,6 +47,7 @@ pub struct Receipt {
     /// Anti-rollback sequence.
     pub sequence: Option<u64>,
     /// `refused`, `skipped`, `received` (handed over, not applied yet), `applying`, `applied`,
+    /// `waiting` (on the device until a passing cause is gone: disk space, the registry),
     /// `failed`, `already-applied`.
     pub state: String,
     /// Why (refusals and failures).
