@@ -70,8 +70,11 @@ pub fn policy() -> &'static TrustPolicy {
             &["*".parse().expect("pattern")],
             Some("fuzz"),
         );
-        TrustPolicy::from_toml(&format!("threshold = 1\n{text}"), Path::new("fuzz-policy.toml"))
-            .expect("the fuzz policy parses")
+        TrustPolicy::from_toml(
+            &format!("threshold = 1\n{text}"),
+            Path::new("fuzz-policy.toml"),
+        )
+        .expect("the fuzz policy parses")
     })
 }
 
@@ -122,7 +125,11 @@ pub fn statement(data: &[u8]) {
     };
     let canonical = statement.to_canonical_json();
     let again = Statement::from_canonical_json(&canonical).expect("canonical form parses");
-    assert_eq!(again.to_canonical_json(), canonical, "canonical form is stable");
+    assert_eq!(
+        again.to_canonical_json(),
+        canonical,
+        "canonical form is stable"
+    );
     let _ = sideload_bundle::verify::check_statement("fuzz.bundle", &statement, &limits());
     let _ = sideload_bundle::manifest::check_statement_manifest(&statement.target);
     let _ = sideload_signing::summary::statement_summary(&statement, data);
@@ -372,9 +379,11 @@ fn auth() -> &'static sideload_registry_plugin::auth::Auth {
     AUTH.get_or_init(|| {
         let file = scratch().join("token");
         std::fs::write(&file, format!("{TOKEN}\n")).expect("token file");
-        let config: sideload_registry_plugin::config::AuthConfig =
-            toml::from_str(&format!("upload_token_file = {:?}", file.display().to_string()))
-                .expect("auth config");
+        let config: sideload_registry_plugin::config::AuthConfig = toml::from_str(&format!(
+            "upload_token_file = {:?}",
+            file.display().to_string()
+        ))
+        .expect("auth config");
         sideload_registry_plugin::auth::Auth::load(&config).expect("auth loads")
     })
 }
@@ -450,8 +459,8 @@ pub fn config_files(data: &[u8]) {
 /// `f NAME SIZE` (file), `d NAME` (folder), `l NAME TARGET` (symlink). Scanned with small
 /// caps; what the scan accepts must have a checked name and open as a regular file.
 pub fn stick_scan(data: &[u8]) {
-    use std::os::unix::ffi::OsStrExt;
     use sideload_usb_loader::scan::{check_bundle_name, scan, ScanLimits};
+    use std::os::unix::ffi::OsStrExt;
     let Ok(root) = tempfile::tempdir_in(scratch()) else {
         return;
     };
@@ -465,13 +474,20 @@ pub fn stick_scan(data: &[u8]) {
             continue;
         };
         let arg = fields.next().unwrap_or_default();
-        if name.is_empty() || name.contains(&0) || name.contains(&b'/') || name == b"." || name == b".." {
+        if name.is_empty()
+            || name.contains(&0)
+            || name.contains(&b'/')
+            || name == b"."
+            || name == b".."
+        {
             continue;
         }
         let path = folder.join(std::ffi::OsStr::from_bytes(name));
         let _ = match kind {
             b"f" => {
-                let size = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<u64>().ok());
+                let size = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
                 std::fs::File::create(&path)
                     .and_then(|mut f| f.write_all(&vec![0u8; size.unwrap_or(0).min(300) as usize]))
             }

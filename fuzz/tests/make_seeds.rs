@@ -45,7 +45,9 @@ fn layer_dirs(root: &Path, version: &str) -> Vec<PathBuf> {
         fs::create_dir_all(base.join("etc")).unwrap();
         fs::create_dir_all(base.join("bin")).unwrap();
         fs::write(base.join("etc/os-release"), b"NAME=tiny\nVERSION=1\n").unwrap();
-        let text: String = (0..200).map(|i| format!("line {i} of the base\n")).collect();
+        let text: String = (0..200)
+            .map(|i| format!("line {i} of the base\n"))
+            .collect();
         fs::write(base.join("etc/notes.txt"), text).unwrap();
         fs::write(base.join("bin/hello"), b"#!/bin/sh\necho hello\n").unwrap();
     }
@@ -105,7 +107,11 @@ fn bundle_seeds(work: &Path) {
     v1_head.extend_from_slice(&head.statement_bytes);
     v1_head.extend_from_slice(&bytes[slot_at..payload_at]);
     seed("bundle_head", "plain-statement.bundle", &v1_head);
-    seed("upload_headers", "bundle-header", &[&[0u8][..], &bytes[..32]].concat());
+    seed(
+        "upload_headers",
+        "bundle-header",
+        &[&[0u8][..], &bytes[..32]].concat(),
+    );
 
     // Layer tars, a docker archive, the layout's small files.
     let mut tar = Vec::new();
@@ -136,7 +142,11 @@ fn bundle_seeds(work: &Path) {
     // A gzip recipe of a real layer blob (zlib-compressed, as build_image writes them).
     let layer_digest = manifest_json["layers"][1]["digest"].as_str().unwrap();
     let analysis = sideload_bundle::gzip_recipe::analyse(&blob(layer_digest)[..]).unwrap();
-    seed("gzip_recipe", "zlib-layer.recipe", &analysis.recipe.to_bytes());
+    seed(
+        "gzip_recipe",
+        "zlib-layer.recipe",
+        &analysis.recipe.to_bytes(),
+    );
 }
 
 fn patch_seeds() {
@@ -157,16 +167,27 @@ fn patch_seeds() {
     seed("patch_bsdiff", "plain", &frame(0, &old[..4000], &split));
     let x86 = sideload_bundle::bspatch::to_x86(&old[..4000], &split).unwrap();
     seed("patch_bsdiff", "x86", &frame(1, &old[..4000], &x86));
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &old[..4000]).unwrap();
+    let mut enc =
+        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &old[..4000]).unwrap();
     enc.include_contentsize(true).unwrap();
     enc.write_all(&new[..4100]).unwrap();
-    seed("patch_zstd", "prefix", &frame(0, &old[..4000], &enc.finish().unwrap()));
+    seed(
+        "patch_zstd",
+        "prefix",
+        &frame(0, &old[..4000], &enc.finish().unwrap()),
+    );
 }
 
 fn payload_seeds() {
     let mut w = PayloadWriter::new(Vec::new()).unwrap();
-    w.config(br#"{"architecture":"amd64","os":"linux"}"#).unwrap();
-    w.extents(&[Extent { requires_index: 0, offset: 512, len: 4096 }]).unwrap();
+    w.config(br#"{"architecture":"amd64","os":"linux"}"#)
+        .unwrap();
+    w.extents(&[Extent {
+        requires_index: 0,
+        offset: 512,
+        len: 4096,
+    }])
+    .unwrap();
     w.frame(&[(0, 100), (200, 50)]).unwrap();
     w.present(0).unwrap();
     w.begin_layer(1).unwrap();
@@ -180,8 +201,10 @@ fn payload_seeds() {
     runs.diff(&[1, 0, 3]);
     runs.same(4);
     w.mix_runs(20, runs).unwrap();
-    w.patch(PatchKind::Zstd, 0, 100, 20, b"zstd patch bytes").unwrap();
-    w.patch(PatchKind::Bsdiff, 0, 100, 20, b"bsdiff bytes").unwrap();
+    w.patch(PatchKind::Zstd, 0, 100, 20, b"zstd patch bytes")
+        .unwrap();
+    w.patch(PatchKind::Bsdiff, 0, 100, 20, b"bsdiff bytes")
+        .unwrap();
     w.end_layer().unwrap();
     w.recipe(1, b"\x01recipe").unwrap();
     w.blob(2, 4, &mut &b"blob"[..]).unwrap();
@@ -202,12 +225,12 @@ fn text_seeds() {
         &["edge/*".parse().unwrap(), "tools/agent".parse().unwrap()],
         Some("release key \"2026\""),
     );
-    seed("trust_policy", "one-key.toml", format!("threshold = 1\n{key}").as_bytes());
     seed(
-        "upload_headers",
-        "bearer",
-        b"\x00Bearer fuzz-upload-token",
+        "trust_policy",
+        "one-key.toml",
+        format!("threshold = 1\n{key}").as_bytes(),
     );
+    seed("upload_headers", "bearer", b"\x00Bearer fuzz-upload-token");
     seed("upload_headers", "wrong", b"\x02bearer   other-token  ");
     seed("upload_headers", "offset", b"\x01184467440737095516150");
     seed(
