@@ -7,7 +7,9 @@
 #
 # Environment:
 #   FUZZ_JOBS        targets run at once (default 1; each uses one core)
-#   FUZZ_RSS_MB      -rss_limit_mb and -malloc_limit_mb (default 2048)
+#   FUZZ_RSS_MB      -rss_limit_mb (default 2048)
+#   FUZZ_MALLOC_MB   -malloc_limit_mb, the largest single allocation (default 512: every body
+#                    runs with small Limits, so anything near it is a cap that is missing)
 #   FUZZ_TARGET_DIR  cargo-fuzz's target dir (default: $CARGO_TARGET_DIR-fuzz, else fuzz/target)
 #
 # New inputs go to fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET/, logs to
@@ -23,6 +25,7 @@ seconds=${1:-60}
 shift || true
 jobs=${FUZZ_JOBS:-1}
 rss=${FUZZ_RSS_MB:-2048}
+malloc=${FUZZ_MALLOC_MB:-512}
 target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR-fuzz}}
 target_dir=${target_dir:-$PWD/target}
 
@@ -44,7 +47,7 @@ run_one() {
     local t=$1
     mkdir -p "corpus/$t" "artifacts/$t"
     "$bin_dir/$t" "corpus/$t" "seeds/$t" \
-        -max_total_time="$seconds" -timeout=1 -rss_limit_mb="$rss" -malloc_limit_mb="$rss" \
+        -max_total_time="$seconds" -timeout=1 -rss_limit_mb="$rss" -malloc_limit_mb="$malloc" \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 \
         >"artifacts/$t.log" 2>&1
 }
