@@ -1134,9 +1134,16 @@ mod tests {
         let out = rewrite("cr.yaml", text, &pins).unwrap();
         let again = images("cr.yaml", &out.text).unwrap();
         assert_eq!(again.len(), 2, "{:?}", out.text);
-        assert!(again.iter().all(|i| i.pull_policy.as_deref() == Some("Never")), "{:?}", out.text);
         assert!(
-            out.text.contains("\r    imagePullPolicy: Never\r  - name: two\n"),
+            again
+                .iter()
+                .all(|i| i.pull_policy.as_deref() == Some("Never")),
+            "{:?}",
+            out.text
+        );
+        assert!(
+            out.text
+                .contains("\r    imagePullPolicy: Never\r  - name: two\n"),
             "{:?}",
             out.text
         );

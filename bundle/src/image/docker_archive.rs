@@ -153,7 +153,11 @@ impl TarIndex {
                     offset: entry.raw_file_position(),
                     size: entry.size(),
                 };
-                if span.offset.checked_add(span.size).is_none_or(|end| end > archive_len) {
+                if span
+                    .offset
+                    .checked_add(span.size)
+                    .is_none_or(|end| end > archive_len)
+                {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
@@ -626,7 +630,10 @@ mod tests {
         let err = TarIndex::scan(io::Cursor::new(cut)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
         let text = err.to_string();
-        assert!(text.contains("layer.tar") && text.contains("truncated"), "{text}");
+        assert!(
+            text.contains("layer.tar") && text.contains("truncated"),
+            "{text}"
+        );
         // The whole archive still scans, and every span lies inside it.
         let index = TarIndex::scan(io::Cursor::new(&tar[..])).unwrap();
         let span = index.lookup("layer.tar").unwrap();
