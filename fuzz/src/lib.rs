@@ -86,21 +86,29 @@ fn context() -> VerifyContext {
     }
 }
 
-/// A private scratch directory for the bodies that must touch the disk.
+/// A private scratch directory for the bodies that must touch the disk:
+/// `sideload-fuzz-PID` in /dev/shm (or the temp dir). libFuzzer ends the process with `exit`,
+/// so nothing removes it then; each run removes those of processes that are gone instead.
 fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = if Path::new("/dev/shm").is_dir() {
             Path::new("/dev/shm").to_owned()
         } else {
             std::env::temp_dir()
         };
-        tempfile::Builder::new()
-            .prefix("sideload-fuzz-")
-            .tempdir_in(base)
-            .expect("scratch directory")
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("sideload-fuzz-"));
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("sideload-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("scratch directory");
+        dir
     })
-    .path()
 }
 
 /// Bundle container head: header, statement (zstd with the built-in dictionary), signature
