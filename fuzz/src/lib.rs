@@ -559,8 +559,11 @@ pub fn kubernetes_manifest(data: &[u8]) {
     }
 }
 
+/// A fuzz body.
+pub type Body = fn(&[u8]);
+
 /// Every fuzz body by target name, for the seed test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("bundle_head", bundle_head),
     ("statement", statement),
     ("signature_slot", signature_slot),
