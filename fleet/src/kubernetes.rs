@@ -831,7 +831,10 @@ impl Manifest {
             });
         }
 
-        let line_start = body[..*key_start].rfind('\n').map_or(0, |at| at + 1);
+        // YAML breaks lines at LF, CRLF and a lone CR alike.
+        let line_start = body[..*key_start]
+            .rfind(['\n', '\r'])
+            .map_or(0, |at| at + 1);
         let prefix = &body[line_start..*key_start];
         let indent = if prefix.bytes().all(|b| b == b' ') {
             prefix.to_string()
@@ -840,9 +843,9 @@ impl Manifest {
             " ".repeat(prefix.chars().count())
         };
         let rest = &body[at..];
-        let (line, newline) = match rest.find('\n') {
-            Some(end) if rest[..end].ends_with('\r') => (&rest[..end - 1], Some("\r\n")),
-            Some(end) => (&rest[..end], Some("\n")),
+        let (line, newline) = match rest.find(['\n', '\r']) {
+            Some(end) if rest[end..].starts_with("\r\n") => (&rest[..end], Some("\r\n")),
+            Some(end) => (&rest[..end], Some(&rest[end..=end])),
             None => (rest, None),
         };
         let after = line.trim_start_matches([' ', '\t']);
@@ -1119,6 +1122,32 @@ mod tests {
         let crlf = rewrite("crlf.yaml", fixture("deployment-crlf.yaml"), &pins).unwrap();
         assert_eq!(crlf.text, lf.text.replace('\n', "\r\n"));
         assert_eq!(crlf.changes, lf.changes);
+    }
+
+    /// Found by the `kubernetes_manifest` fuzz target: YAML also breaks lines at a lone CR
+    /// (old Mac line ends), so the policy line inserted after `image:` took the previous
+    /// line's text as its indentation and the rewritten manifest no longer parsed.
+    #[test]
+    fn a_lone_carriage_return_is_a_line_break_for_inserted_lines() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: debug\nspec:\n  containers:\n  - name: shell\r    image: busybox\r  - name: two\n    image: nginx:1.27\n";
+        assert_eq!(images("cr.yaml", text).unwrap().len(), 2);
+        let out = rewrite("cr.yaml", text, &pins).unwrap();
+        let again = images("cr.yaml", &out.text).unwrap();
+        assert_eq!(again.len(), 2, "{:?}", out.text);
+        assert!(
+            again
+                .iter()
+                .all(|i| i.pull_policy.as_deref() == Some("Never")),
+            "{:?}",
+            out.text
+        );
+        assert!(
+            out.text
+                .contains("\r    imagePullPolicy: Never\r  - name: two\n"),
+            "{:?}",
+            out.text
+        );
+        assert_idempotent("cr.yaml", &out);
     }
 
     fn listed(image: &ModuleImage) -> (String, String, String, Option<String>) {

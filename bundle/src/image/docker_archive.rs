@@ -114,8 +114,12 @@ pub struct TarIndex {
 }
 
 impl TarIndex {
-    /// Scans a tar (seeking over file data), recording regular files and symlinks.
-    pub fn scan<R: Read + io::Seek>(reader: R) -> io::Result<TarIndex> {
+    /// Scans a tar (seeking over file data), recording regular files and symlinks. An entry
+    /// whose data runs past the end of the archive (a file cut short in a copy) is refused
+    /// here, naming it, rather than when a reader of that entry reaches the end.
+    pub fn scan<R: Read + io::Seek>(mut reader: R) -> io::Result<TarIndex> {
+        let archive_len = reader.seek(io::SeekFrom::End(0))?;
+        reader.seek(io::SeekFrom::Start(0))?;
         let mut archive = tar::Archive::new(reader);
         let mut entries = HashMap::new();
         let mut name_bytes = 0usize;
@@ -145,10 +149,26 @@ impl TarIndex {
             }
             let kind = entry.header().entry_type();
             let value = if kind.is_file() || kind.is_contiguous() {
-                Indexed::File(EntrySpan {
+                let span = EntrySpan {
                     offset: entry.raw_file_position(),
                     size: entry.size(),
-                })
+                };
+                if span
+                    .offset
+                    .checked_add(span.size)
+                    .is_none_or(|end| end > archive_len)
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "entry {name} declares {} bytes but the archive ends {} bytes into \
+                             it (truncated file?)",
+                            span.size,
+                            archive_len.saturating_sub(span.offset)
+                        ),
+                    ));
+                }
+                Indexed::File(span)
             } else if kind.is_symlink() || kind.is_hard_link() {
                 let target = entry.link_name_bytes().and_then(|t| {
                     let t = std::str::from_utf8(&t).ok()?.to_owned();
@@ -263,7 +283,7 @@ impl DockerArchive {
         EntryReader {
             file: Arc::clone(&self.file),
             pos: span.offset,
-            end: span.offset + span.size,
+            end: span.offset.saturating_add(span.size),
         }
     }
 
@@ -595,6 +615,29 @@ mod tests {
 
     fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
         raw_entry(b, tar::EntryType::Regular, name, "", data);
+    }
+
+    /// Found by the `tar_scan` fuzz target: an archive cut inside an entry's data was indexed
+    /// with a span past its end (and a huge declared size could overflow the span's end).
+    #[test]
+    fn a_tar_cut_inside_an_entry_is_refused_when_scanned() {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "manifest.json", b"[]");
+        file(&mut b, "layer.tar", &[7u8; 2000]);
+        let tar = b.into_inner().unwrap();
+        // Headers (512 + 512 + 512) and the manifest's padded data (512), then 600 of 2000 bytes.
+        let cut = &tar[..3 * 512 + 512 + 600];
+        let err = TarIndex::scan(io::Cursor::new(cut)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("layer.tar") && text.contains("truncated"),
+            "{text}"
+        );
+        // The whole archive still scans, and every span lies inside it.
+        let index = TarIndex::scan(io::Cursor::new(&tar[..])).unwrap();
+        let span = index.lookup("layer.tar").unwrap();
+        assert!(span.offset + span.size <= tar.len() as u64);
     }
 
     fn config_for(layers: &[&[u8]]) -> (String, Vec<u8>) {
