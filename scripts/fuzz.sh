@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets of fuzz/ (libFuzzer with AddressSanitizer, via cargo-fuzz) for a given
+# Runs the fuzz targets of fuzz/libfuzzer/ (libFuzzer with AddressSanitizer, via cargo-fuzz) for a given
 # time each, and fails if any of them finds a crash, a hang over 1 s or an allocation over the
 # limits.
 #
@@ -10,14 +10,16 @@
 #   FUZZ_RSS_MB      -rss_limit_mb (default 2048)
 #   FUZZ_MALLOC_MB   -malloc_limit_mb, the largest single allocation (default 512: every body
 #                    runs with small Limits, so anything near it is a cap that is missing)
-#   FUZZ_TARGET_DIR  cargo-fuzz's target dir (default: $CARGO_TARGET_DIR-fuzz, else fuzz/target)
+#   FUZZ_TARGET_DIR  cargo-fuzz's target dir (default: $CARGO_TARGET_DIR-fuzz, else
+#                    fuzz/libfuzzer/target)
 #
 # New inputs go to fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET/, logs to
 # fuzz/artifacts/TARGET.log (all three are ignored by git); the committed seeds in
 # fuzz/seeds/TARGET are read, never written. It prints, per target, executions, coverage
 # (libFuzzer's cov: edges, ft: features) and peak RSS. A crash is minimized with
-#   RUSTC_BOOTSTRAP=1 cargo fuzz tmin -a --target-dir DIR TARGET fuzz/artifacts/TARGET/crash-...
-# and kept as fuzz/seeds/TARGET/crash-NAME (run by `cargo test` in fuzz/, see fuzz/README.md).
+#   RUSTC_BOOTSTRAP=1 cargo fuzz tmin --fuzz-dir libfuzzer -a --target-dir DIR TARGET \
+#       artifacts/TARGET/crash-...            (in fuzz/)
+# and kept as fuzz/seeds/TARGET/crash-NAME (run by `cargo test --workspace`, see fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
@@ -27,20 +29,20 @@ jobs=${FUZZ_JOBS:-1}
 rss=${FUZZ_RSS_MB:-2048}
 malloc=${FUZZ_MALLOC_MB:-512}
 target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR-fuzz}}
-target_dir=${target_dir:-$PWD/target}
+target_dir=${target_dir:-$PWD/libfuzzer/target}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2
     exit 2
 fi
 if [ $# -eq 0 ]; then
-    set -- $(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^sideload-fuzz$')
+    set -- $(sed -n 's/^name = "\(.*\)"$/\1/p' libfuzzer/Cargo.toml | grep -v '^sideload-fuzz')
 fi
 
 # cargo-fuzz runs on the stable toolchain with RUSTC_BOOTSTRAP (it needs -Zsanitizer); -a keeps
 # debug assertions and overflow checks on, so an arithmetic overflow is a finding too.
 echo "fuzz: building the fuzz targets into $target_dir"
-RUSTC_BOOTSTRAP=1 cargo fuzz build -a --target-dir "$target_dir"
+RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir libfuzzer -a --target-dir "$target_dir"
 bin_dir="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
 
 run_one() {

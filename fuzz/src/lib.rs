@@ -416,6 +416,7 @@ pub fn upload_headers(data: &[u8]) {
         2 => Scope::Operator,
         _ => Scope::Open,
     };
+    request_checks(selector, rest, &value);
     let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let allowed = auth().check(scope, peer, Some(&value)).is_ok();
     if allowed && matches!(scope, Scope::Upload | Scope::Operator) {
@@ -423,6 +424,55 @@ pub fn upload_headers(data: &[u8]) {
         let (scheme, token) = text.trim().split_once(' ').expect("a bearer value");
         assert!(scheme.eq_ignore_ascii_case("bearer"));
         assert_eq!(token.trim(), TOKEN, "only the token lets an upload through");
+    }
+}
+
+/// The request checks of `registry-plugin/src/request.rs` that run before a body byte is read:
+/// the value as each header they read, the bytes as a path to route. An accepted
+/// `Bundle-Name` is the name the clients' encoding gives back.
+fn request_checks(selector: u8, raw: &[u8], value: &hyper::header::HeaderValue) {
+    use sideload_registry_plugin::request::{self, BundleName};
+    let mut headers = hyper::HeaderMap::new();
+    let name = [
+        "upload-offset",
+        "upload-length",
+        "transfer-encoding",
+        "content-encoding",
+    ][usize::from(selector >> 2) % 4];
+    headers.append(name, value.clone());
+    if selector & 0x80 != 0 {
+        headers.append(name, value.clone());
+    }
+    let _ = request::upload_offset(&headers);
+    let _ = request::upload_length(&headers);
+    let _ = request::check_body_codings(&headers, selector & 0x40 != 0);
+    if let Ok(decoded) = BundleName::from_header(value) {
+        let again = sideload_bundle::text::bundle_name_header(decoded.as_str());
+        let again = hyper::header::HeaderValue::from_str(&again).expect("encoded names are ASCII");
+        assert_eq!(
+            BundleName::from_header(&again).expect("re-encoded"),
+            decoded
+        );
+    }
+    if let Ok(text) = std::str::from_utf8(raw) {
+        if BundleName::new(text).is_ok() {
+            let header = sideload_bundle::text::bundle_name_header(text);
+            let header = hyper::header::HeaderValue::from_str(&header).expect("ASCII");
+            assert_eq!(
+                BundleName::from_header(&header)
+                    .expect("round trip")
+                    .as_str(),
+                text
+            );
+        }
+        let segments: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+        for method in [
+            hyper::Method::GET,
+            hyper::Method::PUT,
+            hyper::Method::DELETE,
+        ] {
+            let _ = request::route(&method, &segments);
+        }
     }
 }
 
@@ -464,7 +514,8 @@ pub fn config_files(data: &[u8]) {
 }
 
 /// Stick folder scanning: a folder built from the input, one entry a line:
-/// `f NAME SIZE` (file), `d NAME` (folder), `l NAME TARGET` (symlink). Scanned with small
+/// `f NAME SIZE` (file of zeros), `h NAME LENS` (a file with a bundle header), `d NAME`
+/// (folder), `l NAME TARGET` (symlink). Scanned with small
 /// caps; what the scan accepts must have a checked name and open as a regular file.
 pub fn stick_scan(data: &[u8]) {
     use sideload_usb_loader::scan::{check_bundle_name, scan, ScanLimits};
@@ -499,6 +550,16 @@ pub fn stick_scan(data: &[u8]) {
                 std::fs::File::create(&path)
                     .and_then(|mut f| f.write_all(&vec![0u8; size.unwrap_or(0).min(300) as usize]))
             }
+            // A file that starts with a well-formed bundle header (statement and slot
+            // lengths from the input), so the scan's header check is reached both ways.
+            b"h" => {
+                let len = |b: Option<&u8>| u32::from(*b.unwrap_or(&0));
+                let mut header = b"SIDELOAD\0\x02\0\0".to_vec();
+                header.extend_from_slice(&len(arg.first()).to_be_bytes());
+                header.extend_from_slice(&len(arg.get(1)).to_be_bytes());
+                header.resize(32 + arg.len().min(200), 0);
+                std::fs::write(&path, &header)
+            }
             b"d" => std::fs::create_dir(&path),
             b"l" if !arg.contains(&0) => {
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(arg), &path)
@@ -508,13 +569,15 @@ pub fn stick_scan(data: &[u8]) {
     }
     let limits = ScanLimits {
         max_entries: 32,
-        max_bundles: 8,
         max_bundle_bytes: 200,
+        max_time: std::time::Duration::from_millis(500),
+        max_listed: 8,
+        engine: limits(),
     };
     let Ok(found) = scan(&folder, &limits) else {
         return;
     };
-    assert!(found.candidates.len() <= limits.max_bundles);
+    assert!(found.skipped.len() <= limits.max_listed);
     for candidate in &found.candidates {
         assert!(check_bundle_name(&candidate.name).is_ok(), "{candidate:?}");
         assert!(candidate.len <= limits.max_bundle_bytes);
