@@ -205,15 +205,7 @@ fn refusals_stop_the_list_with_exit_3_and_the_reason() {
     assert_eq!(v["bundles"][0]["outcome"], "refused");
     assert_eq!(v["bundles"][0]["code"], "unknown_key");
     assert_eq!(v["bundles"][1]["outcome"], "skipped", "{v:#}");
-    let journal = daemon.get_json("/sideload/v1/journal");
-    assert!(
-        journal["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["state"] == "refused" && e["name"] == "ungeprüft whole.bundle"),
-        "{journal:#}"
-    );
+    daemon.assert_journaled("refused", "ungeprüft whole.bundle");
     // The device stored no payload byte of the refused bundle: at most its head, however the
     // client framed its bytes (one PATCH carries head and payload).
     let mut header = [0u8; 32];

@@ -143,18 +143,24 @@ fn coded_bodies_are_refused_not_stored_coded() {
     assert_eq!(status, 202, "{answer}");
 }
 
+/// A bundle's fixed 32-byte header declaring these lengths (nothing behind it).
+fn declaring(version: u16, statement: u32, slot: u32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"SIDELOAD");
+    h.extend_from_slice(&version.to_be_bytes());
+    h.extend_from_slice(&0u16.to_be_bytes());
+    h.extend_from_slice(&statement.to_be_bytes());
+    h.extend_from_slice(&slot.to_be_bytes());
+    h.extend_from_slice(&[0u8; 12]);
+    h
+}
+
 #[test]
 fn a_head_declaring_more_than_the_limits_is_refused_at_byte_32() {
     let (_registry, daemon) = start();
     // A header that declares a statement one byte over the 1 MiB limit and a small slot:
     // the whole head would still fit under statement + slot limits together.
-    let mut header = Vec::new();
-    header.extend_from_slice(b"SIDELOAD");
-    header.extend_from_slice(&2u16.to_be_bytes());
-    header.extend_from_slice(&0u16.to_be_bytes());
-    header.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
-    header.extend_from_slice(&401u32.to_be_bytes());
-    header.extend_from_slice(&[0u8; 12]);
+    let header = declaring(2, (1 << 20) + 1, 401);
     assert_eq!(header.len(), 32);
     let mut body = header.clone();
     body.resize(32 + (1 << 20) + 4096, b'x');
@@ -178,13 +184,7 @@ fn a_head_declaring_more_than_the_limits_is_refused_at_byte_32() {
         (2u16, 100u32, (64u32 << 10) + 1, "over_limit"),
         (9, 100, 100, "unsupported_version"),
     ] {
-        let mut h = Vec::new();
-        h.extend_from_slice(b"SIDELOAD");
-        h.extend_from_slice(&version.to_be_bytes());
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h.extend_from_slice(&statement.to_be_bytes());
-        h.extend_from_slice(&slot.to_be_bytes());
-        h.extend_from_slice(&[0u8; 12]);
+        let mut h = declaring(version, statement, slot);
         h.resize(4096, b'x');
         let before = daemon.upload_bytes_total();
         let id = daemon.create_upload(std::path::Path::new("declares.bundle"), &[]);
@@ -206,13 +206,7 @@ fn a_head_declaring_more_than_the_limits_is_refused_at_byte_32() {
 #[test]
 fn an_inbox_file_declaring_more_than_the_limits_is_quarantined_at_byte_32() {
     let (_registry, daemon) = start();
-    let mut header = Vec::new();
-    header.extend_from_slice(b"SIDELOAD");
-    header.extend_from_slice(&2u16.to_be_bytes());
-    header.extend_from_slice(&0u16.to_be_bytes());
-    header.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
-    header.extend_from_slice(&401u32.to_be_bytes());
-    header.extend_from_slice(&[0u8; 12]);
+    let header = declaring(2, (1 << 20) + 1, 401);
     let path = daemon
         .data_dir
         .join("inbox")
@@ -355,13 +349,5 @@ fn bundle_names_are_checked_and_utf8_names_reach_the_journal() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"]["bundle"], "\u{e9}tranger.bundle");
-    let journal = daemon.get_json("/sideload/v1/journal");
-    assert!(
-        journal["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["state"] == "refused" && e["name"] == "\u{e9}tranger.bundle"),
-        "{journal}"
-    );
+    daemon.assert_journaled("refused", "\u{e9}tranger.bundle");
 }

@@ -599,6 +599,15 @@ impl Daemon {
     }
 
     /// GET a JSON document.
+    /// Asserts the journal has an entry in `state` under the delivery name `name`.
+    pub fn assert_journaled(&self, state: &str, name: &str) {
+        let journal = self.get_json("/sideload/v1/journal");
+        let found = journal["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["state"] == state && e["name"] == name));
+        assert!(found, "no {state} entry named {name:?}: {journal:#}");
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let r = self.request("GET", path, &[], b"");
         assert_eq!(r.status, 200, "GET {path}: {}", r.text());
