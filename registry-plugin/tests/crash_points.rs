@@ -158,13 +158,7 @@ fn crash_case(step: Step, source: Source, path: &Path) {
     ]))
     .unwrap();
     assert_eq!(digest["Digest"], manifest);
-    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "list-tags",
-        "--tls-verify=false",
-        &format!("docker://{}/edge/app", registry.host),
-    ]))
-    .unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(app_tags(&registry.host), serde_json::json!(["v1", "v2"]));
     // Events: queued and applied delivered (applied at least once, at most twice: a crash
     // after the event was spooled but before the cleanup announces it again).
     let events = wait_events(&events_file, &id, "applied");

@@ -535,13 +535,7 @@ fn a_kill_during_apply_leaves_the_old_image_and_the_bundle_applies_after_restart
     }
     daemon.kill9();
     // The registry itself (behind the plugin) has no v2 tag, and v1 is intact.
-    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "list-tags",
-        "--tls-verify=false",
-        &format!("docker://{}/edge/app", registry.host),
-    ]))
-    .unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+    assert_eq!(app_tags(&registry.host), serde_json::json!(["v1"]));
     daemon.clear_env();
     daemon.restart();
     let status = daemon.wait_state(&id, &["applied", "failed"], Duration::from_secs(120));
@@ -763,13 +757,7 @@ fn a_full_disk_keeps_the_bundle_until_space_returns_and_uploads_that_cannot_appl
         0,
         "no stored bundle left"
     );
-    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "list-tags",
-        "--tls-verify=false",
-        &format!("docker://{}/edge/app", daemon.addr),
-    ]))
-    .unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(app_tags(&daemon.addr), serde_json::json!(["v1", "v2"]));
 }
 
 #[test]
@@ -805,13 +793,7 @@ fn an_apply_while_the_registry_is_down_waits_with_the_bundle_and_applies_when_it
         .join("bundles")
         .join(format!("{hex}.bundle"))
         .exists());
-    let tags: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "list-tags",
-        "--tls-verify=false",
-        &format!("docker://{}/edge/app", registry.host),
-    ]))
-    .unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(app_tags(&registry.host), serde_json::json!(["v1", "v2"]));
 }
 
 fn is_root() -> bool {

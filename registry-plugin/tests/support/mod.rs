@@ -30,6 +30,17 @@ pub fn require_tool(tool: &str, package: &str) {
 }
 
 /// Runs skopeo; panics with its stderr on failure.
+/// The tags of `edge/app` at `host` (a registry or the plugin), as `skopeo list-tags` gives them.
+pub fn app_tags(host: &str) -> serde_json::Value {
+    let listed: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{host}/edge/app"),
+    ]))
+    .expect("skopeo list-tags prints JSON");
+    listed["Tags"].clone()
+}
+
 pub fn skopeo(args: &[&str]) -> String {
     require_tool("skopeo", "skopeo");
     let out = Command::new("skopeo")
