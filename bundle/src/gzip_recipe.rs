@@ -13,8 +13,10 @@
 //! - **Go.** Docker, BuildKit and containerd compress layers with Go's `compress/gzip`, which
 //!   is deterministic too; [`crate::goflate`] is a bit-exact port of its writer. The recipe is
 //!   the level and the Go release the port is proven for ([`GoWriter`]); [`analyse_go`] races
-//!   every Go level like [`analyse_zlib`] races zlib's. Only a writer closed without earlier
-//!   flushes is modelled.
+//!   every Go level like [`analyse_zlib`] races zlib's. A writer flushed before it was closed
+//!   (Go's `Flush`) is found too: the race stops where the stream holds the empty stored
+//!   block a flush writes and tries a flushed copy of each level there; the recipe then lists
+//!   the flush points (kind 5, a few bytes per point).
 //! - **preflate.** For any other compressor, `preflate-rs` models it from the deflate stream
 //!   itself, replays the model over the plain text and records where the real stream differs
 //!   from the prediction. Those corrections cost a floor of about 0.2 % of the blob even where
@@ -56,6 +58,20 @@ pub const RECIPE_GO: u8 = 3;
 /// Kind byte of a pgzip recipe (klauspost's `pgzip` over klauspost's `compress/flate`, see
 /// [`PgzipWriterId`]).
 pub const RECIPE_PGZIP: u8 = 4;
+
+/// Kind byte of a Go recipe whose writer was flushed (Go's `Flush`) before it was closed: a
+/// kind 3 recipe followed by the flush points. A kind of its own, so a device that predates
+/// flushes refuses the recipe by its kind instead of misreading it.
+pub const RECIPE_GO_FLUSHED: u8 = 5;
+
+/// The recipe kinds this build reads.
+const KNOWN_KINDS: [u8; 5] = [
+    RECIPE_PREFLATE,
+    RECIPE_ZLIB,
+    RECIPE_GO,
+    RECIPE_PGZIP,
+    RECIPE_GO_FLUSHED,
+];
 
 /// pgzip refuses blocks of this size or smaller (its `tailSize`).
 const PGZIP_MIN_BLOCK: usize = 16384;
@@ -129,9 +145,10 @@ pub enum DeflateRecipe {
         /// Plain-text bytes.
         plain_len: u64,
     },
-    /// Go's `compress/flate` writer of release `writer` at `level`, closed without earlier
-    /// flushes, writes the stream from the plain text (what `gzip.NewWriterLevel` writes
-    /// between its header and trailer).
+    /// Go's `compress/flate` writer of release `writer` at `level`, flushed (Go's `Flush`)
+    /// after the plain-text offsets `flushes` and then closed, writes the stream from the plain
+    /// text (what `gzip.NewWriterLevel` writes between its header and trailer; Docker,
+    /// BuildKit and containerd never flush, so `flushes` is mostly empty).
     Go {
         /// The `compress/flate` level (-2 to 9).
         level: Level,
@@ -139,6 +156,9 @@ pub enum DeflateRecipe {
         plain_len: u64,
         /// The Go release whose writer the recipe was proven with.
         writer: GoWriter,
+        /// Plain-text offsets after which the writer was flushed, in order (an offset repeats
+        /// when the writer was flushed twice in a row), each at most `plain_len`.
+        flushes: Vec<u64>,
     },
     /// klauspost's `pgzip` writer `writer` at `level` with `block_size`-byte blocks, closed
     /// without earlier flushes, writes the stream from the plain text (what podman, buildah
@@ -294,6 +314,16 @@ pub enum RecipeError {
         /// The block size.
         block_size: u32,
     },
+    /// A Go recipe's flush points are out of order or past the plain text.
+    #[error("Go recipe flush point {index} at plain offset {offset} is before the one before it or past the plain text's {limit} bytes")]
+    GoFlushOutOfRange {
+        /// Which flush point (0-based).
+        index: usize,
+        /// Its plain-text offset.
+        offset: u64,
+        /// The plain-text length it may not pass.
+        limit: u64,
+    },
     /// A Go recipe's level is not one of Go's (-2 to 9).
     #[error("Go compression level {level}, Go's levels are -2 to 9")]
     InvalidGoLevel {
@@ -325,9 +355,20 @@ impl GzipRecipe {
                 ..
             } => format!("zlib level {level}"),
             DeflateRecipe::Zlib { level, .. } => format!("zlib level {level}, flushed at the end"),
-            DeflateRecipe::Go { level, writer, .. } => {
-                format!("Go compress/gzip level {} ({})", level.get(), writer.id())
-            }
+            DeflateRecipe::Go {
+                level,
+                writer,
+                flushes,
+                ..
+            } => match flushes.len() {
+                0 => format!("Go compress/gzip level {} ({})", level.get(), writer.id()),
+                n => format!(
+                    "Go compress/gzip level {}, flushed {n} time{} ({})",
+                    level.get(),
+                    if n == 1 { "" } else { "s" },
+                    writer.id()
+                ),
+            },
             DeflateRecipe::Pgzip {
                 level,
                 block_size,
@@ -353,7 +394,15 @@ impl GzipRecipe {
     pub fn encoded_len(&self) -> u64 {
         let deflate = match &self.deflate {
             DeflateRecipe::Zlib { .. } => 1 + 1 + 8,
-            DeflateRecipe::Go { writer, .. } => 1 + writer.id().len() as u64 + 1 + 8,
+            DeflateRecipe::Go {
+                writer, flushes, ..
+            } => {
+                let points = match flushes.is_empty() {
+                    true => 0,
+                    false => 4 + flush_deltas(flushes).map(varint_len).sum::<u64>(),
+                };
+                1 + writer.id().len() as u64 + 1 + 8 + points
+            }
             DeflateRecipe::Pgzip { writer, .. } => 1 + writer.id().len() as u64 + 1 + 4 + 8,
             DeflateRecipe::Preflate(chunks) => {
                 4 + chunks
@@ -367,8 +416,9 @@ impl GzipRecipe {
 
     /// The recipe as the payload carries it: kind byte, header, then for zlib the level (u8),
     /// the ending (u8: 0 finish, 1 sync flush then finish) and plain length (u64), for Go the
-    /// writer id (u8 length, then its ASCII bytes), the level (i8) and plain length (u64), for
-    /// pgzip the writer id (likewise), the level (i8), the block size (u32) and plain length
+    /// writer id (u8 length, then its ASCII bytes), the level (i8) and plain length (u64) and,
+    /// for a flushed Go writer (kind 5), the flush points (u32 count, then each as the LEB128
+    /// varint of its distance from the one before, the first from 0), for pgzip the writer id (likewise), the level (i8), the block size (u32) and plain length
     /// (u64), for preflate the chunks (plain length and corrections), then the trailer; every length and
     /// number little-endian, byte strings prefixed by a u32 (but the writer id).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -392,13 +442,21 @@ impl GzipRecipe {
                 level,
                 plain_len,
                 writer,
+                flushes,
             } => {
-                out.push(RECIPE_GO);
+                out.push(match flushes.is_empty() {
+                    true => RECIPE_GO,
+                    false => RECIPE_GO_FLUSHED,
+                });
                 put_bytes(&mut out, &self.header);
                 out.push(writer.id().len() as u8);
                 out.extend_from_slice(writer.id().as_bytes());
                 out.push(level.get() as i8 as u8);
                 out.extend_from_slice(&plain_len.to_le_bytes());
+                if !flushes.is_empty() {
+                    out.extend_from_slice(&(flushes.len() as u32).to_le_bytes());
+                    flush_deltas(flushes).for_each(|d| put_varint(&mut out, d));
+                }
             }
             DeflateRecipe::Pgzip {
                 level,
@@ -433,7 +491,7 @@ impl GzipRecipe {
     pub fn from_bytes(bytes: &[u8], max_chunks: u64) -> Result<GzipRecipe, RecipeError> {
         let mut r = Cursor::new(bytes);
         let kind = take(&mut r, 1)?[0];
-        if ![RECIPE_PREFLATE, RECIPE_ZLIB, RECIPE_GO, RECIPE_PGZIP].contains(&kind) {
+        if !KNOWN_KINDS.contains(&kind) {
             return Err(RecipeError::UnknownKind { kind });
         }
         let header = take_bytes(&mut r, MAX_FRAME_BYTES as u64)?;
@@ -462,7 +520,7 @@ impl GzipRecipe {
                 plain_len,
                 writer,
             }
-        } else if kind == RECIPE_GO {
+        } else if kind == RECIPE_GO || kind == RECIPE_GO_FLUSHED {
             let id_len = take(&mut r, 1)?[0] as usize;
             if id_len > MAX_GO_WRITER_ID {
                 return Err(RecipeError::Invalid(format!(
@@ -474,10 +532,15 @@ impl GzipRecipe {
             let level =
                 Level::new(i32::from(level)).map_err(|_| RecipeError::InvalidGoLevel { level })?;
             let plain_len = u64::from_le_bytes(take(&mut r, 8)?.try_into().expect("8 bytes"));
+            let flushes = match kind {
+                RECIPE_GO_FLUSHED => take_flushes(&mut r, plain_len)?,
+                _ => Vec::new(),
+            };
             DeflateRecipe::Go {
                 level,
                 plain_len,
                 writer,
+                flushes,
             }
         } else if kind == RECIPE_ZLIB {
             let level = take(&mut r, 1)?[0];
@@ -514,6 +577,70 @@ impl GzipRecipe {
             trailer,
         })
     }
+}
+
+/// Each flush point's distance from the one before (the first's from 0).
+fn flush_deltas(flushes: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    let before = std::iter::once(0).chain(flushes.iter().copied());
+    flushes.iter().zip(before).map(|(at, prev)| at - prev)
+}
+
+/// Bytes of `value` as a LEB128 varint.
+fn varint_len(value: u64) -> u64 {
+    u64::from((64 - value.leading_zeros()).max(1).div_ceil(7))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(r: &mut Cursor<&[u8]>) -> Result<u64, RecipeError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = take(r, 1)?[0];
+        let bits = u64::from(byte & 0x7f);
+        if shift == 63 && bits > 1 {
+            break;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(RecipeError::Invalid("a varint longer than 64 bits".into()))
+}
+
+/// The flush points of a flushed Go recipe (kind 5): at least one, in order, none past
+/// `plain_len`. The count is checked against the bytes left (each point takes at least one)
+/// before anything is sized by it.
+fn take_flushes(r: &mut Cursor<&[u8]>, plain_len: u64) -> Result<Vec<u64>, RecipeError> {
+    let count = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes")) as u64;
+    let left = r.get_ref().len() as u64 - r.position();
+    if count == 0 || count > left {
+        return Err(RecipeError::Invalid(format!(
+            "a flushed Go recipe with {count} flush points in {left} bytes"
+        )));
+    }
+    let mut flushes = Vec::with_capacity(count as usize);
+    let mut at = 0u64;
+    for index in 0..count as usize {
+        let delta = take_varint(r)?;
+        let offset = at.checked_add(delta).filter(|&o| o <= plain_len);
+        let Some(offset) = offset else {
+            return Err(RecipeError::GoFlushOutOfRange {
+                index,
+                offset: at.saturating_add(delta),
+                limit: plain_len,
+            });
+        };
+        flushes.push(offset);
+        at = offset;
+    }
+    Ok(flushes)
 }
 
 /// The chunks of a preflate recipe.
@@ -915,12 +1042,15 @@ const GO_LEVELS: [i32; 11] = [6, 9, 1, 5, 4, 3, 2, 7, 8, 0, -2];
 
 /// A blob that Go's `compress/gzip` wrote, as [`analyse_go`] found it: Go's writer at `level`
 /// (the [`goflate`](crate::goflate) port, proven for [`GO_WRITER`](crate::goflate::GO_WRITER)),
-/// closed without earlier flushes, writes its deflate stream from the plain text.
+/// flushed after the plain offsets `flushes` and closed, writes its deflate stream from the
+/// plain text.
 /// [`GoAnalysis::into_analysis`] makes it a [`DeflateRecipe::Go`] recipe.
 #[derive(Debug)]
 pub struct GoAnalysis {
     /// The `compress/flate` level (-2 to 9; Go's default -1 is found as 6).
     pub level: Level,
+    /// Plain-text offsets after which the writer was flushed (mostly none).
+    pub flushes: Vec<u64>,
     /// The gzip member header, verbatim.
     pub header: Vec<u8>,
     /// CRC32 and size, verbatim.
@@ -942,6 +1072,7 @@ impl GoAnalysis {
                     level: self.level,
                     plain_len: self.plain_len,
                     writer: GoWriter::CURRENT,
+                    flushes: self.flushes,
                 },
                 trailer: self.trailer,
             },
@@ -951,12 +1082,12 @@ impl GoAnalysis {
     }
 }
 
-/// Streams a gzip blob once and finds the Go `compress/flate` level whose output (written in
-/// one go and closed, as `docker`, BuildKit and containerd do) is the blob's deflate stream,
-/// byte for byte. Like [`analyse_zlib`], every level runs over the inflated text and drops out
-/// at its first differing byte, so a foreign blob costs about one block per level. `None`:
-/// no Go level wrote it (another compressor, or a Go writer that was flushed before it was
-/// closed, which this does not model).
+/// Streams a gzip blob once and finds the Go `compress/flate` level whose output is the blob's
+/// deflate stream, byte for byte: written in one go and closed, as `docker`, BuildKit and
+/// containerd write layers, or flushed on the way (Go's `Flush`, found where the stream holds
+/// an empty stored block; see [`FlushMarks`]). Like [`analyse_zlib`], every level runs over
+/// the inflated text and drops out at its first differing byte, so a foreign blob costs about
+/// one block per level. `None`: no Go level wrote it.
 pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
     let candidates = GO_LEVELS.iter().map(|&level| {
         let level = Level::new(level).expect("a Go level");
@@ -965,6 +1096,7 @@ pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
     Ok(
         race_writers(blob, candidates.collect())?.map(|won| GoAnalysis {
             level: won.key,
+            flushes: won.flushes,
             header: won.header,
             trailer: won.trailer,
             plain_digest: won.plain_digest,
@@ -975,28 +1107,76 @@ pub fn analyse_go(blob: impl Read) -> Result<Option<GoAnalysis>, RecipeError> {
 
 /// A deflate writer in a race ([`race_writers`]): it writes into a `Vec` that the race
 /// empties after each comparison, and is closed once the blob's stream ends.
-trait RacingWriter: Write {
+trait RacingWriter: Write + Sized {
+    /// Whether the writer can be flushed by its user ([`RacingWriter::flushed_copy`]).
+    const FLUSHABLE: bool;
     /// The output written so far and not yet compared.
     fn output(&mut self) -> &mut Vec<u8>;
     /// Closes the stream; the rest of the output.
     fn close(self) -> Vec<u8>;
+    /// A copy of the writer that was then flushed as its user would flush it (a sync flush).
+    fn flushed_copy(&self) -> Option<Self>;
 }
 
 impl RacingWriter for GoFlateWriter<Vec<u8>> {
+    const FLUSHABLE: bool = true;
     fn output(&mut self) -> &mut Vec<u8> {
         self.get_mut()
     }
     fn close(self) -> Vec<u8> {
         self.finish().expect("writing to a Vec")
+    }
+    fn flushed_copy(&self) -> Option<Self> {
+        let mut copy = self.clone();
+        copy.sync_flush().expect("writing to a Vec");
+        Some(copy)
     }
 }
 
 impl RacingWriter for PgzipDeflateWriter<Vec<u8>> {
+    // pgzip flushes each block itself; nobody flushes it from outside.
+    const FLUSHABLE: bool = false;
     fn output(&mut self) -> &mut Vec<u8> {
         self.get_mut()
     }
     fn close(self) -> Vec<u8> {
         self.finish().expect("writing to a Vec")
+    }
+    fn flushed_copy(&self) -> Option<Self> {
+        None
+    }
+}
+
+/// Most writers a race keeps at once: a flush mark forks each (see [`fork_flushed`]), and
+/// the forks that were not flushed there die within a block, so a stream of real Go output
+/// never comes near it; a crafted one full of marks is kept from growing the race.
+const MAX_RACERS: usize = 32;
+
+/// Where a sync flush may have put an empty stored block in a deflate stream: the aligned
+/// bytes `00 00 ff ff` (LEN 0, NLEN 0xffff) after a byte whose top three bits are zero (the
+/// stored block's header and alignment are zero bits, written from the low bit up). Data in
+/// stored blocks can hold the same bytes, so a mark is a place to try a flush, not proof of
+/// one.
+#[derive(Default)]
+struct FlushMarks {
+    /// The last five bytes scanned, the newest in the low byte.
+    last: u64,
+    /// Stream bytes scanned.
+    scanned: u64,
+    /// Stream offsets just past each mark not yet reached by the inflater, in order.
+    ahead: std::collections::VecDeque<u64>,
+}
+
+impl FlushMarks {
+    /// Scans the next bytes of the stream.
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.last = (self.last << 8 | u64::from(b)) & 0xff_ffff_ffff;
+            self.scanned += 1;
+            if self.scanned >= 5 && self.last & 0xffff_ffff == 0xffff && self.last >> 37 == 0 {
+                self.ahead.push_back(self.scanned);
+            }
+        }
     }
 }
 
@@ -1006,9 +1186,33 @@ struct Candidate<K, W> {
     /// `None` once closed.
     writer: Option<W>,
     matcher: Matcher,
+    /// Plain offsets after which this writer was flushed.
+    flushes: Vec<u64>,
 }
 
-impl<K, W: RacingWriter> Candidate<K, W> {
+impl<K: Copy, W: RacingWriter> Candidate<K, W> {
+    /// A copy flushed after plain offset `plain_at`, if its output still matches the blob.
+    fn fork_flushed(&self, plain_at: u64, window: &[u8], window_at: u64) -> Option<Self> {
+        let mut writer = self.writer.as_ref()?.flushed_copy()?;
+        let mut matcher = Matcher {
+            matched: self.matcher.matched,
+            ahead: self.matcher.ahead.clone(),
+        };
+        let out = writer.output();
+        if !matcher.compare(out, window, window_at) {
+            return None;
+        }
+        out.clear();
+        let mut flushes = self.flushes.clone();
+        flushes.push(plain_at);
+        Some(Candidate {
+            key: self.key,
+            writer: Some(writer),
+            matcher,
+            flushes,
+        })
+    }
+
     /// Feeds plain text and compares what comes out; with `end`, then closes the stream.
     fn feed(&mut self, plain: &[u8], end: bool, window: &[u8], window_at: u64) -> bool {
         let Some(writer) = self.writer.as_mut() else {
@@ -1029,6 +1233,7 @@ impl<K, W: RacingWriter> Candidate<K, W> {
 /// The candidate whose output was the blob's whole deflate stream, with the blob's frame.
 struct RaceWin<K> {
     key: K,
+    flushes: Vec<u64>,
     header: Vec<u8>,
     trailer: Vec<u8>,
     plain_digest: Digest,
@@ -1038,8 +1243,10 @@ struct RaceWin<K> {
 /// Streams a gzip blob once: inflates it and feeds the plain text to every candidate writer,
 /// each dropping out at its first byte that differs from the blob's (so a foreign blob costs
 /// about one block per candidate). The one whose output is the whole stream, byte for byte,
-/// wins; `None` when none is. The Go and pgzip passes share it.
-fn race_writers<K, W: RacingWriter>(
+/// wins; `None` when none is. The Go and pgzip passes share it. For writers a user can flush,
+/// the inflater stops at every [`FlushMarks`] mark, and each candidate gets a copy flushed
+/// there ([`fork_flushed`]).
+fn race_writers<K: Copy, W: RacingWriter>(
     blob: impl Read,
     writers: Vec<(K, W)>,
 ) -> Result<Option<RaceWin<K>>, RecipeError> {
@@ -1052,8 +1259,13 @@ fn race_writers<K, W: RacingWriter>(
             key,
             writer: Some(writer),
             matcher: Matcher::default(),
+            flushes: Vec::new(),
         })
         .collect();
+    let mut marks = FlushMarks::default();
+    if W::FLUSHABLE {
+        marks.scan(&input);
+    }
     let mut inflate = Decompress::new(false);
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     // The blob's deflate bytes from stream offset `window_at` on.
@@ -1070,15 +1282,21 @@ fn race_writers<K, W: RacingWriter>(
                     "the deflate stream is truncated".into(),
                 ));
             }
+            if W::FLUSHABLE {
+                marks.scan(&input);
+            }
         }
+        // Inflate no further than the next mark, so the plain text there is known.
+        let next_mark = marks.ahead.front().map(|&m| m - inflate.total_in());
+        let stop = next_mark.map_or(input.len(), |n| input.len().min(at + n as usize));
         let in0 = inflate.total_in();
         let out0 = inflate.total_out();
         let status = inflate
-            .decompress(&input[at..], &mut plain, FlushDecompress::None)
+            .decompress(&input[at..stop], &mut plain, FlushDecompress::None)
             .map_err(|e| RecipeError::NotRecreatable(format!("not a deflate stream: {e}")))?;
         let used = (inflate.total_in() - in0) as usize;
         let made = (inflate.total_out() - out0) as usize;
-        if used == 0 && made == 0 && status != Status::StreamEnd {
+        if used == 0 && made == 0 && status != Status::StreamEnd && at < stop {
             return Err(RecipeError::NotRecreatable(
                 "the deflate stream does not decode".into(),
             ));
@@ -1099,11 +1317,17 @@ fn race_writers<K, W: RacingWriter>(
             let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
             return Ok(Some(RaceWin {
                 key: found.key,
+                flushes: found.flushes,
                 header,
                 trailer,
                 plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
                 plain_len: inflate.total_out(),
             }));
+        }
+        // At a mark, once everything before it is inflated (the output did not fill `plain`).
+        if marks.ahead.front() == Some(&inflate.total_in()) && made < plain.len() {
+            marks.ahead.pop_front();
+            fork_flushed(&mut candidates, inflate.total_out(), &window, window_at);
         }
         // Go holds back at most one window of input and pgzip one block, so a candidate far
         // behind is not the one.
@@ -1115,6 +1339,24 @@ fn race_writers<K, W: RacingWriter>(
         window.drain(..(slowest - window_at) as usize);
         window_at = slowest;
     }
+}
+
+/// At a flush mark after plain offset `plain_at`: adds, for each candidate, a copy flushed
+/// there whose output still matches, while the race holds fewer than [`MAX_RACERS`]. The
+/// candidates themselves go on unflushed (the mark may be data in a stored block).
+fn fork_flushed<K: Copy, W: RacingWriter>(
+    candidates: &mut Vec<Candidate<K, W>>,
+    plain_at: u64,
+    window: &[u8],
+    window_at: u64,
+) {
+    let room = MAX_RACERS.saturating_sub(candidates.len());
+    let forks: Vec<_> = candidates
+        .iter()
+        .filter_map(|c| c.fork_flushed(plain_at, window, window_at))
+        .take(room)
+        .collect();
+    candidates.extend(forks);
 }
 
 /// Streams a gzip blob once and returns the preflate recipe that recreates it from its plain
@@ -1279,7 +1521,8 @@ pub fn recreate(
             level,
             plain_len,
             writer: GoWriter::Go1_19_8,
-        } => recreate_go(*level, *plain_len, plain, out)?,
+            flushes,
+        } => recreate_go(*level, *plain_len, flushes, plain, out)?,
         DeflateRecipe::Pgzip {
             level,
             block_size,
@@ -1344,28 +1587,50 @@ fn recreate_zlib(
     Ok(())
 }
 
-/// The Go writer port at `level` over exactly `plain_len` bytes of `plain`, then closed as Go's
-/// `Close` closes it. Memory: Go's own buffers (under 1 MiB) and one piece of input.
+/// The Go writer port at `level` over exactly `plain_len` bytes of `plain`, flushed after each
+/// offset in `flushes` as Go's `Flush` flushes, then closed as Go's `Close` closes it. Memory:
+/// Go's own buffers (under 1 MiB) and one piece of input.
 fn recreate_go(
     level: Level,
     plain_len: u64,
+    flushes: &[u64],
     plain: &mut impl Read,
     out: &mut impl Write,
 ) -> Result<(), RecipeError> {
+    let mut before = 0;
+    for (index, &offset) in flushes.iter().enumerate() {
+        if offset < before || offset > plain_len {
+            let limit = plain_len;
+            return Err(RecipeError::GoFlushOutOfRange {
+                index,
+                offset,
+                limit,
+            });
+        }
+        before = offset;
+    }
     let mut writer = GoFlateWriter::new(out, level);
     let mut text = Vec::with_capacity(256 << 10);
-    let mut left = plain_len;
-    while left > 0 {
-        let want = left.min(256 << 10);
+    let mut done = 0u64;
+    let mut flushes = flushes.iter().peekable();
+    loop {
+        while flushes.next_if_eq(&&done).is_some() {
+            writer.sync_flush()?;
+        }
+        if done == plain_len {
+            break;
+        }
+        let until = flushes.peek().map_or(plain_len, |&&f| f);
+        let want = (until - done).min(256 << 10);
         text.clear();
         plain.by_ref().take(want).read_to_end(&mut text)?;
         if (text.len() as u64) < want {
             return Err(RecipeError::Invalid(format!(
                 "the layer ends after {} bytes: the recipe covers {plain_len}",
-                plain_len - left + text.len() as u64
+                done + text.len() as u64
             )));
         }
-        left -= want;
+        done += want;
         writer.write_all(&text)?;
     }
     writer.finish()?;
@@ -1791,16 +2056,186 @@ mod tests {
         w.finish().unwrap()
     }
 
+    /// Go's `gzip.Writer` at `level`, flushed (Go's `Flush`) after each offset in `flushes`.
+    fn go_gzip_flushed(plain: &[u8], level: i32, flushes: &[usize]) -> Vec<u8> {
+        use crate::goflate::{GoGzipHeader, GoGzipWriter};
+        let level = Level::new(level).unwrap();
+        let mut w = GoGzipWriter::new(Vec::new(), level, &GoGzipHeader::default()).unwrap();
+        let mut done = 0;
+        for &at in flushes {
+            w.write_all(&plain[done..at]).unwrap();
+            w.sync_flush().unwrap();
+            done = at;
+        }
+        w.write_all(&plain[done..]).unwrap();
+        w.finish().unwrap()
+    }
+
     fn go_recipe(level: i32, plain_len: u64) -> GzipRecipe {
+        go_recipe_flushed(level, plain_len, &[])
+    }
+
+    fn go_recipe_flushed(level: i32, plain_len: u64, flushes: &[u64]) -> GzipRecipe {
         GzipRecipe {
             header: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
             deflate: DeflateRecipe::Go {
                 level: Level::new(level).unwrap(),
                 plain_len,
                 writer: GoWriter::CURRENT,
+                flushes: flushes.to_vec(),
             },
             trailer: vec![0; 8],
         }
+    }
+
+    #[test]
+    fn flushed_go_streams_are_recreated_from_their_level_and_flush_points() {
+        // A Go writer flushed on the way (a server streaming a layer, a tool flushing after
+        // each file): the race finds the level and every flush, including one before any
+        // data, two in a row, one in the middle of a long match and one right before Close.
+        let plain = sample(1_200_000);
+        let len = plain.len();
+        let every: &[usize] = &[0, 1, 70_000, 70_000, 1 << 20, len];
+        let patterns: [&[usize]; 4] = [&[100_000], every, &[65_536, 131_072, 1_000_001], &[len]];
+        let runs = [1, 6]
+            .iter()
+            .flat_map(|&level| patterns.map(|p| (level, p)));
+        for (level, flushes) in runs.chain([9, 0, -2].map(|level| (level, every))) {
+            let gz = go_gzip_flushed(&plain, level, flushes);
+            let what = format!("level {level}, flushes {flushes:?}");
+            let found = analyse_go(&gz[..])
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}"));
+            let want: Vec<u64> = flushes.iter().map(|&f| f as u64).collect();
+            assert_eq!(found.flushes, want, "{what}");
+            let recipe = round_trip_analysis(found.into_analysis(), &gz, &plain);
+            assert_eq!(recipe.to_bytes()[0], RECIPE_GO_FLUSHED, "{what}");
+            let n = flushes.len();
+            assert!(
+                recipe.describe().contains(&format!("flushed {n} time")),
+                "{what}"
+            );
+            // The points cost a few bytes each, not a stream.
+            assert!(recipe.encoded_len() < 60 + 4 * n as u64, "{what}");
+        }
+    }
+
+    #[test]
+    fn stored_data_that_looks_like_a_flush_does_not_hide_the_writer() {
+        // Incompressible data holding the bytes of an empty stored block (`00 00 ff ff` after
+        // a zero byte) lands in Go's stored blocks, where the race sees a possible flush: the
+        // unflushed writer must still win, and a real flush nearby must still be found.
+        let mut plain = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while plain.len() < 600_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            plain.extend_from_slice(&x.to_le_bytes());
+            if plain.len() % 4096 == 0 {
+                plain.extend_from_slice(&[0, 0, 0, 0xff, 0xff]);
+            }
+        }
+        for flushes in [&[][..], &[300_000][..]] {
+            for level in [6, 1, 0] {
+                let gz = go_gzip_flushed(&plain, level, flushes);
+                assert!(
+                    gz.windows(5).any(|w| w == [0, 0, 0, 0xff, 0xff]),
+                    "the blob shows the marks"
+                );
+                let found = analyse_go(&gz[..]).unwrap().expect("found");
+                let want: Vec<u64> = flushes.iter().map(|&f| f as u64).collect();
+                assert_eq!(found.flushes, want, "level {level}");
+                round_trip_analysis(found.into_analysis(), &gz, &plain);
+            }
+        }
+    }
+
+    #[test]
+    fn flushed_go_recipes_are_refused_when_their_points_do_not_fit() {
+        let recipe = go_recipe_flushed(6, 1000, &[0, 10, 10, 1000]);
+        let bytes = recipe.to_bytes();
+        assert_eq!(bytes[0], RECIPE_GO_FLUSHED);
+        assert_eq!(bytes.len() as u64, recipe.encoded_len());
+        assert_eq!(GzipRecipe::from_bytes(&bytes, 10).unwrap(), recipe);
+        // Without points it is an ordinary Go recipe, readable by devices that predate flushes.
+        assert_eq!(go_recipe(6, 1000).to_bytes()[0], RECIPE_GO);
+        // Kind, header (u32 + 10), writer id (u8 + 8), level, plain length, then the count.
+        let at_count = 1 + 4 + 10 + 1 + 8 + 1 + 8;
+        assert_eq!(&bytes[at_count..at_count + 4], &4u32.to_le_bytes());
+
+        // A point past the plain text, by its own delta or by the sum of deltas.
+        let past = go_recipe_flushed(6, 1000, &[1001]).to_bytes();
+        let e = GzipRecipe::from_bytes(&past, 10).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RecipeError::GoFlushOutOfRange {
+                    index: 0,
+                    offset: 1001,
+                    limit: 1000
+                }
+            ),
+            "{e:?}"
+        );
+        let mut summed = bytes.clone();
+        summed[at_count + 4 + 1] = 0x7f; // the second delta: 10 becomes 127
+        assert!(matches!(
+            GzipRecipe::from_bytes(&summed, 10),
+            Err(RecipeError::Invalid(_)) | Err(RecipeError::GoFlushOutOfRange { .. })
+        ));
+        // A count the bytes cannot hold, or none, is refused before anything is sized by it.
+        for count in [0u32, 18, u32::MAX] {
+            let mut bad = bytes.clone();
+            bad[at_count..at_count + 4].copy_from_slice(&count.to_le_bytes());
+            let e = GzipRecipe::from_bytes(&bad, 10).unwrap_err();
+            assert!(matches!(e, RecipeError::Invalid(_)), "{count}: {e:?}");
+        }
+        // One more point than written: the trailer's bytes are read as points and refused.
+        let mut five = bytes.clone();
+        five[at_count..at_count + 4].copy_from_slice(&5u32.to_le_bytes());
+        assert!(GzipRecipe::from_bytes(&five, 10).is_err());
+        // A varint that never ends, or overflows 64 bits.
+        let mut endless = bytes[..at_count].to_vec();
+        endless.extend_from_slice(&1u32.to_le_bytes());
+        endless.extend_from_slice(&[0xff; 11]);
+        endless.extend_from_slice(&bytes[bytes.len() - 12..]);
+        assert!(GzipRecipe::from_bytes(&endless, 10).is_err());
+        for cut in 0..bytes.len() {
+            assert!(
+                GzipRecipe::from_bytes(&bytes[..cut], 10).is_err(),
+                "cut {cut}"
+            );
+        }
+        // Points out of order never come from the parser; built by hand, recreate refuses them.
+        let unordered = go_recipe_flushed(6, 1000, &[20, 10]);
+        let e = recreate(&unordered, &mut &[0u8; 1000][..], &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(e, RecipeError::GoFlushOutOfRange { index: 1, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn varints_round_trip_at_their_edges() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len() as u64, varint_len(v), "{v}");
+            assert_eq!(take_varint(&mut Cursor::new(&out[..])).unwrap(), v);
+        }
+        let too_big = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(take_varint(&mut Cursor::new(&too_big[..])).is_err());
     }
 
     #[test]
@@ -1823,6 +2258,7 @@ mod tests {
                     level: Level::new(found).unwrap(),
                     plain_len: plain.len() as u64,
                     writer: GoWriter::Go1_19_8,
+                    flushes: Vec::new(),
                 }
             );
             // Kind, header (10 B and "layer.tar\0"), writer id, level, length, trailer.
@@ -1852,6 +2288,7 @@ mod tests {
                 recreate_go(
                     Level::new(level).unwrap(),
                     plain.len() as u64,
+                    &[],
                     &mut &plain[..],
                     &mut out,
                 )
@@ -1928,11 +2365,11 @@ mod tests {
         }
 
         // An unknown kind is its own refusal; every cut is refused.
-        let mut kind_5 = go.clone();
-        kind_5[0] = 5;
+        let mut kind_6 = go.clone();
+        kind_6[0] = 6;
         assert!(matches!(
-            GzipRecipe::from_bytes(&kind_5, 10),
-            Err(RecipeError::UnknownKind { kind: 5 })
+            GzipRecipe::from_bytes(&kind_6, 10),
+            Err(RecipeError::UnknownKind { kind: 6 })
         ));
         for cut in 0..go.len() {
             assert!(GzipRecipe::from_bytes(&go[..cut], 10).is_err(), "cut {cut}");

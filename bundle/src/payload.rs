@@ -523,6 +523,9 @@ impl<W: Write> PayloadWriter<W> {
             Some(&crate::gzip_recipe::RECIPE_PGZIP) => {
                 self.format_version = self.format_version.max(5);
             }
+            Some(&crate::gzip_recipe::RECIPE_GO_FLUSHED) => {
+                self.format_version = self.format_version.max(6);
+            }
             _ => {}
         }
         self.inner.write_all(&[TAG_RECIPE])?;
@@ -815,9 +818,21 @@ mod tests {
         assert_eq!(w.format_version(), 5);
         w.recipe(2, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
         assert_eq!(w.format_version(), 5);
+    }
+
+    #[test]
+    fn a_flushed_go_recipe_raises_the_format_version_to_6() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.recipe(0, &[crate::gzip_recipe::RECIPE_PGZIP]).unwrap();
+        assert_eq!(w.format_version(), 5);
+        w.recipe(1, &[crate::gzip_recipe::RECIPE_GO_FLUSHED])
+            .unwrap();
+        assert_eq!(w.format_version(), 6);
+        w.recipe(2, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
+        assert_eq!(w.format_version(), 6);
         assert_eq!(
             sideload_signing::FORMAT_VERSION,
-            5,
+            6,
             "devices read what builds write"
         );
     }

@@ -232,6 +232,11 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
         ("go-1", &[go_gzip, "1"][..]),
         ("go-6", &[go_gzip][..]),
         ("go-9", &[go_gzip, "9"][..]),
+        // The same writers flushed (Go's Flush) after every 32 KiB written, as a program
+        // streaming a layer out does: the recipe adds the flush points.
+        ("go-1-flushed", &[go_gzip, "1", "flush"][..]),
+        ("go-6-flushed", &[go_gzip, "6", "flush"][..]),
+        ("go-9-flushed", &[go_gzip, "9", "flush"][..]),
         // zlib itself, as Python's gzip module (the benchmark corpus) and Java's
         // GZIPOutputStream write: the recipe is the level.
         ("zlib-6", &["python3", "-c", PYTHON_GZIP, "6"][..]),
@@ -273,20 +278,38 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             recipe > 0 && recipe * 100 < blobs,
             "{name}: {recipe} recipe bytes for {blobs} bytes of layer blobs"
         );
-        // A Go recipe needs format version 4 (older devices refuse such a bundle from its
-        // head); the others do not.
+        // A Go recipe needs format version 4, a flushed one 6 (older devices refuse such a
+        // bundle from its head); the others do not.
         let (head, _) = sideload_bundle::open_bundle(&bundle, &Limits::default()).unwrap();
         let version = Statement::from_canonical_json(&head.statement_bytes)
             .unwrap()
             .format_version;
         match name.strip_prefix("go-") {
+            Some(_) if name.ends_with("-flushed") => assert_eq!(version, 6, "{name}"),
             Some(_) => assert_eq!(version, 4, "{name}"),
             None => assert!(version <= 3, "{name}: version {version}"),
         }
         for (i, layer) in report["layers"].as_array().unwrap().iter().enumerate() {
             assert_eq!(layer["storage"], "recipe", "{name}: {layer}");
             let kind = layer["recipe"].as_str().unwrap();
-            if let Some(level) = name.strip_prefix("go-") {
+            let plain_len = std::fs::metadata(&tars[i]).unwrap().len();
+            if let Some(level) = name
+                .strip_prefix("go-")
+                .and_then(|n| n.strip_suffix("-flushed"))
+            {
+                // One flush point per 32 KiB piece, each the varint of its distance (3 B).
+                let flushes = plain_len.div_ceil(32 << 10);
+                assert_eq!(
+                    kind,
+                    format!("Go compress/gzip level {level}, flushed {flushes} times (go1.19.8)"),
+                    "{name}: {layer}"
+                );
+                let recipe_bytes = layer["recipe_bytes"].as_u64().unwrap();
+                assert!(
+                    recipe_bytes <= 1 + 4 + 10 + 1 + 8 + 1 + 8 + 4 + 3 * flushes + 4 + 8,
+                    "{name}: {layer}"
+                );
+            } else if let Some(level) = name.strip_prefix("go-") {
                 assert_eq!(
                     kind,
                     format!("Go compress/gzip level {level} (go1.19.8)"),
@@ -482,7 +505,18 @@ fn go_gzip(dir: &Path) -> PathBuf {
          \t\tif err != nil { panic(err) }\n\
          \t\tif w, err = gzip.NewWriterLevel(os.Stdout, level); err != nil { panic(err) }\n\
          \t}\n\
-         \tif _, err := io.Copy(w, os.Stdin); err != nil { panic(err) }\n\
+         \tif len(os.Args) > 2 && os.Args[2] == \"flush\" {\n\
+         \t\tbuf := make([]byte, 32<<10)\n\
+         \t\tfor {\n\
+         \t\t\tn, err := io.ReadFull(os.Stdin, buf)\n\
+         \t\t\tif n > 0 {\n\
+         \t\t\t\tif _, err := w.Write(buf[:n]); err != nil { panic(err) }\n\
+         \t\t\t\tif err := w.Flush(); err != nil { panic(err) }\n\
+         \t\t\t}\n\
+         \t\t\tif err == io.EOF || err == io.ErrUnexpectedEOF { break }\n\
+         \t\t\tif err != nil { panic(err) }\n\
+         \t\t}\n\
+         \t} else if _, err := io.Copy(w, os.Stdin); err != nil { panic(err) }\n\
          \tif err := w.Close(); err != nil { panic(err) }\n\
          }\n",
     )

@@ -32,6 +32,7 @@ enum Codes {
     Dynamic,
 }
 
+#[derive(Clone)]
 pub(crate) struct HuffmanBitWriter {
     /// Bytes written and not yet taken by [`HuffmanBitWriter::take_output`].
     out: Vec<u8>,

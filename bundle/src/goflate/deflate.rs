@@ -66,6 +66,7 @@ pub(crate) fn hash4(b: &[u8]) -> u32 {
 }
 
 /// The matcher state of levels 2 to 9.
+#[derive(Clone)]
 struct Chains {
     params: Params,
     /// Position + `hash_offset` of the newest string with each hash (0: none).
@@ -84,6 +85,7 @@ struct Chains {
 }
 
 /// What each step does with the window (`step` and `fill` in Go).
+#[derive(Clone)]
 enum Mode {
     Store,
     HuffmanOnly,
@@ -92,6 +94,7 @@ enum Mode {
 }
 
 /// Go's `compressor`.
+#[derive(Clone)]
 pub(crate) struct Compressor {
     mode: Mode,
     pub(crate) w: HuffmanBitWriter,

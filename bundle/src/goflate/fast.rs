@@ -23,6 +23,7 @@ struct TableEntry {
 }
 
 /// `deflateFast`.
+#[derive(Clone)]
 pub(crate) struct DeflateFast {
     table: Vec<TableEntry>,
     /// The previous block; empty if unknown.

@@ -47,10 +47,11 @@
 //! - No dictionaries (`NewWriterDict`), no `Reset`: not used by image builders.
 //! - No decoding: inflate with any decoder.
 //! - Nothing about which level or flush points a blob was written with: that is
-//!   [`analyse_go`](crate::gzip_recipe::analyse_go)'s job (levels only, no flush points). Its
+//!   [`analyse_go`](crate::gzip_recipe::analyse_go)'s job (the level and the flush points). Its
 //!   finding becomes a Go recipe ([`DeflateRecipe::Go`](crate::gzip_recipe::DeflateRecipe::Go),
-//!   recipe kind 3, bundle format version 4), which names [`GO_WRITER`] and which a device
-//!   recreates with [`GoFlateWriter`] between the blob's verbatim header and trailer.
+//!   recipe kind 3, bundle format version 4; kind 5 and version 6 with flush points), which
+//!   names [`GO_WRITER`] and which a device recreates with [`GoFlateWriter`] between the
+//!   blob's verbatim header and trailer.
 //!
 //! # Which Go versions
 //!
@@ -153,7 +154,9 @@ impl Level {
 /// A raw deflate stream as Go's `flate.NewWriter(w, level)` writes it.
 ///
 /// Write the input with `write_all` (any chunking), [`Self::sync_flush`] where Go's writer
-/// was flushed, then [`Self::finish`].
+/// was flushed, then [`Self::finish`]. A clone (of a writer over a clonable `inner`) goes on
+/// from the same state: the encoder's race forks a writer to try a flush at a point.
+#[derive(Clone)]
 pub struct GoFlateWriter<W: Write> {
     inner: W,
     d: Compressor,
