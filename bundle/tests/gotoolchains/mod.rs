@@ -1,7 +1,7 @@
 //! The Go toolchains the byte-equality tests (`goflate_equal.rs`, `pgzip_equal.rs`) build their
 //! reference programs with: every toolchain in [`SUPPORTED`], each required (a missing one fails
 //! the test, naming its Debian package, since a skipped proof proves nothing), plus `go` on
-//! `PATH` when it is another toolchain.
+//! `PATH` when it is another toolchain of a release the port claims ([`CLAIMED_MINORS`]).
 //!
 //! Docker, BuildKit and containerd are built with recent Go releases, so a port proven equal to
 //! one release alone would prove little about real layers. Debian bookworm ships Go 1.19;
@@ -38,6 +38,19 @@ pub const SUPPORTED: &[(&str, &str)] = &[
         "golang-1.23-go (bookworm-backports)",
     ),
 ];
+
+/// The Go 1.x releases whose writer `goflate` claims to reproduce: a `go` on `PATH` outside
+/// them is not compared (Go 1.27 replaced the encoder; before 1.19 nothing is claimed).
+pub const CLAIMED_MINORS: std::ops::RangeInclusive<u32> = 19..=26;
+
+/// `21` for `go1.21.13`.
+fn minor(version: &str) -> u32 {
+    version
+        .strip_prefix("go1.")
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the Go version {version:?}"))
+}
 
 /// One installed Go toolchain.
 #[derive(Debug, Clone)]
@@ -82,7 +95,8 @@ fn version_of(go: &Path) -> String {
 }
 
 /// Every toolchain to test against, in [`SUPPORTED`] order, then `go` on `PATH` if it is none
-/// of those. Panics, naming the package to install, when a supported toolchain is missing.
+/// of those and of a release in [`CLAIMED_MINORS`]. Panics, naming the package to install, when
+/// a supported toolchain is missing.
 pub fn toolchains() -> &'static [Toolchain] {
     static ALL: OnceLock<Vec<Toolchain>> = OnceLock::new();
     ALL.get_or_init(|| {
@@ -109,10 +123,18 @@ pub fn toolchains() -> &'static [Toolchain] {
         });
         if let Some(go) = on_path {
             if !seen.contains(&go.canonicalize().unwrap()) {
-                all.push(Toolchain {
-                    version: version_of(&go),
-                    go,
-                });
+                let version = version_of(&go);
+                if CLAIMED_MINORS.contains(&minor(&version)) {
+                    all.push(Toolchain { version, go });
+                } else {
+                    eprintln!(
+                        "gotoolchains: not comparing with {} ({version}): the port claims Go \
+                         1.{}..1.{} only",
+                        go.display(),
+                        CLAIMED_MINORS.start(),
+                        CLAIMED_MINORS.end()
+                    );
+                }
             }
         }
         all
@@ -140,8 +162,10 @@ pub fn build_all(
     std::thread::scope(|scope| {
         let builds: Vec<_> = toolchains()
             .iter()
-            .map(|tc| {
-                let bin = dir.join(format!("{name}-{}", tc.version));
+            .enumerate()
+            .map(|(i, tc)| {
+                // Two `go` commands may be one release (a `go` on PATH of its own).
+                let bin = dir.join(format!("{name}-{i}-{}", tc.version));
                 let setup = &setup;
                 scope.spawn(move || {
                     let mut cmd = tc.command();
