@@ -22,18 +22,50 @@
 #   golang-github-klauspost-compress-dev, golang-github-klauspost-pgzip-dev  the Go sources of
 #                    the parallel gzip skopeo, podman and umoci write layers with: the pgzip
 #                    tests build the real writer from them (offline) to compare bytes
+#   golang-1.21-go, golang-1.22-go, golang-1.23-go (from bookworm-backports)  the later Go
+#                    releases Docker, BuildKit and containerd are built with; the goflate
+#                    equality tests compare the port with every one of them, beside bookworm's
+#                    Go 1.19. They install side by side under /usr/lib/go-1.2X and change no
+#                    other package: backports are pinned low (NotAutomatic), so only what is
+#                    asked for with -t bookworm-backports comes from there.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev)
+backports=(golang-1.21-go golang-1.22-go golang-1.23-go)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  installed "$pkg" || missing+=("$pkg")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+missing_backports=()
+for pkg in "${backports[@]}"; do
+  installed "$pkg" || missing_backports+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ] && [ ${#missing_backports[@]} -eq 0 ]; then
   exit 0
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "installing: ${missing[*]}" >&2
+if [ ${#missing_backports[@]} -gt 0 ]; then
+  # Debian's own backports suite, signed by the archive key apt already trusts.
+  sources=/etc/apt/sources.list.d/bookworm-backports.sources
+  if ! grep -Eqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; then
+    echo "adding $sources" >&2
+    printf '%s\n' \
+      'Types: deb' \
+      'URIs: http://deb.debian.org/debian' \
+      'Suites: bookworm-backports' \
+      'Components: main' \
+      'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+      $sudo tee "$sources" >/dev/null
+  fi
+fi
+echo "installing: ${missing[*]} ${missing_backports[*]}" >&2
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
+fi
+if [ ${#missing_backports[@]} -gt 0 ]; then
+  apt_install -t bookworm-backports "${missing_backports[@]}"
+fi

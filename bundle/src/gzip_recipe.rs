@@ -209,13 +209,17 @@ impl PgzipWriterId {
     }
 }
 
-/// A Go writer a recipe may name: the Go releases whose `compress/flate` output this build
-/// reproduces bit for bit ([`crate::goflate`]). Go's encoder has changed over releases, so a
-/// recipe names the release it was proven with and a device refuses one it does not
-/// implement ([`RecipeError::UnknownGoWriter`]) rather than write other bytes.
+/// A Go writer a recipe may name: a `compress/flate` encoder this build reproduces bit for bit
+/// ([`crate::goflate`]), named by the Go release it was ported from. Go's encoder has changed
+/// over releases (Go 1.27 replaced it), so a recipe names the encoder and a device refuses one
+/// it does not implement ([`RecipeError::UnknownGoWriter`]) rather than write other bytes. The
+/// id names the algorithm, not the release that wrote a layer: releases proven to write the
+/// same bytes share it, and it never changes for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoWriter {
-    /// Go 1.19.8 ([`crate::goflate::GO_WRITER`]).
+    /// `go1.19.8` ([`crate::goflate::GO_WRITER`]): the encoder Go 1.19.8, 1.21.13, 1.22.12
+    /// and 1.23.5 are proven to share, very likely 1.24 to 1.26 too (sources and release notes
+    /// read, not run; [`crate::goflate`], "Which Go versions").
     Go1_19_8,
 }
 

@@ -1,9 +1,10 @@
 //! `goflate` against the real thing: Go's `compress/gzip` and `compress/flate`, run through
-//! `tests/goflate/gogzip.go` with the installed Go toolchain, must write the same bytes as the
-//! port, for every level, chunking and flush pattern tried here.
+//! `tests/goflate/gogzip.go` built with every supported Go toolchain (Go 1.19, 1.21, 1.22 and
+//! 1.23 from Debian, see `gotoolchains`), must each write the same bytes as the port, for every
+//! level, chunking and flush pattern tried here.
 //!
-//! Needs `go` (Debian: `golang-go`); a machine without it fails these tests instead of
-//! skipping them, since a skipped proof proves nothing.
+//! Needs those toolchains (`scripts/install-deps.sh`); a machine without one fails these tests,
+//! naming the package, instead of skipping them, since a skipped proof proves nothing.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,27 +13,37 @@ use std::sync::OnceLock;
 
 use sideload_bundle::goflate::{GoFlateWriter, GoGzipHeader, GoGzipWriter, Level};
 
-/// The reference program, built once per test run.
+mod gotoolchains;
+
+/// A reference program: gogzip.go built by one toolchain.
+struct Gogzip {
+    version: String,
+    bin: PathBuf,
+}
+
+/// The reference program, built once per test run with every toolchain.
+fn gogzips() -> &'static [Gogzip] {
+    static BINS: OnceLock<(tempfile::TempDir, Vec<Gogzip>)> = OnceLock::new();
+    &BINS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goflate/gogzip.go");
+            let bins = gotoolchains::build_all(&src, dir.path(), |_| {})
+                .into_iter()
+                .map(|(tc, bin)| Gogzip {
+                    version: tc.version,
+                    bin,
+                })
+                .collect();
+            (dir, bins)
+        })
+        .1
+}
+
+/// The reference program of the first supported toolchain (Go 1.19), for tests that need
+/// some Go-written blob rather than a comparison.
 fn gogzip() -> &'static PathBuf {
-    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &BIN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("gogzip");
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goflate/gogzip.go");
-        let status = Command::new("go")
-            .arg("build")
-            .arg("-o")
-            .arg(&bin)
-            .arg(&src)
-            .env("GOCACHE", dir.path().join("cache"))
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `go` ({e}): install Go (Debian package golang-go) to run the goflate equality tests")
-            });
-        assert!(status.success(), "go build {} failed", src.display());
-        (dir, bin)
-    })
-    .1
+    &gogzips()[0].bin
 }
 
 /// How the input is handed to the writer.
@@ -61,7 +72,11 @@ impl Pattern {
 }
 
 fn go_output(data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
-    let mut cmd = Command::new(gogzip());
+    go_output_with(gogzip(), data, level, p)
+}
+
+fn go_output_with(gogzip: &PathBuf, data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
+    let mut cmd = Command::new(gogzip);
     cmd.arg("-level").arg(level.to_string());
     cmd.arg("-chunk").arg(p.chunk.to_string());
     if !p.flushes.is_empty() {
@@ -126,20 +141,43 @@ fn rust_output(data: &[u8], level: i32, p: &Pattern) -> Vec<u8> {
     }
 }
 
-/// Asserts equality and returns the number of cases checked (1).
+/// Asserts that every toolchain's Go writes what the port writes; returns the number of cases
+/// checked (1). The Go programs run while the port encodes.
 fn check(name: &str, data: &[u8], level: i32, p: &Pattern) -> usize {
-    let go = go_output(data, level, p);
-    let rust = rust_output(data, level, p);
-    if go != rust {
-        let at = go.iter().zip(&rust).take_while(|(a, b)| a == b).count();
-        panic!(
-            "{name} ({} bytes) level {level} {p:?}: Go wrote {} bytes, the port {}; first difference at byte {at}",
-            data.len(),
-            go.len(),
-            rust.len()
-        );
+    let (rust, gos) = std::thread::scope(|scope| {
+        let runs: Vec<_> = gogzips()
+            .iter()
+            .map(|g| scope.spawn(move || (g, go_output_with(&g.bin, data, level, p))))
+            .collect();
+        let rust = rust_output(data, level, p);
+        (
+            rust,
+            runs.into_iter()
+                .map(|r| r.join().unwrap())
+                .collect::<Vec<_>>(),
+        )
+    });
+    for (g, go) in gos {
+        if go != rust {
+            let at = go.iter().zip(&rust).take_while(|(a, b)| a == b).count();
+            panic!(
+                "{name} ({} bytes) level {level} {p:?}: {} wrote {} bytes, the port {}; first difference at byte {at}",
+                data.len(),
+                g.version,
+                go.len(),
+                rust.len()
+            );
+        }
     }
     1
+}
+
+/// `N cases equal` and the toolchains they were equal on, for the tests' summaries.
+fn equal_on(cases: usize) -> String {
+    format!(
+        "{cases} cases equal on each of {}",
+        gotoolchains::versions()
+    )
 }
 
 /// Deterministic pseudo-random bytes (xorshift64).
@@ -245,7 +283,7 @@ fn goflate_small_inputs_every_level() {
             );
         }
     }
-    eprintln!("goflate small inputs: {cases} cases equal");
+    eprintln!("goflate small inputs: {}", equal_on(cases));
 }
 
 #[test]
@@ -269,7 +307,7 @@ fn goflate_boundaries_and_kinds() {
             cases += check(name, data, level, &whole());
         }
     }
-    eprintln!("goflate boundaries: {cases} cases equal");
+    eprintln!("goflate boundaries: {}", equal_on(cases));
 }
 
 #[test]
@@ -286,7 +324,7 @@ fn goflate_chunking_does_not_matter() {
             cases += check("tar 300K", data, level, &p);
         }
     }
-    eprintln!("goflate chunking: {cases} cases equal");
+    eprintln!("goflate chunking: {}", equal_on(cases));
 }
 
 #[test]
@@ -316,7 +354,7 @@ fn goflate_flush_points() {
             }
         }
     }
-    eprintln!("goflate flushes: {cases} cases equal");
+    eprintln!("goflate flushes: {}", equal_on(cases));
 }
 
 #[test]
@@ -335,8 +373,9 @@ fn goflate_whole_system_tar() {
         );
     }
     eprintln!(
-        "goflate system tar ({} bytes): {cases} cases equal",
-        tar.len()
+        "goflate system tar ({} bytes): {}",
+        tar.len(),
+        equal_on(cases)
     );
 }
 
@@ -360,7 +399,7 @@ fn goflate_best_speed_rebases_its_table() {
         ..whole()
     };
     cases += check("flushed across the rebase", &data, 1, &across);
-    eprintln!("goflate BestSpeed rebase: {cases} cases equal");
+    eprintln!("goflate BestSpeed rebase: {}", equal_on(cases));
 }
 
 /// Levels 2 to 9 rebase their hash chains after 16 MiB of input (`maxHashOffset`).
@@ -386,7 +425,7 @@ fn goflate_hash_chains_rebase_after_16_mib() {
             },
         );
     }
-    eprintln!("goflate 17 MiB ({} bytes): {cases} cases equal", data.len());
+    eprintln!("goflate 17 MiB ({} bytes): {}", data.len(), equal_on(cases));
 }
 
 /// Header fields as Go writes them: FLG, MTIME, XFL by level, Latin-1 strings, the extra
@@ -403,8 +442,11 @@ fn goflate_header_fields() {
     };
     let mut cases = 0;
     for level in [-1, 1, 6, 9] {
-        let go = {
-            let mut cmd = Command::new(gogzip());
+        let mut w = GoGzipWriter::new(Vec::new(), Level::new(level).unwrap(), &header).unwrap();
+        w.write_all(&data).unwrap();
+        let ours = w.finish().unwrap();
+        for g in gogzips() {
+            let mut cmd = Command::new(&g.bin);
             cmd.args(["-level", &level.to_string(), "-name", "layer.tar"]);
             cmd.args(["-comment", "café au lait", "-extra", "sl\x01\x02"]);
             cmd.args(["-mtime", "1700000000"]);
@@ -416,16 +458,13 @@ fn goflate_header_fields() {
             child.stdin.take().unwrap().write_all(&data).unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(out.status.success());
-            out.stdout
-        };
-        let mut w = GoGzipWriter::new(Vec::new(), Level::new(level).unwrap(), &header).unwrap();
-        w.write_all(&data).unwrap();
-        assert_eq!(w.finish().unwrap(), go, "level {level}");
+            assert_eq!(ours, out.stdout, "level {level}, {}", g.version);
+        }
         cases += 1;
     }
     assert!(GoGzipHeader::latin1("name", "日本").is_err());
     assert!(GoGzipHeader::latin1("name", "a\0b").is_err());
-    eprintln!("goflate header fields: {cases} cases equal");
+    eprintln!("goflate header fields: {}", equal_on(cases));
 }
 
 /// `analyse_go` names the level Go wrote a blob with, and the port recreates the blob from the

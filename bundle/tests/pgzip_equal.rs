@@ -3,7 +3,11 @@
 //! same bytes as the port for every input, level, block size and chunking tried here; and when
 //! `skopeo` is installed, a layer that skopeo itself compressed must come out byte for byte.
 //!
-//! Needs `go` (Debian: `golang-go`) and the Go sources of
+//! pgzip's output is klauspost's code, not Go's standard library, so the Go release that compiles
+//! it should not matter; the test builds the program with every supported toolchain
+//! (`gotoolchains`: Go 1.19, 1.21, 1.22, 1.23) and proves that too.
+//!
+//! Needs those toolchains (`scripts/install-deps.sh`) and the Go sources of
 //! `golang-github-klauspost-pgzip-dev` and `golang-github-klauspost-compress-dev` under
 //! `/usr/share/gocode` (the program is built in GOPATH mode, offline). A machine without them
 //! fails these tests, naming the package, instead of skipping them.
@@ -15,55 +19,59 @@ use std::sync::OnceLock;
 
 use sideload_bundle::goflate::pgzip::{PgzipLevel, PgzipWriter};
 
+mod gotoolchains;
+
 const GOCODE: &str = "/usr/share/gocode";
 
-/// The reference program, built once per test run.
-fn gopgzip() -> &'static PathBuf {
-    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &BIN.get_or_init(|| {
-        for (dir, package) in [
-            (
-                "src/github.com/klauspost/pgzip",
-                "golang-github-klauspost-pgzip-dev",
-            ),
-            (
-                "src/github.com/klauspost/compress/flate",
-                "golang-github-klauspost-compress-dev",
-            ),
-        ] {
-            assert!(
-                Path::new(GOCODE).join(dir).is_dir(),
-                "{GOCODE}/{dir} is missing: install the Debian package {package}"
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("gopgzip");
-        let src =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goflate/pgzip/gopgzip.go");
-        let status = Command::new("go")
-            .arg("build")
-            .arg("-o")
-            .arg(&bin)
-            .arg(&src)
-            .current_dir(dir.path())
-            .env("GO111MODULE", "off")
-            .env("GOPATH", GOCODE)
-            .env("GOFLAGS", "")
-            .env("GOPROXY", "off")
-            .env("GOCACHE", dir.path().join("cache"))
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `go` ({e}): install Go (Debian package golang-go) to run the pgzip equality tests")
-            });
-        assert!(status.success(), "go build {} failed", src.display());
-        (dir, bin)
-    })
-    .1
+/// A reference program: gopgzip.go built by one toolchain.
+struct Gopgzip {
+    version: String,
+    bin: PathBuf,
 }
 
-/// What the real pgzip writes for `data`.
-fn go_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
-    let mut cmd = Command::new(gopgzip());
+/// The reference program, built once per test run with every toolchain (`gotoolchains`): the
+/// port must equal what pgzip writes whichever Go compiled it.
+fn gopgzips() -> &'static [Gopgzip] {
+    static BINS: OnceLock<(tempfile::TempDir, Vec<Gopgzip>)> = OnceLock::new();
+    &BINS
+        .get_or_init(|| {
+            for (dir, package) in [
+                (
+                    "src/github.com/klauspost/pgzip",
+                    "golang-github-klauspost-pgzip-dev",
+                ),
+                (
+                    "src/github.com/klauspost/compress/flate",
+                    "golang-github-klauspost-compress-dev",
+                ),
+            ] {
+                assert!(
+                    Path::new(GOCODE).join(dir).is_dir(),
+                    "{GOCODE}/{dir} is missing: install the Debian package {package}"
+                );
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let src =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goflate/pgzip/gopgzip.go");
+            let bins = gotoolchains::build_all(&src, dir.path(), |cmd| {
+                cmd.current_dir(dir.path())
+                    .env("GO111MODULE", "off")
+                    .env("GOPATH", GOCODE);
+            })
+            .into_iter()
+            .map(|(tc, bin)| Gopgzip {
+                version: tc.version,
+                bin,
+            })
+            .collect();
+            (dir, bins)
+        })
+        .1
+}
+
+/// What the real pgzip, built by `gopgzip`'s toolchain, writes for `data`.
+fn go_output(gopgzip: &Gopgzip, data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
+    let mut cmd = Command::new(&gopgzip.bin);
     if level == -1 {
         cmd.arg("-default");
     } else {
@@ -83,7 +91,7 @@ fn go_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
     let feeder = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap().unwrap();
-    assert!(out.status.success(), "gopgzip failed");
+    assert!(out.status.success(), "gopgzip ({}) failed", gopgzip.version);
     out.stdout
 }
 
@@ -104,17 +112,33 @@ fn port_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
     w.finish().unwrap()
 }
 
+/// Asserts that pgzip, built by every toolchain, writes what the port writes. The Go programs
+/// run while the port encodes.
 fn assert_same(name: &str, data: &[u8], level: i32, block: usize, chunk: usize) {
-    let want = go_output(data, level, block, chunk);
-    let got = port_output(data, level, block, chunk);
-    if got != want {
-        let at = got.iter().zip(&want).position(|(a, b)| a != b);
-        panic!(
-            "{name} ({} bytes, level {level}, block {block}, chunk {chunk}): port wrote {} bytes, pgzip {}; first difference at {at:?}",
-            data.len(),
-            got.len(),
-            want.len()
-        );
+    let (got, wants) = std::thread::scope(|scope| {
+        let runs: Vec<_> = gopgzips()
+            .iter()
+            .map(|g| scope.spawn(move || (g, go_output(g, data, level, block, chunk))))
+            .collect();
+        let got = port_output(data, level, block, chunk);
+        (
+            got,
+            runs.into_iter()
+                .map(|r| r.join().unwrap())
+                .collect::<Vec<_>>(),
+        )
+    });
+    for (g, want) in wants {
+        if got != want {
+            let at = got.iter().zip(&want).position(|(a, b)| a != b);
+            panic!(
+                "{name} ({} bytes, level {level}, block {block}, chunk {chunk}): port wrote {} bytes, pgzip built by {} {}; first difference at {at:?}",
+                data.len(),
+                got.len(),
+                g.version,
+                want.len()
+            );
+        }
     }
 }
 

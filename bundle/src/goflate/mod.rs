@@ -55,15 +55,49 @@
 //!
 //! # Which Go versions
 //!
-//! The tests (`tests/goflate_equal.rs`) build a small Go program with the installed toolchain
-//! and compare bytes; they prove equality with **Go 1.19.8** (Debian's `golang-1.19`), whose
-//! source this was ported from. Go's encoder has changed over versions: Go 1.7 rewrote it
-//! (a new BestSpeed algorithm, `HuffmanOnly`, the block writer choosing between stored, fixed
-//! and dynamic codes) and Go 1.8 let BestSpeed match across blocks; streams written by Go
-//! before 1.7 or 1.8 at the affected levels differ. Later changes to these files are, as far
-//! as we know, not meant to change output, but that is unproven here. A recipe that names
-//! this encoder must therefore name the writer version it was proven for (`GO_WRITER` below),
-//! and a device must refuse a version it does not implement.
+//! Ported from **Go 1.19.8** (Debian bookworm's `golang-1.19`). The tests
+//! (`tests/goflate_equal.rs`) build a small Go program with every supported toolchain and
+//! compare bytes at every level (-2 to 9), with and without `Flush`, over several chunkings,
+//! block and window boundaries, BestSpeed's table rebase and the 16 MiB hash-chain rebase. They
+//! prove that these releases all write the same bytes, the port's:
+//!
+//! | Go | Debian package | proven |
+//! |---|---|---|
+//! | 1.19.8 | `golang-1.19-go` (bookworm) | by the tests |
+//! | 1.21.13 | `golang-1.21-go` (bookworm-backports) | by the tests |
+//! | 1.22.12 | `golang-1.22-go` (bookworm-backports) | by the tests |
+//! | 1.23.5 | `golang-1.23-go` (bookworm-backports) | by the tests |
+//! | 1.24 to 1.26 | none installable here | read, not run |
+//!
+//! Between 1.19 and 1.23 the writer's sources (`compress/flate`'s `deflate.go`,
+//! `deflatefast.go`, `huffman_bit_writer.go`, `huffman_code.go`, `token.go`, and
+//! `compress/gzip`'s `gzip.go`) changed only in struct field order, doc links and no-op
+//! `break`s. For 1.24 to 1.26 the release notes name no `compress/flate` or `compress/gzip`
+//! change, the one later revision of `deflate.go` read reorders struct fields and uses `clear`
+//! in `Reset` (which this port does not have), and the bisection in golang/go#81024 found Go
+//! 1.26.7's output reproduced by the tree just before the 1.27 rewrite; so they very likely
+//! write the same bytes, unproven by a run.
+//!
+//! **Go 1.27 writes other bytes.** It replaced the encoder with a cleaned-up port of
+//! klauspost/compress's (golang/go#75532, CL 707355, "compress/flate: improve compression
+//! speed"; its release notes say the output may differ from 1.26's): levels 1 to 6 became
+//! klauspost's fast encoders (`level1.go` to `level6.go`), 7 to 9 were retuned, tokens are
+//! indexed as they are added and a block may go on with the previous block's Huffman tables.
+//! This port does not reproduce it. The encoder's race compares every byte, so a layer Go 1.27
+//! wrote is never given a wrong Go recipe; it is left to preflate, whose model pgzip's
+//! klauspost streams defeat (README, "Exact upstream digests"): expect the same of these
+//! (unmeasured, no 1.27 toolchain here), and `--exact` to decide.
+//!
+//! Before 1.19 nothing is proven: Go 1.7 rewrote the encoder (a new BestSpeed algorithm,
+//! `HuffmanOnly`, the block writer choosing between stored, fixed and dynamic codes) and Go
+//! 1.8 let BestSpeed match across blocks; streams written by Go before 1.7 or 1.8 at the
+//! affected levels differ.
+//!
+//! A recipe names the writer *algorithm* it recreates, by the release it was ported from
+//! ([`GO_WRITER`], `go1.19.8`), not the release that happened to write a layer: a layer Go 1.23
+//! wrote gets the same id, and devices that read `go1.19.8` keep reading new bundles of the
+//! same algorithm. A port of 1.27's encoder will need an id of its own (and a device refuses
+//! an id it does not implement).
 
 mod bitwriter;
 mod deflate;
@@ -78,8 +112,10 @@ use std::io::{self, Write};
 
 use deflate::Compressor;
 
-/// The Go release whose `compress/flate` and `compress/gzip` output this module is proven to
-/// reproduce. A recipe naming this encoder must carry it.
+/// The id of the Go writer this module reproduces: the release it was ported from. Go 1.19.8,
+/// 1.21.13, 1.22.12 and 1.23.5 are proven to write the same bytes (see "Which Go versions"
+/// above), so a layer any of them wrote carries this id too. A recipe naming this encoder must
+/// carry it.
 pub const GO_WRITER: &str = "go1.19.8";
 
 /// The largest match length.
