@@ -2,7 +2,7 @@
 //!
 //! Registries hold layers gzip-compressed by whatever tool built the image, and deflate output
 //! depends on the compressor (its hash chains, lazy matching, block splitting), so compressing
-//! the tar again gives other bytes and another digest. Three kinds of *recipe* recreate a blob:
+//! the tar again gives other bytes and another digest. Four kinds of *recipe* recreate a blob:
 //!
 //! - **zlib.** Many tools compress with zlib itself at a standard level (Python's `gzip`,
 //!   Java's `GZIPOutputStream`, zlib's own `gzip` functions). zlib is deterministic, so the
@@ -10,6 +10,11 @@
 //!   and the device runs the same zlib (built in, pinned) over the tar. A few bytes per layer,
 //!   whatever its size. [`analyse_zlib`] tries every level in one pass and gives up on a level
 //!   at its first differing byte, which for a foreign compressor is its first block.
+//! - **pgzip.** podman, buildah and skopeo (containers/image) and umoci compress with
+//!   klauspost's `pgzip`, deterministic as well; [`crate::goflate::pgzip`] ports it. The recipe
+//!   is the level, the block size and the pgzip and klauspost/compress releases
+//!   ([`PgzipWriterId`]); [`analyse_pgzip`] races the default level at those tools' block
+//!   sizes (1 MiB and 256 KiB).
 //! - **Go.** Docker, BuildKit and containerd compress layers with Go's `compress/gzip`, which
 //!   is deterministic too; [`crate::goflate`] is a bit-exact port of its writer. The recipe is
 //!   the level and the Go release the port is proven for ([`GoWriter`]); [`analyse_go`] races
@@ -26,7 +31,7 @@
 //!   ever holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to
 //!   the next.
 //!
-//! All three keep the gzip header and everything after the deflate stream (CRC32, size)
+//! All four keep the gzip header and everything after the deflate stream (CRC32, size)
 //! verbatim: a few bytes, and no guessing at what a tool wrote in them. (A Go blob's header is
 //! what `GoGzipHeader` would write, but kept verbatim it costs the same 10 bytes and needs no
 //! check.)
@@ -36,10 +41,25 @@
 //! in the recipe itself); the recipe starts with a kind byte, and a device refuses a kind or a
 //! Go writer it does not know ([`RecipeError::UnknownKind`], [`RecipeError::UnknownGoWriter`])
 //! instead of producing wrong bytes.
+//!
+//! # What runs where
+//!
+//! The encoder analyses a blob on the thread that calls [`analyse`] (one pass, the levels
+//! raced in it; `exact::plan` analyses two layers at a time). On the device, `apply` recreates
+//! each exact layer's blob from its staged tar on a second thread while its own thread decodes
+//! the next layer, whatever the recipe's kind, one blob at a time. zlib, Go and preflate
+//! recipes run on that thread alone. A pgzip blob's blocks are independent (each starts from a
+//! reset encoder, its dictionary the previous block's last 16 KiB, which the input holds), so
+//! [`recreate`] compresses them on as many worker threads as the device has cores (at most
+//! 8) with [`PgzipBlocks`](crate::goflate::pgzip::PgzipBlocks), writing them in order: the
+//! workers share the cores with the decoder while it runs, and have them to themselves once
+//! the last layer is decoded.
 
 use std::io::{self, Cursor, Read, Write};
 
-use crate::goflate::pgzip::{PgzipDeflateWriter, PgzipLevel, PGZIP_DEFAULT_BLOCK_SIZE};
+use crate::goflate::pgzip::{
+    PgzipBlocks, PgzipDeflateWriter, PgzipLevel, PGZIP_DEFAULT_BLOCK_SIZE,
+};
 use crate::goflate::{GoFlateWriter, Level};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use preflate_rs::{ExitCode, PreflateConfig, PreflateStreamProcessor, RecreateStreamProcessor};
@@ -1507,8 +1527,9 @@ pub fn analyse_pgzip(blob: impl Read) -> Result<Option<PgzipAnalysis>, RecipeErr
 }
 
 /// Writes the gzip blob `recipe` describes, reading the plain text from `plain` (a chunk at a
-/// time for preflate, 256 KiB at a time for zlib and Go). Fails if `plain` is longer or shorter than
-/// the recipe says; the caller checks the written blob's digest.
+/// time for preflate, 256 KiB at a time for zlib and Go, a block at a time for pgzip, whose
+/// blocks are compressed on up to [`recreate_threads`] threads). Fails if `plain` is longer
+/// or shorter than the recipe says; the caller checks the written blob's digest.
 pub fn recreate(
     recipe: &GzipRecipe,
     plain: &mut impl Read,
@@ -1532,16 +1553,7 @@ pub fn recreate(
             block_size,
             plain_len,
             writer: PgzipWriterId::Pgzip1_2_5Klauspost1_15_12,
-        } => {
-            let writer =
-                PgzipDeflateWriter::new(&mut *out, *level, *block_size as usize).map_err(|_| {
-                    RecipeError::UnsupportedPgzip {
-                        level: level.get() as i8,
-                        block_size: *block_size,
-                    }
-                })?;
-            recreate_streaming(writer, *plain_len, plain, PgzipDeflateWriter::finish)?
-        }
+        } => recreate_pgzip(*level, *block_size, *plain_len, plain, out)?,
         DeflateRecipe::Preflate(chunks) => recreate_preflate(chunks, plain, out)?,
     }
     let mut extra = [0u8; 1];
@@ -1641,31 +1653,40 @@ fn recreate_go(
     Ok(())
 }
 
-/// Streams exactly `plain_len` bytes of `plain` through `writer`, 256 KiB at a time, then
-/// `finish`es it.
-fn recreate_streaming<W: Write, R>(
-    mut writer: W,
+/// pgzip's blocks of exactly `plain_len` bytes of `plain`, compressed on up to
+/// [`recreate_threads`] threads and written in order.
+fn recreate_pgzip(
+    level: PgzipLevel,
+    block_size: u32,
     plain_len: u64,
     plain: &mut impl Read,
-    finish: impl FnOnce(W) -> io::Result<R>,
+    out: &mut impl Write,
 ) -> Result<(), RecipeError> {
-    let mut text = Vec::with_capacity(256 << 10);
-    let mut left = plain_len;
-    while left > 0 {
-        let want = left.min(256 << 10);
-        text.clear();
-        plain.by_ref().take(want).read_to_end(&mut text)?;
-        if (text.len() as u64) < want {
-            return Err(RecipeError::Invalid(format!(
-                "the layer ends after {} bytes: the recipe covers {plain_len}",
-                plain_len - left + text.len() as u64
-            )));
-        }
-        left -= want;
-        writer.write_all(&text)?;
+    let blocks =
+        PgzipBlocks::new(level, block_size as usize, recreate_threads()).map_err(|_| {
+            RecipeError::UnsupportedPgzip {
+                level: level.get() as i8,
+                block_size,
+            }
+        })?;
+    let read = blocks.write_deflate(&mut plain.by_ref().take(plain_len), out)?;
+    if read < plain_len {
+        return Err(RecipeError::Invalid(format!(
+            "the layer ends after {read} bytes: the recipe covers {plain_len}"
+        )));
     }
-    finish(writer)?;
     Ok(())
+}
+
+/// Most threads one recreation uses.
+const MAX_RECREATE_THREADS: usize = 8;
+
+/// Threads a pgzip recreation compresses blocks on: the machine's cores, at most
+/// [`MAX_RECREATE_THREADS`] (each holds ~3.5 MiB with pgzip's default 1 MiB blocks).
+fn recreate_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_RECREATE_THREADS)
 }
 
 /// preflate's recompressor, chunk by chunk.

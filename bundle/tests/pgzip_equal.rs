@@ -1,7 +1,8 @@
 //! `goflate::pgzip` against the real thing: Debian bookworm's `klauspost/pgzip` 1.2.5 over
 //! `klauspost/compress` 1.15.12, run through `tests/goflate/pgzip/gopgzip.go`, must write the
-//! same bytes as the port for every input, level, block size and chunking tried here; and when
-//! `skopeo` is installed, a layer that skopeo itself compressed must come out byte for byte.
+//! same bytes as the port (streaming, and with its blocks on threads) for every input, level,
+//! block size and chunking tried here; and when `skopeo` is installed, a layer that skopeo
+//! itself compressed must come out byte for byte.
 //!
 //! pgzip's output is klauspost's code, not Go's standard library, so the Go release that compiles
 //! it should not matter; the test builds the program with every supported toolchain
@@ -17,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use sideload_bundle::goflate::pgzip::{PgzipLevel, PgzipWriter};
+use sideload_bundle::goflate::pgzip::{
+    PgzipBlocks, PgzipLevel, PgzipWriter, PGZIP_DEFAULT_BLOCK_SIZE,
+};
 
 mod gotoolchains;
 
@@ -112,6 +115,19 @@ fn port_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
     w.finish().unwrap()
 }
 
+/// The port with its blocks compressed on three threads (how a device recreates a blob).
+fn parallel_output(data: &[u8], level: i32, block: usize) -> Vec<u8> {
+    let block = if block == 0 {
+        PGZIP_DEFAULT_BLOCK_SIZE
+    } else {
+        block
+    };
+    let blocks = PgzipBlocks::new(PgzipLevel::new(level).unwrap(), block, 3).unwrap();
+    let mut out = Vec::new();
+    blocks.write_gzip(&mut &data[..], &mut out).unwrap();
+    out
+}
+
 /// Asserts that pgzip, built by every toolchain, writes what the port writes. The Go programs
 /// run while the port encodes.
 fn assert_same(name: &str, data: &[u8], level: i32, block: usize, chunk: usize) {
@@ -128,6 +144,14 @@ fn assert_same(name: &str, data: &[u8], level: i32, block: usize, chunk: usize) 
                 .collect::<Vec<_>>(),
         )
     });
+    if chunk == 0 {
+        let parallel = parallel_output(data, level, block);
+        assert!(
+            parallel == got,
+            "{name} ({} bytes, level {level}, block {block}): the threaded port differs",
+            data.len()
+        );
+    }
     for (g, want) in wants {
         if got != want {
             let at = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -369,5 +393,9 @@ fn pgzip_reproduces_a_layer_skopeo_compressed() {
         "the port differs from skopeo's blob ({} vs {} bytes)",
         ours.len(),
         blob.len()
+    );
+    assert!(
+        parallel_output(tar, -1, 0) == blob,
+        "the threaded port differs from skopeo's blob"
     );
 }
