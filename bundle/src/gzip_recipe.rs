@@ -62,8 +62,9 @@ use crate::goflate::pgzip::{
 };
 use crate::goflate::{GoFlateWriter, Level};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use preflate_rs::{ExitCode, PreflateConfig, PreflateStreamProcessor, RecreateStreamProcessor};
 use sideload_signing::Digest;
+
+mod preflate;
 
 /// Kind byte of a preflate recipe (the correction model of `preflate-rs` 0.7). Kept from the
 /// first recipe format, in which it was the version byte.
@@ -84,13 +85,19 @@ pub const RECIPE_PGZIP: u8 = 4;
 /// flushes refuses the recipe by its kind instead of misreading it.
 pub const RECIPE_GO_FLUSHED: u8 = 5;
 
+/// Kind byte of a preflate recipe that keeps some deflate blocks verbatim (blocks preflate
+/// cannot parse or model; see [`ChunkBody`]): a kind 1 recipe whose chunks have a type. A kind
+/// of its own, so a device that predates verbatim chunks refuses the recipe by its kind.
+pub const RECIPE_PREFLATE_VERBATIM: u8 = 6;
+
 /// The recipe kinds this build reads.
-const KNOWN_KINDS: [u8; 5] = [
+const KNOWN_KINDS: [u8; 6] = [
     RECIPE_PREFLATE,
     RECIPE_ZLIB,
     RECIPE_GO,
     RECIPE_PGZIP,
     RECIPE_GO_FLUSHED,
+    RECIPE_PREFLATE_VERBATIM,
 ];
 
 /// pgzip refuses blocks of this size or smaller (its `tailSize`).
@@ -193,7 +200,8 @@ pub enum DeflateRecipe {
         /// The pgzip and klauspost/compress releases the recipe was proven with.
         writer: PgzipWriterId,
     },
-    /// preflate's corrections, chunk by chunk.
+    /// preflate's corrections, chunk by chunk, and blocks kept verbatim (recipe kind 1, or 6
+    /// once a chunk is not [`ChunkBody::Preflate`]).
     Preflate(Vec<RecipeChunk>),
 }
 
@@ -270,9 +278,34 @@ impl GoWriter {
 pub struct RecipeChunk {
     /// Plain-text bytes these blocks decode to.
     pub plain_len: u64,
-    /// preflate corrections for these blocks (the first chunk's also carry the model's
-    /// parameters).
-    pub corrections: Vec<u8>,
+    /// How the blocks are recreated.
+    pub body: ChunkBody,
+}
+
+/// How a chunk's deflate blocks are recreated. preflate works in *runs* of chunks that share
+/// its model and window: the recipe's first chunk starts one, a [`ChunkBody::Restart`] starts
+/// another, and a [`ChunkBody::Verbatim`] chunk ends the run before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkBody {
+    /// preflate corrections for the blocks, in the current run (the recipe's first chunk's
+    /// also carry the model's parameters).
+    Preflate(Vec<u8>),
+    /// preflate corrections for blocks that start a new run, after a verbatim chunk or where
+    /// preflate failed: preflate recompresses a synthetic prefix made from the 32 KiB of
+    /// plain text before the chunk (see `gzip_recipe/preflate.rs`), then the blocks; the
+    /// prefix's bytes are dropped.
+    Restart {
+        /// preflate corrections for the prefix and the blocks (with the model's parameters).
+        corrections: Vec<u8>,
+        /// The bit of its byte the chunk's first block starts at (0-7).
+        align: u8,
+        /// The `align` low bits of that byte (the end of the block before).
+        lead: u8,
+    },
+    /// The blocks' deflate bytes themselves, from the byte holding their first bit to the
+    /// byte before the one holding the next block's first bit, or through the stream's end:
+    /// blocks preflate cannot parse or model.
+    Verbatim(Vec<u8>),
 }
 
 /// What the analyser found.
@@ -298,9 +331,10 @@ pub enum RecipeError {
     Invalid(String),
     /// The recipe is of a kind this build does not know (made by a newer sideload).
     #[error(
-        "recipe kind {kind}, this device knows kinds {RECIPE_PREFLATE} (preflate), {RECIPE_ZLIB} \
-         (zlib), {RECIPE_GO} (Go) and {RECIPE_PGZIP} (pgzip); update sideload on the device or build the bundle with \
-         --exact never"
+        "recipe kind {kind}, this device knows kinds {RECIPE_PREFLATE} and \
+         {RECIPE_PREFLATE_VERBATIM} (preflate), {RECIPE_ZLIB} (zlib), {RECIPE_GO} and \
+         {RECIPE_GO_FLUSHED} (Go) and {RECIPE_PGZIP} (pgzip); update sideload on the device or \
+         build the bundle with --exact never"
     )]
     UnknownKind {
         /// The kind byte.
@@ -406,10 +440,21 @@ impl GzipRecipe {
             ),
             DeflateRecipe::Preflate(chunks) => {
                 let n = chunks.len();
-                format!(
-                    "preflate corrections, {n} chunk{}",
-                    if n == 1 { "" } else { "s" }
-                )
+                let (verbatim, bytes) = chunks
+                    .iter()
+                    .filter_map(|c| match &c.body {
+                        ChunkBody::Verbatim(b) => Some(b.len()),
+                        _ => None,
+                    })
+                    .fold((0, 0), |(n, sum), len| (n + 1, sum + len));
+                let plural = |n: usize| if n == 1 { "" } else { "s" };
+                match verbatim {
+                    0 => format!("preflate corrections, {n} chunk{}", plural(n)),
+                    v => format!(
+                        "preflate corrections, {n} chunk{} ({v} verbatim, {bytes} deflate bytes)",
+                        plural(n)
+                    ),
+                }
             }
         }
     }
@@ -428,12 +473,7 @@ impl GzipRecipe {
                 1 + writer.id().len() as u64 + 1 + 8 + points
             }
             DeflateRecipe::Pgzip { writer, .. } => 1 + writer.id().len() as u64 + 1 + 4 + 8,
-            DeflateRecipe::Preflate(chunks) => {
-                4 + chunks
-                    .iter()
-                    .map(|c| 8 + c.corrections.len() as u64)
-                    .sum::<u64>()
-            }
+            DeflateRecipe::Preflate(chunks) => preflate::chunks_len(chunks, has_verbatim(chunks)),
         };
         1 + 4 + self.header.len() as u64 + deflate + 4 + self.trailer.len() as u64
     }
@@ -497,13 +537,13 @@ impl GzipRecipe {
                 out.extend_from_slice(&plain_len.to_le_bytes());
             }
             DeflateRecipe::Preflate(chunks) => {
-                out.push(RECIPE_PREFLATE);
+                let verbatim = has_verbatim(chunks);
+                out.push(match verbatim {
+                    false => RECIPE_PREFLATE,
+                    true => RECIPE_PREFLATE_VERBATIM,
+                });
                 put_bytes(&mut out, &self.header);
-                out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-                for c in chunks {
-                    out.extend_from_slice(&(c.plain_len as u32).to_le_bytes());
-                    put_bytes(&mut out, &c.corrections);
-                }
+                preflate::put_chunks(&mut out, chunks, verbatim);
             }
         }
         put_bytes(&mut out, &self.trailer);
@@ -589,7 +629,15 @@ impl GzipRecipe {
                 plain_len,
             }
         } else {
-            DeflateRecipe::Preflate(take_chunks(&mut r, bytes.len(), max_chunks)?)
+            let verbatim = kind == RECIPE_PREFLATE_VERBATIM;
+            let chunks = preflate::take_chunks(&mut r, bytes.len(), max_chunks, verbatim)?;
+            if verbatim && !has_verbatim(&chunks) {
+                // Such a recipe is kind 1: one encoding per recipe.
+                return Err(RecipeError::Invalid(
+                    "a kind 6 recipe without a verbatim or restart chunk".into(),
+                ));
+            }
+            DeflateRecipe::Preflate(chunks)
         };
         let trailer = take_bytes(&mut r, MAX_FRAME_BYTES as u64)?;
         if r.position() != bytes.len() as u64 {
@@ -667,35 +715,11 @@ fn take_flushes(r: &mut Cursor<&[u8]>, plain_len: u64) -> Result<Vec<u64>, Recip
     Ok(flushes)
 }
 
-/// The chunks of a preflate recipe.
-fn take_chunks(
-    r: &mut Cursor<&[u8]>,
-    total: usize,
-    max_chunks: u64,
-) -> Result<Vec<RecipeChunk>, RecipeError> {
-    let count = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes"));
-    // Each chunk takes at least 8 bytes: a count the rest cannot hold is a lie; and a layer
-    // has only so many chunks (an empty chunk costs the decoder more than its 8 bytes).
-    if u64::from(count) * 8 > total as u64 || u64::from(count) > max_chunks {
-        return Err(RecipeError::Invalid(format!(
-            "{count} chunks declared in {total} bytes"
-        )));
-    }
-    let mut chunks = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let plain_len = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes")) as u64;
-        if plain_len > MAX_CHUNK_PLAIN {
-            return Err(RecipeError::Invalid(format!(
-                "a chunk of {plain_len} plain bytes (at most {MAX_CHUNK_PLAIN})"
-            )));
-        }
-        let corrections = take_bytes(r, total as u64)?;
-        chunks.push(RecipeChunk {
-            plain_len,
-            corrections,
-        });
-    }
-    Ok(chunks)
+/// True when a preflate recipe needs kind 6: a chunk that is not plain corrections.
+fn has_verbatim(chunks: &[RecipeChunk]) -> bool {
+    chunks
+        .iter()
+        .any(|c| !matches!(c.body, ChunkBody::Preflate(_)))
 }
 
 /// Most chunks a recipe for `plain_len` bytes of plain text can genuinely have: the analyser
@@ -1385,78 +1409,12 @@ fn fork_flushed<K: Copy, W: RacingWriter>(
 
 /// Streams a gzip blob once and returns the preflate recipe that recreates it from its plain
 /// text, checked (preflate recompresses every chunk from the recipe and compares) as it goes.
-/// `NotRecreatable` when the blob is not one deflate-compressed gzip member that preflate can
-/// model; the caller then stores the layer another way.
+/// Deflate blocks preflate cannot parse or model are kept verbatim (`gzip_recipe/preflate.rs`),
+/// so any valid deflate stream gets a recipe unless preflate models almost none of it.
+/// `NotRecreatable` when the blob is not one gzip member holding a valid deflate stream, or
+/// preflate fails on too many blocks in a row; the caller then stores the layer another way.
 pub fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
-    let mut blob = blob;
-    let mut pending = Vec::with_capacity(ANALYSE_STEP);
-    let header = read_header(&mut blob, &mut pending)?;
-
-    let config = PreflateConfig {
-        plain_text_limit: CHUNK_PLAIN_LIMIT,
-        verify_compression: true,
-        ..PreflateConfig::default()
-    };
-    let mut processor = PreflateStreamProcessor::new(&config);
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut plain_len = 0u64;
-    let mut chunks = Vec::new();
-    let mut at_end = false;
-    while !processor.is_done() {
-        if !at_end && pending.len() < ANALYSE_STEP {
-            at_end = !fill(&mut blob, &mut pending, ANALYSE_STEP)?;
-        }
-        let result = match processor.decompress(&pending) {
-            Ok(r) => r,
-            // Not one whole block yet: read more, unless there is no more.
-            Err(e) if e.exit_code() == ExitCode::ShortRead && !at_end => {
-                if pending.len() >= MAX_PENDING {
-                    return Err(RecipeError::NotRecreatable(
-                        "a deflate block spans more than 64 MiB".into(),
-                    ));
-                }
-                let want = pending.len() + ANALYSE_STEP;
-                at_end = !fill(&mut blob, &mut pending, want)?;
-                continue;
-            }
-            Err(e) => {
-                return Err(RecipeError::NotRecreatable(format!(
-                    "preflate: {:?}: {}",
-                    e.exit_code(),
-                    e.message()
-                )))
-            }
-        };
-        if result.compressed_size == 0 && !processor.is_done() {
-            if at_end {
-                return Err(RecipeError::NotRecreatable(
-                    "the deflate stream is truncated".into(),
-                ));
-            }
-            let want = pending.len() + ANALYSE_STEP;
-            at_end = !fill(&mut blob, &mut pending, want)?;
-            continue;
-        }
-        pending.drain(..result.compressed_size);
-        let text = processor.plain_text().text();
-        hasher.update(text);
-        plain_len += text.len() as u64;
-        chunks.push(RecipeChunk {
-            plain_len: text.len() as u64,
-            corrections: result.corrections,
-        });
-        processor.shrink_to_dictionary();
-    }
-    let trailer = read_trailer(&mut blob, pending)?;
-    Ok(Analysis {
-        recipe: GzipRecipe {
-            header,
-            deflate: DeflateRecipe::Preflate(chunks),
-            trailer,
-        },
-        plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
-        plain_len,
-    })
+    preflate::analyse(blob)
 }
 
 /// pgzip (level, block size) pairs [`analyse_pgzip`] races: the default level (what
@@ -1554,7 +1512,7 @@ pub fn recreate(
             plain_len,
             writer: PgzipWriterId::Pgzip1_2_5Klauspost1_15_12,
         } => recreate_pgzip(*level, *block_size, *plain_len, plain, out)?,
-        DeflateRecipe::Preflate(chunks) => recreate_preflate(chunks, plain, out)?,
+        DeflateRecipe::Preflate(chunks) => preflate::recreate(chunks, plain, out)?,
     }
     let mut extra = [0u8; 1];
     if plain.read(&mut extra)? != 0 {
@@ -1689,50 +1647,6 @@ fn recreate_threads() -> usize {
         .min(MAX_RECREATE_THREADS)
 }
 
-/// preflate's recompressor, chunk by chunk.
-fn recreate_preflate(
-    chunks: &[RecipeChunk],
-    plain: &mut impl Read,
-    out: &mut impl Write,
-) -> Result<(), RecipeError> {
-    let mut recreator = RecreateStreamProcessor::new();
-    let mut text = Vec::new();
-    let covered: u64 = chunks.iter().map(|c| c.plain_len).sum();
-    for (i, chunk) in chunks.iter().enumerate() {
-        if chunk.plain_len > MAX_CHUNK_PLAIN {
-            return Err(RecipeError::Invalid(format!(
-                "chunk {i} has {} plain bytes (at most {MAX_CHUNK_PLAIN})",
-                chunk.plain_len
-            )));
-        }
-        text.clear();
-        plain
-            .by_ref()
-            .take(chunk.plain_len)
-            .read_to_end(&mut text)?;
-        if text.len() as u64 != chunk.plain_len {
-            return Err(RecipeError::Invalid(format!(
-                "the layer ends inside chunk {i}: the recipe covers {covered} bytes"
-            )));
-        }
-        // preflate trusts its corrections and panics on some damaged ones (an index out of
-        // bounds): a recipe that does not fit its content is an invalid recipe, not a crash.
-        let recompressed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            recreator.recompress(&mut Cursor::new(&text), &chunk.corrections)
-        }))
-        .map_err(|_| RecipeError::Invalid(format!("chunk {i}: the corrections do not fit")))?;
-        let (deflate, _) = recompressed.map_err(|e| {
-            RecipeError::Invalid(format!(
-                "chunk {i}: preflate: {:?}: {}",
-                e.exit_code(),
-                e.message()
-            ))
-        })?;
-        out.write_all(&deflate)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1798,7 +1712,7 @@ mod tests {
         recipe
     }
 
-    fn round_trip(gz: &[u8], plain: &[u8]) -> GzipRecipe {
+    pub(super) fn round_trip(gz: &[u8], plain: &[u8]) -> GzipRecipe {
         round_trip_analysis(analyse(gz).expect("analysable"), gz, plain)
     }
 
@@ -2026,7 +1940,7 @@ mod tests {
             header: vec![],
             deflate: DeflateRecipe::Preflate(vec![RecipeChunk {
                 plain_len: u32::MAX as u64,
-                corrections: vec![],
+                body: ChunkBody::Preflate(vec![]),
             }]),
             trailer: vec![],
         }
@@ -2390,11 +2304,11 @@ mod tests {
         }
 
         // An unknown kind is its own refusal; every cut is refused.
-        let mut kind_6 = go.clone();
-        kind_6[0] = 6;
+        let mut kind_7 = go.clone();
+        kind_7[0] = 7;
         assert!(matches!(
-            GzipRecipe::from_bytes(&kind_6, 10),
-            Err(RecipeError::UnknownKind { kind: 6 })
+            GzipRecipe::from_bytes(&kind_7, 10),
+            Err(RecipeError::UnknownKind { kind: 7 })
         ));
         for cut in 0..go.len() {
             assert!(GzipRecipe::from_bytes(&go[..cut], 10).is_err(), "cut {cut}");

@@ -35,6 +35,7 @@ pub mod build;
 pub mod codec;
 pub mod container;
 pub mod covers;
+mod deflate_scan;
 pub mod delta;
 pub mod demo;
 pub mod error;

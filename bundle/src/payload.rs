@@ -526,6 +526,9 @@ impl<W: Write> PayloadWriter<W> {
             Some(&crate::gzip_recipe::RECIPE_GO_FLUSHED) => {
                 self.format_version = self.format_version.max(6);
             }
+            Some(&crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM) => {
+                self.format_version = self.format_version.max(7);
+            }
             _ => {}
         }
         self.inner.write_all(&[TAG_RECIPE])?;
@@ -830,9 +833,22 @@ mod tests {
         assert_eq!(w.format_version(), 6);
         w.recipe(2, &[crate::gzip_recipe::RECIPE_GO]).unwrap();
         assert_eq!(w.format_version(), 6);
+    }
+
+    #[test]
+    fn a_preflate_recipe_with_verbatim_blocks_raises_the_format_version_to_7() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.recipe(0, &[crate::gzip_recipe::RECIPE_PREFLATE]).unwrap();
+        assert_eq!(w.format_version(), 1);
+        w.recipe(1, &[crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM])
+            .unwrap();
+        assert_eq!(w.format_version(), 7);
+        w.recipe(2, &[crate::gzip_recipe::RECIPE_GO_FLUSHED])
+            .unwrap();
+        assert_eq!(w.format_version(), 7);
         assert_eq!(
             sideload_signing::FORMAT_VERSION,
-            6,
+            7,
             "devices read what builds write"
         );
     }

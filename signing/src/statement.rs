@@ -18,9 +18,10 @@ use crate::names::{Digest, RepositoryName, Tag};
 /// The newest bundle format version this code writes and reads. Version 2 added
 /// [`LayerStorage::SourceBlob`] (and the payload records it uses); version 3 the payload
 /// records MIX_RUNS and PATCH_BSDIFF_X86; version 4 the Go kind of gzip recipe; version 5 the
-/// pgzip kind; version 6 the kind for Go writers flushed before they were closed. A bundle is written with the lowest version that describes it, so devices that predate a version still apply what does not need it, and
+/// pgzip kind; version 6 the kind for Go writers flushed before they were closed; version 7
+/// the preflate kind that keeps some deflate blocks verbatim. A bundle is written with the lowest version that describes it, so devices that predate a version still apply what does not need it, and
 /// refuse the rest from its head, before its payload travels.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,1095 @@
+//! preflate recipes (kinds 1 and 6): `preflate-rs` 0.7.6's corrections, chunk by chunk, with
+//! the deflate blocks preflate cannot parse kept verbatim.
+//!
+//! # Why verbatim blocks
+//!
+//! preflate's parser refuses some valid deflate blocks (see [`crate::deflate_scan`]: most
+//! often the single one-bit distance code Go writes in a block with at most one distance code
+//! in use), and a refused block used to cost the whole blob. The analyser now walks the stream
+//! itself ([`scan_block`]) ahead of preflate, feeds preflate only runs of blocks it can parse,
+//! and keeps each refused block's bytes as they are (a *verbatim* chunk). Blocks preflate
+//! parses but cannot model (any other preflate error) go the same way, found by halving the
+//! run preflate failed on.
+//!
+//! # Restarting preflate after a verbatim chunk
+//!
+//! `preflate-rs` has no way to start a stream in the middle: its processors begin with an empty
+//! window at bit 0 of a byte. The blocks after a verbatim chunk start at any bit and copy from
+//! the 32 KiB of plain text before them. So a new preflate *run* starts on a synthetic stream:
+//! a prefix made from that window ([`run_prefix`]: a stored block holding it, then an empty
+//! dynamic block whose length puts the prefix's end on the same bit of a byte as the real
+//! block's start), then the real blocks. preflate parses the prefix's blocks with the real ones
+//! (so its model is estimated on real blocks), and the device, which knows the window and the
+//! bit, makes the same prefix, drops its bytes from preflate's output and puts back the low
+//! bits of the first real byte (`lead`: the end of the block before, which preflate never
+//! saw).
+//!
+//! Chunks, in stream order ([`ChunkBody`]): a run starts with the recipe's first chunk or with
+//! a restart chunk and goes on with plain preflate chunks; a verbatim chunk ends the run
+//! before it. Its bytes run from the byte holding its first block's first bit to the byte
+//! before the one holding the next block's first bit (or to the stream's end); the partial
+//! byte at either end is written by the chunk that holds its first bit, and completed by the
+//! restart chunk's `lead`.
+
+use std::collections::VecDeque;
+use std::io::{self, Cursor, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use preflate_rs::{
+    PreflateConfig, PreflateError, PreflateStreamProcessor, RecreateStreamProcessor,
+};
+use sideload_signing::Digest;
+
+use super::{
+    fill, read_header, read_trailer, take, take_bytes, Analysis, ChunkBody, DeflateRecipe,
+    GzipRecipe, RecipeChunk, RecipeError, ANALYSE_STEP, CHUNK_PLAIN_LIMIT, MAX_CHUNK_PLAIN,
+    MAX_PENDING,
+};
+use crate::deflate_scan::{scan_block, ScannedBlock};
+
+/// preflate's window: what a restarted run's prefix holds.
+const WINDOW: usize = 32 << 10;
+
+/// A stretch of blocks preflate could take between two refused ones that is shorter than this
+/// (compressed bytes) goes verbatim with them: restarting preflate costs more.
+const MIN_RUN_BYTES: u64 = 4 << 10;
+
+/// Blocks in a row that preflate parses but cannot model (kept verbatim one by one) before the
+/// analyser gives up on the stream: preflate does not model that compressor.
+const MAX_UNMODELLED: u32 = 16;
+
+/// Chunk type bytes of a kind 6 recipe.
+const CHUNK_PREFLATE: u8 = 0;
+const CHUNK_RESTART: u8 = 1;
+const CHUNK_VERBATIM: u8 = 2;
+
+/// Bytes [`put_chunks`] writes for `chunks` (`verbatim`: in kind 6's layout).
+pub(super) fn chunks_len(chunks: &[RecipeChunk], verbatim: bool) -> u64 {
+    4 + chunks
+        .iter()
+        .map(|c| {
+            let body = match &c.body {
+                ChunkBody::Preflate(b) | ChunkBody::Verbatim(b) => 4 + b.len() as u64,
+                ChunkBody::Restart { corrections, .. } => 2 + 4 + corrections.len() as u64,
+            };
+            u64::from(verbatim) + 4 + body
+        })
+        .sum::<u64>()
+}
+
+/// Writes the chunks: a u32 count, then per chunk (kind 6 only: a type byte,) the u32 plain
+/// length, (restart: the u8 alignment and the u8 lead,) and the u32-prefixed corrections or
+/// deflate bytes.
+pub(super) fn put_chunks(out: &mut Vec<u8>, chunks: &[RecipeChunk], verbatim: bool) {
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for c in chunks {
+        if verbatim {
+            out.push(match c.body {
+                ChunkBody::Preflate(_) => CHUNK_PREFLATE,
+                ChunkBody::Restart { .. } => CHUNK_RESTART,
+                ChunkBody::Verbatim(_) => CHUNK_VERBATIM,
+            });
+        }
+        out.extend_from_slice(&(c.plain_len as u32).to_le_bytes());
+        let bytes = match &c.body {
+            ChunkBody::Preflate(b) | ChunkBody::Verbatim(b) => b,
+            ChunkBody::Restart {
+                corrections,
+                align,
+                lead,
+            } => {
+                out.push(*align);
+                out.push(*lead);
+                corrections
+            }
+        };
+        super::put_bytes(out, bytes);
+    }
+}
+
+/// Parses what [`put_chunks`] wrote, at most `max_chunks` chunks; checks each field and the
+/// order (a chunk continues a run only after one of its run).
+pub(super) fn take_chunks(
+    r: &mut Cursor<&[u8]>,
+    total: usize,
+    max_chunks: u64,
+    verbatim: bool,
+) -> Result<Vec<RecipeChunk>, RecipeError> {
+    let count = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes"));
+    // Each chunk takes at least 8 bytes: a count the rest cannot hold is a lie; and a layer
+    // has only so many chunks (an empty chunk costs the decoder more than its 8 bytes).
+    if u64::from(count) * 8 > total as u64 || u64::from(count) > max_chunks {
+        return Err(RecipeError::Invalid(format!(
+            "{count} chunks declared in {total} bytes"
+        )));
+    }
+    let mut chunks: Vec<RecipeChunk> = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let kind = match verbatim {
+            true => take(r, 1)?[0],
+            false => CHUNK_PREFLATE,
+        };
+        let plain_len = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes")) as u64;
+        if plain_len > MAX_CHUNK_PLAIN {
+            return Err(RecipeError::Invalid(format!(
+                "a chunk of {plain_len} plain bytes (at most {MAX_CHUNK_PLAIN})"
+            )));
+        }
+        let body = match kind {
+            CHUNK_PREFLATE => {
+                if i > 0 && matches!(chunks[i as usize - 1].body, ChunkBody::Verbatim(_)) {
+                    return Err(RecipeError::Invalid(format!(
+                        "chunk {i} continues a preflate run after a verbatim chunk"
+                    )));
+                }
+                ChunkBody::Preflate(take_bytes(r, total as u64)?)
+            }
+            CHUNK_RESTART => {
+                let (align, lead) = (take(r, 1)?[0], take(r, 1)?[0]);
+                if align > 7 || u32::from(lead) >> align != 0 {
+                    return Err(RecipeError::Invalid(format!(
+                        "chunk {i} restarts at bit {align} with lead bits {lead:#x}"
+                    )));
+                }
+                ChunkBody::Restart {
+                    corrections: take_bytes(r, total as u64)?,
+                    align,
+                    lead,
+                }
+            }
+            CHUNK_VERBATIM => {
+                let bytes = take_bytes(r, total as u64)?;
+                if bytes.is_empty() {
+                    return Err(RecipeError::Invalid(format!("chunk {i} is empty")));
+                }
+                ChunkBody::Verbatim(bytes)
+            }
+            other => {
+                return Err(RecipeError::Invalid(format!(
+                    "chunk {i} of type {other}; update sideload on the device"
+                )))
+            }
+        };
+        chunks.push(RecipeChunk { plain_len, body });
+    }
+    Ok(chunks)
+}
+
+/// Writes `bits` low bits of `value`, least significant first, as deflate does.
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl BitWriter {
+    fn put(&mut self, value: u32, bits: u32) {
+        self.acc |= u64::from(value) << self.n;
+        self.n += bits;
+        while self.n >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    fn bits(&self) -> u64 {
+        self.out.len() as u64 * 8 + u64::from(self.n)
+    }
+
+    /// The bytes, the last one partial (zero-padded) unless the bits end on a byte.
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// The synthetic start of a restarted run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Prefix {
+    /// The prefix's deflate bytes; the last one partial unless `bits` is a multiple of 8.
+    bytes: Vec<u8>,
+    /// Its length in bits: `bits % 8` is the run's alignment.
+    bits: u64,
+    /// The plain text it decodes to (the window).
+    text_len: usize,
+}
+
+/// The deflate blocks a run that starts at bit `align` of a byte, after the plain text whose
+/// last 32 KiB (or all, if less) is `window`, is prefixed with: a stored block holding the
+/// window, then an empty dynamic block (non-final both) whose code length code count (HCLEN)
+/// makes the prefix `align` bits past a byte boundary. The empty block codes literals 0-14 and
+/// end-of-block with 4 bits each, distance codes 0-15 with 4 bits each: code length codes 4 and
+/// 18 with one bit each, so 69 + 3 × HCLEN bits, and the eight HCLEN from 12 to 19 reach every
+/// alignment. Part of the recipe format: analyser and device must make the same bytes.
+pub(super) fn run_prefix(window: &[u8], align: u8) -> Prefix {
+    let window = &window[window.len().saturating_sub(WINDOW)..];
+    let mut w = BitWriter::default();
+    // Stored block: BFINAL 0, BTYPE 00, padding to the byte, LEN, NLEN, the bytes.
+    w.put(0, 3);
+    w.put(0, 5);
+    w.put(window.len() as u32, 16);
+    w.put(!(window.len() as u32) & 0xffff, 16);
+    for &b in window {
+        w.put(u32::from(b), 8);
+    }
+    // Dynamic block: BFINAL 0, BTYPE 10.
+    let hclen = (12..=19u32)
+        .find(|h| (69 + 3 * h) % 8 == u32::from(align))
+        .expect("HCLEN 12-19 reach every alignment");
+    w.put(0b100, 3);
+    w.put(0, 5); // HLIT: 257 literal/length codes
+    w.put(15, 5); // HDIST: 16 distance codes
+    w.put(hclen - 4, 4);
+    // Code length code lengths in RFC 1951's order (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4,
+    // ...): 18 (third) and 4 (twelfth) get one bit, the others none.
+    for i in 0..hclen {
+        w.put(u32::from(i == 2 || i == 11), 3);
+    }
+    // Canonical codes: length code 4 is 0, 18 is 1.
+    let four = |w: &mut BitWriter| w.put(0, 1);
+    let zeros = |w: &mut BitWriter, n: u32| {
+        w.put(1, 1);
+        w.put(n - 11, 7);
+    };
+    (0..15).for_each(|_| four(&mut w)); // literals 0-14
+    zeros(&mut w, 138); // literals 15-152
+    zeros(&mut w, 103); // literals 153-255
+    four(&mut w); // end of block
+    (0..16).for_each(|_| four(&mut w)); // distance codes 0-15
+                                        // End of block: literals 0-14 take codes 0000-1110, so it is 1111.
+    w.put(0b1111, 4);
+    let bits = w.bits();
+    debug_assert_eq!(bits % 8, u64::from(align));
+    Prefix {
+        bytes: w.finish(),
+        bits,
+        text_len: window.len(),
+    }
+}
+
+/// The blob's deflate bytes, read as the scan needs them.
+struct Input<R> {
+    blob: R,
+    /// Stream bytes from byte `base` on.
+    buf: Vec<u8>,
+    base: u64,
+    at_end: bool,
+}
+
+impl<R: Read> Input<R> {
+    /// Reads `ANALYSE_STEP` more bytes (fewer at the end); false when there were none.
+    fn more(&mut self) -> io::Result<bool> {
+        let want = self.buf.len() + ANALYSE_STEP;
+        if !fill(&mut self.blob, &mut self.buf, want)? {
+            self.at_end = true;
+        }
+        Ok(!self.at_end || self.buf.len() < want)
+    }
+
+    /// Forgets the bytes before stream byte `byte`.
+    fn drop_before(&mut self, byte: u64) {
+        let n = (byte - self.base) as usize;
+        // In steps, so the buffer is not shifted for every chunk.
+        if n >= ANALYSE_STEP {
+            self.buf.drain(..n);
+            self.base = byte;
+        }
+    }
+
+    /// Stream bytes `[from, to)`.
+    fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        &self.buf[(from - self.base) as usize..(to - self.base) as usize]
+    }
+}
+
+/// Blocks scanned ahead of preflate, with their plain text.
+#[derive(Default)]
+struct Scan {
+    /// The plain text before `blocks` (its last 32 KiB at least, or all of it), then theirs.
+    text: Vec<u8>,
+    /// Where `blocks`' text starts in `text`.
+    text_at: usize,
+    /// Scanned blocks not yet in a chunk; bit positions in the stream.
+    blocks: VecDeque<ScannedBlock>,
+    /// Where the next block to scan starts.
+    next: u64,
+    /// The final block is scanned.
+    done: bool,
+}
+
+impl Scan {
+    /// Scans ahead of the first waiting block until a block ends more than a step
+    /// (`ANALYSE_STEP` compressed bytes) past its start, `CHUNK_PLAIN_LIMIT` bytes of plain
+    /// text wait, or the final block is scanned.
+    fn fill<R: Read>(&mut self, input: &mut Input<R>) -> Result<(), RecipeError> {
+        let step_end = |s: &Scan| match s.blocks.front() {
+            Some(first) => s.next >= first.start + ANALYSE_STEP as u64 * 8,
+            None => false,
+        };
+        while !self.done && self.text.len() - self.text_at <= CHUNK_PLAIN_LIMIT && !step_end(self) {
+            let from = self.next - input.base * 8;
+            match scan_block(&input.buf, from, &mut self.text, CHUNK_PLAIN_LIMIT) {
+                Ok(Some(b)) => {
+                    let block = ScannedBlock {
+                        start: self.next,
+                        end: b.end + input.base * 8,
+                        ..b
+                    };
+                    self.next = block.end;
+                    self.done = block.last;
+                    self.blocks.push_back(block);
+                }
+                Ok(None) => {
+                    if input.at_end {
+                        return Err(RecipeError::NotRecreatable(
+                            "the deflate stream is truncated".into(),
+                        ));
+                    }
+                    if input.buf.len() as u64 - from / 8 > MAX_PENDING as u64 {
+                        return Err(RecipeError::NotRecreatable(
+                            "a deflate block spans more than 64 MiB".into(),
+                        ));
+                    }
+                    input.more()?;
+                }
+                Err(e) => return Err(RecipeError::NotRecreatable(format!("deflate stream: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The plain text before the first waiting block (at most its last 32 KiB).
+    fn window(&self) -> &[u8] {
+        &self.text[self.text_at.saturating_sub(WINDOW)..self.text_at]
+    }
+
+    /// The first `n` waiting blocks' plain text.
+    fn text_of(&self, n: usize) -> &[u8] {
+        let len: usize = self.blocks.iter().take(n).map(|b| b.plain_len).sum();
+        &self.text[self.text_at..self.text_at + len]
+    }
+
+    /// Takes the first `n` waiting blocks; hashes their text.
+    fn pop(&mut self, n: usize, hasher: &mut ring::digest::Context) -> u64 {
+        let text = self.text_of(n);
+        hasher.update(text);
+        let len = text.len();
+        self.blocks.drain(..n);
+        self.text_at += len;
+        if self.text_at > 2 * WINDOW + (1 << 20) {
+            self.text.drain(..self.text_at - WINDOW);
+            self.text_at = WINDOW;
+        }
+        len as u64
+    }
+}
+
+/// A live preflate processor and where its run started.
+struct Run {
+    processor: PreflateStreamProcessor,
+    /// The prefix of a restarted run, until its first chunk is made.
+    prefix: Option<Prefix>,
+    /// Whether the run restarted (its first chunk is a restart chunk).
+    restarted: bool,
+    /// Chunks made.
+    chunks: usize,
+}
+
+/// What one call to preflate made.
+struct Made {
+    corrections: Vec<u8>,
+    /// Blocks it covered.
+    blocks: usize,
+}
+
+impl Run {
+    fn new(prefix: Option<Prefix>) -> Run {
+        let config = PreflateConfig {
+            plain_text_limit: CHUNK_PLAIN_LIMIT,
+            verify_compression: true,
+            ..PreflateConfig::default()
+        };
+        Run {
+            processor: PreflateStreamProcessor::new(&config),
+            restarted: prefix.is_some(),
+            prefix,
+            chunks: 0,
+        }
+    }
+
+    /// Gives preflate the first `n` waiting blocks (and, on a restarted run's first call, its
+    /// prefix); `Err` (the run is then dead) when preflate fails or covers something else.
+    fn feed<R: Read>(&mut self, input: &Input<R>, scan: &Scan, n: usize) -> Result<Made, String> {
+        let start = scan.blocks[0].start;
+        let end = scan.blocks[n - 1].end;
+        let mut data = Vec::new();
+        let mut first_real = start / 8;
+        if let Some(prefix) = &self.prefix {
+            data.extend_from_slice(&prefix.bytes);
+            if prefix.bits % 8 != 0 {
+                // The prefix's last byte holds the real stream's first bits above its own.
+                let mask = (1u8 << (prefix.bits % 8)) - 1;
+                let last = data.last_mut().expect("a prefix has bytes");
+                *last = (*last & mask) | (input.bytes(start / 8, start / 8 + 1)[0] & !mask);
+                first_real += 1;
+            }
+        }
+        data.extend_from_slice(input.bytes(first_real, end.div_ceil(8)));
+        if !end.is_multiple_of(8) {
+            // Hide the next block's first bits: preflate must stop at `end`, and sees a stored
+            // block header there that it cannot read to its end.
+            *data.last_mut().expect("not empty") &= (1u8 << (end % 8)) - 1;
+        }
+        let processor = &mut self.processor;
+        let result = catch_unwind(AssertUnwindSafe(|| processor.decompress(&data)))
+            .map_err(|_| "preflate panicked".to_string())?
+            .map_err(|e: PreflateError| format!("{:?}: {}", e.exit_code(), e.message()))?;
+        let prefix_blocks = if self.prefix.is_some() { 2 } else { 0 };
+        let blocks = result.blocks.len().saturating_sub(prefix_blocks);
+        if blocks == 0 || blocks > n {
+            return Err(format!(
+                "preflate covered {} of {n} blocks",
+                result.blocks.len()
+            ));
+        }
+        // Where preflate stopped, in the real stream; it must be after the block it says.
+        let consumed = match &self.prefix {
+            Some(p) => (start / 8 + result.compressed_size as u64).checked_sub(p.bits / 8),
+            None => Some(start / 8 + result.compressed_size as u64),
+        };
+        // (The final block's padding is preflate's too.)
+        let last = scan.blocks[blocks - 1];
+        let expected = match last.last {
+            true => last.end.div_ceil(8),
+            false => last.end / 8,
+        };
+        if consumed != Some(expected) {
+            return Err("preflate stopped off a block boundary".into());
+        }
+        let text = self.processor.plain_text().text();
+        let skip = self.prefix.as_ref().map_or(0, |p| p.text_len);
+        if text.get(skip..) != Some(scan.text_of(blocks)) {
+            return Err("preflate decoded other text".into());
+        }
+        self.processor.shrink_to_dictionary();
+        self.prefix = None;
+        self.chunks += 1;
+        Ok(Made {
+            corrections: result.corrections,
+            blocks,
+        })
+    }
+}
+
+/// How many waiting blocks go into a verbatim chunk, the first being one preflate refuses:
+/// it and the refused blocks after it, with short stretches of good blocks between them.
+fn verbatim_extent(blocks: &VecDeque<ScannedBlock>) -> usize {
+    let mut n = 1;
+    let mut plain = blocks[0].plain_len;
+    while n < blocks.len() {
+        let next_refused = blocks.iter().skip(n).position(|b| b.refusal.is_some());
+        let take = match next_refused {
+            Some(0) => 1,
+            Some(k) if blocks[n + k].start - blocks[n].start < MIN_RUN_BYTES * 8 => k + 1,
+            _ => break,
+        };
+        let more: usize = blocks.iter().skip(n).take(take).map(|b| b.plain_len).sum();
+        if plain + more > CHUNK_PLAIN_LIMIT {
+            break;
+        }
+        plain += more;
+        n += take;
+    }
+    n
+}
+
+/// Streams a gzip blob once and returns the preflate recipe that recreates it from its plain
+/// text, checked (preflate recompresses every chunk from the recipe and compares) as it goes.
+/// Blocks preflate cannot take are kept verbatim (module doc). `NotRecreatable` when the blob
+/// is not one gzip member holding a valid deflate stream, or preflate models too little of it.
+pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
+    let mut input = Input {
+        blob,
+        buf: Vec::with_capacity(ANALYSE_STEP),
+        base: 0,
+        at_end: false,
+    };
+    // What is read past the header is the stream's first bytes.
+    let header = read_header(&mut input.blob, &mut input.buf)?;
+    let mut scan = Scan::default();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut plain_len = 0u64;
+    let mut chunks: Vec<RecipeChunk> = Vec::new();
+    let mut run: Option<Run> = None;
+    // Blocks the next call may cover, while a failure is being narrowed down.
+    let mut limit: Option<usize> = None;
+    let mut unmodelled = 0u32;
+    let mut last_end = 0u64;
+    loop {
+        scan.fill(&mut input)?;
+        let Some(first) = scan.blocks.front().copied() else {
+            break;
+        };
+        if first.refusal.is_none() {
+            // As before verbatim chunks, preflate gets a step of compressed bytes at a time.
+            let step_end = first.start / 8 + ANALYSE_STEP as u64;
+            let good = scan
+                .blocks
+                .iter()
+                .take_while(|b| b.refusal.is_none() && b.end.div_ceil(8) <= step_end)
+                .count()
+                .max(1);
+            let n = limit.map_or(good, |l| l.min(good));
+            let live = run.get_or_insert_with(|| match first.start {
+                0 => Run::new(None),
+                at => Run::new(Some(run_prefix(scan.window(), (at % 8) as u8))),
+            });
+            match live.feed(&input, &scan, n) {
+                Ok(made) => {
+                    let body = match (live.restarted, live.chunks) {
+                        (true, 1) => {
+                            let align = (first.start % 8) as u8;
+                            let byte = input.bytes(first.start / 8, first.start / 8 + 1)[0];
+                            ChunkBody::Restart {
+                                corrections: made.corrections,
+                                align,
+                                lead: byte & ((1u16 << align) - 1) as u8,
+                            }
+                        }
+                        _ => ChunkBody::Preflate(made.corrections),
+                    };
+                    last_end = scan.blocks[made.blocks - 1].end;
+                    let len = scan.pop(made.blocks, &mut hasher);
+                    plain_len += len;
+                    chunks.push(RecipeChunk {
+                        plain_len: len,
+                        body,
+                    });
+                    unmodelled = 0;
+                    limit = limit.map(|l| l * 2).filter(|&l| l < 1 << 16);
+                }
+                Err(why) if n > 1 => {
+                    tracing::debug!(blocks = n, why, "preflate failed; narrowing down");
+                    run = None;
+                    limit = Some(n / 2);
+                    continue;
+                }
+                Err(why) => {
+                    unmodelled += 1;
+                    if unmodelled > MAX_UNMODELLED {
+                        return Err(RecipeError::NotRecreatable(format!("preflate: {why}")));
+                    }
+                    tracing::debug!(why, "preflate failed on one block; kept verbatim");
+                    run = None;
+                    limit = Some(1);
+                    last_end = verbatim(
+                        &mut scan,
+                        &input,
+                        1,
+                        &mut chunks,
+                        &mut hasher,
+                        &mut plain_len,
+                    );
+                }
+            }
+        } else {
+            run = None;
+            let n = verbatim_extent(&scan.blocks);
+            last_end = verbatim(
+                &mut scan,
+                &input,
+                n,
+                &mut chunks,
+                &mut hasher,
+                &mut plain_len,
+            );
+        }
+        input.drop_before(last_end / 8);
+    }
+    debug_assert!(scan.done, "the scan stops only at the final block");
+    let stream_end = last_end.div_ceil(8);
+    let rest = input
+        .bytes(stream_end, input.base + input.buf.len() as u64)
+        .to_vec();
+    let trailer = read_trailer(&mut input.blob, rest)?;
+    Ok(Analysis {
+        recipe: GzipRecipe {
+            header,
+            deflate: DeflateRecipe::Preflate(chunks),
+            trailer,
+        },
+        plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
+        plain_len,
+    })
+}
+
+/// Makes the first `n` waiting blocks a verbatim chunk; returns where they end.
+fn verbatim<R: Read>(
+    scan: &mut Scan,
+    input: &Input<R>,
+    n: usize,
+    chunks: &mut Vec<RecipeChunk>,
+    hasher: &mut ring::digest::Context,
+    plain_len: &mut u64,
+) -> u64 {
+    let start = scan.blocks[0].start;
+    let last = scan.blocks[n - 1];
+    // To the byte holding the next block's first bit, or through the final block's padding.
+    let to = match last.last {
+        true => last.end.div_ceil(8),
+        false => last.end / 8,
+    };
+    let bytes = input.bytes(start / 8, to).to_vec();
+    let len = scan.pop(n, hasher);
+    *plain_len += len;
+    chunks.push(RecipeChunk {
+        plain_len: len,
+        body: ChunkBody::Verbatim(bytes),
+    });
+    last.end
+}
+
+/// A preflate run on the device.
+struct DeviceRun {
+    recreator: RecreateStreamProcessor,
+    /// A restarted run's prefix and lead bits, until its output passed them.
+    prefix: Option<(Prefix, u8)>,
+    /// Bytes the recreator wrote so far.
+    written: u64,
+}
+
+impl DeviceRun {
+    /// Recompresses one chunk; writes its real bytes.
+    fn chunk(
+        &mut self,
+        i: usize,
+        text: &[u8],
+        corrections: &[u8],
+        out: &mut impl Write,
+    ) -> Result<(), RecipeError> {
+        // preflate trusts its corrections and panics on some damaged ones (an index out of
+        // bounds): a recipe that does not fit its content is an invalid recipe, not a crash.
+        let recreator = &mut self.recreator;
+        let recompressed = catch_unwind(AssertUnwindSafe(|| {
+            recreator.recompress(&mut Cursor::new(text), corrections)
+        }))
+        .map_err(|_| RecipeError::Invalid(format!("chunk {i}: the corrections do not fit")))?;
+        let (mut deflate, _) = recompressed.map_err(|e| {
+            RecipeError::Invalid(format!(
+                "chunk {i}: preflate: {:?}: {}",
+                e.exit_code(),
+                e.message()
+            ))
+        })?;
+        // `deflate` starts at byte `at` of the run's output.
+        let at = self.written;
+        self.written += deflate.len() as u64;
+        let Some((prefix, lead)) = &self.prefix else {
+            out.write_all(&deflate)?;
+            return Ok(());
+        };
+        // The prefix's whole bytes are the device's own, not the stream's: check and drop them.
+        let whole = prefix.bits / 8;
+        let ours = whole.saturating_sub(at).min(deflate.len() as u64) as usize;
+        let expected = prefix.bytes.get(at as usize..at as usize + ours);
+        if expected != Some(&deflate[..ours]) {
+            return Err(RecipeError::Invalid(format!(
+                "chunk {i}: preflate did not write the run's prefix"
+            )));
+        }
+        let mut real = deflate.split_off(ours);
+        if prefix.bits % 8 != 0 && at <= whole && whole < self.written {
+            // The byte the prefix shares with the first real block: its low bits are the end
+            // of the block before, which the restart chunk carries.
+            let mask = (1u8 << (prefix.bits % 8)) - 1;
+            if real[0] & mask != prefix.bytes[whole as usize] & mask {
+                return Err(RecipeError::Invalid(format!(
+                    "chunk {i}: preflate did not write the run's prefix"
+                )));
+            }
+            real[0] = (real[0] & !mask) | lead;
+        }
+        if self.written > whole {
+            self.prefix = None;
+        }
+        out.write_all(&real)?;
+        Ok(())
+    }
+}
+
+/// preflate's recompressor, chunk by chunk; verbatim chunks as they are.
+pub(super) fn recreate(
+    chunks: &[RecipeChunk],
+    plain: &mut impl Read,
+    out: &mut impl Write,
+) -> Result<(), RecipeError> {
+    let mut run: Option<DeviceRun> = None;
+    // The last 32 KiB of plain text before the chunk, for a restart's prefix.
+    let mut window: Vec<u8> = Vec::new();
+    let mut text = Vec::new();
+    let covered: u64 = chunks.iter().map(|c| c.plain_len).sum();
+    for (i, chunk) in chunks.iter().enumerate() {
+        if chunk.plain_len > MAX_CHUNK_PLAIN {
+            return Err(RecipeError::Invalid(format!(
+                "chunk {i} has {} plain bytes (at most {MAX_CHUNK_PLAIN})",
+                chunk.plain_len
+            )));
+        }
+        text.clear();
+        let restart = match &chunk.body {
+            ChunkBody::Restart { align, .. } => Some(run_prefix(&window, *align)),
+            _ => None,
+        };
+        if let Some(p) = &restart {
+            // preflate recompresses the prefix's text before the chunk's.
+            text.extend_from_slice(&window[window.len() - p.text_len..]);
+        }
+        let prefix_len = text.len();
+        plain
+            .by_ref()
+            .take(chunk.plain_len)
+            .read_to_end(&mut text)?;
+        if (text.len() - prefix_len) as u64 != chunk.plain_len {
+            return Err(RecipeError::Invalid(format!(
+                "the layer ends inside chunk {i}: the recipe covers {covered} bytes"
+            )));
+        }
+        match &chunk.body {
+            ChunkBody::Verbatim(bytes) => {
+                run = None;
+                out.write_all(bytes)?;
+            }
+            ChunkBody::Preflate(corrections) => {
+                if i == 0 {
+                    run = Some(DeviceRun {
+                        recreator: RecreateStreamProcessor::new(),
+                        prefix: None,
+                        written: 0,
+                    });
+                }
+                let Some(run) = run.as_mut() else {
+                    return Err(RecipeError::Invalid(format!(
+                        "chunk {i} continues no preflate run"
+                    )));
+                };
+                run.chunk(i, &text, corrections, out)?;
+            }
+            ChunkBody::Restart {
+                corrections, lead, ..
+            } => {
+                let prefix = restart.expect("made above");
+                run.insert(DeviceRun {
+                    recreator: RecreateStreamProcessor::new(),
+                    prefix: Some((prefix, *lead)),
+                    written: 0,
+                })
+                .chunk(i, &text, corrections, out)?;
+            }
+        }
+        let new = &text[prefix_len..];
+        if new.len() >= WINDOW {
+            window.clear();
+            window.extend_from_slice(&new[new.len() - WINDOW..]);
+        } else {
+            window.extend_from_slice(new);
+            let excess = window.len().saturating_sub(WINDOW);
+            window.drain(..excess);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gzip_recipe::tests::{round_trip, sample};
+    use crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM;
+
+    /// Appends the first `bits` bits of `bytes`.
+    fn append(w: &mut BitWriter, bytes: &[u8], bits: u64) {
+        for i in 0..bits {
+            w.put(u32::from(bytes[(i / 8) as usize] >> (i % 8) & 1), 1);
+        }
+    }
+
+    /// zlib's blocks for `text` (level 6, no stored block), `last` or not: the stream's bits
+    /// up to its final block's end, with that block's BFINAL bit cleared unless `last`.
+    fn zlib_blocks(text: &[u8], last: bool) -> (Vec<u8>, u64) {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+        enc.write_all(text).unwrap();
+        let mut stream = enc.finish().unwrap();
+        let (mut at, mut scanned) = (0, Vec::new());
+        let final_block = loop {
+            let b = scan_block(&stream, at, &mut scanned, usize::MAX / 2)
+                .unwrap()
+                .unwrap();
+            assert!(b.refusal.is_none());
+            if b.last {
+                break b;
+            }
+            at = b.end;
+        };
+        if !last {
+            stream[(final_block.start / 8) as usize] &= !(1 << (final_block.start % 8));
+        }
+        (stream, final_block.end)
+    }
+
+    /// A dynamic block as Go writes one without matches: `text` as literals, and a distance
+    /// code of a single one-bit code, which preflate refuses. Literals 0-253 get 8 bits,
+    /// 254, 255, end-of-block and length code 257 get 9 (so 0xff bytes shift the block's end).
+    fn go_literal_block(w: &mut BitWriter, text: &[u8], last: bool) {
+        w.put(u32::from(last), 1);
+        w.put(2, 2);
+        w.put(1, 5); // HLIT: 258
+        w.put(0, 5); // HDIST: 1
+        w.put(18 - 4, 4); // HCLEN: through code length code 1
+                          // Code length codes 8 (one bit), 9 and 1 (two bits each): 8 = 0, 1 = 10, 9 = 11.
+        const ORDER: [usize; 18] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1];
+        for sym in ORDER {
+            w.put(
+                match sym {
+                    8 => 1,
+                    9 | 1 => 2,
+                    _ => 0,
+                },
+                3,
+            );
+        }
+        (0..254).for_each(|_| w.put(0, 1)); // literals 0-253: 8
+        (0..4).for_each(|_| w.put(0b11, 2)); // 254, 255, end-of-block, 257: 9
+        w.put(0b01, 2); // distance code 0: 1
+                        // Canonical literal codes: 0-253 are 0..=253 in 8 bits, then 254.. in 9 bits from
+                        // 508; most significant bit first.
+        let code =
+            |w: &mut BitWriter, code: u32, len: u32| w.put(code.reverse_bits() >> (32 - len), len);
+        for &b in text {
+            match b {
+                0..=253 => code(w, u32::from(b), 8),
+                _ => code(w, 508 + u32::from(b - 254), 9),
+            }
+        }
+        code(w, 510, 9);
+    }
+
+    /// A gzip member around a raw deflate stream.
+    fn gzip_member(stream: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        gz.extend_from_slice(stream);
+        let mut crc = flate2::Crc::new();
+        crc.update(plain);
+        gz.extend_from_slice(&crc.sum().to_le_bytes());
+        gz.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+        gz
+    }
+
+    /// The recipe's verbatim chunks and their bytes.
+    fn verbatim_chunks(recipe: &GzipRecipe) -> (usize, usize) {
+        let DeflateRecipe::Preflate(chunks) = &recipe.deflate else {
+            panic!("{recipe:?}")
+        };
+        chunks
+            .iter()
+            .filter_map(|c| match &c.body {
+                ChunkBody::Verbatim(b) => Some(b.len()),
+                _ => None,
+            })
+            .fold((0, 0), |(n, sum), len| (n + 1, sum + len))
+    }
+
+    /// A stream of pieces: zlib blocks (`Z`) and Go-style blocks preflate refuses (`G`).
+    enum Piece<'a> {
+        Z(&'a [u8]),
+        G(&'a [u8]),
+    }
+
+    fn stream(pieces: &[Piece]) -> (Vec<u8>, Vec<u8>) {
+        let mut w = BitWriter::default();
+        let mut plain = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            match piece {
+                Piece::Z(text) => {
+                    let (bytes, bits) = zlib_blocks(text, last);
+                    append(&mut w, &bytes, bits);
+                    plain.extend_from_slice(text);
+                }
+                Piece::G(text) => {
+                    go_literal_block(&mut w, text, last);
+                    plain.extend_from_slice(text);
+                }
+            }
+        }
+        (gzip_member(&w.finish(), &plain), plain)
+    }
+
+    #[test]
+    fn a_block_preflate_refuses_is_kept_verbatim_at_every_bit_alignment() {
+        // Before verbatim chunks, such a stream had no recipe ("Invalid Huffman code
+        // lengths"): the blob went whole.
+        let text = sample(900_000);
+        let refused: Vec<u8> = text[300_000..320_000].iter().map(|&b| b % 254).collect();
+        let mut ends = std::collections::BTreeSet::new();
+        for shift in 0..8 {
+            // Each 0xff adds one bit to the refused block: the blocks after it start at every
+            // bit of a byte.
+            let mut go = refused.clone();
+            go.extend(std::iter::repeat_n(0xff, shift));
+            let (gz, plain) = stream(&[
+                Piece::Z(&text[..300_000]),
+                Piece::G(&go),
+                Piece::Z(&text[320_000..]),
+            ]);
+            let recipe = round_trip(&gz, &plain);
+            assert_eq!(recipe.to_bytes()[0], RECIPE_PREFLATE_VERBATIM);
+            let (n, bytes) = verbatim_chunks(&recipe);
+            assert_eq!(n, 1, "shift {shift}");
+            assert!(
+                bytes.abs_diff(go.len()) < 400,
+                "shift {shift}: {bytes} verbatim bytes"
+            );
+            assert!(
+                recipe.describe().contains("1 verbatim"),
+                "{}",
+                recipe.describe()
+            );
+            let DeflateRecipe::Preflate(chunks) = &recipe.deflate else {
+                unreachable!()
+            };
+            let restart = chunks.iter().find_map(|c| match c.body {
+                ChunkBody::Restart { align, .. } => Some(align),
+                _ => None,
+            });
+            ends.insert(restart.expect("preflate restarts after the verbatim chunk"));
+        }
+        assert_eq!(ends.len(), 8, "restarts at every alignment: {ends:?}");
+    }
+
+    #[test]
+    fn refused_blocks_first_last_and_close_together() {
+        let text = sample(700_000);
+        let go =
+            |r: std::ops::Range<usize>| -> Vec<u8> { text[r].iter().map(|&b| b % 254).collect() };
+        let (g1, g2) = (go(100_000..110_000), go(110_500..120_000));
+        // First block refused, then preflate from a restart.
+        let (gz, plain) = stream(&[Piece::G(&g1), Piece::Z(&text[200_000..])]);
+        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
+        // The final block refused: the verbatim chunk runs through the stream's end.
+        let (gz, plain) = stream(&[Piece::Z(&text[..100_000]), Piece::G(&g1)]);
+        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
+        // Two refused blocks with a few hundred bytes between: one verbatim chunk.
+        let (gz, plain) = stream(&[
+            Piece::Z(&text[..100_000]),
+            Piece::G(&g1),
+            Piece::Z(&text[110_000..110_500]),
+            Piece::G(&g2),
+            Piece::Z(&text[120_000..]),
+        ]);
+        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
+        // With a long stretch between: two, and preflate restarts after each.
+        let (gz, plain) = stream(&[
+            Piece::Z(&text[..100_000]),
+            Piece::G(&g1),
+            Piece::Z(&text[200_000..400_000]),
+            Piece::G(&g2),
+            Piece::Z(&text[400_000..]),
+        ]);
+        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 2);
+        // Nothing but refused blocks.
+        let (gz, plain) = stream(&[Piece::G(&g1), Piece::G(&g2)]);
+        let recipe = round_trip(&gz, &plain);
+        assert_eq!(verbatim_chunks(&recipe).0, 1);
+    }
+
+    #[test]
+    fn the_run_prefix_is_pinned_and_parses_at_every_alignment() {
+        // Part of the recipe format: a device must make the prefix the analyser made.
+        let text = sample(50_000);
+        let mut all = Vec::new();
+        for window in [&text[..0], &text[..1000], &text[..]] {
+            for align in 0..8 {
+                let p = run_prefix(window, align);
+                assert_eq!(p.bits % 8, u64::from(align));
+                assert_eq!(p.text_len, window.len().min(WINDOW));
+                // Two non-final blocks preflate can parse, decoding to the window's tail.
+                let mut decoded = Vec::new();
+                let a = scan_block(&p.bytes, 0, &mut decoded, 1 << 20)
+                    .unwrap()
+                    .unwrap();
+                let b = scan_block(&p.bytes, a.end, &mut decoded, 1 << 20)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(b.end, p.bits);
+                assert!(!a.last && !b.last && a.refusal.is_none() && b.refusal.is_none());
+                assert_eq!(decoded, window[window.len() - p.text_len..]);
+                all.extend_from_slice(&p.bytes);
+            }
+        }
+        assert_eq!(
+            Digest::of_bytes(&all).to_string(),
+            "sha256:16a86a52e465b689a47000186de06593c6911c4f7db3b5a5ea7a18619500f08c"
+        );
+    }
+
+    #[test]
+    fn kind_6_recipes_are_checked_chunk_by_chunk() {
+        let chunk = |body| RecipeChunk {
+            plain_len: 10,
+            body,
+        };
+        let restart = |align, lead| {
+            chunk(ChunkBody::Restart {
+                corrections: vec![1, 2],
+                align,
+                lead,
+            })
+        };
+        let recipe = |chunks| GzipRecipe {
+            header: vec![0x1f, 0x8b],
+            deflate: DeflateRecipe::Preflate(chunks),
+            trailer: vec![0; 8],
+        };
+        let good = recipe(vec![
+            chunk(ChunkBody::Preflate(vec![9])),
+            chunk(ChunkBody::Verbatim(vec![1, 2, 3])),
+            restart(5, 0b10101),
+            chunk(ChunkBody::Preflate(vec![7])),
+        ]);
+        let bytes = good.to_bytes();
+        assert_eq!(bytes[0], RECIPE_PREFLATE_VERBATIM);
+        assert_eq!(bytes.len() as u64, good.encoded_len());
+        assert_eq!(GzipRecipe::from_bytes(&bytes, 10).unwrap(), good);
+        for cut in 0..bytes.len() {
+            assert!(
+                GzipRecipe::from_bytes(&bytes[..cut], 10).is_err(),
+                "cut {cut}"
+            );
+        }
+        let refused = |chunks| {
+            let e = GzipRecipe::from_bytes(&recipe(chunks).to_bytes(), 10).unwrap_err();
+            assert!(matches!(e, RecipeError::Invalid(_)), "{e:?}");
+        };
+        // Lead bits above the alignment, an alignment past the byte, an empty verbatim
+        // chunk, a run continued after a verbatim chunk.
+        refused(vec![restart(3, 0b1000)]);
+        refused(vec![restart(8, 0)]);
+        refused(vec![chunk(ChunkBody::Verbatim(vec![]))]);
+        refused(vec![
+            chunk(ChunkBody::Verbatim(vec![1])),
+            chunk(ChunkBody::Preflate(vec![])),
+        ]);
+        // An unknown chunk type; kind 6 without a chunk that needs it.
+        let mut unknown = bytes.clone();
+        let first_type = 1 + 4 + 2 + 4;
+        unknown[first_type] = 3;
+        assert!(GzipRecipe::from_bytes(&unknown, 10).is_err());
+        let mut plain = recipe(vec![chunk(ChunkBody::Preflate(vec![9]))]).to_bytes();
+        assert_eq!(plain[0], crate::gzip_recipe::RECIPE_PREFLATE);
+        plain[0] = RECIPE_PREFLATE_VERBATIM;
+        assert!(GzipRecipe::from_bytes(&plain, 10).is_err());
+    }
+}
