@@ -10,9 +10,12 @@
 //! or none at all; zlib's and Go's inflaters accept both. Go's `compress/flate` writes a single
 //! one-bit distance code in every dynamic block that has at most one distance code in use
 //! (`huffmanEncoder.generate` gives each of one or two symbols one bit, and a block without
-//! matches counts one distance code 0), zlib never does (it always codes two). The recipe's
-//! analyser asks [`scan_block`] about each block before preflate sees it, feeds preflate only
-//! the blocks it can parse, and keeps the others verbatim.
+//! matches counts one distance code 0), and so does klauspost's flate; zlib never does (it
+//! always codes two). preflate also refuses a length of 258 coded as code 284 with all extra
+//! bits set, and non-zero padding bits, both of which inflaters accept. The recipe's analyser
+//! asks [`scan_block`] about each block before preflate sees it, feeds preflate only the blocks
+//! it can parse, and writes the others without it: verbatim, or re-encoded from their header,
+//! plain text and matches by [`encode_block`] (`gzip_recipe/preflate.rs`).
 //!
 //! The scanner is a complete inflater (it checks what zlib checks and writes the plain text),
 //! so a stream it accepts is a valid deflate stream. It keeps no state between blocks but the
@@ -50,6 +53,24 @@ pub(crate) struct ScannedBlock {
     pub plain_len: usize,
     /// Why preflate cannot parse it, if it cannot.
     pub refusal: Option<PreflateRefusal>,
+    /// For a dynamic block, the bit after its last code length (where its codes start);
+    /// `start` for the others.
+    pub header_end: u64,
+    /// A dynamic block that [`encode_block`] writes again, bit for bit, from its header, its
+    /// plain text and its matches (no length 258 coded the long way, zero padding if final).
+    pub reencodable: bool,
+}
+
+/// A back-reference of a deflate block, after `literals` literals since the block's start or
+/// the match before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// Literals before it.
+    pub literals: u32,
+    /// 3-258.
+    pub len: u16,
+    /// 1-32768.
+    pub dist: u16,
 }
 
 /// Why a stream is not valid deflate.
@@ -71,22 +92,41 @@ pub(crate) fn scan_block(
     text: &mut Vec<u8>,
     max_plain: usize,
 ) -> Result<Option<ScannedBlock>, Invalid> {
+    scan_block_matches(data, start, text, max_plain, None)
+}
+
+/// [`scan_block`], also listing the block's matches in `matches` (cleared first).
+pub(crate) fn scan_block_matches(
+    data: &[u8],
+    start: u64,
+    text: &mut Vec<u8>,
+    max_plain: usize,
+    mut matches: Option<&mut Vec<Match>>,
+) -> Result<Option<ScannedBlock>, Invalid> {
     let before = text.len();
     let mut bits = Bits {
         data,
         pos: start,
         end: data.len() as u64 * 8,
     };
-    match block(&mut bits, text, before + max_plain) {
-        Ok((last, refusal)) => Ok(Some(ScannedBlock {
-            start,
-            end: bits.pos,
-            last,
-            plain_len: text.len() - before,
-            refusal: refusal.or_else(|| {
-                (last && bad_padding(&bits)).then_some(PreflateRefusal::NonZeroPadding)
-            }),
-        })),
+    if let Some(m) = matches.as_deref_mut() {
+        m.clear();
+    }
+    match block(&mut bits, text, before + max_plain, matches) {
+        Ok(found) => {
+            let padding = found.last && bad_padding(&bits);
+            Ok(Some(ScannedBlock {
+                start,
+                end: bits.pos,
+                last: found.last,
+                plain_len: text.len() - before,
+                refusal: found
+                    .refusal
+                    .or(padding.then_some(PreflateRefusal::NonZeroPadding)),
+                header_end: found.header_end.unwrap_or(start),
+                reencodable: found.header_end.is_some() && !found.long258 && !padding,
+            }))
+        }
         Err(Step::Short) => {
             text.truncate(before);
             Ok(None)
@@ -163,6 +203,8 @@ struct Huffman {
     symbols: Vec<u16>,
     /// By the next `FAST_BITS` bits: `symbol << 4 | length` for codes that short, 0 otherwise.
     fast: Vec<u32>,
+    /// By symbol: its code as the stream holds it (bit-reversed) and its length (0: none).
+    codes: Vec<(u32, u8)>,
 }
 
 /// How a set of code lengths fills the code space.
@@ -203,6 +245,7 @@ impl Huffman {
         }
         let mut symbols = vec![0u16; lengths.iter().filter(|&&l| l != 0).count()];
         let mut fast = vec![0u32; 1 << FAST_BITS];
+        let mut codes = vec![(0u32, 0u8); lengths.len()];
         // RFC 1951's canonical codes: the first code of each length.
         let mut next = [0u32; 16];
         let mut code = 0u32;
@@ -219,9 +262,10 @@ impl Huffman {
             offsets[len] += 1;
             let code = next[len];
             next[len] += 1;
+            // The stream holds the code's bits most significant first.
+            let reversed = code.reverse_bits() >> (32 - len);
+            codes[sym] = (reversed, len as u8);
             if len as u32 <= FAST_BITS {
-                // The stream holds the code's bits most significant first.
-                let reversed = code.reverse_bits() >> (32 - len);
                 let mut i = reversed as usize;
                 while i < fast.len() {
                     fast[i] = (sym as u32) << 4 | len as u32;
@@ -234,6 +278,7 @@ impl Huffman {
                 count,
                 symbols,
                 fast,
+                codes,
             },
             fill,
         ))
@@ -301,17 +346,34 @@ const CODEGEN_ORDER: [usize; 19] = [
     16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
+/// What [`block`] found.
+struct Found {
+    last: bool,
+    refusal: Option<PreflateRefusal>,
+    /// Where a dynamic block's codes start.
+    header_end: Option<u64>,
+    /// A length 258 coded as code 284 with all extra bits set.
+    long258: bool,
+}
+
 /// One block: its BFINAL bit and what preflate makes of it.
 fn block(
     bits: &mut Bits,
     text: &mut Vec<u8>,
     max_text: usize,
-) -> Result<(bool, Option<PreflateRefusal>), Step> {
+    matches: Option<&mut Vec<Match>>,
+) -> Result<Found, Step> {
     let last = bits.take(1)? == 1;
+    let mut found = Found {
+        last,
+        refusal: None,
+        header_end: None,
+        long258: false,
+    };
     match bits.take(2)? {
         0 => {
             let pad = ((8 - bits.pos % 8) % 8) as u32;
-            let refusal = (bits.take(pad)? != 0).then_some(PreflateRefusal::NonZeroPadding);
+            found.refusal = (bits.take(pad)? != 0).then_some(PreflateRefusal::NonZeroPadding);
             let len = bits.take(16)?;
             if bits.take(16)? != !len & 0xffff {
                 return invalid("stored block length does not match its complement");
@@ -323,81 +385,100 @@ fn block(
             }
             text.extend_from_slice(stored);
             bits.pos += u64::from(len) * 8;
-            Ok((last, refusal))
         }
         1 => {
             let (lit, dist) = fixed();
-            Ok((last, codes(bits, lit, dist, text, max_text)?))
+            found.long258 = codes(bits, lit, dist, text, max_text, matches)?;
+            found.refusal = found.long258.then_some(PreflateRefusal::Long258);
         }
         2 => {
-            let hlit = bits.take(5)? as usize + 257;
-            let hdist = bits.take(5)? as usize + 1;
-            let hclen = bits.take(4)? as usize + 4;
-            if hlit > 286 || hdist > 30 {
-                return invalid("too many length or distance symbols");
-            }
-            let mut codegen_lengths = [0u8; 19];
-            for &i in &CODEGEN_ORDER[..hclen] {
-                codegen_lengths[i] = bits.take(3)? as u8;
-            }
-            let (codegen, fill) = Huffman::new(&codegen_lengths)?;
-            if fill != Fill::Complete {
-                return invalid("incomplete code length code");
-            }
-            let mut lengths = [0u8; 286 + 30];
-            let mut n = 0;
-            while n < hlit + hdist {
-                let (value, repeat) = match codegen.decode(bits)? {
-                    sym @ 0..=15 => (sym as u8, 1),
-                    16 => {
-                        if n == 0 {
-                            return invalid("length repeat with no first length");
-                        }
-                        (lengths[n - 1], 3 + bits.take(2)? as usize)
-                    }
-                    17 => (0, 3 + bits.take(3)? as usize),
-                    _ => (0, 11 + bits.take(7)? as usize),
-                };
-                if n + repeat > hlit + hdist {
-                    return invalid("length repeat past the last length");
-                }
-                lengths[n..n + repeat].fill(value);
-                n += repeat;
-            }
-            if lengths[256] == 0 {
-                return invalid("no end-of-block code");
-            }
-            let (lit, lit_fill) = Huffman::new(&lengths[..hlit])?;
-            let (dist, dist_fill) = Huffman::new(&lengths[hlit..hlit + hdist])?;
-            let refusal = (lit_fill == Fill::Sparse || dist_fill == Fill::Sparse)
-                .then_some(PreflateRefusal::IncompleteCode);
-            let tokens = codes(bits, &lit, &dist, text, max_text)?;
-            Ok((last, refusal.or(tokens)))
+            let (lit, dist, fill) = dynamic_codes(bits)?;
+            found.header_end = Some(bits.pos);
+            found.long258 = codes(bits, &lit, &dist, text, max_text, matches)?;
+            found.refusal = match (fill, found.long258) {
+                (Fill::Sparse, _) => Some(PreflateRefusal::IncompleteCode),
+                (_, true) => Some(PreflateRefusal::Long258),
+                _ => None,
+            };
         }
-        _ => invalid("invalid block type"),
+        _ => return invalid("invalid block type"),
     }
+    Ok(found)
+}
+
+/// A dynamic block's code lengths (HLIT to the last length): its literal/length and distance
+/// codes, and whether both fill their code space.
+fn dynamic_codes(bits: &mut Bits) -> Result<(Huffman, Huffman, Fill), Step> {
+    let hlit = bits.take(5)? as usize + 257;
+    let hdist = bits.take(5)? as usize + 1;
+    let hclen = bits.take(4)? as usize + 4;
+    if hlit > 286 || hdist > 30 {
+        return invalid("too many length or distance symbols");
+    }
+    let mut codegen_lengths = [0u8; 19];
+    for &i in &CODEGEN_ORDER[..hclen] {
+        codegen_lengths[i] = bits.take(3)? as u8;
+    }
+    let (codegen, fill) = Huffman::new(&codegen_lengths)?;
+    if fill != Fill::Complete {
+        return invalid("incomplete code length code");
+    }
+    let mut lengths = [0u8; 286 + 30];
+    let mut n = 0;
+    while n < hlit + hdist {
+        let (value, repeat) = match codegen.decode(bits)? {
+            sym @ 0..=15 => (sym as u8, 1),
+            16 => {
+                if n == 0 {
+                    return invalid("length repeat with no first length");
+                }
+                (lengths[n - 1], 3 + bits.take(2)? as usize)
+            }
+            17 => (0, 3 + bits.take(3)? as usize),
+            _ => (0, 11 + bits.take(7)? as usize),
+        };
+        if n + repeat > hlit + hdist {
+            return invalid("length repeat past the last length");
+        }
+        lengths[n..n + repeat].fill(value);
+        n += repeat;
+    }
+    if lengths[256] == 0 {
+        return invalid("no end-of-block code");
+    }
+    let (lit, lit_fill) = Huffman::new(&lengths[..hlit])?;
+    let (dist, dist_fill) = Huffman::new(&lengths[hlit..hlit + hdist])?;
+    let fill = match (lit_fill, dist_fill) {
+        (Fill::Complete, Fill::Complete) => Fill::Complete,
+        _ => Fill::Sparse,
+    };
+    Ok((lit, dist, fill))
 }
 
 /// The block's literals and matches, to its end-of-block code.
+/// True when a length 258 is coded as code 284 with all extra bits set.
 fn codes(
     bits: &mut Bits,
     lit: &Huffman,
     dist: &Huffman,
     text: &mut Vec<u8>,
     max_text: usize,
-) -> Result<Option<PreflateRefusal>, Step> {
-    let mut refusal = None;
+    mut matches: Option<&mut Vec<Match>>,
+) -> Result<bool, Step> {
+    let mut long258 = false;
+    let mut literals = 0u32;
     loop {
         let sym = lit.decode(bits)?;
         if sym < 256 {
             text.push(sym as u8);
+            literals += 1;
             if text.len() > max_text {
                 return invalid("a deflate block decodes to too much plain text");
             }
             continue;
         }
         if sym == 256 {
-            return Ok(refusal);
+            return Ok(long258);
         }
         let code = (sym - 257) as usize;
         if code >= 29 {
@@ -405,9 +486,7 @@ fn codes(
         }
         let extra = bits.take(u32::from(LENGTH_EXTRA[code]))?;
         let len = LENGTH_BASE[code] as usize + extra as usize;
-        if code == 27 && len == 258 {
-            refusal = Some(PreflateRefusal::Long258);
-        }
+        long258 |= code == 27 && len == 258;
         let dcode = dist.decode(bits)? as usize;
         if dcode >= 30 {
             return invalid("invalid distance code");
@@ -420,6 +499,14 @@ fn codes(
         if text.len() + len > max_text {
             return invalid("a deflate block decodes to too much plain text");
         }
+        if let Some(m) = matches.as_deref_mut() {
+            m.push(Match {
+                literals,
+                len: len as u16,
+                dist: distance as u16,
+            });
+        }
+        literals = 0;
         let from = text.len() - distance;
         if distance >= len {
             text.extend_from_within(from..from + len);
@@ -430,6 +517,142 @@ fn codes(
             }
         }
     }
+}
+
+/// Writes bits least significant first, as deflate packs them.
+#[derive(Debug, Default)]
+pub(crate) struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl BitWriter {
+    /// The `bits` (at most 32) low bits of `value`.
+    pub(crate) fn put(&mut self, value: u32, bits: u32) {
+        self.acc |= u64::from(value) << self.n;
+        self.n += bits;
+        while self.n >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// The first `bits` bits of `bytes`.
+    pub(crate) fn append(&mut self, bytes: &[u8], bits: u64) {
+        let whole = (bits / 8) as usize;
+        if self.n == 0 {
+            self.out.extend_from_slice(&bytes[..whole]);
+        } else {
+            bytes[..whole]
+                .iter()
+                .for_each(|&b| self.put(u32::from(b), 8));
+        }
+        if !bits.is_multiple_of(8) {
+            self.put(
+                u32::from(bytes[whole]) & ((1 << (bits % 8)) - 1),
+                (bits % 8) as u32,
+            );
+        }
+    }
+
+    /// Bits written.
+    pub(crate) fn bits(&self) -> u64 {
+        self.out.len() as u64 * 8 + u64::from(self.n)
+    }
+
+    /// The whole bytes written, and the bits after them (fewer than 8: their value and count).
+    pub(crate) fn into_parts(self) -> (Vec<u8>, u8, u32) {
+        (self.out, self.acc as u8, self.n)
+    }
+
+    /// The bytes, the last one zero-padded.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let (mut out, partial, n) = self.into_parts();
+        if n > 0 {
+            out.push(partial);
+        }
+        out
+    }
+}
+
+/// Writes a dynamic block again: `header` (its first `header_bits` bits, from BFINAL to the
+/// last code length, as [`ScannedBlock::header_end`] ends them), then `text` coded with that
+/// header's codes as literals but for `matches`, then end-of-block. For a block
+/// [`ScannedBlock::reencodable`] says so, these are the block's bits.
+pub(crate) fn encode_block(
+    w: &mut BitWriter,
+    header: &[u8],
+    header_bits: u64,
+    text: &[u8],
+    matches: &[Match],
+) -> Result<(), Invalid> {
+    let mut bits = Bits {
+        data: header,
+        pos: 0,
+        end: header_bits.min(header.len() as u64 * 8),
+    };
+    let read = |bits: &mut Bits| -> Result<(Huffman, Huffman), Step> {
+        bits.take(1)?;
+        if bits.take(2)? != 2 {
+            return invalid("a re-encoded block that is not a dynamic block");
+        }
+        let (lit, dist, _) = dynamic_codes(bits)?;
+        Ok((lit, dist))
+    };
+    let (lit, dist) = match read(&mut bits) {
+        Ok(codes) if bits.pos == header_bits => codes,
+        Ok(_) | Err(Step::Short) => return Err(Invalid("a block header of the wrong length")),
+        Err(Step::Invalid(e)) => return Err(e),
+    };
+    w.append(header, header_bits);
+    let put = |w: &mut BitWriter, code: &Huffman, sym: usize| match code.codes.get(sym) {
+        Some(&(bits, len)) if len > 0 => {
+            w.put(bits, u32::from(len));
+            Ok(())
+        }
+        _ => Err(Invalid("a symbol the block's code has no code for")),
+    };
+    let mut at = 0usize;
+    for m in matches {
+        let literals = text
+            .get(at..at + m.literals as usize)
+            .ok_or(Invalid("matches past the block's text"))?;
+        literals
+            .iter()
+            .try_for_each(|&b| put(w, &lit, usize::from(b)))?;
+        at += literals.len();
+        if !(3..=258).contains(&m.len) || m.dist == 0 || m.dist > 32768 {
+            return Err(Invalid("a match of an impossible length or distance"));
+        }
+        let code = LENGTH_BASE
+            .iter()
+            .rposition(|&b| b <= m.len)
+            .expect("len >= 3");
+        put(w, &lit, 257 + code)?;
+        w.put(
+            u32::from(m.len - LENGTH_BASE[code]),
+            u32::from(LENGTH_EXTRA[code]),
+        );
+        let code = DIST_BASE
+            .iter()
+            .rposition(|&b| b <= m.dist)
+            .expect("dist >= 1");
+        put(w, &dist, code)?;
+        w.put(
+            u32::from(m.dist - DIST_BASE[code]),
+            u32::from(DIST_EXTRA[code]),
+        );
+        at += usize::from(m.len);
+        if at > text.len() {
+            return Err(Invalid("matches past the block's text"));
+        }
+    }
+    text[at..]
+        .iter()
+        .try_for_each(|&b| put(w, &lit, usize::from(b)))?;
+    put(w, &lit, 256)
 }
 
 #[cfg(test)]
@@ -554,31 +777,6 @@ mod tests {
     }
 
     use std::io::Read;
-
-    #[derive(Default)]
-    pub(crate) struct BitWriter {
-        out: Vec<u8>,
-        acc: u64,
-        n: u32,
-    }
-
-    impl BitWriter {
-        pub(crate) fn put(&mut self, v: u32, bits: u32) {
-            self.acc |= u64::from(v) << self.n;
-            self.n += bits;
-            while self.n >= 8 {
-                self.out.push(self.acc as u8);
-                self.acc >>= 8;
-                self.n -= 8;
-            }
-        }
-        pub(crate) fn finish(mut self) -> Vec<u8> {
-            if self.n > 0 {
-                self.out.push(self.acc as u8);
-            }
-            self.out
-        }
-    }
 
     #[test]
     fn invalid_streams_are_refused() {

@@ -29,7 +29,13 @@
 //!   every token), which is why zlib and Go streams get their own kinds. The deflate stream
 //!   is cut into chunks of whole deflate blocks (a few MiB of plain text each) so neither side
 //!   ever holds more than one chunk: `preflate-rs` carries its 32 KiB window from one chunk to
-//!   the next.
+//!   the next. preflate's parser refuses some valid blocks (Go's and klauspost's single
+//!   one-bit distance code, [`crate::deflate_scan`]); those go in *raw* chunks, each block
+//!   re-encoded from its header, plain text and matches (about a hundred bytes for the
+//!   literal blocks these writers refuse on) or kept verbatim, and preflate restarts after them
+//!   on a synthetic prefix that holds its window (kind 6; `gzip_recipe/preflate.rs`). So any
+//!   valid deflate stream gets a preflate recipe, unless preflate fails to model 16 blocks in
+//!   a row.
 //!
 //! All four keep the gzip header and everything after the deflate stream (CRC32, size)
 //! verbatim: a few bytes, and no guessing at what a tool wrote in them. (A Go blob's header is
@@ -85,9 +91,10 @@ pub const RECIPE_PGZIP: u8 = 4;
 /// flushes refuses the recipe by its kind instead of misreading it.
 pub const RECIPE_GO_FLUSHED: u8 = 5;
 
-/// Kind byte of a preflate recipe that keeps some deflate blocks verbatim (blocks preflate
-/// cannot parse or model; see [`ChunkBody`]): a kind 1 recipe whose chunks have a type. A kind
-/// of its own, so a device that predates verbatim chunks refuses the recipe by its kind.
+/// Kind byte of a preflate recipe that writes some deflate blocks without preflate (blocks
+/// preflate cannot parse or model; see [`ChunkBody`]): a kind 1 recipe whose chunks have a
+/// type. A kind of its own, so a device that predates such chunks refuses the recipe by its
+/// kind.
 pub const RECIPE_PREFLATE_VERBATIM: u8 = 6;
 
 /// The recipe kinds this build reads.
@@ -284,13 +291,13 @@ pub struct RecipeChunk {
 
 /// How a chunk's deflate blocks are recreated. preflate works in *runs* of chunks that share
 /// its model and window: the recipe's first chunk starts one, a [`ChunkBody::Restart`] starts
-/// another, and a [`ChunkBody::Verbatim`] chunk ends the run before it.
+/// another, and a [`ChunkBody::Raw`] chunk ends the run before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkBody {
     /// preflate corrections for the blocks, in the current run (the recipe's first chunk's
     /// also carry the model's parameters).
     Preflate(Vec<u8>),
-    /// preflate corrections for blocks that start a new run, after a verbatim chunk or where
+    /// preflate corrections for blocks that start a new run, after a raw chunk or where
     /// preflate failed: preflate recompresses a synthetic prefix made from the 32 KiB of
     /// plain text before the chunk (see `gzip_recipe/preflate.rs`), then the blocks; the
     /// prefix's bytes are dropped.
@@ -302,11 +309,58 @@ pub enum ChunkBody {
         /// The `align` low bits of that byte (the end of the block before).
         lead: u8,
     },
-    /// The blocks' deflate bytes themselves, from the byte holding their first bit to the
-    /// byte before the one holding the next block's first bit, or through the stream's end:
-    /// blocks preflate cannot parse or model.
-    Verbatim(Vec<u8>),
+    /// Blocks preflate cannot parse or model, written without it, one by one.
+    Raw {
+        /// The bit of its byte the first block starts at (0-7).
+        align: u8,
+        /// The `align` low bits of that byte (the end of the block before).
+        lead: u8,
+        /// The blocks (their plain lengths add up to the chunk's).
+        blocks: Vec<RawBlock>,
+    },
 }
+
+/// A deflate block of a [`ChunkBody::Raw`] chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawBlock {
+    /// The block's bits as they are (a final block's with its padding).
+    Verbatim {
+        /// Plain-text bytes the block decodes to.
+        plain_len: u64,
+        /// Its length in bits.
+        bits: u64,
+        /// The bits, least significant first, the last byte zero-padded.
+        bytes: Vec<u8>,
+    },
+    /// A dynamic block written again from its plain text: its header as it is (BFINAL to the
+    /// last code length), then the plain text coded with that header's codes as literals but
+    /// for `matches`, then end-of-block. Most blocks preflate refuses have few matches or none
+    /// (Go and klauspost write them for incompressible data), so this costs a few hundred
+    /// bytes where the block costs nearly its plain length.
+    Reencoded {
+        /// Plain-text bytes the block decodes to.
+        plain_len: u64,
+        /// The header's length in bits.
+        header_bits: u64,
+        /// The header's bits, the last byte zero-padded.
+        header: Vec<u8>,
+        /// The block's back-references, in order.
+        matches: Vec<BlockMatch>,
+    },
+}
+
+impl RawBlock {
+    /// Plain-text bytes the block decodes to.
+    pub fn plain_len(&self) -> u64 {
+        match self {
+            RawBlock::Verbatim { plain_len, .. } | RawBlock::Reencoded { plain_len, .. } => {
+                *plain_len
+            }
+        }
+    }
+}
+
+pub use crate::deflate_scan::Match as BlockMatch;
 
 /// What the analyser found.
 #[derive(Debug)]
@@ -440,19 +494,28 @@ impl GzipRecipe {
             ),
             DeflateRecipe::Preflate(chunks) => {
                 let n = chunks.len();
-                let (verbatim, bytes) = chunks
-                    .iter()
-                    .filter_map(|c| match &c.body {
-                        ChunkBody::Verbatim(b) => Some(b.len()),
-                        _ => None,
-                    })
-                    .fold((0, 0), |(n, sum), len| (n + 1, sum + len));
                 let plural = |n: usize| if n == 1 { "" } else { "s" };
-                match verbatim {
+                let raw = chunks.iter().flat_map(|c| match &c.body {
+                    ChunkBody::Raw { blocks, .. } => &blocks[..],
+                    _ => &[],
+                });
+                let (mut reencoded, mut verbatim, mut bytes) = (0, 0, 0);
+                for block in raw {
+                    match block {
+                        RawBlock::Reencoded { .. } => reencoded += 1,
+                        RawBlock::Verbatim { bytes: b, .. } => {
+                            verbatim += 1;
+                            bytes += b.len();
+                        }
+                    }
+                }
+                match reencoded + verbatim {
                     0 => format!("preflate corrections, {n} chunk{}", plural(n)),
-                    v => format!(
-                        "preflate corrections, {n} chunk{} ({v} verbatim, {bytes} deflate bytes)",
-                        plural(n)
+                    k => format!(
+                        "preflate corrections, {n} chunk{}; {k} block{} without preflate \
+                         ({reencoded} re-encoded, {verbatim} verbatim: {bytes} bytes)",
+                        plural(n),
+                        plural(k)
                     ),
                 }
             }

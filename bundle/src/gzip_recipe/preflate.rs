@@ -1,35 +1,50 @@
-//! preflate recipes (kinds 1 and 6): `preflate-rs` 0.7.6's corrections, chunk by chunk, with
-//! the deflate blocks preflate cannot parse kept verbatim.
+//! preflate recipes (kinds 1 and 6): `preflate-rs` 0.7.6's corrections, chunk by chunk, and
+//! the deflate blocks preflate cannot take written without it.
 //!
-//! # Why verbatim blocks
+//! # Blocks preflate refuses
 //!
-//! preflate's parser refuses some valid deflate blocks (see [`crate::deflate_scan`]: most
-//! often the single one-bit distance code Go writes in a block with at most one distance code
-//! in use), and a refused block used to cost the whole blob. The analyser now walks the stream
-//! itself ([`scan_block`]) ahead of preflate, feeds preflate only runs of blocks it can parse,
-//! and keeps each refused block's bytes as they are (a *verbatim* chunk). Blocks preflate
-//! parses but cannot model (any other preflate error) go the same way, found by halving the
-//! run preflate failed on.
+//! preflate's parser refuses some valid deflate blocks (see [`crate::deflate_scan`]: mostly
+//! the single one-bit distance code Go and klauspost write in a block with at most one distance
+//! code in use), and one refused block used to cost the whole blob. The analyser now walks the
+//! stream itself ([`scan_block`]) ahead of preflate, feeds preflate only runs of blocks it can
+//! parse, and writes the others in a *raw* chunk, each block the cheaper way of two:
 //!
-//! # Restarting preflate after a verbatim chunk
+//! - **re-encoded**: its header (BFINAL to the last code length) as it is, and its matches;
+//!   the device codes the plain text with the header's codes as literals but for those
+//!   matches ([`encode_block`]). The blocks preflate refuses are nearly all literals (Go and
+//!   klauspost write them for data that Huffman codes compress but matches do not), so a
+//!   block of 16-64 KiB costs about a hundred bytes;
+//! - **verbatim**: its bits as they are (a block of many matches, a fixed block, one with odd
+//!   padding).
+//!
+//! Blocks preflate parses but cannot model (any other preflate error) go the same way, found by
+//! halving the run preflate failed on; after 16 such blocks in a row the analyser gives up
+//! (preflate does not model that compressor). A short stretch of good blocks between two
+//! refused ones goes into the raw chunk too: restarting preflate costs more.
+//!
+//! # Restarting preflate after a raw chunk
 //!
 //! `preflate-rs` has no way to start a stream in the middle: its processors begin with an empty
-//! window at bit 0 of a byte. The blocks after a verbatim chunk start at any bit and copy from
-//! the 32 KiB of plain text before them. So a new preflate *run* starts on a synthetic stream:
-//! a prefix made from that window ([`run_prefix`]: a stored block holding it, then an empty
-//! dynamic block whose length puts the prefix's end on the same bit of a byte as the real
-//! block's start), then the real blocks. preflate parses the prefix's blocks with the real ones
-//! (so its model is estimated on real blocks), and the device, which knows the window and the
-//! bit, makes the same prefix, drops its bytes from preflate's output and puts back the low
-//! bits of the first real byte (`lead`: the end of the block before, which preflate never
-//! saw).
+//! window at bit 0 of a byte, and the public API takes no dictionary. The blocks after a raw
+//! chunk start at any bit and copy from the 32 KiB of plain text before them. So a new
+//! preflate *run* starts on a synthetic stream: a prefix made from that window
+//! ([`run_prefix`]: a stored block holding it, then an empty dynamic block whose length puts
+//! the prefix's end on the same bit of a byte as the real block's start), then the real
+//! blocks. preflate parses the prefix's blocks with the real ones (so its model is estimated
+//! on real blocks), and the device, which knows the window and the bit, makes the same prefix,
+//! drops its bytes from preflate's output and puts back the low bits of the first real byte
+//! (`lead`: the end of the block before, which preflate never saw). A restart costs from
+//! nothing to about a kilobyte of corrections (measured by restarting at every chunk: -5 % to
+//! +5 % on three blobs).
 //!
 //! Chunks, in stream order ([`ChunkBody`]): a run starts with the recipe's first chunk or with
-//! a restart chunk and goes on with plain preflate chunks; a verbatim chunk ends the run
-//! before it. Its bytes run from the byte holding its first block's first bit to the byte
-//! before the one holding the next block's first bit (or to the stream's end); the partial
-//! byte at either end is written by the chunk that holds its first bit, and completed by the
-//! restart chunk's `lead`.
+//! a restart chunk and goes on with plain preflate chunks; a raw chunk ends the run before it.
+//! Restart and raw chunks start with the lead bits of their first byte; every chunk writes the
+//! whole bytes it ends, and leaves a last partial byte to the chunk after it (but for the
+//! stream's last byte).
+//!
+//! Streams preflate takes whole keep kind 1 and the chunking they had before (a step of 2 MiB
+//! of compressed bytes per call), so their recipes are unchanged.
 
 use std::collections::VecDeque;
 use std::io::{self, Cursor, Read, Write};
@@ -41,11 +56,11 @@ use preflate_rs::{
 use sideload_signing::Digest;
 
 use super::{
-    fill, read_header, read_trailer, take, take_bytes, Analysis, ChunkBody, DeflateRecipe,
-    GzipRecipe, RecipeChunk, RecipeError, ANALYSE_STEP, CHUNK_PLAIN_LIMIT, MAX_CHUNK_PLAIN,
-    MAX_PENDING,
+    fill, read_header, read_trailer, take, take_bytes, Analysis, BlockMatch, ChunkBody,
+    DeflateRecipe, GzipRecipe, RawBlock, RecipeChunk, RecipeError, ANALYSE_STEP, CHUNK_PLAIN_LIMIT,
+    MAX_CHUNK_PLAIN, MAX_PENDING,
 };
-use crate::deflate_scan::{scan_block, ScannedBlock};
+use crate::deflate_scan::{encode_block, scan_block, scan_block_matches, BitWriter, ScannedBlock};
 
 /// preflate's window: what a restarted run's prefix holds.
 const WINDOW: usize = 32 << 10;
@@ -61,38 +76,116 @@ const MAX_UNMODELLED: u32 = 16;
 /// Chunk type bytes of a kind 6 recipe.
 const CHUNK_PREFLATE: u8 = 0;
 const CHUNK_RESTART: u8 = 1;
-const CHUNK_VERBATIM: u8 = 2;
+const CHUNK_RAW: u8 = 2;
 
-/// Bytes [`put_chunks`] writes for `chunks` (`verbatim`: in kind 6's layout).
-pub(super) fn chunks_len(chunks: &[RecipeChunk], verbatim: bool) -> u64 {
+/// Block forms of a raw chunk.
+const BLOCK_VERBATIM: u8 = 0;
+const BLOCK_REENCODED: u8 = 1;
+
+/// Longest dynamic block header, in bits (3 + 14 + 19 × 3 + 316 codes of at most 7 + 7 bits).
+const MAX_HEADER_BITS: u64 = 3 + 14 + 19 * 3 + 316 * 14;
+
+fn varint_len(mut v: u64) -> u64 {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// A match list as [`put_raw_block`] writes it: per match, the LEB128 varints of its
+/// literals, its length less 3 and its distance less 1.
+fn matches_len(matches: &[BlockMatch]) -> u64 {
+    matches
+        .iter()
+        .map(|m| {
+            varint_len(u64::from(m.literals))
+                + varint_len(u64::from(m.len - 3))
+                + varint_len(u64::from(m.dist - 1))
+        })
+        .sum()
+}
+
+fn raw_block_len(block: &RawBlock) -> u64 {
+    1 + 4
+        + match block {
+            RawBlock::Verbatim { bytes, .. } => 4 + bytes.len() as u64,
+            RawBlock::Reencoded {
+                header, matches, ..
+            } => 4 + header.len() as u64 + 4 + 4 + matches_len(matches),
+        }
+}
+
+/// Bytes [`put_chunks`] writes for `chunks` (`typed`: in kind 6's layout).
+pub(super) fn chunks_len(chunks: &[RecipeChunk], typed: bool) -> u64 {
     4 + chunks
         .iter()
         .map(|c| {
             let body = match &c.body {
-                ChunkBody::Preflate(b) | ChunkBody::Verbatim(b) => 4 + b.len() as u64,
+                ChunkBody::Preflate(b) => 4 + b.len() as u64,
                 ChunkBody::Restart { corrections, .. } => 2 + 4 + corrections.len() as u64,
+                ChunkBody::Raw { blocks, .. } => {
+                    2 + 4 + blocks.iter().map(raw_block_len).sum::<u64>()
+                }
             };
-            u64::from(verbatim) + 4 + body
+            u64::from(typed) + 4 + body
         })
         .sum::<u64>()
 }
 
+fn put_raw_block(out: &mut Vec<u8>, block: &RawBlock) {
+    match block {
+        RawBlock::Verbatim {
+            plain_len,
+            bits,
+            bytes,
+        } => {
+            out.push(BLOCK_VERBATIM);
+            out.extend_from_slice(&(*plain_len as u32).to_le_bytes());
+            out.extend_from_slice(&(*bits as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        RawBlock::Reencoded {
+            plain_len,
+            header_bits,
+            header,
+            matches,
+        } => {
+            out.push(BLOCK_REENCODED);
+            out.extend_from_slice(&(*plain_len as u32).to_le_bytes());
+            out.extend_from_slice(&(*header_bits as u32).to_le_bytes());
+            out.extend_from_slice(header);
+            out.extend_from_slice(&(matches.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(matches_len(matches) as u32).to_le_bytes());
+            for m in matches {
+                super::put_varint(out, u64::from(m.literals));
+                super::put_varint(out, u64::from(m.len - 3));
+                super::put_varint(out, u64::from(m.dist - 1));
+            }
+        }
+    }
+}
+
 /// Writes the chunks: a u32 count, then per chunk (kind 6 only: a type byte,) the u32 plain
-/// length, (restart: the u8 alignment and the u8 lead,) and the u32-prefixed corrections or
-/// deflate bytes.
-pub(super) fn put_chunks(out: &mut Vec<u8>, chunks: &[RecipeChunk], verbatim: bool) {
+/// length, and then: plain chunks the u32-prefixed corrections; restart chunks the u8
+/// alignment, the u8 lead and the u32-prefixed corrections; raw chunks the u8 alignment, the
+/// u8 lead, a u32 block count and the blocks (a form byte, the u32 plain length, then a
+/// verbatim block's u32 bit count and bytes, or a re-encoded block's u32 header bit count,
+/// header bytes, u32 match count, u32 byte length of the matches and the matches).
+pub(super) fn put_chunks(out: &mut Vec<u8>, chunks: &[RecipeChunk], typed: bool) {
     out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
     for c in chunks {
-        if verbatim {
+        if typed {
             out.push(match c.body {
                 ChunkBody::Preflate(_) => CHUNK_PREFLATE,
                 ChunkBody::Restart { .. } => CHUNK_RESTART,
-                ChunkBody::Verbatim(_) => CHUNK_VERBATIM,
+                ChunkBody::Raw { .. } => CHUNK_RAW,
             });
         }
         out.extend_from_slice(&(c.plain_len as u32).to_le_bytes());
-        let bytes = match &c.body {
-            ChunkBody::Preflate(b) | ChunkBody::Verbatim(b) => b,
+        match &c.body {
+            ChunkBody::Preflate(b) => super::put_bytes(out, b),
             ChunkBody::Restart {
                 corrections,
                 align,
@@ -100,10 +193,110 @@ pub(super) fn put_chunks(out: &mut Vec<u8>, chunks: &[RecipeChunk], verbatim: bo
             } => {
                 out.push(*align);
                 out.push(*lead);
-                corrections
+                super::put_bytes(out, corrections);
             }
-        };
-        super::put_bytes(out, bytes);
+            ChunkBody::Raw {
+                align,
+                lead,
+                blocks,
+            } => {
+                out.push(*align);
+                out.push(*lead);
+                out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+                blocks.iter().for_each(|b| put_raw_block(out, b));
+            }
+        }
+    }
+}
+
+fn take_u32(r: &mut Cursor<&[u8]>) -> Result<u32, RecipeError> {
+    Ok(u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes")))
+}
+
+/// A restart's or raw chunk's alignment and lead bits.
+fn take_align(r: &mut Cursor<&[u8]>, i: u32) -> Result<(u8, u8), RecipeError> {
+    let (align, lead) = (take(r, 1)?[0], take(r, 1)?[0]);
+    if align > 7 || u32::from(lead) >> align != 0 {
+        return Err(RecipeError::Invalid(format!(
+            "chunk {i} starts at bit {align} with lead bits {lead:#x}"
+        )));
+    }
+    Ok((align, lead))
+}
+
+/// `bits` bits' bytes, bits past the last bit zero.
+fn take_bits(r: &mut Cursor<&[u8]>, bits: u64) -> Result<Vec<u8>, RecipeError> {
+    let bytes = take(r, bits.div_ceil(8) as usize)?.to_vec();
+    if !bits.is_multiple_of(8) && bytes[bytes.len() - 1] >> (bits % 8) != 0 {
+        return Err(RecipeError::Invalid("bits set past a block's end".into()));
+    }
+    Ok(bytes)
+}
+
+fn take_raw_block(r: &mut Cursor<&[u8]>, total: usize) -> Result<RawBlock, RecipeError> {
+    let form = take(r, 1)?[0];
+    let plain_len = u64::from(take_u32(r)?);
+    let bits = u64::from(take_u32(r)?);
+    match form {
+        BLOCK_VERBATIM => {
+            // A block has at least 10 bits.
+            if !(10..=total as u64 * 8).contains(&bits) {
+                return Err(RecipeError::Invalid(format!(
+                    "a verbatim block of {bits} bits"
+                )));
+            }
+            Ok(RawBlock::Verbatim {
+                plain_len,
+                bits,
+                bytes: take_bits(r, bits)?,
+            })
+        }
+        BLOCK_REENCODED => {
+            if !(17..=MAX_HEADER_BITS).contains(&bits) {
+                return Err(RecipeError::Invalid(format!(
+                    "a block header of {bits} bits"
+                )));
+            }
+            let header = take_bits(r, bits)?;
+            let count = take_u32(r)?;
+            let len = take_u32(r)? as usize;
+            // Each match takes at least 3 bytes and 3 bytes of plain text.
+            if u64::from(count) * 3 > plain_len || count as usize * 3 > len {
+                return Err(RecipeError::Invalid(format!(
+                    "{count} matches in {len} bytes for {plain_len} plain bytes"
+                )));
+            }
+            let body = take(r, len)?;
+            let mut m = Cursor::new(body);
+            let mut matches = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let (literals, len, dist) = (
+                    super::take_varint(&mut m)?,
+                    super::take_varint(&mut m)?,
+                    super::take_varint(&mut m)?,
+                );
+                if literals > plain_len || len > 255 || dist > 32767 {
+                    return Err(RecipeError::Invalid("a match out of range".into()));
+                }
+                matches.push(BlockMatch {
+                    literals: literals as u32,
+                    len: len as u16 + 3,
+                    dist: dist as u16 + 1,
+                });
+            }
+            if m.position() != body.len() as u64 {
+                return Err(RecipeError::Invalid("bytes after a block's matches".into()));
+            }
+            Ok(RawBlock::Reencoded {
+                plain_len,
+                header_bits: bits,
+                header,
+                matches,
+            })
+        }
+        other => Err(RecipeError::Invalid(format!(
+            "a raw block of form {other}; update sideload on the device"
+        ))),
     }
 }
 
@@ -113,9 +306,9 @@ pub(super) fn take_chunks(
     r: &mut Cursor<&[u8]>,
     total: usize,
     max_chunks: u64,
-    verbatim: bool,
+    typed: bool,
 ) -> Result<Vec<RecipeChunk>, RecipeError> {
-    let count = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes"));
+    let count = take_u32(r)?;
     // Each chunk takes at least 8 bytes: a count the rest cannot hold is a lie; and a layer
     // has only so many chunks (an empty chunk costs the decoder more than its 8 bytes).
     if u64::from(count) * 8 > total as u64 || u64::from(count) > max_chunks {
@@ -125,11 +318,11 @@ pub(super) fn take_chunks(
     }
     let mut chunks: Vec<RecipeChunk> = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let kind = match verbatim {
+        let kind = match typed {
             true => take(r, 1)?[0],
             false => CHUNK_PREFLATE,
         };
-        let plain_len = u32::from_le_bytes(take(r, 4)?.try_into().expect("4 bytes")) as u64;
+        let plain_len = u64::from(take_u32(r)?);
         if plain_len > MAX_CHUNK_PLAIN {
             return Err(RecipeError::Invalid(format!(
                 "a chunk of {plain_len} plain bytes (at most {MAX_CHUNK_PLAIN})"
@@ -137,32 +330,43 @@ pub(super) fn take_chunks(
         }
         let body = match kind {
             CHUNK_PREFLATE => {
-                if i > 0 && matches!(chunks[i as usize - 1].body, ChunkBody::Verbatim(_)) {
+                if i > 0 && matches!(chunks[i as usize - 1].body, ChunkBody::Raw { .. }) {
                     return Err(RecipeError::Invalid(format!(
-                        "chunk {i} continues a preflate run after a verbatim chunk"
+                        "chunk {i} continues a preflate run after a raw chunk"
                     )));
                 }
                 ChunkBody::Preflate(take_bytes(r, total as u64)?)
             }
             CHUNK_RESTART => {
-                let (align, lead) = (take(r, 1)?[0], take(r, 1)?[0]);
-                if align > 7 || u32::from(lead) >> align != 0 {
-                    return Err(RecipeError::Invalid(format!(
-                        "chunk {i} restarts at bit {align} with lead bits {lead:#x}"
-                    )));
-                }
+                let (align, lead) = take_align(r, i)?;
                 ChunkBody::Restart {
                     corrections: take_bytes(r, total as u64)?,
                     align,
                     lead,
                 }
             }
-            CHUNK_VERBATIM => {
-                let bytes = take_bytes(r, total as u64)?;
-                if bytes.is_empty() {
-                    return Err(RecipeError::Invalid(format!("chunk {i} is empty")));
+            CHUNK_RAW => {
+                let (align, lead) = take_align(r, i)?;
+                let n = take_u32(r)?;
+                // A raw block takes at least 11 bytes.
+                if n == 0 || u64::from(n) * 11 > total as u64 {
+                    return Err(RecipeError::Invalid(format!(
+                        "chunk {i} has {n} raw blocks"
+                    )));
                 }
-                ChunkBody::Verbatim(bytes)
+                let blocks = (0..n)
+                    .map(|_| take_raw_block(r, total))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if blocks.iter().map(RawBlock::plain_len).sum::<u64>() != plain_len {
+                    return Err(RecipeError::Invalid(format!(
+                        "chunk {i}'s blocks do not add up to its plain length"
+                    )));
+                }
+                ChunkBody::Raw {
+                    align,
+                    lead,
+                    blocks,
+                }
             }
             other => {
                 return Err(RecipeError::Invalid(format!(
@@ -175,36 +379,36 @@ pub(super) fn take_chunks(
     Ok(chunks)
 }
 
-/// Writes `bits` low bits of `value`, least significant first, as deflate does.
-#[derive(Default)]
-struct BitWriter {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
-}
-
-impl BitWriter {
-    fn put(&mut self, value: u32, bits: u32) {
-        self.acc |= u64::from(value) << self.n;
-        self.n += bits;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
+/// Writes a raw chunk's bits: the lead bits, then each block. The bytes are the stream's from
+/// the byte holding the chunk's first bit, the last one partial unless the chunk ends on a
+/// byte.
+fn raw_bits(
+    align: u8,
+    lead: u8,
+    blocks: &[RawBlock],
+    text: &[u8],
+) -> Result<BitWriter, RecipeError> {
+    let mut w = BitWriter::default();
+    w.put(u32::from(lead), u32::from(align));
+    let mut at = 0usize;
+    for block in blocks {
+        let len = block.plain_len() as usize;
+        let block_text = text
+            .get(at..at + len)
+            .ok_or_else(|| RecipeError::Invalid("raw blocks past the chunk's text".into()))?;
+        at += len;
+        match block {
+            RawBlock::Verbatim { bits, bytes, .. } => w.append(bytes, *bits),
+            RawBlock::Reencoded {
+                header_bits,
+                header,
+                matches,
+                ..
+            } => encode_block(&mut w, header, *header_bits, block_text, matches)
+                .map_err(|e| RecipeError::Invalid(format!("a re-encoded block: {e}")))?,
         }
     }
-
-    fn bits(&self) -> u64 {
-        self.out.len() as u64 * 8 + u64::from(self.n)
-    }
-
-    /// The bytes, the last one partial (zero-padded) unless the bits end on a byte.
-    fn finish(mut self) -> Vec<u8> {
-        if self.n > 0 {
-            self.out.push(self.acc as u8);
-        }
-        self.out
-    }
+    Ok(w)
 }
 
 /// The synthetic start of a restarted run.
@@ -337,6 +541,7 @@ impl Scan {
                     let block = ScannedBlock {
                         start: self.next,
                         end: b.end + input.base * 8,
+                        header_end: b.header_end + input.base * 8,
                         ..b
                     };
                     self.next = block.end;
@@ -485,9 +690,9 @@ impl Run {
     }
 }
 
-/// How many waiting blocks go into a verbatim chunk, the first being one preflate refuses:
-/// it and the refused blocks after it, with short stretches of good blocks between them.
-fn verbatim_extent(blocks: &VecDeque<ScannedBlock>) -> usize {
+/// How many waiting blocks go into a raw chunk, the first being one preflate refuses: it and
+/// the refused blocks after it, with short stretches of good blocks between them.
+fn raw_extent(blocks: &VecDeque<ScannedBlock>) -> usize {
     let mut n = 1;
     let mut plain = blocks[0].plain_len;
     while n < blocks.len() {
@@ -586,27 +791,27 @@ pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
                     tracing::debug!(why, "preflate failed on one block; kept verbatim");
                     run = None;
                     limit = Some(1);
-                    last_end = verbatim(
+                    last_end = raw(
                         &mut scan,
                         &input,
                         1,
                         &mut chunks,
                         &mut hasher,
                         &mut plain_len,
-                    );
+                    )?;
                 }
             }
         } else {
             run = None;
-            let n = verbatim_extent(&scan.blocks);
-            last_end = verbatim(
+            let n = raw_extent(&scan.blocks);
+            last_end = raw(
                 &mut scan,
                 &input,
                 n,
                 &mut chunks,
                 &mut hasher,
                 &mut plain_len,
-            );
+            )?;
         }
         input.drop_before(last_end / 8);
     }
@@ -627,30 +832,99 @@ pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
     })
 }
 
-/// Makes the first `n` waiting blocks a verbatim chunk; returns where they end.
-fn verbatim<R: Read>(
+/// `bits` bits of `bytes` from bit `from` on, as bytes (the last one zero-padded).
+fn bit_slice(bytes: &[u8], from: u64, bits: u64) -> Vec<u8> {
+    let mut w = BitWriter::default();
+    let first = (from / 8) as usize;
+    let skip = (from % 8) as u32;
+    if skip == 0 {
+        w.append(&bytes[first..], bits);
+    } else {
+        let head = (8 - skip).min(bits as u32);
+        w.put(u32::from(bytes[first] >> skip) & ((1 << head) - 1), head);
+        w.append(&bytes[first + 1..], bits - u64::from(head));
+    }
+    w.finish()
+}
+
+/// Makes the first `n` waiting blocks a raw chunk, each re-encoded where that is smaller
+/// than its bits, and checks that the chunk writes them; returns where they end.
+fn raw<R: Read>(
     scan: &mut Scan,
     input: &Input<R>,
     n: usize,
     chunks: &mut Vec<RecipeChunk>,
     hasher: &mut ring::digest::Context,
     plain_len: &mut u64,
-) -> u64 {
-    let start = scan.blocks[0].start;
+) -> Result<u64, RecipeError> {
+    let first = scan.blocks[0];
+    let base = input.base * 8;
+    let align = (first.start % 8) as u8;
+    let lead = input.bytes(first.start / 8, first.start / 8 + 1)[0] & ((1u16 << align) - 1) as u8;
+    let mut blocks = Vec::with_capacity(n);
+    let (mut text_at, mut again, mut matches) = (scan.text_at, Vec::new(), Vec::new());
+    for b in scan.blocks.iter().take(n) {
+        // A final block with its padding.
+        let end = if b.last { b.end.div_ceil(8) * 8 } else { b.end };
+        let bits = end - b.start;
+        let mut block = None;
+        if b.reencodable {
+            again.clear();
+            again.extend_from_slice(&scan.text[text_at.saturating_sub(WINDOW)..text_at]);
+            let rescanned = scan_block_matches(
+                &input.buf,
+                b.start - base,
+                &mut again,
+                CHUNK_PLAIN_LIMIT,
+                Some(&mut matches),
+            );
+            let header_bits = b.header_end - b.start;
+            let cost = header_bits.div_ceil(8) + 8 + matches_len(&matches);
+            if matches!(rescanned, Ok(Some(r)) if r.end + base == b.end) && cost < bits / 8 {
+                block = Some(RawBlock::Reencoded {
+                    plain_len: b.plain_len as u64,
+                    header_bits,
+                    header: bit_slice(&input.buf, b.start - base, header_bits),
+                    matches: matches.clone(),
+                });
+            }
+        }
+        blocks.push(block.unwrap_or_else(|| RawBlock::Verbatim {
+            plain_len: b.plain_len as u64,
+            bits,
+            bytes: bit_slice(&input.buf, b.start - base, bits),
+        }));
+        text_at += b.plain_len;
+    }
     let last = scan.blocks[n - 1];
-    // To the byte holding the next block's first bit, or through the final block's padding.
-    let to = match last.last {
-        true => last.end.div_ceil(8),
-        false => last.end / 8,
+    let end = if last.last {
+        last.end.div_ceil(8) * 8
+    } else {
+        last.end
     };
-    let bytes = input.bytes(start / 8, to).to_vec();
+    let from = first.start / 8 * 8;
+    let written = raw_bits(align, lead, &blocks, scan.text_of(n))?;
+    // A re-encoded final block leaves its (zero) padding to the device's last byte.
+    let bits = match last.last {
+        true => written.bits().div_ceil(8) * 8,
+        false => written.bits(),
+    };
+    if bits != end - from || written.finish() != bit_slice(&input.buf, from - base, end - from) {
+        return Err(RecipeError::NotRecreatable(
+            "a raw chunk does not write its blocks back (a bug)".into(),
+        ));
+    }
     let len = scan.pop(n, hasher);
     *plain_len += len;
     chunks.push(RecipeChunk {
         plain_len: len,
-        body: ChunkBody::Verbatim(bytes),
+        body: ChunkBody::Raw {
+            align,
+            lead,
+            blocks,
+        },
     });
-    last.end
+    Ok(last.end)
 }
 
 /// A preflate run on the device.
@@ -759,9 +1033,19 @@ pub(super) fn recreate(
             )));
         }
         match &chunk.body {
-            ChunkBody::Verbatim(bytes) => {
+            ChunkBody::Raw {
+                align,
+                lead,
+                blocks,
+            } => {
                 run = None;
-                out.write_all(bytes)?;
+                let (bytes, partial, bits) = raw_bits(*align, *lead, blocks, &text)?.into_parts();
+                out.write_all(&bytes)?;
+                // The stream's last byte, padded; any other partial byte the next chunk
+                // completes (its lead bits).
+                if i + 1 == chunks.len() && bits > 0 {
+                    out.write_all(&[partial])?;
+                }
             }
             ChunkBody::Preflate(corrections) => {
                 if i == 0 {
@@ -809,13 +1093,6 @@ mod tests {
     use crate::gzip_recipe::tests::{round_trip, sample};
     use crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM;
 
-    /// Appends the first `bits` bits of `bytes`.
-    fn append(w: &mut BitWriter, bytes: &[u8], bits: u64) {
-        for i in 0..bits {
-            w.put(u32::from(bytes[(i / 8) as usize] >> (i % 8) & 1), 1);
-        }
-    }
-
     /// zlib's blocks for `text` (level 6, no stored block), `last` or not: the stream's bits
     /// up to its final block's end, with that block's BFINAL bit cleared unless `last`.
     fn zlib_blocks(text: &[u8], last: bool) -> (Vec<u8>, u64) {
@@ -839,10 +1116,17 @@ mod tests {
         (stream, final_block.end)
     }
 
-    /// A dynamic block as Go writes one without matches: `text` as literals, and a distance
-    /// code of a single one-bit code, which preflate refuses. Literals 0-253 get 8 bits,
-    /// 254, 255, end-of-block and length code 257 get 9 (so 0xff bytes shift the block's end).
-    fn go_literal_block(w: &mut BitWriter, text: &[u8], last: bool) {
+    /// Writes `code` (`len` bits, most significant first, as Huffman codes go).
+    fn code(w: &mut BitWriter, code: u32, len: u32) {
+        w.put(code.reverse_bits() >> (32 - len), len);
+    }
+
+    /// A dynamic block as Go writes one with at most one distance code in use: a distance
+    /// code of a single one-bit code (distance 1), which preflate refuses. `text` goes as
+    /// literals, then `matches` matches of length 3 at distance 1 (the text must end with
+    /// three equal bytes less 1 for them to copy it). Literals 0-253 get 8 bits; 254, 255,
+    /// end-of-block and length code 257 (length 3) get 9, so 0xff bytes shift the block's end.
+    fn go_block(w: &mut BitWriter, text: &[u8], matches: usize, last: bool) {
         w.put(u32::from(last), 1);
         w.put(2, 2);
         w.put(1, 5); // HLIT: 258
@@ -851,29 +1135,40 @@ mod tests {
                           // Code length codes 8 (one bit), 9 and 1 (two bits each): 8 = 0, 1 = 10, 9 = 11.
         const ORDER: [usize; 18] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1];
         for sym in ORDER {
-            w.put(
-                match sym {
-                    8 => 1,
-                    9 | 1 => 2,
-                    _ => 0,
-                },
-                3,
-            );
+            let len = match sym {
+                8 => 1,
+                9 | 1 => 2,
+                _ => 0,
+            };
+            w.put(len, 3);
         }
-        (0..254).for_each(|_| w.put(0, 1)); // literals 0-253: 8
-        (0..4).for_each(|_| w.put(0b11, 2)); // 254, 255, end-of-block, 257: 9
-        w.put(0b01, 2); // distance code 0: 1
-                        // Canonical literal codes: 0-253 are 0..=253 in 8 bits, then 254.. in 9 bits from
-                        // 508; most significant bit first.
-        let code =
-            |w: &mut BitWriter, code: u32, len: u32| w.put(code.reverse_bits() >> (32 - len), len);
+        (0..254).for_each(|_| code(w, 0, 1)); // literals 0-253: 8
+        (0..4).for_each(|_| code(w, 0b11, 2)); // 254, 255, end-of-block, 257: 9
+        code(w, 0b10, 2); // distance code 0: 1
+                          // Literal codes: 0-253 are 0..=253 in 8 bits, 254 on are 508.. in 9 bits.
         for &b in text {
             match b {
                 0..=253 => code(w, u32::from(b), 8),
                 _ => code(w, 508 + u32::from(b - 254), 9),
             }
         }
+        for _ in 0..matches {
+            code(w, 511, 9); // length 3
+            code(w, 0, 1); // distance 1
+        }
         code(w, 510, 9);
+    }
+
+    /// A fixed block with 'a' and then length 258 at distance 1 coded as code 284 with all
+    /// extra bits set, which preflate refuses ("Non-standard 258 length code").
+    fn long_258_block(w: &mut BitWriter, last: bool) {
+        w.put(u32::from(last), 1);
+        w.put(1, 2);
+        code(w, 0x30 + u32::from(b'a'), 8);
+        code(w, 0xc0 + (284 - 280), 8);
+        w.put(31, 5);
+        code(w, 0, 5);
+        code(w, 0, 7); // end of block
     }
 
     /// A gzip member around a raw deflate stream.
@@ -887,24 +1182,46 @@ mod tests {
         gz
     }
 
-    /// The recipe's verbatim chunks and their bytes.
-    fn verbatim_chunks(recipe: &GzipRecipe) -> (usize, usize) {
+    /// What a recipe wrote without preflate.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Raw {
+        chunks: usize,
+        reencoded: usize,
+        verbatim: usize,
+        /// The raw blocks' bytes in the recipe.
+        bytes: u64,
+    }
+
+    fn raw_of(recipe: &GzipRecipe) -> Raw {
         let DeflateRecipe::Preflate(chunks) = &recipe.deflate else {
             panic!("{recipe:?}")
         };
-        chunks
-            .iter()
-            .filter_map(|c| match &c.body {
-                ChunkBody::Verbatim(b) => Some(b.len()),
-                _ => None,
-            })
-            .fold((0, 0), |(n, sum), len| (n + 1, sum + len))
+        let mut raw = Raw::default();
+        for c in chunks {
+            if let ChunkBody::Raw { blocks, .. } = &c.body {
+                raw.chunks += 1;
+                for b in blocks {
+                    raw.bytes += raw_block_len(b);
+                    match b {
+                        RawBlock::Reencoded { .. } => raw.reencoded += 1,
+                        RawBlock::Verbatim { .. } => raw.verbatim += 1,
+                    }
+                }
+            }
+        }
+        raw
     }
 
-    /// A stream of pieces: zlib blocks (`Z`) and Go-style blocks preflate refuses (`G`).
+    /// Pieces of a test stream.
     enum Piece<'a> {
+        /// zlib's blocks.
         Z(&'a [u8]),
+        /// A Go-style block of literals.
         G(&'a [u8]),
+        /// A Go-style block of these literals and this many 3-byte matches.
+        M(&'a [u8], usize),
+        /// A fixed block of 259 'a' with the long 258.
+        L,
     }
 
     fn stream(pieces: &[Piece]) -> (Vec<u8>, Vec<u8>) {
@@ -915,25 +1232,39 @@ mod tests {
             match piece {
                 Piece::Z(text) => {
                     let (bytes, bits) = zlib_blocks(text, last);
-                    append(&mut w, &bytes, bits);
+                    w.append(&bytes, bits);
                     plain.extend_from_slice(text);
                 }
                 Piece::G(text) => {
-                    go_literal_block(&mut w, text, last);
+                    go_block(&mut w, text, 0, last);
                     plain.extend_from_slice(text);
+                }
+                Piece::M(text, n) => {
+                    go_block(&mut w, text, *n, last);
+                    plain.extend_from_slice(text);
+                    plain.extend(std::iter::repeat_n(text[text.len() - 1], 3 * n));
+                }
+                Piece::L => {
+                    long_258_block(&mut w, last);
+                    plain.extend([b'a'; 259]);
                 }
             }
         }
         (gzip_member(&w.finish(), &plain), plain)
     }
 
+    /// Literal text for a Go-style block (bytes below 254).
+    fn literals(text: &[u8]) -> Vec<u8> {
+        text.iter().map(|&b| b % 254).collect()
+    }
+
     #[test]
-    fn a_block_preflate_refuses_is_kept_verbatim_at_every_bit_alignment() {
-        // Before verbatim chunks, such a stream had no recipe ("Invalid Huffman code
-        // lengths"): the blob went whole.
+    fn a_block_preflate_refuses_is_re_encoded_at_every_bit_alignment() {
+        // Before raw chunks, such a stream had no recipe ("Invalid Huffman code lengths"): the
+        // blob went whole.
         let text = sample(900_000);
-        let refused: Vec<u8> = text[300_000..320_000].iter().map(|&b| b % 254).collect();
-        let mut ends = std::collections::BTreeSet::new();
+        let refused = literals(&text[300_000..320_000]);
+        let mut aligns = std::collections::BTreeSet::new();
         for shift in 0..8 {
             // Each 0xff adds one bit to the refused block: the blocks after it start at every
             // bit of a byte.
@@ -946,14 +1277,16 @@ mod tests {
             ]);
             let recipe = round_trip(&gz, &plain);
             assert_eq!(recipe.to_bytes()[0], RECIPE_PREFLATE_VERBATIM);
-            let (n, bytes) = verbatim_chunks(&recipe);
-            assert_eq!(n, 1, "shift {shift}");
-            assert!(
-                bytes.abs_diff(go.len()) < 400,
-                "shift {shift}: {bytes} verbatim bytes"
+            let raw = raw_of(&recipe);
+            assert_eq!(
+                (raw.chunks, raw.reencoded, raw.verbatim),
+                (1, 1, 0),
+                "shift {shift}"
             );
+            // The header (about 90 bytes) and a few fields, for 20 KB of deflate bytes.
+            assert!(raw.bytes < 120, "shift {shift}: {raw:?}");
             assert!(
-                recipe.describe().contains("1 verbatim"),
+                recipe.describe().contains("1 re-encoded, 0 verbatim"),
                 "{}",
                 recipe.describe()
             );
@@ -964,45 +1297,98 @@ mod tests {
                 ChunkBody::Restart { align, .. } => Some(align),
                 _ => None,
             });
-            ends.insert(restart.expect("preflate restarts after the verbatim chunk"));
+            aligns.insert(restart.expect("preflate restarts after the raw chunk"));
         }
-        assert_eq!(ends.len(), 8, "restarts at every alignment: {ends:?}");
+        assert_eq!(aligns.len(), 8, "restarts at every alignment: {aligns:?}");
     }
 
     #[test]
-    fn refused_blocks_first_last_and_close_together() {
+    fn refused_blocks_first_last_close_together_and_verbatim() {
         let text = sample(700_000);
-        let go =
-            |r: std::ops::Range<usize>| -> Vec<u8> { text[r].iter().map(|&b| b % 254).collect() };
-        let (g1, g2) = (go(100_000..110_000), go(110_500..120_000));
+        let (g1, g2) = (
+            literals(&text[100_000..110_000]),
+            literals(&text[110_500..120_000]),
+        );
+        let raw = |pieces: &[Piece]| {
+            let (gz, plain) = stream(pieces);
+            raw_of(&round_trip(&gz, &plain))
+        };
+        let one = |reencoded, verbatim| (1, reencoded, verbatim);
+        let summary = |r: Raw| (r.chunks, r.reencoded, r.verbatim);
         // First block refused, then preflate from a restart.
-        let (gz, plain) = stream(&[Piece::G(&g1), Piece::Z(&text[200_000..])]);
-        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
-        // The final block refused: the verbatim chunk runs through the stream's end.
-        let (gz, plain) = stream(&[Piece::Z(&text[..100_000]), Piece::G(&g1)]);
-        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
-        // Two refused blocks with a few hundred bytes between: one verbatim chunk.
-        let (gz, plain) = stream(&[
+        assert_eq!(
+            summary(raw(&[Piece::G(&g1), Piece::Z(&text[200_000..])])),
+            one(1, 0)
+        );
+        // The final block refused: the raw chunk runs through the stream's end.
+        assert_eq!(
+            summary(raw(&[Piece::Z(&text[..100_000]), Piece::G(&g1)])),
+            one(1, 0)
+        );
+        // Two refused blocks with a few hundred bytes between: one raw chunk, the zlib
+        // blocks between verbatim (or re-encoded, whichever is smaller).
+        let close = raw(&[
             Piece::Z(&text[..100_000]),
             Piece::G(&g1),
             Piece::Z(&text[110_000..110_500]),
             Piece::G(&g2),
             Piece::Z(&text[120_000..]),
         ]);
-        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 1);
+        assert_eq!((close.chunks, close.reencoded + close.verbatim), (1, 3));
         // With a long stretch between: two, and preflate restarts after each.
-        let (gz, plain) = stream(&[
+        let far = raw(&[
             Piece::Z(&text[..100_000]),
             Piece::G(&g1),
             Piece::Z(&text[200_000..400_000]),
             Piece::G(&g2),
             Piece::Z(&text[400_000..]),
         ]);
-        assert_eq!(verbatim_chunks(&round_trip(&gz, &plain)).0, 2);
+        assert_eq!(summary(far), (2, 2, 0));
         // Nothing but refused blocks.
-        let (gz, plain) = stream(&[Piece::G(&g1), Piece::G(&g2)]);
-        let recipe = round_trip(&gz, &plain);
-        assert_eq!(verbatim_chunks(&recipe).0, 1);
+        assert_eq!(summary(raw(&[Piece::G(&g1), Piece::G(&g2)])), one(2, 0));
+        // A block of many matches costs less verbatim than as a match list; a fixed block
+        // with the long 258 is kept verbatim.
+        assert_eq!(
+            summary(raw(&[
+                Piece::Z(&text[..100_000]),
+                Piece::M(b"x", 3000),
+                Piece::Z(&text[200_000..300_000])
+            ])),
+            one(0, 1)
+        );
+        assert_eq!(
+            summary(raw(&[
+                Piece::Z(&text[..100_000]),
+                Piece::L,
+                Piece::Z(&text[200_000..300_000])
+            ])),
+            one(0, 1)
+        );
+        // A few matches are re-encoded.
+        let few = raw(&[
+            Piece::Z(&text[..100_000]),
+            Piece::M(&g1, 5),
+            Piece::Z(&text[200_000..300_000]),
+        ]);
+        assert_eq!(summary(few), one(1, 0));
+    }
+
+    #[test]
+    fn refused_blocks_deep_in_the_stream() {
+        // Past the analyser's first steps of compressed bytes (positions then count from a
+        // later buffer start).
+        let text = sample(12 << 20);
+        let go = literals(&text[..30_000]);
+        let (gz, plain) = stream(&[
+            Piece::Z(&text[..9 << 20]),
+            Piece::G(&go),
+            Piece::Z(&text[9 << 20..]),
+            Piece::M(&go, 20),
+        ]);
+        assert!(gz.len() > 2 * ANALYSE_STEP, "{}", gz.len());
+        let raw = raw_of(&round_trip(&gz, &plain));
+        assert_eq!((raw.chunks, raw.reencoded, raw.verbatim), (2, 2, 0));
+        assert!(raw.bytes < 400, "{raw:?}");
     }
 
     #[test]
@@ -1037,16 +1423,47 @@ mod tests {
 
     #[test]
     fn kind_6_recipes_are_checked_chunk_by_chunk() {
-        let chunk = |body| RecipeChunk {
-            plain_len: 10,
-            body,
-        };
+        let chunk = |plain_len, body| RecipeChunk { plain_len, body };
         let restart = |align, lead| {
-            chunk(ChunkBody::Restart {
-                corrections: vec![1, 2],
-                align,
-                lead,
-            })
+            chunk(
+                10,
+                ChunkBody::Restart {
+                    corrections: vec![1, 2],
+                    align,
+                    lead,
+                },
+            )
+        };
+        let raw = |align, lead, blocks: Vec<RawBlock>| {
+            let plain = blocks.iter().map(RawBlock::plain_len).sum();
+            chunk(
+                plain,
+                ChunkBody::Raw {
+                    align,
+                    lead,
+                    blocks,
+                },
+            )
+        };
+        let verbatim = |bits: u64| {
+            let mut bytes = vec![0x55; bits.div_ceil(8) as usize];
+            *bytes.last_mut().unwrap() &= ((1u16 << ((bits - 1) % 8 + 1)) - 1) as u8;
+            RawBlock::Verbatim {
+                plain_len: 7,
+                bits,
+                bytes,
+            }
+        };
+        let m = |literals, len, dist| BlockMatch {
+            literals,
+            len,
+            dist,
+        };
+        let reencoded = |matches| RawBlock::Reencoded {
+            plain_len: 300,
+            header_bits: 20,
+            header: vec![1, 2, 3],
+            matches,
         };
         let recipe = |chunks| GzipRecipe {
             header: vec![0x1f, 0x8b],
@@ -1054,10 +1471,18 @@ mod tests {
             trailer: vec![0; 8],
         };
         let good = recipe(vec![
-            chunk(ChunkBody::Preflate(vec![9])),
-            chunk(ChunkBody::Verbatim(vec![1, 2, 3])),
+            chunk(10, ChunkBody::Preflate(vec![9])),
+            raw(
+                3,
+                0b101,
+                vec![
+                    verbatim(16),
+                    reencoded(vec![m(0, 3, 1), m(200, 258, 32768)]),
+                ],
+            ),
             restart(5, 0b10101),
-            chunk(ChunkBody::Preflate(vec![7])),
+            chunk(10, ChunkBody::Preflate(vec![7])),
+            raw(0, 0, vec![verbatim(10)]),
         ]);
         let bytes = good.to_bytes();
         assert_eq!(bytes[0], RECIPE_PREFLATE_VERBATIM);
@@ -1073,23 +1498,105 @@ mod tests {
             let e = GzipRecipe::from_bytes(&recipe(chunks).to_bytes(), 10).unwrap_err();
             assert!(matches!(e, RecipeError::Invalid(_)), "{e:?}");
         };
-        // Lead bits above the alignment, an alignment past the byte, an empty verbatim
-        // chunk, a run continued after a verbatim chunk.
+        // Lead bits above the alignment, an alignment past the byte, a raw chunk without
+        // blocks, a run continued after a raw chunk, a block shorter than any, bits set past
+        // a block's end, a header too long, more matches than the text holds.
         refused(vec![restart(3, 0b1000)]);
         refused(vec![restart(8, 0)]);
-        refused(vec![chunk(ChunkBody::Verbatim(vec![]))]);
+        refused(vec![raw(1, 0, vec![verbatim(9)])]);
+        refused(vec![raw(0, 0, vec![])]);
         refused(vec![
-            chunk(ChunkBody::Verbatim(vec![1])),
-            chunk(ChunkBody::Preflate(vec![])),
+            raw(0, 0, vec![verbatim(12)]),
+            chunk(0, ChunkBody::Preflate(vec![])),
         ]);
-        // An unknown chunk type; kind 6 without a chunk that needs it.
-        let mut unknown = bytes.clone();
+        refused(vec![raw(
+            0,
+            0,
+            vec![RawBlock::Verbatim {
+                plain_len: 1,
+                bits: 12,
+                bytes: vec![0, 0x10],
+            }],
+        )]);
+        refused(vec![raw(
+            0,
+            0,
+            vec![RawBlock::Reencoded {
+                plain_len: 300,
+                header_bits: MAX_HEADER_BITS + 1,
+                header: vec![0; MAX_HEADER_BITS.div_ceil(8) as usize + 1],
+                matches: vec![],
+            }],
+        )]);
+        refused(vec![raw(
+            0,
+            0,
+            vec![RawBlock::Reencoded {
+                plain_len: 5,
+                header_bits: 20,
+                header: vec![1, 2, 3],
+                matches: vec![m(0, 3, 1), m(0, 3, 1)],
+            }],
+        )]);
+        // A chunk whose blocks do not add up to its length.
+        let mut uneven = raw(0, 0, vec![verbatim(12)]);
+        uneven.plain_len += 1;
+        refused(vec![uneven]);
+        // An unknown chunk type or block form; kind 6 without a chunk that needs it.
         let first_type = 1 + 4 + 2 + 4;
+        let mut unknown = bytes.clone();
         unknown[first_type] = 3;
         assert!(GzipRecipe::from_bytes(&unknown, 10).is_err());
-        let mut plain = recipe(vec![chunk(ChunkBody::Preflate(vec![9]))]).to_bytes();
+        let first_form = first_type + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4;
+        let mut unknown = bytes.clone();
+        assert_eq!(unknown[first_form], BLOCK_VERBATIM);
+        unknown[first_form] = 2;
+        assert!(GzipRecipe::from_bytes(&unknown, 10).is_err());
+        let mut plain = recipe(vec![chunk(10, ChunkBody::Preflate(vec![9]))]).to_bytes();
         assert_eq!(plain[0], crate::gzip_recipe::RECIPE_PREFLATE);
         plain[0] = RECIPE_PREFLATE_VERBATIM;
         assert!(GzipRecipe::from_bytes(&plain, 10).is_err());
+    }
+
+    #[test]
+    fn a_raw_chunk_that_does_not_fit_its_text_is_an_invalid_recipe() {
+        // A re-encoded block whose header is no dynamic block header, or whose matches run
+        // past its text: refused when recreating, not a panic.
+        let text = sample(200_000);
+        let go = literals(&text[50_000..60_000]);
+        let (gz, plain) = stream(&[
+            Piece::Z(&text[..100_000]),
+            Piece::M(&go, 5),
+            Piece::Z(&text[100_000..]),
+        ]);
+        let recipe = round_trip(&gz, &plain);
+        let broken = |change: &dyn Fn(&mut Vec<u8>, &mut Vec<BlockMatch>)| {
+            let mut broken = recipe.clone();
+            let DeflateRecipe::Preflate(chunks) = &mut broken.deflate else {
+                unreachable!()
+            };
+            for c in chunks {
+                if let ChunkBody::Raw { blocks, .. } = &mut c.body {
+                    let RawBlock::Reencoded {
+                        header, matches, ..
+                    } = &mut blocks[0]
+                    else {
+                        panic!("{blocks:?}")
+                    };
+                    change(header, matches);
+                }
+            }
+            crate::gzip_recipe::recreate(&broken, &mut &plain[..], &mut Vec::new())
+        };
+        let e = broken(&|header, _| header[0] ^= 0b110); // block type 1 or 3
+        assert!(
+            matches!(&e, Err(RecipeError::Invalid(m)) if m.contains("re-encoded")),
+            "{e:?}"
+        );
+        let e = broken(&|_, matches| matches[4].literals = 1000);
+        assert!(
+            matches!(&e, Err(RecipeError::Invalid(m)) if m.contains("past")),
+            "{e:?}"
+        );
     }
 }
