@@ -1703,7 +1703,7 @@ fn recreate_pgzip(
 const MAX_RECREATE_THREADS: usize = 8;
 
 /// Threads a pgzip recreation compresses blocks on: the machine's cores, at most
-/// [`MAX_RECREATE_THREADS`] (each holds ~3.5 MiB with pgzip's default 1 MiB blocks).
+/// [`MAX_RECREATE_THREADS`] (each holds ~4 MiB with pgzip's default 1 MiB blocks).
 fn recreate_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)

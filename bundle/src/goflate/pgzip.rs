@@ -24,8 +24,9 @@
 //!   (`gzip_recipe::analyse_pgzip`) uses them.
 //! - [`PgzipBlocks`] reads the input a block at a time and hands block *i* to worker thread
 //!   *i* mod *N* (scoped threads, each with its own encoder), writing each block's bytes in
-//!   order as its worker returns them; a worker gets its next block only once its last one
-//!   is written, so at most *N* blocks are compressing. The device recreates pgzip blobs with
+//!   order as its worker returns them. A worker holds at most two blocks (one compressing,
+//!   the next waiting, so it need not wait for the reading thread to be scheduled), and gets
+//!   a new one once the one before those is written. The device recreates pgzip blobs with
 //!   it (`gzip_recipe::recreate`), on as many threads as it has cores. With one thread, or
 //!   blocks over [`MAX_PARALLEL_BLOCK`], it runs the streaming writer instead.
 //!
@@ -36,9 +37,11 @@
 //! encoder's tables and history (~1.1 MiB for level 5) and one window of output, the bound is
 //! about 1.3 MiB whatever the block size or input.
 //!
-//! On *N* threads: each worker's encoder, its block and that block's output, plus the block
-//! being read: about *N* × (1.2 MiB + 1.5 × block) + block, ~9 MiB for two threads with 1 MiB
-//! blocks (peak RSS measured 11.5 MiB against 5 MiB streaming, the process included).
+//! On *N* threads: each worker's encoder (~1.2 MiB), its two blocks and their output (at most
+//! about a block each), plus the block being read: *N* × (1.2 MiB + 2 to 4 blocks) + a block,
+//! 8 to 12 MiB for two threads with 1 MiB blocks. Measured (`examples/goflate_speed.rs`, the
+//! whole process's peak RSS): 14 MiB on text and 17 MiB on incompressible input against 5 MiB
+//! streaming; with umoci's 256 KiB blocks, 8 to 9 MiB.
 //!
 //! # What it does not do
 //!
@@ -338,9 +341,9 @@ pub const MAX_PARALLEL_BLOCK: usize = 8 << 20;
 /// block starts from a reset encoder whatever ran before, as in Go). With one thread, or
 /// blocks over [`MAX_PARALLEL_BLOCK`], it is the streaming writer on the caller's thread.
 ///
-/// Memory with `threads` workers: each worker's encoder (~1.1 MiB at level 5), the block it
-/// compresses and its output, plus the block being read: about `threads` × (1.2 MiB + 1.5 ×
-/// block) + block.
+/// Memory with `threads` workers: each worker's encoder (~1.2 MiB at level 5), the two
+/// blocks it holds and their output, plus the block being read: about `threads` × (1.2 MiB +
+/// 2 to 4 blocks) + a block (see the module's "Memory").
 #[derive(Debug, Clone, Copy)]
 pub struct PgzipBlocks {
     level: PgzipLevel,
