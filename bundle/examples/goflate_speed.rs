@@ -37,6 +37,7 @@ fn main() {
             level: Level::new(arg.unwrap_or(-1) as i32).expect("a Go level"),
             plain_len,
             writer: GoWriter::Go1_19_8,
+            flushes: Vec::new(),
         },
         "pgzip" => DeflateRecipe::Pgzip {
             level: PgzipLevel::DEFAULT,
