@@ -468,8 +468,8 @@ fn goflate_header_fields() {
 }
 
 /// `analyse_go` names the level Go wrote a blob with, and the port recreates the blob from the
-/// plain text, header and trailer alone; blobs Go did not write (zlib, or Go flushed before
-/// closing) are not claimed.
+/// plain text, header and trailer alone (with its flush points, when Go flushed before
+/// closing); a blob Go did not write (zlib) is not claimed.
 #[test]
 fn goflate_analyse_go_finds_the_level() {
     use sideload_bundle::gzip_recipe::analyse_go;
@@ -499,8 +499,19 @@ fn goflate_analyse_go_finds_the_level() {
         flushes: vec![100_000],
         ..whole()
     };
-    assert!(analyse_go(&go_output(data, 6, &flushed)[..])
+    // Flushed before closing (Go's Flush): found too, with the flush point, and recreated.
+    let blob = go_output(data, 6, &flushed);
+    let found = analyse_go(&blob[..])
         .unwrap()
-        .is_none());
+        .expect("flushed level 6 found");
+    assert_eq!(found.level.get(), 6);
+    assert_eq!(found.flushes, vec![100_000]);
+    let mut w = GoFlateWriter::new(found.header.clone(), found.level);
+    w.write_all(&data[..100_000]).unwrap();
+    w.sync_flush().unwrap();
+    w.write_all(&data[100_000..]).unwrap();
+    let mut again = w.finish().unwrap();
+    again.extend_from_slice(&found.trailer);
+    assert!(again == blob, "flushed level 6: recreated blob differs");
     eprintln!("goflate analyse_go: {cases} levels found");
 }
