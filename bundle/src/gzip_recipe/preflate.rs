@@ -593,6 +593,59 @@ impl Scan {
     }
 }
 
+/// Keeps preflate's debugging prints off stdout while it analyses. preflate-rs 0.7.6 prints
+/// what its hash chain holds (`println!` in `assert_dictionary_valid`, src/hash_chain.rs:263)
+/// each time it cannot find a match the stream made: the error this analyser provokes on
+/// purpose on streams preflate cannot model (and then halves the run). stdout is the report
+/// of `sideload build --json`, and a few lines of preflate's made it unparsable. While a
+/// guard lives the process's stdout (fd 1) is /dev/null; the last guard dropped puts it back.
+/// Nothing in sideload writes stdout while it analyses a blob (reports come after the build).
+/// By hand: no crate silences a dependency's prints; rustix does the dup and dup2.
+struct QuietStdout {
+    /// Whether this guard counted itself in (stdout could be saved and silenced).
+    counted: bool,
+}
+
+/// Guards alive, and the real stdout while any is.
+static QUIET_STDOUT: std::sync::Mutex<(usize, Option<std::os::fd::OwnedFd>)> =
+    std::sync::Mutex::new((0, None));
+
+impl QuietStdout {
+    fn new() -> QuietStdout {
+        let mut quiet = QUIET_STDOUT.lock().unwrap_or_else(|e| e.into_inner());
+        if quiet.0 == 0 {
+            let _ = io::stdout().flush();
+            let saved = rustix::io::dup(io::stdout());
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+            match (saved, null) {
+                (Ok(saved), Ok(null)) if rustix::stdio::dup2_stdout(&null).is_ok() => {
+                    quiet.1 = Some(saved);
+                }
+                // Cannot silence: preflate may then print, which costs a report, not a blob.
+                _ => return QuietStdout { counted: false },
+            }
+        }
+        quiet.0 += 1;
+        QuietStdout { counted: true }
+    }
+}
+
+impl Drop for QuietStdout {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let mut quiet = QUIET_STDOUT.lock().unwrap_or_else(|e| e.into_inner());
+        quiet.0 -= 1;
+        if quiet.0 == 0 {
+            let _ = io::stdout().flush();
+            if let Some(saved) = quiet.1.take() {
+                let _ = rustix::stdio::dup2_stdout(&saved);
+            }
+        }
+    }
+}
+
 /// A live preflate processor and where its run started.
 struct Run {
     processor: PreflateStreamProcessor,
@@ -650,7 +703,10 @@ impl Run {
             *data.last_mut().expect("not empty") &= (1u8 << (end % 8)) - 1;
         }
         let processor = &mut self.processor;
-        let result = catch_unwind(AssertUnwindSafe(|| processor.decompress(&data)))
+        let quiet = QuietStdout::new();
+        let result = catch_unwind(AssertUnwindSafe(|| processor.decompress(&data)));
+        drop(quiet);
+        let result = result
             .map_err(|_| "preflate panicked".to_string())?
             .map_err(|e: PreflateError| format!("{:?}: {}", e.exit_code(), e.message()))?;
         let prefix_blocks = if self.prefix.is_some() { 2 } else { 0 };
