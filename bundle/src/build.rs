@@ -695,35 +695,23 @@ fn build_with_cache(
     };
 
     drop(scratch);
-    let mut bundle =
-        tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating bundle in", dir))?;
     payload_file
         .seek(SeekFrom::Start(0))
         .map_err(io_err("reading back payload of"))?;
-    let bundle_size = {
-        let mut w = BufWriter::new(bundle.as_file_mut());
-        let n = write_bundle(
+    // Bundles are not secret: readable by all, as a file cp would make.
+    let mut bundle_size = 0;
+    crate::fsutil::replace_file(out, 0o644, |file| {
+        let mut w = BufWriter::new(file);
+        bundle_size = write_bundle(
             &mut w,
             &statement.to_canonical_json(),
             &[],
             options.signature_slot,
             &mut payload_file,
-        )
-        .map_err(io_err("writing"))?;
-        w.flush().map_err(io_err("writing"))?;
-        n
-    };
-    // Bundles are not secret; tempfile creates files owner-only.
-    use std::os::unix::fs::PermissionsExt;
-    bundle
-        .as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .and_then(|_| bundle.as_file().sync_all())
-        .map_err(io_err("syncing"))?;
-    bundle
-        .persist(out)
-        .map_err(|e| Error::io("renaming bundle into place at", out)(e.error))?;
-    crate::fsutil::sync_parent(out)?;
+        )?;
+        w.flush()
+    })
+    .map_err(io_err("writing"))?;
 
     Ok(BuildReport {
         bundle: out.to_owned(),

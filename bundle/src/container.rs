@@ -398,31 +398,19 @@ fn replace_with_new_slot(
     head: &BundleHead,
     slot: &[u8],
 ) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.attach-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut copy = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        copy.set_permissions(original.metadata()?.permissions())?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = original.metadata()?.permissions().mode() & 0o7777;
+    crate::fsutil::replace_file(path, mode, |copy| {
         original.seek(SeekFrom::Start(0))?;
         std::io::copy(
             &mut Read::by_ref(original).take(head.signature_slot_offset()),
-            &mut copy,
+            copy,
         )?;
         copy.write_all(slot)?;
         original.seek(SeekFrom::Start(head.payload_offset()))?;
-        std::io::copy(original, &mut copy)?;
-        copy.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        std::io::copy(original, copy)?;
+        Ok(())
+    })
 }
 
 /// The slot's bytes: compact JSON array, padded with spaces. `None` if it does not fit.

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -51,17 +50,7 @@ impl SequenceState {
     pub fn record(&mut self, path: &Path, repository: &str, sequence: u64) -> Result<()> {
         self.sequences.insert(repository.to_owned(), sequence);
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "sequences": self.sequences }))?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("writing state in {}", dir.display()))?;
-        tmp.write_all(&body)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path)
-            .with_context(|| format!("replacing state {}", path.display()))?;
-        fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        sideload_bundle::fsutil::replace_file_with(path, 0o600, &body)
+            .with_context(|| format!("replacing state {}", path.display()))
     }
 }

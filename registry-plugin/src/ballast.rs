@@ -34,19 +34,15 @@ impl Ballast {
         if fs4::available_space(dir).map_or(true, |a| a < 2 * SIZE) {
             return;
         }
-        let tmp = self.path.with_extension("tmp");
-        let made = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+        let made = sideload_bundle::fsutil::replace_file(&self.path, 0o600, |f| {
             // Written, not sparse: the blocks must really be taken.
             let zeros = vec![0u8; 64 << 10];
             for _ in 0..SIZE / zeros.len() as u64 {
                 f.write_all(&zeros)?;
             }
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
+            Ok(())
+        });
         if let Err(e) = made {
-            let _ = std::fs::remove_file(&tmp);
             tracing::warn!(error = %e, "cannot make the disk reserve (ballast)");
         }
     }

@@ -316,7 +316,9 @@ impl Daemon {
                     source: e,
                 })
             })?;
-            sync_dir(&self.bundles_dir());
+            // Best effort: the rename stands either way; a power cut may undo it, which
+            // recovery handles.
+            let _ = sideload_bundle::fsutil::sync_dir(&self.bundles_dir());
         }
         crash::reached(Step::IntakeStored);
         match self.journal.enqueue(&new) {
@@ -671,13 +673,6 @@ pub fn apply_space(path: &Path) -> Option<u64> {
     let (head, _) = sideload_bundle::open_bundle(path, &Limits::default()).ok()?;
     let statement = Statement::from_canonical_json(&head.statement_bytes).ok()?;
     sideload_bundle::apply::space_needed(&statement, 1)
-}
-
-/// fsyncs a directory, so a rename or removal in it survives a power cut.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Loads an applied bundle's image into the engine under every name a deployment may use.

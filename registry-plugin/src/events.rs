@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,6 +61,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
+
+use sideload_bundle::fsutil::{replace_file_with, sync_dir, TEMPORARY_PREFIX};
 
 /// Where and how events are announced; the `[events]` section of the daemon's config.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -337,7 +339,6 @@ fn stderr_suffix(stderr: &str) -> String {
 /// How much of a failing command's stderr goes into the log line.
 const STDERR_KEPT: usize = 1024;
 const LAST_SEQ: &str = "last-seq";
-const TMP_PREFIX: &str = ".tmp-";
 /// Enough digits for any u64, so names sort like numbers.
 const SEQ_DIGITS: usize = 20;
 
@@ -365,7 +366,8 @@ impl EventSpool {
             let entry = entry.map_err(at(dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TMP_PREFIX) {
+            if name.starts_with(TEMPORARY_PREFIX) {
+                // A file half-written by a crash inside `replace_file`: the old one stands.
                 remove_if_present(&entry.path())?;
             } else if name == LAST_SEQ {
                 // Written atomically, so unreadable only after a disk fault; the event files still
@@ -750,25 +752,12 @@ impl Inner {
 
     /// Write aside, fsync, rename, fsync the directory: the event is there whole or not at all.
     fn write_event(&self, seq: u64, untrusted: bool, body: &[u8]) -> io::Result<()> {
-        let tmp = self
-            .dir
-            .join(format!("{TMP_PREFIX}{seq:0SEQ_DIGITS$}.json"));
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(body)?;
-            file.sync_all()?;
-            let path = if untrusted {
-                self.untrusted_path(seq)
-            } else {
-                self.event_path(seq)
-            };
-            fs::rename(&tmp, path)?;
-            sync_dir(&self.dir)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        let path = if untrusted {
+            self.untrusted_path(seq)
+        } else {
+            self.event_path(seq)
+        };
+        replace_file_with(&path, 0o600, body)
     }
 
     /// The event, or `None` when its file is gone. A file that does not parse (a disk fault, or a
@@ -815,11 +804,11 @@ impl Inner {
         state.untrusted.remove(&seq);
         if state.pending.range(seq..).next().is_none() {
             let last = state.next_seq - 1;
-            let tmp = self.dir.join(format!("{TMP_PREFIX}{LAST_SEQ}"));
-            let mut file = File::create(&tmp)?;
-            writeln!(file, "{last}")?;
-            file.sync_all()?;
-            fs::rename(&tmp, self.dir.join(LAST_SEQ))?;
+            replace_file_with(
+                &self.dir.join(LAST_SEQ),
+                0o600,
+                format!("{last}\n").as_bytes(),
+            )?;
         }
         // Under the lock, so `pending()` never counts an event whose files are still there.
         self.remove_files(seq)?;
@@ -880,10 +869,6 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 /// Puts the path into an error's message, keeping its kind.
 fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Runs blocking file work off the async workers.

@@ -173,7 +173,7 @@ impl Daemon {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove the stored bundle");
             }
         }
-        crate::daemon::sync_dir(&self.bundles_dir());
+        let _ = sideload_bundle::fsutil::sync_dir(&self.bundles_dir());
     }
 
     /// Files caught between their delivery and the queue (`bundles/*.incoming`) go back where

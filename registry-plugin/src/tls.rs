@@ -3,8 +3,7 @@
 //! uses. Clients that cannot get a certificate from a CA onto the device pin the leaf
 //! certificate by its digest ([`pin`]), which the daemon logs at every start.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,27 +281,8 @@ fn generate(config: &Config, tls: &TlsConfig, cert: &Path, key: &Path) -> anyhow
 /// Writes `bytes` to `path` (which must not exist) with `mode`, through `path.tmp` and a
 /// rename, synced.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    // The umask may have taken bits away; the mode is what was asked for, never more.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    // The mode is what was asked for, never more (the umask does not count).
+    sideload_bundle::fsutil::replace_file_with(path, mode, bytes)
 }
 
 #[cfg(test)]

@@ -491,15 +491,8 @@ impl Uploads {
 
     fn save(&self, meta: &UploadMeta) -> Result<(), UploadError> {
         let path = self.meta_path(&meta.id);
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &serde_json::to_vec(meta).expect("serializes"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write()
+        let body = serde_json::to_vec(meta).expect("serializes");
+        sideload_bundle::fsutil::replace_file_with(&path, 0o600, &body)
             .map_err(|e| UploadError::Internal(format!("cannot record upload {}: {e}", meta.id)))?;
         if let Some(session) = self.table().get(&meta.id) {
             *session.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = meta.clone();

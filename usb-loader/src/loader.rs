@@ -693,10 +693,8 @@ fn save_state(path: &Path, state: &StickState) {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(state).expect("serializes"))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let body = serde_json::to_vec_pretty(state).expect("serializes");
+        sideload_bundle::fsutil::replace_file_with(path, 0o600, &body)
     };
     if let Err(e) = write() {
         tracing::warn!(path = %path.display(), error = %e, "cannot save the loader's state");

@@ -60,11 +60,6 @@ fn copy_into(
     }
 }
 
-/// Syncs directory `dir` so that renames into it survive a power cut.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Writes an OCI image layout: blobs, then manifests recorded in `index.json` on
 /// [`finish`](OciLayoutWriter::finish).
 ///
@@ -212,27 +207,17 @@ impl OciLayoutWriter {
                 io::Error::other(e),
             )
         })?;
-        sync_dir(&self.blobs).map_err(|e| io_error(&self.dir, "sync", &self.blobs, e))?;
+        crate::fsutil::sync_dir(&self.blobs)
+            .map_err(|e| io_error(&self.dir, "sync", &self.blobs, e))?;
         write_atomically(&self.dir, &self.dir.join(INDEX_FILE), &bytes)
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over `path`, then the directory synced.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil::replace_file`]; owner-only, as the
+/// layout's blobs).
 fn write_atomically(label: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(dir)
-        .map_err(|e| io_error(label, "create a temporary file in", dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| io_error(label, "write", tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| io_error(label, "sync", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| io_error(label, "rename into", path, e.error))?;
-    sync_dir(dir).map_err(|e| io_error(label, "sync", dir, e))
+    crate::fsutil::replace_file_with(path, 0o600, bytes)
+        .map_err(|e| io_error(label, "write", path, e))
 }
 
 /// A blob being written: bytes are hashed as they go to a temporary file in the blob
@@ -499,7 +484,7 @@ fn write_docker_archive_to(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    sync_dir(parent).map_err(|e| io_error(out, "sync", parent, e))
+    crate::fsutil::sync_dir(parent).map_err(|e| io_error(out, "sync", parent, e))
 }
 
 /// A deterministic tar header: owner 0:0, mtime 0, so the same content gives the same bytes.
