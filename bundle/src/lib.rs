@@ -29,6 +29,8 @@
 //! Tests: `cargo test -p sideload-bundle`. The image tests start a real `docker-registry` on
 //! loopback and use `skopeo`; `.ci/run` installs both.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod bspatch;
 pub mod build;

@@ -10,6 +10,8 @@
 //! The bodies only read: whatever touches the disk (the docker-archive and config targets,
 //! the stick scan) works in a private temporary directory.
 
+#![warn(missing_docs)]
+
 use std::io::{self, BufReader, Cursor, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;

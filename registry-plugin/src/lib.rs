@@ -11,6 +11,8 @@
 //! finished at the next start ([`recover`]); an apply that fails for a passing cause (a full
 //! disk, the registry down) keeps its bundle in the state `waiting` and is retried once the
 //! cause is gone. Protocol: `docs/upload-api.md`.
+
+#![warn(missing_docs)]
 pub mod auth;
 pub mod ballast;
 pub mod config;

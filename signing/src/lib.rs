@@ -52,6 +52,8 @@
 //! Unit tests sit next to the code (one per refusal, per policy load error, per key format);
 //! `tests/sideload_sign.rs` drives the built `sideload-sign` binary end to end.
 
+#![warn(missing_docs)]
+
 pub mod keys;
 pub mod names;
 pub mod policy;
