@@ -13,6 +13,8 @@
 //! that was never tried over a real link must not look like a pass. `push.rs` exercises the
 //! same logic through an in-process proxy everywhere.
 
+#![allow(clippy::disallowed_methods)] // a test harness reads its environment
+
 #[path = "../../registry-plugin/tests/support/mod.rs"]
 mod support;
 

@@ -1098,6 +1098,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // SIDELOAD_BLESS=1 rewrites the golden files
     fn rewrites_match_the_golden_files_byte_for_byte() {
         for (file, text, expected) in GOLDEN {
             let out = rewrite(file, text, &pins).unwrap();

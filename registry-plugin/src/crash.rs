@@ -93,6 +93,7 @@ impl Step {
 #[inline]
 pub fn reached(step: Step) {
     #[cfg(feature = "crash-points")]
+    #[allow(clippy::disallowed_methods)]
     if std::env::var("SIDELOAD_CRASH_AT").is_ok_and(|v| v == step.name()) {
         eprintln!("crash point {}: aborting", step.name());
         std::process::abort();

@@ -141,7 +141,10 @@ fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    // systemd sets it when stderr goes to the journal, which stamps the time itself.
+    #[allow(clippy::disallowed_methods)]
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    if journald {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.init();

@@ -399,8 +399,10 @@ async fn push_layout(
         ));
     }
     crate::crash::reached(crate::crash::Step::ApplyManifestStored);
-    // Fault injection for the crash tests: hold here, with every blob and the manifest
-    // stored but no tag moved, so a test can kill the process at the worst moment.
+    // Fault injection for the crash tests (test builds only): hold here, with every blob and
+    // the manifest stored but no tag moved, so a test can kill the process at the worst moment.
+    #[cfg(feature = "fault-injection")]
+    #[allow(clippy::disallowed_methods)]
     if let Some(ms) = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_TAG_MS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -216,11 +216,16 @@ impl Plugin {
 fn file_stream(
     file: std::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    // Fault injection for the tests: after the first chunk is on its way, time to pull the
-    // stick mid-transfer (so the device holds part of the bundle, whatever the page cache).
+    // Fault injection for the tests (test builds only): after the first chunk is on its way,
+    // time to pull the stick mid-transfer (so the device holds part of the bundle, whatever
+    // the page cache).
+    #[cfg(feature = "fault-injection")]
+    #[allow(clippy::disallowed_methods)]
     let pause: Option<u64> = std::env::var("SIDELOAD_FAULT_PAUSE_BEFORE_SEND_MS")
         .ok()
         .and_then(|v| v.parse().ok());
+    #[cfg(not(feature = "fault-injection"))]
+    let pause: Option<u64> = None;
     futures_util::stream::unfold(Some((file, 0u32)), move |state| async move {
         let (mut file, chunks) = state?;
         if let (Some(ms), 1) = (pause, chunks) {

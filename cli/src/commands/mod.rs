@@ -54,6 +54,8 @@ pub fn open_images(
     let auth = match &registry.registry_user {
         Some(user) => Some(BasicAuth {
             username: user.clone(),
+            // The config names the variable that holds the password, kept out of the file.
+            #[allow(clippy::disallowed_methods)]
             password: std::env::var(&registry.registry_password_env).with_context(|| {
                 format!(
                     "--registry-user is set but the password variable {} is not",

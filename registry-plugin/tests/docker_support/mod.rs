@@ -10,6 +10,8 @@
 //! writes it and the module's `createOptions`, starts it, waits, and returns its output. No
 //! pull is ever asked for. Needs root (dockerd does) and `curl` (the Engine API over the unix
 //! socket, as the agent speaks it); a missing tool fails the test, naming the package.
+
+#![allow(clippy::disallowed_methods)] // a test harness reads its environment
 #![allow(dead_code)]
 
 use std::fs;
