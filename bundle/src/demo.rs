@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use sideload_signing::Digest;
 
-use crate::image::build::{build_image, ConfigExtras};
+use crate::image::from_files::{build_image, ConfigExtras};
 use crate::image::ImageError;
 
 /// Files for the base layer; the ones missing on this machine are skipped.

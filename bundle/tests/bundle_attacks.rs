@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 mod support;
 
 use sideload_bundle::container::{read_head, write_bundle};
-use sideload_bundle::image::build::{build_image, ConfigExtras};
+use sideload_bundle::image::from_files::{build_image, ConfigExtras};
 use sideload_bundle::image::oci_layout::OciLayoutSource;
 use sideload_bundle::image::spec::{linux_amd64, Descriptor};
 use sideload_bundle::image::ImageSource;

@@ -234,12 +234,13 @@ fn several_images_in_one_archive_need_a_name() {
     let (two, _f2, _) = {
         let (root, dirs) = support::sample_layers();
         let refs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-        let extras = sideload_bundle::image::build::ConfigExtras {
+        let extras = sideload_bundle::image::from_files::ConfigExtras {
             cmd: vec!["/bin/true".into()],
             ..Default::default()
         };
-        let d = sideload_bundle::image::build::build_image(&layout, "two", &refs[..1], &extras)
-            .unwrap();
+        let d =
+            sideload_bundle::image::from_files::build_image(&layout, "two", &refs[..1], &extras)
+                .unwrap();
         (d, root, dirs)
     };
     let archive = work.path().join("two-images.tar");

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sideload_bundle::container::read_head;
-use sideload_bundle::image::build::{build_image, layer_tar_from_dir, ConfigExtras};
+use sideload_bundle::image::from_files::{build_image, layer_tar_from_dir, ConfigExtras};
 use sideload_bundle::image::oci_layout::OciLayoutSource;
 use sideload_bundle::image::spec::linux_amd64;
 use sideload_bundle::image::write::write_docker_archive;

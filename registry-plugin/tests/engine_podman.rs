@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podman_support::{free_port, lists, require, start_podman, Scratch, Service, START_TIMEOUT};
-use sideload_bundle::image::build::{build_image, ConfigExtras};
+use sideload_bundle::image::from_files::{build_image, ConfigExtras};
 use sideload_registry_plugin::engine::{Engine, EngineConfig, EngineError};
 use sideload_signing::{Digest, RepositoryName, Tag};
 

@@ -27,7 +27,8 @@
 //!   hash-and-check at end of stream, magic-byte detection, capped-window decompression.
 //! - [`write`]: [`write::OciLayoutWriter`], [`write::write_docker_archive`] (what `docker load`
 //!   accepts) and [`write::write_oci_layout`] (exact bytes: the manifest digest is kept).
-//! - [`build`]: a deterministic layer builder and a tiny image builder, for tests and demos.
+//! - [`from_files`]: a deterministic layer builder and a tiny image builder (images from a
+//!   directory of files), for tests and demos; not the encoder, which is [`crate::build`].
 //!
 //! The pure decisions (which manifest of an index, which image of an archive, is a manifest
 //! consistent with its config) live in [`spec`] and are tested on JSON values; the readers
@@ -51,10 +52,10 @@ use std::path::PathBuf;
 
 use sideload_signing::{Digest, InvalidName, Platform};
 
-pub mod build;
 pub mod compression;
 pub mod digest_reader;
 pub mod docker_archive;
+pub mod from_files;
 pub mod location;
 pub mod oci_layout;
 pub mod registry;

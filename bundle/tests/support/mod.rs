@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sideload_bundle::image::build::{build_image, ConfigExtras};
+use sideload_bundle::image::from_files::{build_image, ConfigExtras};
 use sideload_signing::Digest;
 use tempfile::TempDir;
 
