@@ -28,7 +28,6 @@ use sideload_signing::{
     TargetLayer,
 };
 
-use crate::apply::BaseStore;
 use crate::codec::{CodecSettings, FrameEncoder, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
 use crate::delta::{plan_region, scan_layer, BaseIndex, BaseRef, LayerScan, Region, RegionPlan};
@@ -41,6 +40,7 @@ use crate::image::ImageSource;
 use crate::manifest::build_manifest;
 use crate::payload::{Extent, PatchKind, PayloadWriter};
 use crate::progress::Progress;
+use crate::scratch::{gather_extents, BaseStore, Scratch, ZSTD_DICT_MAGIC};
 
 /// Size of one literal record; also the read buffer of the encoder.
 const LITERAL_CHUNK: usize = 1 << 20;
@@ -412,7 +412,7 @@ fn build_with_cache(
     let layout = ScratchLayout::new(&wanted, &base_layers, &mut requires);
     let scratch_dir =
         tempfile::tempdir_in(dir).map_err(Error::io("creating scratch directory in", dir))?;
-    let scratch = crate::apply::gather_extents(
+    let scratch = gather_extents(
         &out.display().to_string(),
         &requires,
         layout.total,
@@ -544,7 +544,7 @@ fn build_with_cache(
                 _ => None,
             };
             let mut ranges = ranges;
-            if dictionary.starts_with(&crate::apply::ZSTD_DICT_MAGIC) {
+            if dictionary.starts_with(&ZSTD_DICT_MAGIC) {
                 // zstd would take it as a formatted dictionary: start it one byte later.
                 dictionary.remove(0);
                 ranges[0].0 += 1;
@@ -953,7 +953,7 @@ struct LayerEncoder<'a> {
     /// when it continues in scratch: (scratch offset, what they make). Written as one COPY if
     /// nothing differs, else as one MIX_RUNS.
     pending: Option<(u64, crate::payload::MixRuns)>,
-    scratch: &'a crate::apply::Scratch,
+    scratch: &'a Scratch,
     layout: &'a ScratchLayout,
     base_scans: &'a [LayerScan],
     level: i32,
@@ -1355,7 +1355,7 @@ fn rewind(file: &mut File) -> std::io::Result<()> {
 }
 
 fn read_scratch(
-    scratch: &crate::apply::Scratch,
+    scratch: &Scratch,
     layout: &ScratchLayout,
     at: &BaseRef,
     name: &str,
@@ -1464,7 +1464,7 @@ fn zstd_patch(old: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>, Error> {
 fn whole_layer_patch(
     spool: &mut File,
     at: &BaseRef,
-    scratch: &crate::apply::Scratch,
+    scratch: &Scratch,
     layout: &ScratchLayout,
     level: i32,
     name: &str,
@@ -1481,14 +1481,14 @@ fn whole_layer_patch(
 /// starts with its dictionary magic as a formatted one (decoders refuse such bases), so such a
 /// base starts one byte later.
 fn patch_base(
-    scratch: &crate::apply::Scratch,
+    scratch: &Scratch,
     layout: &ScratchLayout,
     at: &BaseRef,
     name: &str,
 ) -> Result<(BaseRef, Vec<u8>), Error> {
     let mut old = read_scratch(scratch, layout, at, name)?;
     let mut at = *at;
-    if old.starts_with(&crate::apply::ZSTD_DICT_MAGIC) {
+    if old.starts_with(&ZSTD_DICT_MAGIC) {
         old.remove(0);
         at.offset += 1;
         at.len -= 1;

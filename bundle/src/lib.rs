@@ -7,7 +7,8 @@
 //! will exist, what must already be there, the payload's size and sha256) followed by a
 //! signature slot; after them, the payload. [`container`] reads and writes that frame,
 //! [`payload`] the record stream inside the payload, [`build`] is the encoder and [`apply`] the
-//! decoder; [`verify`] makes the trust decisions. [`image`] reads images from docker-archives,
+//! decoder, both over [`scratch`] (the device's base layers and the ranges gathered from them);
+//! [`verify`] makes the trust decisions. [`image`] reads images from docker-archives,
 //! OCI layouts and registries and writes them back.
 //!
 //! The types fit together like this:
@@ -50,6 +51,7 @@ pub mod limits;
 pub mod manifest;
 pub mod payload;
 pub mod progress;
+pub mod scratch;
 pub mod stream;
 pub mod text;
 pub mod verify;
