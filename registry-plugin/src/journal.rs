@@ -90,16 +90,15 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> State {
-        match s {
-            "queued" => State::Queued,
-            "applying" => State::Applying,
-            "applied" => State::Applied,
-            "waiting" => State::Waiting,
-            "refused" => State::Refused,
-            _ => State::Failed,
-        }
-    }
+    /// Every state, in lifecycle order.
+    pub const ALL: [State; 6] = [
+        State::Queued,
+        State::Applying,
+        State::Applied,
+        State::Waiting,
+        State::Failed,
+        State::Refused,
+    ];
 
     /// True while the bundle counts as on its way or done: another delivery of it is a
     /// duplicate, not a retry.
@@ -113,6 +112,24 @@ impl State {
     /// True while the device keeps the bundle's stored file: it is still to be applied.
     pub fn keeps_file(self) -> bool {
         matches!(self, State::Queued | State::Applying | State::Waiting)
+    }
+}
+
+/// A state name this journal does not know: a damaged row, or a journal written by a newer
+/// sideload. Never read as some other state: a bundle must not be retried, deleted or
+/// reported as failed on a guess.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown bundle state {0:?} (known: queued, applying, applied, waiting, failed, refused)")]
+pub struct UnknownState(pub String);
+
+impl std::str::FromStr for State {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> std::result::Result<State, UnknownState> {
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
     }
 }
 
@@ -500,7 +517,9 @@ fn record(r: &rusqlite::Row<'_>) -> Result<BundleRecord> {
         ordered_by: r.get(7)?,
         contact: r.get(8)?,
         source: r.get(9)?,
-        state: State::parse(&state),
+        state: state.parse().map_err(|e: UnknownState| {
+            rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         reason: r.get(11)?,
         advice: r.get(12)?,
         engine: r.get(13)?,
@@ -594,6 +613,29 @@ mod tests {
             .collect();
         assert_eq!(states, ["queued", "applying", "applied"]);
         assert_eq!(j.in_state(State::Queued).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn states_parse_strictly_and_an_unknown_one_is_an_error_not_failed() {
+        for state in State::ALL {
+            assert_eq!(state.as_str().parse::<State>(), Ok(state));
+        }
+        assert_eq!(
+            "Failed".parse::<State>(),
+            Err(UnknownState("Failed".into()))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        j.enqueue(&sample("a", 5)).unwrap();
+        // A row written by a newer sideload, or damaged.
+        j.conn()
+            .execute("UPDATE bundles SET state = 'resting' WHERE id = 'a'", [])
+            .unwrap();
+        let error = j.get("a").unwrap_err().to_string();
+        assert!(
+            error.contains("unknown bundle state \"resting\""),
+            "{error}"
+        );
     }
 
     #[test]
