@@ -479,7 +479,14 @@ impl Daemon {
         crash::reached(Step::ApplyStarted);
         tracing::info!(bundle = %b.name, id = %b.id, repository = %b.repository, "applying");
         let path = self.stored_bundle(&b.id);
-        let result = crate::rebuild::rebuild(self, &path, &b.name).await;
+        let device = crate::rebuild::ApplyContext {
+            upstream: &self.upstream,
+            staging_root: self.config.data_dir.join("staging"),
+            policy: &self.policy,
+            limits: &self.limits,
+            journal: &self.journal,
+        };
+        let result = crate::rebuild::rebuild(&device, &path, &b.name).await;
         let millis = started.elapsed().as_millis() as u64;
         self.metrics.applies.fetch_add(1, Ordering::Relaxed);
         self.metrics

@@ -13,17 +13,34 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sideload_bundle::apply::{apply_trusted, BaseStore, Output};
 use sideload_bundle::image::compression::{verified_blob, verified_layer};
 use sideload_bundle::image::spec::{self, Parsed};
 use sideload_bundle::image::{ImageError, Layer};
-use sideload_bundle::{verify_head, NoProgress};
-use sideload_signing::{Digest, Statement, VerifyContext};
+use sideload_bundle::{verify_head, Limits, NoProgress};
+use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
 use tokio::runtime::Handle;
 
-use crate::daemon::Daemon;
+use crate::journal::Journal;
 use crate::upstream::{StoredImage, Upstream};
+
+/// What an apply needs of the device, lent by the daemon: its registry, where to stage, whom
+/// to trust with which limits, and the journal (for the anti-rollback floor). Nothing else of
+/// the daemon reaches the apply, and this module does not know the daemon.
+pub struct ApplyContext<'a> {
+    /// The local registry the image goes into (and whose images are the bases).
+    pub upstream: &'a Upstream,
+    /// Where decoding stages its files (one temporary directory per apply inside).
+    pub staging_root: PathBuf,
+    /// The trust policy the head is verified against again before decoding.
+    pub policy: &'a Arc<TrustPolicy>,
+    /// The device's limits for every length in the bundle.
+    pub limits: &'a Limits,
+    /// The journal, for the repository's applied sequence.
+    pub journal: &'a Arc<Journal>,
+}
 
 /// Why an apply failed: the message for the journal and the advice for the person.
 #[derive(Debug)]
@@ -222,11 +239,15 @@ impl Read for BlockingBody {
 
 /// Applies the bundle stored at `path` (delivered as `name`) into the registry. Returns the
 /// statement applied.
-pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Statement, ApplyFailure> {
+pub async fn rebuild(
+    device: &ApplyContext<'_>,
+    path: &Path,
+    name: &str,
+) -> Result<Statement, ApplyFailure> {
     let name = name.to_owned();
     // 1-2: decode into staging, on a blocking thread.
     let mut configs = HashMap::new();
-    let images = daemon
+    let images = device
         .upstream
         .images(&mut configs)
         .await
@@ -234,9 +255,9 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
             format!("{name}: cannot list the images of the local registry: {e}"),
             "check that the registry service runs (systemctl status docker-registry); the bundle is kept and applied once the registry answers",
         ).transient(Some(Transient::Registry)))?;
-    let bases = RegistryBases::new(daemon.upstream.clone(), Handle::current(), &images);
-    let staging_root = daemon.config.data_dir.join("staging");
-    std::fs::create_dir_all(&staging_root).map_err(|e| {
+    let bases = RegistryBases::new(device.upstream.clone(), Handle::current(), &images);
+    let staging_root = &device.staging_root;
+    std::fs::create_dir_all(staging_root).map_err(|e| {
         ApplyFailure::new(
             format!("{name}: cannot create {}: {e}", staging_root.display()),
             "check the data directory's permissions and free space",
@@ -245,7 +266,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
     })?;
     let staging = tempfile::Builder::new()
         .prefix("apply-")
-        .tempdir_in(&staging_root)
+        .tempdir_in(staging_root)
         .map_err(|e| {
             ApplyFailure::new(
                 format!("{name}: cannot create a staging directory: {e}"),
@@ -257,11 +278,11 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
     let (statement, bases) = {
         let path = path.to_owned();
         let layout = layout.clone();
-        let policy = daemon.policy.clone();
-        let limits = daemon.limits.clone();
-        let journal = daemon.journal.clone();
+        let policy = device.policy.clone();
+        let limits = device.limits.clone();
+        let journal = device.journal.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            let statement = peek_statement(&path)?;
+            let statement = peek_statement(&path, &limits)?;
             let recorded = journal
                 .sequence(statement.target.repository.as_str())
                 .map_err(|e| sideload_bundle::Error::Io {
@@ -303,7 +324,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
         match decoded {
             // A base read from the registry can fail because the registry went away.
             Err(f) if f.transient.is_none() => {
-                let down = daemon.upstream.ping().await.is_err();
+                let down = device.upstream.ping().await.is_err();
                 return Err(f.transient(down.then_some(Transient::Registry)));
             }
             other => other?,
@@ -311,7 +332,7 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
     };
     crate::crash::reached(crate::crash::Step::ApplyStaged);
     // 3: push blobs, config, manifest, tags.
-    push_layout(daemon, &bases, &statement, &layout)
+    push_layout(device.upstream, &bases, &statement, &layout)
         .await
         .map_err(|e| {
             // The registry refused or failed to store a manifest and blobs whose digests
@@ -332,8 +353,8 @@ pub async fn rebuild(daemon: &Daemon, path: &Path, name: &str) -> Result<Stateme
 }
 
 /// Reads the statement without trusting it, to find its repository's sequence floor.
-fn peek_statement(path: &Path) -> Result<Statement, sideload_bundle::Error> {
-    let (head, _) = sideload_bundle::open_bundle(path, &sideload_bundle::Limits::default())?;
+fn peek_statement(path: &Path, limits: &Limits) -> Result<Statement, sideload_bundle::Error> {
+    let (head, _) = sideload_bundle::open_bundle(path, limits)?;
     Statement::from_canonical_json(&head.statement_bytes).map_err(|e| {
         sideload_bundle::Error::CorruptPayload {
             bundle: head.name.clone(),
@@ -343,13 +364,12 @@ fn peek_statement(path: &Path) -> Result<Statement, sideload_bundle::Error> {
 }
 
 async fn push_layout(
-    daemon: &Daemon,
+    up: &Upstream,
     bases: &RegistryBases,
     statement: &Statement,
     layout: &Path,
 ) -> Result<(), String> {
     let repo = statement.target.repository.as_str();
-    let up = &daemon.upstream;
     let label = format!("{repo}@{}", statement.target.manifest_digest);
     let manifest = match spec::parse_manifest(
         statement.target.manifest.as_bytes(),
