@@ -247,6 +247,11 @@ impl Config {
         }
     }
 
+    /// The uploads folder (records and part files of resumable uploads).
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+
     /// The inbox folder.
     pub fn inbox_dir(&self) -> PathBuf {
         self.inbox

@@ -201,7 +201,12 @@ fn not_a_bundle(name: &str) -> Refused {
 fn take(daemon: &Daemon, path: &Path, quarantine: &Path, name: &str) {
     let store = daemon.bundles_dir();
     let _ = std::fs::create_dir_all(&store);
-    let incoming = store.join(format!("inbox-{}.incoming", sanitize(name)));
+    let incoming = store.join(
+        crate::incoming::Incoming::Inbox {
+            file: sanitize(name),
+        }
+        .file_name(),
+    );
     // Rename when on the same filesystem; otherwise copy, then remove the original.
     let moved = std::fs::rename(path, &incoming).or_else(|_| {
         std::fs::copy(path, &incoming)?;

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod inbox;
+pub mod incoming;
 pub mod journal;
 pub mod listen;
 pub mod names;
@@ -80,7 +81,7 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the journal in {}", data.display()))?;
     let events = events::EventSpool::open(&data.join("events"), config.events.clone())
         .with_context(|| "cannot open the event spool")?;
-    let uploads = uploads::Uploads::open(data.join("uploads"))
+    let uploads = uploads::Uploads::open(config.uploads_dir())
         .with_context(|| "cannot open the upload directory")?;
     let upstream = upstream::Upstream::new(&config.registry.url);
     wait_for_registry(&upstream, config.registry.startup_timeout_secs).await?;

@@ -18,6 +18,7 @@
 //! Uploads are settled afterwards by [`crate::uploads::Uploads::settle`]: an upload whose
 //! bundle the journal holds gets that result, one whose bytes are gone starts again at 0.
 
+use crate::incoming::{upload_part, upload_record, Incoming};
 use std::path::{Path, PathBuf};
 
 use crate::daemon::Daemon;
@@ -140,7 +141,7 @@ impl Daemon {
 
     /// The `Bundle-Name` of an unfinished upload of bundle `id`, from its record.
     fn upload_name(&self, id: &str) -> Option<String> {
-        let dir = self.config.data_dir.join("uploads");
+        let dir = self.config.uploads_dir();
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
             let path = e.path();
             if path.extension().is_none_or(|x| x != "json") {
@@ -185,25 +186,20 @@ impl Daemon {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".incoming") else {
+            let Some(incoming) = Incoming::parse(&name) else {
                 continue;
             };
-            let back = match stem.strip_prefix("inbox-") {
-                Some(file) => self.config.inbox_dir().join(file),
-                None => self
-                    .config
-                    .data_dir
-                    .join("uploads")
-                    .join(format!("{stem}.part")),
+            let uploads = self.config.uploads_dir();
+            let (back, has_owner) = match &incoming {
+                Incoming::Inbox { file } => {
+                    let inbox = self.config.inbox_dir();
+                    (inbox.join(file), inbox.exists())
+                }
+                Incoming::Upload { id } => (
+                    upload_part(&uploads, id),
+                    upload_record(&uploads, id).exists(),
+                ),
             };
-            let has_owner = back.parent().map(|d| d.exists()).unwrap_or(false)
-                && (stem.starts_with("inbox-")
-                    || self
-                        .config
-                        .data_dir
-                        .join("uploads")
-                        .join(format!("{stem}.json"))
-                        .exists());
             if has_owner {
                 tracing::warn!(file = %name, to = %back.display(), "delivery interrupted by a restart; put back");
                 std::fs::rename(entry.path(), &back)?;

@@ -407,11 +407,11 @@ impl Uploads {
     }
 
     fn part(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.part"))
+        crate::incoming::upload_part(&self.dir, id)
     }
 
     fn meta_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+        crate::incoming::upload_record(&self.dir, id)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -1052,7 +1052,12 @@ impl Uploads {
         daemon: &Arc<Daemon>,
         meta: &mut UploadMeta,
     ) -> Result<UploadResult, UploadError> {
-        let incoming = daemon.bundles_dir().join(format!("{}.incoming", meta.id));
+        let incoming = daemon.bundles_dir().join(
+            crate::incoming::Incoming::Upload {
+                id: meta.id.clone(),
+            }
+            .file_name(),
+        );
         std::fs::create_dir_all(daemon.bundles_dir())
             .and_then(|_| std::fs::rename(self.part(&meta.id), &incoming))
             .map_err(|e| {
@@ -1098,7 +1103,12 @@ impl Uploads {
             if !r.permanent {
                 // A device-side problem: the bytes go back to the upload, which a later PUT
                 // (or the client's resume) finishes; no result is recorded.
-                let incoming = daemon.bundles_dir().join(format!("{}.incoming", meta.id));
+                let incoming = daemon.bundles_dir().join(
+                    crate::incoming::Incoming::Upload {
+                        id: meta.id.clone(),
+                    }
+                    .file_name(),
+                );
                 if std::fs::rename(&incoming, self.part(&meta.id)).is_ok() {
                     return Err(UploadError::Internal(format!(
                         "{}; the upload is kept: finish it again with PUT",
