@@ -30,12 +30,43 @@ pub enum Target {
     Dir(PathBuf),
 }
 
+/// How a visit ended, in one word: the journal line, the hook's first argument, `--json`'s
+/// `result` and the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisitResult {
+    /// No bundles on the stick.
+    Nothing,
+    /// Every bundle taken, already there, or waiting on the device for a cause that passes.
+    Ok,
+    /// Some bundles refused or failed, others taken.
+    Partial,
+    /// Nothing could be done: every bundle refused or failed, a bad stick, the plugin down.
+    Failed,
+}
+
+impl VisitResult {
+    /// The word as written to the journal, the hook and `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VisitResult::Nothing => "nothing",
+            VisitResult::Ok => "ok",
+            VisitResult::Partial => "partial",
+            VisitResult::Failed => "failed",
+        }
+    }
+
+    /// Whether the loader exits 0 (nothing for the technician to do).
+    pub fn is_success(self) -> bool {
+        matches!(self, VisitResult::Nothing | VisitResult::Ok)
+    }
+}
+
 /// How the visit ended, for the journal line, the hook and `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    /// `ok` (every bundle taken or already there), `partial` (some refused or failed),
-    /// `failed` (nothing could be done: bad stick, plugin down), `nothing` (no bundles).
-    pub result: String,
+    /// The visit's result in one word.
+    pub result: VisitResult,
     /// One line for a person.
     pub summary: String,
     /// Per bundle.
@@ -65,7 +96,7 @@ impl Outcome {
     /// device and the receipts so far were written.
     pub fn removed_after_hand_over(dry_run: bool) -> Outcome {
         Outcome {
-            result: "ok".into(),
+            result: VisitResult::Ok,
             summary: "stopped after every bundle was handed over; applying continues on the device, results go onto the stick at its next visit".into(),
             receipts: Vec::new(),
             skipped: Vec::new(),
@@ -355,11 +386,10 @@ async fn visit(
         }
         return Ok(Outcome {
             result: if to_send.is_empty() && receipts.is_empty() {
-                "nothing"
+                VisitResult::Nothing
             } else {
-                "ok"
-            }
-            .into(),
+                VisitResult::Ok
+            },
             summary: format!(
                 "dry run: {} trusted bundle(s), {} refused, {} skipped; nothing sent or written",
                 to_send.len(),
@@ -542,7 +572,7 @@ async fn visit(
     }
     save_state(&state_path, &state);
     Ok(Outcome {
-        result: result.into(),
+        result,
         summary,
         receipts,
         skipped,
@@ -704,7 +734,7 @@ fn save_state(path: &Path, state: &StickState) {
 /// The visit's result (`nothing`, `ok`, `partial`, `failed`) and its one-line summary, from the
 /// receipts. A bundle the device keeps `waiting` (for disk space, for its registry) is on the
 /// device and applies when the cause passes: it is named with its reason, not counted as bad.
-fn judge_visit(receipts: &[Receipt]) -> (&'static str, String) {
+fn judge_visit(receipts: &[Receipt]) -> (VisitResult, String) {
     let count = |states: &[&str]| {
         receipts
             .iter()
@@ -720,13 +750,13 @@ fn judge_visit(receipts: &[Receipt]) -> (&'static str, String) {
         .filter(|r| matches!(r.state.as_str(), "refused" | "failed" | "skipped"))
         .collect();
     let result = if receipts.is_empty() {
-        "nothing"
+        VisitResult::Nothing
     } else if bad.is_empty() {
-        "ok"
+        VisitResult::Ok
     } else if applied + already + in_progress + waiting.len() > 0 {
-        "partial"
+        VisitResult::Partial
     } else {
-        "failed"
+        VisitResult::Failed
     };
     let mut summary = format!(
         "{applied} applied, {already} already there, {in_progress} still applying, {} waiting on the device, {} refused or failed",
@@ -767,7 +797,7 @@ mod tests {
             receipt("a.bundle", "applied", None),
             receipt("b.bundle", "waiting", Some("no space left for the apply")),
         ]);
-        assert_eq!(result, "ok");
+        assert_eq!(result, VisitResult::Ok);
         assert_eq!(
             summary,
             "1 applied, 0 already there, 0 still applying, 1 waiting on the device, 0 refused or \
@@ -777,14 +807,14 @@ mod tests {
             receipt("b.bundle", "waiting", None),
             receipt("c.bundle", "refused", Some("unknown key")),
         ]);
-        assert_eq!(result, "partial");
+        assert_eq!(result, VisitResult::Partial);
         let (result, summary) = judge_visit(&[receipt("c.bundle", "refused", None)]);
-        assert_eq!(result, "failed");
+        assert_eq!(result, VisitResult::Failed);
         assert!(
             summary.ends_with("1 refused or failed; c.bundle: refused"),
             "{summary}"
         );
-        assert_eq!(judge_visit(&[]).0, "nothing");
+        assert_eq!(judge_visit(&[]).0, VisitResult::Nothing);
     }
 
     #[test]

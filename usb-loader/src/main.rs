@@ -89,13 +89,16 @@ fn main() -> ExitCode {
     };
 
     let (code, result, summary) = match &outcome {
-        Ok(o) if o.result == "ok" || o.result == "nothing" => {
-            (ExitCode::SUCCESS, o.result.clone(), o.summary.clone())
-        }
-        Ok(o) => (ExitCode::from(3), o.result.clone(), o.summary.clone()),
-        Err(e) => (ExitCode::FAILURE, "failed".to_owned(), format!("{e:#}")),
+        Ok(o) if o.result.is_success() => (ExitCode::SUCCESS, o.result, o.summary.clone()),
+        Ok(o) => (ExitCode::from(3), o.result, o.summary.clone()),
+        Err(e) => (
+            ExitCode::FAILURE,
+            loader::VisitResult::Failed,
+            format!("{e:#}"),
+        ),
     };
     // The line a technician's supervisor finds in the journal.
+    let result = result.as_str();
     tracing::info!("sideload-usb DONE: {result}: {summary}");
     if args.json {
         if let Ok(o) = &outcome {
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
         println!("{summary}");
     }
     if let (Some(hook), false) = (&config.hook, args.dry_run) {
-        run_hook(hook, &result, &summary);
+        run_hook(hook, result, &summary);
     }
     code
 }
