@@ -3,8 +3,9 @@
 //! It fronts the distribution registry (pulls pass through `/v2/`, writes are refused), takes
 //! signed bundles from resumable uploads ([`uploads`]; each request's route and headers are
 //! checked by [`request`] before a byte of its body is read) and an inbox folder ([`inbox`])
-//! through one intake ([`daemon::Daemon::intake`]) into one queue, rebuilds each image into the
-//! registry ([`rebuild`]) and optionally the container engine ([`sink`]: under every name a
+//! through one intake ([`daemon::Daemon::intake`]; the files it holds meanwhile are named by
+//! [`incoming`]) into one queue, rebuilds each image into the registry ([`rebuild`], which sees
+//! only what the daemon lends it in a [`rebuild::ApplyContext`]) and optionally the container engine ([`sink`]: under every name a
 //! deployment may use, [`names`]; clients [`engine`] for the Docker Engine API and [`cri`] for
 //! containerd's CRI image service), and keeps a durable [`journal`]. State changes go out as
 //! [`events`]. Every step of intake and apply is named ([`crash`]) and a crash at any of them is
