@@ -322,21 +322,6 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
                     1 + 4 + 10 + 1 + 8 + 1 + 8 + 4 + 8,
                     "{name}: {layer}"
                 );
-                // What the same blob cost as preflate's corrections, before Go had its kind.
-                let blob = std::fs::read(
-                    w.join(name)
-                        .join("blobs/sha256")
-                        .join(layer_blob_hex(&w.join(name), i)),
-                )
-                .unwrap();
-                let preflate = sideload_bundle::gzip_recipe::analyse(&blob[..])
-                    .map(|a| a.recipe.encoded_len().to_string())
-                    .unwrap_or_else(|e| format!("none ({e})"));
-                eprintln!(
-                    "{name} layer {i}: blob {} B, Go recipe {} B, preflate recipe {preflate} B",
-                    blob.len(),
-                    layer["recipe_bytes"]
-                );
             } else if let Some(level) = name.strip_prefix("zlib-") {
                 assert_eq!(kind, format!("zlib level {level}"), "{name}: {layer}");
                 // Kind, header (10 B, no name), level, ending, plain length, trailer, lengths.
@@ -506,17 +491,6 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
         let served = pull_by_digest(&daemon, &repo, &upstream, &w.join(format!("{name}-whole")));
         assert_eq!(served, upstream, "{name}");
     }
-}
-
-/// The hex digest of layer `index`'s blob in the one image of `layout`.
-fn layer_blob_hex(layout: &Path, index: usize) -> String {
-    let read = |path: PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    };
-    let index_json = read(layout.join("index.json"));
-    let digest = index_json["manifests"][0]["digest"].as_str().unwrap();
-    let manifest = read(layout.join("blobs/sha256").join(&digest[7..]));
-    manifest["layers"][index]["digest"].as_str().unwrap()[7..].to_owned()
 }
 
 /// A gzip filter built with Go's standard library (`compress/gzip`): what containerd and
