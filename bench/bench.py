@@ -962,7 +962,7 @@ class Bench:
         sig = os.path.join(d, "bench.sig")
         # Signing is a separate offline step (a few ms): run, not timed.
         run([sign, "sign", "--key", self.key, stmt, "-o", sig])
-        run([sl, "attach", bundle, sig])
+        run([sl, "attach", bundle, sig, "--policy", self.policy])
         size = os.path.getsize(bundle)
         info = json.loads(run([sl, "inspect", bundle, "--json"]))
         scratch = info.get("statement", {}).get("payload", {}).get("scratch_bytes")
@@ -1042,7 +1042,7 @@ class Bench:
         report = json.loads(enc.stdout)
         sig = os.path.join(d, "bench.sig")
         run([sign, "sign", "--key", self.key, stmt, "-o", sig])
-        run([sl, "attach", bundle, sig])
+        run([sl, "attach", bundle, sig, "--policy", self.policy])
         size = os.path.getsize(bundle)
         info = json.loads(run([sl, "inspect", bundle, "--json"]))
         scratch = info.get("statement", {}).get("payload", {}).get("scratch_bytes")
