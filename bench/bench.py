@@ -2231,7 +2231,7 @@ def exact_line(e, never=None):
     parts = [f"bundle {e['bytes']:,} B"]
     if never and "bytes" in never:
         extra = e["bytes"] - never["bytes"]
-        parts[0] += f" ({extra:+,} B, {100.0 * extra / never['bytes']:+.3f} % over `--exact never`"
+        parts[0] += f" ({extra:+,} B, {100.0 * extra / never['bytes']:+.4f} % over `--exact never`"
         x = exact_extra(e, never)
         if x:
             parts[0] += f": statement {x['statement']:+,}, recipes {x['recipes']:+,}, deltas {x['deltas']:+,}"
@@ -2363,7 +2363,7 @@ def exact_rows(bench):
                 sc["name"], writer, "yes" if e["exact"] else "no",
                 "-" if nb is None else f"{nb:,}", f"{e['bytes']:,}",
                 "-" if extra is None else f"{extra:+,}",
-                "-" if extra is None else f"{100.0 * extra / nb:+.3f}",
+                "-" if extra is None else f"{100.0 * extra / nb:+.4f}",
                 target,
                 "-" if not parts else f"{parts['statement']:+,} + {parts['recipes']:,} + {parts['deltas']:+,}",
                 recipe_kinds(e) or "-",

@@ -21,6 +21,7 @@
 #   as corpus.py / make-demo-images write them; go: every blob written again by Go's
 #   compress/gzip at its default level, as Docker and containerd do, a small program built with
 #   Debian's go; pgzip: written again by skopeo, as podman/buildah/skopeo do).
+#   --exact-apply-runs N applies each of its bundles N times and reports the median time.
 #   --plugin also uploads each scenario's bundle to sideload-registry-plugin in front of a
 #   docker-registry on loopback: upload -> tag visible, the daemon's peak RSS, pulls through the
 #   plugin against straight from the registry (builds the plugin, installs docker-registry).
