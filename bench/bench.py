@@ -2365,7 +2365,8 @@ def exact_rows(bench):
                 "-" if extra is None else f"{extra:+,}",
                 "-" if extra is None else f"{100.0 * extra / nb:+.4f}",
                 target,
-                "-" if not parts else f"{parts['statement']:+,} + {parts['recipes']:,} + {parts['deltas']:+,}",
+                "-" if not parts else (f"{parts['statement']:+,} + {parts['recipes']:,} "
+                                       + ("− " if parts["deltas"] < 0 else "+ ") + f"{abs(parts['deltas']):,}"),
                 recipe_kinds(e) or "-",
                 storage_text(e["storage"]),
                 f"{e['enc'].seconds:.2f} / " + ("-" if nb is None else f"{nv['enc'].seconds:.2f}"),
