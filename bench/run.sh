@@ -14,8 +14,14 @@
 #   `python3 bench/bench.py --help`.
 #   --only METHOD,... runs only those tools (sideload plain bsdiff xdelta3 zstd rdiff hdiffpatch).
 #   Wherever sideload runs, its bundle is also built from the gzip OCI layouts with --exact
-#   where-possible and applied to an oci: layout whose manifest digest must be the source's:
-#   extra bytes and apply time of exactness (issue 7); --no-exact skips it.
+#   where-possible and applied to an oci: layout whose manifest digest must be the source's, and
+#   built again with --exact never from the same layouts: extra bytes and apply time of
+#   exactness (issues 7 and 19); --no-exact skips it. That once per gzip writer of the layers,
+#   target and base alike: --exact-writers zlib,go,pgzip (default all three; zlib: the layouts
+#   as corpus.py / make-demo-images write them; go: every blob written again by Go's
+#   compress/gzip at its default level, as Docker and containerd do, a small program built with
+#   Debian's go; pgzip: written again by skopeo, as podman/buildah/skopeo do).
+#   --exact-apply-runs N applies each of its bundles N times and reports the median time.
 #   --plugin also uploads each scenario's bundle to sideload-registry-plugin in front of a
 #   docker-registry on loopback: upload -> tag visible, the daemon's peak RSS, pulls through the
 #   plugin against straight from the registry (builds the plugin, installs docker-registry).
@@ -59,6 +65,18 @@ for a in "$@"; do
   esac
 done
 [ "$plugin" -eq 0 ] || deb[docker-registry]=docker-registry
+# The exact measurement's Go-gzip layers need Go (unless --no-exact, or --exact-writers without go).
+go=1
+prev=""
+for a in "$@"; do
+  case "$a" in
+    --no-exact) go=0 ;;
+    --exact-writers=*) [[ ",${a#*=}," == *,go,* ]] || go=0 ;;
+  esac
+  [ "$prev" != "--exact-writers" ] || [[ ",$a," == *,go,* ]] || go=0
+  prev=$a
+done
+[ "$go" -eq 0 ] || deb[golang-go]=go
 if [ "$link" -eq 1 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: --link needs root (it makes a network namespace, a veth pair and tc qdiscs); run bench/run.sh as root" >&2
