@@ -278,8 +278,8 @@ fn generate(config: &Config, tls: &TlsConfig, cert: &Path, key: &Path) -> anyhow
     Ok(())
 }
 
-/// Writes `bytes` to `path` (which must not exist) with `mode`, through `path.tmp` and a
-/// rename, synced.
+/// Writes `bytes` to `path` (which must not exist) with `mode`, atomically
+/// ([`sideload_bundle::fsutil::replace_file`]: a temporary file beside it, synced, renamed).
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     // The mode is what was asked for, never more (the umask does not count).
     sideload_bundle::fsutil::replace_file_with(path, mode, bytes)
