@@ -41,10 +41,20 @@ const NEVER: &str = "never";
 pub enum DeploymentError {
     /// Not JSON (with comments) at all: position/message from the parser.
     #[error("{file}: not a JSON deployment manifest: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// The file, as the caller named it.
+        file: String,
+        /// The parser's message, with its position.
+        message: String,
+    },
     /// JSON, but no `modulesContent.$edgeAgent` with modules (say what was expected).
     #[error("{file}: {message}")]
-    NotADeployment { file: String, message: String },
+    NotADeployment {
+        /// The file, as the caller named it.
+        file: String,
+        /// What was expected and not found.
+        message: String,
+    },
 }
 
 /// Parses `text` (named `file` in messages) and lists every module's image, system modules first,

@@ -55,8 +55,11 @@ pub enum KubernetesError {
     /// Not YAML: the parser's message, with line and column.
     #[error("{file}: document {document}: not YAML: {message}")]
     Parse {
+        /// The file, as the caller named it.
         file: String,
+        /// The document, 1 for the first.
         document: usize,
+        /// The parser's message, with line and column.
         message: String,
     },
     /// YAML, but no document is a workload with containers.
@@ -65,15 +68,23 @@ pub enum KubernetesError {
          DaemonSet, StatefulSet, ReplicaSet, ReplicationController, Job, CronJob, Pod or PodTemplate \
          (alone, in `---` separated documents or in a `kind: List`)"
     )]
-    NoWorkload { file: String, documents: usize },
+    NoWorkload {
+        /// The file, as the caller named it.
+        file: String,
+        /// How many documents it holds.
+        documents: usize,
+    },
     /// A workload the kubelet could not run either (no pod spec, a container without an image,
     /// an image that is not a string): say what was expected.
     #[error("{file}: document {document}: {workload}: {message}")]
     Invalid {
+        /// The file, as the caller named it.
         file: String,
+        /// The document, 1 for the first.
         document: usize,
         /// `KIND/NAME`.
         workload: String,
+        /// What is wrong and what was expected.
         message: String,
     },
     /// A spot the rewrite would have to change but cannot change safely.
@@ -81,10 +92,13 @@ pub enum KubernetesError {
         "{file}: document {document}: {workload}: {reason}; write it out plainly to rewrite it"
     )]
     Refused {
+        /// The file, as the caller named it.
         file: String,
+        /// The document, 1 for the first.
         document: usize,
         /// `KIND/NAME`.
         workload: String,
+        /// What the rewrite will not edit, and where.
         reason: Refusal,
     },
 }
@@ -95,25 +109,46 @@ pub enum KubernetesError {
 pub enum Refusal {
     /// An alias (`*name`) stands where a value is needed: the edit would belong to its anchor.
     #[error("{what} is an alias (*)")]
-    Alias { what: String },
+    Alias {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// The value carries an anchor (`&name`): changing it would change every alias of it too.
     #[error("{what} carries an anchor (&), so changing it would change its aliases")]
-    Anchor { what: String },
+    Anchor {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// Keys come in through a merge key (`<<`), so the value seen is not the one written here.
     #[error("{what} takes keys from a merge key (<<)")]
-    MergeKey { what: String },
+    MergeKey {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// The same key twice in one mapping: which one counts depends on the reader.
     #[error("{what} appears twice in one mapping")]
-    DuplicateKey { what: String },
+    DuplicateKey {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// A multi-line scalar (`|`, `>`, or a plain or quoted scalar folded over lines).
     #[error("{what} is a multi-line scalar")]
-    MultiLine { what: String },
+    MultiLine {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// A scalar whose text is not its value: escape sequences, or a tag (`!!str`).
     #[error("{what} is not written as its value (escape sequences or a tag)")]
-    NotVerbatim { what: String },
+    NotVerbatim {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
     /// Something follows the image on its line besides a comment, so no line can follow it.
     #[error("{what}: its line holds more than the image and a comment")]
-    CrowdedLine { what: String },
+    CrowdedLine {
+        /// Where: a path such as `spec.template` or `container app: image`.
+        what: String,
+    },
 }
 
 /// Parses `text` (named `file` in messages) and lists every container's image, in document

@@ -27,6 +27,8 @@
 //! Tests: `cargo test -p sideload-fleet` (SQLite); the CLI's `fleet` tests also run every
 //! ledger test against a real PostgreSQL server they start on loopback.
 
+#![warn(missing_docs)]
+
 pub mod chart;
 pub mod db;
 pub mod deployment;
