@@ -99,6 +99,8 @@ impl Stick {
 /// Why a device is not used. Every variant names the device (or the properties file); the
 /// refusals name the property and its value.
 #[derive(Debug, thiserror::Error)]
+// Each variant's #[error] message, which names every field, is its documentation.
+#[allow(missing_docs)]
 pub enum DeviceError {
     #[error("cannot stat {}: {source}", devnode.display())]
     Stat {
@@ -174,6 +176,8 @@ pub enum DeviceError {
 
 /// What is wrong with one line of a properties file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's #[error] message, which names every field, is its documentation.
+#[allow(missing_docs)]
 pub enum LineProblem {
     #[error("expected KEY=VALUE")]
     NoEquals,

@@ -62,6 +62,8 @@ pub fn data_options(fs_type: &str) -> Option<&'static CStr> {
 
 /// Why a stick could not be mounted, remounted or unmounted.
 #[derive(Debug, thiserror::Error)]
+// Each variant's #[error] message, which names every field, is its documentation.
+#[allow(missing_docs)]
 pub enum MountError {
     /// The mount point name is not a plain, short file name.
     #[error("refusing mount point name {name:?}: {reason}")]

@@ -127,6 +127,8 @@ impl fmt::Debug for Scan {
 
 /// Why a folder could not be scanned.
 #[derive(Debug, thiserror::Error)]
+// Each variant's #[error] message, which names every field, is its documentation.
+#[allow(missing_docs)]
 pub enum ScanError {
     /// The folder is a symlink or not a directory.
     #[error("{} is not a folder: {reason}", path.display())]
