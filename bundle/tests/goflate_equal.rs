@@ -90,18 +90,7 @@ fn go_output_with(gogzip: &PathBuf, data: &[u8], level: i32, p: &Pattern) -> Vec
     if p.raw {
         cmd.arg("-raw");
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert!(out.status.success(), "gogzip failed");
-    out.stdout
+    gotoolchains::filter_output(cmd, data, "gogzip")
 }
 
 /// Writes `data` like gogzip.go does: stretches between flush points, each in chunks.
@@ -229,25 +218,6 @@ fn words(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A real tar of this machine's files (about 5.7 MB).
-fn system_tar() -> &'static [u8] {
-    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
-    TAR.get_or_init(|| {
-        let out = Command::new("tar")
-            .args(["-cf", "-", "-C", "/"])
-            .args([
-                "usr/share/common-licenses",
-                "usr/lib/x86_64-linux-gnu/perl-base",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar failed");
-        assert!(out.stdout.len() > 1 << 20, "the system tar is too small");
-        out.stdout
-    })
-}
-
 const LEVELS: [i32; 7] = [-2, 0, 1, 2, 5, 6, 9];
 
 fn whole() -> Pattern {
@@ -289,7 +259,7 @@ fn goflate_small_inputs_every_level() {
 #[test]
 fn goflate_boundaries_and_kinds() {
     let mut cases = 0;
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     let inputs: Vec<(&str, Vec<u8>)> = vec![
         ("zeros 64K+1", vec![0; 65537]),
         ("abc repeated 200K", b"abc".repeat(70_000)),
@@ -313,7 +283,7 @@ fn goflate_boundaries_and_kinds() {
 #[test]
 fn goflate_chunking_does_not_matter() {
     let mut cases = 0;
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     let data = &tar[..300_000];
     for level in LEVELS {
         for chunk in [1, 777, 4096, 65536, 100_003] {
@@ -330,7 +300,7 @@ fn goflate_chunking_does_not_matter() {
 #[test]
 fn goflate_flush_points() {
     let mut cases = 0;
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     let data = &tar[..400_000];
     let patterns = [
         vec![0],
@@ -360,7 +330,7 @@ fn goflate_flush_points() {
 #[test]
 fn goflate_whole_system_tar() {
     let mut cases = 0;
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     for level in LEVELS {
         cases += check(
             "system tar",
@@ -386,7 +356,7 @@ fn goflate_whole_system_tar() {
 /// it with a history, and one more flush run crosses it without.
 #[test]
 fn goflate_best_speed_rebases_its_table() {
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     let mut data = words(655_280, 9);
     data.extend_from_slice(&tar[..400_000]);
     let below = Pattern {
@@ -405,7 +375,7 @@ fn goflate_best_speed_rebases_its_table() {
 /// Levels 2 to 9 rebase their hash chains after 16 MiB of input (`maxHashOffset`).
 #[test]
 fn goflate_hash_chains_rebase_after_16_mib() {
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     let mut data = Vec::with_capacity(18 << 20);
     let mut seed = 10;
     while data.len() < 17 << 20 {
@@ -473,7 +443,7 @@ fn goflate_header_fields() {
 #[test]
 fn goflate_analyse_go_finds_the_level() {
     use sideload_bundle::gzip_recipe::analyse_go;
-    let data = &system_tar()[..700_000];
+    let data = &gotoolchains::system_tar()[..700_000];
     let mut cases = 0;
     for level in [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9] {
         let blob = go_output(data, level, &whole());

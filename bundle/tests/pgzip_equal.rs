@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use sideload_bundle::goflate::pgzip::{
@@ -84,18 +84,7 @@ fn go_output(gopgzip: &Gopgzip, data: &[u8], level: i32, block: usize, chunk: us
         cmd.arg("-block").arg(block.to_string());
     }
     cmd.arg("-chunk").arg(chunk.to_string());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(out.status.success(), "gopgzip ({}) failed", gopgzip.version);
-    out.stdout
+    gotoolchains::filter_output(cmd, data, &format!("gopgzip ({})", gopgzip.version))
 }
 
 fn port_output(data: &[u8], level: i32, block: usize, chunk: usize) -> Vec<u8> {
@@ -211,25 +200,6 @@ fn texty(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A real tar of this machine's files (about 5.7 MB).
-fn system_tar() -> &'static [u8] {
-    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
-    TAR.get_or_init(|| {
-        let out = Command::new("tar")
-            .args(["-cf", "-", "-C", "/"])
-            .args([
-                "usr/share/common-licenses",
-                "usr/lib/x86_64-linux-gnu/perl-base",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar failed");
-        assert!(out.stdout.len() > 1 << 20, "the system tar is too small");
-        out.stdout
-    })
-}
-
 /// Each level the port reproduces.
 const LEVELS: [i32; 2] = [-1, 5];
 const MIB: usize = 1 << 20;
@@ -285,7 +255,7 @@ fn pgzip_block_boundaries_match() {
 
 #[test]
 fn pgzip_system_tar_matches_any_chunking() {
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     for level in LEVELS {
         assert_same("system tar", tar, level, 0, 0);
     }
@@ -355,7 +325,7 @@ fn pgzip_reproduces_a_layer_skopeo_compressed() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let dst = dir.path().join("dst");
-    let tar = system_tar();
+    let tar = gotoolchains::system_tar();
     uncompressed_layout(&src, tar);
     let out = Command::new("skopeo")
         .args([

@@ -13,9 +13,8 @@
 
 mod gotoolchains;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use sideload_bundle::gzip_recipe::{analyse, max_chunks, recreate, GzipRecipe};
@@ -58,19 +57,9 @@ fn program(src: &str) -> PathBuf {
 }
 
 fn compress(program: &Path, args: &[&str], data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert!(out.status.success(), "{} failed", program.display());
-    out.stdout
+    let mut command = Command::new(program);
+    command.args(args);
+    gotoolchains::filter_output(command, data, &program.display().to_string())
 }
 
 /// A layer-like tar: this machine's license texts and Perl modules (about 4 MB), then a
@@ -80,18 +69,7 @@ fn compress(program: &Path, args: &[&str], data: &[u8]) -> Vec<u8> {
 fn layer() -> &'static [u8] {
     static LAYER: OnceLock<Vec<u8>> = OnceLock::new();
     LAYER.get_or_init(|| {
-        let out = Command::new("tar")
-            .args(["-cf", "-", "-C", "/"])
-            .args([
-                "usr/share/common-licenses",
-                "usr/lib/x86_64-linux-gnu/perl-base",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar failed");
-        let mut layer = out.stdout;
-        assert!(layer.len() > 1 << 20, "the system tar is too small");
+        let mut layer = gotoolchains::system_tar().to_vec();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             x ^= x << 13;

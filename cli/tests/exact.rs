@@ -171,6 +171,27 @@ fn push(daemon: &Daemon, bundle: &Path) -> serde_json::Value {
     report["bundles"][0].clone()
 }
 
+/// Pushes `bundle` and waits; it must apply, and the plugin must then serve `repo@upstream`
+/// by that digest (pulled into `into`, every blob checked). `name` labels the failures.
+fn push_and_pull_exact(
+    daemon: &Daemon,
+    bundle: &Path,
+    repo: &str,
+    upstream: &str,
+    into: &Path,
+    name: &str,
+) {
+    let pushed = push(daemon, bundle);
+    assert_eq!(
+        pushed["state"],
+        "applied",
+        "{name}: {pushed}\n{}",
+        daemon.log()
+    );
+    let served = pull_by_digest(daemon, repo, upstream, into);
+    assert_eq!(served, upstream, "{name}");
+}
+
 /// Pulls `repo@digest` through the plugin by digest (every blob checked by skopeo) and
 /// returns the digest of the manifest it served.
 fn pull_by_digest(daemon: &Daemon, repo: &str, digest: &str, into: &Path) -> String {
@@ -334,15 +355,8 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
                 assert!(kind.starts_with("preflate"), "{name}: {layer}");
             }
         }
-        let pushed = push(&daemon, &bundle);
-        assert_eq!(
-            pushed["state"],
-            "applied",
-            "{name}: {pushed}\n{}",
-            daemon.log()
-        );
-        let served = pull_by_digest(&daemon, &repo, upstream, &w.join(format!("{name}-pulled")));
-        assert_eq!(&served, upstream, "{name}");
+        let into = w.join(format!("{name}-pulled"));
+        push_and_pull_exact(&daemon, &bundle, &repo, upstream, &into, name);
         let held = inventory_image(&daemon, &repo);
         assert_eq!(held["manifest_digest"], upstream.as_str(), "{name}");
     }
@@ -427,16 +441,9 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
                 .unwrap()
                 .format_version;
             assert_eq!(version, 5, "pgzip's recipe needs format version 5");
-            let pushed = push(&daemon, &w.join(format!("{name}-loose.bundle")));
-            assert_eq!(
-                pushed["state"],
-                "applied",
-                "{name}: {pushed}\n{}",
-                daemon.log()
-            );
-            let served =
-                pull_by_digest(&daemon, &repo, &upstream, &w.join(format!("{name}-pulled")));
-            assert_eq!(served, upstream, "{name}");
+            let bundle = w.join(format!("{name}-loose.bundle"));
+            let into = w.join(format!("{name}-pulled"));
+            push_and_pull_exact(&daemon, &bundle, &repo, &upstream, &into, name);
             continue;
         }
         // No level recipe models pgzip -9, and preflate does, but for blocks it refuses (the
@@ -449,15 +456,9 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             let kind = layer["recipe"].as_str().unwrap();
             assert!(kind.starts_with("preflate corrections"), "{name}: {kind}");
         }
-        let pushed = push(&daemon, &w.join(format!("{name}-loose.bundle")));
-        assert_eq!(
-            pushed["state"],
-            "applied",
-            "{name}: {pushed}\n{}",
-            daemon.log()
-        );
-        let served = pull_by_digest(&daemon, &repo, &upstream, &w.join(format!("{name}-pulled")));
-        assert_eq!(served, upstream, "{name}");
+        let bundle = w.join(format!("{name}-loose.bundle"));
+        let into = w.join(format!("{name}-pulled"));
+        push_and_pull_exact(&daemon, &bundle, &repo, &upstream, &into, name);
         // With recipes capped at 1 % of a blob that is too much: not exact by default (the
         // report says why), and `--exact required` sends those blobs whole (to a repository
         // of their own: the device already holds this image in `repo`).
@@ -481,15 +482,8 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             assert_eq!(layer["storage"], "blob", "{name}: {layer}");
             assert_eq!(layer["encoding"], "source_blob", "{name}: {layer}");
         }
-        let pushed = push(&daemon, &bundle);
-        assert_eq!(
-            pushed["state"],
-            "applied",
-            "{name}: {pushed}\n{}",
-            daemon.log()
-        );
-        let served = pull_by_digest(&daemon, &repo, &upstream, &w.join(format!("{name}-whole")));
-        assert_eq!(served, upstream, "{name}");
+        let into = w.join(format!("{name}-whole"));
+        push_and_pull_exact(&daemon, &bundle, &repo, &upstream, &into, name);
     }
 }
 

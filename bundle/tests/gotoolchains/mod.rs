@@ -15,9 +15,48 @@
 #![allow(clippy::disallowed_methods)] // a test harness reads its environment
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+/// What `command` (a Go reference program) writes to stdout for `data` on its stdin (fed from
+/// a thread, so a large input cannot deadlock against a full stdout pipe); `what` names it
+/// in the failure.
+pub fn filter_output(mut command: Command, data: &[u8], what: &str) -> Vec<u8> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "{what} failed");
+    out.stdout
+}
+
+/// A real tar of this machine's files (about 5.7 MB): license texts and Perl modules, the input
+/// of every Go writer test.
+pub fn system_tar() -> &'static [u8] {
+    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C", "/"])
+            .args([
+                "usr/share/common-licenses",
+                "usr/lib/x86_64-linux-gnu/perl-base",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar failed");
+        assert!(out.stdout.len() > 1 << 20, "the system tar is too small");
+        out.stdout
+    })
+}
 
 /// The toolchains every equality test must run against: the `go` binary and the Debian package
 /// that installs it.
