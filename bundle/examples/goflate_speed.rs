@@ -16,7 +16,7 @@ use std::time::Instant;
 use sideload_bundle::goflate::pgzip::{PgzipBlocks, PgzipLevel, PGZIP_DEFAULT_BLOCK_SIZE};
 use sideload_bundle::goflate::Level;
 use sideload_bundle::gzip_recipe::{
-    recreate, DeflateRecipe, GoWriter, GzipRecipe, PgzipWriterId, ZlibEnding,
+    recreate, DeflateRecipe, GoWriter, GzipRecipe, PgzipWriterId, Trailer, ZlibEnding,
 };
 
 fn main() {
@@ -50,7 +50,7 @@ fn main() {
     let recipe = GzipRecipe {
         header: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255],
         deflate,
-        trailer: vec![0; 8],
+        trailer: Trailer::Computed,
     };
     let mut plain = BufReader::with_capacity(1 << 20, File::open(&path).expect("the input"));
     let mut out = Counter(0);

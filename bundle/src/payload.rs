@@ -529,6 +529,9 @@ impl<W: Write> PayloadWriter<W> {
             Some(&crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM) => {
                 self.format_version = self.format_version.max(7);
             }
+            Some(&crate::gzip_recipe::RECIPE_COMPACT) => {
+                self.format_version = self.format_version.max(8);
+            }
             _ => {}
         }
         self.inner.write_all(&[TAG_RECIPE])?;
@@ -846,9 +849,19 @@ mod tests {
         w.recipe(2, &[crate::gzip_recipe::RECIPE_GO_FLUSHED])
             .unwrap();
         assert_eq!(w.format_version(), 7);
+    }
+
+    #[test]
+    fn a_compact_recipe_raises_the_format_version_to_8() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.recipe(0, &[crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM])
+            .unwrap();
+        assert_eq!(w.format_version(), 7);
+        w.recipe(1, &[crate::gzip_recipe::RECIPE_COMPACT]).unwrap();
+        assert_eq!(w.format_version(), 8);
         assert_eq!(
             sideload_signing::FORMAT_VERSION,
-            7,
+            8,
             "devices read what builds write"
         );
     }

@@ -437,6 +437,16 @@ fn goflate_header_fields() {
     eprintln!("goflate header fields: {}", equal_on(cases));
 }
 
+/// The gzip trailer of `plain` (its CRC-32 and length), which the analysis found computable.
+fn gzip_trailer(trailer: &sideload_bundle::gzip_recipe::Trailer, plain: &[u8]) -> Vec<u8> {
+    assert_eq!(*trailer, sideload_bundle::gzip_recipe::Trailer::Computed);
+    let mut crc = flate2::Crc::new();
+    crc.update(plain);
+    let mut bytes = crc.sum().to_le_bytes().to_vec();
+    bytes.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+    bytes
+}
+
 /// `analyse_go` names the level Go wrote a blob with, and the port recreates the blob from the
 /// plain text, header and trailer alone (with its flush points, when Go flushed before
 /// closing); a blob Go did not write (zlib) is not claimed.
@@ -453,12 +463,12 @@ fn goflate_analyse_go_finds_the_level() {
         let expect = if level == -1 { 6 } else { level };
         assert_eq!(found.level.get(), expect, "level {level}");
         assert_eq!(found.plain_len, data.len() as u64);
-        // Recreate: verbatim header, the port's deflate stream, verbatim trailer.
+        // Recreate: verbatim header, the port's deflate stream, the trailer from the text.
         let mut again = found.header.clone();
         let mut w = GoFlateWriter::new(again, found.level);
         w.write_all(data).unwrap();
         again = w.finish().unwrap();
-        again.extend_from_slice(&found.trailer);
+        again.extend_from_slice(&gzip_trailer(&found.trailer, data));
         assert!(again == blob, "level {level}: recreated blob differs");
         cases += 1;
     }
@@ -481,7 +491,7 @@ fn goflate_analyse_go_finds_the_level() {
     w.sync_flush().unwrap();
     w.write_all(&data[100_000..]).unwrap();
     let mut again = w.finish().unwrap();
-    again.extend_from_slice(&found.trailer);
+    again.extend_from_slice(&gzip_trailer(&found.trailer, data));
     assert!(again == blob, "flushed level 6: recreated blob differs");
     eprintln!("goflate analyse_go: {cases} levels found");
 }

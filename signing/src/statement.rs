@@ -19,9 +19,12 @@ use crate::names::{Digest, RepositoryName, Tag};
 /// [`LayerStorage::SourceBlob`] (and the payload records it uses); version 3 the payload
 /// records MIX_RUNS and PATCH_BSDIFF_X86; version 4 the Go kind of gzip recipe; version 5 the
 /// pgzip kind; version 6 the kind for Go writers flushed before they were closed; version 7
-/// the preflate kind that keeps some deflate blocks verbatim. A bundle is written with the lowest version that describes it, so devices that predate a version still apply what does not need it, and
-/// refuse the rest from its head, before its payload travels.
-pub const FORMAT_VERSION: u32 = 7;
+/// the preflate kind that keeps some deflate blocks verbatim; version 8 the compact recipe (the
+/// gzip trailer computed on the device, the writer as a code: 11-14 B where kinds 2-5 took
+/// 37-68 B), which builds now write for every recipe. A bundle is written with the lowest
+/// version that describes it, so devices that predate a version still apply what does not
+/// need it, and refuse the rest from its head, before its payload travels.
+pub const FORMAT_VERSION: u32 = 8;
 
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;

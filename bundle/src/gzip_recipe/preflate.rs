@@ -53,12 +53,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use preflate_rs::{
     PreflateConfig, PreflateError, PreflateStreamProcessor, RecreateStreamProcessor,
 };
-use sideload_signing::Digest;
 
 use super::{
     fill, read_header, read_trailer, take, take_bytes, Analysis, BlockMatch, ChunkBody,
-    DeflateRecipe, GzipRecipe, RawBlock, RecipeChunk, RecipeError, ANALYSE_STEP, CHUNK_PLAIN_LIMIT,
-    MAX_CHUNK_PLAIN, MAX_PENDING,
+    DeflateRecipe, GzipRecipe, PlainSums, RawBlock, RecipeChunk, RecipeError, ANALYSE_STEP,
+    CHUNK_PLAIN_LIMIT, MAX_CHUNK_PLAIN, MAX_PENDING,
 };
 use crate::deflate_scan::{encode_block, scan_block, scan_block_matches, BitWriter, ScannedBlock};
 
@@ -85,7 +84,7 @@ const BLOCK_REENCODED: u8 = 1;
 /// Longest dynamic block header, in bits (3 + 14 + 19 × 3 + 316 codes of at most 7 + 7 bits).
 const MAX_HEADER_BITS: u64 = 3 + 14 + 19 * 3 + 316 * 14;
 
-fn varint_len(mut v: u64) -> u64 {
+pub(super) fn varint_len(mut v: u64) -> u64 {
     let mut n = 1;
     while v >= 0x80 {
         v >>= 7;
@@ -579,7 +578,7 @@ impl Scan {
     }
 
     /// Takes the first `n` waiting blocks; hashes their text.
-    fn pop(&mut self, n: usize, hasher: &mut ring::digest::Context) -> u64 {
+    fn pop(&mut self, n: usize, hasher: &mut PlainSums) -> u64 {
         let text = self.text_of(n);
         hasher.update(text);
         let len = text.len();
@@ -782,7 +781,7 @@ pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
     // What is read past the header is the stream's first bytes.
     let header = read_header(&mut input.blob, &mut input.buf)?;
     let mut scan = Scan::default();
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hasher = PlainSums::new();
     let mut plain_len = 0u64;
     let mut chunks: Vec<RecipeChunk> = Vec::new();
     let mut run: Option<Run> = None;
@@ -877,13 +876,14 @@ pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
         .bytes(stream_end, input.base + input.buf.len() as u64)
         .to_vec();
     let trailer = read_trailer(&mut input.blob, rest)?;
+    let (plain_digest, trailer) = hasher.finish(trailer, plain_len);
     Ok(Analysis {
         recipe: GzipRecipe {
             header,
             deflate: DeflateRecipe::Preflate(chunks),
             trailer,
         },
-        plain_digest: Digest::from_sha256(hasher.finish().as_ref()),
+        plain_digest,
         plain_len,
     })
 }
@@ -910,7 +910,7 @@ fn raw<R: Read>(
     input: &Input<R>,
     n: usize,
     chunks: &mut Vec<RecipeChunk>,
-    hasher: &mut ring::digest::Context,
+    hasher: &mut PlainSums,
     plain_len: &mut u64,
 ) -> Result<u64, RecipeError> {
     let first = scan.blocks[0];
@@ -1146,8 +1146,9 @@ pub(super) fn recreate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gzip_recipe::compact::{CODE_PREFLATE, CODE_PREFLATE_RAW};
     use crate::gzip_recipe::tests::{round_trip, sample};
-    use crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM;
+    use crate::gzip_recipe::{Trailer, RECIPE_COMPACT};
 
     /// zlib's blocks for `text` (level 6, no stored block), `last` or not: the stream's bits
     /// up to its final block's end, with that block's BFINAL bit cleared unless `last`.
@@ -1332,7 +1333,7 @@ mod tests {
                 Piece::Z(&text[320_000..]),
             ]);
             let recipe = round_trip(&gz, &plain);
-            assert_eq!(recipe.to_bytes()[0], RECIPE_PREFLATE_VERBATIM);
+            assert_eq!(recipe.to_bytes()[2], CODE_PREFLATE_RAW);
             let raw = raw_of(&recipe);
             assert_eq!(
                 (raw.chunks, raw.reencoded, raw.verbatim),
@@ -1472,7 +1473,7 @@ mod tests {
             }
         }
         assert_eq!(
-            Digest::of_bytes(&all).to_string(),
+            sideload_signing::Digest::of_bytes(&all).to_string(),
             "sha256:16a86a52e465b689a47000186de06593c6911c4f7db3b5a5ea7a18619500f08c"
         );
     }
@@ -1524,7 +1525,7 @@ mod tests {
         let recipe = |chunks| GzipRecipe {
             header: vec![0x1f, 0x8b],
             deflate: DeflateRecipe::Preflate(chunks),
-            trailer: vec![0; 8],
+            trailer: Trailer::Verbatim(vec![0; 8]),
         };
         let good = recipe(vec![
             chunk(10, ChunkBody::Preflate(vec![9])),
@@ -1541,7 +1542,7 @@ mod tests {
             raw(0, 0, vec![verbatim(10)]),
         ]);
         let bytes = good.to_bytes();
-        assert_eq!(bytes[0], RECIPE_PREFLATE_VERBATIM);
+        assert_eq!(bytes[..3], [RECIPE_COMPACT, 2, CODE_PREFLATE_RAW]);
         assert_eq!(bytes.len() as u64, good.encoded_len());
         assert_eq!(GzipRecipe::from_bytes(&bytes, 10).unwrap(), good);
         for cut in 0..bytes.len() {
@@ -1599,7 +1600,8 @@ mod tests {
         uneven.plain_len += 1;
         refused(vec![uneven]);
         // An unknown chunk type or block form; kind 6 without a chunk that needs it.
-        let first_type = 1 + 4 + 2 + 4;
+        // Kind, frame, code, the chunk count, then the first chunk's type.
+        let first_type = 1 + 1 + 1 + 4;
         let mut unknown = bytes.clone();
         unknown[first_type] = 3;
         assert!(GzipRecipe::from_bytes(&unknown, 10).is_err());
@@ -1609,8 +1611,8 @@ mod tests {
         unknown[first_form] = 2;
         assert!(GzipRecipe::from_bytes(&unknown, 10).is_err());
         let mut plain = recipe(vec![chunk(10, ChunkBody::Preflate(vec![9]))]).to_bytes();
-        assert_eq!(plain[0], crate::gzip_recipe::RECIPE_PREFLATE);
-        plain[0] = RECIPE_PREFLATE_VERBATIM;
+        assert_eq!(plain[2], CODE_PREFLATE);
+        plain[2] = CODE_PREFLATE_RAW;
         assert!(GzipRecipe::from_bytes(&plain, 10).is_err());
     }
 
