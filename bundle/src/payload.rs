@@ -219,59 +219,13 @@ impl<R: Read> PayloadReader<R> {
     /// Reads the next record header (and the extents table, which is small and checked).
     pub fn next_record(&mut self) -> Result<Record, RecordError> {
         if !self.started {
-            let mut magic = [0u8; 8];
-            self.inner.read_exact(&mut magic).map_err(eof_as_invalid)?;
-            if magic != PAYLOAD_MAGIC {
-                return Err(RecordError::Invalid(
-                    "payload does not start with SLPAYLD1".into(),
-                ));
-            }
-            self.started = true;
+            self.magic()?;
         }
         let tag = self.u8()?;
         Ok(match tag {
             TAG_CONFIG => Record::Config { len: self.u32()? },
-            TAG_EXTENTS => {
-                let count = self.u32()?;
-                if count > self.max_extents {
-                    return Err(RecordError::Invalid(format!(
-                        "{count} extents, more than the {} allowed",
-                        self.max_extents
-                    )));
-                }
-                let mut extents = Vec::with_capacity(count.min(1 << 16) as usize);
-                for _ in 0..count {
-                    extents.push(Extent {
-                        requires_index: self.u32()?,
-                        offset: self.u64()?,
-                        len: self.u64()?,
-                    });
-                }
-                Record::Extents(extents)
-            }
-            TAG_FRAME => {
-                let count = self.varint()?;
-                if count > u64::from(self.max_extents) {
-                    return Err(RecordError::Invalid(format!(
-                        "frame dictionary of {count} ranges, more than the {} allowed",
-                        self.max_extents
-                    )));
-                }
-                let mut ranges = Vec::with_capacity(count.min(1 << 16) as usize);
-                let mut end = 0u64;
-                for _ in 0..count {
-                    let offset = end.checked_add(self.varint()?);
-                    let len = self.varint()?;
-                    let (Some(offset), Some(next)) =
-                        (offset, offset.and_then(|o| o.checked_add(len)))
-                    else {
-                        return Err(RecordError::Invalid("frame range out of bounds".into()));
-                    };
-                    ranges.push((offset, len));
-                    end = next;
-                }
-                Record::Frame(ranges)
-            }
+            TAG_EXTENTS => Record::Extents(self.extents()?),
+            TAG_FRAME => Record::Frame(self.frame_ranges()?),
             TAG_PRESENT => Record::Present { index: self.u32()? },
             TAG_LAYER => Record::Layer { index: self.u32()? },
             TAG_BLOB => Record::Blob {
@@ -288,18 +242,18 @@ impl<R: Read> PayloadReader<R> {
             TAG_LITERAL_X86 => Record::LiteralX86 {
                 len: self.varint()?,
             },
-            TAG_COPY | TAG_MIX => {
+            TAG_COPY => {
                 let (scratch_offset, len) = self.relative_range()?;
-                if tag == TAG_COPY {
-                    Record::Copy {
-                        scratch_offset,
-                        len,
-                    }
-                } else {
-                    Record::Mix {
-                        scratch_offset,
-                        len,
-                    }
+                Record::Copy {
+                    scratch_offset,
+                    len,
+                }
+            }
+            TAG_MIX => {
+                let (scratch_offset, len) = self.relative_range()?;
+                Record::Mix {
+                    scratch_offset,
+                    len,
                 }
             }
             TAG_MIX_RUNS => {
@@ -311,17 +265,7 @@ impl<R: Read> PayloadReader<R> {
                     body_len,
                 }
             }
-            TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF | TAG_PATCH_BSDIFF_X86 => Record::Patch {
-                kind: match tag {
-                    TAG_PATCH_ZSTD => PatchKind::Zstd,
-                    TAG_PATCH_BSDIFF => PatchKind::Bsdiff,
-                    _ => PatchKind::BsdiffX86,
-                },
-                scratch_offset: self.u64()?,
-                base_len: self.u64()?,
-                out_len: self.u64()?,
-                patch_len: self.u64()?,
-            },
+            TAG_PATCH_ZSTD | TAG_PATCH_BSDIFF | TAG_PATCH_BSDIFF_X86 => self.patch(tag)?,
             TAG_END_LAYER => Record::EndLayer,
             TAG_END => Record::End,
             other => {
@@ -329,6 +273,79 @@ impl<R: Read> PayloadReader<R> {
                     "unknown record type 0x{other:02x}"
                 )))
             }
+        })
+    }
+
+    /// Reads the payload's magic, which comes before the first record.
+    fn magic(&mut self) -> Result<(), RecordError> {
+        let mut magic = [0u8; 8];
+        self.inner.read_exact(&mut magic).map_err(eof_as_invalid)?;
+        if magic != PAYLOAD_MAGIC {
+            return Err(RecordError::Invalid(
+                "payload does not start with SLPAYLD1".into(),
+            ));
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// The EXTENTS table, its count capped.
+    fn extents(&mut self) -> Result<Vec<Extent>, RecordError> {
+        let count = self.u32()?;
+        if count > self.max_extents {
+            return Err(RecordError::Invalid(format!(
+                "{count} extents, more than the {} allowed",
+                self.max_extents
+            )));
+        }
+        let mut extents = Vec::with_capacity(count.min(1 << 16) as usize);
+        for _ in 0..count {
+            extents.push(Extent {
+                requires_index: self.u32()?,
+                offset: self.u64()?,
+                len: self.u64()?,
+            });
+        }
+        Ok(extents)
+    }
+
+    /// A FRAME record's scratch ranges (each offset relative to the previous range's end), their
+    /// count capped like the extents'.
+    fn frame_ranges(&mut self) -> Result<Vec<(u64, u64)>, RecordError> {
+        let count = self.varint()?;
+        if count > u64::from(self.max_extents) {
+            return Err(RecordError::Invalid(format!(
+                "frame dictionary of {count} ranges, more than the {} allowed",
+                self.max_extents
+            )));
+        }
+        let mut ranges = Vec::with_capacity(count.min(1 << 16) as usize);
+        let mut end = 0u64;
+        for _ in 0..count {
+            let offset = end.checked_add(self.varint()?);
+            let len = self.varint()?;
+            let (Some(offset), Some(next)) = (offset, offset.and_then(|o| o.checked_add(len)))
+            else {
+                return Err(RecordError::Invalid("frame range out of bounds".into()));
+            };
+            ranges.push((offset, len));
+            end = next;
+        }
+        Ok(ranges)
+    }
+
+    /// A PATCH record of the kind `tag` names.
+    fn patch(&mut self, tag: u8) -> Result<Record, RecordError> {
+        Ok(Record::Patch {
+            kind: match tag {
+                TAG_PATCH_ZSTD => PatchKind::Zstd,
+                TAG_PATCH_BSDIFF => PatchKind::Bsdiff,
+                _ => PatchKind::BsdiffX86,
+            },
+            scratch_offset: self.u64()?,
+            base_len: self.u64()?,
+            out_len: self.u64()?,
+            patch_len: self.u64()?,
         })
     }
 
