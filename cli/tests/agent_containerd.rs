@@ -14,10 +14,8 @@
 //! Needs root, `containerd`, `runc`, `docker-registry` and `skopeo`; a missing tool fails.
 
 mod agent_support;
-#[path = "../../registry-plugin/tests/containerd_support/mod.rs"]
-mod containerd_support;
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::containerd as containerd_support;
+use sideload_test_support::registry as support;
 
 use std::path::{Path, PathBuf};
 

@@ -13,10 +13,8 @@
 //! fails the test.
 
 mod agent_support;
-#[path = "../../registry-plugin/tests/docker_support/mod.rs"]
-mod docker_support;
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::docker as docker_support;
+use sideload_test_support::registry as support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

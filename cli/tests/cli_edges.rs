@@ -1,8 +1,7 @@
 //! The CLI at its edges: a FIFO where a bundle should be, a file that is not an image, and the
 //! counts in `sideload push`'s report.
 
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::registry as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -341,8 +341,7 @@ fn every_command_has_help() {
 
 /// The registry plugin's test fixtures (registry, daemon, demo images, keys), shared rather
 /// than copied.
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod plugin_support;
+use sideload_test_support::registry as plugin_support;
 
 /// The loop between device and cloud: the device's inventory (from its registry plugin) goes
 /// to `sideload build --inventory`, which takes the device's images as bases from the registry

@@ -7,8 +7,7 @@
 //! skopeo through the plugin. Plus the failures: a device without the base blob a
 //! bundle counts on, and a signed statement naming a blob the device cannot reproduce.
 
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::registry as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

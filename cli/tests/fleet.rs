@@ -4,10 +4,8 @@
 //! once, outboxes, receipts back, gate, status, rewrite); and one real device (registry
 //! plugin in front of docker-registry) that reports over its API and gets its bundle pushed.
 
-#[path = "../../fleet/tests/support/mod.rs"]
-mod pg;
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::databases as pg;
+use sideload_test_support::registry as support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

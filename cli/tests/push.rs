@@ -2,8 +2,7 @@
 //! that cuts connections: the resume logic runs on every machine, with or without network
 //! namespaces. `push_link.rs` does the same over a shaped veth link that goes down and up.
 
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::registry as support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

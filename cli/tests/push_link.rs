@@ -15,8 +15,7 @@
 
 #![allow(clippy::disallowed_methods)] // a test harness reads its environment
 
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod support;
+use sideload_test_support::registry as support;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -1,6 +1,6 @@
 //! The ledger on SQLite and on a real PostgreSQL server: the same calls, the same answers.
 
-mod support;
+use sideload_test_support::databases as support;
 
 use sideload_fleet::reports::{parse_receipt, read_receipt_folder};
 use sideload_fleet::{

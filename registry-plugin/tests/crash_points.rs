@@ -5,7 +5,7 @@
 //! nothing behind. Needs the `crash-points` feature:
 //! `cargo test -p sideload-registry-plugin --features crash-points --test crash_points`.
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -12,8 +12,8 @@
 //! `docker-registry` (Debian packages of the same names). A missing tool fails the test with
 //! the package to install; it never skips.
 
-mod containerd_support;
-mod support;
+use sideload_test_support::containerd as containerd_support;
+use sideload_test_support::registry as support;
 
 use std::time::{Duration, Instant};
 

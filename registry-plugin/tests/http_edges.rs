@@ -3,7 +3,7 @@
 //! and bundle names that are too long, unsafe or not ASCII. Every refusal comes before a
 //! byte of the body is stored.
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -4,7 +4,7 @@
 //! bundle's events out of the spool (refusals of untrusted deliveries live in their own small
 //! ring, and the journal keeps only the newest of them).
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::time::{Duration, Instant};
 

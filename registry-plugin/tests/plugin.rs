@@ -1,7 +1,7 @@
 //! The daemon end to end, against a real `docker-registry` on loopback, with `skopeo` as the
 //! pulling client: upload, resume, refuse, crash, full disk, duplicates, inbox, events.
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@
 //! Needs `podman`, `skopeo` and `docker-registry`; a missing tool fails the test, never skips.
 
 mod podman_support;
-mod support;
+use sideload_test_support::registry as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};

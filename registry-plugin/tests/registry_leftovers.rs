@@ -2,7 +2,7 @@
 //! left open in the registry are purged within hours (the shipped `registry.yml`), and the
 //! pools of connections to the registry close idle ones even while traffic goes on.
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! `curl` (OpenSSL) and `skopeo` (Go's TLS) against certificates made here with rcgen, a real
 //! `docker-registry` behind the daemon, and real bundles.
 
-mod support;
+use sideload_test_support::registry as support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,8 +4,7 @@
 
 mod support;
 
-#[path = "../../registry-plugin/tests/support/mod.rs"]
-mod plugin_support;
+use sideload_test_support::registry as plugin_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -41,6 +41,7 @@ pub fn app_tags(host: &str) -> serde_json::Value {
     listed["Tags"].clone()
 }
 
+/// Runs `skopeo` with `args` and returns its stdout; fails the test if it fails.
 pub fn skopeo(args: &[&str]) -> String {
     require_tool("skopeo", "skopeo");
     let out = Command::new("skopeo")
@@ -405,9 +406,9 @@ pub fn seed_v1(registry: &Registry) {
     ]);
 }
 
-/// The daemon's binary: cargo's path when this module is compiled into the plugin's own tests,
-/// else (when another crate's tests include it) the one beside the test binary in `target/`,
-/// which `cargo test --workspace` builds.
+/// The daemon's binary: the one beside the test binary in `target/`, which `cargo test`
+/// builds for the plugin's own tests and `cargo test --workspace` for every crate's (cargo
+/// sets `CARGO_BIN_EXE_*` only for a package's own tests, not for this shared crate).
 pub fn daemon_binary() -> PathBuf {
     if let Some(path) = option_env!("CARGO_BIN_EXE_sideload-registry-plugin") {
         return PathBuf::from(path);
@@ -619,6 +620,7 @@ impl Daemon {
         assert!(found, "no {state} entry named {name:?}: {journal:#}");
     }
 
+    /// `GET path` from the daemon, which must answer 200 with JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let r = self.request("GET", path, &[], b"");
         assert_eq!(r.status, 200, "GET {path}: {}", r.text());
