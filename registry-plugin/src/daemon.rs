@@ -595,36 +595,34 @@ impl Daemon {
     /// ([`State::Waiting`], retried by [`Daemon::retry_waiting`]); any other fails and its file
     /// is removed (after the journal says so: a crash between is finished by recovery).
     fn apply_failed(&self, b: &BundleRecord, path: &Path, failure: crate::rebuild::ApplyFailure) {
-        tracing::warn!(bundle = %b.name, reason = %failure.reason, advice = %failure.advice,
-            transient = ?failure.transient, "apply failed");
-        if failure.transient.is_some() {
+        let (reason, transient) = (failure.reason(), failure.transient());
+        tracing::warn!(bundle = %b.name, %reason, advice = %failure.advice(),
+            ?transient, "apply failed");
+        if transient.is_some() {
             let advice = format!(
                 "{}; the bundle is kept on the device and applied again once the cause is gone (or delete it: DELETE /sideload/v1/admin/bundles/{})",
-                failure.advice, b.id
+                failure.advice(),
+                b.id
             );
             let recorded = self.ballast.released_retry(|| {
                 self.journal
-                    .set_state(&b.id, State::Waiting, Some(&failure.reason), Some(&advice))
+                    .set_state(&b.id, State::Waiting, Some(&reason), Some(&advice))
             });
             if let Err(e) = recorded {
                 tracing::error!(error = %e, "cannot record the wait in the journal");
             }
-            self.announce(b, "waiting", Some(&failure.reason), Some(&advice));
+            self.announce(b, "waiting", Some(&reason), Some(&advice));
             return;
         }
         let recorded = self.ballast.released_retry(|| {
-            self.journal.set_state(
-                &b.id,
-                State::Failed,
-                Some(&failure.reason),
-                Some(&failure.advice),
-            )
+            self.journal
+                .set_state(&b.id, State::Failed, Some(&reason), Some(failure.advice()))
         });
         if let Err(e) = recorded {
             tracing::error!(error = %e, "cannot record the failure in the journal");
         }
         self.remove_stored(path);
-        self.announce(b, "failed", Some(&failure.reason), Some(&failure.advice));
+        self.announce(b, "failed", Some(&reason), Some(failure.advice()));
     }
 
     /// Puts waiting bundles back into the queue once their cause looks gone (the registry

@@ -188,6 +188,50 @@ struct VisitRecord<'a> {
     summary: &'a str,
 }
 
+impl<'a> VisitRecord<'a> {
+    /// The record written before the wait: every bundle handed over, or a hand-over failed.
+    fn early(at: u64, device: &'a str, hand_over_failed: bool) -> VisitRecord<'a> {
+        VisitRecord {
+            at,
+            device,
+            entries_truncated: None,
+            result: if hand_over_failed {
+                VisitWord::Result(VisitResult::Failed)
+            } else {
+                VisitWord::HandedOver
+            },
+            skipped: None,
+            skipped_unlisted: None,
+            summary: "bundles handed over; applying continues",
+        }
+    }
+
+    /// The record written at the end of the visit.
+    fn last(
+        at: u64,
+        device: &'a str,
+        result: VisitResult,
+        summary: &'a str,
+        skipped: &'a [(String, String)],
+        scan: &crate::scan::Scan,
+    ) -> VisitRecord<'a> {
+        VisitRecord {
+            at,
+            device,
+            entries_truncated: Some(scan.truncated),
+            result: VisitWord::Result(result),
+            skipped: Some(
+                skipped
+                    .iter()
+                    .map(|(entry, reason)| SkippedEntry { entry, reason })
+                    .collect(),
+            ),
+            skipped_unlisted: Some(scan.skipped_unlisted),
+            summary,
+        }
+    }
+}
+
 /// An entry of the folder that was not looked at, in `visit.json`.
 #[derive(Debug, Serialize)]
 struct SkippedEntry<'a> {
@@ -261,19 +305,7 @@ async fn visit(
         .await;
     v.pending_results(&state, &mut receipts, &mut handed).await;
     // Receipts now, before the stick may be pulled; updated after the wait below.
-    let early = VisitRecord {
-        at: v.now,
-        device: &config.device_id,
-        entries_truncated: None,
-        result: if hand_over_failed {
-            VisitWord::Result(VisitResult::Failed)
-        } else {
-            VisitWord::HandedOver
-        },
-        skipped: None,
-        skipped_unlisted: None,
-        summary: "bundles handed over; applying continues",
-    };
+    let early = VisitRecord::early(v.now, &config.device_id, hand_over_failed);
     let mut receipts_written = v.write_receipts(&receipts, inventory.as_ref(), &early);
     if !hand_over_failed {
         HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -286,20 +318,7 @@ async fn visit(
 
     let (result, summary) = judge_visit(&receipts);
     // Receipts back onto the stick, where it is writable.
-    let visit_json = VisitRecord {
-        at: v.now,
-        device: &config.device_id,
-        entries_truncated: Some(scan.truncated),
-        result: VisitWord::Result(result),
-        skipped: Some(
-            skipped
-                .iter()
-                .map(|(entry, reason)| SkippedEntry { entry, reason })
-                .collect(),
-        ),
-        skipped_unlisted: Some(scan.skipped_unlisted),
-        summary: &summary,
-    };
+    let visit_json = VisitRecord::last(v.now, &config.device_id, result, &summary, &skipped, &scan);
     receipts_written &= v.write_receipts(&receipts, inventory.as_ref(), &visit_json);
     if receipts_written {
         // Everything final is now on the stick; keep what is still running or unknown.
@@ -1006,6 +1025,73 @@ mod tests {
             "{summary}"
         );
         assert_eq!(judge_visit(&[]).0, VisitResult::Nothing);
+    }
+
+    #[test]
+    fn a_bundle_the_device_knows_is_reported_unless_it_failed_there() {
+        assert_eq!(
+            known_on_device(BundleState::Applied),
+            Some(ReceiptState::AlreadyApplied)
+        );
+        for s in [
+            BundleState::Queued,
+            BundleState::Applying,
+            BundleState::Waiting,
+        ] {
+            assert_eq!(known_on_device(s), Some(ReceiptState::Received));
+        }
+        assert_eq!(known_on_device(BundleState::Failed), None, "retried");
+    }
+
+    #[test]
+    fn hand_over_answers_become_receipts() {
+        let base = receipt("a.bundle", "received", None);
+        let r = hand_over_receipt(base.clone(), &Ok(Handed::Duplicate));
+        assert_eq!((r.state, r.reason), (ReceiptState::Received, None));
+        let refusal = sideload_device_api::Refusal::new("unknown_key", "why", "fix");
+        let r = hand_over_receipt(base.clone(), &Ok(Handed::Refused(refusal)));
+        assert_eq!(r.state, ReceiptState::Refused);
+        assert_eq!(
+            (r.reason.as_deref(), r.advice.as_deref()),
+            (Some("why"), Some("fix"))
+        );
+        let r = hand_over_receipt(base, &Err(PluginError::StickEnded));
+        assert_eq!(r.state, ReceiptState::Failed);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("a.bundle: the stick ended before the bundle did")
+        );
+    }
+
+    #[test]
+    fn device_records_update_receipts_and_say_whether_to_wait() {
+        let record = |state: &str| -> BundleRecord {
+            serde_json::from_str(&format!(r#"{{"state":"{state}","reason":"r"}}"#)).unwrap()
+        };
+        let mut r = receipt("a.bundle", "received", None);
+        r.id = Some("sha256:1".into());
+        assert!(take_record(&mut r, &record("queued")));
+        assert_eq!(r.state, ReceiptState::Received);
+        assert!(still_pending(std::slice::from_ref(&r), "sha256:1"));
+        assert!(!take_record(&mut r, &record("waiting")));
+        assert_eq!(
+            (r.state, r.reason.as_deref()),
+            (ReceiptState::Waiting, Some("r"))
+        );
+        assert!(!take_record(&mut r, &record("applied")));
+        assert!(!still_pending(std::slice::from_ref(&r), "sha256:1"));
+        assert!(still_pending(&[], "sha256:1"), "not on the stick: kept");
+    }
+
+    #[test]
+    fn visit_records_keep_their_layout() {
+        let early = serde_json::to_value(VisitRecord::early(5, "d1", false)).unwrap();
+        assert_eq!(
+            early.to_string(),
+            r#"{"at":5,"device":"d1","result":"handed-over","summary":"bundles handed over; applying continues"}"#
+        );
+        let failed = serde_json::to_value(VisitRecord::early(5, "d1", true)).unwrap();
+        assert_eq!(failed["result"], "failed");
     }
 
     #[test]
