@@ -223,6 +223,35 @@ pub struct Health {
     pub uploads_active: usize,
 }
 
+/// One open upload as the operator API lists it (`GET /sideload/v1/admin/uploads`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The upload's id.
+    pub id: String,
+    /// Its name (`Bundle-Name`, else `upload-ID`).
+    pub name: String,
+    /// Bytes the device holds.
+    pub held: u64,
+    /// The head's signatures verified: the upload has the long resume window and counts
+    /// against `max_concurrent_uploads`; otherwise it is one of the cheap, evictable ones.
+    pub trusted: bool,
+    /// The statement digest, once trusted.
+    pub bundle_id: Option<String>,
+    /// The client address that created it.
+    pub client: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last byte or request.
+    pub last_activity: u64,
+}
+
+/// `GET /sideload/v1/admin/uploads`: the open uploads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadList {
+    /// The uploads.
+    pub uploads: Vec<UploadInfo>,
+}
+
 /// Every error answer of the API: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

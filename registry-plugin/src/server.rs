@@ -237,9 +237,12 @@ impl Server {
         };
         match route {
             Route::CreateUpload => self.create_upload(&req, peer).await,
-            Route::ListUploads => {
-                json_response(StatusCode::OK, &json!({ "uploads": self.uploads.list() }))
-            }
+            Route::ListUploads => json_response(
+                StatusCode::OK,
+                &api::answers::UploadList {
+                    uploads: self.uploads.list(),
+                },
+            ),
             Route::AdminDeleteUpload(id) => match self.uploads.delete(id).await {
                 Ok(()) => {
                     tracing::info!(upload = %id, %peer, "upload deleted by the operator");

@@ -54,27 +54,8 @@ pub struct UploadMeta {
     pub client: Option<String>,
 }
 
-/// One open upload as the operator API lists it (`GET /sideload/v1/admin/uploads`).
-#[derive(Debug, Clone, Serialize)]
-pub struct UploadInfo {
-    /// The upload's id.
-    pub id: String,
-    /// Its name (`Bundle-Name`, else `upload-ID`).
-    pub name: String,
-    /// Bytes the device holds.
-    pub held: u64,
-    /// The head's signatures verified: the upload has the long resume window and counts
-    /// against `max_concurrent_uploads`; otherwise it is one of the cheap, evictable ones.
-    pub trusted: bool,
-    /// The statement digest, once trusted.
-    pub bundle_id: Option<String>,
-    /// The client address that created it.
-    pub client: Option<String>,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds of the last byte or request.
-    pub last_activity: u64,
-}
+/// One open upload as the operator API lists it (the device API's type).
+pub use sideload_device_api::answers::UploadInfo;
 
 /// An unchecked upload (head not verified yet) as the admission decision sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
