@@ -1,6 +1,10 @@
 //! What devices tell the cloud, in the forms it arrives: the registry plugin's inventory and
 //! bundle list (from its status API or a file), and the USB loader's receipts (a folder a
 //! stick brought back). Parsing only; [`crate::Ledger`] decides what they change.
+//!
+//! The documents are read through the device API's types (`sideload-device-api`: the
+//! inventory, the bundle list with its strict bundle states, the receipt), then taken into the
+//! ledger's own records ([`Inventory`], [`HeldImage`], [`BundleReport`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::LedgerError;
 
-/// Inventory format this build reads (the plugin's `INVENTORY_FORMAT`).
-pub const INVENTORY_FORMAT: u32 = 1;
+use sideload_device_api::{BundleList, BundleState, Receipt, ReceiptState};
+pub use sideload_device_api::{EngineHeld, EngineInventory, INVENTORY_FORMAT};
 
-/// A device's inventory (`GET /sideload/v1/inventory`, or `inventory.json` on a stick).
+/// A device's inventory as the ledger keeps it (from `GET /sideload/v1/inventory`, or
+/// `inventory.json` on a stick: [`sideload_device_api::Inventory`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Inventory {
     /// Document format.
@@ -35,32 +40,7 @@ pub struct Inventory {
     pub engine: Option<EngineInventory>,
 }
 
-/// The container engine's images and names, as the plugin's inventory reports them: what the
-/// edge agent will look its images up in.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EngineInventory {
-    /// `docker` (moby, podman) or `containerd`.
-    pub kind: String,
-    /// Every image with every reference it resolves under, as the engine spells them
-    /// (moby: `edge/app:v2`; containerd: `docker.io/edge/app:v2`).
-    #[serde(default)]
-    pub images: Vec<EngineHeld>,
-    /// Why the engine could not be asked, when it could not: then nothing counts as resolving.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One image in a device's engine.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EngineHeld {
-    /// The image ID (`sha256:` + config digest).
-    pub id: String,
-    /// Its tag and digest references.
-    #[serde(default)]
-    pub references: Vec<String>,
-}
-
-/// One image a device holds.
+/// One image a device holds, as the ledger keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HeldImage {
     /// Repository in the device's registry.
@@ -150,52 +130,66 @@ impl TransferState {
     }
 }
 
-/// A USB receipt as the loader writes it (`receipts/DEVICE/NAME.json`).
-#[derive(Debug, Deserialize)]
-struct Receipt {
-    bundle: String,
-    id: Option<String>,
-    repository: Option<String>,
-    state: String,
-    reason: Option<String>,
-    advice: Option<String>,
-    at: u64,
+impl From<sideload_device_api::Inventory> for Inventory {
+    fn from(inv: sideload_device_api::Inventory) -> Inventory {
+        Inventory {
+            format: inv.format,
+            device: inv.device,
+            generated_at: inv.generated_at,
+            images: inv.images.into_iter().map(HeldImage::from).collect(),
+            sequences: inv.sequences,
+            free_bytes: inv.free_bytes,
+            engine: inv.engine,
+        }
+    }
 }
 
-/// A bundle as the plugin's `GET /sideload/v1/bundles` lists it.
-#[derive(Debug, Deserialize)]
-struct PluginBundle {
-    id: String,
-    name: String,
-    repository: String,
-    state: String,
-    reason: Option<String>,
-    advice: Option<String>,
-    updated_at: u64,
+impl From<sideload_device_api::HeldImage> for HeldImage {
+    fn from(image: sideload_device_api::HeldImage) -> HeldImage {
+        HeldImage {
+            repository: image.repository,
+            tags: image.tags,
+            manifest_digest: image.manifest_digest,
+            config_digest: image.config_digest,
+            diff_ids: image.diff_ids,
+        }
+    }
+}
+
+impl TransferState {
+    /// Where a bundle stands from the device's own state of it; `None` for a state that says
+    /// nothing new to the ledger (`waiting`: on the device, neither applied nor failed).
+    pub fn from_device(state: BundleState) -> Option<TransferState> {
+        match state {
+            BundleState::Queued | BundleState::Applying => Some(TransferState::Received),
+            BundleState::Applied => Some(TransferState::Applied),
+            BundleState::Failed => Some(TransferState::Failed),
+            BundleState::Refused => Some(TransferState::Refused),
+            BundleState::Waiting => None,
+        }
+    }
+
+    /// Where a bundle stands from a USB receipt; `None` for one that says nothing about the
+    /// bundle's fate (`skipped`: the loader did not hand it over; `waiting`).
+    pub fn from_receipt(state: ReceiptState) -> Option<TransferState> {
+        match state {
+            ReceiptState::Applied | ReceiptState::AlreadyApplied => Some(TransferState::Applied),
+            ReceiptState::Failed => Some(TransferState::Failed),
+            ReceiptState::Refused => Some(TransferState::Refused),
+            ReceiptState::Received | ReceiptState::Applying => Some(TransferState::Received),
+            ReceiptState::Skipped | ReceiptState::Waiting => None,
+        }
+    }
 }
 
 /// Reads an inventory document.
 pub fn parse_inventory(origin: &str, bytes: &[u8]) -> Result<Inventory, LedgerError> {
-    let inv: Inventory = serde_json::from_slice(bytes).map_err(|e| LedgerError::BadReport {
-        origin: origin.to_owned(),
-        message: format!("not a device inventory (GET /sideload/v1/inventory): {e}"),
-    })?;
-    if inv.format != INVENTORY_FORMAT {
-        return Err(LedgerError::BadReport {
+    sideload_device_api::Inventory::parse(bytes)
+        .map(Inventory::from)
+        .map_err(|e| LedgerError::BadReport {
             origin: origin.to_owned(),
-            message: format!(
-                "inventory format {} is not supported (this build reads format {INVENTORY_FORMAT})",
-                inv.format
-            ),
-        });
-    }
-    if inv.device.is_empty() {
-        return Err(LedgerError::BadReport {
-            origin: origin.to_owned(),
-            message: "the inventory names no device".into(),
-        });
-    }
-    Ok(inv)
+            message: e.to_string(),
+        })
 }
 
 /// Reads one USB receipt of `device`. `Ok(None)`: a receipt that says nothing about the
@@ -209,18 +203,8 @@ pub fn parse_receipt(
         origin: origin.to_owned(),
         message: format!("not a USB receipt: {e}"),
     })?;
-    let state = match r.state.as_str() {
-        "applied" | "already-applied" => TransferState::Applied,
-        "failed" => TransferState::Failed,
-        "refused" => TransferState::Refused,
-        "received" | "applying" => TransferState::Received,
-        "skipped" => return Ok(None),
-        other => {
-            return Err(LedgerError::BadReport {
-                origin: origin.to_owned(),
-                message: format!("unknown receipt state {other:?}"),
-            })
-        }
+    let Some(state) = TransferState::from_receipt(r.state) else {
+        return Ok(None);
     };
     Ok(Some(BundleReport {
         device: device.to_owned(),
@@ -240,11 +224,7 @@ pub fn parse_plugin_bundles(
     device: &str,
     bytes: &[u8],
 ) -> Result<Vec<BundleReport>, LedgerError> {
-    #[derive(Deserialize)]
-    struct List {
-        bundles: Vec<PluginBundle>,
-    }
-    let list: List = serde_json::from_slice(bytes).map_err(|e| LedgerError::BadReport {
+    let list: BundleList = serde_json::from_slice(bytes).map_err(|e| LedgerError::BadReport {
         origin: origin.to_owned(),
         message: format!("not the plugin's bundle list (GET /sideload/v1/bundles): {e}"),
     })?;
@@ -252,19 +232,12 @@ pub fn parse_plugin_bundles(
         .bundles
         .into_iter()
         .filter_map(|b| {
-            let state = match b.state.as_str() {
-                "queued" | "applying" => TransferState::Received,
-                "applied" => TransferState::Applied,
-                "failed" => TransferState::Failed,
-                "refused" => TransferState::Refused,
-                _ => return None,
-            };
             Some(BundleReport {
                 device: device.to_owned(),
+                state: TransferState::from_device(b.state)?,
                 bundle_id: Some(b.id),
                 bundle_name: b.name,
                 repository: Some(b.repository),
-                state,
                 reason: b.reason,
                 advice: b.advice,
                 at: b.updated_at,

@@ -88,6 +88,15 @@ pub enum HeadCheck {
     Known(Box<BundleRecord>),
 }
 
+impl Refused {
+    /// As the API answers it: the refusal of this delivery, to be retried when not permanent.
+    pub fn refusal(&self) -> sideload_device_api::Refusal {
+        sideload_device_api::Refusal::new(&self.code, &self.reason, &self.advice)
+            .of_bundle(&self.bundle)
+            .retryable(!self.permanent)
+    }
+}
+
 /// A delivery that was not taken: the reason and what to do. The file was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Refused {
@@ -252,8 +261,6 @@ impl Daemon {
         };
         // From here on the statement verified: a refusal is about a signed bundle.
         let refuse = |e: BundleError| refuse(e).verified();
-        let id = statement.digest().to_string();
-        let expected = head.payload_offset() + statement.payload.size;
         let actual = file
             .metadata()
             .map_err(|e| {
@@ -264,50 +271,32 @@ impl Daemon {
                 })
             })?
             .len();
-        if actual != expected {
-            return Err(refuse(if actual < expected {
-                BundleError::Truncated {
-                    bundle: name.to_owned(),
-                    part: "payload",
-                    expected: statement.payload.size,
-                    available: actual.saturating_sub(head.payload_offset()),
-                }
-            } else {
-                BundleError::SizeMismatch {
-                    bundle: name.to_owned(),
-                    expected,
-                    actual,
-                }
-            }));
-        }
+        file_length_verdict(name, head.payload_offset(), statement.payload.size, actual)
+            .map_err(refuse)?;
         sideload_bundle::check_payload_digest(&mut file, &head, &statement, path)
             .map_err(refuse)?;
         crash::reached(Step::IntakeChecked);
-        let new = NewBundle {
-            id: id.clone(),
-            name: name.to_owned(),
-            file_digest,
-            repository: statement.target.repository.to_string(),
-            tags: statement
-                .target
-                .tags
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-            sequence: statement.sequence,
-            manifest_digest: statement.target.manifest_digest.to_string(),
-            ordered_by: statement.ordered_by.clone(),
-            contact: statement.contact.clone(),
-            source: source.to_owned(),
-        };
+        let new = new_bundle(&statement, name, source, file_digest);
+        self.store_and_enqueue(path, &new, refuse)
+    }
+
+    /// Keeps a checked bundle under its statement digest and queues it, unless the same
+    /// statement became live meanwhile.
+    fn store_and_enqueue(
+        &self,
+        path: &Path,
+        new: &NewBundle,
+        refuse: impl Fn(BundleError) -> Refused,
+    ) -> Result<Intake, Refused> {
+        let id = &new.id;
         // One delivery at a time from here: two copies of one bundle arriving together must
         // not both move into the single place the queue reads it from.
         let _serial = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = self.journal.live(&id) {
+        if let Some(existing) = self.journal.live(id) {
             return Ok(Intake::Duplicate { bundle: existing });
         }
         // The file is kept under its statement digest, so the queue finds it by id.
-        let stored = self.stored_bundle(&id);
+        let stored = self.stored_bundle(id);
         if path != stored {
             std::fs::rename(path, &stored).map_err(|e| {
                 refuse(BundleError::Io {
@@ -321,11 +310,11 @@ impl Daemon {
             let _ = sideload_bundle::fsutil::sync_dir(&self.bundles_dir());
         }
         crash::reached(Step::IntakeStored);
-        match self.journal.enqueue(&new) {
+        match self.journal.enqueue(new) {
             Ok(None) => {
                 crash::reached(Step::IntakeJournaled);
                 Ok(Intake::Queued {
-                    bundle: self.journal.get(&id).ok().flatten().expect("just inserted"),
+                    bundle: self.journal.get(id).ok().flatten().expect("just inserted"),
                 })
             }
             Ok(Some(existing)) => {
@@ -344,7 +333,62 @@ impl Daemon {
             }
         }
     }
+}
 
+/// Whether a whole bundle file has exactly the length its head declares (`payload_offset`
+/// plus the statement's payload size): shorter is truncated, longer a size mismatch. Pure.
+pub fn file_length_verdict(
+    name: &str,
+    payload_offset: u64,
+    payload_size: u64,
+    actual: u64,
+) -> Result<(), BundleError> {
+    let expected = payload_offset + payload_size;
+    if actual < expected {
+        return Err(BundleError::Truncated {
+            bundle: name.to_owned(),
+            part: "payload",
+            expected: payload_size,
+            available: actual.saturating_sub(payload_offset),
+        });
+    }
+    if actual > expected {
+        return Err(BundleError::SizeMismatch {
+            bundle: name.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The journal's new record for a checked bundle. Pure.
+fn new_bundle(
+    statement: &Statement,
+    name: &str,
+    source: &str,
+    file_digest: Option<String>,
+) -> NewBundle {
+    NewBundle {
+        id: statement.digest().to_string(),
+        name: name.to_owned(),
+        file_digest,
+        repository: statement.target.repository.to_string(),
+        tags: statement
+            .target
+            .tags
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+        sequence: statement.sequence,
+        manifest_digest: statement.target.manifest_digest.to_string(),
+        ordered_by: statement.ordered_by.clone(),
+        contact: statement.contact.clone(),
+        source: source.to_owned(),
+    }
+}
+
+impl Daemon {
     /// Where the bundle with statement digest `id` is kept until applied.
     pub fn stored_bundle(&self, id: &str) -> PathBuf {
         let hex = id.strip_prefix("sha256:").unwrap_or(id);
@@ -551,36 +595,34 @@ impl Daemon {
     /// ([`State::Waiting`], retried by [`Daemon::retry_waiting`]); any other fails and its file
     /// is removed (after the journal says so: a crash between is finished by recovery).
     fn apply_failed(&self, b: &BundleRecord, path: &Path, failure: crate::rebuild::ApplyFailure) {
-        tracing::warn!(bundle = %b.name, reason = %failure.reason, advice = %failure.advice,
-            transient = ?failure.transient, "apply failed");
-        if failure.transient.is_some() {
+        let (reason, transient) = (failure.reason(), failure.transient());
+        tracing::warn!(bundle = %b.name, %reason, advice = %failure.advice(),
+            ?transient, "apply failed");
+        if transient.is_some() {
             let advice = format!(
                 "{}; the bundle is kept on the device and applied again once the cause is gone (or delete it: DELETE /sideload/v1/admin/bundles/{})",
-                failure.advice, b.id
+                failure.advice(),
+                b.id
             );
             let recorded = self.ballast.released_retry(|| {
                 self.journal
-                    .set_state(&b.id, State::Waiting, Some(&failure.reason), Some(&advice))
+                    .set_state(&b.id, State::Waiting, Some(&reason), Some(&advice))
             });
             if let Err(e) = recorded {
                 tracing::error!(error = %e, "cannot record the wait in the journal");
             }
-            self.announce(b, "waiting", Some(&failure.reason), Some(&advice));
+            self.announce(b, "waiting", Some(&reason), Some(&advice));
             return;
         }
         let recorded = self.ballast.released_retry(|| {
-            self.journal.set_state(
-                &b.id,
-                State::Failed,
-                Some(&failure.reason),
-                Some(&failure.advice),
-            )
+            self.journal
+                .set_state(&b.id, State::Failed, Some(&reason), Some(failure.advice()))
         });
         if let Err(e) = recorded {
             tracing::error!(error = %e, "cannot record the failure in the journal");
         }
         self.remove_stored(path);
-        self.announce(b, "failed", Some(&failure.reason), Some(&failure.advice));
+        self.announce(b, "failed", Some(&reason), Some(failure.advice()));
     }
 
     /// Puts waiting bundles back into the queue once their cause looks gone (the registry
@@ -712,4 +754,30 @@ pub(crate) fn engine_outcome(loaded: &crate::sink::Loaded) -> String {
         ));
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_bundle_is_exactly_as_long_as_its_head_declares() {
+        assert!(file_length_verdict("a.bundle", 100, 900, 1000).is_ok());
+        assert!(matches!(
+            file_length_verdict("a.bundle", 100, 900, 999),
+            Err(BundleError::Truncated {
+                expected: 900,
+                available: 899,
+                ..
+            })
+        ));
+        assert!(matches!(
+            file_length_verdict("a.bundle", 100, 900, 1001),
+            Err(BundleError::SizeMismatch {
+                expected: 1000,
+                actual: 1001,
+                ..
+            })
+        ));
+    }
 }

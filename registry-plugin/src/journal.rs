@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 /// Schema migrations, applied in order; `user_version` counts how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -57,135 +56,9 @@ CREATE TABLE counters (
 "#,
 ];
 
-/// Where a bundle is in its life on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Trusted and whole; waiting for its turn.
-    Queued,
-    /// Being rebuilt into the registry.
-    Applying,
-    /// The image is in the registry under its tags.
-    Applied,
-    /// The apply failed for a cause that passes (a full disk, the registry down; `reason` says
-    /// which): the stored bundle is kept and applied again once the cause is gone, unless the
-    /// operator deletes it (`DELETE /sideload/v1/admin/bundles/ID`).
-    Waiting,
-    /// Could not be applied; `reason` says why. Delivering it again retries.
-    Failed,
-    /// Not trusted or not valid; its bytes were deleted. Delivering a good copy retries.
-    Refused,
-}
-
-impl State {
-    /// The name stored and reported.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Applying => "applying",
-            State::Applied => "applied",
-            State::Waiting => "waiting",
-            State::Failed => "failed",
-            State::Refused => "refused",
-        }
-    }
-
-    /// Every state, in lifecycle order.
-    pub const ALL: [State; 6] = [
-        State::Queued,
-        State::Applying,
-        State::Applied,
-        State::Waiting,
-        State::Failed,
-        State::Refused,
-    ];
-
-    /// True while the bundle counts as on its way or done: another delivery of it is a
-    /// duplicate, not a retry.
-    pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            State::Queued | State::Applying | State::Waiting | State::Applied
-        )
-    }
-
-    /// True while the device keeps the bundle's stored file: it is still to be applied.
-    pub fn keeps_file(self) -> bool {
-        matches!(self, State::Queued | State::Applying | State::Waiting)
-    }
-}
-
-/// A state name this journal does not know: a damaged row, or a journal written by a newer
-/// sideload. Never read as some other state: a bundle must not be retried, deleted or
-/// reported as failed on a guess.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown bundle state {0:?} (known: queued, applying, applied, waiting, failed, refused)")]
-pub struct UnknownState(pub String);
-
-impl std::str::FromStr for State {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> std::result::Result<State, UnknownState> {
-        State::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_owned()))
-    }
-}
-
-/// One bundle as the journal knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BundleRecord {
-    /// The statement's digest.
-    pub id: String,
-    /// File name as delivered.
-    pub name: String,
-    /// sha256 of the bundle file.
-    pub file_digest: Option<String>,
-    /// Target repository.
-    pub repository: String,
-    /// Target tags.
-    pub tags: Vec<String>,
-    /// Anti-rollback sequence.
-    pub sequence: u64,
-    /// Manifest digest the device will produce.
-    pub manifest_digest: String,
-    /// Who ordered it (from the signed statement).
-    pub ordered_by: String,
-    /// Whom to contact (from the signed statement).
-    pub contact: String,
-    /// How it arrived.
-    pub source: String,
-    /// Current state.
-    pub state: State,
-    /// Why it failed or was refused.
-    pub reason: Option<String>,
-    /// What to do about it.
-    pub advice: Option<String>,
-    /// Outcome of putting the image into the container engine, when configured.
-    pub engine: Option<String>,
-    /// Unix seconds.
-    pub received_at: u64,
-    /// Unix seconds.
-    pub updated_at: u64,
-}
-
-/// One state change.
-#[derive(Debug, Clone, Serialize)]
-pub struct HistoryEntry {
-    /// Increasing.
-    pub id: i64,
-    /// Bundle id (or the delivery name when refused before its statement could be read).
-    pub bundle: String,
-    /// File name as delivered.
-    pub name: String,
-    /// The new state.
-    pub state: String,
-    /// Why, for failures and refusals.
-    pub reason: Option<String>,
-    /// Unix seconds.
-    pub at: u64,
-}
+// The bundle state, its record and its history entries are the device API's own types: the
+// journal stores them and the status API answers with them.
+pub use sideload_device_api::{BundleRecord, BundleState as State, HistoryEntry, UnknownState};
 
 /// A new bundle entering the queue.
 #[derive(Debug, Clone)]
@@ -479,11 +352,12 @@ impl Journal {
              WHERE id > ?1 AND (?2 IS NULL OR bundle = ?2) ORDER BY id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![after, bundle, limit as i64], |r| {
+            let state: String = r.get(3)?;
             Ok(HistoryEntry {
                 id: r.get(0)?,
                 bundle: r.get(1)?,
                 name: r.get(2)?,
-                state: r.get(3)?,
+                state: parse_state(3, &state)?,
                 reason: r.get(4)?,
                 at: r.get::<_, i64>(5)? as u64,
             })
@@ -503,6 +377,13 @@ impl Journal {
 const COLUMNS: &str = "id, name, file_digest, repository, tags, sequence, manifest_digest, \
     ordered_by, contact, source, state, reason, advice, engine, received_at, updated_at";
 
+/// A stored state name, strictly: an unknown one is an error, never some other state.
+fn parse_state(column: usize, text: &str) -> Result<State> {
+    text.parse().map_err(|e: UnknownState| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn record(r: &rusqlite::Row<'_>) -> Result<BundleRecord> {
     let tags: String = r.get(4)?;
     let state: String = r.get(10)?;
@@ -517,9 +398,7 @@ fn record(r: &rusqlite::Row<'_>) -> Result<BundleRecord> {
         ordered_by: r.get(7)?,
         contact: r.get(8)?,
         source: r.get(9)?,
-        state: state.parse().map_err(|e: UnknownState| {
-            rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        state: parse_state(10, &state)?,
         reason: r.get(11)?,
         advice: r.get(12)?,
         engine: r.get(13)?,
@@ -609,7 +488,7 @@ mod tests {
             .history(Some("a"), 0, 100)
             .unwrap()
             .into_iter()
-            .map(|h| h.state)
+            .map(|h| h.state.to_string())
             .collect();
         assert_eq!(states, ["queued", "applying", "applied"]);
         assert_eq!(j.in_state(State::Queued).unwrap().len(), 1);

@@ -65,6 +65,86 @@ pub struct Prepared {
 /// listens, tells systemd it is ready, and on a stop request stops taking connections, lets
 /// requests and the current apply finish, and returns.
 pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
+    let (daemon, uploads, events) = start(config).await?;
+    let Prepared { tls, auth } = prepared;
+    if auth.enabled() && !daemon.config.listen.ip().to_canonical().is_loopback() {
+        tracing::warn!(listen = %daemon.config.listen,
+            "the upload token crosses the plain listener unencrypted; bind listen to 127.0.0.1 and let remote clients use [tls]");
+    }
+    let listener = Listener::bind(daemon.config.listen, None, "listen").await?;
+    let local = listener.local_addr();
+    let tls_listener = match (&tls, &daemon.config.tls) {
+        (Some(tls), Some(settings)) => {
+            Some(Listener::bind(settings.listen, Some(tls.acceptor.clone()), "tls.listen").await?)
+        }
+        _ => None,
+    };
+    tracing::info!(listen = %local, tls = ?tls_listener.as_ref().map(Listener::local_addr),
+        upload_token = auth.enabled(), registry = %daemon.upstream.base(),
+        data = %daemon.config.data_dir.display(), "sideload registry plugin ready");
+    // Tests and scripts that bind port 0 learn the real ports from these lines on stdout; the
+    // plain one comes last, so a reader that waits for it knows both listen.
+    if let (Some(l), Some(tls)) = (&tls_listener, &tls) {
+        tracing::info!(listen = %l.local_addr(), cert = %tls.cert_file.display(), pin = %tls.pin,
+            "TLS certificate; clients without its CA pin it with `sideload push --pin {}`", tls.pin);
+        println!("listening (tls) on {}", l.local_addr());
+    }
+    println!("listening on {local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let queue = tokio::spawn(daemon.clone().run_queue(stop_rx.clone()));
+    let inbox = daemon
+        .config
+        .inbox
+        .enabled
+        .then(|| tokio::spawn(inbox::run(daemon.clone(), stop_rx.clone())));
+    let events_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(events.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+    let server = Arc::new(Server::new(daemon.clone(), uploads, auth));
+    let expiry = spawn_expiry(&server, &daemon, stop_rx.clone());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = listener.accept_one(&server, &graceful, &stop_rx) => {}
+            _ = listen::accept_one_opt(tls_listener.as_ref(), &server, &graceful, &stop_rx) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping: finishing requests and the current apply");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(listener);
+    drop(tls_listener);
+    // Also ends TLS handshakes still in progress.
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(20), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in 20 s; closing them");
+    }
+    let _ = queue.await;
+    if let Some(inbox) = inbox {
+        let _ = inbox.await;
+    }
+    let _ = expiry.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), events_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the daemon's state (journal, event spool, uploads), waits for the registry,
+/// recovers what a crash left and makes the inbox folders: everything before a port is bound.
+async fn start(
+    config: Config,
+) -> anyhow::Result<(Arc<Daemon>, uploads::Uploads, events::EventSpool)> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -105,9 +185,14 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
         .context("cannot recover the journal's interrupted work")?;
     uploads.settle(&daemon);
     daemon.ballast.ensure();
+    make_inbox_dirs(&daemon)?;
+    Ok((daemon, uploads, events))
+}
 
+/// The inbox and quarantine folders, made before the daemon reports ready, so a delivery
+/// right after start has a place.
+fn make_inbox_dirs(daemon: &Daemon) -> anyhow::Result<()> {
     if daemon.config.inbox.enabled {
-        // Made before the daemon reports ready, so a delivery right after start has a place.
         for dir in [daemon.config.inbox_dir(), daemon.config.quarantine_dir()] {
             std::fs::create_dir_all(&dir).with_context(|| {
                 format!(
@@ -117,94 +202,29 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
             })?;
         }
     }
-    let Prepared { tls, auth } = prepared;
-    if auth.enabled() && !daemon.config.listen.ip().to_canonical().is_loopback() {
-        tracing::warn!(listen = %daemon.config.listen,
-            "the upload token crosses the plain listener unencrypted; bind listen to 127.0.0.1 and let remote clients use [tls]");
-    }
-    let listener = Listener::bind(daemon.config.listen, None, "listen").await?;
-    let local = listener.local_addr();
-    let tls_listener = match (&tls, &daemon.config.tls) {
-        (Some(tls), Some(settings)) => {
-            Some(Listener::bind(settings.listen, Some(tls.acceptor.clone()), "tls.listen").await?)
-        }
-        _ => None,
-    };
-    tracing::info!(listen = %local, tls = ?tls_listener.as_ref().map(Listener::local_addr),
-        upload_token = auth.enabled(), registry = %daemon.upstream.base(),
-        data = %daemon.config.data_dir.display(), "sideload registry plugin ready");
-    // Tests and scripts that bind port 0 learn the real ports from these lines on stdout; the
-    // plain one comes last, so a reader that waits for it knows both listen.
-    if let (Some(l), Some(tls)) = (&tls_listener, &tls) {
-        tracing::info!(listen = %l.local_addr(), cert = %tls.cert_file.display(), pin = %tls.pin,
-            "TLS certificate; clients without its CA pin it with `sideload push --pin {}`", tls.pin);
-        println!("listening (tls) on {}", l.local_addr());
-    }
-    println!("listening on {local}");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let queue = tokio::spawn(daemon.clone().run_queue(stop_rx.clone()));
-    let inbox = daemon
-        .config
-        .inbox
-        .enabled
-        .then(|| tokio::spawn(inbox::run(daemon.clone(), stop_rx.clone())));
-    let events_task = {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(events.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }))
-    };
-    let server = Arc::new(Server::new(daemon.clone(), uploads, auth));
-    let expiry = {
-        let server = server.clone();
-        let mut rx = stop_rx.clone();
-        let idle = daemon.config.uploads.idle_expiry_secs;
-        let unchecked_idle = daemon.config.uploads.unchecked_idle_expiry_secs;
-        // Often enough that an unchecked upload lives at most about 1.5 times its expiry.
-        let every = Duration::from_secs((unchecked_idle / 2).clamp(1, 60));
-        tokio::spawn(async move {
-            loop {
-                server.uploads.expire(idle, unchecked_idle).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = rx.changed() => return,
-                }
-            }
-        })
-    };
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = listener.accept_one(&server, &graceful, &stop_rx) => {}
-            _ = listen::accept_one_opt(tls_listener.as_ref(), &server, &graceful, &stop_rx) => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    tracing::info!("stopping: finishing requests and the current apply");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    drop(listener);
-    drop(tls_listener);
-    // Also ends TLS handshakes still in progress.
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(20), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not finish in 20 s; closing them");
-    }
-    let _ = queue.await;
-    if let Some(inbox) = inbox {
-        let _ = inbox.await;
-    }
-    let _ = expiry.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), events_task).await;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// Expires idle uploads until the stop signal.
+fn spawn_expiry(
+    server: &Arc<Server>,
+    daemon: &Daemon,
+    mut rx: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let server = server.clone();
+    let idle = daemon.config.uploads.idle_expiry_secs;
+    let unchecked_idle = daemon.config.uploads.unchecked_idle_expiry_secs;
+    // Often enough that an unchecked upload lives at most about 1.5 times its expiry.
+    let every = Duration::from_secs((unchecked_idle / 2).clamp(1, 60));
+    tokio::spawn(async move {
+        loop {
+            server.uploads.expire(idle, unchecked_idle).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = rx.changed() => return,
+            }
+        }
+    })
 }
 
 async fn wait_for_registry(upstream: &upstream::Upstream, timeout_secs: u64) -> anyhow::Result<()> {

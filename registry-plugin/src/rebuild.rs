@@ -42,17 +42,122 @@ pub struct ApplyContext<'a> {
     pub journal: &'a Arc<Journal>,
 }
 
-/// Why an apply failed: the message for the journal and the advice for the person.
-#[derive(Debug)]
-pub struct ApplyFailure {
-    /// What went wrong, naming the bundle.
-    pub reason: String,
+/// Why an apply failed. Its message (the journal's reason) names the bundle;
+/// [`advice`](Self::advice) says what to do, [`transient`](Self::transient) whether the cause
+/// passes (then the bundle is kept and applied again once it is gone).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyFailure {
+    /// The local registry could not list its images (the bases).
+    #[error("{bundle}: cannot list the images of the local registry: {source}")]
+    ListImages {
+        /// The bundle's name.
+        bundle: String,
+        /// The registry's error.
+        source: crate::upstream::UpstreamError,
+    },
+    /// The staging folder could not be made.
+    #[error("{bundle}: cannot create {}: {source}", path.display())]
+    StagingRoot {
+        /// The bundle's name.
+        bundle: String,
+        /// The folder.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A staging directory for this apply could not be made.
+    #[error("{bundle}: cannot create a staging directory: {source}")]
+    StagingDir {
+        /// The bundle's name.
+        bundle: String,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The decoder's thread ended without an answer.
+    #[error("{bundle}: the decoder stopped: {source}")]
+    DecoderStopped {
+        /// The bundle's name.
+        bundle: String,
+        /// The failure.
+        source: tokio::task::JoinError,
+    },
+    /// The bundle engine refused or failed the decode.
+    #[error("{}", named(bundle, source))]
+    Decode {
+        /// The bundle's name.
+        bundle: String,
+        /// The engine's error.
+        source: sideload_bundle::Error,
+        /// The registry did not answer after the failure: a base read from it may have
+        /// failed because it went away.
+        registry_down: bool,
+    },
+    /// The registry refused or failed to store the rebuilt image.
+    #[error("{bundle}: cannot store the rebuilt image in the local registry: {message}")]
+    Store {
+        /// The bundle's name.
+        bundle: String,
+        /// What the registry said.
+        message: String,
+    },
+}
+
+/// An engine error's text, naming the bundle (disk and I/O errors name only a path).
+fn named(bundle: &str, e: &sideload_bundle::Error) -> String {
+    let text = e.to_string();
+    if text.contains(bundle) {
+        text
+    } else {
+        format!("{bundle}: {text}")
+    }
+}
+
+impl ApplyFailure {
+    /// The journal's reason: the message, naming the bundle.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+
     /// What to do about it.
-    pub advice: String,
-    /// Set when the cause is on the device's side and passes (a full disk, the registry
-    /// down): the bundle is kept and applied again once the cause is gone. `None`: the bundle
-    /// itself cannot be applied here (a missing base, a damaged payload).
-    pub transient: Option<Transient>,
+    pub fn advice(&self) -> &str {
+        match self {
+            ApplyFailure::ListImages { .. } => "check that the registry service runs (systemctl status docker-registry); the bundle is kept and applied once the registry answers",
+            ApplyFailure::StagingRoot { .. } | ApplyFailure::StagingDir { .. } => {
+                "check the data directory's permissions and free space"
+            }
+            ApplyFailure::DecoderStopped { .. } => "report this as a bug",
+            ApplyFailure::Decode { source, .. } => source.advice(),
+            ApplyFailure::Store { .. } => "check that the registry service runs and its storage has free space; the old tags are unchanged; the bundle is kept and applied again once the registry takes it",
+        }
+    }
+
+    /// The passing cause, when the cause passes (a full disk, the registry down); `None`: the
+    /// bundle itself cannot be applied here (a missing base, a damaged payload).
+    pub fn transient(&self) -> Option<Transient> {
+        let no_space =
+            |e: &(dyn std::error::Error + 'static)| is_no_space(e).then_some(Transient::NoSpace);
+        match self {
+            ApplyFailure::ListImages { .. } => Some(Transient::Registry),
+            ApplyFailure::StagingRoot { source, .. } | ApplyFailure::StagingDir { source, .. } => {
+                no_space(source)
+            }
+            ApplyFailure::DecoderStopped { .. } => None,
+            ApplyFailure::Decode {
+                source,
+                registry_down,
+                ..
+            } => no_space(source).or(registry_down.then_some(Transient::Registry)),
+            // The registry refused or failed to store a manifest and blobs whose digests the
+            // decoder checked: its storage is full or it is down, both of which pass.
+            ApplyFailure::Store { message, .. } => {
+                Some(if message.to_ascii_lowercase().contains("no space left") {
+                    Transient::NoSpace
+                } else {
+                    Transient::Registry
+                })
+            }
+        }
+    }
 }
 
 /// A cause of a failed apply that goes away by itself or by an operator's hand.
@@ -62,21 +167,6 @@ pub enum Transient {
     NoSpace,
     /// The local registry did not answer or could not store the image.
     Registry,
-}
-
-impl ApplyFailure {
-    fn new(reason: impl Into<String>, advice: impl Into<String>) -> ApplyFailure {
-        ApplyFailure {
-            reason: reason.into(),
-            advice: advice.into(),
-            transient: None,
-        }
-    }
-
-    fn transient(mut self, cause: Option<Transient>) -> ApplyFailure {
-        self.transient = cause;
-        self
-    }
 }
 
 /// Whether an error, or any error it was caused by, is a full disk or quota. Pure.
@@ -251,28 +341,23 @@ pub async fn rebuild(
         .upstream
         .images(&mut configs)
         .await
-        .map_err(|e| ApplyFailure::new(
-            format!("{name}: cannot list the images of the local registry: {e}"),
-            "check that the registry service runs (systemctl status docker-registry); the bundle is kept and applied once the registry answers",
-        ).transient(Some(Transient::Registry)))?;
+        .map_err(|source| ApplyFailure::ListImages {
+            bundle: name.clone(),
+            source,
+        })?;
     let bases = RegistryBases::new(device.upstream.clone(), Handle::current(), &images);
     let staging_root = &device.staging_root;
-    std::fs::create_dir_all(staging_root).map_err(|e| {
-        ApplyFailure::new(
-            format!("{name}: cannot create {}: {e}", staging_root.display()),
-            "check the data directory's permissions and free space",
-        )
-        .transient(is_no_space(&e).then_some(Transient::NoSpace))
+    std::fs::create_dir_all(staging_root).map_err(|source| ApplyFailure::StagingRoot {
+        bundle: name.clone(),
+        path: staging_root.clone(),
+        source,
     })?;
     let staging = tempfile::Builder::new()
         .prefix("apply-")
         .tempdir_in(staging_root)
-        .map_err(|e| {
-            ApplyFailure::new(
-                format!("{name}: cannot create a staging directory: {e}"),
-                "check the data directory's permissions and free space",
-            )
-            .transient(is_no_space(&e).then_some(Transient::NoSpace))
+        .map_err(|source| ApplyFailure::StagingDir {
+            bundle: name.clone(),
+            source,
         })?;
     let layout = staging.path().join("image");
     let (statement, bases) = {
@@ -303,50 +388,30 @@ pub async fn rebuild(
             Ok::<_, sideload_bundle::Error>((report.statement, bases))
         })
         .await;
-        let decoded = decoded
-            .map_err(|e| {
-                ApplyFailure::new(
-                    format!("{name}: the decoder stopped: {e}"),
-                    "report this as a bug",
-                )
-            })?
-            .map_err(|e| {
-                // Name the bundle in every reason (disk and I/O errors name only a path).
-                let text = e.to_string();
-                let reason = if text.contains(&name) {
-                    text
-                } else {
-                    format!("{name}: {text}")
-                };
-                ApplyFailure::new(reason, e.advice())
-                    .transient(is_no_space(&e).then_some(Transient::NoSpace))
-            });
+        let decoded = decoded.map_err(|source| ApplyFailure::DecoderStopped {
+            bundle: name.clone(),
+            source,
+        })?;
         match decoded {
+            Ok(done) => done,
             // A base read from the registry can fail because the registry went away.
-            Err(f) if f.transient.is_none() => {
-                let down = device.upstream.ping().await.is_err();
-                return Err(f.transient(down.then_some(Transient::Registry)));
+            Err(source) => {
+                let registry_down = !is_no_space(&source) && device.upstream.ping().await.is_err();
+                return Err(ApplyFailure::Decode {
+                    bundle: name.clone(),
+                    source,
+                    registry_down,
+                });
             }
-            other => other?,
         }
     };
     crate::crash::reached(crate::crash::Step::ApplyStaged);
     // 3: push blobs, config, manifest, tags.
     push_layout(device.upstream, &bases, &statement, &layout)
         .await
-        .map_err(|e| {
-            // The registry refused or failed to store a manifest and blobs whose digests
-            // the decoder checked: its storage is full or it is down, both of which pass.
-            let cause = if e.to_ascii_lowercase().contains("no space left") {
-                Transient::NoSpace
-            } else {
-                Transient::Registry
-            };
-            ApplyFailure::new(
-                format!("{name}: cannot store the rebuilt image in the local registry: {e}"),
-                "check that the registry service runs and its storage has free space; the old tags are unchanged; the bundle is kept and applied again once the registry takes it",
-            )
-            .transient(Some(cause))
+        .map_err(|message| ApplyFailure::Store {
+            bundle: name.clone(),
+            message,
         })?;
     drop(staging);
     Ok(statement)

@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::json;
+use sideload_device_api as api;
 
 use crate::auth::{Auth, Denied, Scope};
 use crate::daemon::Daemon;
@@ -236,9 +237,12 @@ impl Server {
         };
         match route {
             Route::CreateUpload => self.create_upload(&req, peer).await,
-            Route::ListUploads => {
-                json_response(StatusCode::OK, &json!({ "uploads": self.uploads.list() }))
-            }
+            Route::ListUploads => json_response(
+                StatusCode::OK,
+                &api::answers::UploadList {
+                    uploads: self.uploads.list(),
+                },
+            ),
             Route::AdminDeleteUpload(id) => match self.uploads.delete(id).await {
                 Ok(()) => {
                     tracing::info!(upload = %id, %peer, "upload deleted by the operator");
@@ -256,57 +260,73 @@ impl Server {
                 Ok(()) => empty(StatusCode::NO_CONTENT),
                 Err(e) => upload_error(e),
             },
-            Route::Bundles => {
-                let limit = query(&req, "limit")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100);
-                match self.daemon.journal.bundles(limit) {
-                    Ok(b) => json_response(StatusCode::OK, &json!({ "bundles": b })),
-                    Err(e) => internal(e),
-                }
-            }
+            Route::Bundles => self.bundles(&req),
             Route::Bundle(id) => self.bundle(id),
-            Route::Journal => {
-                let after = query(&req, "after")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let limit = query(&req, "limit")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1000);
-                let bundle = query(&req, "bundle");
-                match self.daemon.journal.history(bundle.as_deref(), after, limit) {
-                    Ok(h) => json_response(StatusCode::OK, &json!({ "entries": h })),
-                    Err(e) => internal(e),
-                }
-            }
-            Route::Inventory => match crate::status::inventory(&self.daemon).await {
-                Ok(inv) => json_response(StatusCode::OK, &inv),
-                Err(e @ crate::status::InventoryError::Registry(_)) => error(
-                    StatusCode::BAD_GATEWAY,
-                    "registry_unavailable",
-                    &e.to_string(),
-                    "check the docker-registry service",
-                ),
-                Err(e) => internal(e),
-            },
-            Route::Health => {
-                let registry = self.daemon.upstream.ping().await;
-                let status = if registry.is_ok() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                json_response(
-                    status,
-                    &json!({
-                        "status": if registry.is_ok() { "ok" } else { "degraded" },
-                        "registry": registry.map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-                        "uploads_active": self.uploads.active(),
-                        "events_pending": self.daemon.events.pending(),
-                    }),
-                )
-            }
+            Route::Journal => self.journal(&req),
+            Route::Inventory => self.inventory().await,
+            Route::Health => self.health().await,
         }
+    }
+
+    /// `GET /sideload/v1/bundles`: the most recent bundles.
+    fn bundles(&self, req: &Request<Incoming>) -> Response<Body> {
+        let limit = query(req, "limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        match self.daemon.journal.bundles(limit) {
+            Ok(bundles) => json_response(StatusCode::OK, &api::BundleList { bundles }),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// `GET /sideload/v1/journal`: state changes after an entry id.
+    fn journal(&self, req: &Request<Incoming>) -> Response<Body> {
+        let after = query(req, "after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let limit = query(req, "limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let bundle = query(req, "bundle");
+        match self.daemon.journal.history(bundle.as_deref(), after, limit) {
+            Ok(entries) => json_response(StatusCode::OK, &api::JournalPage { entries }),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// `GET /sideload/v1/inventory`, in its fields' order.
+    async fn inventory(&self) -> Response<Body> {
+        match crate::status::inventory(&self.daemon).await {
+            Ok(inv) => json_document(StatusCode::OK, &inv),
+            Err(e @ crate::status::InventoryError::Registry(_)) => error(
+                StatusCode::BAD_GATEWAY,
+                "registry_unavailable",
+                &e.to_string(),
+                "check the docker-registry service",
+            ),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// `GET /sideload/v1/health`.
+    async fn health(&self) -> Response<Body> {
+        let registry = self.daemon.upstream.ping().await;
+        let status = if registry.is_ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(
+            status,
+            &api::Health {
+                status: if registry.is_ok() { "ok" } else { "degraded" }.into(),
+                registry: registry
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                uploads_active: self.uploads.active(),
+                events_pending: self.daemon.events.pending(),
+            },
+        )
     }
 
     async fn create_upload(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -333,10 +353,7 @@ impl Server {
         {
             Ok(Created::New { id }) => upload_location(StatusCode::CREATED, &id, 0),
             Ok(Created::Existing { id, held }) => upload_location(StatusCode::OK, &id, held),
-            Ok(Created::Known(b)) => json_response(
-                StatusCode::OK,
-                &json!({ "outcome": "known", "bundle": b, "status": format!("{API}/bundles/{}", b.id) }),
-            ),
+            Ok(Created::Known(b)) => json_response(StatusCode::OK, &api::Known::new(*b)),
             Err(e) => upload_error(e),
         }
     }
@@ -416,12 +433,11 @@ impl Server {
             Ok(Appended::Done { held, result }) => {
                 let mut resp = match &result {
                     UploadResult::Accepted { bundle, intake } => json_response(
-                        if intake == "queued" {
-                            StatusCode::ACCEPTED
-                        } else {
-                            StatusCode::OK
+                        match intake {
+                            api::Intake::Queued => StatusCode::ACCEPTED,
+                            api::Intake::Duplicate => StatusCode::OK,
                         },
-                        &json!({ "outcome": intake, "bundle": bundle, "status": format!("{API}/bundles/{bundle}") }),
+                        &api::Taken::new(bundle, *intake),
                     ),
                     UploadResult::Refused(r) => refusal_response(r),
                 };
@@ -479,7 +495,11 @@ impl Server {
                 let engine_configured = self.daemon.engine.is_some();
                 json_response(
                     StatusCode::OK,
-                    &json!({ "bundle": b, "history": history, "engine_configured": engine_configured }),
+                    &api::BundleStatus {
+                        bundle: b,
+                        history,
+                        engine_configured: Some(engine_configured),
+                    },
                 )
             }
             Ok(None) => error(
@@ -569,9 +589,17 @@ fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
+/// An answer of the API: pretty JSON, keys sorted ([`api::answers::body`]).
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let mut body = serde_json::to_vec_pretty(value).expect("serializes");
-    body.push(b'\n');
+    json_bytes(status, api::answers::body(value))
+}
+
+/// A document in its fields' order (the inventory; [`api::answers::ordered_body`]).
+fn json_document(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    json_bytes(status, api::answers::ordered_body(value))
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -585,7 +613,9 @@ fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<
 fn error(status: StatusCode, code: &str, reason: &str, advice: &str) -> Response<Body> {
     json_response(
         status,
-        &json!({ "error": { "code": code, "reason": reason, "advice": advice } }),
+        &api::ErrorBody {
+            error: api::Refusal::new(code, reason, advice),
+        },
     )
 }
 
@@ -619,15 +649,9 @@ fn unauthorized(denied: Denied) -> Response<Body> {
 }
 
 fn refusal_response(r: &crate::daemon::Refused) -> Response<Body> {
-    let status = if r.permanent {
-        StatusCode::FORBIDDEN
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_response(
-        status,
-        &json!({ "error": { "code": r.code, "reason": r.reason, "advice": r.advice, "bundle": r.bundle } }),
-    )
+    let error = r.refusal();
+    let status = StatusCode::from_u16(error.status()).expect("403 or 503");
+    json_response(status, &api::ErrorBody { error })
 }
 
 /// The distribution spec's error shape, for `/v2/` clients.
@@ -642,7 +666,11 @@ fn upload_location(status: StatusCode, id: &str, held: u64) -> Response<Body> {
     let location = format!("{API}/uploads/{id}");
     let mut r = json_response(
         status,
-        &json!({ "upload": id, "location": location, "offset": held }),
+        &api::UploadCreated {
+            location: location.clone(),
+            offset: held,
+            upload: id.to_owned(),
+        },
     );
     let h = r.headers_mut();
     h.insert(
@@ -653,77 +681,23 @@ fn upload_location(status: StatusCode, id: &str, held: u64) -> Response<Body> {
     r
 }
 
+/// An upload error as the API answers it: its status, code, reason and advice
+/// ([`UploadError::code`] and the others), the `Upload-Offset` when it carries one, and
+/// `Retry-After` for a busy upload.
 fn upload_error(e: UploadError) -> Response<Body> {
-    match e {
-        UploadError::NotFound(m) => error(
-            StatusCode::NOT_FOUND,
-            "unknown_upload",
-            &m,
-            "start a new upload with POST /sideload/v1/uploads",
-        ),
-        UploadError::OffsetMismatch { held } => {
-            let mut r = error(
-                StatusCode::CONFLICT,
-                "offset_mismatch",
-                &format!("the device holds {held} bytes of this upload"),
-                "resume from the Upload-Offset this answer carries",
-            );
-            r.headers_mut().insert("upload-offset", held.into());
-            r
-        }
-        UploadError::BadRequest(m) => error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            &m,
-            "see docs/upload-api.md",
-        ),
-        UploadError::Overflow { message, held } => {
-            let mut r = error(
-                StatusCode::BAD_REQUEST,
-                "overflow",
-                &message,
-                "the excess was dropped; finish the upload with PUT, and check the client: it sent more than the bundle",
-            );
-            r.headers_mut().insert("upload-offset", held.into());
-            r
-        }
-        UploadError::TooLarge(m) => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &m,
-            "raise uploads.max_bundle_bytes on the device or send a smaller bundle",
-        ),
-        UploadError::TooMany(m) => error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_uploads",
-            &m,
-            "retry later",
-        ),
-        UploadError::NoSpace(m) => error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
-            &m,
-            "free disk space on the device",
-        ),
-        UploadError::Refused(r) => refusal_response(&r),
-        UploadError::Busy(m) => {
-            let mut r = error(
-                StatusCode::CONFLICT,
-                "upload_busy",
-                &m,
-                "retry after Retry-After seconds; a request that stops receiving bytes gives the upload up",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-        UploadError::Internal(m) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &m,
-            "retry; if it repeats, check the device's disk and logs",
-        ),
+    if let UploadError::Refused(r) = &e {
+        return refusal_response(r);
     }
+    let status = StatusCode::from_u16(e.status()).expect("a valid status");
+    let mut r = error(status, e.code(), &e.to_string(), e.advice());
+    if let Some(held) = e.held() {
+        r.headers_mut().insert("upload-offset", held.into());
+    }
+    if matches!(e, UploadError::Busy(_)) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    r
 }
 
 /// Answers `response` to a request whose body is not read: the body is read and thrown away

@@ -137,26 +137,8 @@ pub struct Loaded {
     pub unreachable: Vec<String>,
 }
 
-/// What the engine holds, as the inventory reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineInventory {
-    /// `"docker"` or `"containerd"`.
-    pub kind: String,
-    /// Every image with every name it resolves under, as the engine spells them.
-    pub images: Vec<EngineHeld>,
-    /// Set when the engine could not be asked: then nothing is known to resolve.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One image in the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineHeld {
-    /// Image ID (`sha256:` + config digest).
-    pub id: String,
-    /// Its tag and digest references.
-    pub references: Vec<String>,
-}
+/// What the engine holds, as the inventory reports it (the device API's types).
+pub use sideload_device_api::{EngineHeld, EngineInventory};
 
 /// Why a load failed. Every variant names the reference concerned.
 #[derive(Debug, thiserror::Error)]

@@ -6,34 +6,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use serde::Serialize;
-
 use crate::daemon::Daemon;
-use crate::upstream::{StoredImage, UpstreamError};
+use crate::upstream::UpstreamError;
 
-/// Version of the inventory document.
-pub const INVENTORY_FORMAT: u32 = 1;
-
-/// The device's inventory.
-#[derive(Debug, Serialize)]
-pub struct Inventory {
-    /// Document format version.
-    pub format: u32,
-    /// The device's id.
-    pub device: String,
-    /// Unix seconds.
-    pub generated_at: u64,
-    /// Every image in the local registry.
-    pub images: Vec<StoredImage>,
-    /// Highest applied sequence per repository.
-    pub sequences: std::collections::BTreeMap<String, u64>,
-    /// Free bytes in the data directory.
-    pub free_bytes: u64,
-    /// With `[engine]`: what the container engine holds, under which names. The fleet gate
-    /// checks a deployment's references against this, since it is what the agent looks up.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine: Option<crate::sink::EngineInventory>,
-}
+pub use sideload_device_api::{Inventory, INVENTORY_FORMAT};
 
 /// Why no inventory could be made.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+use sideload_device_api::Intake as ApiIntake;
 use tokio::io::AsyncWriteExt;
 
 use crate::daemon::{Daemon, HeadCheck, Intake, Refused};
@@ -53,27 +54,8 @@ pub struct UploadMeta {
     pub client: Option<String>,
 }
 
-/// One open upload as the operator API lists it (`GET /sideload/v1/admin/uploads`).
-#[derive(Debug, Clone, Serialize)]
-pub struct UploadInfo {
-    /// The upload's id.
-    pub id: String,
-    /// Its name (`Bundle-Name`, else `upload-ID`).
-    pub name: String,
-    /// Bytes the device holds.
-    pub held: u64,
-    /// The head's signatures verified: the upload has the long resume window and counts
-    /// against `max_concurrent_uploads`; otherwise it is one of the cheap, evictable ones.
-    pub trusted: bool,
-    /// The statement digest, once trusted.
-    pub bundle_id: Option<String>,
-    /// The client address that created it.
-    pub client: Option<String>,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds of the last byte or request.
-    pub last_activity: u64,
-}
+/// One open upload as the operator API lists it (the device API's type).
+pub use sideload_device_api::answers::UploadInfo;
 
 /// An unchecked upload (head not verified yet) as the admission decision sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,26 +144,31 @@ pub enum UploadResult {
         /// The statement digest.
         bundle: String,
         /// `queued` or `duplicate`.
-        intake: String,
+        intake: ApiIntake,
     },
     /// Refused; its bytes were deleted.
     Refused(Refused),
 }
 
-/// Why an upload request failed; the HTTP layer maps each to a status.
-#[derive(Debug)]
+/// Why an upload request failed. Each variant has its stable [`code`](Self::code), its
+/// [`advice`](Self::advice) and the HTTP [`status`](Self::status) the API answers it with.
+#[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// No such upload (never created, expired, or removed after a refusal).
+    #[error("{0}")]
     NotFound(String),
     /// The client's offset is not what the device holds; resume from `held`.
+    #[error("the device holds {held} bytes of this upload")]
     OffsetMismatch {
         /// Bytes the device holds.
         held: u64,
     },
     /// The request is malformed.
+    #[error("{0}")]
     BadRequest(String),
     /// More bytes than the bundle's head declares; the excess was dropped and the upload
     /// holds `held` bytes (finish it with PUT).
+    #[error("{message}")]
     Overflow {
         /// What happened.
         message: String,
@@ -189,17 +176,102 @@ pub enum UploadError {
         held: u64,
     },
     /// Bigger than `max_bundle_bytes`.
+    #[error("{0}")]
     TooLarge(String),
     /// Too many unfinished uploads.
+    #[error("{0}")]
     TooMany(String),
     /// Not enough free disk for the rest of the bundle plus the reserve.
+    #[error("{0}")]
     NoSpace(String),
     /// The bundle was refused (untrusted, damaged); its bytes are gone.
+    #[error("{}", .0.reason)]
     Refused(Refused),
-    /// The device failed (I/O); a retry may work.
+    /// The device's disk failed this request; a retry may work.
+    #[error("{what}: {source}{hint}")]
+    Io {
+        /// What the device was doing (`cannot store upload ID`).
+        what: String,
+        /// The failure.
+        source: std::io::Error,
+        /// More to say after the failure (`; free disk space on the device`), or nothing.
+        hint: &'static str,
+    },
+    /// The device failed otherwise; a retry may work.
+    #[error("{0}")]
     Internal(String),
     /// Another request is writing this upload and still receiving bytes.
+    #[error("{0}")]
     Busy(String),
+}
+
+impl UploadError {
+    /// A disk failure while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> UploadError {
+        UploadError::Io {
+            what: what.into(),
+            source,
+            hint: "",
+        }
+    }
+
+    /// The stable code the API answers with.
+    pub fn code(&self) -> &str {
+        match self {
+            UploadError::NotFound(_) => "unknown_upload",
+            UploadError::OffsetMismatch { .. } => "offset_mismatch",
+            UploadError::BadRequest(_) => "bad_request",
+            UploadError::Overflow { .. } => "overflow",
+            UploadError::TooLarge(_) => "too_large",
+            UploadError::TooMany(_) => "too_many_uploads",
+            UploadError::NoSpace(_) => "insufficient_storage",
+            UploadError::Refused(r) => &r.code,
+            UploadError::Io { .. } | UploadError::Internal(_) => "internal",
+            UploadError::Busy(_) => "upload_busy",
+        }
+    }
+
+    /// What the client should do.
+    pub fn advice(&self) -> &str {
+        match self {
+            UploadError::NotFound(_) => "start a new upload with POST /sideload/v1/uploads",
+            UploadError::OffsetMismatch { .. } => "resume from the Upload-Offset this answer carries",
+            UploadError::BadRequest(_) => "see docs/upload-api.md",
+            UploadError::Overflow { .. } => "the excess was dropped; finish the upload with PUT, and check the client: it sent more than the bundle",
+            UploadError::TooLarge(_) => "raise uploads.max_bundle_bytes on the device or send a smaller bundle",
+            UploadError::TooMany(_) => "retry later",
+            UploadError::NoSpace(_) => "free disk space on the device",
+            UploadError::Refused(r) => &r.advice,
+            UploadError::Io { .. } | UploadError::Internal(_) => {
+                "retry; if it repeats, check the device's disk and logs"
+            }
+            UploadError::Busy(_) => "retry after Retry-After seconds; a request that stops receiving bytes gives the upload up",
+        }
+    }
+
+    /// The HTTP status the API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            UploadError::NotFound(_) => 404,
+            UploadError::OffsetMismatch { .. } | UploadError::Busy(_) => 409,
+            UploadError::BadRequest(_) | UploadError::Overflow { .. } => 400,
+            UploadError::TooLarge(_) => 413,
+            UploadError::TooMany(_) => 429,
+            UploadError::NoSpace(_) => 507,
+            UploadError::Refused(r) => r.refusal().status(),
+            UploadError::Io { .. } | UploadError::Internal(_) => 500,
+        }
+    }
+
+    /// Bytes the device holds, when the answer carries them (`Upload-Offset`).
+    pub fn held(&self) -> Option<u64> {
+        match self {
+            UploadError::OffsetMismatch { held } | UploadError::Overflow { held, .. } => {
+                Some(*held)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What an append ended with.
@@ -493,7 +565,7 @@ impl Uploads {
         let path = self.meta_path(&meta.id);
         let body = serde_json::to_vec(meta).expect("serializes");
         sideload_bundle::fsutil::replace_file_with(&path, 0o600, &body)
-            .map_err(|e| UploadError::Internal(format!("cannot record upload {}: {e}", meta.id)))?;
+            .map_err(|e| UploadError::io(format!("cannot record upload {}", meta.id), e))?;
         if let Some(session) = self.table().get(&meta.id) {
             *session.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = meta.clone();
         }
@@ -612,7 +684,7 @@ impl Uploads {
             client: Some(client.clone()),
         };
         std::fs::File::create(self.part(&id))
-            .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
+            .map_err(|e| UploadError::io("cannot create upload file", e))?;
         self.table().insert(id.clone(), Session::new(meta.clone()));
         if let Err(e) = self.save(&meta) {
             self.remove(&id);
@@ -636,7 +708,7 @@ impl Uploads {
         verified: bool,
     ) -> Result<(), UploadError> {
         let available = fs4::available_space(&self.dir)
-            .map_err(|e| UploadError::Internal(format!("cannot read free space: {e}")))?;
+            .map_err(|e| UploadError::io("cannot read free space", e))?;
         let Some(needed) = space_shortfall(available, receive, apply, reserve) else {
             return Ok(());
         };
@@ -694,8 +766,9 @@ impl Uploads {
         Ok(())
     }
 
-    /// Appends `body` at `offset` (which must equal what the device holds). Bytes are stored
-    /// as they arrive, so a request cut halfway keeps what came.
+    /// Appends `body` at `offset` (which must equal what the device holds, or be a little
+    /// behind it: see [`overlap_at`]). Bytes are stored as they arrive, so a request cut
+    /// halfway keeps what came.
     pub async fn append(
         &self,
         daemon: &Arc<Daemon>,
@@ -705,37 +778,16 @@ impl Uploads {
     ) -> Result<Appended, UploadError> {
         let mut body = LingeringBody::new(body);
         let session = self.get(id)?;
-        let (mut meta, mut claims, mine) = session.take(false).await?;
+        let (mut meta, claims, mine) = session.take(false).await?;
         if let Some(result) = self.settle_one(daemon, &mut meta)? {
             return Ok(Appended::Done {
                 held: meta.total_length.unwrap_or(0),
                 result,
             });
         }
-        let part = self.part(id);
-        let mut held = self.held(id);
-        // A client a little behind is not sent back: after a drop, bytes still queued on
-        // the old connection can land after the client asked for the offset. The overlap is
-        // compared with what is stored and skipped, which costs less than a 409 after the
-        // body has started to flow.
-        if offset > held || held - offset > MAX_OVERLAP {
-            return Err(UploadError::OffsetMismatch { held });
-        }
-        let mut overlap = held - offset;
-        let mut skipped = 0u64;
-        let stored = if overlap > 0 {
-            Some(
-                std::fs::File::open(&part)
-                    .map_err(|e| UploadError::Internal(format!("cannot read upload {id}: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(&part)
-            .await
-            .map_err(|e| UploadError::Internal(format!("cannot open upload {id}: {e}")))?;
+        let held = self.held(id);
+        let overlap = overlap_at(offset, held)?;
+        let mut rx = Receiving::open(self, daemon, id, held, overlap).await?;
         // Every byte may already be here with the head never checked (a 507 or a crash at the
         // check, a request whose answer was lost): check it now, so the upload can finish.
         if meta.total_length.is_none() {
@@ -746,152 +798,29 @@ impl Uploads {
                 });
             }
         }
-        let mut unsynced = 0u64;
+        let mut listen = Listening {
+            claims,
+            mine,
+            claimed: false,
+            last_frame: tokio::time::Instant::now(),
+            read_timeout: std::time::Duration::from_secs(
+                daemon.config.uploads.read_timeout_secs.max(1),
+            ),
+        };
         let mut outcome = Ok(());
-        let mut last_frame = tokio::time::Instant::now();
-        let mut claimed = false;
-        let read_timeout =
-            std::time::Duration::from_secs(daemon.config.uploads.read_timeout_secs.max(1));
-        'frames: loop {
-            // A client that vanishes without closing (a dead link) must not hold the upload:
-            // no byte for `read_timeout` counts as a cut, and the lock is released.
-            let frame = tokio::select! {
-                frame = tokio::time::timeout(read_timeout, body.frame()) => match frame {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(_) => {
-                        tracing::info!(upload = %id, held, "no data for {read_timeout:?}; request treated as cut");
-                        break;
-                    }
-                },
-                changed = claims.changed() => {
-                    let claim = *claims.borrow_and_update();
-                    if changed.is_err() || claim.force {
-                        tracing::info!(upload = %id, held, "the upload is being deleted; this request ends here");
-                        break;
-                    }
-                    claimed = claim.generation != mine;
-                    continue;
-                }
-                // A newer request wants the upload and this one has been idle: its link is
-                // most likely dead, and the client has moved to a new connection.
-                _ = tokio::time::sleep_until(last_frame + TAKEOVER_IDLE), if claimed => {
-                    tracing::info!(upload = %id, held, "a newer request took the upload over; this one ends here");
+        while let Some(data) = listen.next(&mut body, &session, id, rx.held).await {
+            match rx.take(&mut meta, &data).await {
+                Took::More => rx.sync_now_and_then().await,
+                Took::Stop(e) => {
+                    outcome = Err(e);
                     break;
                 }
-            };
-            last_frame = tokio::time::Instant::now();
-            *session
-                .receiving_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-            let data = match frame {
-                Ok(f) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-                Err(e) => {
-                    // The link dropped mid-request: keep what arrived.
-                    tracing::info!(upload = %id, held, error = %e, "upload request cut short");
-                    break;
-                }
-            };
-            let mut data = &data[..];
-            if overlap > 0 {
-                let n = overlap.min(data.len() as u64) as usize;
-                let mut have = vec![0u8; n];
-                let at = held - overlap;
-                let same = stored
-                    .as_ref()
-                    .map(|f| std::os::unix::fs::FileExt::read_exact_at(f, &mut have, at))
-                    .is_some_and(|r| r.is_ok() && have == data[..n]);
-                if !same {
-                    outcome = Err(UploadError::BadRequest(format!(
-                        "{}: the bytes sent from offset {at} differ from those the device holds; the upload belongs to another file",
-                        meta.name
-                    )));
-                    break;
-                }
-                overlap -= n as u64;
-                skipped += n as u64;
-                data = &data[n..];
-                if data.is_empty() {
-                    continue;
-                }
-            }
-            // Until the head is checked no byte past it is stored, however the client framed
-            // its bytes: a bundle the device refuses never has a payload byte on its disk
-            // (invariant 1). So a frame is written in pieces that end at the head's boundary.
-            while !data.is_empty() {
-                let piece = match meta.total_length {
-                    Some(_) => data.len(),
-                    None => {
-                        let boundary = self.head_boundary(id, held);
-                        boundary.saturating_sub(held).min(data.len() as u64) as usize
-                    }
-                };
-                let (mut now, later) = data.split_at(piece);
-                data = later;
-                if let Some(total) = meta.total_length {
-                    if held + now.len() as u64 > total {
-                        outcome = Err(UploadError::Overflow {
-                            message: format!(
-                                "{}: more bytes than the bundle's head declares ({total})",
-                                meta.name
-                            ),
-                            held: total,
-                        });
-                        now = &now[..total.saturating_sub(held) as usize];
-                        data = &[];
-                    }
-                }
-                if let Err(e) = file.write_all(now).await {
-                    outcome = Err(UploadError::Internal(format!(
-                        "cannot store upload {id}: {e}; free disk space on the device"
-                    )));
-                    break 'frames;
-                }
-                held += now.len() as u64;
-                unsynced += now.len() as u64;
-                daemon
-                    .metrics
-                    .upload_bytes
-                    .fetch_add(now.len() as u64, Ordering::Relaxed);
-                if meta.total_length.is_none() {
-                    // tokio's File writes in the background: flush before reading the head back.
-                    if let Err(e) = file.flush().await {
-                        outcome = Err(UploadError::Internal(format!(
-                            "cannot store upload {id}: {e}"
-                        )));
-                        break 'frames;
-                    }
-                    if let Some(duplicate) = self.settle_head(daemon, &mut meta, held).await? {
-                        return Ok(Appended::Done {
-                            held,
-                            result: duplicate,
-                        });
-                    }
-                    if piece == 0 && meta.total_length.is_none() {
-                        // Cannot happen (at its boundary the head is either judged or refused);
-                        // refuse rather than loop.
-                        outcome = Err(UploadError::Internal(format!(
-                            "upload {id}: the head could not be judged at byte {held}"
-                        )));
-                        break 'frames;
-                    }
-                }
-            }
-            if unsynced >= SYNC_EVERY {
-                let _ = file.sync_data().await;
-                unsynced = 0;
-            }
-            if outcome.is_err() {
-                break;
+                Took::Return(r) => return r,
             }
         }
-        let _ = file.flush().await;
-        let _ = file.sync_data().await;
-        drop(file);
+        rx.close().await;
+        let (held, skipped) = (rx.held, rx.skipped);
+        drop(rx);
         *session
             .receiving_at
             .lock()
@@ -900,12 +829,15 @@ impl Uploads {
         meta.updated_at = now();
         self.save(&meta)?;
         outcome?;
-        match meta.total_length {
-            Some(total) if held == total => {
+        match after_request(held, meta.total_length) {
+            RequestEnd::Whole => {
                 let result = self.finish(daemon, &mut meta).await?;
                 Ok(Appended::Done { held, result })
             }
-            total => Ok(Appended::Partial { held, total }),
+            RequestEnd::Partial => Ok(Appended::Partial {
+                held,
+                total: meta.total_length,
+            }),
         }
     }
 
@@ -980,8 +912,7 @@ impl Uploads {
             f.rewind()?;
             Ok(f)
         };
-        let mut f =
-            read().map_err(|e| UploadError::Internal(format!("cannot read upload: {e}")))?;
+        let mut f = read().map_err(|e| UploadError::io("cannot read upload", e))?;
         let refuse = |r: Refused| {
             daemon.refusal(&r.bundle.clone(), &meta.name, &r);
             UploadError::Refused(r)
@@ -1004,7 +935,7 @@ impl Uploads {
                     state = known.state.as_str(), "upload of a bundle the device already has; stopped");
                 return Ok(Some(UploadResult::Accepted {
                     bundle: known.id,
-                    intake: "duplicate".into(),
+                    intake: ApiIntake::Duplicate,
                 }));
             }
         };
@@ -1060,9 +991,7 @@ impl Uploads {
         );
         std::fs::create_dir_all(daemon.bundles_dir())
             .and_then(|_| std::fs::rename(self.part(&meta.id), &incoming))
-            .map_err(|e| {
-                UploadError::Internal(format!("cannot move upload into the queue: {e}"))
-            })?;
+            .map_err(|e| UploadError::io("cannot move upload into the queue", e))?;
         crate::crash::reached(crate::crash::Step::UploadMoved);
         let d = daemon.clone();
         let name = meta.name.clone();
@@ -1070,7 +999,7 @@ impl Uploads {
         let result = tokio::task::spawn_blocking(move || {
             let (digest, _) = std::fs::File::open(&incoming)
                 .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
-                .map_err(|e| UploadError::Internal(format!("cannot read the upload: {e}")))?;
+                .map_err(|e| UploadError::io("cannot read the upload", e))?;
             if let Some(expected) = expected.filter(|e| e != digest.as_str()) {
                 let _ = std::fs::remove_file(&incoming);
                 let r = Refused {
@@ -1088,11 +1017,11 @@ impl Uploads {
             Ok(match d.intake(&incoming, &name, "upload", Some(digest.to_string())) {
                 Ok(Intake::Queued { bundle }) => UploadResult::Accepted {
                     bundle: bundle.id,
-                    intake: "queued".into(),
+                    intake: ApiIntake::Queued,
                 },
                 Ok(Intake::Duplicate { bundle }) => UploadResult::Accepted {
                     bundle: bundle.id,
-                    intake: "duplicate".into(),
+                    intake: ApiIntake::Duplicate,
                 },
                 Err(r) => UploadResult::Refused(r),
             })
@@ -1162,12 +1091,12 @@ impl Uploads {
             }
             meta.result = Some(UploadResult::Accepted {
                 bundle: b.id,
-                intake: "queued".into(),
+                intake: ApiIntake::Queued,
             });
         } else {
             tracing::warn!(upload = %meta.id, bundle = %meta.name, "the upload's bytes are gone; it starts again at 0");
             std::fs::File::create(self.part(&meta.id))
-                .map_err(|e| UploadError::Internal(format!("cannot create upload file: {e}")))?;
+                .map_err(|e| UploadError::io("cannot create upload file", e))?;
             meta.total_length = None;
             meta.bundle_id = None;
         }
@@ -1221,9 +1150,384 @@ fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How many bytes a request sent at `offset` repeats of the `held` the device has: a client a
+/// little behind is not sent back (after a drop, bytes still queued on the old connection can
+/// land after the client asked for the offset; the overlap is compared with what is stored and
+/// skipped, which costs less than a 409 after the body has started to flow). Ahead of `held`,
+/// or more than [`MAX_OVERLAP`] behind, is an offset mismatch. Pure.
+pub fn overlap_at(offset: u64, held: u64) -> Result<u64, UploadError> {
+    if offset > held || held - offset > MAX_OVERLAP {
+        return Err(UploadError::OffsetMismatch { held });
+    }
+    Ok(held - offset)
+}
+
+/// The bytes of a frame to store now, decided before any is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Bytes from the front of the frame.
+    pub take: usize,
+    /// The frame goes past the bundle's declared length: the rest is refused.
+    pub overflow: bool,
+}
+
+/// Which of `len` bytes arriving at `held` to store now. Until the head is checked (`total`
+/// unknown) no byte past it is stored, however the client framed its bytes, so a bundle the
+/// device refuses never has a payload byte on its disk (invariant 1): the piece ends at
+/// `boundary`, the end of the part of the head still missing. Once the head is checked,
+/// everything up to `total`; bytes past it overflow. Pure.
+pub fn next_piece(len: usize, held: u64, total: Option<u64>, boundary: u64) -> Piece {
+    match total {
+        Some(total) if held + len as u64 > total => Piece {
+            take: total.saturating_sub(held) as usize,
+            overflow: true,
+        },
+        Some(_) => Piece {
+            take: len,
+            overflow: false,
+        },
+        None => Piece {
+            take: boundary.saturating_sub(held).min(len as u64) as usize,
+            overflow: false,
+        },
+    }
+}
+
+/// What the end of a request that stored bytes means for the upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEnd {
+    /// Every byte the head declares is in: intake takes the bundle.
+    Whole,
+    /// More to come (or the total is not known yet).
+    Partial,
+}
+
+/// The upload's next state after a request: whole when it holds exactly the declared length.
+/// Pure.
+pub fn after_request(held: u64, total: Option<u64>) -> RequestEnd {
+    match total {
+        Some(total) if held == total => RequestEnd::Whole,
+        _ => RequestEnd::Partial,
+    }
+}
+
+/// What a frame's bytes did to the request.
+enum Took {
+    /// Stored; read on.
+    More,
+    /// The request ends here with this error; what was stored stays and the record is saved.
+    Stop(UploadError),
+    /// The request is answered now (a duplicate found at the head, or an error settling it).
+    Return(Result<Appended, UploadError>),
+}
+
+/// Where a request reads its body from, and when it stops listening: the end, a cut, no byte
+/// for the read timeout, a `DELETE`, or a newer request taking the upload over.
+struct Listening {
+    claims: tokio::sync::watch::Receiver<Claim>,
+    mine: u64,
+    claimed: bool,
+    last_frame: tokio::time::Instant,
+    read_timeout: std::time::Duration,
+}
+
+impl Listening {
+    /// The next data of the body; `None` when the request ends.
+    async fn next(
+        &mut self,
+        body: &mut LingeringBody,
+        session: &Session,
+        id: &str,
+        held: u64,
+    ) -> Option<bytes::Bytes> {
+        loop {
+            let read_timeout = self.read_timeout;
+            // A client that vanishes without closing (a dead link) must not hold the upload:
+            // no byte for `read_timeout` counts as a cut, and the lock is released.
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(read_timeout, body.frame()) => match frame {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return None,
+                    Err(_) => {
+                        tracing::info!(upload = %id, held, "no data for {read_timeout:?}; request treated as cut");
+                        return None;
+                    }
+                },
+                changed = self.claims.changed() => {
+                    let claim = *self.claims.borrow_and_update();
+                    if changed.is_err() || claim.force {
+                        tracing::info!(upload = %id, held, "the upload is being deleted; this request ends here");
+                        return None;
+                    }
+                    self.claimed = claim.generation != self.mine;
+                    continue;
+                }
+                // A newer request wants the upload and this one has been idle: its link is
+                // most likely dead, and the client has moved to a new connection.
+                _ = tokio::time::sleep_until(self.last_frame + TAKEOVER_IDLE), if self.claimed => {
+                    tracing::info!(upload = %id, held, "a newer request took the upload over; this one ends here");
+                    return None;
+                }
+            };
+            self.last_frame = tokio::time::Instant::now();
+            *session
+                .receiving_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            match frame {
+                Ok(f) => {
+                    if let Ok(d) = f.into_data() {
+                        return Some(d);
+                    }
+                }
+                Err(e) => {
+                    // The link dropped mid-request: keep what arrived.
+                    tracing::info!(upload = %id, held, error = %e, "upload request cut short");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The upload's file while a request stores into it.
+struct Receiving<'a> {
+    uploads: &'a Uploads,
+    daemon: &'a Arc<Daemon>,
+    id: &'a str,
+    file: tokio::fs::File,
+    /// The stored file, to compare a repeated overlap with.
+    stored: Option<std::fs::File>,
+    held: u64,
+    overlap: u64,
+    skipped: u64,
+    unsynced: u64,
+}
+
+impl<'a> Receiving<'a> {
+    async fn open(
+        uploads: &'a Uploads,
+        daemon: &'a Arc<Daemon>,
+        id: &'a str,
+        held: u64,
+        overlap: u64,
+    ) -> Result<Receiving<'a>, UploadError> {
+        let part = uploads.part(id);
+        let stored = if overlap > 0 {
+            Some(
+                std::fs::File::open(&part)
+                    .map_err(|e| UploadError::io(format!("cannot read upload {id}"), e))?,
+            )
+        } else {
+            None
+        };
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .await
+            .map_err(|e| UploadError::io(format!("cannot open upload {id}"), e))?;
+        Ok(Receiving {
+            uploads,
+            daemon,
+            id,
+            file,
+            stored,
+            held,
+            overlap,
+            skipped: 0,
+            unsynced: 0,
+        })
+    }
+
+    /// Skips the front of `data` that repeats stored bytes, checking they are the same; the
+    /// rest.
+    fn skip_overlap<'d>(&mut self, name: &str, data: &'d [u8]) -> Result<&'d [u8], UploadError> {
+        let n = self.overlap.min(data.len() as u64) as usize;
+        let mut have = vec![0u8; n];
+        let at = self.held - self.overlap;
+        let same = self
+            .stored
+            .as_ref()
+            .map(|f| std::os::unix::fs::FileExt::read_exact_at(f, &mut have, at))
+            .is_some_and(|r| r.is_ok() && have == data[..n]);
+        if !same {
+            return Err(UploadError::BadRequest(format!(
+                "{name}: the bytes sent from offset {at} differ from those the device holds; the upload belongs to another file"
+            )));
+        }
+        self.overlap -= n as u64;
+        self.skipped += n as u64;
+        Ok(&data[n..])
+    }
+
+    /// Stores one frame's data, in pieces that end at the head's boundary until the head is
+    /// checked; checks the head as soon as it is in.
+    async fn take(&mut self, meta: &mut UploadMeta, data: &[u8]) -> Took {
+        let mut data = data;
+        if self.overlap > 0 {
+            data = match self.skip_overlap(&meta.name, data) {
+                Ok(rest) => rest,
+                Err(e) => return Took::Stop(e),
+            };
+        }
+        while !data.is_empty() {
+            let boundary = match meta.total_length {
+                Some(_) => 0,
+                None => self.uploads.head_boundary(self.id, self.held),
+            };
+            let piece = next_piece(data.len(), self.held, meta.total_length, boundary);
+            let now = &data[..piece.take];
+            data = if piece.overflow {
+                &[]
+            } else {
+                &data[piece.take..]
+            };
+            if let Err(e) = self.store(now).await {
+                return Took::Stop(e);
+            }
+            if piece.overflow {
+                let total = meta.total_length.unwrap_or(self.held);
+                return Took::Stop(UploadError::Overflow {
+                    message: format!(
+                        "{}: more bytes than the bundle's head declares ({total})",
+                        meta.name
+                    ),
+                    held: total,
+                });
+            }
+            if meta.total_length.is_none() {
+                if let Some(took) = self.judge_head(meta, piece.take).await {
+                    return took;
+                }
+            }
+        }
+        Took::More
+    }
+
+    /// Checks the head once its piece is stored; `None` to read on.
+    async fn judge_head(&mut self, meta: &mut UploadMeta, piece: usize) -> Option<Took> {
+        // tokio's File writes in the background: flush before reading the head back.
+        if let Err(e) = self.file.flush().await {
+            return Some(Took::Stop(UploadError::io(
+                format!("cannot store upload {}", self.id),
+                e,
+            )));
+        }
+        match self.uploads.settle_head(self.daemon, meta, self.held).await {
+            Err(e) => return Some(Took::Return(Err(e))),
+            Ok(Some(duplicate)) => {
+                return Some(Took::Return(Ok(Appended::Done {
+                    held: self.held,
+                    result: duplicate,
+                })))
+            }
+            Ok(None) => {}
+        }
+        if piece == 0 && meta.total_length.is_none() {
+            // Cannot happen (at its boundary the head is either judged or refused); refuse
+            // rather than loop.
+            return Some(Took::Stop(UploadError::Internal(format!(
+                "upload {}: the head could not be judged at byte {}",
+                self.id, self.held
+            ))));
+        }
+        None
+    }
+
+    /// Appends bytes to the file.
+    async fn store(&mut self, now: &[u8]) -> Result<(), UploadError> {
+        self.file
+            .write_all(now)
+            .await
+            .map_err(|source| UploadError::Io {
+                what: format!("cannot store upload {}", self.id),
+                source,
+                hint: "; free disk space on the device",
+            })?;
+        self.held += now.len() as u64;
+        self.unsynced += now.len() as u64;
+        self.daemon
+            .metrics
+            .upload_bytes
+            .fetch_add(now.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Syncs every [`SYNC_EVERY`] bytes, so a power cut loses little of a long upload.
+    async fn sync_now_and_then(&mut self) {
+        if self.unsynced >= SYNC_EVERY {
+            let _ = self.file.sync_data().await;
+            self.unsynced = 0;
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = self.file.flush().await;
+        let _ = self.file.sync_data().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_a_little_behind_resumes_and_one_ahead_is_sent_back() {
+        assert_eq!(overlap_at(100, 100).unwrap(), 0);
+        assert_eq!(overlap_at(90, 100).unwrap(), 10);
+        assert_eq!(overlap_at(0, MAX_OVERLAP).unwrap(), MAX_OVERLAP);
+        assert!(matches!(
+            overlap_at(0, MAX_OVERLAP + 1),
+            Err(UploadError::OffsetMismatch { held }) if held == MAX_OVERLAP + 1
+        ));
+        assert!(matches!(
+            overlap_at(101, 100),
+            Err(UploadError::OffsetMismatch { held: 100 })
+        ));
+    }
+
+    #[test]
+    fn no_byte_past_the_head_is_stored_before_the_head_is_judged() {
+        // Head unknown, 40 of a 64-byte boundary held: a 100-byte frame stores 24 now.
+        assert_eq!(
+            next_piece(100, 40, None, 64),
+            Piece {
+                take: 24,
+                overflow: false
+            }
+        );
+        // At the boundary (a prefix that is not a bundle): nothing.
+        assert_eq!(next_piece(100, 64, None, 64).take, 0);
+        // Head judged: everything up to the declared total, the rest overflows.
+        assert_eq!(
+            next_piece(100, 40, Some(1000), 0),
+            Piece {
+                take: 100,
+                overflow: false
+            }
+        );
+        assert_eq!(
+            next_piece(100, 950, Some(1000), 0),
+            Piece {
+                take: 50,
+                overflow: true
+            }
+        );
+        assert_eq!(
+            next_piece(50, 950, Some(1000), 0),
+            Piece {
+                take: 50,
+                overflow: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_upload_is_whole_exactly_at_its_declared_length() {
+        assert_eq!(after_request(1000, Some(1000)), RequestEnd::Whole);
+        assert_eq!(after_request(999, Some(1000)), RequestEnd::Partial);
+        assert_eq!(after_request(64, None), RequestEnd::Partial);
+    }
 
     fn u(id: &str, client: &str, last: u64) -> Unchecked {
         Unchecked {

@@ -61,29 +61,7 @@ pub struct StoredManifest {
 }
 
 /// One image the registry holds, as the inventory reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StoredImage {
-    /// Repository.
-    pub repository: String,
-    /// Tags pointing at this manifest.
-    pub tags: Vec<String>,
-    /// Manifest digest.
-    pub manifest_digest: String,
-    /// Manifest media type.
-    pub media_type: String,
-    /// Config digest (the image ID).
-    pub config_digest: String,
-    /// Uncompressed layer digests, bottom first.
-    pub diff_ids: Vec<String>,
-    /// Layer blob digests as stored, bottom first (may be compressed).
-    pub layer_blobs: Vec<String>,
-    /// Layer blob sizes as stored.
-    pub layer_sizes: Vec<u64>,
-    /// Layer media types as stored.
-    pub layer_media_types: Vec<String>,
-    /// `os/architecture[/variant]`.
-    pub platform: String,
-}
+pub use sideload_device_api::HeldImage as StoredImage;
 
 impl Upstream {
     /// A client for `base`. Redirects are not followed (the daemon talks to loopback only).

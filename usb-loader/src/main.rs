@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     // visit; the mount guard unmounts on the way out.
     let outcome = runtime.block_on(async {
         tokio::select! {
-            r = loader::run(&config, target, args.dry_run) => r,
+            r = loader::run(&config, target, args.dry_run) => r.map_err(anyhow::Error::from),
             _ = terminate() => Err(anyhow::anyhow!("stopped by a signal; nothing is half-applied, insert the stick again to go on")),
         }
     });

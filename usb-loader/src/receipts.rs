@@ -31,32 +31,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// What happened to one bundle, as the receipt reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Receipt {
-    /// The bundle's file name on the stick.
-    pub bundle: String,
-    /// Its statement digest (the id the plugin knows it by), when its head could be read.
-    pub id: Option<String>,
-    /// Target repository.
-    pub repository: Option<String>,
-    /// Target tags.
-    pub tags: Vec<String>,
-    /// Anti-rollback sequence.
-    pub sequence: Option<u64>,
-    /// `refused`, `skipped`, `received` (handed over, not applied yet), `applying`, `applied`,
-    /// `waiting` (on the device until a passing cause is gone: disk space, the registry),
-    /// `failed`, `already-applied`.
-    pub state: String,
-    /// Why (refusals and failures).
-    pub reason: Option<String>,
-    /// What to do about it.
-    pub advice: Option<String>,
-    /// The stick visit this receipt was written on (Unix seconds).
-    pub at: u64,
-}
+pub use sideload_device_api::{Receipt, ReceiptState};
 
 /// Writes `receipts`, the device's `inventory` and a `visit.json` summary into
 /// `root/folder/receipts/device_id/`. `root` is the stick's mount point.
@@ -65,8 +42,8 @@ pub fn write(
     folder: &str,
     device_id: &str,
     receipts: &[Receipt],
-    inventory: &serde_json::Value,
-    summary: &serde_json::Value,
+    inventory: Option<&sideload_device_api::Inventory>,
+    summary: &impl Serialize,
 ) -> std::io::Result<()> {
     let root = open_dir(rustix::fs::CWD, root, false)?;
     let folder = open_dir(&root, Path::new(folder), true)?;
@@ -79,18 +56,17 @@ pub fn write(
             &serde_json::to_vec_pretty(r).expect("serializes"),
         )?;
     }
-    write_file(
-        &device,
-        "inventory.json",
-        &serde_json::to_vec_pretty(inventory).expect("serializes"),
-    )?;
-    write_file(
-        &device,
-        "visit.json",
-        &serde_json::to_vec_pretty(summary).expect("serializes"),
-    )?;
+    write_file(&device, "inventory.json", &sorted_json(&inventory))?;
+    write_file(&device, "visit.json", &sorted_json(summary))?;
     rustix::fs::fsync(&device)?;
     Ok(())
+}
+
+/// Pretty JSON with the keys of every object sorted (the layout these files have always had;
+/// `null` for a missing inventory).
+fn sorted_json(value: &impl Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(value).expect("serializes");
+    serde_json::to_vec_pretty(&value).expect("serializes")
 }
 
 /// Opens (creating if asked) one directory below `parent`, refusing symlinks.
@@ -286,7 +262,7 @@ mod tests {
             repository: Some("edge/app".into()),
             tags: vec!["v2".into()],
             sequence: Some(3),
-            state: "applied".into(),
+            state: ReceiptState::Applied,
             reason: None,
             advice: None,
             at: 1,
@@ -297,7 +273,7 @@ mod tests {
             "sideload",
             "d1",
             std::slice::from_ref(&receipt),
-            &inv,
+            None,
             &inv,
         )
         .unwrap();
@@ -311,7 +287,7 @@ mod tests {
         std::fs::create_dir(evil.path().join("sideload")).unwrap();
         let target = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(target.path(), evil.path().join("sideload/receipts")).unwrap();
-        assert!(write(evil.path(), "sideload", "d1", &[], &inv, &inv).is_err());
+        assert!(write(evil.path(), "sideload", "d1", &[], None, &inv).is_err());
         assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
         assert_eq!(safe_name("../x/ y"), "_x__y");
     }
@@ -336,7 +312,7 @@ mod tests {
             repository: None,
             tags: Vec::new(),
             sequence: None,
-            state: "applied".into(),
+            state: ReceiptState::Applied,
             reason: None,
             advice: None,
             at: 1,

@@ -366,6 +366,7 @@ fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>> {
     runtime.block_on(async {
         let client = crate::push::http::client(&crate::push::http::Options {
             stall_timeout: Duration::from_secs(30),
+            connect_timeout: None,
             trust: crate::push::http::Trust::Platform,
         })?;
         let mut req = hyper::Request::get(url);

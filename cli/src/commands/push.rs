@@ -11,6 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::push::{self, Device, LocalBundle, Observer, Outcome, Report, Settings};
+use sideload_device_api::BundleState;
 
 /// Arguments of `sideload push`.
 #[derive(Args)]
@@ -104,7 +105,7 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
                 observer.line(&format!(
                     "{}: {}{}{} ({} status requests, {} retried)",
                     report.name,
-                    report.state.as_deref().unwrap_or("unknown"),
+                    report.state.map_or("unknown", |s| s.as_str()),
                     report
                         .reason
                         .as_deref()
@@ -129,7 +130,7 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
     }
     for r in reports.iter().filter(|r| r.outcome != Outcome::Skipped) {
         if let (Some(reason), Some(advice)) = (&r.reason, &r.advice) {
-            if !taken(r.outcome) || r.state.as_deref() == Some("failed") {
+            if !taken(r.outcome) || r.state == Some(BundleState::Failed) {
                 // The device wrote these: shown escaped.
                 eprintln!(
                     "error: {}\nwhat to do: {}",
@@ -229,13 +230,13 @@ fn taken(o: Outcome) -> bool {
 /// 1: anything else (deadline, token, disk, TLS, unreachable).
 fn exit_code(reports: &[Report], wait: bool) -> ExitCode {
     if reports.iter().any(|r| r.outcome == Outcome::Refused)
-        || (wait && reports.iter().any(|r| r.state.as_deref() == Some("failed")))
+        || (wait && reports.iter().any(|r| r.state == Some(BundleState::Failed)))
     {
         return ExitCode::from(crate::EXIT_REFUSED);
     }
     let all = reports
         .iter()
-        .all(|r| taken(r.outcome) && (!wait || r.state.as_deref() == Some("applied")));
+        .all(|r| taken(r.outcome) && (!wait || r.state == Some(BundleState::Applied)));
     if all {
         ExitCode::SUCCESS
     } else {
@@ -247,7 +248,7 @@ fn summary(r: &Report) -> String {
     let how = match r.outcome {
         Outcome::Known => format!(
             "the device already has it ({})",
-            r.state.as_deref().unwrap_or("known")
+            r.state.map_or("known", |s| s.as_str())
         ),
         Outcome::Queued => "queued for apply".into(),
         Outcome::Duplicate => "already queued on the device".into(),

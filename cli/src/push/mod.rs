@@ -8,9 +8,11 @@
 //! would trip. Pure decisions (`classify`, `backoff`, `throttle`) are separate from the I/O.
 
 pub mod backoff;
-pub mod http;
 pub mod throttle;
-pub mod tls;
+
+// The transport and TLS pins live with the device API's client; `sideload fleet` reaches the
+// status API through them too.
+pub use sideload_device_api::client::{tls, transport as http};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
-use hyper::{Method, Request, StatusCode};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request};
 use serde::Serialize;
+use sideload_device_api::client::{Client, ClientError, MAX_ANSWER};
+use sideload_device_api::{classify, Answer, BundleState, Intake, Refusal};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use backoff::{random_unit, Backoff};
@@ -153,7 +156,7 @@ pub struct Report {
     /// How it ended.
     pub outcome: Outcome,
     /// The device's state of the bundle when last seen (`applied`, `failed`, ...).
-    pub state: Option<String>,
+    pub state: Option<BundleState>,
     /// With `--wait` on a device that feeds a container engine: the engine's outcome
     /// (`loaded as …`, `failed: …`), so the edge agent's side is known too.
     pub engine: Option<String>,
@@ -220,19 +223,15 @@ impl Report {
     /// retrying does not fix); true if it was.
     fn verdict(&mut self, answer: &Answer) -> bool {
         match answer {
-            Answer::Refused {
-                code,
-                reason,
-                advice,
-            } => self.fail(Outcome::Refused, code, reason.clone(), advice.clone()),
-            Answer::Fatal {
-                code,
-                reason,
-                advice,
-            } => self.fail(Outcome::Error, code, reason.clone(), advice.clone()),
+            Answer::Refused(r) => self.refused(Outcome::Refused, r),
+            Answer::Fatal(r) => self.refused(Outcome::Error, r),
             _ => return false,
         }
         true
+    }
+
+    fn refused(&mut self, outcome: Outcome, r: &Refusal) {
+        self.fail(outcome, &r.code, r.reason.clone(), r.advice.clone())
     }
 
     /// The device lost the upload (expired, cancelled): true to start a new one, false
@@ -265,134 +264,6 @@ impl Report {
     }
 }
 
-/// What an answer from the device means for the client. Pure, so every status is tested.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// `POST`: the device already has this bundle.
-    Known {
-        /// The bundle id.
-        bundle: String,
-        /// Its state.
-        state: String,
-    },
-    /// `POST`: an upload to send to.
-    Upload {
-        /// Its URL path.
-        location: String,
-        /// Bytes the device holds.
-        offset: u64,
-    },
-    /// The last byte arrived and the device took the bundle (`queued` or `duplicate`).
-    Taken {
-        /// The bundle id.
-        bundle: String,
-        /// `queued` or `duplicate`.
-        intake: String,
-    },
-    /// Go on from this offset (`204`, `409`, `400 overflow`).
-    Offset(u64),
-    /// Refused for good.
-    Refused {
-        /// Stable code.
-        code: String,
-        /// Why.
-        reason: String,
-        /// What to do.
-        advice: String,
-    },
-    /// The upload no longer exists (expired, cancelled): create a new one.
-    Gone,
-    /// A passing problem (busy, device-side I/O): retry later.
-    Retry(String),
-    /// A problem retrying does not fix.
-    Fatal {
-        /// Stable code.
-        code: String,
-        /// Why.
-        reason: String,
-        /// What to do.
-        advice: String,
-    },
-}
-
-/// Interprets a device answer (`status`, its `Upload-Offset`, its JSON body).
-pub fn classify(status: u16, upload_offset: Option<u64>, body: &[u8]) -> Answer {
-    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let err = &json["error"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let code = text(&err["code"]);
-    let reason = match text(&err["reason"]) {
-        r if r.is_empty() => format!("the device answered HTTP {status}"),
-        r => r,
-    };
-    let advice = text(&err["advice"]);
-    match status {
-        200..=202 => match json["outcome"].as_str() {
-            Some("known") => Answer::Known {
-                bundle: text(&json["bundle"]["id"]),
-                state: text(&json["bundle"]["state"]),
-            },
-            Some("queued") | Some("duplicate") => Answer::Taken {
-                bundle: text(&json["bundle"]),
-                intake: text(&json["outcome"]),
-            },
-            _ => match (json["location"].as_str(), json["offset"].as_u64()) {
-                (Some(location), Some(offset)) => Answer::Upload {
-                    location: location.to_owned(),
-                    offset,
-                },
-                _ => Answer::Fatal {
-                    code: "unexpected_answer".into(),
-                    reason: format!(
-                        "the device answered HTTP {status} with {}",
-                        String::from_utf8_lossy(&body[..body.len().min(200)])
-                    ),
-                    advice: "check that --to points at a sideload device daemon".into(),
-                },
-            },
-        },
-        409 if code == "upload_busy" => Answer::Retry(reason),
-        204 | 409 => match upload_offset {
-            Some(o) => Answer::Offset(o),
-            None => Answer::Retry(format!("HTTP {status} without Upload-Offset: {reason}")),
-        },
-        400 if code == "overflow" => match upload_offset {
-            Some(o) => Answer::Offset(o),
-            None => Answer::Retry(reason),
-        },
-        403 => Answer::Refused {
-            code: if code.is_empty() {
-                "forbidden".into()
-            } else {
-                code
-            },
-            reason,
-            advice,
-        },
-        404 => Answer::Gone,
-        401 => Answer::Fatal {
-            code: "unauthorized".into(),
-            reason,
-            advice: "pass the device's upload token with --token-file (or SIDELOAD_DEVICE_TOKEN)"
-                .into(),
-        },
-        408 | 429 | 500 | 502 | 503 | 504 => Answer::Retry(reason),
-        _ => Answer::Fatal {
-            code: if code.is_empty() {
-                format!("http_{status}")
-            } else {
-                code
-            },
-            reason,
-            advice: if advice.is_empty() {
-                "check --to and the device's logs".into()
-            } else {
-                advice
-            },
-        },
-    }
-}
-
 /// Why a request did not get an answer.
 #[derive(Debug)]
 enum Failure {
@@ -406,11 +277,19 @@ enum Failure {
     Local(String),
 }
 
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Tls(t) => Failure::Tls(t),
+            ClientError::Transport(t) => Failure::Transport(t),
+            other => Failure::Local(other.to_string()),
+        }
+    }
+}
+
 /// A device daemon reached over HTTP(S).
 pub struct Device {
-    client: http::HttpClient,
-    base: String,
-    token: Option<HeaderValue>,
+    client: Client,
     throttle: Option<Arc<Mutex<TokenBucket>>>,
     settings_retry: (Duration, Duration),
     deadline: Option<tokio::time::Instant>,
@@ -421,11 +300,28 @@ const MAX_STUCK: u32 = 8;
 /// Times the device may lose an upload (expiry, cancel) before the client gives up.
 const MAX_RECREATED: u32 = 3;
 
-/// Upper bound on a device answer's body; answers are small JSON documents.
-const MAX_ANSWER: usize = 1 << 20;
-
 /// A request ready to send, or why it could not be made.
 type Prepared = Result<Request<http::Body>, hyper::http::Error>;
+
+/// Where one bundle's upload stands between requests.
+struct Progress {
+    backoff: Backoff,
+    /// Times the device lost the upload.
+    recreated: u32,
+    /// Answers in a row that moved nothing: a device that never progresses must not keep the
+    /// client busy until the deadline (or forever).
+    stuck: u32,
+}
+
+/// What the upload loop does next.
+enum Flow {
+    /// The push ended (the report says how).
+    Done,
+    /// The device lost the upload: create a new one.
+    Recreate,
+    /// Go on sending from this offset.
+    At(u64),
+}
 
 impl Device {
     /// A client for the device at `settings.base`. Needs a tokio runtime.
@@ -445,23 +341,20 @@ impl Device {
         } else {
             http::Trust::Platform
         };
-        let client = http::client(&http::Options {
+        let options = http::Options {
             stall_timeout: settings.stall_timeout,
+            connect_timeout: None,
             trust,
-        })
-        .context("cannot set up TLS")?;
-        let token = match &settings.token {
-            Some(t) => Some(
-                HeaderValue::from_str(&format!("Bearer {t}"))
-                    .context("the upload token has characters a header cannot carry")?,
-            ),
-            None => None,
         };
+        let client = Client::new(
+            &settings.base,
+            settings.token.as_deref(),
+            concat!("sideload-push/", env!("CARGO_PKG_VERSION")),
+            &options,
+        )?;
         let now = Instant::now();
         Ok(Device {
             client,
-            base: settings.base.trim_end_matches('/').to_owned(),
-            token,
             throttle: settings
                 .rate
                 .map(|r| Arc::new(Mutex::new(TokenBucket::new(r, now)))),
@@ -473,42 +366,18 @@ impl Device {
     }
 
     fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(
-                USER_AGENT,
-                concat!("sideload-push/", env!("CARGO_PKG_VERSION")),
-            );
-        if let Some(t) = &self.token {
-            b = b.header(AUTHORIZATION, t.clone());
-        }
-        b
+        self.client.request(method, path)
     }
 
-    /// Sends a request; the status, `Upload-Offset` and the (small) body of the answer.
-    async fn fetch(&self, req: Prepared) -> Result<(StatusCode, Option<u64>, Vec<u8>), Failure> {
-        let req = req.map_err(|e| Failure::Local(format!("cannot make the request: {e}")))?;
-        let fetch = async {
-            let resp = self.client.request(req).await.map_err(|e| transport(&e))?;
-            let status = resp.status();
-            let offset = resp
-                .headers()
-                .get("upload-offset")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let body = read_small(resp.into_body())
-                .await
-                .map_err(|e| transport(&e))?;
-            Ok((status, offset, body))
-        };
-        self.within(fetch).await?
+    /// Sends a request; the device's answer (status, `Upload-Offset`, the small body).
+    async fn fetch(&self, req: Prepared) -> Result<sideload_device_api::client::Reply, Failure> {
+        Ok(self.within(self.client.send(req, MAX_ANSWER)).await??)
     }
 
     /// Sends a request and says what its answer means.
     async fn exchange(&self, req: Prepared) -> Result<Answer, Failure> {
-        let (status, offset, body) = self.fetch(req).await?;
-        Ok(classify(status.as_u16(), offset, &body))
+        let reply = self.fetch(req).await?;
+        Ok(classify(reply.status, reply.upload_offset, &reply.body))
     }
 
     /// Runs `fut` unless the deadline passes first.
@@ -604,49 +473,16 @@ impl Device {
         report: &mut Report,
         obs: &dyn Observer,
     ) -> Result<(), Failure> {
-        let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
+        let mut progress = Progress {
+            backoff: Backoff::new(self.settings_retry.0, self.settings_retry.1),
+            recreated: 0,
+            stuck: 0,
+        };
         let mut first = true;
-        let mut recreated = 0;
-        // Answers in a row that moved nothing: a device that never progresses must not keep
-        // the client busy until the deadline (or forever).
-        let mut stuck = 0;
-        'create: loop {
-            // Create (or find) the upload.
-            report.requests += 1;
-            let mut create = self
-                .request(Method::POST, "/sideload/v1/uploads")
-                .header("Bundle-Digest", &local.file_digest)
-                .header("Upload-Length", local.size);
-            // Percent-encoded UTF-8, so any file name reaches the device's journal as it is.
-            create = create.header(
-                "Bundle-Name",
-                sideload_bundle::text::bundle_name_header(&local.name),
-            );
-            let create = create.body(http::empty());
-            let (location, mut offset) = match self.exchange(create).await {
-                Ok(Answer::Known { state, .. }) => {
-                    report.outcome = Outcome::Known;
-                    report.state = Some(state);
-                    report.held = local.size;
-                    report.held_at_start = local.size;
-                    return Ok(());
-                }
-                Ok(Answer::Upload { location, offset }) => (location, offset),
-                Ok(answer) if report.verdict(&answer) => return Ok(()),
-                Ok(other) => {
-                    let why = match other {
-                        Answer::Retry(r) => format!("device busy: {r}"),
-                        a => format!("unexpected answer to create: {a:?}"),
-                    };
-                    self.retry(&mut backoff, report, &why, obs).await?;
-                    continue 'create;
-                }
-                Err(Failure::Transport(e)) => {
-                    let why = format!("cannot reach the device: {e}");
-                    self.retry(&mut backoff, report, &why, obs).await?;
-                    continue 'create;
-                }
-                Err(f) => return Err(f),
+        loop {
+            let Some((location, offset)) = self.create(local, report, &mut progress, obs).await?
+            else {
+                return Ok(());
             };
             if first {
                 report.held_at_start = offset;
@@ -658,131 +494,232 @@ impl Device {
                     ));
                 }
             }
-            loop {
-                report.held = offset;
-                obs.held(offset);
-                if offset > local.size {
-                    report.fail(
-                        Outcome::Error,
-                        "offset_beyond_file",
-                        format!(
-                            "{}: the device holds {offset} bytes of a {}-byte file",
-                            local.name, local.size
-                        ),
-                        "delete the upload on the device (DELETE its URL) and push again".into(),
-                    );
-                    return Ok(());
-                }
-                report.requests += 1;
-                let before = offset;
-                let answer = if offset == local.size {
-                    // Everything is there: ask for the outcome (a lost final answer).
-                    self.exchange(self.request(Method::PUT, &location).body(http::empty()))
-                        .await
-                } else {
-                    self.send(&location, offset, local, report, obs).await
-                };
-                let answer = match answer {
-                    Ok(a) => a,
-                    Err(Failure::Transport(e)) => {
-                        let why = format!("link lost: {e}");
-                        self.retry(&mut backoff, report, &why, obs).await?;
-                        Answer::Retry(String::new())
-                    }
-                    Err(f) => return Err(f),
-                };
-                match answer {
-                    Answer::Taken { bundle, intake } => {
-                        report.held = local.size;
-                        report.outcome = if intake == "duplicate" {
-                            Outcome::Duplicate
-                        } else {
-                            Outcome::Queued
-                        };
-                        if !bundle.is_empty() {
-                            report.bundle = bundle;
-                        }
-                        return Ok(());
-                    }
-                    Answer::Offset(o) => {
-                        if o > before {
-                            backoff.reset();
-                            stuck = 0;
-                        } else if o == before {
-                            // An answer without progress (a take-over, a 409 race): do
-                            // not spin.
-                            stuck += 1;
-                            if stuck >= MAX_STUCK {
-                                report.fail(
-                                    Outcome::Error,
-                                    "upload_stuck",
-                                    format!(
-                                        "the device answered {stuck} times in a row that it holds {o} of {} bytes without taking more",
-                                        local.size
-                                    ),
-                                    format!("check the device's logs; to start over, DELETE {location} and push again"),
-                                );
-                                return Ok(());
-                            }
-                            self.retry(&mut backoff, report, "the device took no bytes", obs)
-                                .await?;
-                        }
-                        offset = o;
-                    }
-                    Answer::Refused { .. } | Answer::Fatal { .. } => {
-                        report.verdict(&answer);
-                        return Ok(());
-                    }
-                    Answer::Gone if report.upload_lost(&mut recreated, obs) => continue 'create,
-                    Answer::Gone => return Ok(()),
-                    Answer::Retry(why) => {
-                        if !why.is_empty() {
-                            let why = format!("device busy: {why}");
-                            self.retry(&mut backoff, report, &why, obs).await?;
-                        }
-                        // Ask where to go on, retrying until the device answers.
-                        loop {
-                            report.requests += 1;
-                            match self
-                                .exchange(self.request(Method::HEAD, &location).body(http::empty()))
-                                .await
-                            {
-                                Ok(Answer::Offset(o)) => {
-                                    if o > before {
-                                        backoff.reset();
-                                    }
-                                    if o != before {
-                                        obs.note(&format!(
-                                            "resuming at byte {o} of {}",
-                                            local.size
-                                        ));
-                                    }
-                                    offset = o;
-                                    break;
-                                }
-                                Ok(Answer::Gone) => match report.upload_lost(&mut recreated, obs) {
-                                    true => continue 'create,
-                                    false => return Ok(()),
-                                },
-                                Ok(answer) if report.verdict(&answer) => return Ok(()),
-                                Ok(a) => {
-                                    let why = format!("unexpected answer to HEAD: {a:?}");
-                                    self.retry(&mut backoff, report, &why, obs).await?;
-                                }
-                                Err(Failure::Transport(e)) => {
-                                    let why = format!("cannot reach the device: {e}");
-                                    self.retry(&mut backoff, report, &why, obs).await?;
-                                }
-                                Err(f) => return Err(f),
-                            }
-                        }
-                    }
-                    Answer::Known { .. } | Answer::Upload { .. } => {
-                        let why = "unexpected answer to an upload request";
-                        self.retry(&mut backoff, report, why, obs).await?;
-                    }
-                }
+            match self
+                .upload(&location, offset, local, report, &mut progress, obs)
+                .await?
+            {
+                Flow::Recreate => continue,
+                Flow::Done | Flow::At(_) => return Ok(()),
             }
+        }
+    }
+
+    /// Creates (or finds) the upload, retrying until the device answers: its location and
+    /// the bytes it holds, or `None` when the push ended there (known, refused).
+    async fn create(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        progress: &mut Progress,
+        obs: &dyn Observer,
+    ) -> Result<Option<(String, u64)>, Failure> {
+        loop {
+            report.requests += 1;
+            // Percent-encoded UTF-8, so any file name reaches the device's journal as it is.
+            let create = self
+                .request(Method::POST, "/sideload/v1/uploads")
+                .header("Bundle-Digest", &local.file_digest)
+                .header("Upload-Length", local.size)
+                .header(
+                    "Bundle-Name",
+                    sideload_bundle::text::bundle_name_header(&local.name),
+                )
+                .body(http::empty());
+            let why = match self.exchange(create).await {
+                Ok(Answer::Known { state, .. }) => {
+                    report.outcome = Outcome::Known;
+                    report.state = Some(state);
+                    report.held = local.size;
+                    report.held_at_start = local.size;
+                    return Ok(None);
+                }
+                Ok(Answer::Upload { location, offset }) => return Ok(Some((location, offset))),
+                Ok(answer) if report.verdict(&answer) => return Ok(None),
+                Ok(Answer::Retry(r)) => format!("device busy: {r}"),
+                Ok(a) => format!("unexpected answer to create: {a:?}"),
+                Err(Failure::Transport(e)) => format!("cannot reach the device: {e}"),
+                Err(f) => return Err(f),
+            };
+            self.retry(&mut progress.backoff, report, &why, obs).await?;
+        }
+    }
+
+    /// Sends the file to the upload at `location` from `offset` until the device takes it,
+    /// refuses it or loses the upload.
+    async fn upload(
+        &self,
+        location: &str,
+        mut offset: u64,
+        local: &LocalBundle,
+        report: &mut Report,
+        progress: &mut Progress,
+        obs: &dyn Observer,
+    ) -> Result<Flow, Failure> {
+        loop {
+            report.held = offset;
+            obs.held(offset);
+            if offset > local.size {
+                report.fail(
+                    Outcome::Error,
+                    "offset_beyond_file",
+                    format!(
+                        "{}: the device holds {offset} bytes of a {}-byte file",
+                        local.name, local.size
+                    ),
+                    "delete the upload on the device (DELETE its URL) and push again".into(),
+                );
+                return Ok(Flow::Done);
+            }
+            report.requests += 1;
+            let answer = if offset == local.size {
+                // Everything is there: ask for the outcome (a lost final answer).
+                self.exchange(self.request(Method::PUT, location).body(http::empty()))
+                    .await
+            } else {
+                self.send(location, offset, local, report, obs).await
+            };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(Failure::Transport(e)) => {
+                    let why = format!("link lost: {e}");
+                    self.retry(&mut progress.backoff, report, &why, obs).await?;
+                    Answer::Retry(String::new())
+                }
+                Err(f) => return Err(f),
+            };
+            match self
+                .next(answer, location, offset, local, report, progress, obs)
+                .await?
+            {
+                Flow::At(o) => offset = o,
+                flow => return Ok(flow),
+            }
+        }
+    }
+
+    /// What an answer to a `PATCH` or `PUT` sent at `before` means for the upload.
+    #[allow(clippy::too_many_arguments)]
+    async fn next(
+        &self,
+        answer: Answer,
+        location: &str,
+        before: u64,
+        local: &LocalBundle,
+        report: &mut Report,
+        progress: &mut Progress,
+        obs: &dyn Observer,
+    ) -> Result<Flow, Failure> {
+        match answer {
+            Answer::Taken { bundle, intake } => {
+                report.held = local.size;
+                report.outcome = match intake {
+                    Intake::Duplicate => Outcome::Duplicate,
+                    Intake::Queued => Outcome::Queued,
+                };
+                if !bundle.is_empty() {
+                    report.bundle = bundle;
+                }
+                Ok(Flow::Done)
+            }
+            Answer::Offset(o) => {
+                self.moved(o, location, before, local, report, progress, obs)
+                    .await
+            }
+            Answer::Refused(_) | Answer::Fatal(_) => {
+                report.verdict(&answer);
+                Ok(Flow::Done)
+            }
+            Answer::Gone => Ok(lost(report, progress, obs)),
+            Answer::Retry(why) => {
+                if !why.is_empty() {
+                    let why = format!("device busy: {why}");
+                    self.retry(&mut progress.backoff, report, &why, obs).await?;
+                }
+                self.resume(location, before, local, report, progress, obs)
+                    .await
+            }
+            Answer::Known { .. } | Answer::Upload { .. } => {
+                let why = "unexpected answer to an upload request";
+                self.retry(&mut progress.backoff, report, why, obs).await?;
+                Ok(Flow::At(before))
+            }
+        }
+    }
+
+    /// The device holds `o` bytes after a request sent at `before`: progress resets the
+    /// backoff; none, too often in a row, ends the push.
+    #[allow(clippy::too_many_arguments)]
+    async fn moved(
+        &self,
+        o: u64,
+        location: &str,
+        before: u64,
+        local: &LocalBundle,
+        report: &mut Report,
+        progress: &mut Progress,
+        obs: &dyn Observer,
+    ) -> Result<Flow, Failure> {
+        if o > before {
+            progress.backoff.reset();
+            progress.stuck = 0;
+        } else if o == before {
+            // An answer without progress (a take-over, a 409 race): do not spin.
+            progress.stuck += 1;
+            if progress.stuck >= MAX_STUCK {
+                report.fail(
+                    Outcome::Error,
+                    "upload_stuck",
+                    format!(
+                        "the device answered {} times in a row that it holds {o} of {} bytes without taking more",
+                        progress.stuck, local.size
+                    ),
+                    format!("check the device's logs; to start over, DELETE {location} and push again"),
+                );
+                return Ok(Flow::Done);
+            }
+            self.retry(
+                &mut progress.backoff,
+                report,
+                "the device took no bytes",
+                obs,
+            )
+            .await?;
+        }
+        Ok(Flow::At(o))
+    }
+
+    /// Asks the device where to go on (`HEAD`), retrying until it answers.
+    async fn resume(
+        &self,
+        location: &str,
+        before: u64,
+        local: &LocalBundle,
+        report: &mut Report,
+        progress: &mut Progress,
+        obs: &dyn Observer,
+    ) -> Result<Flow, Failure> {
+        loop {
+            report.requests += 1;
+            let why = match self
+                .exchange(self.request(Method::HEAD, location).body(http::empty()))
+                .await
+            {
+                Ok(Answer::Offset(o)) => {
+                    if o > before {
+                        progress.backoff.reset();
+                    }
+                    if o != before {
+                        obs.note(&format!("resuming at byte {o} of {}", local.size));
+                    }
+                    return Ok(Flow::At(o));
+                }
+                Ok(Answer::Gone) => return Ok(lost(report, progress, obs)),
+                Ok(answer) if report.verdict(&answer) => return Ok(Flow::Done),
+                Ok(a) => format!("unexpected answer to HEAD: {a:?}"),
+                Err(Failure::Transport(e)) => format!("cannot reach the device: {e}"),
+                Err(f) => return Err(f),
+            };
+            self.retry(&mut progress.backoff, report, &why, obs).await?;
         }
     }
 
@@ -849,101 +786,71 @@ impl Device {
     /// feeds a container engine, until the engine's outcome is in (what the edge agent needs).
     pub async fn wait(&self, report: &mut Report, obs: &dyn Observer) {
         let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
-        let path = format!("/sideload/v1/bundles/{}", report.bundle);
+        let path = sideload_device_api::answers::bundle_path(&report.bundle);
         let mut poll = Duration::from_millis(500);
         let mut unknown = 0;
         // Until a status answer says otherwise: the upload's answer does not tell.
         let mut engine_pending = true;
         loop {
-            if let Some(state) = &report.state {
-                if state == "failed" || (state == "applied" && !engine_pending) {
-                    return;
-                }
+            if report
+                .state
+                .is_some_and(|s| followed_to_end(s, engine_pending))
+            {
+                return;
             }
             report.status_requests += 1;
             let result = self
                 .fetch(self.request(Method::GET, &path).body(http::empty()))
                 .await;
-            match result {
-                Ok((StatusCode::OK, _, body)) => {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let record = &v["bundle"];
-                    let state = record["state"].as_str().unwrap_or("unknown").to_owned();
-                    if report.state.as_deref() != Some(&state) {
-                        obs.note(&format!("device: {state}"));
-                    }
-                    // A waiting bundle (the device keeps it until a full disk or a down
-                    // registry passes) is followed on; its reason goes into the report.
-                    if state == "failed" || state == "waiting" {
-                        report.reason = record["reason"].as_str().map(str::to_owned);
-                        report.advice = record["advice"].as_str().map(str::to_owned);
-                    }
-                    let engine = record["engine"].as_str();
-                    engine_pending = engine_pending_after(&v, &state);
-                    if let Some(engine) = engine {
-                        if report.engine.as_deref() != Some(engine) {
-                            obs.note(&format!("device engine: {engine}"));
+            let why = match result {
+                Ok(reply) if reply.status == 200 => {
+                    match serde_json::from_slice::<sideload_device_api::BundleStatus>(&reply.body) {
+                        Ok(status) => {
+                            engine_pending = status.engine_pending();
+                            if note_status(report, &status, engine_pending, obs) {
+                                return;
+                            }
+                            backoff.reset();
+                            if self.within(tokio::time::sleep(poll)).await.is_err() {
+                                return self.wait_deadline(report);
+                            }
+                            poll = (poll * 2).min(Duration::from_secs(5));
+                            continue;
                         }
-                        report.engine = Some(engine.to_owned());
+                        Err(e) => format!("bundle status: unexpected answer: {e}"),
                     }
-                    let done = state == "failed" || (state == "applied" && !engine_pending);
-                    report.state = Some(state);
-                    if done {
-                        return;
-                    }
-                    backoff.reset();
-                    if self.within(tokio::time::sleep(poll)).await.is_err() {
-                        return self.wait_deadline(report);
-                    }
-                    poll = (poll * 2).min(Duration::from_secs(5));
                 }
-                Ok((status, _, body)) => {
-                    let answer = classify(status.as_u16(), None, &body);
-                    unknown += u32::from(status == StatusCode::NOT_FOUND);
-                    if let Answer::Fatal {
-                        code,
-                        reason,
-                        advice,
-                    } = &answer
-                    {
-                        report.fail(Outcome::Error, code, reason.clone(), advice.clone());
-                        return;
+                Ok(reply) => {
+                    let answer = classify(reply.status, None, &reply.body);
+                    unknown += u32::from(reply.status == 404);
+                    if let Answer::Fatal(r) = &answer {
+                        return report.refused(Outcome::Error, r);
                     }
                     if unknown >= MAX_STUCK {
-                        report.fail(
+                        return report.fail(
                             Outcome::Error,
                             "unknown_bundle",
                             format!("the device does not know bundle {}", report.bundle),
                             "check the device's journal (GET /sideload/v1/journal)".into(),
                         );
-                        return;
                     }
-                    let why = format!("bundle status: {answer:?}");
-                    if self
-                        .retry_status(&mut backoff, report, &why, obs)
-                        .await
-                        .is_err()
-                    {
-                        return self.wait_deadline(report);
-                    }
+                    format!("bundle status: {answer:?}")
                 }
                 Err(Failure::Deadline) => return self.wait_deadline(report),
-                Err(e) => {
-                    let why = format!("cannot reach the device: {e:?}");
-                    if self
-                        .retry_status(&mut backoff, report, &why, obs)
-                        .await
-                        .is_err()
-                    {
-                        return self.wait_deadline(report);
-                    }
-                }
+                Err(e) => format!("cannot reach the device: {e:?}"),
+            };
+            if self
+                .retry_status(&mut backoff, report, &why, obs)
+                .await
+                .is_err()
+            {
+                return self.wait_deadline(report);
             }
         }
     }
 
     fn wait_deadline(&self, report: &mut Report) {
-        if report.state.as_deref() == Some("applied") {
+        if report.state == Some(BundleState::Applied) {
             return report.fail(
                 Outcome::Deadline,
                 "deadline",
@@ -963,40 +870,54 @@ impl Device {
             format!(
                 "{}: the deadline passed before the device applied it (last state: {})",
                 report.name,
-                report.state.as_deref().unwrap_or("unknown")
+                report.state.map_or("unknown", BundleState::as_str)
             ),
             format!("follow it with GET /sideload/v1/bundles/{}", report.bundle),
         );
     }
 }
 
-fn transport(e: &(dyn std::error::Error + 'static)) -> Failure {
-    match tls::tls_failure(e) {
-        Some(t) => Failure::Tls(t),
-        None => {
-            // The chain says what happened (refused, reset, timed out); the top says where.
-            let mut text = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            Failure::Transport(text)
-        }
-    }
+/// Whether following a bundle ends at `state`: failed, or applied with no engine outcome
+/// still to come.
+fn followed_to_end(state: BundleState, engine_pending: bool) -> bool {
+    state == BundleState::Failed || (state == BundleState::Applied && !engine_pending)
 }
 
-async fn read_small(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if out.len() < MAX_ANSWER {
-                out.extend_from_slice(&data[..data.len().min(MAX_ANSWER - out.len())]);
-            }
-        }
+/// Takes a status answer into the report, noting what changed; true when following ends.
+fn note_status(
+    report: &mut Report,
+    status: &sideload_device_api::BundleStatus,
+    engine_pending: bool,
+    obs: &dyn Observer,
+) -> bool {
+    let record = &status.bundle;
+    let state = record.state;
+    if report.state != Some(state) {
+        obs.note(&format!("device: {state}"));
     }
-    Ok(out)
+    // A waiting bundle (the device keeps it until a full disk or a down registry passes) is
+    // followed on; its reason goes into the report.
+    if matches!(state, BundleState::Failed | BundleState::Waiting) {
+        report.reason = record.reason.clone();
+        report.advice = record.advice.clone();
+    }
+    if let Some(engine) = &record.engine {
+        if report.engine.as_ref() != Some(engine) {
+            obs.note(&format!("device engine: {engine}"));
+        }
+        report.engine = Some(engine.clone());
+    }
+    report.state = Some(state);
+    followed_to_end(state, engine_pending)
+}
+
+/// The device lost the upload: create a new one, unless that happened too often.
+fn lost(report: &mut Report, progress: &mut Progress, obs: &dyn Observer) -> Flow {
+    if report.upload_lost(&mut progress.recreated, obs) {
+        Flow::Recreate
+    } else {
+        Flow::Done
+    }
 }
 
 /// The file from its current position, `remaining` bytes, in chunks paced by the bucket.
@@ -1037,101 +958,4 @@ fn body_stream(
             ))
         },
     )
-}
-
-/// Whether an applied bundle still waits for the device's engine: the device says it feeds one
-/// (`engine_configured`, absent on older devices) and the record has no `engine` outcome yet.
-fn engine_pending_after(status: &serde_json::Value, state: &str) -> bool {
-    state == "applied"
-        && status["engine_configured"].as_bool() == Some(true)
-        && !status["bundle"]["engine"].is_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_map_to_what_the_client_does() {
-        let created = br#"{"location":"/sideload/v1/uploads/ab","offset":0,"upload":"ab"}"#;
-        assert_eq!(
-            classify(201, Some(0), created),
-            Answer::Upload {
-                location: "/sideload/v1/uploads/ab".into(),
-                offset: 0
-            }
-        );
-        let known = br#"{"outcome":"known","bundle":{"id":"sha256:1","state":"applied"}}"#;
-        assert_eq!(
-            classify(200, None, known),
-            Answer::Known {
-                bundle: "sha256:1".into(),
-                state: "applied".into()
-            }
-        );
-        let queued = br#"{"outcome":"queued","bundle":"sha256:1","status":"/x"}"#;
-        assert_eq!(
-            classify(202, Some(9), queued),
-            Answer::Taken {
-                bundle: "sha256:1".into(),
-                intake: "queued".into()
-            }
-        );
-        assert_eq!(classify(204, Some(7), b""), Answer::Offset(7));
-        let mismatch = br#"{"error":{"code":"offset_mismatch","reason":"r","advice":"a"}}"#;
-        assert_eq!(classify(409, Some(5), mismatch), Answer::Offset(5));
-        let overflow = br#"{"error":{"code":"overflow","reason":"r","advice":"a"}}"#;
-        assert_eq!(classify(400, Some(5), overflow), Answer::Offset(5));
-        let refused = br#"{"error":{"code":"unknown_key","reason":"why","advice":"fix"}}"#;
-        assert_eq!(
-            classify(403, None, refused),
-            Answer::Refused {
-                code: "unknown_key".into(),
-                reason: "why".into(),
-                advice: "fix".into()
-            }
-        );
-        assert_eq!(classify(404, None, b""), Answer::Gone);
-        assert!(matches!(classify(429, None, b""), Answer::Retry(_)));
-        assert!(matches!(classify(503, None, b"{}"), Answer::Retry(_)));
-        assert!(
-            matches!(classify(401, None, b""), Answer::Fatal { code, .. } if code == "unauthorized")
-        );
-        let full = br#"{"error":{"code":"insufficient_storage","reason":"full","advice":"free"}}"#;
-        assert!(
-            matches!(classify(507, None, full), Answer::Fatal { code, .. } if code == "insufficient_storage")
-        );
-        assert!(
-            matches!(classify(200, None, b"<html>"), Answer::Fatal { code, .. } if code == "unexpected_answer")
-        );
-    }
-
-    #[test]
-    fn wait_holds_for_the_engine_only_where_the_device_feeds_one() {
-        let status = |configured: Option<bool>, engine: serde_json::Value| {
-            let mut v = serde_json::json!({"bundle": {"state": "applied", "engine": engine}});
-            if let Some(c) = configured {
-                v["engine_configured"] = c.into();
-            }
-            v
-        };
-        let null = serde_json::Value::Null;
-        assert!(engine_pending_after(
-            &status(Some(true), null.clone()),
-            "applied"
-        ));
-        assert!(!engine_pending_after(
-            &status(Some(true), "loaded as sha256:c".into()),
-            "applied"
-        ));
-        assert!(!engine_pending_after(
-            &status(Some(false), null.clone()),
-            "applied"
-        ));
-        assert!(
-            !engine_pending_after(&status(None, null.clone()), "applied"),
-            "older devices"
-        );
-        assert!(!engine_pending_after(&status(Some(true), null), "applying"));
-    }
 }

@@ -1,4 +1,4 @@
-//! The HTTP client under `sideload push`: hyper on sockets set for bad links.
+//! The HTTP transport under the device client: hyper on sockets set for bad links.
 //!
 //! `TCP_USER_TIMEOUT` ends a connection whose data stays unacknowledged for the stall
 //! timeout (instead of ~15 minutes of retransmissions); keepalive notices a dead link while
@@ -52,8 +52,11 @@ pub enum Trust {
 
 /// The connection settings.
 pub struct Options {
-    /// Unacknowledged data for this long ends the connection; also the connect timeout.
+    /// Unacknowledged data for this long ends the connection; also the connect timeout
+    /// (at most 30 s) unless `connect_timeout` says otherwise.
     pub stall_timeout: Duration,
+    /// How long a connection may take to open; `None`: the stall timeout, at most 30 s.
+    pub connect_timeout: Option<Duration>,
     /// TLS trust.
     pub trust: Trust,
 }
@@ -92,7 +95,11 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<ResettingConnector>, B
 pub fn client(options: &Options) -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(options.stall_timeout.min(Duration::from_secs(30))));
+    http.set_connect_timeout(Some(
+        options
+            .connect_timeout
+            .unwrap_or(options.stall_timeout.min(Duration::from_secs(30))),
+    ));
     http.set_tcp_user_timeout(Some(options.stall_timeout));
     http.set_keepalive(Some(Duration::from_secs(10)));
     http.set_keepalive_interval(Some(Duration::from_secs(5)));

@@ -1,4 +1,4 @@
-//! TLS for `sideload push`: trust a CA file (the device's own self-signed certificate works as
+//! TLS for the device client (`sideload push`, `sideload fleet`): trust a CA file (the device's own self-signed certificate works as
 //! one), or pin the device's certificate by its sha256, which suits devices without a PKI:
 //! the pin is printed by the daemon at start and carried to the release engineer once.
 
@@ -9,12 +9,17 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 
+/// Text that is not a certificate pin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a certificate pin: write sha256:<64 hex digits>, as the device logs it at start"
+)]
+pub struct BadPin(pub String);
+
 /// Parses `sha256:<64 hex>` (the form the daemon logs) into the digest bytes.
-pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+pub fn parse_pin(text: &str) -> Result<[u8; 32], BadPin> {
     let hex = text.trim().strip_prefix("sha256:").unwrap_or(text.trim());
-    let bad = || {
-        format!("{text:?} is not a certificate pin: write sha256:<64 hex digits>, as the device logs it at start")
-    };
+    let bad = || BadPin(text.to_owned());
     if hex.len() != 64 || !hex.is_ascii() {
         return Err(bad());
     }
