@@ -28,15 +28,22 @@ if ! cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; then
 fi
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 out=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
-if [ "$profile" != dev ]; then
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+echo "== building the binaries ($profile profile)" >&2
+if [ "$profile" = dev ]; then
+  # Exactly as the tests built them (no RUSTFLAGS, no SOURCE_DATE_EPOCH, which C build scripts
+  # track), so that only the four binaries are linked again.
+  cargo build --locked --profile dev --bins \
+    -p sideload-cli -p sideload-signing -p sideload-registry-plugin -p sideload-usb-loader
+else
   # Build paths leave no trace in the binaries (panic locations, debug info before stripping).
   cargo_home=$(realpath -m "${CARGO_HOME:-$HOME/.cargo}")
-  export RUSTFLAGS="--remap-path-prefix=$PWD=/sideload --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target"
+  SOURCE_DATE_EPOCH=$epoch \
+    RUSTFLAGS="--remap-path-prefix=$PWD=/sideload --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target" \
+    cargo build --locked --profile "$profile" --bins \
+    -p sideload-cli -p sideload-signing -p sideload-registry-plugin -p sideload-usb-loader
 fi
-echo "== building the binaries ($profile profile)" >&2
-cargo build --locked --profile "$profile" --bins \
-  -p sideload-cli -p sideload-signing -p sideload-registry-plugin -p sideload-usb-loader
+export SOURCE_DATE_EPOCH=$epoch
 # Man pages and completions from the clap definitions (the binaries' hidden generate-docs).
 rm -rf "$out/docs"
 "$out/sideload" generate-docs "$out/docs"

@@ -52,8 +52,10 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
     if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
+        // The policy's own error names it and its path ("trust policy /etc/...: ...").
         eprintln!(
-            "error: trust policy: {e}\nwhat to do: make it with `sideload-sign pubkey KEY.pub` (trust_policy in {})",
+            "error: {e}\nwhat to do: write it with `sideload-sign pubkey KEY.pub` (one [[keys]] \
+             entry per release key, `threshold = N` on top), or set trust_policy in {}",
             config_path.display()
         );
         return std::process::ExitCode::from(EXIT_CONFIG);
