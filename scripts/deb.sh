@@ -51,7 +51,9 @@ rm -rf "$out/docs"
 gzip -9n "$out"/docs/man/*.1
 touch -d "@$SOURCE_DATE_EPOCH" "$out"/docs/man/* "$out"/docs/completions/*
 mkdir -p "$target/debian"
+# The dev packages (CI's install test) are never shipped: fast compression, not the smallest.
+fast=$([ "$profile" = dev ] && echo --fast || true)
 for package in sideload-registry-plugin sideload-cli; do
-  cargo deb --no-build --profile "$profile" -p "$package" --output "$target/debian/"
+  cargo deb --no-build --profile "$profile" $fast -p "$package" --output "$target/debian/"
 done
 ls -l "$target"/debian/*.deb >&2
