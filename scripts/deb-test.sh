@@ -65,9 +65,10 @@ cleanup() {
 trap cleanup EXIT
 mount -t proc proc "$root/proc"
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
-# Everything but what apt, dpkg and logs touch on any install.
+# Everything but what apt, dpkg and logs touch on any install, and /run (a tmpfs on a booted
+# system; systemd-analyze leaves a marker there).
 listing() {
-  in_root find / -xdev \( -path /proc -o -path /tmp -o -path /var/cache -o -path /var/lib/apt \
+  in_root find / -xdev \( -path /proc -o -path /tmp -o -path /run -o -path /var/cache -o -path /var/lib/apt \
     -o -path /var/log -o -name '*-old' -o -path /var/lib/dpkg/triggers \) -prune -o -printf '%p %y %m %u:%g %s\n' | sort
   in_root find /etc -type f -exec sha256sum {} + | sort
 }
