@@ -38,8 +38,9 @@ if [ "$profile" = dev ]; then
 else
   # Build paths leave no trace in the binaries (panic locations, debug info before stripping).
   cargo_home=$(realpath -m "${CARGO_HOME:-$HOME/.cargo}")
-  SOURCE_DATE_EPOCH=$epoch \
-    RUSTFLAGS="--remap-path-prefix=$PWD=/sideload --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target" \
+  # SOURCE_DATE_EPOCH is for cargo-deb only: C build scripts track it, and a new value every
+  # commit would rebuild them all.
+  RUSTFLAGS="--remap-path-prefix=$PWD=/sideload --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target" \
     cargo build --locked --profile "$profile" --bins \
     -p sideload-cli -p sideload-signing -p sideload-registry-plugin -p sideload-usb-loader
 fi
