@@ -28,17 +28,24 @@
 #                    Go 1.19. They install side by side under /usr/lib/go-1.2X and change no
 #                    other package: backports are pinned low (NotAutomatic), so only what is
 #                    asked for with -t bookworm-backports comes from there.
-# Idempotent: installs only what is missing.
+#   debootstrap      scripts/deb-test.sh makes a clean bookworm root to install the .deb in
+# Idempotent: installs only what is missing. `--demo` installs only what ./demo.sh needs (the
+# build, the registry, skopeo, curl, dockerd), none of the test-only packages.
 set -euo pipefail
-packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev)
-backports=(golang-1.21-go golang-1.22-go golang-1.23-go)
+if [ "${1:-}" = --demo ]; then
+  packages=(docker-registry skopeo curl docker.io containerd runc protobuf-compiler libudev-dev pkg-config ca-certificates gcc libc6-dev python3)
+  backports=()
+else
+  packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev debootstrap)
+  backports=(golang-1.21-go golang-1.22-go golang-1.23-go)
+fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for pkg in "${packages[@]}"; do
   installed "$pkg" || missing+=("$pkg")
 done
 missing_backports=()
-for pkg in "${backports[@]}"; do
+for pkg in ${backports[@]+"${backports[@]}"}; do
   installed "$pkg" || missing_backports+=("$pkg")
 done
 if [ ${#missing[@]} -eq 0 ] && [ ${#missing_backports[@]} -eq 0 ]; then

@@ -2,6 +2,7 @@
 //! outcomes to exit codes. Everything else lives in `sideload-bundle` and `sideload-signing`.
 
 mod commands;
+mod docs;
 mod progress;
 mod push;
 mod state;
@@ -9,7 +10,7 @@ mod state;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Exit code: the bundle was refused (untrusted, tampered, truncated, expired, replayed).
 pub const EXIT_REFUSED: u8 = 3;
@@ -63,6 +64,12 @@ enum Command {
                       default, postgres://USER@HOST/DB to share one."
     )]
     Fleet(commands::fleet::FleetArgs),
+    /// Write man pages and shell completions into DIR (for packagers; see scripts/deb.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        dir: PathBuf,
+    },
 }
 
 /// Options shared by commands that read images from registries.
@@ -101,8 +108,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Inspect(args) => commands::inspect::run_inspect(args),
@@ -112,24 +122,72 @@ fn main() -> ExitCode {
         Command::Apply(args) => commands::apply::run_apply(args),
         Command::Push(args) => commands::push::run(args),
         Command::Fleet(args) => commands::fleet::run(args),
+        Command::GenerateDocs { dir } => {
+            docs::generate(Cli::command(), &dir).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
-        Err(err) => {
-            // Errors quote their input (tar headers, names, a device's answer): shown escaped
-            // and cut, never as raw bytes a terminal would act on.
-            eprintln!("error: {}", shown(&format!("{err:#}")));
-            match err.downcast_ref::<sideload_bundle::Error>() {
-                Some(e) if e.is_refusal() => {
-                    eprintln!("what to do: {}", e.advice());
-                    ExitCode::from(EXIT_REFUSED)
-                }
-                Some(e) => {
-                    eprintln!("what to do: {}", e.advice());
-                    ExitCode::from(EXIT_ERROR)
-                }
-                None => ExitCode::from(EXIT_ERROR),
-            }
+        Err(err) if json => {
+            print_json_error(&err);
+            report_error(&err)
         }
+        Err(err) => report_error(&err),
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON on stdout (`--json`): then its errors are JSON
+    /// there too, besides the message on stderr.
+    fn json(&self) -> bool {
+        match self {
+            Command::Build(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Apply(a) => a.json,
+            Command::Push(a) => a.json,
+            _ => false,
+        }
+    }
+}
+
+/// An error as JSON on stdout: `{"ok": false, "error", "causes", "code", "advice"}` (the last
+/// two for bundle errors only).
+fn print_json_error(err: &anyhow::Error) {
+    let mut lines = sideload_signing::report::cause_lines(err.as_ref());
+    let message = if lines.is_empty() {
+        String::new()
+    } else {
+        lines.remove(0)
+    };
+    let mut value = serde_json::json!({ "ok": false, "error": message, "causes": lines });
+    if let Some(e) = err.downcast_ref::<sideload_bundle::Error>() {
+        value["refused"] = e.is_refusal().into();
+        value["code"] = e.code().into();
+        value["advice"] = e.advice().into();
+    }
+    commands::print_json(&value);
+}
+
+/// Prints an error on stderr, its message and each cause on a line of its own, each said once,
+/// then what to do; returns the exit code it maps to.
+fn report_error(err: &anyhow::Error) -> ExitCode {
+    // Errors quote their input (tar headers, names, a device's answer): shown escaped and cut,
+    // never as raw bytes a terminal would act on.
+    let mut lines = sideload_signing::report::cause_lines(err.as_ref()).into_iter();
+    eprintln!("error: {}", shown(&lines.next().unwrap_or_default()));
+    for cause in lines {
+        eprintln!("  caused by: {}", shown(&cause));
+    }
+    match err.downcast_ref::<sideload_bundle::Error>() {
+        Some(e) => {
+            eprintln!("what to do: {}", e.advice());
+            ExitCode::from(if e.is_refusal() {
+                EXIT_REFUSED
+            } else {
+                EXIT_ERROR
+            })
+        }
+        None => ExitCode::from(EXIT_ERROR),
     }
 }

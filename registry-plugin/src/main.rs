@@ -1,6 +1,6 @@
 //! `sideload-registry-plugin`: the device daemon. Thin: parse arguments, set up logging, run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use sideload_registry_plugin::config::Config;
@@ -13,9 +13,11 @@ use sideload_registry_plugin::config::Config;
     after_help = "Settings: systemd/registry-plugin.toml.example. Logs: SIDELOAD_LOG=debug. API: docs/upload-api.md."
 )]
 struct Args {
-    /// Configuration file (TOML); every setting has a default.
-    #[arg(long, default_value = "/etc/sideload/registry-plugin.toml")]
-    config: PathBuf,
+    /// Configuration file (TOML); every setting has a default, so a missing
+    /// /etc/sideload/registry-plugin.toml (the default) means all defaults. [default:
+    /// /etc/sideload/registry-plugin.toml]
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Check the configuration, the trust policy, the TLS certificate and key and the upload
     /// token file, print a summary, and exit (nothing is written, not even a self-signed
     /// certificate).
@@ -27,33 +29,41 @@ struct Args {
 /// systemd unit does not restart on it (`RestartPreventExitStatus=64`).
 const EXIT_CONFIG: u8 = 64;
 
+/// The configuration file read when `--config` is not given.
+const DEFAULT_CONFIG: &str = "/etc/sideload/registry-plugin.toml";
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging();
-    let config = match Config::load(&args.config) {
+    let (config, config_path) = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            print_error(&e);
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
     // Settings that cannot work are refused here, before anything binds or writes.
     if let Err(e) = config.events.check() {
-        eprintln!("error: {}: [events]: {e}", args.config.display());
+        eprintln!("error: {}: [events]: {e}", config_path.display());
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
     if let Some(Err(e)) = config.engine.as_ref().map(|e| e.check()) {
-        eprintln!("error: {}: [engine]: {e}", args.config.display());
+        eprintln!("error: {}: [engine]: {e}", config_path.display());
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
     if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
-        eprintln!("error: trust policy: {e}; make one with `sideload-sign pubkey KEY.pub`");
+        // The policy's own error names it and its path ("trust policy /etc/...: ...").
+        eprintln!(
+            "error: {e}\nwhat to do: write it with `sideload-sign pubkey KEY.pub` (one [[keys]] \
+             entry per release key, `threshold = N` on top), or set trust_policy in {}",
+            config_path.display()
+        );
         return std::process::ExitCode::from(EXIT_CONFIG);
     }
     let auth = match sideload_registry_plugin::auth::Auth::load(&config.auth) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {}: [auth]: {e:#}", args.config.display());
+            print_error(&e.context(format!("{}: [auth]", config_path.display())));
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -74,7 +84,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("error: {}: [tls]: {e:#}", args.config.display());
+                print_error(&e.context(format!("{}: [tls]", config_path.display())));
                 return std::process::ExitCode::from(EXIT_CONFIG);
             }
         };
@@ -111,7 +121,7 @@ fn main() -> std::process::ExitCode {
     let tls = match sideload_registry_plugin::tls::prepare(&config) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {}: [tls]: {e:#}", args.config.display());
+            print_error(&e.context(format!("{}: [tls]", config_path.display())));
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -127,9 +137,41 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            print_error(&e);
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The configuration from `--config`, or from the default file, or, when that file does not
+/// exist, all defaults; and the path it names in messages.
+fn load_config(explicit: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
+    if let Some(path) = explicit {
+        if !path.exists() {
+            anyhow::bail!(
+                "--config {}: no such file; give the daemon's TOML configuration (example: \
+                 /usr/share/doc/sideload-device/examples/registry-plugin.toml.example), or no \
+                 option at all for {DEFAULT_CONFIG} or, without that file, the defaults",
+                path.display()
+            );
+        }
+        return Ok((Config::load(path)?, path.to_owned()));
+    }
+    let path = PathBuf::from(DEFAULT_CONFIG);
+    if path.exists() {
+        return Ok((Config::load(&path)?, path));
+    }
+    let mut config: Config = toml::from_str("")?;
+    config.fill_defaults();
+    Ok((config, path))
+}
+
+/// An error on stderr: its message and each cause on a line of its own, each said once.
+fn print_error(err: &anyhow::Error) {
+    let mut lines = sideload_signing::report::cause_lines(err.as_ref()).into_iter();
+    eprintln!("error: {}", lines.next().unwrap_or_default());
+    for cause in lines {
+        eprintln!("  caused by: {cause}");
     }
 }
 
@@ -144,8 +186,11 @@ fn init_logging() {
     // systemd sets it when stderr goes to the journal, which stamps the time itself.
     #[allow(clippy::disallowed_methods)]
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour only for a person at a terminal, never into the journal, a file or a pipe.
+    let builder =
+        builder.with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if journald {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }

@@ -18,7 +18,8 @@
 //! - [`policy`]: the [`TrustPolicy`] (k-of-n trusted keys, each limited to repository patterns),
 //!   loaded from TOML and checked on load;
 //! - [`verify`]: [`verify_statement`], the pure decision, and [`Refusal`], every reason to say no;
-//! - [`summary`]: what a signer sees before signing.
+//! - [`summary`]: what a signer sees before signing;
+//! - [`report`]: how the binaries print an error, each cause once.
 //!
 //! # What it deliberately does not do
 //!
@@ -57,6 +58,7 @@
 pub mod keys;
 pub mod names;
 pub mod policy;
+pub mod report;
 pub mod statement;
 pub mod summary;
 pub mod verify;

@@ -270,3 +270,25 @@ fn help_mentions_exit_codes_and_no_network() {
         assert!(help.contains(needle), "{needle:?} not in\n{help}");
     }
 }
+
+#[test]
+fn a_missing_policy_is_named_once_and_its_cause_is_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let statement = dir.path().join("s.json");
+    std::fs::write(&statement, b"{}").unwrap();
+    let out = tool(
+        &[
+            "check",
+            "--policy",
+            "missing-trust.toml",
+            "s.json",
+            "s.json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&out), 1);
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("missing-trust.toml").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+}

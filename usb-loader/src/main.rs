@@ -13,7 +13,7 @@ use sideload_usb_loader::loader::{self, Target};
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Bundles go in the folder `sideload/` at the top of the stick; receipts come back in `sideload/receipts/DEVICE_ID/`.\nExit codes: 0 every bundle taken (or nothing to do), 1 the visit failed, 3 some bundles refused or failed, 64 bad configuration.\nLogs: SIDELOAD_LOG=debug."
+    after_help = "Bundles go in the folder `sideload/` at the top of the stick; receipts come back in `sideload/receipts/DEVICE_ID/`.\nExit codes: 0 every bundle taken (or nothing to do), 1 the visit failed, 3 some bundles refused or failed, 64 bad configuration or TARGET.\nLogs: SIDELOAD_LOG=debug."
 )]
 struct Args {
     /// The stick's block device (e.g. /dev/sdb1), or with --dry-run also a folder laid out
@@ -35,6 +35,9 @@ struct Args {
     json: bool,
 }
 
+/// Exit status for a bad configuration or target (sysexits' EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIDELOAD_LOG")
@@ -45,17 +48,28 @@ fn main() -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, never into the journal, a file or a pipe.
+    let builder =
+        builder.with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if journald {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
+    }
+    if !args.target.exists() {
+        eprintln!(
+            "error: TARGET {}: no such file or directory; give the stick's block device (e.g. \
+             /dev/sdb1) or, with --dry-run, a folder laid out like a stick",
+            args.target.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
     }
     let explicit = args.config != std::path::Path::new("/etc/sideload/usb-loader.toml");
     let config = match Config::load(&args.config, explicit) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(64);
+            print_error(&e);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let target = if args.target.is_dir() {
@@ -94,7 +108,8 @@ fn main() -> ExitCode {
         Err(e) => (
             ExitCode::FAILURE,
             loader::VisitResult::Failed,
-            format!("{e:#}"),
+            // Each cause once (a wrapper often quotes its source already).
+            sideload_signing::report::cause_lines(e.as_ref()).join(": "),
         ),
     };
     // The line a technician's supervisor finds in the journal.
@@ -111,6 +126,15 @@ fn main() -> ExitCode {
         run_hook(hook, result, &summary);
     }
     code
+}
+
+/// An error on stderr: its message and each cause on a line of its own, each said once.
+fn print_error(err: &anyhow::Error) {
+    let mut lines = sideload_signing::report::cause_lines(err.as_ref()).into_iter();
+    eprintln!("error: {}", lines.next().unwrap_or_default());
+    for cause in lines {
+        eprintln!("  caused by: {cause}");
+    }
 }
 
 async fn terminate() {

@@ -27,7 +27,7 @@ pub struct VerifyArgs {
     state: Option<PathBuf>,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Arguments of `sideload apply`.
@@ -53,7 +53,7 @@ pub struct ApplyArgs {
     state: Option<PathBuf>,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -94,11 +94,15 @@ pub fn run_apply(args: ApplyArgs) -> Result<ExitCode> {
         Ok(t) => t,
         Err(e) => return report(&args.bundle, args.json, Err(e)),
     };
-    let mut references = args.bases.clone();
+    let mut bases = open_images("--base", &args.bases, &args.registry)?;
     if let Some(dir) = &args.base_dir {
-        references.extend(images_in_dir(dir)?);
+        bases.extend(open_images(
+            "--base-dir",
+            &images_in_dir(dir)?,
+            &args.registry,
+        )?);
     }
-    let bases = ImageSet::new(open_images(&references, &args.registry)?);
+    let bases = ImageSet::new(bases);
     let progress = TermProgress::new(args.json);
     let outcome = apply_trusted(&args.bundle, trusted, &bases, &output, &limits, &progress);
     if let (Ok(applied), Some(state), Some(path)) = (&outcome, state.as_mut(), &args.state) {

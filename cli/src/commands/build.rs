@@ -119,25 +119,28 @@ pub struct BuildArgs {
     explain: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
 
 /// Runs `sideload build`.
 pub fn run(args: BuildArgs) -> Result<ExitCode> {
-    let target = open_images(std::slice::from_ref(&args.target), &args.registry)?
+    // Every path named on the command line, before the (possibly slow) opening of any image.
+    super::check_local_images("TARGET", std::slice::from_ref(&args.target))?;
+    super::check_local_images("--base", &args.bases)?;
+    let target = open_images("TARGET", std::slice::from_ref(&args.target), &args.registry)?
         .pop()
         .expect("one image");
     let inventory = match &args.inventory {
         Some(path) => Some(DeviceInventory::load(path)?),
         None => None,
     };
-    let mut base_names = args.bases.clone();
+    let mut bases = open_images("--base", &args.bases, &args.registry)?;
     if let (Some(inv), Some(host)) = (&inventory, &args.inventory_registry) {
-        base_names.extend(inv.base_references(host));
+        let held = inv.base_references(host);
+        bases.extend(open_images("--inventory-registry", &held, &args.registry)?);
     }
-    let bases = open_images(&base_names, &args.registry)?;
     let (default_repo, default_tag) = default_name(&target.image().repo_tags);
     let repository: RepositoryName = match args.repository.or(default_repo) {
         Some(r) => r.parse()?,

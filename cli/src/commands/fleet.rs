@@ -478,7 +478,7 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
     }
     let mut targets = Vec::new();
     for (source, name, optional) in &target_names {
-        let image = match open_images(std::slice::from_ref(source), &insecure) {
+        let image = match open_images("target", std::slice::from_ref(source), &insecure) {
             Ok(mut v) => v.pop().expect("one image"),
             Err(e) if *optional => {
                 eprintln!("{source}: not in the registry ({e:#}); every device holds it already, so it is left out");
@@ -573,9 +573,13 @@ fn build_all(
     let now = now();
     for (i, b) in p.bundles.iter().enumerate() {
         let target = &p.targets[b.target];
-        let image = open_images(std::slice::from_ref(&target.source), registry_args)?
-            .pop()
-            .expect("one image");
+        let image = open_images(
+            "target",
+            std::slice::from_ref(&target.source),
+            registry_args,
+        )?
+        .pop()
+        .expect("one image");
         let mut bases = Vec::new();
         let mut base_digests = Vec::new();
         for held in &b.bases {
@@ -590,7 +594,7 @@ fn build_all(
                 "docker://{host}/{}@{}",
                 held.repository, held.manifest_digest
             );
-            match open_images(std::slice::from_ref(&reference), registry_args) {
+            match open_images("--bases-registry", std::slice::from_ref(&reference), registry_args) {
                 Ok(mut v) => {
                     bases.push(v.pop().expect("one image"));
                     base_digests.push(held.manifest_digest.clone());

@@ -19,7 +19,7 @@ pub struct InspectArgs {
     bundle: PathBuf,
     /// Print JSON on stdout (the statement as signed, plus signatures and file facts).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Arguments of `sideload statement`.

@@ -46,8 +46,10 @@ fn parse_platform(text: &str) -> Result<Platform> {
     }
 }
 
-/// Opens every image reference, in order.
+/// Opens every image reference, in order. `arg` says where the references came from (`--base`,
+/// `IMAGE`, ...): errors name it, so a user knows which argument to fix.
 pub fn open_images(
+    arg: &str,
     references: &[String],
     registry: &RegistryArgs,
 ) -> Result<Vec<Box<dyn ImageSource>>> {
@@ -65,6 +67,7 @@ pub fn open_images(
         }),
         None => None,
     };
+    check_local_images(arg, references)?;
     let options = OpenOptions {
         platform: parse_platform(&registry.platform)?,
         auth,
@@ -74,9 +77,36 @@ pub fn open_images(
     references
         .iter()
         .map(|r| {
-            let location: ImageLocation =
-                r.parse().with_context(|| format!("image reference {r}"))?;
-            open_image(&location, &options).with_context(|| format!("opening image {r}"))
+            let location: ImageLocation = r.parse().with_context(|| format!("{arg} {r}"))?;
+            open_image(&location, &options).with_context(|| format!("cannot open {arg} {r}"))
         })
         .collect()
+}
+
+/// Checks that every local image among `references` (archive or layout) exists, before any
+/// image is opened: a wrong path is reported at once, naming `arg`, the argument it came from.
+pub fn check_local_images(arg: &str, references: &[String]) -> Result<()> {
+    for r in references {
+        let location: ImageLocation = r.parse().with_context(|| format!("{arg} {r}"))?;
+        check_exists(arg, r, &location)?;
+    }
+    Ok(())
+}
+
+/// A local image (archive or layout) that is not there, said as such: opening it would only
+/// report the first file it lacks (`oci-layout`, `manifest.json`).
+fn check_exists(arg: &str, reference: &str, location: &ImageLocation) -> Result<()> {
+    let (path, expected) = match location {
+        ImageLocation::DockerArchive { path, .. } => (path, "a `docker save` archive"),
+        ImageLocation::OciLayout { path, .. } => (
+            path,
+            "an OCI image layout directory (`skopeo copy SOURCE oci:DIR:TAG` writes one)",
+        ),
+        ImageLocation::Path(path) => (path, "a `docker save` archive or an OCI layout directory"),
+        ImageLocation::Registry { .. } => return Ok(()),
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    anyhow::bail!("{arg} {reference}: no such file or directory; give the path of {expected}")
 }

@@ -57,7 +57,7 @@ pub struct PushArgs {
     wait: bool,
     /// Print a JSON report on stdout (progress and notes still go to stderr).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The environment variable that may hold the upload token instead of `--token-file`.

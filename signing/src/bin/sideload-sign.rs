@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sideload_signing::summary::statement_summary;
 use sideload_signing::{
     key_entry_toml, parse_statement, verify_statement, write_keypair, PublicKey, RepositoryPattern,
@@ -117,6 +117,12 @@ enum Command {
         #[arg(value_name = "SIG_FILE", required = true)]
         signatures: Vec<PathBuf>,
     },
+    /// Write man pages and shell completions into DIR (for packagers; see scripts/deb.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,13 +130,12 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            let mut message = format!("sideload-sign: error: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(&format!("\n  caused by: {cause}"));
-                source = cause.source();
+            // Each cause once: a message often quotes its source already.
+            let mut lines = sideload_signing::report::cause_lines(err.as_ref()).into_iter();
+            eprintln!("sideload-sign: error: {}", lines.next().unwrap_or_default());
+            for cause in lines {
+                eprintln!("  caused by: {cause}");
             }
-            eprintln!("{message}");
             ExitCode::from(1)
         }
     }
@@ -138,6 +143,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, Box<dyn Error>> {
     match command {
+        Command::GenerateDocs { dir } => {
+            generate_docs(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen {
             name,
             dir,
@@ -257,4 +266,22 @@ fn read_statement(path: &Path) -> Result<Vec<u8>, Box<dyn Error>> {
         .into());
     }
     Ok(bytes)
+}
+
+/// Writes `DIR/man/` (one page per visible subcommand) and `DIR/completions/` for bash, zsh and
+/// fish, from the clap definitions above (the same as `sideload generate-docs`).
+fn generate_docs(dir: &Path) -> Result<(), Box<dyn Error>> {
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "sideload-sign", &completions)?;
+    }
+    Ok(())
 }
