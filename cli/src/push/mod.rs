@@ -406,6 +406,62 @@ enum Failure {
     Local(String),
 }
 
+/// What one push carries from request to request.
+struct PushState {
+    backoff: Backoff,
+    /// Times the device lost the upload.
+    recreated: u32,
+    /// Answers in a row that moved nothing: a device that never progresses must not keep the
+    /// client busy until the deadline (or forever).
+    stuck: u32,
+}
+
+impl PushState {
+    /// The device lost the upload: create a new one, unless that happened too often.
+    fn lost(&mut self, report: &mut Report, obs: &dyn Observer) -> Next {
+        if report.upload_lost(&mut self.recreated, obs) {
+            Next::Create
+        } else {
+            Next::Done
+        }
+    }
+}
+
+/// Where a push goes after the device lost its upload, or gave its last word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The push is over; the report says how.
+    Done,
+    /// Start a new upload.
+    Create,
+}
+
+/// What an offset answer means to a push that sent from `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OffsetStep {
+    /// The device holds more: back off less, and the no-progress count starts over.
+    Advanced,
+    /// It took nothing, for the `stuck`th time in a row: wait, then go on.
+    Unchanged { stuck: u32 },
+    /// It took nothing [`MAX_STUCK`] times in a row: give up.
+    GiveUp { stuck: u32 },
+    /// It holds less than before (it lost bytes): go on from there.
+    Behind,
+}
+
+/// Decides what the device's answer that it holds `held` bytes means, after `stuck` answers in
+/// a row without progress, for a request sent from `before`.
+fn offset_step(before: u64, held: u64, stuck: u32) -> OffsetStep {
+    match held.cmp(&before) {
+        std::cmp::Ordering::Greater => OffsetStep::Advanced,
+        std::cmp::Ordering::Less => OffsetStep::Behind,
+        std::cmp::Ordering::Equal if stuck + 1 >= MAX_STUCK => {
+            OffsetStep::GiveUp { stuck: stuck + 1 }
+        }
+        std::cmp::Ordering::Equal => OffsetStep::Unchanged { stuck: stuck + 1 },
+    }
+}
+
 /// A device daemon reached over HTTP(S).
 pub struct Device {
     client: http::HttpClient,
@@ -604,49 +660,17 @@ impl Device {
         report: &mut Report,
         obs: &dyn Observer,
     ) -> Result<(), Failure> {
-        let mut backoff = Backoff::new(self.settings_retry.0, self.settings_retry.1);
+        let mut state = PushState {
+            backoff: Backoff::new(self.settings_retry.0, self.settings_retry.1),
+            recreated: 0,
+            stuck: 0,
+        };
         let mut first = true;
-        let mut recreated = 0;
-        // Answers in a row that moved nothing: a device that never progresses must not keep
-        // the client busy until the deadline (or forever).
-        let mut stuck = 0;
-        'create: loop {
+        loop {
             // Create (or find) the upload.
-            report.requests += 1;
-            let mut create = self
-                .request(Method::POST, "/sideload/v1/uploads")
-                .header("Bundle-Digest", &local.file_digest)
-                .header("Upload-Length", local.size);
-            // Percent-encoded UTF-8, so any file name reaches the device's journal as it is.
-            create = create.header(
-                "Bundle-Name",
-                sideload_bundle::text::bundle_name_header(&local.name),
-            );
-            let create = create.body(http::empty());
-            let (location, mut offset) = match self.exchange(create).await {
-                Ok(Answer::Known { state, .. }) => {
-                    report.outcome = Outcome::Known;
-                    report.state = Some(state);
-                    report.held = local.size;
-                    report.held_at_start = local.size;
-                    return Ok(());
-                }
-                Ok(Answer::Upload { location, offset }) => (location, offset),
-                Ok(answer) if report.verdict(&answer) => return Ok(()),
-                Ok(other) => {
-                    let why = match other {
-                        Answer::Retry(r) => format!("device busy: {r}"),
-                        a => format!("unexpected answer to create: {a:?}"),
-                    };
-                    self.retry(&mut backoff, report, &why, obs).await?;
-                    continue 'create;
-                }
-                Err(Failure::Transport(e)) => {
-                    let why = format!("cannot reach the device: {e}");
-                    self.retry(&mut backoff, report, &why, obs).await?;
-                    continue 'create;
-                }
-                Err(f) => return Err(f),
+            let Some((location, offset)) = self.create(local, report, &mut state, obs).await?
+            else {
+                return Ok(());
             };
             if first {
                 report.held_at_start = offset;
@@ -658,131 +682,222 @@ impl Device {
                     ));
                 }
             }
-            loop {
-                report.held = offset;
-                obs.held(offset);
-                if offset > local.size {
-                    report.fail(
-                        Outcome::Error,
-                        "offset_beyond_file",
-                        format!(
-                            "{}: the device holds {offset} bytes of a {}-byte file",
-                            local.name, local.size
-                        ),
-                        "delete the upload on the device (DELETE its URL) and push again".into(),
-                    );
-                    return Ok(());
+            match self
+                .upload(local, report, &location, offset, &mut state, obs)
+                .await?
+            {
+                Next::Done => return Ok(()),
+                Next::Create => {}
+            }
+        }
+    }
+
+    /// Creates (or finds) the upload, retrying until the device answers: its location and the
+    /// bytes it holds, or `None` when the push is over (the device knows the bundle, or
+    /// refused it).
+    async fn create(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        state: &mut PushState,
+        obs: &dyn Observer,
+    ) -> Result<Option<(String, u64)>, Failure> {
+        loop {
+            report.requests += 1;
+            let create = self
+                .request(Method::POST, "/sideload/v1/uploads")
+                .header("Bundle-Digest", &local.file_digest)
+                .header("Upload-Length", local.size)
+                // Percent-encoded UTF-8, so any file name reaches the device's journal as it is.
+                .header(
+                    "Bundle-Name",
+                    sideload_bundle::text::bundle_name_header(&local.name),
+                )
+                .body(http::empty());
+            let why = match self.exchange(create).await {
+                Ok(Answer::Known { state, .. }) => {
+                    report.outcome = Outcome::Known;
+                    report.state = Some(state);
+                    report.held = local.size;
+                    report.held_at_start = local.size;
+                    return Ok(None);
                 }
-                report.requests += 1;
-                let before = offset;
-                let answer = if offset == local.size {
-                    // Everything is there: ask for the outcome (a lost final answer).
-                    self.exchange(self.request(Method::PUT, &location).body(http::empty()))
-                        .await
-                } else {
-                    self.send(&location, offset, local, report, obs).await
-                };
-                let answer = match answer {
-                    Ok(a) => a,
-                    Err(Failure::Transport(e)) => {
-                        let why = format!("link lost: {e}");
-                        self.retry(&mut backoff, report, &why, obs).await?;
-                        Answer::Retry(String::new())
+                Ok(Answer::Upload { location, offset }) => return Ok(Some((location, offset))),
+                Ok(answer) if report.verdict(&answer) => return Ok(None),
+                Ok(Answer::Retry(r)) => format!("device busy: {r}"),
+                Ok(a) => format!("unexpected answer to create: {a:?}"),
+                Err(Failure::Transport(e)) => format!("cannot reach the device: {e}"),
+                Err(f) => return Err(f),
+            };
+            self.retry(&mut state.backoff, report, &why, obs).await?;
+        }
+    }
+
+    /// Sends the file from `offset` until the device takes it, refuses it or loses the upload.
+    async fn upload(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        location: &str,
+        mut offset: u64,
+        state: &mut PushState,
+        obs: &dyn Observer,
+    ) -> Result<Next, Failure> {
+        loop {
+            report.held = offset;
+            obs.held(offset);
+            if offset > local.size {
+                report.fail(
+                    Outcome::Error,
+                    "offset_beyond_file",
+                    format!(
+                        "{}: the device holds {offset} bytes of a {}-byte file",
+                        local.name, local.size
+                    ),
+                    "delete the upload on the device (DELETE its URL) and push again".into(),
+                );
+                return Ok(Next::Done);
+            }
+            report.requests += 1;
+            let before = offset;
+            let answer = if offset == local.size {
+                // Everything is there: ask for the outcome (a lost final answer).
+                self.exchange(self.request(Method::PUT, location).body(http::empty()))
+                    .await
+            } else {
+                self.send(location, offset, local, report, obs).await
+            };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(Failure::Transport(e)) => {
+                    let why = format!("link lost: {e}");
+                    self.retry(&mut state.backoff, report, &why, obs).await?;
+                    Answer::Retry(String::new())
+                }
+                Err(f) => return Err(f),
+            };
+            match answer {
+                Answer::Taken { bundle, intake } => {
+                    report.held = local.size;
+                    report.outcome = if intake == "duplicate" {
+                        Outcome::Duplicate
+                    } else {
+                        Outcome::Queued
+                    };
+                    if !bundle.is_empty() {
+                        report.bundle = bundle;
                     }
-                    Err(f) => return Err(f),
-                };
-                match answer {
-                    Answer::Taken { bundle, intake } => {
-                        report.held = local.size;
-                        report.outcome = if intake == "duplicate" {
-                            Outcome::Duplicate
-                        } else {
-                            Outcome::Queued
-                        };
-                        if !bundle.is_empty() {
-                            report.bundle = bundle;
-                        }
-                        return Ok(());
+                    return Ok(Next::Done);
+                }
+                Answer::Offset(o) => {
+                    if self
+                        .offset_answer(local, report, location, before, o, state, obs)
+                        .await?
+                    {
+                        return Ok(Next::Done);
                     }
-                    Answer::Offset(o) => {
-                        if o > before {
-                            backoff.reset();
-                            stuck = 0;
-                        } else if o == before {
-                            // An answer without progress (a take-over, a 409 race): do
-                            // not spin.
-                            stuck += 1;
-                            if stuck >= MAX_STUCK {
-                                report.fail(
-                                    Outcome::Error,
-                                    "upload_stuck",
-                                    format!(
-                                        "the device answered {stuck} times in a row that it holds {o} of {} bytes without taking more",
-                                        local.size
-                                    ),
-                                    format!("check the device's logs; to start over, DELETE {location} and push again"),
-                                );
-                                return Ok(());
-                            }
-                            self.retry(&mut backoff, report, "the device took no bytes", obs)
-                                .await?;
-                        }
-                        offset = o;
+                    offset = o;
+                }
+                Answer::Refused { .. } | Answer::Fatal { .. } => {
+                    report.verdict(&answer);
+                    return Ok(Next::Done);
+                }
+                Answer::Gone => return Ok(state.lost(report, obs)),
+                Answer::Retry(why) => {
+                    if !why.is_empty() {
+                        let why = format!("device busy: {why}");
+                        self.retry(&mut state.backoff, report, &why, obs).await?;
                     }
-                    Answer::Refused { .. } | Answer::Fatal { .. } => {
-                        report.verdict(&answer);
-                        return Ok(());
+                    match self
+                        .resume_at(local, report, location, before, state, obs)
+                        .await?
+                    {
+                        Ok(o) => offset = o,
+                        Err(next) => return Ok(next),
                     }
-                    Answer::Gone if report.upload_lost(&mut recreated, obs) => continue 'create,
-                    Answer::Gone => return Ok(()),
-                    Answer::Retry(why) => {
-                        if !why.is_empty() {
-                            let why = format!("device busy: {why}");
-                            self.retry(&mut backoff, report, &why, obs).await?;
-                        }
-                        // Ask where to go on, retrying until the device answers.
-                        loop {
-                            report.requests += 1;
-                            match self
-                                .exchange(self.request(Method::HEAD, &location).body(http::empty()))
-                                .await
-                            {
-                                Ok(Answer::Offset(o)) => {
-                                    if o > before {
-                                        backoff.reset();
-                                    }
-                                    if o != before {
-                                        obs.note(&format!(
-                                            "resuming at byte {o} of {}",
-                                            local.size
-                                        ));
-                                    }
-                                    offset = o;
-                                    break;
-                                }
-                                Ok(Answer::Gone) => match report.upload_lost(&mut recreated, obs) {
-                                    true => continue 'create,
-                                    false => return Ok(()),
-                                },
-                                Ok(answer) if report.verdict(&answer) => return Ok(()),
-                                Ok(a) => {
-                                    let why = format!("unexpected answer to HEAD: {a:?}");
-                                    self.retry(&mut backoff, report, &why, obs).await?;
-                                }
-                                Err(Failure::Transport(e)) => {
-                                    let why = format!("cannot reach the device: {e}");
-                                    self.retry(&mut backoff, report, &why, obs).await?;
-                                }
-                                Err(f) => return Err(f),
-                            }
-                        }
-                    }
-                    Answer::Known { .. } | Answer::Upload { .. } => {
-                        let why = "unexpected answer to an upload request";
-                        self.retry(&mut backoff, report, why, obs).await?;
-                    }
+                }
+                Answer::Known { .. } | Answer::Upload { .. } => {
+                    let why = "unexpected answer to an upload request";
+                    self.retry(&mut state.backoff, report, why, obs).await?;
                 }
             }
+        }
+    }
+
+    /// Takes the device's answer that it holds `held` bytes after a request sent from
+    /// `before`; true if the push gives up (no progress too often).
+    #[allow(clippy::too_many_arguments)]
+    async fn offset_answer(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        location: &str,
+        before: u64,
+        held: u64,
+        state: &mut PushState,
+        obs: &dyn Observer,
+    ) -> Result<bool, Failure> {
+        match offset_step(before, held, state.stuck) {
+            OffsetStep::Advanced => {
+                state.backoff.reset();
+                state.stuck = 0;
+            }
+            OffsetStep::Unchanged { stuck } => {
+                state.stuck = stuck;
+                self.retry(&mut state.backoff, report, "the device took no bytes", obs)
+                    .await?;
+            }
+            OffsetStep::GiveUp { stuck } => {
+                state.stuck = stuck;
+                report.fail(
+                    Outcome::Error,
+                    "upload_stuck",
+                    format!(
+                        "the device answered {stuck} times in a row that it holds {held} of {} bytes without taking more",
+                        local.size
+                    ),
+                    format!("check the device's logs; to start over, DELETE {location} and push again"),
+                );
+                return Ok(true);
+            }
+            OffsetStep::Behind => {}
+        }
+        Ok(false)
+    }
+
+    /// Asks where to go on (HEAD), retrying until the device answers: the bytes it holds, or
+    /// where the push goes instead (the upload lost, or a verdict).
+    async fn resume_at(
+        &self,
+        local: &LocalBundle,
+        report: &mut Report,
+        location: &str,
+        before: u64,
+        state: &mut PushState,
+        obs: &dyn Observer,
+    ) -> Result<Result<u64, Next>, Failure> {
+        loop {
+            report.requests += 1;
+            let why = match self
+                .exchange(self.request(Method::HEAD, location).body(http::empty()))
+                .await
+            {
+                Ok(Answer::Offset(o)) => {
+                    if o > before {
+                        state.backoff.reset();
+                    }
+                    if o != before {
+                        obs.note(&format!("resuming at byte {o} of {}", local.size));
+                    }
+                    return Ok(Ok(o));
+                }
+                Ok(Answer::Gone) => return Ok(Err(state.lost(report, obs))),
+                Ok(answer) if report.verdict(&answer) => return Ok(Err(Next::Done)),
+                Ok(a) => format!("unexpected answer to HEAD: {a:?}"),
+                Err(Failure::Transport(e)) => format!("cannot reach the device: {e}"),
+                Err(f) => return Err(f),
+            };
+            self.retry(&mut state.backoff, report, &why, obs).await?;
         }
     }
 
@@ -1050,6 +1165,23 @@ fn engine_pending_after(status: &serde_json::Value, state: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_that_move_reset_and_eight_that_do_not_give_up() {
+        assert_eq!(offset_step(100, 200, 5), OffsetStep::Advanced);
+        assert_eq!(offset_step(100, 50, 5), OffsetStep::Behind);
+        assert_eq!(offset_step(100, 100, 0), OffsetStep::Unchanged { stuck: 1 });
+        assert_eq!(
+            offset_step(100, 100, MAX_STUCK - 2),
+            OffsetStep::Unchanged {
+                stuck: MAX_STUCK - 1
+            }
+        );
+        assert_eq!(
+            offset_step(100, 100, MAX_STUCK - 1),
+            OffsetStep::GiveUp { stuck: MAX_STUCK }
+        );
+    }
 
     #[test]
     fn answers_map_to_what_the_client_does() {
