@@ -8,7 +8,9 @@
 //! signature slot; after them, the payload. [`container`] reads and writes that frame,
 //! [`payload`] the record stream inside the payload, [`build`] is the encoder and [`apply`] the
 //! decoder, both over [`scratch`] (the device's base layers and the ranges gathered from them);
-//! [`verify`] makes the trust decisions. [`image`] reads images from docker-archives,
+//! [`verify`] makes the trust decisions. Each of `build` and `apply` keeps its decisions in
+//! pure, unit-tested parts (`build::plan`, `build::statement`; `apply::preflight`,
+//! `apply::decode::layer_action`) and its I/O in thin ones around them. [`image`] reads images from docker-archives,
 //! OCI layouts and registries and writes them back.
 //!
 //! The types fit together like this:

@@ -10,6 +10,15 @@
 //! Everything is written into a staging directory beside the output; the output appears (by
 //! rename) only when every blob is checked, the manifest digest is the one the statement signs,
 //! and the payload hashed to the statement's digest. Any failure removes the staging directory.
+//!
+//! # Layout
+//!
+//! [`apply_trusted`] wires the parts: `preflight` (pure: every base layer and blob the
+//! statement needs is held, recipes mean the payload digest is checked first, the disk the
+//! apply needs), `decode` (the record loop: config, extents gathered into scratch, each layer's
+//! record, whose meaning `layer_action` decides, the end of the payload checked), `ops` (one
+//! layer's operations, each claimed against the layer's declared size), `commit` (the signed
+//! manifest checked, the image moved into place).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};

@@ -12,7 +12,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use sideload_signing::{Digest, TargetLayer};
+use sideload_signing::{Digest, PayloadInfo, TargetLayer};
 
 use crate::codec::{CodecSettings, FrameEncoder};
 use crate::delta::{BaseRef, LayerScan};
@@ -48,6 +48,21 @@ pub(super) struct EncodedPayload {
     pub sha256: Digest,
     /// Bytes it decodes to.
     pub decoded_size: u64,
+}
+
+impl EncodedPayload {
+    /// The statement's description of the payload, written with `codec` and needing
+    /// `scratch_bytes` of scratch.
+    pub fn info(&self, codec: CodecSettings, scratch_bytes: u64) -> PayloadInfo {
+        PayloadInfo {
+            size: self.size,
+            sha256: self.sha256.clone(),
+            codec: codec.codec,
+            window_log: codec.window_log,
+            decoded_size: self.decoded_size,
+            scratch_bytes,
+        }
+    }
 }
 
 /// Everything encoding the payload reads.

@@ -35,7 +35,7 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sideload_signing::{Digest, LayerStorage, PayloadInfo, RepositoryName, Statement, Tag};
+use sideload_signing::{Digest, LayerStorage, RepositoryName, Statement, Tag};
 
 use crate::codec::{CodecSettings, PayloadCodec};
 use crate::container::{write_bundle, DEFAULT_SIGNATURE_SLOT};
@@ -57,7 +57,7 @@ mod statement;
 use encoder::Encoder;
 use plan::PlanLimits;
 pub use plan::{MAX_WHOLE_LAYER, PATCH_PIECE, PATCH_WINDOW};
-use scan::{BaseLayers, SpooledLayer};
+use scan::BaseLayers;
 
 /// Everything about a bundle that is not derived from the images.
 #[derive(Debug, Clone)]
@@ -250,16 +250,7 @@ fn build_with_cache(
 ) -> Result<BuildReport, Error> {
     let image = target.image();
     validate(image, options)?;
-    let on_device = plan::layers_on_device(
-        bases.iter().flat_map(|b| {
-            let image = b.image();
-            image
-                .layers
-                .iter()
-                .map(|l| (image.reference.as_str(), &l.diff_id))
-        }),
-        &options.device_layers,
-    );
+    let on_device = on_device(bases, options);
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -268,20 +259,14 @@ fn build_with_cache(
     let exact = exact_plan(target, bases, options, recipes, progress)?;
 
     // Which target layers need sending, and what the device holds to build them from.
-    let to_send: Vec<usize> = (0..image.layers.len())
-        .filter(|&i| !on_device.contains_key(&image.layers[i].diff_id) && !exact.sends_blob(i))
-        .collect();
+    let to_send = plan::layers_to_send(&image.diff_ids(), &on_device, |i| exact.sends_blob(i));
     let base_layers = BaseLayers::new(bases);
     let (index, base_scans) = if to_send.is_empty() {
         (BaseIndex::default(), Vec::new())
     } else {
         base_layers.scan(progress)?
     };
-    let mut scans: HashMap<usize, SpooledLayer> = HashMap::new();
-    for &i in &to_send {
-        scans.insert(i, scan::scan_target_layer(target, i, dir, progress)?);
-    }
-
+    let mut scans = scan::scan_target_layers(target, &to_send, dir, progress)?;
     let plan = plan::plan_build(
         plan::present_layers(&image.diff_ids(), &on_device),
         &to_send
@@ -309,17 +294,11 @@ fn build_with_cache(
 
     let mut payload_file =
         tempfile::tempfile_in(dir).map_err(Error::io("creating temporary payload in", dir))?;
-    let largest_dictionary = plan
-        .layers
-        .values()
-        .map(|l| l.dictionary.iter().map(|at| at.len).sum::<u64>())
-        .max()
-        .unwrap_or(0);
     let codec = plan::payload_codec(
         options.codec,
         image.config.bytes.len() as u64,
         scans.values().map(|s| s.scan.len).sum(),
-        largest_dictionary,
+        plan.largest_dictionary(),
     );
     let encoded = Encoder {
         target,
@@ -338,6 +317,7 @@ fn build_with_cache(
     }
     .encode(&mut scans, &mut payload_file)?;
 
+    let payload = encoded.info(codec, plan.layout.total);
     let statement = statement::assemble(
         image,
         options,
@@ -345,14 +325,7 @@ fn build_with_cache(
         encoded.layers,
         encoded.records_version,
         plan.requires,
-        PayloadInfo {
-            size: encoded.size,
-            sha256: encoded.sha256,
-            codec: codec.codec,
-            window_log: codec.window_log,
-            decoded_size: encoded.decoded_size,
-            scratch_bytes: plan.layout.total,
-        },
+        payload,
     );
     drop(scratch);
     let bundle_size = write_out(out, &statement, options.signature_slot, &mut payload_file)?;
@@ -363,6 +336,24 @@ fn build_with_cache(
         layers: encoded.reports,
         not_exact: exact.not_exact,
     })
+}
+
+/// Every layer the device holds, by diff_id, and what holds it: the bases' layers, then its
+/// inventory's.
+fn on_device<'a>(
+    bases: &[&'a dyn ImageSource],
+    options: &'a BuildOptions,
+) -> HashMap<&'a Digest, &'a str> {
+    plan::layers_on_device(
+        bases.iter().flat_map(|b| {
+            let image = b.image();
+            image
+                .layers
+                .iter()
+                .map(|l| (image.reference.as_str(), &l.diff_id))
+        }),
+        &options.device_layers,
+    )
 }
 
 /// Checks the options and the target image before anything is read.

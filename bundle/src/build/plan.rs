@@ -60,6 +60,18 @@ pub(crate) fn present_layers(target: &[Digest], on_device: &HashMap<&Digest, &st
     requires
 }
 
+/// The target layers (by index, of `target`'s diff_ids) that go as operations: those the
+/// device does not hold and whose source blob is not sent whole.
+pub(crate) fn layers_to_send(
+    target: &[Digest],
+    on_device: &HashMap<&Digest, &str>,
+    sends_blob: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    (0..target.len())
+        .filter(|&i| !on_device.contains_key(&target[i]) && !sends_blob(i))
+        .collect()
+}
+
 /// What one target layer that is sent becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LayerPlan {
@@ -99,6 +111,17 @@ pub(crate) struct BuildPlan {
     pub layers: HashMap<usize, LayerPlan>,
     /// Where every base range the plans read lands in scratch.
     pub layout: ScratchLayout,
+}
+
+impl BuildPlan {
+    /// Bytes of the largest frame dictionary (the payload's window must reach past it).
+    pub(crate) fn largest_dictionary(&self) -> u64 {
+        self.layers
+            .values()
+            .map(|l| l.dictionary.iter().map(|at| at.len).sum::<u64>())
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Limits a build plan keeps to.
@@ -475,8 +498,20 @@ mod tests {
         assert_eq!(on_device[&b], "img2");
         assert_eq!(on_device[&c], "the device's inventory");
         // Present target layers, each once, in layer order.
-        let target = [c.clone(), digest("new"), a.clone(), c.clone()];
-        assert_eq!(present_layers(&target, &on_device), vec![c, a]);
+        let target = [
+            c.clone(),
+            digest("new"),
+            a.clone(),
+            c.clone(),
+            digest("blob"),
+        ];
+        assert_eq!(
+            present_layers(&target, &on_device),
+            vec![c.clone(), a.clone()]
+        );
+        // Sent as operations: neither held nor sent as the source's blob.
+        assert_eq!(layers_to_send(&target, &on_device, |i| i == 4), vec![1]);
+        assert_eq!(layers_to_send(&target, &on_device, |_| false), vec![1, 4]);
     }
 
     #[test]

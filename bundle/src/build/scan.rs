@@ -2,6 +2,7 @@
 //! once into the [`BaseIndex`], and each target layer to send scanned once while it is spooled
 //! to a temporary file.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
@@ -88,8 +89,22 @@ pub(super) struct SpooledLayer {
     pub spool: File,
 }
 
+/// Scans the target layers `to_send`, each spooled to a temporary file in `dir`.
+pub(super) fn scan_target_layers(
+    target: &dyn ImageSource,
+    to_send: &[usize],
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<HashMap<usize, SpooledLayer>, Error> {
+    let mut scans = HashMap::new();
+    for &i in to_send {
+        scans.insert(i, scan_target_layer(target, i, dir, progress)?);
+    }
+    Ok(scans)
+}
+
 /// Scans target layer `i` of `target`, spooling it to a temporary file in `dir`.
-pub(super) fn scan_target_layer(
+fn scan_target_layer(
     target: &dyn ImageSource,
     i: usize,
     dir: &Path,

@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sideload_bundle::codec::CodecSettings;
+use sideload_bundle::image::Image;
 use sideload_bundle::payload::PatchKind;
-use sideload_bundle::{build_bundle, rank_bases, BuildOptions, LayerEncoding};
+use sideload_bundle::{
+    build_bundle, rank_bases, BuildOptions, BuildReport, LayerEncoding, LayerReport,
+};
 use sideload_signing::{PayloadCodec, RepositoryName, Tag};
 
 use super::{now, open_images, print_json};
@@ -141,50 +144,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         let held = inv.base_references(host);
         bases.extend(open_images("--inventory-registry", &held, &args.registry)?);
     }
-    let (default_repo, default_tag) = default_name(&target.image().repo_tags);
-    let repository: RepositoryName = match args.repository.or(default_repo) {
-        Some(r) => r.parse()?,
-        None => bail!(
-            "{} has no repository name; pass --repository",
-            target.image().reference
-        ),
-    };
-    let tags: Vec<Tag> = if args.tags.is_empty() {
-        vec![default_tag.unwrap_or_else(|| "latest".into()).parse()?]
-    } else {
-        args.tags
-            .iter()
-            .map(|t| t.parse())
-            .collect::<Result<_, _>>()?
-    };
-    let now = now();
-    let mut options = BuildOptions::new(repository, tags, now);
-    options.sequence = args.sequence.unwrap_or(now);
-    options.allow_downgrade = args.allow_downgrade;
-    options.expires_at = now + args.expires_in.as_secs();
-    options.ordered_by = args.ordered_by;
-    options.contact = args.contact;
-    options.codec = CodecSettings {
-        codec: args.codec,
-        level: args
-            .level
-            .unwrap_or_else(|| CodecSettings::default_level(args.codec)),
-        window_log: args.window_log,
-        threads: args.threads,
-    };
-    options.patch_level = args.patch_level;
-    options.signature_slot = args.signature_slot;
-    options.whole_layer_patch_limit = args.whole_layer_patch_limit;
-    options.patch_time_budget = args.patch_time_budget;
-    options.exact = sideload_bundle::ExactOptions {
-        mode: args.exact,
-        max_recipe_percent: args.exact_max_recipe,
-        trust_base_blobs: !args.resend_base_blobs,
-    };
-    if let Some(inv) = &inventory {
-        options.device_layers = inv.diff_ids()?;
-        options.device_blobs = inv.blobs()?;
-    }
+    let options = build_options(&args, target.image(), inventory.as_ref())?;
 
     let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
         bases.iter().map(|b| b.as_ref()).collect();
@@ -211,127 +171,204 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
-    let source_size = report.source_image_size();
     if args.json {
-        let layers: Vec<_> = report
-            .layers
-            .iter()
-            .map(|l| {
-                let mut value = serde_json::json!({
-                    "diff_id": l.diff_id,
-                    "size": l.size,
-                    "source_blob_size": l.source_blob_size,
-                    "payload_bytes": l.payload_bytes,
-                    "storage": storage_code(&l.storage),
-                    "recipe_bytes": l.recipe_bytes,
-                    "recipe": l.recipe,
-                });
-                match &l.encoding {
-                    LayerEncoding::Present { base } => {
-                        value["encoding"] = "present".into();
-                        value["bases"] = serde_json::json!([base]);
-                    }
-                    LayerEncoding::SourceBlob => value["encoding"] = "source_blob".into(),
-                    LayerEncoding::Delta(d) => {
-                        value["encoding"] = "delta".into();
-                        value["bases"] = serde_json::json!(d.bases);
-                        value["copied_files"] = d.copied_files.into();
-                        value["copied_bytes"] = d.copied_bytes.into();
-                        value["zstd_patched_files"] = d.zstd_patched_files.into();
-                        value["bsdiff_patched_files"] = d.bsdiff_patched_files.into();
-                        value["patched_bytes"] = d.patched_bytes.into();
-                        value["patch_bytes"] = d.patch_bytes.into();
-                        value["literal_bytes"] = d.literal_bytes.into();
-                        value["mixed_bytes"] = d.mixed_bytes.into();
-                        value["whole_layer_patch"] = match d.whole_layer_patch {
-                            Some(PatchKind::Zstd) => "zstd".into(),
-                            Some(PatchKind::Bsdiff) => "bsdiff".into(),
-                            Some(PatchKind::BsdiffX86) => "bsdiff-x86".into(),
-                            None => serde_json::Value::Null,
-                        };
-                    }
-                }
-                value
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "bundle": report.bundle,
-            "bundle_size": report.bundle_size,
-            "payload_size": report.statement.payload.size,
-            "source_image_size": source_size,
-            "statement_digest": report.statement.digest(),
-            "manifest_digest": report.statement.target.manifest_digest,
-            "source_manifest_digest": report.statement.target.source.manifest_digest,
-            "exact": report.not_exact.is_none(),
-            "not_exact_reason": report.not_exact,
-            "recipe_bytes": report.layers.iter().map(|l| l.recipe_bytes).sum::<u64>(),
-            "config_digest": report.statement.target.config_digest,
-            "layers": layers,
-            "base_ranking": ranking
-                .iter()
-                .map(|(base, size)| serde_json::json!({"base": base, "bundle_size_alone": size}))
-                .collect::<Vec<_>>(),
-        }));
+        print_json(&report_json(&report, &ranking));
     } else {
-        println!(
-            "wrote {} ({} bytes; the image's layer blobs are {} bytes, {:.2} %)",
-            report.bundle.display(),
-            report.bundle_size,
-            source_size,
-            100.0 * report.bundle_size as f64 / source_size.max(1) as f64
-        );
-        for (i, l) in report.layers.iter().enumerate() {
-            let how = match &l.encoding {
-                LayerEncoding::Present { base } => format!("on device (in {base})"),
-                LayerEncoding::SourceBlob => "sent as the source's compressed blob".into(),
-                LayerEncoding::Delta(d) if d.whole_layer_patch.is_some() => format!(
-                    "one {:?} patch of the whole layer against {}",
-                    d.whole_layer_patch.expect("checked"),
-                    d.bases.join(", ")
-                ),
-                LayerEncoding::Delta(d) => format!(
-                    "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B of metadata as differences to the base's, {} B literal{}",
-                    d.copied_files,
-                    d.copied_bytes,
-                    d.zstd_patched_files,
-                    d.bsdiff_patched_files,
-                    d.patched_bytes,
-                    d.patch_bytes,
-                    d.mixed_bytes,
-                    d.literal_bytes,
-                    if d.bases.is_empty() { String::new() } else { format!("; from {}", d.bases.join(", ")) }
-                ),
-            };
-            println!(
-                "  layer {i} {} {:>12} bytes: {how}, {} payload bytes; {}",
-                l.diff_id.short(),
-                l.size,
-                l.payload_bytes,
-                storage_text(&l.storage, Some((l.recipe_bytes, l.recipe.as_deref())))
-            );
-        }
-        match &report.not_exact {
-            None => println!(
-                "exact: the device will serve the source's manifest {}",
-                report.statement.target.manifest_digest
-            ),
-            Some(why) => println!(
-                "not exact: the device's manifest will be {}, not the source's ({why})",
-                report.statement.target.manifest_digest
-            ),
-        }
-        if !ranking.is_empty() {
-            println!("bases ranked by the bundle each alone would give (this bundle uses all):");
-            for (i, (base, size)) in ranking.iter().enumerate() {
-                println!("  {}. {size:>12} bytes  {base}", i + 1);
-            }
-        }
-        println!(
-            "unsigned: export the statement with `sideload statement {}`, sign it offline with `sideload-sign sign`, then `sideload attach`",
-            report.bundle.display()
-        );
+        print_report(&report, &ranking);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The repository and tags a bundle names: those given, else the source's first `repo:tag`
+/// (its tag, else `latest`). `image` names the source in errors.
+fn names(
+    repo_tags: &[String],
+    image: &str,
+    repository: Option<&str>,
+    tags: &[String],
+) -> Result<(RepositoryName, Vec<Tag>)> {
+    let (default_repo, default_tag) = default_name(repo_tags);
+    let repository: RepositoryName = match repository.map(str::to_owned).or(default_repo) {
+        Some(r) => r.parse()?,
+        None => bail!("{image} has no repository name; pass --repository"),
+    };
+    let tags: Vec<Tag> = if tags.is_empty() {
+        vec![default_tag.unwrap_or_else(|| "latest".into()).parse()?]
+    } else {
+        tags.iter().map(|t| t.parse()).collect::<Result<_, _>>()?
+    };
+    Ok((repository, tags))
+}
+
+/// The build's options from the arguments, the target's names and the device's inventory.
+fn build_options(
+    args: &BuildArgs,
+    image: &Image,
+    inventory: Option<&DeviceInventory>,
+) -> Result<BuildOptions> {
+    let (repository, tags) = names(
+        &image.repo_tags,
+        &image.reference,
+        args.repository.as_deref(),
+        &args.tags,
+    )?;
+    let now = now();
+    let mut options = BuildOptions::new(repository, tags, now);
+    options.sequence = args.sequence.unwrap_or(now);
+    options.allow_downgrade = args.allow_downgrade;
+    options.expires_at = now + args.expires_in.as_secs();
+    options.ordered_by = args.ordered_by.clone();
+    options.contact = args.contact.clone();
+    options.codec = CodecSettings {
+        codec: args.codec,
+        level: args
+            .level
+            .unwrap_or_else(|| CodecSettings::default_level(args.codec)),
+        window_log: args.window_log,
+        threads: args.threads,
+    };
+    options.patch_level = args.patch_level;
+    options.signature_slot = args.signature_slot;
+    options.whole_layer_patch_limit = args.whole_layer_patch_limit;
+    options.patch_time_budget = args.patch_time_budget;
+    options.exact = sideload_bundle::ExactOptions {
+        mode: args.exact,
+        max_recipe_percent: args.exact_max_recipe,
+        trust_base_blobs: !args.resend_base_blobs,
+    };
+    if let Some(inv) = inventory {
+        options.device_layers = inv.diff_ids()?;
+        options.device_blobs = inv.blobs()?;
+    }
+    Ok(options)
+}
+
+/// The build report as `--json` prints it.
+fn report_json(report: &BuildReport, ranking: &[(String, u64)]) -> serde_json::Value {
+    serde_json::json!({
+        "bundle": report.bundle,
+        "bundle_size": report.bundle_size,
+        "payload_size": report.statement.payload.size,
+        "source_image_size": report.source_image_size(),
+        "statement_digest": report.statement.digest(),
+        "manifest_digest": report.statement.target.manifest_digest,
+        "source_manifest_digest": report.statement.target.source.manifest_digest,
+        "exact": report.not_exact.is_none(),
+        "not_exact_reason": report.not_exact,
+        "recipe_bytes": report.layers.iter().map(|l| l.recipe_bytes).sum::<u64>(),
+        "config_digest": report.statement.target.config_digest,
+        "layers": report.layers.iter().map(layer_json).collect::<Vec<_>>(),
+        "base_ranking": ranking
+            .iter()
+            .map(|(base, size)| serde_json::json!({"base": base, "bundle_size_alone": size}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// One layer of the build report as `--json` prints it.
+fn layer_json(l: &LayerReport) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "diff_id": l.diff_id,
+        "size": l.size,
+        "source_blob_size": l.source_blob_size,
+        "payload_bytes": l.payload_bytes,
+        "storage": storage_code(&l.storage),
+        "recipe_bytes": l.recipe_bytes,
+        "recipe": l.recipe,
+    });
+    match &l.encoding {
+        LayerEncoding::Present { base } => {
+            value["encoding"] = "present".into();
+            value["bases"] = serde_json::json!([base]);
+        }
+        LayerEncoding::SourceBlob => value["encoding"] = "source_blob".into(),
+        LayerEncoding::Delta(d) => {
+            value["encoding"] = "delta".into();
+            value["bases"] = serde_json::json!(d.bases);
+            value["copied_files"] = d.copied_files.into();
+            value["copied_bytes"] = d.copied_bytes.into();
+            value["zstd_patched_files"] = d.zstd_patched_files.into();
+            value["bsdiff_patched_files"] = d.bsdiff_patched_files.into();
+            value["patched_bytes"] = d.patched_bytes.into();
+            value["patch_bytes"] = d.patch_bytes.into();
+            value["literal_bytes"] = d.literal_bytes.into();
+            value["mixed_bytes"] = d.mixed_bytes.into();
+            value["whole_layer_patch"] = match d.whole_layer_patch {
+                Some(PatchKind::Zstd) => "zstd".into(),
+                Some(PatchKind::Bsdiff) => "bsdiff".into(),
+                Some(PatchKind::BsdiffX86) => "bsdiff-x86".into(),
+                None => serde_json::Value::Null,
+            };
+        }
+    }
+    value
+}
+
+/// How a layer was encoded, in words.
+fn encoding_text(encoding: &LayerEncoding) -> String {
+    match encoding {
+        LayerEncoding::Present { base } => format!("on device (in {base})"),
+        LayerEncoding::SourceBlob => "sent as the source's compressed blob".into(),
+        LayerEncoding::Delta(d) if d.whole_layer_patch.is_some() => format!(
+            "one {:?} patch of the whole layer against {}",
+            d.whole_layer_patch.expect("checked"),
+            d.bases.join(", ")
+        ),
+        LayerEncoding::Delta(d) => format!(
+            "{} files copied ({} B), {} patched with zstd and {} with bsdiff ({} B into {} B of patches), {} B of metadata as differences to the base's, {} B literal{}",
+            d.copied_files,
+            d.copied_bytes,
+            d.zstd_patched_files,
+            d.bsdiff_patched_files,
+            d.patched_bytes,
+            d.patch_bytes,
+            d.mixed_bytes,
+            d.literal_bytes,
+            if d.bases.is_empty() { String::new() } else { format!("; from {}", d.bases.join(", ")) }
+        ),
+    }
+}
+
+/// Prints the build report for people.
+fn print_report(report: &BuildReport, ranking: &[(String, u64)]) {
+    let source_size = report.source_image_size();
+    println!(
+        "wrote {} ({} bytes; the image's layer blobs are {} bytes, {:.2} %)",
+        report.bundle.display(),
+        report.bundle_size,
+        source_size,
+        100.0 * report.bundle_size as f64 / source_size.max(1) as f64
+    );
+    for (i, l) in report.layers.iter().enumerate() {
+        println!(
+            "  layer {i} {} {:>12} bytes: {}, {} payload bytes; {}",
+            l.diff_id.short(),
+            l.size,
+            encoding_text(&l.encoding),
+            l.payload_bytes,
+            storage_text(&l.storage, Some((l.recipe_bytes, l.recipe.as_deref())))
+        );
+    }
+    match &report.not_exact {
+        None => println!(
+            "exact: the device will serve the source's manifest {}",
+            report.statement.target.manifest_digest
+        ),
+        Some(why) => println!(
+            "not exact: the device's manifest will be {}, not the source's ({why})",
+            report.statement.target.manifest_digest
+        ),
+    }
+    if !ranking.is_empty() {
+        println!("bases ranked by the bundle each alone would give (this bundle uses all):");
+        for (i, (base, size)) in ranking.iter().enumerate() {
+            println!("  {}. {size:>12} bytes  {base}", i + 1);
+        }
+    }
+    println!(
+        "unsigned: export the statement with `sideload statement {}`, sign it offline with `sideload-sign sign`, then `sideload attach`",
+        report.bundle.display()
+    );
 }
 
 /// A layer's storage as `--json` names it.
@@ -411,7 +448,7 @@ fn parse_codec(s: &str) -> Result<PayloadCodec, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_name;
+    use super::*;
 
     #[test]
     fn names_from_repo_tags() {
@@ -426,6 +463,61 @@ mod tests {
         );
         assert_eq!(n("registry.example/app"), (Some("app".into()), None));
         assert_eq!(default_name(&[]), (None, None));
+    }
+
+    #[test]
+    fn given_names_win_over_the_sources_and_latest_is_the_last_resort() {
+        let tags = |t: Vec<Tag>| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let source = ["registry.example/edge/app:v2".to_owned()];
+        let (repo, t) = names(&source, "src", None, &[]).unwrap();
+        assert_eq!(
+            (repo.to_string(), tags(t)),
+            ("edge/app".into(), vec!["v2".into()])
+        );
+        let (repo, t) =
+            names(&source, "src", Some("other/app"), &["a".into(), "b".into()]).unwrap();
+        assert_eq!(
+            (repo.to_string(), tags(t)),
+            ("other/app".into(), vec!["a".into(), "b".into()])
+        );
+        let (_, t) = names(&["edge/app".to_owned()], "src", None, &[]).unwrap();
+        assert_eq!(tags(t), vec!["latest".to_owned()]);
+        let e = names(&[], "oci:/x", None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "oci:/x has no repository name; pass --repository"
+        );
+        assert!(names(&source, "src", Some("Bad Name"), &[]).is_err());
+    }
+
+    #[test]
+    fn a_layer_encoding_reads_as_what_it_cost() {
+        use sideload_bundle::DeltaStats;
+        assert_eq!(
+            encoding_text(&LayerEncoding::Present {
+                base: "oci:v1".into()
+            }),
+            "on device (in oci:v1)"
+        );
+        let whole = DeltaStats {
+            whole_layer_patch: Some(PatchKind::Zstd),
+            bases: vec!["oci:v1".into()],
+            ..DeltaStats::default()
+        };
+        assert_eq!(
+            encoding_text(&LayerEncoding::Delta(whole)),
+            "one Zstd patch of the whole layer against oci:v1"
+        );
+        let files = DeltaStats {
+            copied_files: 2,
+            copied_bytes: 300,
+            literal_bytes: 7,
+            ..DeltaStats::default()
+        };
+        assert_eq!(
+            encoding_text(&LayerEncoding::Delta(files)),
+            "2 files copied (300 B), 0 patched with zstd and 0 with bsdiff (0 B into 0 B of patches), 0 B of metadata as differences to the base's, 7 B literal"
+        );
     }
 }
 

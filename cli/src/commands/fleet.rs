@@ -536,7 +536,7 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
         );
     }
     let p = plan(&targets, &views);
-    let mut sizes: Vec<Option<(u64, String, PathBuf)>> = vec![None; p.bundles.len()];
+    let mut sizes: Vec<Option<Built>> = vec![None; p.bundles.len()];
     if let Some(out) = &a.build {
         let bases_registry = a.bases_registry.clone().or(a.registry.clone());
         build_all(
@@ -555,6 +555,9 @@ fn run_plan(ledger: &mut Ledger, a: PlanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A bundle built by `fleet plan --build`: its size, its id (the statement's digest), its file.
+type Built = (u64, String, PathBuf);
+
 #[allow(clippy::too_many_arguments)]
 fn build_all(
     ledger: &mut Ledger,
@@ -565,7 +568,7 @@ fn build_all(
     out: &Path,
     bases_registry: Option<&str>,
     registry_args: &RegistryArgs,
-    sizes: &mut [Option<(u64, String, PathBuf)>],
+    sizes: &mut [Option<Built>],
 ) -> Result<()> {
     let bundles_dir = out.join("bundles");
     std::fs::create_dir_all(&bundles_dir)
@@ -580,62 +583,10 @@ fn build_all(
         )?
         .pop()
         .expect("one image");
-        let mut bases = Vec::new();
-        let mut base_digests = Vec::new();
-        for held in &b.bases {
-            let Some(host) = bases_registry else {
-                eprintln!(
-                    "warning: no --bases-registry: {} is not used as a base (its layers still count as on the device)",
-                    held.manifest_digest
-                );
-                continue;
-            };
-            let reference = format!(
-                "docker://{host}/{}@{}",
-                held.repository, held.manifest_digest
-            );
-            match open_images("--bases-registry", std::slice::from_ref(&reference), registry_args) {
-                Ok(mut v) => {
-                    bases.push(v.pop().expect("one image"));
-                    base_digests.push(held.manifest_digest.clone());
-                }
-                Err(e) => eprintln!(
-                    "warning: base {reference} cannot be opened ({e:#}); the bundle is built without it"
-                ),
-            }
-        }
-        let mut options = BuildOptions::new(
-            target.repository.parse()?,
-            target
-                .tags
-                .iter()
-                .map(|t| t.parse())
-                .collect::<Result<_, _>>()?,
-            now,
-        );
-        // Above every floor the devices reported for the repository, and above the last
-        // bundle built in this run (two in one second must not share a sequence).
+        let (bases, base_digests) = open_bases(&b.bases, bases_registry, registry_args);
         let floor = floors.get(&target.repository).copied().unwrap_or(0);
-        options.sequence = now.max(floor + 1) + i as u64;
-        options.expires_at = now + a.expires_in.as_secs();
-        options.ordered_by = a.ordered_by.clone();
-        options.contact = a.contact.clone();
-        // The device's layers that these bases hold cost nothing even when a base could not
-        // be opened.
-        options.device_layers = b
-            .bases
-            .iter()
-            .flat_map(|h| h.diff_ids.iter())
-            .filter_map(|d| d.parse().ok())
-            .collect::<BTreeSet<sideload_signing::Digest>>()
-            .into_iter()
-            .collect();
-        let slug = format!(
-            "{}-{}-{:02}",
-            target.repository.replace('/', "_"),
-            target.tags.join("_"),
-            i
-        );
+        let options = bundle_options(a, target, &b.bases, floor, now, i)?;
+        let slug = bundle_slug(target, i);
         let path = bundles_dir.join(format!("{slug}.bundle"));
         let base_refs: Vec<&dyn sideload_bundle::image::ImageSource> =
             bases.iter().map(|b| b.as_ref()).collect();
@@ -661,8 +612,103 @@ fn build_all(
         })?;
         sizes[i] = Some((report.bundle_size, id, path));
     }
-    // Outboxes: one folder per route and device, the device's bundles hard-linked (signing a
-    // bundle in bundles/ with `sideload attach` signs every outbox's copy) in apply order.
+    write_outboxes(ledger, p, views, out, sizes, now)
+}
+
+/// Opens the images a bundle is built against from the bases registry: the images and their
+/// manifest digests. One that cannot be opened (or no registry) is left out with a warning:
+/// its layers still count as on the device.
+fn open_bases(
+    held: &[sideload_fleet::HeldImage],
+    bases_registry: Option<&str>,
+    registry_args: &RegistryArgs,
+) -> (
+    Vec<Box<dyn sideload_bundle::image::ImageSource>>,
+    Vec<String>,
+) {
+    let mut bases = Vec::new();
+    let mut base_digests = Vec::new();
+    for held in held {
+        let Some(host) = bases_registry else {
+            eprintln!(
+                "warning: no --bases-registry: {} is not used as a base (its layers still count as on the device)",
+                held.manifest_digest
+            );
+            continue;
+        };
+        let reference = format!(
+            "docker://{host}/{}@{}",
+            held.repository, held.manifest_digest
+        );
+        match open_images("--bases-registry", std::slice::from_ref(&reference), registry_args) {
+            Ok(mut v) => {
+                bases.push(v.pop().expect("one image"));
+                base_digests.push(held.manifest_digest.clone());
+            }
+            Err(e) => eprintln!(
+                "warning: base {reference} cannot be opened ({e:#}); the bundle is built without it"
+            ),
+        }
+    }
+    (bases, base_digests)
+}
+
+/// The options of the `i`th bundle of a run at `now`, for `target` against `held`: its
+/// sequence above every floor the devices reported for the repository (`floor`) and above the
+/// run's earlier bundles (two in one second must not share one), and the layers `held` holds
+/// as the device's, so they cost nothing even when a base could not be opened.
+fn bundle_options(
+    a: &PlanArgs,
+    target: &Target,
+    held: &[sideload_fleet::HeldImage],
+    floor: u64,
+    now: u64,
+    i: usize,
+) -> Result<BuildOptions> {
+    let mut options = BuildOptions::new(
+        target.repository.parse()?,
+        target
+            .tags
+            .iter()
+            .map(|t| t.parse())
+            .collect::<Result<_, _>>()?,
+        now,
+    );
+    options.sequence = now.max(floor + 1) + i as u64;
+    options.expires_at = now + a.expires_in.as_secs();
+    options.ordered_by = a.ordered_by.clone();
+    options.contact = a.contact.clone();
+    options.device_layers = held
+        .iter()
+        .flat_map(|h| h.diff_ids.iter())
+        .filter_map(|d| d.parse().ok())
+        .collect::<BTreeSet<sideload_signing::Digest>>()
+        .into_iter()
+        .collect();
+    Ok(options)
+}
+
+/// The file name (without extension) of the `i`th bundle: `REPO-TAGS-NN`, slashes made `_`.
+fn bundle_slug(target: &Target, i: usize) -> String {
+    format!(
+        "{}-{}-{:02}",
+        target.repository.replace('/', "_"),
+        target.tags.join("_"),
+        i
+    )
+}
+
+/// Outboxes: one folder per route and device, the device's bundles hard-linked (signing a
+/// bundle in bundles/ with `sideload attach` signs every outbox's copy) in apply order, each
+/// recorded as sent.
+fn write_outboxes(
+    ledger: &mut Ledger,
+    p: &sideload_fleet::plan::Plan,
+    views: &[DeviceView],
+    out: &Path,
+    sizes: &[Option<Built>],
+    now: u64,
+) -> Result<()> {
     for v in views {
         let route = if v.route.is_empty() {
             "unrouted"
@@ -678,18 +724,7 @@ fn build_all(
         let mut listed = Vec::new();
         for i in mine {
             let (size, id, path) = sizes[i].clone().expect("built");
-            let name = path.file_name().expect("file name").to_owned();
-            let link = dir.join(&name);
-            let _ = std::fs::remove_file(&link);
-            if std::fs::hard_link(&path, &link).is_err() {
-                std::fs::copy(&path, &link)
-                    .with_context(|| format!("copying {} to {}", path.display(), link.display()))?;
-                eprintln!(
-                    "warning: {} is a copy, not a hard link (another filesystem?): attach the signatures to it too",
-                    link.display()
-                );
-            }
-            let name = name.to_string_lossy().into_owned();
+            let name = link_into(&path, &dir)?;
             ledger.record_sent(&v.device_id, &id, &name, route, now)?;
             listed.push(json!({"bundle": name, "id": id, "size": size}));
         }
@@ -704,16 +739,31 @@ fn build_all(
     Ok(())
 }
 
-fn print_plan(
-    a: &PlanArgs,
+/// Hard-links `path` into `dir` (a copy, with a warning, across filesystems); returns its name.
+fn link_into(path: &Path, dir: &Path) -> Result<String> {
+    let name = path.file_name().expect("file name").to_owned();
+    let link = dir.join(&name);
+    let _ = std::fs::remove_file(&link);
+    if std::fs::hard_link(path, &link).is_err() {
+        std::fs::copy(path, &link)
+            .with_context(|| format!("copying {} to {}", path.display(), link.display()))?;
+        eprintln!(
+            "warning: {} is a copy, not a hard link (another filesystem?): attach the signatures to it too",
+            link.display()
+        );
+    }
+    Ok(name.to_string_lossy().into_owned())
+}
+
+/// What a plan moves, per device (as `--json` lists it) and in all: (rows, whole-image bytes,
+/// missing-layer bytes, bundle bytes).
+fn plan_device_rows(
     p: &sideload_fleet::plan::Plan,
     views: &[DeviceView],
-    sizes: &[Option<(u64, String, PathBuf)>],
-) {
-    let built = a.build.is_some();
-    let mut whole_total = 0u64;
-    let mut layers_total = 0u64;
-    let mut bundle_total = 0u64;
+    sizes: &[Option<Built>],
+    built: bool,
+) -> (Vec<serde_json::Value>, u64, u64, u64) {
+    let (mut whole_total, mut layers_total, mut bundle_total) = (0u64, 0u64, 0u64);
     let mut per_device = Vec::new();
     for ((device, needs), v) in p.devices.iter().zip(views) {
         let mut bytes = 0u64;
@@ -740,8 +790,15 @@ fn print_plan(
             "bytes": built.then_some(bytes), "whole_image_bytes": whole, "missing_layer_bytes": layers,
         }));
     }
-    let bundles: Vec<_> = p
-        .bundles
+    (per_device, whole_total, layers_total, bundle_total)
+}
+
+/// The plan's distinct bundles as `--json` lists them.
+fn plan_bundle_rows(
+    p: &sideload_fleet::plan::Plan,
+    sizes: &[Option<Built>],
+) -> Vec<serde_json::Value> {
+    p.bundles
         .iter()
         .enumerate()
         .map(|(i, b)| {
@@ -758,7 +815,18 @@ fn print_plan(
                 "whole_image_bytes": t.whole_bytes(),
             })
         })
-        .collect();
+        .collect()
+}
+
+fn print_plan(
+    a: &PlanArgs,
+    p: &sideload_fleet::plan::Plan,
+    views: &[DeviceView],
+    sizes: &[Option<Built>],
+) {
+    let built = a.build.is_some();
+    let (per_device, whole_total, layers_total, bundle_total) =
+        plan_device_rows(p, views, sizes, built);
     let up_to_date = p
         .devices
         .iter()
@@ -768,7 +836,7 @@ fn print_plan(
         print_json(&json!({
             "built": built,
             "targets": p.targets,
-            "bundles": bundles,
+            "bundles": plan_bundle_rows(p, sizes),
             "devices": per_device,
             "totals": {
                 "devices": p.devices.len(),
@@ -793,28 +861,7 @@ fn print_plan(
         }
     );
     for (i, b) in p.bundles.iter().enumerate() {
-        let t = &p.targets[b.target];
-        let bases = if b.bases.is_empty() {
-            "nothing on the device (whole image)".to_owned()
-        } else {
-            b.bases
-                .iter()
-                .map(|h| format!("{}:{}", h.repository, h.tags.join(",")))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        };
-        let size = match &sizes[i] {
-            Some((s, _, _)) => format!("{s} B"),
-            None => "not built".into(),
-        };
-        println!(
-            "  #{i} {}:{} from {bases}: {size}, to {} devices (whole image {} B, missing layers {} B each)",
-            t.repository,
-            t.tags.join(","),
-            b.devices.len(),
-            t.whole_bytes(),
-            b.missing_layer_bytes
-        );
+        println!("  {}", plan_bundle_line(p, i, b, sizes[i].as_ref()));
     }
     if built {
         println!(
@@ -829,6 +876,37 @@ fn print_plan(
             "whole images would be {whole_total} B over the links, missing layers {layers_total} B"
         );
     }
+}
+
+/// One planned bundle in words.
+fn plan_bundle_line(
+    p: &sideload_fleet::plan::Plan,
+    i: usize,
+    b: &sideload_fleet::plan::PlannedBundle,
+    built: Option<&Built>,
+) -> String {
+    let t = &p.targets[b.target];
+    let bases = if b.bases.is_empty() {
+        "nothing on the device (whole image)".to_owned()
+    } else {
+        b.bases
+            .iter()
+            .map(|h| format!("{}:{}", h.repository, h.tags.join(",")))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let size = match built {
+        Some((s, _, _)) => format!("{s} B"),
+        None => "not built".into(),
+    };
+    format!(
+        "#{i} {}:{} from {bases}: {size}, to {} devices (whole image {} B, missing layers {} B each)",
+        t.repository,
+        t.tags.join(","),
+        b.devices.len(),
+        t.whole_bytes(),
+        b.missing_layer_bytes
+    )
 }
 
 fn rewrite(ledger: &mut Ledger, a: RewriteArgs) -> Result<ExitCode> {
@@ -951,194 +1029,238 @@ fn status(ledger: &mut Ledger, a: StatusArgs) -> Result<ExitCode> {
             eprintln!("wrote {}", path.display());
         }
     }
+    let text = !a.json;
     let value = if let Some(id) = &a.device {
-        let d = ledger.device(id)?;
-        let t = ledger.transfers(Some(id))?;
-        if !a.json {
-            println!(
-                "{}  route {}  contact {}  inventory {}  free {}",
-                d.device_id,
-                or_dash(&d.route),
-                or_dash(&d.contact),
-                d.inventory_at.map_or("never".into(), when),
-                d.free_bytes.map_or("-".into(), |b| format!("{b} B"))
-            );
-            for i in &d.images {
-                println!(
-                    "  {}:{}  {}",
-                    i.repository,
-                    i.tags.join(","),
-                    i.manifest_digest
-                );
-            }
-            print_transfers(&t);
-        }
-        json!({"device": d, "transfers": t})
+        status_device(ledger, id, text)?
     } else if let Some(reference) = &a.image {
-        let Some(name) =
-            image_name(reference).or_else(|| image_name(&format!("x.invalid/{reference}")))
-        else {
-            bail!("{reference:?} is not an image reference");
-        };
-        let mut have = Vec::new();
-        let mut lack = Vec::new();
-        for d in ledger.devices()? {
-            if d.images.iter().any(|i| gate::holds(i, &name)) {
-                have.push(d.device_id);
-            } else {
-                lack.push(d.device_id);
-            }
-        }
-        if !a.json {
-            println!(
-                "{reference}: on {} devices, not on {}",
-                have.len(),
-                lack.len()
-            );
-            for d in &have {
-                println!("  {d}");
-            }
-        }
-        json!({"image": reference, "devices": have, "devices_without": lack})
+        status_image(ledger, reference, text)?
     } else if let Some(name) = &a.deployment {
-        let d = ledger.deployment(name)?;
-        let missing = gate::gate(&d.images, &held_by(ledger, &d.devices)?);
-        if !a.json {
-            println!(
-                "{}: {} of {} devices ready; ordered by {}, contact {}",
-                d.name,
-                d.devices.len() - missing.len(),
-                d.devices.len(),
-                or_dash(&d.ordered_by),
-                or_dash(&d.contact)
-            );
-            for m in &missing {
-                println!("  {} lacks {}", m.device, m.images.join(", "));
-            }
-        }
-        json!({"deployment": d, "ready": d.devices.len() - missing.len(), "missing": missing})
+        status_deployment(ledger, name, text)?
     } else if a.transfers {
         let t = ledger.transfers(None)?;
-        if !a.json {
+        if text {
             print_transfers(&t);
         }
         json!({"transfers": t})
     } else if a.by_orderer {
-        let bundles = ledger.bundles()?;
-        let deployments = ledger.deployments()?;
-        let transfers = ledger.transfers(None)?;
-        let mut orderers: BTreeSet<String> = bundles.iter().map(|b| b.ordered_by.clone()).collect();
-        orderers.extend(deployments.iter().map(|d| d.ordered_by.clone()));
-        let mut rows = Vec::new();
-        for o in orderers {
-            let mine: Vec<&BundleRecord> = bundles.iter().filter(|b| b.ordered_by == o).collect();
-            let count = |s: TransferState| {
-                transfers
-                    .iter()
-                    .filter(|t| t.state == s && mine.iter().any(|b| b.bundle_id == t.bundle_id))
-                    .count()
-            };
-            let deps: Vec<&str> = deployments
-                .iter()
-                .filter(|d| d.ordered_by == o)
-                .map(|d| d.name.as_str())
-                .collect();
-            rows.push(json!({
-                "ordered_by": o, "deployments": deps, "bundles": mine.len(),
-                "in_transit": count(TransferState::InTransit), "applied": count(TransferState::Applied),
-                "failed": count(TransferState::Failed) + count(TransferState::Refused),
-            }));
-        }
-        if !a.json {
-            println!(
-                "{:<24} {:>7} {:>10} {:>7} {:>6}  deployments",
-                "ordered by", "bundles", "in transit", "applied", "failed"
-            );
-            for r in &rows {
-                println!(
-                    "{:<24} {:>7} {:>10} {:>7} {:>6}  {}",
-                    or_dash(r["ordered_by"].as_str().unwrap_or("")),
-                    r["bundles"],
-                    r["in_transit"],
-                    r["applied"],
-                    r["failed"],
-                    r["deployments"]
-                        .as_array()
-                        .map(|a| a
-                            .iter()
-                            .filter_map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        json!({"orderers": rows})
+        status_orderers(ledger, text)?
     } else {
-        let devices = ledger.devices()?;
-        let transfers = ledger.transfers(None)?;
-        let deployments = ledger.deployments()?;
-        let count = |s: TransferState| transfers.iter().filter(|t| t.state == s).count();
-        let mut sets = Vec::new();
-        for d in &deployments {
-            let held: Vec<_> = d
-                .devices
-                .iter()
-                .map(|id| {
-                    let holdings = devices
-                        .iter()
-                        .find(|x| &x.device_id == id)
-                        .map(|x| holdings(x.clone()))
-                        .unwrap_or_default();
-                    (id.clone(), holdings)
-                })
-                .collect();
-            let missing = gate::gate(&d.images, &held);
-            sets.push(json!({"name": d.name, "devices": d.devices.len(), "ready": d.devices.len() - missing.len(), "ordered_by": d.ordered_by}));
-        }
-        let never = devices.iter().filter(|d| d.inventory_at.is_none()).count();
-        if !a.json {
-            println!(
-                "{} devices ({} never reported), {} images held in all",
-                devices.len(),
-                never,
-                devices.iter().map(|d| d.images.len()).sum::<usize>()
-            );
-            println!(
-                "transfers: {} in transit, {} received, {} applied, {} failed, {} refused",
-                count(TransferState::InTransit),
-                count(TransferState::Received),
-                count(TransferState::Applied),
-                count(TransferState::Failed),
-                count(TransferState::Refused)
-            );
-            for s in &sets {
-                println!(
-                    "deployment {}: {} of {} devices ready (ordered by {})",
-                    s["name"].as_str().unwrap_or(""),
-                    s["ready"],
-                    s["devices"],
-                    or_dash(s["ordered_by"].as_str().unwrap_or(""))
-                );
-            }
-        }
-        json!({
-            "devices": devices.len(),
-            "devices_never_reported": never,
-            "transfers": {
-                "in_transit": count(TransferState::InTransit),
-                "received": count(TransferState::Received),
-                "applied": count(TransferState::Applied),
-                "failed": count(TransferState::Failed),
-                "refused": count(TransferState::Refused),
-            },
-            "deployments": sets,
-        })
+        status_overview(ledger, text)?
     };
     if a.json {
         print_json(&value);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet status --device ID`: what it holds and its transfers (printed when `text`).
+fn status_device(ledger: &mut Ledger, id: &str, text: bool) -> Result<serde_json::Value> {
+    let d = ledger.device(id)?;
+    let t = ledger.transfers(Some(id))?;
+    if text {
+        println!(
+            "{}  route {}  contact {}  inventory {}  free {}",
+            d.device_id,
+            or_dash(&d.route),
+            or_dash(&d.contact),
+            d.inventory_at.map_or("never".into(), when),
+            d.free_bytes.map_or("-".into(), |b| format!("{b} B"))
+        );
+        for i in &d.images {
+            println!(
+                "  {}:{}  {}",
+                i.repository,
+                i.tags.join(","),
+                i.manifest_digest
+            );
+        }
+        print_transfers(&t);
+    }
+    Ok(json!({"device": d, "transfers": t}))
+}
+
+/// `fleet status --image REF`: which devices hold it.
+fn status_image(ledger: &mut Ledger, reference: &str, text: bool) -> Result<serde_json::Value> {
+    let Some(name) =
+        image_name(reference).or_else(|| image_name(&format!("x.invalid/{reference}")))
+    else {
+        bail!("{reference:?} is not an image reference");
+    };
+    let (have, lack): (Vec<_>, Vec<_>) = ledger
+        .devices()?
+        .into_iter()
+        .partition(|d| d.images.iter().any(|i| gate::holds(i, &name)));
+    let have: Vec<String> = have.into_iter().map(|d| d.device_id).collect();
+    let lack: Vec<String> = lack.into_iter().map(|d| d.device_id).collect();
+    if text {
+        println!(
+            "{reference}: on {} devices, not on {}",
+            have.len(),
+            lack.len()
+        );
+        for d in &have {
+            println!("  {d}");
+        }
+    }
+    Ok(json!({"image": reference, "devices": have, "devices_without": lack}))
+}
+
+/// `fleet status --deployment NAME`: how many of its devices are ready.
+fn status_deployment(ledger: &mut Ledger, name: &str, text: bool) -> Result<serde_json::Value> {
+    let d = ledger.deployment(name)?;
+    let missing = gate::gate(&d.images, &held_by(ledger, &d.devices)?);
+    if text {
+        println!(
+            "{}: {} of {} devices ready; ordered by {}, contact {}",
+            d.name,
+            d.devices.len() - missing.len(),
+            d.devices.len(),
+            or_dash(&d.ordered_by),
+            or_dash(&d.contact)
+        );
+        for m in &missing {
+            println!("  {} lacks {}", m.device, m.images.join(", "));
+        }
+    }
+    Ok(json!({"deployment": d, "ready": d.devices.len() - missing.len(), "missing": missing}))
+}
+
+/// Per orderer (of bundles or deployments): their deployments, bundles, and those bundles'
+/// transfers in transit, applied and failed (refused ones included).
+fn orderer_rows(
+    bundles: &[BundleRecord],
+    deployments: &[Deployment],
+    transfers: &[sideload_fleet::Transfer],
+) -> Vec<serde_json::Value> {
+    let mut orderers: BTreeSet<String> = bundles.iter().map(|b| b.ordered_by.clone()).collect();
+    orderers.extend(deployments.iter().map(|d| d.ordered_by.clone()));
+    let mut rows = Vec::new();
+    for o in orderers {
+        let mine: Vec<&BundleRecord> = bundles.iter().filter(|b| b.ordered_by == o).collect();
+        let count = |s: TransferState| {
+            transfers
+                .iter()
+                .filter(|t| t.state == s && mine.iter().any(|b| b.bundle_id == t.bundle_id))
+                .count()
+        };
+        let deps: Vec<&str> = deployments
+            .iter()
+            .filter(|d| d.ordered_by == o)
+            .map(|d| d.name.as_str())
+            .collect();
+        rows.push(json!({
+            "ordered_by": o, "deployments": deps, "bundles": mine.len(),
+            "in_transit": count(TransferState::InTransit), "applied": count(TransferState::Applied),
+            "failed": count(TransferState::Failed) + count(TransferState::Refused),
+        }));
+    }
+    rows
+}
+
+/// `fleet status --by-orderer`.
+fn status_orderers(ledger: &mut Ledger, text: bool) -> Result<serde_json::Value> {
+    let rows = orderer_rows(
+        &ledger.bundles()?,
+        &ledger.deployments()?,
+        &ledger.transfers(None)?,
+    );
+    if text {
+        println!(
+            "{:<24} {:>7} {:>10} {:>7} {:>6}  deployments",
+            "ordered by", "bundles", "in transit", "applied", "failed"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:>7} {:>10} {:>7} {:>6}  {}",
+                or_dash(r["ordered_by"].as_str().unwrap_or("")),
+                r["bundles"],
+                r["in_transit"],
+                r["applied"],
+                r["failed"],
+                r["deployments"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(json!({"orderers": rows}))
+}
+
+/// Per deployment set: its name, devices, how many are ready, who ordered it.
+fn deployment_rows(
+    deployments: &[Deployment],
+    devices: &[sideload_fleet::Device],
+) -> Vec<serde_json::Value> {
+    let mut sets = Vec::new();
+    for d in deployments {
+        let held: Vec<_> = d
+            .devices
+            .iter()
+            .map(|id| {
+                let holdings = devices
+                    .iter()
+                    .find(|x| &x.device_id == id)
+                    .map(|x| holdings(x.clone()))
+                    .unwrap_or_default();
+                (id.clone(), holdings)
+            })
+            .collect();
+        let missing = gate::gate(&d.images, &held);
+        sets.push(json!({"name": d.name, "devices": d.devices.len(), "ready": d.devices.len() - missing.len(), "ordered_by": d.ordered_by}));
+    }
+    sets
+}
+
+/// `fleet status`: devices, transfers by state, deployment sets.
+fn status_overview(ledger: &mut Ledger, text: bool) -> Result<serde_json::Value> {
+    let devices = ledger.devices()?;
+    let transfers = ledger.transfers(None)?;
+    let deployments = ledger.deployments()?;
+    let count = |s: TransferState| transfers.iter().filter(|t| t.state == s).count();
+    let sets = deployment_rows(&deployments, &devices);
+    let never = devices.iter().filter(|d| d.inventory_at.is_none()).count();
+    if text {
+        println!(
+            "{} devices ({} never reported), {} images held in all",
+            devices.len(),
+            never,
+            devices.iter().map(|d| d.images.len()).sum::<usize>()
+        );
+        println!(
+            "transfers: {} in transit, {} received, {} applied, {} failed, {} refused",
+            count(TransferState::InTransit),
+            count(TransferState::Received),
+            count(TransferState::Applied),
+            count(TransferState::Failed),
+            count(TransferState::Refused)
+        );
+        for s in &sets {
+            println!(
+                "deployment {}: {} of {} devices ready (ordered by {})",
+                s["name"].as_str().unwrap_or(""),
+                s["ready"],
+                s["devices"],
+                or_dash(s["ordered_by"].as_str().unwrap_or(""))
+            );
+        }
+    }
+    Ok(json!({
+        "devices": devices.len(),
+        "devices_never_reported": never,
+        "transfers": {
+            "in_transit": count(TransferState::InTransit),
+            "received": count(TransferState::Received),
+            "applied": count(TransferState::Applied),
+            "failed": count(TransferState::Failed),
+            "refused": count(TransferState::Refused),
+        },
+        "deployments": sets,
+    }))
 }
 
 fn print_transfers(t: &[sideload_fleet::Transfer]) {
@@ -1175,4 +1297,86 @@ fn when(t: u64) -> String {
         t % 86_400 / 3600,
         t % 3600 / 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(id: &str, ordered_by: &str) -> BundleRecord {
+        BundleRecord {
+            bundle_id: id.into(),
+            file: format!("{id}.bundle"),
+            size: 1,
+            repository: "edge/app".into(),
+            tags: vec!["v2".into()],
+            manifest_digest: String::new(),
+            bases: Vec::new(),
+            deployment: None,
+            ordered_by: ordered_by.into(),
+            contact: String::new(),
+            created_at: 0,
+        }
+    }
+
+    fn transfer(bundle_id: &str, state: TransferState) -> sideload_fleet::Transfer {
+        sideload_fleet::Transfer {
+            device_id: "dev".into(),
+            bundle_id: bundle_id.into(),
+            bundle_name: String::new(),
+            route: String::new(),
+            state,
+            reason: None,
+            advice: None,
+            sent_at: 0,
+            state_at: None,
+        }
+    }
+
+    #[test]
+    fn orderers_count_their_own_bundles_transfers_and_refusals_as_failures() {
+        let bundles = [bundle("b1", "ops"), bundle("b2", "ci"), bundle("b3", "ops")];
+        let deployments = [Deployment {
+            name: "site".into(),
+            manifest: String::new(),
+            images: Vec::new(),
+            devices: Vec::new(),
+            ordered_by: "release".into(),
+            contact: String::new(),
+            created_at: 0,
+        }];
+        let transfers = [
+            transfer("b1", TransferState::Applied),
+            transfer("b3", TransferState::Refused),
+            transfer("b3", TransferState::Failed),
+            transfer("b2", TransferState::InTransit),
+        ];
+        let rows = orderer_rows(&bundles, &deployments, &transfers);
+        let row = |o: &str| rows.iter().find(|r| r["ordered_by"] == o).unwrap().clone();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            row("ops"),
+            json!({"ordered_by": "ops", "deployments": [], "bundles": 2,
+                   "in_transit": 0, "applied": 1, "failed": 2})
+        );
+        assert_eq!(row("ci")["in_transit"], 1);
+        assert_eq!(row("release")["deployments"], json!(["site"]));
+        assert_eq!(row("release")["bundles"], 0);
+    }
+
+    #[test]
+    fn bundle_files_are_named_after_the_target_and_their_place_in_the_run() {
+        let target = Target {
+            source: "docker://r/edge/app:v2".into(),
+            repository: "edge/app".into(),
+            tags: vec!["v2".into(), "stable".into()],
+            manifest_digest: String::new(),
+            config_digest: String::new(),
+            diff_ids: Vec::new(),
+            layer_sizes: Vec::new(),
+            config_size: 0,
+        };
+        assert_eq!(bundle_slug(&target, 3), "edge_app-v2_stable-03");
+        assert_eq!(bundle_slug(&target, 12), "edge_app-v2_stable-12");
+    }
 }
