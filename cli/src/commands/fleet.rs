@@ -640,7 +640,11 @@ fn open_bases(
             "docker://{host}/{}@{}",
             held.repository, held.manifest_digest
         );
-        match open_images("--bases-registry", std::slice::from_ref(&reference), registry_args) {
+        match open_images(
+            "--bases-registry",
+            std::slice::from_ref(&reference),
+            registry_args,
+        ) {
             Ok(mut v) => {
                 bases.push(v.pop().expect("one image"));
                 base_digests.push(held.manifest_digest.clone());
