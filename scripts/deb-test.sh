@@ -7,6 +7,8 @@
 # was before the install (paths, types, modes, owners, sizes; contents under /etc).
 #
 #   scripts/deb-test.sh [--profile dev|release]     (CI: dev, the binaries the tests built)
+#   scripts/deb-test.sh --prepare    only installs cargo-deb and makes the cached minbase root:
+#                                    network and one core, which CI does while the tests run
 #
 # Needs root (chroot, mount, unshare) and Debian's mirror the first time: the root with the
 # dependencies installed is cached as a tarball in $SIDELOAD_DEB_TEST_CACHE
@@ -15,28 +17,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=release
+prepare=false
 [ "${1:-}" = --profile ] && profile=$2
+[ "${1:-}" = --prepare ] && prepare=true
 t0=$SECONDS
 phase() { printf 'deb-test: %-60s (%ds)\n' "$*" $((SECONDS - t0)); }
 fail() { echo "deb-test: FAILED: $*" >&2; exit 1; }
 
-scripts/deb.sh --profile "$profile"
-phase "packages built"
-target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-out=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
-deb=$(ls -t "$target"/debian/sideload-device_*.deb | head -n 1)
-
-# The base root: bookworm minbase (cached once), then systemd (the device runs it) and the
-# package's dependencies from the mirror (cached per Depends line).
-deps="systemd $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/ //g' | tr '\n' ' ')"
 cache=${SIDELOAD_DEB_TEST_CACHE:-/var/tmp/sideload-deb-test}
 minbase=$cache/bookworm-minbase.tar
-base=$cache/bookworm-$(echo "$deps" | sha256sum | cut -c1-16).tar
 mkdir -p "$cache"
 # Unpacks tarball $1 into a new directory under $2 and prints its path.
 # (mktemp makes it 0700; a root directory must be 0755, or no user but root can run anything.)
 unpack() { local dir; dir=$(mktemp -d "$2/root.XXXXXX"); tar -C "$dir" -xf "$1"; chmod 0755 "$dir"; echo "$dir"; }
-if [ ! -f "$minbase" ]; then
+# The clean root: bookworm minbase, cached once.
+make_minbase() {
+  [ ! -f "$minbase" ] || return 0
   command -v debootstrap >/dev/null || apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
   build=$(mktemp -d "$cache/root.XXXXXX")
   chmod 0755 "$build"
@@ -45,7 +41,25 @@ if [ ! -f "$minbase" ]; then
   tar -C "$build" -cf "$minbase.part" . && mv "$minbase.part" "$minbase"
   rm -rf --one-file-system "$build"
   phase "debootstrap: bookworm minbase"
+}
+if $prepare; then
+  scripts/deb.sh --tool-only
+  make_minbase
+  phase "prepared: cargo-deb and the minbase root"
+  exit 0
 fi
+
+scripts/deb.sh --profile "$profile"
+phase "packages built"
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+out=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+deb=$(ls -t "$target"/debian/sideload-device_*.deb | head -n 1)
+
+# Then systemd (the device runs it) and the package's dependencies from the mirror (cached
+# per Depends line).
+make_minbase
+deps="systemd $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/ //g' | tr '\n' ' ')"
+base=$cache/bookworm-$(echo "$deps" | sha256sum | cut -c1-16).tar
 if [ ! -f "$base" ]; then
   build=$(unpack "$minbase" "$cache")
   cp /etc/resolv.conf "$build/etc/resolv.conf"

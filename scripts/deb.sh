@@ -11,14 +11,17 @@
 #                                  and target directory do not matter)
 #   scripts/deb.sh --profile dev   from the debug build the tests already made (CI: the package's
 #                                  layout and install are tested without a second, release, build)
+#   scripts/deb.sh --tool-only     only installs cargo-deb (CI does it while the tests run)
 # Installs cargo-deb (pinned) with `cargo install --locked` when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=release
+tool_only=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile=$2; shift 2 ;;
-    *) echo "usage: $0 [--profile release|dev]" >&2; exit 2 ;;
+    --tool-only) tool_only=true; shift ;;
+    *) echo "usage: $0 [--profile release|dev] [--tool-only]" >&2; exit 2 ;;
   esac
 done
 cargo_deb_version=3.8.0
@@ -26,6 +29,7 @@ if ! cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; then
   echo "== installing cargo-deb $cargo_deb_version (cargo install, a few minutes, once)" >&2
   cargo install cargo-deb --locked --version "$cargo_deb_version"
 fi
+if $tool_only; then exit 0; fi
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 out=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}

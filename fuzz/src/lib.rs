@@ -280,6 +280,52 @@ pub fn gzip_recipe(data: &[u8]) {
     let _ = recipe.plain_len();
 }
 
+/// The device API as its clients read it (`sideload push`, the USB loader, the fleet ledger):
+/// the first byte picks an HTTP status and whether an `Upload-Offset` came with it, the rest is
+/// the body. Every answer type that parses serialises and parses back equal; `classify` never
+/// fails on any answer; a state word that parses is its own name.
+pub fn device_answers(data: &[u8]) {
+    use sideload_device_api as api;
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    const STATUSES: [u16; 8] = [200, 201, 202, 204, 400, 403, 409, 503];
+    let status = STATUSES[usize::from(pick) % STATUSES.len()];
+    let offset = (pick & 0x80 != 0).then_some(u64::from(pick));
+    let _ = api::classify(status, offset, body);
+    round_trips::<api::UploadCreated>(body);
+    round_trips::<api::Taken>(body);
+    round_trips::<api::Known>(body);
+    round_trips::<api::BundleStatus>(body);
+    round_trips::<api::BundleList>(body);
+    round_trips::<api::JournalPage>(body);
+    round_trips::<api::Health>(body);
+    round_trips::<api::ErrorBody>(body);
+    round_trips::<api::Inventory>(body);
+    round_trips::<api::Receipt>(body);
+    if let Ok(word) = std::str::from_utf8(body) {
+        if let Ok(state) = word.parse::<api::BundleState>() {
+            assert_eq!(state.as_str().parse::<api::BundleState>().ok(), Some(state));
+        }
+        if let Ok(state) = word.parse::<api::ReceiptState>() {
+            assert_eq!(state.as_str().parse::<api::ReceiptState>().ok(), Some(state));
+        }
+    }
+}
+
+/// If `body` parses as a `T`, its JSON parses back to the same `T`.
+fn round_trips<T>(body: &[u8])
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let Ok(value) = serde_json::from_slice::<T>(body) else {
+        return;
+    };
+    let again = serde_json::to_vec(&value).expect("a parsed answer serialises");
+    let back: T = serde_json::from_slice(&again).expect("a serialised answer parses");
+    assert_eq!(back, value);
+}
+
 /// Tar scanning of images: the docker-archive index and the layer scanner of the encoder.
 pub fn tar_scan(data: &[u8]) {
     if let Ok(index) = TarIndex::scan(Cursor::new(data)) {
@@ -645,4 +691,5 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("stick_scan", stick_scan),
     ("iotedge_manifest", iotedge_manifest),
     ("kubernetes_manifest", kubernetes_manifest),
+    ("device_answers", device_answers),
 ];
