@@ -308,7 +308,10 @@ pub fn device_answers(data: &[u8]) {
             assert_eq!(state.as_str().parse::<api::BundleState>().ok(), Some(state));
         }
         if let Ok(state) = word.parse::<api::ReceiptState>() {
-            assert_eq!(state.as_str().parse::<api::ReceiptState>().ok(), Some(state));
+            assert_eq!(
+                state.as_str().parse::<api::ReceiptState>().ok(),
+                Some(state)
+            );
         }
     }
 }

@@ -521,53 +521,28 @@ mod tests {
     }
 }
 
-/// What `sideload build` reads from a device inventory (the registry plugin's
-/// `/sideload/v1/inventory`, format 1); other fields are ignored.
-#[derive(serde::Deserialize)]
-struct DeviceInventory {
-    format: u32,
-    device: String,
-    images: Vec<InventoryImage>,
-}
-
-#[derive(serde::Deserialize)]
-struct InventoryImage {
-    repository: String,
-    manifest_digest: String,
-    diff_ids: Vec<String>,
-    /// Layer blobs as stored (the source's exact gzip blobs after an exact bundle).
-    #[serde(default)]
-    layer_blobs: Vec<String>,
-}
+/// A device's inventory (the registry plugin's `/sideload/v1/inventory`), read through the
+/// device API's own type: what `sideload build --inventory` takes the device's layers, blobs
+/// and images from.
+struct DeviceInventory(sideload_device_api::Inventory);
 
 impl DeviceInventory {
     fn load(path: &std::path::Path) -> Result<DeviceInventory> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading inventory {}", path.display()))?;
-        let inv: DeviceInventory = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is not a device inventory (GET /sideload/v1/inventory)",
-                path.display()
-            )
-        })?;
-        if inv.format != 1 {
-            bail!(
-                "{}: inventory format {} is not supported (this build reads format 1)",
-                path.display(),
-                inv.format
-            );
-        }
-        Ok(inv)
+        let inv = sideload_device_api::Inventory::parse(&bytes)
+            .with_context(|| format!("--inventory {}", path.display()))?;
+        Ok(DeviceInventory(inv))
     }
 
     /// Every layer the device holds.
     fn diff_ids(&self) -> Result<Vec<sideload_signing::Digest>> {
         let mut out: Vec<sideload_signing::Digest> = Vec::new();
-        for image in &self.images {
+        for image in &self.0.images {
             for d in &image.diff_ids {
-                let d = d
-                    .parse()
-                    .with_context(|| format!("inventory of {}: bad diff_id {d:?}", self.device))?;
+                let d = d.parse().with_context(|| {
+                    format!("inventory of {}: bad diff_id {d:?}", self.0.device)
+                })?;
                 if !out.contains(&d) {
                     out.push(d);
                 }
@@ -579,10 +554,10 @@ impl DeviceInventory {
     /// Every layer blob the device holds, compressed or not.
     fn blobs(&self) -> Result<Vec<sideload_signing::Digest>> {
         let mut out: Vec<sideload_signing::Digest> = Vec::new();
-        for d in self.images.iter().flat_map(|i| &i.layer_blobs) {
+        for d in self.0.images.iter().flat_map(|i| &i.layer_blobs) {
             let d = d
                 .parse()
-                .with_context(|| format!("inventory of {}: bad layer blob {d:?}", self.device))?;
+                .with_context(|| format!("inventory of {}: bad layer blob {d:?}", self.0.device))?;
             if !out.contains(&d) {
                 out.push(d);
             }
@@ -593,7 +568,7 @@ impl DeviceInventory {
     /// `docker://HOST/REPO@DIGEST` for each distinct image.
     fn base_references(&self, host: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for image in &self.images {
+        for image in &self.0.images {
             let r = format!(
                 "docker://{}/{}@{}",
                 host.trim_end_matches('/'),
