@@ -446,6 +446,68 @@ fn parse_codec(s: &str) -> Result<PayloadCodec, String> {
     }
 }
 
+/// A device's inventory (the registry plugin's `/sideload/v1/inventory`), read through the
+/// device API's own type: what `sideload build --inventory` takes the device's layers, blobs
+/// and images from.
+struct DeviceInventory(sideload_device_api::Inventory);
+
+impl DeviceInventory {
+    fn load(path: &std::path::Path) -> Result<DeviceInventory> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading inventory {}", path.display()))?;
+        let inv = sideload_device_api::Inventory::parse(&bytes)
+            .with_context(|| format!("--inventory {}", path.display()))?;
+        Ok(DeviceInventory(inv))
+    }
+
+    /// Every layer the device holds.
+    fn diff_ids(&self) -> Result<Vec<sideload_signing::Digest>> {
+        let mut out: Vec<sideload_signing::Digest> = Vec::new();
+        for image in &self.0.images {
+            for d in &image.diff_ids {
+                let d = d.parse().with_context(|| {
+                    format!("inventory of {}: bad diff_id {d:?}", self.0.device)
+                })?;
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every layer blob the device holds, compressed or not.
+    fn blobs(&self) -> Result<Vec<sideload_signing::Digest>> {
+        let mut out: Vec<sideload_signing::Digest> = Vec::new();
+        for d in self.0.images.iter().flat_map(|i| &i.layer_blobs) {
+            let d = d
+                .parse()
+                .with_context(|| format!("inventory of {}: bad layer blob {d:?}", self.0.device))?;
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `docker://HOST/REPO@DIGEST` for each distinct image.
+    fn base_references(&self, host: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for image in &self.0.images {
+            let r = format!(
+                "docker://{}/{}@{}",
+                host.trim_end_matches('/'),
+                image.repository,
+                image.manifest_digest
+            );
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,67 +580,5 @@ mod tests {
             encoding_text(&LayerEncoding::Delta(files)),
             "2 files copied (300 B), 0 patched with zstd and 0 with bsdiff (0 B into 0 B of patches), 0 B of metadata as differences to the base's, 7 B literal"
         );
-    }
-}
-
-/// A device's inventory (the registry plugin's `/sideload/v1/inventory`), read through the
-/// device API's own type: what `sideload build --inventory` takes the device's layers, blobs
-/// and images from.
-struct DeviceInventory(sideload_device_api::Inventory);
-
-impl DeviceInventory {
-    fn load(path: &std::path::Path) -> Result<DeviceInventory> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading inventory {}", path.display()))?;
-        let inv = sideload_device_api::Inventory::parse(&bytes)
-            .with_context(|| format!("--inventory {}", path.display()))?;
-        Ok(DeviceInventory(inv))
-    }
-
-    /// Every layer the device holds.
-    fn diff_ids(&self) -> Result<Vec<sideload_signing::Digest>> {
-        let mut out: Vec<sideload_signing::Digest> = Vec::new();
-        for image in &self.0.images {
-            for d in &image.diff_ids {
-                let d = d.parse().with_context(|| {
-                    format!("inventory of {}: bad diff_id {d:?}", self.0.device)
-                })?;
-                if !out.contains(&d) {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every layer blob the device holds, compressed or not.
-    fn blobs(&self) -> Result<Vec<sideload_signing::Digest>> {
-        let mut out: Vec<sideload_signing::Digest> = Vec::new();
-        for d in self.0.images.iter().flat_map(|i| &i.layer_blobs) {
-            let d = d
-                .parse()
-                .with_context(|| format!("inventory of {}: bad layer blob {d:?}", self.0.device))?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    /// `docker://HOST/REPO@DIGEST` for each distinct image.
-    fn base_references(&self, host: &str) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for image in &self.0.images {
-            let r = format!(
-                "docker://{}/{}@{}",
-                host.trim_end_matches('/'),
-                image.repository,
-                image.manifest_digest
-            );
-            if !out.contains(&r) {
-                out.push(r);
-            }
-        }
-        out
     }
 }
