@@ -17,8 +17,6 @@
 #   FUZZ_RSS_MB      -rss_limit_mb (default 2048)
 #   FUZZ_MALLOC_MB   -malloc_limit_mb, the largest single allocation (default 512: every body
 #                    runs with small Limits, so anything near it is a cap that is missing)
-#   FUZZ_PROFILE     cargo profile of the FUZZ_SANITIZER=none build (default release; smoke:
-#                    opt-level 1, about half the build time, for CI's short run)
 #   FUZZ_TARGET_DIR  the build's target dir (default: $CARGO_TARGET_DIR-fuzz, else
 #                    fuzz/libfuzzer/target; with -none after it for FUZZ_SANITIZER=none)
 #
@@ -38,7 +36,6 @@ jobs=${FUZZ_JOBS:-1}
 rss=${FUZZ_RSS_MB:-2048}
 malloc=${FUZZ_MALLOC_MB:-512}
 sanitizer=${FUZZ_SANITIZER:-address}
-profile=${FUZZ_PROFILE:-release}
 # The two builds differ in every flag, so each keeps its own directory.
 suffix=$([ "$sanitizer" = address ] || echo "-$sanitizer")
 target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR-fuzz$suffix}}
@@ -60,7 +57,6 @@ address)
     # cargo-fuzz runs on the stable toolchain with RUSTC_BOOTSTRAP (it needs -Zsanitizer); -a
     # keeps debug assertions and overflow checks on, so an arithmetic overflow is a finding too.
     RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir libfuzzer -a --target-dir "$target_dir"
-    profile=release
     ;;
 none)
     # cargo-fuzz's coverage flags (see its project.rs), all stable. --target keeps them off
@@ -72,7 +68,7 @@ none)
     flags+=" -Cllvm-args=-sanitizer-coverage-stack-depth"
     flags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
     flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-    RUSTFLAGS="$flags" cargo build --manifest-path libfuzzer/Cargo.toml --locked --profile "$profile" \
+    RUSTFLAGS="$flags" cargo build --manifest-path libfuzzer/Cargo.toml --locked --release \
         --target "$host" --target-dir "$target_dir" --bins
     ;;
 *)
@@ -80,7 +76,7 @@ none)
     exit 2
     ;;
 esac
-bin_dir="$target_dir/$host/$profile"
+bin_dir="$target_dir/$host/release"
 
 run_one() {
     local t=$1
