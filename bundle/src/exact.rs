@@ -215,8 +215,33 @@ pub fn plan(
     let Some(manifest) = &image.manifest else {
         return fallback("the source has no manifest (a classic docker save archive)".into());
     };
+    let needs = match layer_needs(target, held_blobs, options.mode)? {
+        Ok(needs) => needs,
+        Err(why) => return fallback(why),
+    };
+    make_recipes(target, &needs, options, cache, progress)?;
+    let results = cache.0.lock().expect("not poisoned");
+    match assemble(image, needs, &results, options.mode) {
+        Ok((storages, recipes)) => Ok(ExactPlan {
+            storages,
+            recipes,
+            manifest: Some((manifest.media_type.clone(), manifest.bytes.clone())),
+            not_exact: None,
+        }),
+        Err(why) => fallback(format!("{why} (--exact required sends such blobs whole)")),
+    }
+}
 
-    let mut needs = Vec::with_capacity(count);
+/// What each layer needs: ready as it is (uncompressed, or a blob the device holds), its gzip
+/// blob analysed, or (`--exact required`) a blob no recipe models sent whole. `Err`: why the
+/// image cannot be exact (a layer compressed otherwise than with gzip).
+fn layer_needs(
+    target: &dyn ImageSource,
+    held_blobs: &HashSet<Digest>,
+    mode: Exactness,
+) -> Result<Result<Vec<Need>, String>, Error> {
+    let image = target.image();
+    let mut needs = Vec::with_capacity(image.layers.len());
     for (index, layer) in image.layers.iter().enumerate() {
         if layer.blob_digest == layer.diff_id {
             needs.push(Need::Ready(LayerStorage::Uncompressed {
@@ -230,25 +255,36 @@ pub fn plan(
         }
         let (compression, _) = sniff(target.open_layer_blob(index)?)
             .map_err(|e| Error::io("reading a layer of", &image.reference)(e))?;
-        match (compression, options.mode) {
+        match (compression, mode) {
             (Compression::Gzip, _) => needs.push(Need::Analyse),
             (_, Exactness::Required) => {
                 needs.push(Need::Ready(source_blob(layer, BlobFrom::Payload)))
             }
             (other, _) => {
-                return fallback(format!(
+                return Ok(Err(format!(
                     "layer {index} is {other:?}-compressed; only gzip layers are recreated \
                      (--exact required sends such blobs whole)"
-                ))
+                )))
             }
         }
     }
+    Ok(Ok(needs))
+}
 
-    // Make the recipes, two layers at a time.
+/// Makes the recipe of every layer that needs one and `cache` does not hold yet, two layers at
+/// a time, into `cache`.
+fn make_recipes(
+    target: &dyn ImageSource,
+    needs: &[Need],
+    options: ExactOptions,
+    cache: &RecipeCache,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let image = target.image();
     let results = &cache.0;
     let todo: Vec<usize> = {
         let done = results.lock().expect("not poisoned");
-        (0..count)
+        (0..needs.len())
             .filter(|&i| matches!(needs[i], Need::Analyse) && !done.contains_key(&i))
             .collect()
     };
@@ -264,60 +300,8 @@ pub fn plan(
                 if failure.lock().expect("not poisoned").is_some() {
                     break;
                 }
-                let layer = &image.layers[index];
-                let outcome = recipe_for(target, index).and_then(|analysis| match analysis {
-                        Ok(a) if a.plain_digest != layer.diff_id => Err(Error::InvalidBuild(
-                            format!(
-                                "{}: layer {index} decompresses to {}, its diff_id is {}",
-                                image.reference, a.plain_digest, layer.diff_id
-                            ),
-                        )),
-                        Ok(a) => {
-                            let bytes = a.recipe.to_bytes();
-                            // What a device would refuse is no recipe (the build report then
-                            // says why; it also keeps the report's own parse of it safe).
-                            if let Err(e) = GzipRecipe::from_bytes(&bytes, max_chunks(a.plain_len))
-                            {
-                                return Ok(Err(format!(
-                                    "layer {index}'s recipe would be refused by a device: {e}"
-                                )));
-                            }
-                            // A tiny layer's recipe is tiny too, but a large share of it.
-                            let limit = (layer.blob_size.saturating_mul(u64::from(
-                                options.max_recipe_percent,
-                            )) / 100)
-                                .max(MIN_RECIPE_LIMIT);
-                            tracing::debug!(
-                                layer = index,
-                                blob = layer.blob_size,
-                                recipe = bytes.len(),
-                                kind = a.recipe.describe(),
-                                "gzip recipe"
-                            );
-                            let limit = limit.min(crate::Limits::default().max_recipe);
-                            if bytes.len() as u64 > limit {
-                                Ok(Err(format!(
-                                    "layer {index}'s recipe would be {} bytes, over {}% of its {}-byte blob",
-                                    bytes.len(),
-                                    options.max_recipe_percent,
-                                    layer.blob_size
-                                )))
-                            } else {
-                                Ok(Ok(bytes))
-                            }
-                        }
-                        Err(RecipeError::NotRecreatable(why)) => {
-                            Ok(Err(format!("layer {index} {why}")))
-                        }
-                        Err(RecipeError::Io(e)) => {
-                            Err(Error::io("reading a layer of", &image.reference)(e))
-                        }
-                        Err(e) => {
-                            Ok(Err(format!("layer {index}: {e}")))
-                        }
-                    },
-                );
-                progress.advance(layer.blob_size);
+                let outcome = layer_recipe(target, index, options);
+                progress.advance(image.layers[index].blob_size);
                 match outcome {
                     Ok(r) => {
                         results.lock().expect("not poisoned").insert(index, r);
@@ -330,11 +314,84 @@ pub fn plan(
         }
     });
     progress.finish();
-    if let Some(e) = failure.into_inner().expect("not poisoned") {
-        return Err(e);
+    match failure.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    let results = results.lock().expect("not poisoned");
-    let mut storages = Vec::with_capacity(count);
+}
+
+/// Layer `index`'s encoded recipe, or why it gets none (no writer or model recreates it, a
+/// device would refuse it, it is over the size cap). `Err`: the layer could not be read.
+fn layer_recipe(
+    target: &dyn ImageSource,
+    index: usize,
+    options: ExactOptions,
+) -> Result<Result<Vec<u8>, String>, Error> {
+    let image = target.image();
+    let layer = &image.layers[index];
+    let analysis = match recipe_for(target, index)? {
+        Ok(a) => a,
+        Err(RecipeError::NotRecreatable(why)) => return Ok(Err(format!("layer {index} {why}"))),
+        Err(RecipeError::Io(e)) => {
+            return Err(Error::io("reading a layer of", &image.reference)(e))
+        }
+        Err(e) => return Ok(Err(format!("layer {index}: {e}"))),
+    };
+    if analysis.plain_digest != layer.diff_id {
+        return Err(Error::InvalidBuild(format!(
+            "{}: layer {index} decompresses to {}, its diff_id is {}",
+            image.reference, analysis.plain_digest, layer.diff_id
+        )));
+    }
+    let bytes = analysis.recipe.to_bytes();
+    // What a device would refuse is no recipe (the build report then says why; it also keeps
+    // the report's own parse of it safe).
+    if let Err(e) = GzipRecipe::from_bytes(&bytes, max_chunks(analysis.plain_len)) {
+        return Ok(Err(format!(
+            "layer {index}'s recipe would be refused by a device: {e}"
+        )));
+    }
+    tracing::debug!(
+        layer = index,
+        blob = layer.blob_size,
+        recipe = bytes.len(),
+        kind = analysis.recipe.describe(),
+        "gzip recipe"
+    );
+    let limit = recipe_limit(layer.blob_size, options.max_recipe_percent);
+    if bytes.len() as u64 > limit {
+        return Ok(Err(format!(
+            "layer {index}'s recipe would be {} bytes, over {}% of its {}-byte blob",
+            bytes.len(),
+            options.max_recipe_percent,
+            layer.blob_size
+        )));
+    }
+    Ok(Ok(bytes))
+}
+
+/// The largest recipe accepted for a blob of `blob_size` bytes: `percent` of it, at least
+/// [`MIN_RECIPE_LIMIT`] (a tiny layer's recipe is tiny too, but a large share of it), at most
+/// what a device accepts.
+fn recipe_limit(blob_size: u64, percent: u32) -> u64 {
+    (blob_size.saturating_mul(u64::from(percent)) / 100)
+        .max(MIN_RECIPE_LIMIT)
+        .min(crate::Limits::default().max_recipe)
+}
+
+/// Each layer's storage, and the encoded recipes the payload carries by layer index.
+type Stored = (Vec<LayerStorage>, HashMap<usize, Vec<u8>>);
+
+/// Each layer's storage and the recipes the payload carries, from the needs and the recipes
+/// made. `Err`: why a layer has no recipe, when exactness is not required (then the image is
+/// not exact).
+fn assemble(
+    image: &crate::image::Image,
+    needs: Vec<Need>,
+    results: &HashMap<usize, Result<Vec<u8>, String>>,
+    mode: Exactness,
+) -> Result<Stored, String> {
+    let mut storages = Vec::with_capacity(needs.len());
     let mut recipes = HashMap::new();
     for (index, need) in needs.into_iter().enumerate() {
         match need {
@@ -344,19 +401,12 @@ pub fn plan(
                     recipes.insert(index, recipe.clone());
                     storages.push(source_blob(&image.layers[index], BlobFrom::Recipe));
                 }
-                Err(_) if options.mode == Exactness::Required => {
+                Err(_) if mode == Exactness::Required => {
                     storages.push(source_blob(&image.layers[index], BlobFrom::Payload));
                 }
-                Err(why) => {
-                    return fallback(format!("{why} (--exact required sends such blobs whole)"))
-                }
+                Err(why) => return Err(why.clone()),
             },
         }
     }
-    Ok(ExactPlan {
-        storages,
-        recipes,
-        manifest: Some((manifest.media_type.clone(), manifest.bytes.clone())),
-        not_exact: None,
-    })
+    Ok((storages, recipes))
 }
