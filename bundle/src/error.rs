@@ -160,6 +160,30 @@ pub enum Error {
         /// The blob.
         digest: Digest,
     },
+    /// The statement leaves a held layer blob's digest to the device (format 9), and none of
+    /// the blobs the device holds of that layer makes the signed manifest.
+    #[error("{bundle}: layer {index} reuses the source's compressed blob of layer {diff_id}, and {} (it may hold the layer's content, stored another way)", held_blobs(*.held))]
+    HeldBlobNotFound {
+        /// The bundle.
+        bundle: String,
+        /// Layer index, bottom = 0 (the first such layer, when several are).
+        index: usize,
+        /// The layer's diff_id.
+        diff_id: Digest,
+        /// How many compressed blobs of the layer the device holds.
+        held: usize,
+    },
+    /// The manifest filled with the digests of the blobs recreated on the device (format 9)
+    /// is not the one the statement signs.
+    #[error("{bundle}: the manifest filled with the digests of the blobs recreated here hashes to {actual}, the statement signs {expected} (the source's manifest digest cannot be reproduced here; nothing was tagged)")]
+    DerivedManifestMismatch {
+        /// The bundle.
+        bundle: String,
+        /// The manifest digest in the statement.
+        expected: Digest,
+        /// The digest of the filled manifest.
+        actual: Digest,
+    },
     /// The statement requires content the device does not hold.
     #[error("{bundle}: needs base layer {diff_id}, which is not among the images on this device")]
     MissingBase {
@@ -215,6 +239,7 @@ impl Error {
                 | Error::CorruptPayload { .. }
                 | Error::LayerMismatch { .. }
                 | Error::ExactBlobMismatch { .. }
+                | Error::DerivedManifestMismatch { .. }
         )
     }
 
@@ -235,8 +260,10 @@ impl Error {
             Error::CorruptPayload { .. } => "corrupt_payload",
             Error::LayerMismatch { .. } => "layer_mismatch",
             Error::MissingBase { .. } => "missing_base",
-            Error::ExactBlobMismatch { .. } => "exact_blob_mismatch",
-            Error::MissingBaseBlob { .. } => "missing_base_blob",
+            Error::ExactBlobMismatch { .. } | Error::DerivedManifestMismatch { .. } => {
+                "exact_blob_mismatch"
+            }
+            Error::MissingBaseBlob { .. } | Error::HeldBlobNotFound { .. } => "missing_base_blob",
             Error::InsufficientDisk { .. } => "insufficient_disk",
             Error::SignatureSlotFull { .. } => "signature_slot_full",
             Error::OutputExists(_) => "output_exists",
@@ -273,10 +300,10 @@ impl Error {
             Error::MissingBase { .. } => {
                 "build the bundle against the images this device really holds (see its inventory), or deliver the base image first"
             }
-            Error::ExactBlobMismatch { .. } => {
+            Error::ExactBlobMismatch { .. } | Error::DerivedManifestMismatch { .. } => {
                 "this device cannot reproduce the source's exact layer (its sideload differs from the builder's, or the statement is wrong): rebuild the bundle with `--exact never`, or update sideload on the device"
             }
-            Error::MissingBaseBlob { .. } => {
+            Error::MissingBaseBlob { .. } | Error::HeldBlobNotFound { .. } => {
                 "the device holds this layer's content but not the source's compressed blob (its copy was compressed again, or stored by an older sideload): rebuild with `--inventory` (the device's own report) or `--resend-base-blobs`, or with `--exact never`"
             }
             Error::InsufficientDisk { .. } => "free disk space on the device, then apply again",
@@ -294,5 +321,18 @@ impl Error {
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
+    }
+}
+
+/// "none of its N blobs of that layer makes…", for [`Error::HeldBlobNotFound`].
+fn held_blobs(held: usize) -> String {
+    match held {
+        0 => "this device holds no compressed blob of that layer".into(),
+        1 => {
+            "the one blob of that layer this device holds does not make the signed manifest".into()
+        }
+        n => format!(
+            "none of the {n} blobs of that layer this device holds makes the signed manifest"
+        ),
     }
 }

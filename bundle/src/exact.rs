@@ -126,8 +126,8 @@ impl ExactPlan {
 fn source_blob(layer: &Layer, from: BlobFrom) -> LayerStorage {
     LayerStorage::SourceBlob {
         media_type: layer.media_type.clone(),
-        digest: layer.blob_digest.clone(),
-        size: layer.blob_size,
+        digest: Some(layer.blob_digest.clone()),
+        size: Some(layer.blob_size),
         from,
     }
 }
@@ -343,10 +343,12 @@ fn layer_recipe(
             image.reference, analysis.plain_digest, layer.diff_id
         )));
     }
-    let bytes = analysis.recipe.to_bytes();
+    let bytes = analysis.recipe.to_bytes_in_layer(analysis.plain_len);
     // What a device would refuse is no recipe (the build report then says why; it also keeps
     // the report's own parse of it safe).
-    if let Err(e) = GzipRecipe::from_bytes(&bytes, max_chunks(analysis.plain_len)) {
+    if let Err(e) =
+        GzipRecipe::from_bytes_in_layer(&bytes, analysis.plain_len, max_chunks(analysis.plain_len))
+    {
         return Ok(Err(format!(
             "layer {index}'s recipe would be refused by a device: {e}"
         )));

@@ -595,24 +595,51 @@ impl GzipRecipe {
         compact::encoded_len(self)
     }
 
-    /// The recipe as the payload carries it: a compact recipe (kind 7, [`compact`]).
+    /// The recipe as a compact recipe (kind 7, [`compact`]) that names its plain length.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len() as usize);
-        compact::put(&mut out, self);
+        compact::put(&mut out, self, None);
         out
+    }
+
+    /// The recipe as the payload carries it for a layer of `layer_size` bytes: a compact
+    /// recipe that leaves out its plain length when it is the layer's (format version 9; see
+    /// [`needs_layer_size`]).
+    pub fn to_bytes_in_layer(&self, layer_size: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len() as usize);
+        compact::put(&mut out, self, Some(layer_size));
+        out
+    }
+
+    /// [`GzipRecipe::from_bytes`] for the recipe of a layer of `layer_size` bytes, which
+    /// may leave out its plain length.
+    pub fn from_bytes_in_layer(
+        bytes: &[u8],
+        layer_size: u64,
+        max_chunks: u64,
+    ) -> Result<GzipRecipe, RecipeError> {
+        Self::parse(bytes, max_chunks, Some(layer_size))
     }
 
     /// Parses a recipe of any kind this build reads ([`GzipRecipe::to_bytes`]'s kind 7, and
     /// kinds 1 to 6 of bundles made before it); every length is checked before it sizes
     /// anything, and at most `max_chunks` chunks are accepted (see [`max_chunks`]).
     pub fn from_bytes(bytes: &[u8], max_chunks: u64) -> Result<GzipRecipe, RecipeError> {
+        Self::parse(bytes, max_chunks, None)
+    }
+
+    fn parse(
+        bytes: &[u8],
+        max_chunks: u64,
+        layer_size: Option<u64>,
+    ) -> Result<GzipRecipe, RecipeError> {
         let mut r = Cursor::new(bytes);
         let kind = take(&mut r, 1)?[0];
         if !KNOWN_KINDS.contains(&kind) {
             return Err(RecipeError::UnknownKind { kind });
         }
         let recipe = match kind {
-            RECIPE_COMPACT => compact::take_recipe(&mut r, max_chunks)?,
+            RECIPE_COMPACT => compact::take_recipe(&mut r, max_chunks, layer_size)?,
             kind => legacy::take_recipe(&mut r, kind, max_chunks)?,
         };
         if r.position() != bytes.len() as u64 {
@@ -622,6 +649,15 @@ impl GzipRecipe {
         }
         Ok(recipe)
     }
+}
+
+/// True when encoded recipe `bytes` leaves its plain length to its layer's size: format
+/// version 9 (the payload writer raises the bundle's version by it).
+pub fn needs_layer_size(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&RECIPE_COMPACT)
+        && bytes
+            .get(1)
+            .is_some_and(|frame| frame & compact::FRAME_PLAIN_IS_LAYER != 0)
 }
 
 /// Each flush point's distance from the one before (the first's from 0).

@@ -547,7 +547,11 @@ impl<W: Write> PayloadWriter<W> {
                 self.format_version = self.format_version.max(7);
             }
             Some(&crate::gzip_recipe::RECIPE_COMPACT) => {
-                self.format_version = self.format_version.max(8);
+                let version = match crate::gzip_recipe::needs_layer_size(recipe) {
+                    true => 9,
+                    false => 8,
+                };
+                self.format_version = self.format_version.max(version);
             }
             _ => {}
         }
@@ -869,16 +873,21 @@ mod tests {
     }
 
     #[test]
-    fn a_compact_recipe_raises_the_format_version_to_8() {
+    fn a_compact_recipe_raises_the_format_version_to_8_or_9() {
         let mut w = PayloadWriter::new(Vec::new()).unwrap();
         w.recipe(0, &[crate::gzip_recipe::RECIPE_PREFLATE_VERBATIM])
             .unwrap();
         assert_eq!(w.format_version(), 7);
         w.recipe(1, &[crate::gzip_recipe::RECIPE_COMPACT]).unwrap();
         assert_eq!(w.format_version(), 8);
+        // Leaving the plain length to the layer's size is version 9.
+        let mut short = vec![crate::gzip_recipe::RECIPE_COMPACT, 8];
+        short.extend_from_slice(&[4, 6, 0]);
+        w.recipe(2, &short).unwrap();
+        assert_eq!(w.format_version(), 9);
         assert_eq!(
+            w.format_version(),
             sideload_signing::FORMAT_VERSION,
-            8,
             "devices read what builds write"
         );
     }

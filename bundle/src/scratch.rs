@@ -31,6 +31,11 @@ pub trait BaseStore {
     fn contains_blob(&self, _digest: &Digest) -> bool {
         false
     }
+    /// Every compressed blob held of layer `diff_id` (digest, size), sorted by digest, for
+    /// statements that leave a held blob's digest to the device. Not the uncompressed tar.
+    fn blobs_of(&self, _diff_id: &Digest) -> Vec<(Digest, u64)> {
+        Vec::new()
+    }
 }
 
 /// The scratch store: gathered base ranges, addressed by offset.

@@ -298,13 +298,14 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             recipe > 0 && recipe * 100 < blobs,
             "{name}: {recipe} recipe bytes for {blobs} bytes of layer blobs"
         );
-        // Every recipe is a compact one (kind 7), which needs format version 8: older devices
-        // refuse such a bundle from its head.
+        // Every recipe is a compact one (kind 7) that leaves out its plain length, and every
+        // blob digest is left to the device: format version 9. Older devices refuse such a
+        // bundle from its head.
         let (head, _) = sideload_bundle::open_bundle(&bundle, &Limits::default()).unwrap();
         let version = Statement::from_canonical_json(&head.statement_bytes)
             .unwrap()
             .format_version;
-        assert_eq!(version, 8, "{name}");
+        assert_eq!(version, 9, "{name}");
         for (i, layer) in report["layers"].as_array().unwrap().iter().enumerate() {
             assert_eq!(layer["storage"], "recipe", "{name}: {layer}");
             let kind = layer["recipe"].as_str().unwrap();
@@ -320,11 +321,11 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
                     format!("Go compress/gzip level {level}, flushed {flushes} times (go1.19.8)"),
                     "{name}: {layer}"
                 );
-                // Kind, frame, code, level, plain length, count, the points (at most 3 B each
-                // 32 KiB apart); Go's own header, the trailer computed.
+                // Kind, frame, code, level, count, the points (at most 3 B each 32 KiB apart);
+                // the plain length is the layer's size, Go's own header, the trailer computed.
                 let recipe_bytes = layer["recipe_bytes"].as_u64().unwrap();
                 assert!(
-                    recipe_bytes <= 4 + varint_len(plain_len) + varint_len(flushes) + 3 * flushes,
+                    recipe_bytes <= 4 + varint_len(flushes) + 3 * flushes,
                     "{name}: {layer}"
                 );
             } else if let Some(level) = name.strip_prefix("go-") {
@@ -333,22 +334,14 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
                     format!("Go compress/gzip level {level} (go1.19.8)"),
                     "{name}: {layer}"
                 );
-                // Kind, frame, code (go1.19.8), level, plain length, no flush point; the
-                // header Go's own, the trailer computed.
-                assert_eq!(
-                    layer["recipe_bytes"],
-                    5 + varint_len(plain_len),
-                    "{name}: {layer}"
-                );
+                // Kind, frame, code (go1.19.8), level, no flush point; the plain length the
+                // layer's size, the header Go's own, the trailer computed.
+                assert_eq!(layer["recipe_bytes"], 5, "{name}: {layer}");
             } else if let Some(level) = name.strip_prefix("zlib-") {
                 assert_eq!(kind, format!("zlib level {level}"), "{name}: {layer}");
-                // Kind, frame, code (the ending), level, plain length, then the bare header
-                // (mtime 0, XFL, OS); the trailer computed.
-                assert_eq!(
-                    layer["recipe_bytes"],
-                    4 + varint_len(plain_len) + 3,
-                    "{name}: {layer}"
-                );
+                // Kind, frame, code (the ending), level, then the bare header (mtime 0, XFL,
+                // OS); the plain length the layer's size, the trailer computed.
+                assert_eq!(layer["recipe_bytes"], 4 + 3, "{name}: {layer}");
             } else {
                 assert!(kind.starts_with("preflate"), "{name}: {layer}");
             }
@@ -419,8 +412,8 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
         );
         if let Some(blocks) = blocks {
             // pgzip 1.2.5 at its default level (skopeo: 1 MiB blocks, umoci: 256 KiB): the
-            // recipe is kind, frame, code, level, block size, plain length (and the header,
-            // unless it is pgzip's own): 10-11 B for skopeo's.
+            // recipe is kind, frame, code, level, block size (and the header, unless it is
+            // pgzip's own; the plain length is the layer's size): 7-8 B for skopeo's.
             assert_eq!(loose["exact"], true, "{name}: {loose}");
             for layer in loose["layers"].as_array().unwrap() {
                 assert_eq!(layer["storage"], "recipe", "{name}: {layer}");
@@ -439,7 +432,10 @@ fn every_compressor_gives_the_devices_registry_the_upstream_manifest_digest() {
             let version = Statement::from_canonical_json(&head.statement_bytes)
                 .unwrap()
                 .format_version;
-            assert_eq!(version, 8, "a compact recipe needs format version 8");
+            assert_eq!(
+                version, 9,
+                "a compact recipe without its plain length, derived blob digests: version 9"
+            );
             let bundle = w.join(format!("{name}-loose.bundle"));
             let into = w.join(format!("{name}-pulled"));
             push_and_pull_exact(&daemon, &bundle, &repo, &upstream, &into, name);
@@ -582,8 +578,19 @@ fn a_delta_reuses_the_exact_base_blobs_and_a_device_without_them_fails_clearly()
     let v1_ref = format!("oci:{}:v1", v1.display());
     let v2_ref = format!("oci:{}:v2", v2.display());
 
-    // Device A got v1 exactly: the v2 delta costs no recipe for the shared base layer.
+    // Device A got v1 exactly: the v2 delta costs no recipe for the shared base layer. It also
+    // holds the same content as another image, compressed again by skopeo: two blobs of one
+    // layer, of which the device must pick the source's (the statement leaves it to it).
+    let plain = w.join("v1-plain");
+    layout_with(&plain, "v1", &config1, &tars1, None);
     let registry_a = Registry::start();
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", plain.display()),
+        &format!("docker://{}/edge/other:v1", registry_a.host),
+    ]);
     skopeo(&[
         "copy",
         "--quiet",
@@ -605,10 +612,8 @@ fn a_delta_reuses_the_exact_base_blobs_and_a_device_without_them_fails_clearly()
         upstream
     );
 
-    // Device B holds v1's content but stored uncompressed: the same bundle fails with the
-    // reason and the fix, and B keeps what it had.
-    let plain = w.join("v1-plain");
-    layout_with(&plain, "v1", &config1, &tars1, None);
+    // Device B holds v1's content but only as skopeo compressed it: the same bundle fails
+    // with the reason and the fix, and B keeps what it had.
     let registry_b = Registry::start();
     skopeo(&[
         "copy",
@@ -621,10 +626,9 @@ fn a_delta_reuses_the_exact_base_blobs_and_a_device_without_them_fails_clearly()
     let failed = push(&b, &delta);
     assert_eq!(failed["state"], "failed", "{failed}");
     assert!(
-        failed["reason"]
-            .as_str()
-            .unwrap()
-            .contains("needs the compressed blob"),
+        failed["reason"].as_str().unwrap().contains(
+            "the one blob of that layer this device holds does not make the signed manifest"
+        ),
         "{failed}"
     );
     assert!(
@@ -671,7 +675,7 @@ fn a_delta_reuses_the_exact_base_blobs_and_a_device_without_them_fails_clearly()
 }
 
 #[test]
-fn a_signed_statement_naming_a_blob_the_device_cannot_reproduce_fails_before_any_output() {
+fn a_signed_statement_whose_manifest_the_device_cannot_reproduce_fails_before_any_output() {
     require_tool("gzip", "gzip");
     let f = fixture();
     let work = tempfile::tempdir().unwrap();
@@ -693,22 +697,17 @@ fn a_signed_statement_naming_a_blob_the_device_cannot_reproduce_fails_before_any
         &[],
     );
 
-    // The release engineer signs a statement that names another blob for layer 1 (its manifest
-    // made consistent), over the genuine payload.
+    // The release engineer signs a statement whose manifest names another blob for layer 1,
+    // over the genuine payload: the statement leaves the blob's digest to the device (format
+    // 9), so what is signed is another manifest digest.
     let (head, _) = sideload_bundle::open_bundle(&bundle, &Limits::default()).unwrap();
     let mut statement = Statement::from_canonical_json(&head.statement_bytes).unwrap();
-    let wrong = Digest::of_bytes(b"not this layer's blob");
-    let sideload_signing::LayerStorage::SourceBlob { digest, .. } =
-        &mut statement.target.layers[1].storage
-    else {
-        panic!("layer 1 is not exact: {:?}", statement.target.layers[1]);
-    };
-    statement.target.manifest = statement
-        .target
-        .manifest
-        .replace(digest.as_str(), wrong.as_str());
-    *digest = wrong.clone();
-    statement.target.manifest_digest = Digest::of_bytes(statement.target.manifest.as_bytes());
+    assert!(
+        statement.target.layers[1].storage.is_derived(),
+        "layer 1's blob digest is left to the device: {:?}",
+        statement.target.layers[1]
+    );
+    statement.target.manifest_digest = Digest::of_bytes(b"a manifest naming another blob");
     let forged = w.join("forged.bundle");
     {
         let bytes = statement.to_canonical_json();
@@ -747,7 +746,10 @@ fn a_signed_statement_naming_a_blob_the_device_cannot_reproduce_fails_before_any
     let report = stdout_json(&applied);
     assert_eq!(report["code"], "exact_blob_mismatch", "{report}");
     assert!(
-        report["reason"].as_str().unwrap().contains("layer 1"),
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the statement signs sha256:"),
         "{report}"
     );
     assert!(!output.exists(), "nothing is written for a refused bundle");

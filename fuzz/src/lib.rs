@@ -266,9 +266,18 @@ pub fn patch_zstd(data: &[u8]) {
 }
 
 /// gzip recipe: its own binary encoding; a parsed recipe re-encodes to a recipe that parses
-/// to the same value, and its encoded length is what it says.
+/// to the same value, and its encoded length is what it says. Read as the recipe of a layer
+/// too (a recipe may leave its plain length to the layer's size), the layer's size taken from
+/// the input's length; re-encoded for that layer, it parses back equal.
 pub fn gzip_recipe(data: &[u8]) {
     let max_chunks = sideload_bundle::gzip_recipe::max_chunks(1 << 20);
+    let layer_size = data.len() as u64 * 977;
+    if let Ok(recipe) = GzipRecipe::from_bytes_in_layer(data, layer_size, max_chunks) {
+        let bytes = recipe.to_bytes_in_layer(layer_size);
+        let again = GzipRecipe::from_bytes_in_layer(&bytes, layer_size, max_chunks)
+            .expect("re-encoded recipe parses in its layer");
+        assert_eq!(again, recipe);
+    }
     let Ok(recipe) = GzipRecipe::from_bytes(data, max_chunks) else {
         return;
     };

@@ -290,6 +290,18 @@ impl BaseStore for RegistryBases {
         self.by_blob.contains_key(digest)
     }
 
+    fn blobs_of(&self, diff_id: &Digest) -> Vec<(Digest, u64)> {
+        let mut blobs: Vec<(Digest, u64)> = self
+            .by_blob
+            .values()
+            .map(|(_, layer)| layer)
+            .filter(|l| &l.diff_id == diff_id && l.blob_digest != l.diff_id)
+            .map(|l| (l.blob_digest.clone(), l.blob_size))
+            .collect();
+        blobs.sort();
+        blobs
+    }
+
     fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>, ImageError> {
         let Some((repository, layer)) = self.by_blob.get(digest) else {
             return Ok(None);

@@ -18,6 +18,7 @@
 //! - [`policy`]: the [`TrustPolicy`] (k-of-n trusted keys, each limited to repository patterns),
 //!   loaded from TOML and checked on load;
 //! - [`verify`]: [`verify_statement`], the pure decision, and [`Refusal`], every reason to say no;
+//! - [`template`]: manifest templates, whose blob digests and sizes the device fills in;
 //! - [`summary`]: what a signer sees before signing;
 //! - [`report`]: how the binaries print an error, each cause once.
 //!
@@ -61,6 +62,7 @@ pub mod policy;
 pub mod report;
 pub mod statement;
 pub mod summary;
+pub mod template;
 pub mod verify;
 
 pub use keys::{

@@ -23,8 +23,10 @@ use crate::names::{Digest, RepositoryName, Tag};
 /// gzip trailer computed on the device, the writer as a code: 11-14 B where kinds 2-5 took
 /// 37-68 B), which builds now write for every recipe. A bundle is written with the lowest
 /// version that describes it, so devices that predate a version still apply what does not
-/// need it, and refuse the rest from its head, before its payload travels.
-pub const FORMAT_VERSION: u32 = 8;
+/// need it, and refuse the rest from its head, before its payload travels. Version 9 lets a
+/// [`LayerStorage::SourceBlob`] leave its digest and size to the device, with the manifest as a
+/// template ([`crate::template`]): an exact bundle then costs no digest per layer.
+pub const FORMAT_VERSION: u32 = 9;
 
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
@@ -79,9 +81,12 @@ pub struct Target {
     /// Media type of the manifest the device produces.
     pub manifest_media_type: String,
     /// The exact manifest bytes (UTF-8 JSON) the device produces, embedded as a string so that
-    /// canonicalising the statement never touches them.
+    /// canonicalising the statement never touches them. When a layer's blob is derived (its
+    /// digest and size left to the device), a template whose holes the device fills
+    /// ([`crate::template`]).
     pub manifest: String,
-    /// sha256 of `manifest`; the device checks it produced exactly this.
+    /// sha256 of the manifest the device produces (of `manifest`, filled when it is a
+    /// template); the device checks it produced exactly this.
     pub manifest_digest: Digest,
     /// Where the image came from, for humans and audit.
     pub source: SourceRef,
@@ -128,9 +133,14 @@ pub enum LayerStorage {
         /// Layer media type in the produced (upstream) manifest.
         media_type: String,
         /// Digest of the compressed blob; the device checks what it produced against it.
-        digest: Digest,
-        /// Size of the compressed blob in bytes.
-        size: u64,
+        /// `None` (format version 9) when the device derives it: by hashing the blob it
+        /// recreates, or by finding the blob it holds for the layer's diff_id. The manifest is
+        /// then a template with a hole for it, and the manifest digest checks the result.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<Digest>,
+        /// Size of the compressed blob in bytes; `None` exactly when `digest` is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
         /// Where the blob comes from on the device.
         from: BlobFrom,
     },
@@ -151,24 +161,97 @@ pub enum BlobFrom {
 }
 
 impl Target {
-    /// The lowest format version that can describe this target: 2 once any layer is stored
-    /// as the source's blob, 1 otherwise.
+    /// The lowest format version that can describe this target: 9 once a layer's blob is
+    /// derived on the device, 2 once any layer is stored as the source's blob, 1 otherwise.
     pub fn format_version(&self) -> u32 {
-        if self.layers.iter().any(|l| l.storage.is_exact_blob()) {
+        if self.layers.iter().any(|l| l.storage.is_derived()) {
+            9
+        } else if self.layers.iter().any(|l| l.storage.is_exact_blob()) {
             2
         } else {
             1
         }
     }
+
+    /// True when the manifest is a template the device fills ([`crate::template`]).
+    pub fn has_manifest_template(&self) -> bool {
+        self.layers.iter().any(|l| l.storage.is_derived())
+    }
+
+    /// Checks what the schema cannot: a blob's digest and size are named together or left to
+    /// the device together, only blobs the device produces (recreated or held) are left to it,
+    /// and the manifest is a template exactly when some are, with a digest and a size hole for
+    /// each such layer and no hole for any other.
+    pub fn check_derived_blobs(&self) -> Result<(), StatementError> {
+        let bad = |why: String| Err(StatementError::Inconsistent(why));
+        for (index, layer) in self.layers.iter().enumerate() {
+            if let LayerStorage::SourceBlob {
+                digest, size, from, ..
+            } = &layer.storage
+            {
+                if digest.is_some() != size.is_some() {
+                    return bad(format!(
+                        "layer {index} names its blob's digest or size but not both"
+                    ));
+                }
+                if digest.is_none() && *from == BlobFrom::Payload {
+                    return bad(format!(
+                        "layer {index}'s blob travels in the payload but its digest is not named"
+                    ));
+                }
+            }
+        }
+        let pieces = crate::template::pieces(&self.manifest)
+            .map_err(|e| StatementError::Inconsistent(e.to_string()))?;
+        let mut seen = vec![(false, false); self.layers.len()];
+        for piece in pieces {
+            let crate::template::Piece::Hole(hole) = piece else {
+                continue;
+            };
+            let index = hole.layer();
+            if !self
+                .layers
+                .get(index)
+                .is_some_and(|l| l.storage.is_derived())
+            {
+                return bad(format!(
+                    "the manifest has a hole for layer {index}, whose blob the statement names or which does not exist"
+                ));
+            }
+            match hole {
+                crate::template::Hole::Digest(_) => seen[index].0 = true,
+                crate::template::Hole::Size(_) => seen[index].1 = true,
+            }
+        }
+        for (index, layer) in self.layers.iter().enumerate() {
+            if layer.storage.is_derived() && seen[index] != (true, true) {
+                return bad(format!(
+                    "layer {index}'s blob is left to the device but the manifest has no hole for its digest and size"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl LayerStorage {
-    /// Digest and size of the blob the device stores for a layer.
-    pub fn blob(&self, layer: &TargetLayer) -> (Digest, u64) {
+    /// Digest and size of the blob the device stores for a layer; `None` when the statement
+    /// leaves them to the device ([`LayerStorage::is_derived`]).
+    pub fn blob(&self, layer: &TargetLayer) -> Option<(Digest, u64)> {
         match self {
-            LayerStorage::Uncompressed { .. } => (layer.diff_id.clone(), layer.size),
-            LayerStorage::SourceBlob { digest, size, .. } => (digest.clone(), *size),
+            LayerStorage::Uncompressed { .. } => Some((layer.diff_id.clone(), layer.size)),
+            LayerStorage::SourceBlob {
+                digest: Some(digest),
+                size: Some(size),
+                ..
+            } => Some((digest.clone(), *size)),
+            LayerStorage::SourceBlob { .. } => None,
         }
+    }
+
+    /// True when the device derives the blob's digest and size (format version 9).
+    pub fn is_derived(&self) -> bool {
+        matches!(self, LayerStorage::SourceBlob { digest: None, .. })
     }
 
     /// Media type of the layer in the produced manifest.
@@ -247,6 +330,9 @@ pub enum StatementError {
     /// Larger than [`MAX_STATEMENT_LEN`].
     #[error("statement is {0} bytes, more than the {MAX_STATEMENT_LEN} allowed")]
     TooLarge(usize),
+    /// Valid JSON for the schema, but its parts contradict each other.
+    #[error("statement is not consistent: {0}")]
+    Inconsistent(String),
 }
 
 impl Statement {
@@ -268,6 +354,7 @@ impl Statement {
         if statement.to_canonical_json() != bytes {
             return Err(StatementError::NotCanonical);
         }
+        statement.target.check_derived_blobs()?;
         Ok(statement)
     }
 
@@ -371,6 +458,56 @@ pub(crate) mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("{\"allow_downgrade\":false,\"contact\":"));
         assert!(!text.contains(": "));
+    }
+
+    /// `sample()` with its one layer's blob left to the device and the manifest a template.
+    fn derived(from: BlobFrom) -> Statement {
+        let mut s = sample();
+        s.format_version = 9;
+        s.target.layers[0].storage = LayerStorage::SourceBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: None,
+            size: None,
+            from,
+        };
+        s.target.manifest =
+            "{\"layers\":[{\"digest\":\"\u{1}d0\u{1}\",\"size\":\u{1}s0\u{1}}]}".into();
+        s
+    }
+
+    #[test]
+    fn a_derived_blob_needs_version_9_and_a_hole_for_its_digest_and_size() {
+        let s = derived(BlobFrom::Recipe);
+        assert_eq!(s.target.format_version(), 9);
+        let bytes = s.to_canonical_json();
+        assert_eq!(Statement::from_canonical_json(&bytes).unwrap(), s);
+        // A derived blob has no digest or size key at all (named blobs serialize as before).
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("{\"from\":\"recipe\",\"kind\":\"source_blob\",\"media_type\""));
+
+        let refused = |s: Statement, why: &str| match Statement::from_canonical_json(
+            &s.to_canonical_json(),
+        ) {
+            Err(StatementError::Inconsistent(reason)) => {
+                assert!(reason.contains(why), "{reason}")
+            }
+            other => panic!("{why}: {other:?}"),
+        };
+        refused(derived(BlobFrom::Payload), "travels in the payload");
+        let mut no_size_hole = derived(BlobFrom::Device);
+        no_size_hole.target.manifest = "{\"d\":\"\u{1}d0\u{1}\"}".into();
+        refused(no_size_hole, "no hole for its digest and size");
+        let mut hole_of_named = sample();
+        hole_of_named.target.manifest = "{\"d\":\"\u{1}d0\u{1}\"}".into();
+        refused(hole_of_named, "whose blob the statement names");
+        let mut half = derived(BlobFrom::Recipe);
+        if let LayerStorage::SourceBlob { size, .. } = &mut half.target.layers[0].storage {
+            *size = Some(7);
+        }
+        refused(half, "but not both");
+        let mut unclosed = derived(BlobFrom::Recipe);
+        unclosed.target.manifest.push('\u{1}');
+        refused(unclosed, "never closed");
     }
 
     #[test]

@@ -224,12 +224,15 @@ fn sign_refuses_what_a_device_would_refuse() {
     );
 
     let mut future = serde_json::to_value(statement()).unwrap();
-    future["format_version"] = 9.into();
+    future["format_version"] = (sideload_signing::FORMAT_VERSION + 1).into();
     std::fs::write(d.join("future.json"), serde_json::to_vec(&future).unwrap()).unwrap();
     let out = tool(&["sign", "--key", "k.key", "future.json"], d);
     assert_eq!(code(&out), 1);
     assert!(
-        text(&out.stderr).contains("format version 9"),
+        text(&out.stderr).contains(&format!(
+            "format version {}",
+            sideload_signing::FORMAT_VERSION + 1
+        )),
         "{}",
         text(&out.stderr)
     );

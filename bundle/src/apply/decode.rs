@@ -70,7 +70,7 @@ pub(super) fn layer_action(
         }
         Record::Blob { index: i, len } if i as usize == index => {
             let LayerStorage::SourceBlob {
-                size,
+                size: Some(size),
                 from: BlobFrom::Payload,
                 ..
             } = &layer.storage
@@ -93,6 +93,20 @@ pub(super) fn layer_action(
     }
 }
 
+/// A blob being recreated on the second thread: its layer index, digest and size when done.
+type Recreating<'s> = ScopedJoinHandle<'s, Result<(usize, (Digest, u64)), Error>>;
+
+/// What decoding a payload produced.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    /// Layers rebuilt from the payload.
+    pub rebuilt: usize,
+    /// Layers copied from images on the device.
+    pub reused: usize,
+    /// Per layer, the blob recreated from its recipe (digest, size), if any.
+    pub recreated: Vec<Option<(Digest, u64)>>,
+}
+
 /// Decodes a payload into a staged layout.
 pub(super) struct Decoder<'a> {
     /// The bundle, for errors.
@@ -113,11 +127,7 @@ impl Decoder<'_> {
     /// Walks the payload records (read from `file`, at the payload's start) and writes config
     /// and layer blobs into the staged layout; `staging` holds the scratch store. Returns
     /// (rebuilt, reused) layer counts.
-    pub fn decode(
-        &self,
-        file: &mut File,
-        staging: &std::path::Path,
-    ) -> Result<(usize, usize), Error> {
+    pub fn decode(&self, file: &mut File, staging: &std::path::Path) -> Result<Decoded, Error> {
         let payload = &self.statement.payload;
         let raw = BufReader::new(HashingReader::new(file.take(payload.size)));
         let frames = Frames::new(raw, payload.codec, payload.window_log)
@@ -140,10 +150,10 @@ impl Decoder<'_> {
             self.bases,
             staging,
         )?;
-        let counts = self.layers(&mut reader, &scratch)?;
-        self.remove_exact_tars()?;
+        let decoded = self.layers(&mut reader, &scratch)?;
+        self.remove_exact_tars(&decoded.recreated)?;
         self.end(reader)?;
-        Ok(counts)
+        Ok(decoded)
     }
 
     /// The config record, first: checked against the statement's config digest and layers,
@@ -195,10 +205,11 @@ impl Decoder<'_> {
     /// preflate about 20 MB/s, zlib and Go level 6 20-35, pgzip 80-100; decoding is often
     /// faster). A pgzip blob's blocks are spread over every core besides (see `gzip_recipe`,
     /// "What runs where").
-    fn layers(&self, reader: &mut Reader<'_>, scratch: &Scratch) -> Result<(usize, usize), Error> {
-        std::thread::scope(|s| -> Result<(usize, usize), Error> {
+    fn layers(&self, reader: &mut Reader<'_>, scratch: &Scratch) -> Result<Decoded, Error> {
+        std::thread::scope(|s| -> Result<Decoded, Error> {
             let (mut rebuilt, mut reused) = (0, 0);
-            let mut recreating: Option<ScopedJoinHandle<'_, Result<(), Error>>> = None;
+            let mut recreated = vec![None; self.statement.target.layers.len()];
+            let mut recreating: Option<Recreating<'_>> = None;
             for (index, layer) in self.statement.target.layers.iter().enumerate() {
                 let count = self.statement.target.layers.len();
                 self.progress
@@ -207,13 +218,18 @@ impl Decoder<'_> {
                     LayerAction::Present => reused += 1,
                     LayerAction::Blob { .. } | LayerAction::Ops => rebuilt += 1,
                 }
-                self.blob(s, reader, index, layer, &mut recreating)?;
+                self.blob(s, reader, index, layer, &mut recreating, &mut recreated)?;
                 self.progress.finish();
             }
             if let Some(last) = recreating.take() {
-                last.join().expect("recreating a blob does not panic")?;
+                let (index, blob) = last.join().expect("recreating a blob does not panic")?;
+                recreated[index] = Some(blob);
             }
-            Ok((rebuilt, reused))
+            Ok(Decoded {
+                rebuilt,
+                reused,
+                recreated,
+            })
         })
     }
 
@@ -282,7 +298,12 @@ impl Decoder<'_> {
         layer: &TargetLayer,
         len: u64,
     ) -> Result<(), Error> {
-        let LayerStorage::SourceBlob { digest, size, .. } = &layer.storage else {
+        let LayerStorage::SourceBlob {
+            digest: Some(digest),
+            size: Some(size),
+            ..
+        } = &layer.storage
+        else {
             return Err(self.corrupt(format!(
                 "layer {index} comes as a blob, the statement stores it otherwise"
             )));
@@ -294,7 +315,7 @@ impl Decoder<'_> {
             return Err(self.corrupt(format!("payload ends inside layer {index}'s blob")));
         }
         self.progress.advance(layer.size);
-        commit_source_blob(self.name, index, blob, digest, *size)
+        commit_source_blob(self.name, index, blob, Some((digest, *size))).map(|_| ())
     }
 
     /// A layer rebuilt from its operations, checked against its diff_id.
@@ -330,24 +351,32 @@ impl Decoder<'_> {
     }
 
     /// After a layer's tar: its compressed blob as the statement stores it, from the device
-    /// or recreated from its recipe (on a second thread, after the previous one is done).
+    /// or recreated from its recipe (on a second thread, after the previous one is done, whose
+    /// blob goes into `recreated`). A held blob whose digest the statement leaves to the device
+    /// is staged once the manifest is resolved (see `derive`).
     fn blob<'s>(
         &'s self,
         s: &'s Scope<'s, '_>,
         reader: &mut Reader<'_>,
         index: usize,
         layer: &'s TargetLayer,
-        recreating: &mut Option<ScopedJoinHandle<'s, Result<(), Error>>>,
+        recreating: &mut Option<Recreating<'s>>,
+        recreated: &mut [Option<(Digest, u64)>],
     ) -> Result<(), Error> {
         match &layer.storage {
             LayerStorage::Uncompressed { .. }
             | LayerStorage::SourceBlob {
                 from: BlobFrom::Payload,
                 ..
+            }
+            | LayerStorage::SourceBlob {
+                digest: None,
+                from: BlobFrom::Device,
+                ..
             } => {}
             LayerStorage::SourceBlob {
-                digest,
-                size,
+                digest: Some(digest),
+                size: Some(size),
                 from: BlobFrom::Device,
                 ..
             } => {
@@ -364,6 +393,14 @@ impl Decoder<'_> {
                 }
             }
             LayerStorage::SourceBlob {
+                from: BlobFrom::Device,
+                ..
+            } => {
+                return Err(self.corrupt(format!(
+                    "layer {index} names its blob's digest or size but not both"
+                )))
+            }
+            LayerStorage::SourceBlob {
                 digest,
                 size,
                 from: BlobFrom::Recipe,
@@ -371,12 +408,17 @@ impl Decoder<'_> {
             } => {
                 let recipe = read_recipe(self.name, reader, index, layer.size, self.limits)?;
                 if let Some(previous) = recreating.take() {
-                    previous.join().expect("recreating a blob does not panic")?;
+                    let (done, blob) =
+                        previous.join().expect("recreating a blob does not panic")?;
+                    recreated[done] = Some(blob);
                 }
                 let (name, writer) = (self.name, self.writer);
-                let (diff_id, digest, size) = (&layer.diff_id, digest.clone(), *size);
+                let diff_id = &layer.diff_id;
+                let expected = digest.clone().zip(*size);
                 *recreating = Some(s.spawn(move || {
-                    recreate_blob(name, index, &recipe, writer, diff_id, &digest, size)
+                    let expected = expected.as_ref().map(|(d, s)| (d, *s));
+                    recreate_blob(name, index, &recipe, writer, diff_id, expected)
+                        .map(|blob| (index, blob))
                 }));
             }
         }
@@ -384,13 +426,15 @@ impl Decoder<'_> {
     }
 
     /// The tars of exact layers were only the material for their blobs; keep any blob the
-    /// manifest names (the config, or a layer stored as that very digest).
-    fn remove_exact_tars(&self) -> Result<(), Error> {
+    /// manifest names (the config, or a layer stored as that very digest, named or
+    /// `recreated`).
+    fn remove_exact_tars(&self, recreated: &[Option<(Digest, u64)>]) -> Result<(), Error> {
         let target = &self.statement.target;
         let referenced: Vec<Digest> = target
             .layers
             .iter()
-            .map(|l| l.storage.blob(l).0)
+            .filter_map(|l| l.storage.blob(l).map(|(d, _)| d))
+            .chain(recreated.iter().flatten().map(|(d, _)| d.clone()))
             .chain(std::iter::once(target.config_digest.clone()))
             .collect();
         for layer in &target.layers {
@@ -531,7 +575,7 @@ fn read_recipe<R: Read>(
             "payload ends inside the gzip recipe of layer {index}"
         )));
     }
-    let recipe = GzipRecipe::from_bytes(&bytes, max_chunks(layer_size))
+    let recipe = GzipRecipe::from_bytes_in_layer(&bytes, layer_size, max_chunks(layer_size))
         .map_err(|e| corrupt(format!("layer {index}: {e}")))?;
     if recipe.plain_len() != layer_size {
         return Err(corrupt(format!(
@@ -542,17 +586,17 @@ fn read_recipe<R: Read>(
     Ok(recipe)
 }
 
-/// Recreates layer `index`'s exact gzip blob from its staged tar and checks it against the
-/// statement's digest before it is stored.
+/// Recreates layer `index`'s exact gzip blob from its staged tar and stores it, checked
+/// against the statement's digest and size when it names them (`expected`); returns its digest
+/// and size.
 fn recreate_blob(
     name: &str,
     index: usize,
     recipe: &GzipRecipe,
     writer: &OciLayoutWriter,
     diff_id: &Digest,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), Error> {
+    expected: Option<(&Digest, u64)>,
+) -> Result<(Digest, u64), Error> {
     let tar_path = crate::image::oci_layout::blob_path(writer.dir(), diff_id);
     let tar = File::open(&tar_path).map_err(Error::io("reading staged layer", &tar_path))?;
     let mut blob = writer.blob_writer()?;
@@ -568,28 +612,29 @@ fn recreate_blob(
             reason: format!("layer {index}: {other}"),
         },
     })?;
-    commit_source_blob(name, index, blob, digest, size)
+    commit_source_blob(name, index, blob, expected)
 }
 
-/// Stores layer `index`'s compressed blob if it is the one the statement names.
+/// Stores layer `index`'s compressed blob if it is the one the statement names (`expected`,
+/// when it names one); returns its digest and size.
 fn commit_source_blob(
     name: &str,
     index: usize,
     blob: BlobWriter,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), Error> {
-    blob.commit(Some((digest, Some(size))))
+    expected: Option<(&Digest, u64)>,
+) -> Result<(Digest, u64), Error> {
+    blob.commit(expected.map(|(digest, size)| (digest, Some(size))))
         .map_err(|e| match e {
             ImageError::DigestMismatch { actual, .. } => Error::ExactBlobMismatch {
                 bundle: name.to_owned(),
                 index,
-                expected: digest.clone(),
+                expected: expected
+                    .map(|(d, _)| d.clone())
+                    .expect("only a named blob mismatches"),
                 actual,
             },
             other => Error::Image(other),
-        })?;
-    Ok(())
+        })
 }
 
 #[cfg(test)]
@@ -613,8 +658,8 @@ mod tests {
     fn blob(from: BlobFrom) -> TargetLayer {
         layer(LayerStorage::SourceBlob {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: Digest::of_bytes(b"blob"),
-            size: 40,
+            digest: Some(Digest::of_bytes(b"blob")),
+            size: Some(40),
             from,
         })
     }

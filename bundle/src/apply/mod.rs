@@ -37,6 +37,7 @@ pub use crate::scratch::BaseStore;
 
 mod commit;
 mod decode;
+mod derive;
 mod ops;
 mod preflight;
 
@@ -97,6 +98,19 @@ impl BaseStore for ImageSet {
         self.images
             .iter()
             .any(|i| i.image().layers.iter().any(|l| &l.blob_digest == digest))
+    }
+
+    fn blobs_of(&self, diff_id: &Digest) -> Vec<(Digest, u64)> {
+        let mut blobs: Vec<(Digest, u64)> = self
+            .images
+            .iter()
+            .flat_map(|i| i.image().layers.iter())
+            .filter(|l| &l.diff_id == diff_id && l.blob_digest != l.diff_id)
+            .map(|l| (l.blob_digest.clone(), l.blob_size))
+            .collect();
+        blobs.sort();
+        blobs.dedup();
+        blobs
     }
 }
 
@@ -205,8 +219,8 @@ pub fn apply_trusted(
         progress,
     }
     .decode(&mut file, staging.path());
-    let (rebuilt_layers, reused_layers) = match decoded {
-        Ok(counts) => counts,
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
         Err(e) if e.is_refusal() => {
             // A damaged payload usually breaks decoding before its digest can be compared;
             // say so plainly when that is the cause.
@@ -215,16 +229,38 @@ pub fn apply_trusted(
         }
         Err(e) => return Err(e),
     };
+    let statement = resolve_derived(&name, statement, &decoded.recreated, bases, &writer)?;
     commit::add_manifest(&name, &statement, &mut writer)?;
     writer.finish()?;
     commit::place(output, &layout, staging.path(), &statement.target)?;
     crate::fsutil::sync_parent(out_path)?;
     Ok(ApplyReport {
         statement,
-        rebuilt_layers,
-        reused_layers,
+        rebuilt_layers: decoded.rebuilt,
+        reused_layers: decoded.reused,
         output: out_path.to_owned(),
     })
+}
+
+/// The statement as the device produced it: when it left blob digests to the device, the
+/// manifest filled with the blobs recreated and held here (the held ones staged), checked
+/// against the signed manifest digest; otherwise as it is.
+fn resolve_derived(
+    name: &str,
+    mut statement: Statement,
+    recreated: &[Option<(Digest, u64)>],
+    bases: &dyn BaseStore,
+    writer: &OciLayoutWriter,
+) -> Result<Statement, Error> {
+    if !statement.target.has_manifest_template() {
+        return Ok(statement);
+    }
+    let found = derive::found(&statement.target, recreated, bases);
+    let resolved = derive::resolve(&statement.target, &found)
+        .map_err(|why| derive::unresolved_error(name, &statement.target, why))?;
+    derive::stage_held(name, &statement.target, &resolved, bases, writer)?;
+    statement.target = resolved;
+    Ok(statement)
 }
 
 /// Disk bytes an apply of `statement` needs beside the bundle file: every layer uncompressed,
@@ -240,12 +276,20 @@ pub fn space_needed(statement: &Statement, copies: u64) -> Option<u64> {
         .try_fold(target.manifest.len() as u64 + (1 << 20), |acc, l| {
             acc.checked_add(l.size)
         })?;
-    // Exact layers are held twice while staged: the tar and the recreated blob.
+    // Exact layers are held twice while staged: the tar and the recreated blob. A blob whose
+    // size the device derives is counted as deflate's worst case over its tar (stored blocks,
+    // 5 bytes per 64 KiB, plus header and trailer), which every layer writer keeps to; a
+    // stream that grows its data more fails on a full disk, with nothing tagged.
     let image = target
         .layers
         .iter()
         .try_fold(image, |acc, l| match &l.storage {
-            LayerStorage::SourceBlob { size, .. } => acc.checked_add(*size),
+            LayerStorage::SourceBlob {
+                size: Some(size), ..
+            } => acc.checked_add(*size),
+            LayerStorage::SourceBlob { size: None, .. } => {
+                acc.checked_add(l.size.checked_add(l.size / 13_000 + 1024)?)
+            }
             LayerStorage::Uncompressed { .. } => Some(acc),
         })?;
     image

@@ -25,19 +25,31 @@ pub(super) fn check_bases(
         }
     }
     for (index, layer) in statement.target.layers.iter().enumerate() {
-        if let LayerStorage::SourceBlob {
+        let LayerStorage::SourceBlob {
             digest,
             from: BlobFrom::Device,
             ..
         } = &layer.storage
-        {
-            if !bases.contains_blob(digest) {
+        else {
+            continue;
+        };
+        match digest {
+            Some(digest) if !bases.contains_blob(digest) => {
                 return Err(Error::MissingBaseBlob {
                     bundle: name.to_owned(),
                     index,
                     digest: digest.clone(),
-                });
+                })
             }
+            None if bases.blobs_of(&layer.diff_id).is_empty() => {
+                return Err(Error::HeldBlobNotFound {
+                    bundle: name.to_owned(),
+                    index,
+                    diff_id: layer.diff_id.clone(),
+                    held: 0,
+                })
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -151,8 +163,8 @@ mod tests {
                 },
                 Some(from) => LayerStorage::SourceBlob {
                     media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                    digest: Digest::of_bytes(format!("{name}.gz").as_bytes()),
-                    size: 400,
+                    digest: Some(Digest::of_bytes(format!("{name}.gz").as_bytes())),
+                    size: Some(400),
                     from,
                 },
             },
@@ -166,7 +178,7 @@ mod tests {
             layer("held", Some(BlobFrom::Device)),
         );
         let s = statement(vec![base.clone()], vec![held.clone()]);
-        let blob = held.storage.blob(&held).0;
+        let blob = held.storage.blob(&held).unwrap().0;
         check_bases("b", &s, &Holds(vec![base.clone(), blob.clone()])).unwrap();
         let e = check_bases("b", &s, &Holds(vec![blob])).unwrap_err();
         assert!(matches!(e, Error::MissingBase { diff_id, .. } if diff_id == base));

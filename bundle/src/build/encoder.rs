@@ -195,7 +195,7 @@ impl Encoder<'_> {
             storage,
             recipe_bytes: recipe.map_or(0, |r| r.len() as u64),
             recipe: recipe.map(|r| {
-                crate::gzip_recipe::GzipRecipe::from_bytes(r, u64::MAX)
+                crate::gzip_recipe::GzipRecipe::from_bytes_in_layer(r, size, u64::MAX)
                     .expect("the encoder's own recipe parses")
                     .describe()
             }),

@@ -1,8 +1,14 @@
 //! The statement a build ends with: the image the device will produce (its manifest, the
 //! source's own when every blob is exact, else one built from the layers as stored), what the
 //! device must hold, the payload, and the options' names and times. Pure.
+//!
+//! The source's manifest travels as a template when it can ([`derive_blobs`]): the digests
+//! and sizes of the blobs the device recreates or holds are left out, for the device to fill.
 
-use sideload_signing::{Digest, PayloadInfo, SourceRef, Statement, Target, TargetLayer};
+use sideload_signing::template;
+use sideload_signing::{
+    BlobFrom, Digest, LayerStorage, PayloadInfo, SourceRef, Statement, Target, TargetLayer,
+};
 
 use crate::image::spec::media_types::OCI_MANIFEST;
 use crate::image::spec::Descriptor;
@@ -17,7 +23,7 @@ pub(super) fn assemble(
     image: &Image,
     options: &BuildOptions,
     source_manifest: Option<&(String, Vec<u8>)>,
-    layers: Vec<TargetLayer>,
+    mut layers: Vec<TargetLayer>,
     records_version: u32,
     requires: Vec<Digest>,
     payload: PayloadInfo,
@@ -33,22 +39,31 @@ pub(super) fn assemble(
             ),
         ),
     };
-    Statement {
-        format_version: format_version(records_version, &layers),
-        target: Target {
-            repository: options.repository.clone(),
-            tags: options.tags.clone(),
-            platform: image.platform.clone(),
-            config_digest: image.config.digest.clone(),
-            layers,
-            manifest_media_type,
-            manifest_digest: Digest::of_bytes(&manifest),
-            manifest: String::from_utf8(manifest).expect("serde_json writes UTF-8"),
-            source: SourceRef {
-                reference: image.reference.clone(),
-                manifest_digest: image.manifest.as_ref().map(|m| m.digest.clone()),
-            },
+    let manifest_digest = Digest::of_bytes(&manifest);
+    let manifest = String::from_utf8(manifest).expect("manifests are checked UTF-8 JSON");
+    let manifest = match source_manifest {
+        Some(_) => derive_blobs(&mut layers, manifest),
+        None => manifest,
+    };
+    let target = Target {
+        repository: options.repository.clone(),
+        tags: options.tags.clone(),
+        platform: image.platform.clone(),
+        config_digest: image.config.digest.clone(),
+        layers,
+        manifest_media_type,
+        manifest_digest,
+        manifest,
+        source: SourceRef {
+            reference: image.reference.clone(),
+            manifest_digest: image.manifest.as_ref().map(|m| m.digest.clone()),
         },
+    };
+    Statement {
+        // The lowest version that describes the bundle, so devices that predate a version
+        // still apply what does not need it.
+        format_version: records_version.max(target.format_version()),
+        target,
         requires,
         payload,
         sequence: options.sequence,
@@ -60,15 +75,48 @@ pub(super) fn assemble(
     }
 }
 
-/// The lowest statement version that describes the bundle, so devices that predate a version
-/// still apply what does not need it: the payload records' version, and 2 when a layer is
-/// stored as an exact blob.
-fn format_version(records_version: u32, layers: &[TargetLayer]) -> u32 {
-    records_version.max(if layers.iter().any(|l| l.storage.is_exact_blob()) {
-        2
-    } else {
-        1
-    })
+/// Leaves to the device the digest and size of every blob it recreates from a recipe or holds
+/// (format version 9): returns `manifest` as a template with holes for them and marks them
+/// derived in `layers`. An exact bundle then carries no digest the device can find itself:
+/// 32 bytes of entropy per layer, most of what it cost over `--exact never`. Leaves `layers`
+/// and `manifest` as they are when the manifest does not name each such blob plainly.
+fn derive_blobs(layers: &mut [TargetLayer], manifest: String) -> String {
+    let derivable: Vec<(usize, &Digest, u64)> = layers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, layer)| match &layer.storage {
+            LayerStorage::SourceBlob {
+                digest: Some(digest),
+                size: Some(size),
+                from: BlobFrom::Recipe | BlobFrom::Device,
+                ..
+            } => Some((index, digest, *size)),
+            _ => None,
+        })
+        .collect();
+    if derivable.is_empty() {
+        return manifest;
+    }
+    let Some(template) = template::make(&manifest, &derivable) else {
+        return manifest;
+    };
+    let filled = template::fill(&template, |hole| {
+        let &(_, digest, size) = derivable.iter().find(|(i, _, _)| *i == hole.layer())?;
+        Some(match hole {
+            template::Hole::Digest(_) => digest.to_string(),
+            template::Hole::Size(_) => size.to_string(),
+        })
+    });
+    if filled.as_deref() != Ok(manifest.as_str()) {
+        return manifest;
+    }
+    let derived: Vec<usize> = derivable.iter().map(|(i, _, _)| *i).collect();
+    for index in derived {
+        if let LayerStorage::SourceBlob { digest, size, .. } = &mut layers[index].storage {
+            (*digest, *size) = (None, None);
+        }
+    }
+    template
 }
 
 /// An OCI manifest of the config and the layers as the device stores them.
@@ -79,7 +127,10 @@ fn manifest_of(config: &Digest, config_len: u64, layers: &[TargetLayer]) -> Vec<
         layers
             .iter()
             .map(|l| {
-                let (digest, size) = l.storage.blob(l);
+                let (digest, size) = l
+                    .storage
+                    .blob(l)
+                    .expect("a build names every blob before it derives any");
                 Descriptor::new(l.storage.media_type(), digest, size)
             })
             .collect(),
@@ -108,20 +159,49 @@ mod tests {
     fn exact() -> LayerStorage {
         LayerStorage::SourceBlob {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: Digest::of_bytes(b"blob"),
-            size: 40,
+            digest: Some(Digest::of_bytes(b"blob")),
+            size: Some(40),
             from: BlobFrom::Recipe,
         }
     }
 
     #[test]
-    fn exact_blobs_need_version_2_and_records_may_need_more() {
-        let plain = [layer("a", uncompressed())];
-        let with_exact = [layer("a", uncompressed()), layer("b", exact())];
-        assert_eq!(format_version(1, &plain), 1);
-        assert_eq!(format_version(1, &with_exact), 2);
-        assert_eq!(format_version(3, &with_exact), 3);
-        assert_eq!(format_version(3, &plain), 3);
+    fn the_blobs_a_device_recreates_or_holds_are_left_to_it() {
+        let blob = Digest::of_bytes(b"blob");
+        let mut layers = vec![layer("a", uncompressed()), layer("b", exact())];
+        let source = format!(
+            "{{\"layers\":[{{\"digest\":\"{}\",\"size\":100}},{{\"digest\":\"{blob}\",\"size\":40}}]}}",
+            layers[0].diff_id
+        );
+        let template = derive_blobs(&mut layers, source.clone());
+        assert!(layers[1].storage.is_derived() && !layers[0].storage.is_derived());
+        assert!(!template.contains(blob.as_str()) && !template.contains(":40"));
+        let target = Target {
+            repository: "edge/app".parse().unwrap(),
+            tags: vec![],
+            platform: sideload_signing::Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: String::new(),
+            },
+            config_digest: Digest::of_bytes(b"config"),
+            layers,
+            manifest_media_type: OCI_MANIFEST.into(),
+            manifest_digest: Digest::of_bytes(source.as_bytes()),
+            manifest: template,
+            source: SourceRef {
+                reference: "oci:/src".into(),
+                manifest_digest: None,
+            },
+        };
+        target.check_derived_blobs().unwrap();
+        assert_eq!(target.format_version(), 9);
+
+        // A manifest that does not name the blob plainly keeps every digest.
+        let mut layers = vec![layer("b", exact())];
+        let other = "{\"layers\":[]}".to_owned();
+        assert_eq!(derive_blobs(&mut layers, other.clone()), other);
+        assert!(!layers[0].storage.is_derived());
     }
 
     #[test]

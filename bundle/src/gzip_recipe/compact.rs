@@ -16,7 +16,9 @@
 //!   header is the bare 10-byte one (flags 0), sent as its mtime (varint), XFL (u8) and OS
 //!   (u8); neither: the header verbatim (varint length, bytes). Bit 1 set: the trailer
 //!   verbatim (varint length, bytes: a CRC that does not match the text); clear: the device
-//!   computes it from the plain text. Other bits, or bits 0 and 2 together, are refused.
+//!   computes it from the plain text. Bit 3 set (format version 9): the plain length is the
+//!   layer's size, which the statement gives, and the zlib, Go and pgzip codes leave it out.
+//!   Other bits, or bits 0 and 2 together, are refused.
 //! - deflate codes, each naming the writer *and* the release whose bytes it reproduces (a new
 //!   release that writes other bytes gets a new code, which an older device refuses):
 //!   - [`CODE_PREFLATE`] and [`CODE_PREFLATE_RAW`]: kind 1's and kind 6's chunks, as they are
@@ -63,19 +65,42 @@ const FRAME_VERBATIM_TRAILER: u8 = 2;
 /// Frame bit: the header is what the recipe's writer writes by default; nothing is sent.
 const FRAME_WRITERS_HEADER: u8 = 4;
 
+/// Frame bit (format version 9): the plain length is the layer's size; not sent.
+pub(super) const FRAME_PLAIN_IS_LAYER: u8 = 8;
+
 /// The gzip header every layer writer writes: magic, deflate, no flags, then mtime, XFL, OS.
 const BARE_HEADER_LEN: usize = 10;
 
-/// Appends `recipe` as a kind 7 recipe.
-pub(super) fn put(out: &mut Vec<u8>, recipe: &GzipRecipe) {
+/// Appends `recipe` as a kind 7 recipe, leaving out its plain length when it is
+/// `layer_size` (the size of the layer the recipe belongs to, which the reader knows).
+pub(super) fn put(out: &mut Vec<u8>, recipe: &GzipRecipe, layer_size: Option<u64>) {
     let header = header_form(recipe);
+    let plain_is_layer = plain_is_layer(&recipe.deflate, layer_size);
     out.push(RECIPE_COMPACT);
-    out.push(frame_byte(recipe, header));
-    put_deflate(out, &recipe.deflate);
+    out.push(
+        frame_byte(recipe, header)
+            | if plain_is_layer {
+                FRAME_PLAIN_IS_LAYER
+            } else {
+                0
+            },
+    );
+    put_deflate(out, &recipe.deflate, plain_is_layer);
     put_header_and_trailer(out, recipe, header);
 }
 
-/// Length of what [`put`] writes, without writing a preflate recipe's chunks.
+/// True when `deflate` has a plain length field and it is `layer_size`.
+fn plain_is_layer(deflate: &DeflateRecipe, layer_size: Option<u64>) -> bool {
+    match deflate {
+        DeflateRecipe::Zlib { plain_len, .. }
+        | DeflateRecipe::Go { plain_len, .. }
+        | DeflateRecipe::Pgzip { plain_len, .. } => Some(*plain_len) == layer_size,
+        DeflateRecipe::Preflate(_) => false,
+    }
+}
+
+/// Length of what [`put`] writes (with no layer size), without writing a preflate recipe's
+/// chunks.
 pub(super) fn encoded_len(recipe: &GzipRecipe) -> u64 {
     let mut out = Vec::new();
     put_header_and_trailer(&mut out, recipe, header_form(recipe));
@@ -85,7 +110,7 @@ pub(super) fn encoded_len(recipe: &GzipRecipe) -> u64 {
         }
         deflate => {
             let mut bytes = Vec::new();
-            put_deflate(&mut bytes, deflate);
+            put_deflate(&mut bytes, deflate, false);
             bytes.len() as u64
         }
     };
@@ -155,7 +180,13 @@ fn put_header_and_trailer(out: &mut Vec<u8>, recipe: &GzipRecipe, header: Header
     }
 }
 
-fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe) {
+/// The deflate code and its fields; the plain length only when it is not the layer's.
+fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe, plain_is_layer: bool) {
+    let put_plain_len = |out: &mut Vec<u8>, len: u64| {
+        if !plain_is_layer {
+            put_varint(out, len)
+        }
+    };
     match deflate {
         DeflateRecipe::Zlib {
             level,
@@ -167,7 +198,7 @@ fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe) {
                 ZlibEnding::SyncThenFinish => CODE_ZLIB_SYNC_FINISH,
             });
             out.push(*level);
-            put_varint(out, *plain_len);
+            put_plain_len(out, *plain_len);
         }
         DeflateRecipe::Go {
             level,
@@ -177,7 +208,7 @@ fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe) {
         } => {
             out.push(CODE_GO);
             out.push(level.get() as i8 as u8);
-            put_varint(out, *plain_len);
+            put_plain_len(out, *plain_len);
             put_varint(out, flushes.len() as u64);
             super::flush_deltas(flushes).for_each(|d| put_varint(out, d));
         }
@@ -190,7 +221,7 @@ fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe) {
             out.push(CODE_PGZIP);
             out.push(level.get() as i8 as u8);
             put_varint(out, u64::from(*block_size));
-            put_varint(out, *plain_len);
+            put_plain_len(out, *plain_len);
         }
         DeflateRecipe::Preflate(chunks) => {
             let raw = super::has_verbatim(chunks);
@@ -205,19 +236,32 @@ fn put_deflate(out: &mut Vec<u8>, deflate: &DeflateRecipe) {
 }
 
 /// Parses a kind 7 recipe after its kind byte; the caller checks that nothing follows.
+/// `layer_size` is the size of the layer the recipe belongs to, for a recipe that leaves its
+/// plain length out (`None` where it is unknown: such a recipe is then refused).
 pub(super) fn take_recipe(
     r: &mut Cursor<&[u8]>,
     max_chunks: u64,
+    layer_size: Option<u64>,
 ) -> Result<GzipRecipe, RecipeError> {
     let frame = take(r, 1)?[0];
     let header_bits = frame & (FRAME_BARE_HEADER | FRAME_WRITERS_HEADER);
-    let known = FRAME_BARE_HEADER | FRAME_WRITERS_HEADER | FRAME_VERBATIM_TRAILER;
+    let known =
+        FRAME_BARE_HEADER | FRAME_WRITERS_HEADER | FRAME_VERBATIM_TRAILER | FRAME_PLAIN_IS_LAYER;
     if frame & !known != 0 || header_bits == FRAME_BARE_HEADER | FRAME_WRITERS_HEADER {
         return Err(RecipeError::Invalid(format!(
             "compact recipe frame bits {frame:#04x}; update sideload on the device"
         )));
     }
-    let deflate = take_deflate(r, max_chunks)?;
+    let plain_len = match (frame & FRAME_PLAIN_IS_LAYER != 0, layer_size) {
+        (false, _) => None,
+        (true, Some(size)) => Some(size),
+        (true, None) => {
+            return Err(RecipeError::Invalid(
+                "a recipe whose plain length is its layer's, read without the layer".into(),
+            ))
+        }
+    };
+    let deflate = take_deflate(r, max_chunks, plain_len)?;
     let header = match header_bits {
         FRAME_WRITERS_HEADER => writer_header(&deflate).ok_or_else(|| {
             RecipeError::Invalid("the writer's own header, for a writer that has none".into())
@@ -257,8 +301,18 @@ fn take_framed(r: &mut Cursor<&[u8]>, what: &str) -> Result<Vec<u8>, RecipeError
     Ok(take(r, len as usize)?.to_vec())
 }
 
-fn take_deflate(r: &mut Cursor<&[u8]>, max_chunks: u64) -> Result<DeflateRecipe, RecipeError> {
+/// The deflate code and its fields; `plain_len` when the frame says the plain length is the
+/// layer's (then not read).
+fn take_deflate(
+    r: &mut Cursor<&[u8]>,
+    max_chunks: u64,
+    plain_len: Option<u64>,
+) -> Result<DeflateRecipe, RecipeError> {
     let code = take(r, 1)?[0];
+    let take_plain_len = |r: &mut Cursor<&[u8]>| match plain_len {
+        Some(len) => Ok(len),
+        None => take_varint(r),
+    };
     Ok(match code {
         CODE_ZLIB | CODE_ZLIB_SYNC_FINISH => {
             let level = take(r, 1)?[0];
@@ -273,14 +327,14 @@ fn take_deflate(r: &mut Cursor<&[u8]>, max_chunks: u64) -> Result<DeflateRecipe,
                     CODE_ZLIB => ZlibEnding::Finish,
                     _ => ZlibEnding::SyncThenFinish,
                 },
-                plain_len: take_varint(r)?,
+                plain_len: take_plain_len(r)?,
             }
         }
         CODE_GO => {
             let level = take(r, 1)?[0] as i8;
             let level =
                 Level::new(i32::from(level)).map_err(|_| RecipeError::InvalidGoLevel { level })?;
-            let plain_len = take_varint(r)?;
+            let plain_len = take_plain_len(r)?;
             let count = take_varint(r)?;
             DeflateRecipe::Go {
                 level,
@@ -304,9 +358,14 @@ fn take_deflate(r: &mut Cursor<&[u8]>, max_chunks: u64) -> Result<DeflateRecipe,
             DeflateRecipe::Pgzip {
                 level,
                 block_size,
-                plain_len: take_varint(r)?,
+                plain_len: take_plain_len(r)?,
                 writer: PgzipWriterId::Pgzip1_2_5Klauspost1_15_12,
             }
+        }
+        CODE_PREFLATE | CODE_PREFLATE_RAW if plain_len.is_some() => {
+            return Err(RecipeError::Invalid(
+                "a preflate recipe has no plain length to leave out".into(),
+            ))
         }
         CODE_PREFLATE | CODE_PREFLATE_RAW => {
             let raw = code == CODE_PREFLATE_RAW;
@@ -375,7 +434,7 @@ mod tests {
     #[test]
     fn frames_this_build_does_not_know_are_refused() {
         let go = [7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0];
-        for frame in [FRAME_WRITERS_HEADER | FRAME_BARE_HEADER, 8, 0x80] {
+        for frame in [FRAME_WRITERS_HEADER | FRAME_BARE_HEADER, 0x10, 0x80] {
             let mut bad = go;
             bad[1] = frame;
             let e = GzipRecipe::from_bytes(&bad, 10).unwrap_err().to_string();
@@ -389,5 +448,81 @@ mod tests {
         let huge = [7, 4, CODE_PGZIP, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 7];
         let e = GzipRecipe::from_bytes(&huge, 10).unwrap_err().to_string();
         assert!(e.contains("over 32 bits"), "{e}");
+    }
+
+    #[test]
+    fn a_recipe_leaves_out_a_plain_length_that_is_its_layers() {
+        let go = parse(&[7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0]);
+        // Kind, frame, code, level, no flush point: the 1,000 bytes are the layer's size.
+        let short = go.to_bytes_in_layer(1000);
+        assert_eq!(
+            short,
+            [
+                7,
+                FRAME_WRITERS_HEADER | FRAME_PLAIN_IS_LAYER,
+                CODE_GO,
+                6,
+                0
+            ]
+        );
+        assert!(crate::gzip_recipe::needs_layer_size(&short));
+        assert_eq!(
+            GzipRecipe::from_bytes_in_layer(&short, 1000, 10).unwrap(),
+            go
+        );
+        // Read where the layer is unknown, it is refused; another layer size reads as that.
+        let e = GzipRecipe::from_bytes(&short, 10).unwrap_err().to_string();
+        assert!(e.contains("without the layer"), "{e}");
+        assert_eq!(
+            GzipRecipe::from_bytes_in_layer(&short, 999, 10)
+                .unwrap()
+                .plain_len(),
+            999
+        );
+        // A layer of another size keeps the length, and the version-8 form.
+        let named = go.to_bytes_in_layer(1001);
+        assert_eq!(named, go.to_bytes());
+        assert!(!crate::gzip_recipe::needs_layer_size(&named));
+        // pgzip and zlib leave it out too; preflate has none to leave out.
+        let pgzip = parse(&[
+            7,
+            FRAME_WRITERS_HEADER,
+            CODE_PGZIP,
+            0xff,
+            0x80,
+            0x80,
+            0x40,
+            7,
+        ]);
+        assert_eq!(
+            pgzip.to_bytes_in_layer(7),
+            [
+                7,
+                FRAME_WRITERS_HEADER | FRAME_PLAIN_IS_LAYER,
+                CODE_PGZIP,
+                0xff,
+                0x80,
+                0x80,
+                0x40
+            ]
+        );
+        let zlib = parse(&[7, FRAME_BARE_HEADER, CODE_ZLIB, 6, 5, 0, 0, 3]);
+        assert_eq!(
+            zlib.to_bytes_in_layer(5),
+            [
+                7,
+                FRAME_BARE_HEADER | FRAME_PLAIN_IS_LAYER,
+                CODE_ZLIB,
+                6,
+                0,
+                0,
+                3
+            ]
+        );
+        let preflate = [7, FRAME_PLAIN_IS_LAYER, CODE_PREFLATE, 0];
+        let e = GzipRecipe::from_bytes_in_layer(&preflate, 5, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no plain length"), "{e}");
     }
 }

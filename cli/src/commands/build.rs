@@ -392,30 +392,21 @@ pub(crate) fn storage_code(storage: &LayerStorage) -> &'static str {
 
 /// A layer's storage in words (with its recipe's size and kind when known).
 pub(crate) fn storage_text(storage: &LayerStorage, recipe: Option<(u64, Option<&str>)>) -> String {
-    match storage {
-        LayerStorage::Uncompressed { .. } => "stored uncompressed".into(),
-        LayerStorage::SourceBlob {
-            digest,
-            from: BlobFrom::Recipe,
-            ..
-        } => match recipe {
-            Some((n, kind)) => format!(
-                "exact gzip blob {} recreated from a {n}-byte recipe{}",
-                digest.short(),
-                kind.map(|k| format!(" ({k})")).unwrap_or_default()
-            ),
-            None => format!("exact gzip blob {} recreated from a recipe", digest.short()),
-        },
-        LayerStorage::SourceBlob {
-            digest,
-            from: BlobFrom::Device,
-            ..
-        } => format!("exact blob {} already on the device", digest.short()),
-        LayerStorage::SourceBlob {
-            digest,
-            from: BlobFrom::Payload,
-            ..
-        } => format!("exact blob {} sent whole", digest.short()),
+    let LayerStorage::SourceBlob { digest, from, .. } = storage else {
+        return "stored uncompressed".into();
+    };
+    let blob = match digest {
+        Some(digest) => format!("exact blob {}", digest.short()),
+        None => "exact blob (digest derived on the device)".into(),
+    };
+    match (from, recipe) {
+        (BlobFrom::Recipe, Some((n, kind))) => format!(
+            "{blob} recreated from a {n}-byte gzip recipe{}",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default()
+        ),
+        (BlobFrom::Recipe, None) => format!("{blob} recreated from a gzip recipe"),
+        (BlobFrom::Device, _) => format!("{blob} already on the device"),
+        (BlobFrom::Payload, _) => format!("{blob} sent whole"),
     }
 }
 
