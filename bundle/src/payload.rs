@@ -33,7 +33,11 @@
 //! 0x07 BLOB     u32 layer_index, u64 len, len bytes (the source's compressed blob itself, for
 //!               a layer no recipe can recreate when exactness is required)
 //! and after PRESENT or LAYER, for a layer whose source gzip blob the device recreates:
-//! 0x06 RECIPE   u32 layer_index, u64 len, len bytes (a `gzip_recipe` in its own encoding)
+//! 0x08 LAYER_RECIPE varint len, len bytes (a `gzip_recipe` in its own encoding, for the layer
+//!               whose PRESENT or END_LAYER came just before; format version 9, what builds
+//!               write: 2 bytes of framing where RECIPE took 13)
+//! 0x06 RECIPE   u32 layer_index, u64 len, len bytes (the same, as bundles of versions 2-8
+//!               write it; still read)
 //! 0xFF END
 //! ```
 //! Integers are little-endian; a varint is LEB128 (7 bits a byte, low first, at most 10 bytes),
@@ -58,6 +62,7 @@ const TAG_LAYER: u8 = 0x04;
 const TAG_FRAME: u8 = 0x05;
 const TAG_RECIPE: u8 = 0x06;
 const TAG_BLOB: u8 = 0x07;
+const TAG_LAYER_RECIPE: u8 = 0x08;
 const TAG_LITERAL: u8 = 0x10;
 const TAG_COPY: u8 = 0x11;
 const TAG_PATCH_ZSTD: u8 = 0x12;
@@ -126,6 +131,11 @@ pub enum Record {
     Recipe {
         /// Layer index.
         index: u32,
+        /// Body length.
+        len: u64,
+    },
+    /// The gzip recipe of the layer whose records just ended; `len` bytes follow.
+    LayerRecipe {
         /// Body length.
         len: u64,
     },
@@ -235,6 +245,9 @@ impl<R: Read> PayloadReader<R> {
             TAG_RECIPE => Record::Recipe {
                 index: self.u32()?,
                 len: self.u64()?,
+            },
+            TAG_LAYER_RECIPE => Record::LayerRecipe {
+                len: self.varint()?,
             },
             TAG_LITERAL => Record::Literal {
                 len: self.varint()?,
@@ -531,7 +544,17 @@ impl<W: Write> PayloadWriter<W> {
         self.inner.write_all(&index.to_le_bytes())
     }
 
-    /// The gzip recipe of target layer `index` (after its PRESENT or END_LAYER record).
+    /// The gzip recipe of the layer whose PRESENT or END_LAYER record was written last, as a
+    /// LAYER_RECIPE record (format version 9).
+    pub fn layer_recipe(&mut self, recipe: &[u8]) -> io::Result<()> {
+        self.format_version = self.format_version.max(9);
+        self.inner.write_all(&[TAG_LAYER_RECIPE])?;
+        write_varint(&mut self.inner, recipe.len() as u64)?;
+        self.inner.write_all(recipe)
+    }
+
+    /// The gzip recipe of target layer `index` (after its PRESENT or END_LAYER record) as a
+    /// RECIPE record, as bundles of format versions 2 to 8 carry it.
     pub fn recipe(&mut self, index: u32, recipe: &[u8]) -> io::Result<()> {
         match recipe.first() {
             Some(&crate::gzip_recipe::RECIPE_GO) => {
@@ -870,6 +893,23 @@ mod tests {
         w.recipe(2, &[crate::gzip_recipe::RECIPE_GO_FLUSHED])
             .unwrap();
         assert_eq!(w.format_version(), 7);
+    }
+
+    #[test]
+    fn a_layer_recipe_is_two_bytes_of_framing_and_version_9() {
+        let mut w = PayloadWriter::new(Vec::new()).unwrap();
+        w.present(0).unwrap();
+        w.layer_recipe(&[7, 12, 4, 6, 0]).unwrap();
+        assert_eq!(w.format_version(), 9);
+        let bytes = w.finish().unwrap();
+        let mut r = PayloadReader::new(&bytes[..], 10);
+        assert_eq!(r.next_record().unwrap(), Record::Present { index: 0 });
+        assert_eq!(r.next_record().unwrap(), Record::LayerRecipe { len: 5 });
+        let mut body = Vec::new();
+        r.body(5).read_to_end(&mut body).unwrap();
+        assert_eq!(body, [7, 12, 4, 6, 0]);
+        let end = bytes.len() - 1;
+        assert_eq!(&bytes[end - 7..end], &[TAG_LAYER_RECIPE, 5, 7, 12, 4, 6, 0]);
     }
 
     #[test]

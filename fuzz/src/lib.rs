@@ -194,6 +194,7 @@ pub fn payload_records(data: &[u8]) {
             Record::Config { len } => u64::from(*len),
             Record::Blob { len, .. }
             | Record::Recipe { len, .. }
+            | Record::LayerRecipe { len }
             | Record::Literal { len }
             | Record::LiteralX86 { len } => *len,
             Record::Mix { len, .. } => *len,

@@ -558,6 +558,7 @@ fn read_recipe<R: Read>(
     };
     let len = match reader.next_record().map_err(|e| corrupt(e.to_string()))? {
         Record::Recipe { index: i, len } if i as usize == index => len,
+        Record::LayerRecipe { len } => len,
         other => {
             return Err(corrupt(format!(
                 "expected the gzip recipe of layer {index}, found {other:?}"

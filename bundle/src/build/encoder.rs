@@ -174,9 +174,7 @@ impl Encoder<'_> {
         };
         let recipe = self.exact.recipes.get(&index);
         if let Some(recipe) = recipe {
-            writer
-                .recipe(index32, recipe)
-                .map_err(self.io_err(WRITING))?;
+            writer.layer_recipe(recipe).map_err(self.io_err(WRITING))?;
         }
         writer.get_mut().flush().map_err(self.io_err(WRITING))?;
         let payload_bytes = compressed_so_far(writer) - before;
