@@ -20,11 +20,11 @@ use sideload_bundle::image::compression::{verified_blob, verified_layer};
 use sideload_bundle::image::spec::{self, Parsed};
 use sideload_bundle::image::{ImageError, Layer};
 use sideload_bundle::{verify_head, Limits, NoProgress};
-use sideload_signing::{Digest, Statement, TrustPolicy, VerifyContext};
+use sideload_signing::{Digest, Statement, Tag, TrustPolicy, VerifyContext};
 use tokio::runtime::Handle;
 
 use crate::journal::Journal;
-use crate::upstream::{StoredImage, Upstream};
+use crate::upstream::{StoredImage, Upstream, UpstreamError};
 
 /// What an apply needs of the device, lent by the daemon: its registry, where to stage, whom
 /// to trust with which limits, and the journal (for the anti-rollback floor). Nothing else of
@@ -93,13 +93,58 @@ pub enum ApplyFailure {
         registry_down: bool,
     },
     /// The registry refused or failed to store the rebuilt image.
-    #[error("{bundle}: cannot store the rebuilt image in the local registry: {message}")]
+    #[error("{bundle}: cannot store the rebuilt image in the local registry: {cause}")]
     Store {
         /// The bundle's name.
         bundle: String,
-        /// What the registry said.
-        message: String,
+        /// What went wrong.
+        cause: StoreError,
     },
+}
+
+/// Why the rebuilt image could not be stored in the registry (blobs, manifest, then tags).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A registry call failed.
+    #[error(transparent)]
+    Registry(#[from] UpstreamError),
+    /// The statement's manifest does not parse as an image manifest.
+    #[error("the statement's manifest: {0}")]
+    Manifest(ImageError),
+    /// The statement's manifest is an index.
+    #[error("the statement's manifest is an index")]
+    NotAnImage,
+    /// The registry stored the manifest under another digest.
+    #[error("the manifest hashes to {stored}, the statement says {want}")]
+    ManifestDigest {
+        /// What the registry reported.
+        stored: Digest,
+        /// The statement's manifest digest.
+        want: Digest,
+    },
+    /// A tag just set reads back as absent.
+    #[error("tag {tag} is missing right after it was set")]
+    TagMissing {
+        /// The tag.
+        tag: Tag,
+    },
+    /// A tag just set reads back as another manifest.
+    #[error("tag {tag} points at {found} instead of {want}")]
+    TagElsewhere {
+        /// The tag.
+        tag: Tag,
+        /// What it points at.
+        found: Digest,
+        /// The statement's manifest digest.
+        want: Digest,
+    },
+}
+
+impl StoreError {
+    /// True when the registry's storage is full (it says so in its answer).
+    fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Registry(e) if e.to_string().to_ascii_lowercase().contains("no space left"))
+    }
 }
 
 /// An engine error's text, naming the bundle (disk and I/O errors name only a path).
@@ -149,13 +194,11 @@ impl ApplyFailure {
             } => no_space(source).or(registry_down.then_some(Transient::Registry)),
             // The registry refused or failed to store a manifest and blobs whose digests the
             // decoder checked: its storage is full or it is down, both of which pass.
-            ApplyFailure::Store { message, .. } => {
-                Some(if message.to_ascii_lowercase().contains("no space left") {
-                    Transient::NoSpace
-                } else {
-                    Transient::Registry
-                })
-            }
+            ApplyFailure::Store { cause, .. } => Some(if cause.is_no_space() {
+                Transient::NoSpace
+            } else {
+                Transient::Registry
+            }),
         }
     }
 }
@@ -421,9 +464,9 @@ pub async fn rebuild(
     // 3: push blobs, config, manifest, tags.
     push_layout(device.upstream, &bases, &statement, &layout)
         .await
-        .map_err(|message| ApplyFailure::Store {
+        .map_err(|cause| ApplyFailure::Store {
             bundle: name.clone(),
-            message,
+            cause,
         })?;
     drop(staging);
     Ok(statement)
@@ -445,7 +488,7 @@ async fn push_layout(
     bases: &RegistryBases,
     statement: &Statement,
     layout: &Path,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let repo = statement.target.repository.as_str();
     let label = format!("{repo}@{}", statement.target.manifest_digest);
     let manifest = match spec::parse_manifest(
@@ -454,10 +497,10 @@ async fn push_layout(
         &label,
         "manifest",
     )
-    .map_err(|e| e.to_string())?
+    .map_err(StoreError::Manifest)?
     {
         Parsed::Manifest(m) => m,
-        Parsed::Index(_) => return Err("the statement's manifest is an index".into()),
+        Parsed::Index(_) => return Err(StoreError::NotAnImage),
     };
     let blobs = manifest
         .layers
@@ -465,35 +508,28 @@ async fn push_layout(
         .map(|l| &l.digest)
         .chain(std::iter::once(&manifest.config.digest));
     for digest in blobs {
-        if up.has_blob(repo, digest).await.map_err(|e| e.to_string())? {
+        if up.has_blob(repo, digest).await? {
             continue;
         }
         if let Some(from) = bases.repository_with_blob(digest) {
-            if from != repo
-                && up
-                    .mount_blob(repo, digest, from)
-                    .await
-                    .map_err(|e| e.to_string())?
-            {
+            if from != repo && up.mount_blob(repo, digest, from).await? {
                 continue;
             }
         }
         let path = layout.join("blobs").join("sha256").join(digest.hex());
-        up.push_blob_file(repo, digest, &path)
-            .await
-            .map_err(|e| e.to_string())?;
+        up.push_blob_file(repo, digest, &path).await?;
     }
     let manifest_bytes = statement.target.manifest.as_bytes();
     let media_type = &statement.target.manifest_media_type;
     let want = &statement.target.manifest_digest;
     let stored = up
         .put_manifest(repo, want.as_str(), media_type, manifest_bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if &stored != want {
-        return Err(format!(
-            "the manifest hashes to {stored}, the statement says {want}"
-        ));
+        return Err(StoreError::ManifestDigest {
+            stored,
+            want: want.clone(),
+        });
     }
     crate::crash::reached(crate::crash::Step::ApplyManifestStored);
     // Fault injection for the crash tests (test builds only): hold here, with every blob and
@@ -510,18 +546,17 @@ async fn push_layout(
     // Tags move last: only now is every blob and the manifest in place.
     for tag in &statement.target.tags {
         up.put_manifest(repo, tag.as_str(), media_type, manifest_bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let back = up
             .manifest(repo, tag.as_str())
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("tag {tag} is missing right after it was set"))?;
+            .await?
+            .ok_or_else(|| StoreError::TagMissing { tag: tag.clone() })?;
         if &back.digest != want {
-            return Err(format!(
-                "tag {tag} points at {} instead of {want}",
-                back.digest
-            ));
+            return Err(StoreError::TagElsewhere {
+                tag: tag.clone(),
+                found: back.digest,
+                want: want.clone(),
+            });
         }
     }
     Ok(())

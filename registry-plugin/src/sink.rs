@@ -63,28 +63,41 @@ fn default_retry_secs() -> u64 {
     60
 }
 
+/// An `[engine]` setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkConfigError {
+    /// An `upstream_hosts` entry that is not a host.
+    #[error("upstream_hosts: {0:?} is not a registry host (name or IP, optional :port, lower case, no scheme or path)")]
+    BadUpstreamHost(String),
+    /// A `pull_from` that is not a host.
+    #[error("pull_from: {0:?} is not a registry host:port (e.g. \"127.0.0.1:5000\")")]
+    BadPullFrom(String),
+    /// Docker without `pull_from`.
+    #[error("pull_from is required for kind = \"docker\": the engine pulls from the plugin at that address (e.g. \"127.0.0.1:5000\")")]
+    DockerNeedsPullFrom,
+    /// containerd with neither `upstream_hosts` nor `pull_from`.
+    #[error("kind = \"containerd\" needs upstream_hosts (the registries the deployments name, each routed to the plugin by containerd's hosts.toml) or pull_from")]
+    ContainerdNeedsHosts,
+}
+
 impl SinkConfig {
     /// Refuses settings that cannot work, before the daemon binds a port.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SinkConfigError> {
         if let Some(bad) = self.upstream_hosts.iter().find(|h| !names::valid_host(h)) {
-            return Err(format!(
-                "upstream_hosts: {bad:?} is not a registry host (name or IP, optional :port, lower case, no scheme or path)"
-            ));
+            return Err(SinkConfigError::BadUpstreamHost(bad.clone()));
         }
-        if let Some(local) = &self.pull_from {
-            if !names::valid_host(local) {
-                return Err(format!(
-                    "pull_from: {local:?} is not a registry host:port (e.g. \"127.0.0.1:5000\")"
-                ));
-            }
+        if let Some(local) = self.pull_from.as_ref().filter(|h| !names::valid_host(h)) {
+            return Err(SinkConfigError::BadPullFrom(local.clone()));
         }
         match self.kind {
-            EngineKind::Docker if self.pull_from.is_none() => Err(
-                "pull_from is required for kind = \"docker\": the engine pulls from the plugin at that address (e.g. \"127.0.0.1:5000\")".into(),
-            ),
-            EngineKind::Containerd if self.pull_from.is_none() && self.upstream_hosts.is_empty() => Err(
-                "kind = \"containerd\" needs upstream_hosts (the registries the deployments name, each routed to the plugin by containerd's hosts.toml) or pull_from".into(),
-            ),
+            EngineKind::Docker if self.pull_from.is_none() => {
+                Err(SinkConfigError::DockerNeedsPullFrom)
+            }
+            EngineKind::Containerd
+                if self.pull_from.is_none() && self.upstream_hosts.is_empty() =>
+            {
+                Err(SinkConfigError::ContainerdNeedsHosts)
+            }
             _ => Ok(()),
         }
     }
@@ -358,15 +371,20 @@ mod tests {
         assert_eq!(ok.kind, EngineKind::Docker);
         assert!(ok.check().is_ok());
         let e = config("socket = \"/s\"\n").check().unwrap_err();
-        assert!(e.contains("pull_from is required"), "{e}");
+        assert_eq!(e, SinkConfigError::DockerNeedsPullFrom);
+        assert!(e.to_string().contains("pull_from is required"), "{e}");
         let e = config("kind = \"containerd\"\nsocket = \"/s\"\n")
             .check()
             .unwrap_err();
-        assert!(e.contains("needs upstream_hosts"), "{e}");
+        assert!(e.to_string().contains("needs upstream_hosts"), "{e}");
         let e = config("socket = \"/s\"\npull_from = \"h:1\"\nupstream_hosts = [\"https://x\"]\n")
             .check()
             .unwrap_err();
-        assert!(e.contains("\"https://x\""), "{e}");
+        assert!(e.to_string().contains("\"https://x\""), "{e}");
+        let e = config("socket = \"/s\"\npull_from = \"http://h\"\n")
+            .check()
+            .unwrap_err();
+        assert_eq!(e, SinkConfigError::BadPullFrom("http://h".into()));
         assert!(toml::from_str::<SinkConfig>("socket = \"/s\"\nkind = \"cri-o\"\n").is_err());
         assert!(toml::from_str::<SinkConfig>("socket = \"/s\"\nmirror = 1\n").is_err());
     }

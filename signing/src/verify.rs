@@ -113,7 +113,7 @@ pub enum Refusal {
         now: u64,
     },
     /// Not newer than what the device already applied for the repository.
-    #[error("rollback refused: {repository} is already at sequence {recorded}, this statement has sequence {sequence} and does not allow a downgrade")]
+    #[error("a rollback: {repository} is already at sequence {recorded}, this statement has sequence {sequence} and does not allow a downgrade")]
     Rollback {
         /// The statement's repository.
         repository: RepositoryName,
