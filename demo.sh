@@ -22,7 +22,8 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 
 step "Building sideload (release; the first build takes about 15 minutes on 2 cores, later ones seconds)"
 cargo build --release --locked --workspace --bins --examples
-BIN=target/release
+# cargo builds into $CARGO_TARGET_DIR when it is set.
+BIN="${CARGO_TARGET_DIR:-target}/release"
 OUT=demo-output
 rm -rf "$OUT"
 mkdir -p "$OUT"/{images,device,keys,offline}
