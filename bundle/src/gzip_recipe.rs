@@ -76,6 +76,7 @@ use sideload_signing::Digest;
 pub mod compact;
 mod legacy;
 mod preflate;
+mod tiny;
 
 /// Kind byte of a preflate recipe (the correction model of `preflate-rs` 0.7). Kept from the
 /// first recipe format, in which it was the version byte.
@@ -107,8 +108,12 @@ pub const RECIPE_PREFLATE_VERBATIM: u8 = 6;
 /// packed ([`compact`]).
 pub const RECIPE_COMPACT: u8 = 7;
 
+/// Kind byte of a tiny recipe (format version 9): a zlib, Go or pgzip writer at its defaults,
+/// for a layer whose size is its plain length, in one byte ([`tiny`]).
+pub const RECIPE_TINY: u8 = 8;
+
 /// The recipe kinds this build reads.
-const KNOWN_KINDS: [u8; 7] = [
+const KNOWN_KINDS: [u8; 8] = [
     RECIPE_PREFLATE,
     RECIPE_ZLIB,
     RECIPE_GO,
@@ -116,6 +121,7 @@ const KNOWN_KINDS: [u8; 7] = [
     RECIPE_GO_FLUSHED,
     RECIPE_PREFLATE_VERBATIM,
     RECIPE_COMPACT,
+    RECIPE_TINY,
 ];
 
 /// pgzip refuses blocks of this size or smaller (its `tailSize`).
@@ -444,7 +450,8 @@ pub enum RecipeError {
     #[error(
         "recipe kind {kind}, this device knows kinds {RECIPE_PREFLATE} and \
          {RECIPE_PREFLATE_VERBATIM} (preflate), {RECIPE_ZLIB} (zlib), {RECIPE_GO} and \
-         {RECIPE_GO_FLUSHED} (Go), {RECIPE_PGZIP} (pgzip) and {RECIPE_COMPACT} (compact); update \
+         {RECIPE_GO_FLUSHED} (Go), {RECIPE_PGZIP} (pgzip), {RECIPE_COMPACT} (compact) and \
+         {RECIPE_TINY} (tiny); update \
          sideload on the device or \
          build the bundle with --exact never"
     )]
@@ -602,10 +609,13 @@ impl GzipRecipe {
         out
     }
 
-    /// The recipe as the payload carries it for a layer of `layer_size` bytes: a compact
-    /// recipe that leaves out its plain length when it is the layer's (format version 9; see
-    /// [`needs_layer_size`]).
+    /// The recipe as the payload carries it for a layer of `layer_size` bytes: a tiny recipe
+    /// (2 bytes) for a writer at its defaults, else a compact recipe that leaves out its plain
+    /// length when it is the layer's (format version 9; see [`needs_layer_size`]).
     pub fn to_bytes_in_layer(&self, layer_size: u64) -> Vec<u8> {
+        if let Some(tiny) = tiny::encode(self, layer_size) {
+            return tiny.to_vec();
+        }
         let mut out = Vec::with_capacity(self.encoded_len() as usize);
         compact::put(&mut out, self, Some(layer_size));
         out
@@ -640,6 +650,7 @@ impl GzipRecipe {
         }
         let recipe = match kind {
             RECIPE_COMPACT => compact::take_recipe(&mut r, max_chunks, layer_size)?,
+            RECIPE_TINY => tiny::take_recipe(&mut r, layer_size)?,
             kind => legacy::take_recipe(&mut r, kind, max_chunks)?,
         };
         if r.position() != bytes.len() as u64 {
@@ -654,10 +665,13 @@ impl GzipRecipe {
 /// True when encoded recipe `bytes` leaves its plain length to its layer's size: format
 /// version 9 (the payload writer raises the bundle's version by it).
 pub fn needs_layer_size(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&RECIPE_COMPACT)
-        && bytes
+    match bytes.first() {
+        Some(&RECIPE_TINY) => true,
+        Some(&RECIPE_COMPACT) => bytes
             .get(1)
-            .is_some_and(|frame| frame & compact::FRAME_PLAIN_IS_LAYER != 0)
+            .is_some_and(|frame| frame & compact::FRAME_PLAIN_IS_LAYER != 0),
+        _ => false,
+    }
 }
 
 /// Each flush point's distance from the one before (the first's from 0).
@@ -2497,11 +2511,11 @@ mod tests {
         }
 
         // An unknown kind is its own refusal; every cut is refused.
-        let mut kind_8 = go.clone();
-        kind_8[0] = 8;
+        let mut kind_9 = go.clone();
+        kind_9[0] = 9;
         assert!(matches!(
-            GzipRecipe::from_bytes(&kind_8, 10),
-            Err(RecipeError::UnknownKind { kind: 8 })
+            GzipRecipe::from_bytes(&kind_9, 10),
+            Err(RecipeError::UnknownKind { kind: 9 })
         ));
         for cut in 0..go.len() {
             assert!(GzipRecipe::from_bytes(&go[..cut], 10).is_err(), "cut {cut}");

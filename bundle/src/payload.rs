@@ -576,6 +576,9 @@ impl<W: Write> PayloadWriter<W> {
                 };
                 self.format_version = self.format_version.max(version);
             }
+            Some(&crate::gzip_recipe::RECIPE_TINY) => {
+                self.format_version = self.format_version.max(9);
+            }
             _ => {}
         }
         self.inner.write_all(&[TAG_RECIPE])?;

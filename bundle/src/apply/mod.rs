@@ -17,8 +17,10 @@
 //! statement needs is held, recipes mean the payload digest is checked first, the disk the
 //! apply needs), `decode` (the record loop: config, extents gathered into scratch, each layer's
 //! record, whose meaning `layer_action` decides, the end of the payload checked), `ops` (one
-//! layer's operations, each claimed against the layer's declared size), `commit` (the signed
-//! manifest checked, the image moved into place).
+//! layer's operations, each claimed against the layer's declared size), `derive` (pure: when
+//! the statement leaves blob digests to the device, the manifest template filled with the blobs
+//! recreated and held here, the first fill that hashes to the signed digest), `commit` (the
+//! signed manifest checked, the image moved into place).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
