@@ -64,7 +64,7 @@ pub(super) fn encode(recipe: &GzipRecipe, layer_size: u64) -> Option<[u8; 2]> {
             block_size: PGZIP_DEFAULT_BLOCK,
             plain_len,
             writer: PgzipWriterId::Pgzip1_2_5Klauspost1_15_12,
-        } if *plain_len == layer_size => offset(PGZIP_BASE, i32::from(level.get()))?,
+        } if *plain_len == layer_size => offset(PGZIP_BASE, level.get())?,
         _ => return None,
     };
     let decoded = decode(code, layer_size).ok()?;
