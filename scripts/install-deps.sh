@@ -29,6 +29,8 @@
 #                    other package: backports are pinned low (NotAutomatic), so only what is
 #                    asked for with -t bookworm-backports comes from there.
 #   debootstrap      scripts/deb-test.sh makes a clean bookworm root to install the .deb in
+#   python3          Python's gzip writes the zlib layers the exact tests recreate; test.sh
+#                    reads cargo's metadata with it
 # Idempotent: installs only what is missing. `--demo` installs only what ./demo.sh needs (the
 # build, the registry, skopeo, curl, dockerd), none of the test-only packages.
 set -euo pipefail
@@ -36,7 +38,7 @@ if [ "${1:-}" = --demo ]; then
   packages=(docker-registry skopeo curl docker.io containerd runc protobuf-compiler libudev-dev pkg-config ca-certificates gcc libc6-dev python3)
   backports=()
 else
-  packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev debootstrap)
+  packages=(docker-registry skopeo umoci curl podman docker.io containerd runc protobuf-compiler systemd e2fsprogs dosfstools libudev-dev pkg-config iproute2 ca-certificates gzip pigz golang-go golang-github-klauspost-compress-dev golang-github-klauspost-pgzip-dev postgresql gcc libc6-dev debootstrap python3)
   backports=(golang-1.21-go golang-1.22-go golang-1.23-go)
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
