@@ -42,80 +42,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
-    // Settings that cannot work are refused here, before anything binds or writes.
-    if let Err(e) = config.events.check() {
-        eprintln!("error: {}: [events]: {e}", config_path.display());
-        return std::process::ExitCode::from(EXIT_CONFIG);
-    }
-    if let Some(Err(e)) = config.engine.as_ref().map(|e| e.check()) {
-        eprintln!("error: {}: [engine]: {e}", config_path.display());
-        return std::process::ExitCode::from(EXIT_CONFIG);
-    }
-    if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
-        // The policy's own error names it and its path ("trust policy /etc/...: ...").
-        eprintln!(
-            "error: {e}\nwhat to do: write it with `sideload-sign pubkey KEY.pub` (one [[keys]] \
-             entry per release key, `threshold = N` on top), or set trust_policy in {}",
-            config_path.display()
-        );
-        return std::process::ExitCode::from(EXIT_CONFIG);
-    }
-    let auth = match sideload_registry_plugin::auth::Auth::load(&config.auth) {
-        Ok(a) => a,
-        Err(e) => {
-            print_error(&e.context(format!("{}: [auth]", config_path.display())));
-            return std::process::ExitCode::from(EXIT_CONFIG);
-        }
+    let auth = match check_settings(&config, &config_path) {
+        Ok(auth) => auth,
+        Err(code) => return code,
     };
     if args.check_config {
-        let tls = match sideload_registry_plugin::tls::check(&config) {
-            Ok(None) => "off".to_owned(),
-            Ok(Some(checked)) => {
-                let listen = config.tls.as_ref().map(|t| t.listen.to_string());
-                match checked {
-                    sideload_registry_plugin::tls::Checked::Ready { pin } => {
-                        format!("{} (pin {pin})", listen.unwrap_or_default())
-                    }
-                    sideload_registry_plugin::tls::Checked::WillGenerate => format!(
-                        "{} (self-signed certificate made at the first start in {})",
-                        listen.unwrap_or_default(),
-                        config.tls_cert_file().display()
-                    ),
-                }
-            }
-            Err(e) => {
-                print_error(&e.context(format!("{}: [tls]", config_path.display())));
-                return std::process::ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        // A summary, not the whole config: event headers may carry tokens.
-        println!(
-            "config OK: listen {}, tls {tls}, upload token {}, registry {}, data {}, inbox {}, engine {}, events {}",
-            config.listen,
-            match (auth.enabled(), config.auth.exempt_loopback) {
-                (false, _) => "off",
-                (true, true) => "required (not from loopback)",
-                (true, false) => "required",
-            },
-            config.registry.url,
-            config.data_dir.display(),
-            if config.inbox.enabled {
-                config.inbox_dir().display().to_string()
-            } else {
-                "off".into()
-            },
-            config
-                .engine
-                .as_ref()
-                .map(|e| e.summary())
-                .unwrap_or_else(|| "off".into()),
-            if config.events.url.is_some() || config.events.command.is_some() {
-                "on"
-            } else {
-                "off"
-            },
-        );
-        return std::process::ExitCode::SUCCESS;
+        return print_check(&config, &auth, &config_path);
     }
     // Before the runtime: a certificate that does not load is a configuration error.
     let tls = match sideload_registry_plugin::tls::prepare(&config) {
@@ -141,6 +73,93 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses settings that cannot work, before anything binds or writes: the event receiver,
+/// the engine, the trust policy and the upload token. Returns the loaded upload token setting,
+/// or the exit status after the error is printed.
+fn check_settings(
+    config: &Config,
+    config_path: &Path,
+) -> Result<sideload_registry_plugin::auth::Auth, std::process::ExitCode> {
+    let refuse = || std::process::ExitCode::from(EXIT_CONFIG);
+    if let Err(e) = config.events.check() {
+        eprintln!("error: {}: [events]: {e}", config_path.display());
+        return Err(refuse());
+    }
+    if let Some(Err(e)) = config.engine.as_ref().map(|e| e.check()) {
+        eprintln!("error: {}: [engine]: {e}", config_path.display());
+        return Err(refuse());
+    }
+    if let Err(e) = sideload_signing::TrustPolicy::load(&config.trust_policy) {
+        // The policy's own error names it and its path ("trust policy /etc/...: ...").
+        eprintln!(
+            "error: {e}\nwhat to do: write it with `sideload-sign pubkey KEY.pub` (one [[keys]] \
+             entry per release key, `threshold = N` on top), or set trust_policy in {}",
+            config_path.display()
+        );
+        return Err(refuse());
+    }
+    sideload_registry_plugin::auth::Auth::load(&config.auth).map_err(|e| {
+        print_error(&e.context(format!("{}: [auth]", config_path.display())));
+        refuse()
+    })
+}
+
+/// `--check-config`: the TLS setup checked, then a one-line summary (not the whole config:
+/// event headers may carry tokens).
+fn print_check(
+    config: &Config,
+    auth: &sideload_registry_plugin::auth::Auth,
+    config_path: &Path,
+) -> std::process::ExitCode {
+    let tls = match sideload_registry_plugin::tls::check(config) {
+        Ok(None) => "off".to_owned(),
+        Ok(Some(checked)) => {
+            let listen = config.tls.as_ref().map(|t| t.listen.to_string());
+            match checked {
+                sideload_registry_plugin::tls::Checked::Ready { pin } => {
+                    format!("{} (pin {pin})", listen.unwrap_or_default())
+                }
+                sideload_registry_plugin::tls::Checked::WillGenerate => format!(
+                    "{} (self-signed certificate made at the first start in {})",
+                    listen.unwrap_or_default(),
+                    config.tls_cert_file().display()
+                ),
+            }
+        }
+        Err(e) => {
+            print_error(&e.context(format!("{}: [tls]", config_path.display())));
+            return std::process::ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!(
+        "config OK: listen {}, tls {tls}, upload token {}, registry {}, data {}, inbox {}, engine {}, events {}",
+        config.listen,
+        match (auth.enabled(), config.auth.exempt_loopback) {
+            (false, _) => "off",
+            (true, true) => "required (not from loopback)",
+            (true, false) => "required",
+        },
+        config.registry.url,
+        config.data_dir.display(),
+        if config.inbox.enabled {
+            config.inbox_dir().display().to_string()
+        } else {
+            "off".into()
+        },
+        config
+            .engine
+            .as_ref()
+            .map(|e| e.summary())
+            .unwrap_or_else(|| "off".into()),
+        if config.events.url.is_some() || config.events.command.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+    );
+    std::process::ExitCode::SUCCESS
 }
 
 /// The configuration from `--config`, or from the default file, or, when that file does not
