@@ -125,8 +125,8 @@ pub(super) struct Decoder<'a> {
 
 impl Decoder<'_> {
     /// Walks the payload records (read from `file`, at the payload's start) and writes config
-    /// and layer blobs into the staged layout; `staging` holds the scratch store. Returns
-    /// (rebuilt, reused) layer counts.
+    /// and layer blobs into the staged layout; `staging` holds the scratch store. Returns the
+    /// layer counts and the blobs recreated from recipes.
     pub fn decode(&self, file: &mut File, staging: &std::path::Path) -> Result<Decoded, Error> {
         let payload = &self.statement.payload;
         let raw = BufReader::new(HashingReader::new(file.take(payload.size)));
