@@ -386,6 +386,22 @@ fn take_deflate(
 mod tests {
     use super::*;
 
+    /// Go's `gzip.NewWriter` at its default level over 1,000 bytes (the seed
+    /// fuzz/seeds/gzip_recipe/go-compact).
+    const GO: [u8; 7] = [7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0];
+
+    /// pgzip as skopeo writes it, 1 MiB blocks, over 7 bytes (pgzip-compact).
+    const PGZIP: [u8; 8] = [
+        7,
+        FRAME_WRITERS_HEADER,
+        CODE_PGZIP,
+        0xff,
+        0x80,
+        0x80,
+        0x40,
+        7,
+    ];
+
     fn parse(bytes: &[u8]) -> GzipRecipe {
         GzipRecipe::from_bytes(bytes, 10).expect("parses")
     }
@@ -395,7 +411,7 @@ mod tests {
         // Go's gzip.NewWriter at its default level over 1,000 bytes (the seed
         // fuzz/seeds/gzip_recipe/go-compact): kind, frame (the writer's header), code, level,
         // length (2 B), no flush point.
-        let go = [7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0];
+        let go = GO;
         let level = Level::new(6).unwrap();
         let recipe = parse(&go);
         assert_eq!(
@@ -406,16 +422,7 @@ mod tests {
         assert_eq!(recipe.plain_len(), 1000);
         assert_eq!(recipe.to_bytes(), go);
         // pgzip as skopeo writes it, 1 MiB blocks, over 7 bytes (pgzip-compact).
-        let pgzip = [
-            7,
-            FRAME_WRITERS_HEADER,
-            CODE_PGZIP,
-            0xff,
-            0x80,
-            0x80,
-            0x40,
-            7,
-        ];
+        let pgzip = PGZIP;
         let recipe = parse(&pgzip);
         assert_eq!(recipe.header, pgzip_header(PgzipLevel::DEFAULT));
         assert_eq!(recipe.to_bytes(), pgzip);
@@ -433,7 +440,7 @@ mod tests {
 
     #[test]
     fn frames_this_build_does_not_know_are_refused() {
-        let go = [7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0];
+        let go = GO;
         for frame in [FRAME_WRITERS_HEADER | FRAME_BARE_HEADER, 0x10, 0x80] {
             let mut bad = go;
             bad[1] = frame;
@@ -452,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_recipe_leaves_out_a_plain_length_that_is_its_layers() {
-        let go = parse(&[7, FRAME_WRITERS_HEADER, CODE_GO, 6, 0xe8, 0x07, 0]);
+        let go = parse(&GO);
         // Kind, frame, code, level, no flush point: the 1,000 bytes are the layer's size.
         // (Builds write such a recipe as a tiny one; a compact one is still read.)
         let in_layer = |recipe: &GzipRecipe, size: u64| {
@@ -490,16 +497,7 @@ mod tests {
         assert_eq!(named, go.to_bytes());
         assert!(!crate::gzip_recipe::needs_layer_size(&named));
         // pgzip and zlib leave it out too; preflate has none to leave out.
-        let pgzip = parse(&[
-            7,
-            FRAME_WRITERS_HEADER,
-            CODE_PGZIP,
-            0xff,
-            0x80,
-            0x80,
-            0x40,
-            7,
-        ]);
+        let pgzip = parse(&PGZIP);
         assert_eq!(
             in_layer(&pgzip, 7),
             [
