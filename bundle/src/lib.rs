@@ -18,11 +18,11 @@
 //! ```text
 //! ImageSource (target) + [ImageSource] (bases) --build_bundle--> bundle file (unsigned)
 //! bundle file --container::attach_signatures--> signed bundle   (signatures made offline)
-//! signed bundle + TrustPolicy --verify_head--> TrustedHead --apply_trusted(BaseStore)--> image
+//! signed bundle + Trust --open_trusted (judge_head)--> TrustedHead --apply_trusted(BaseStore)--> image
 //! ```
 //!
 //! What it deliberately does not do: run a server, talk to the local registry or engine, keep
-//! device state (anti-rollback sequences are passed in through `VerifyContext`). Those belong
+//! device state (the receiver passes in what it holds, sequence floors included, as [`Holdings`]). Those belong
 //! to the registry plugin and the USB loader.
 //!
 //! Bounded resources: nothing reads a layer or a payload into memory. The largest buffers are
@@ -70,6 +70,6 @@ pub use exact::{ExactOptions, Exactness};
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
 pub use verify::{
-    check_payload_digest, floor_context, trust_head, verify_bundle, verify_head, verify_head_from,
-    verify_head_with_floor, TrustedHead,
+    check_file_length, check_payload_digest, judge_head, open_trusted, Claims, Holdings, Trust,
+    TrustedHead, Verdict,
 };

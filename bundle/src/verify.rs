@@ -1,6 +1,12 @@
-//! Trust decisions on a bundle file: the head first (before any payload byte is read), then the
-//! payload's size and digest.
+//! Trust decisions on a bundle. One decision, [`judge_head`]: a head, the receiver's policy,
+//! limits and time, and what the receiver holds (looked up by the head's unverified
+//! [`Claims`]) give a [`Verdict`]: trusted, already here, or refused (the error). It is pure;
+//! every receiver (the daemon at arrival and at apply, the USB loader, `sideload apply` and
+//! `verify`) reads the head once, looks its holdings up, and asks it. Around it, the file
+//! steps: [`open_trusted`] (read the head from a file, judge it, check the file's length) and
+//! [`check_payload_digest`] (one sequential read of the payload against the statement).
 
+use std::convert::Infallible;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -13,6 +19,102 @@ use crate::image::digest_reader::digest_of_reader;
 use crate::limits::Limits;
 use crate::manifest::check_statement_manifest;
 
+/// The receiver's side of every trust decision: whose signatures it accepts, the limits it
+/// holds bundles to, and the time (Unix seconds) expiry is judged at.
+#[derive(Clone, Copy)]
+pub struct Trust<'a> {
+    /// Keys, threshold and repositories accepted.
+    pub policy: &'a TrustPolicy,
+    /// Sizes and counts a bundle may declare.
+    pub limits: &'a Limits,
+    /// Now, in Unix seconds.
+    pub now: u64,
+}
+
+/// What a head says about itself before it is trusted: read only to look up what the
+/// receiver holds. The verification that follows covers both fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The statement's digest (`sha256:...`): the bundle's identity on the device.
+    pub statement_digest: String,
+    /// The repository the statement names: where its sequence floor is kept.
+    pub repository: String,
+}
+
+impl Claims {
+    /// The claims of a head, or `None` when its statement does not even parse (the judgement
+    /// refuses it with the precise reason).
+    pub fn of(head: &BundleHead) -> Option<Claims> {
+        let unverified = Statement::from_canonical_json(&head.statement_bytes).ok()?;
+        Some(Claims {
+            statement_digest: unverified.digest().to_string(),
+            repository: unverified.target.repository.to_string(),
+        })
+    }
+}
+
+/// What the receiver holds that bears on a head, found by its [`Claims`].
+#[derive(Debug)]
+pub struct Holdings<K> {
+    /// The receiver's own record of this very statement, when that settles the matter (queued,
+    /// applying, applied: a second copy is a duplicate, not a rollback).
+    pub known: Option<K>,
+    /// The highest sequence applied for the repository.
+    pub sequence_floor: Option<u64>,
+}
+
+impl<K> Holdings<K> {
+    /// Nothing known and no floor: a receiver that keeps no state.
+    pub fn none() -> Holdings<K> {
+        Holdings {
+            known: None,
+            sequence_floor: None,
+        }
+    }
+
+    /// Only a sequence floor.
+    pub fn floor(sequence_floor: Option<u64>) -> Holdings<K> {
+        Holdings {
+            known: None,
+            sequence_floor,
+        }
+    }
+}
+
+/// The decision on a head that was not refused.
+#[derive(Debug)]
+pub enum Verdict<K> {
+    /// The policy accepted it: the head and its verified statement.
+    Trusted(BundleHead, Box<Statement>),
+    /// The receiver already holds this statement; the copy need not be checked further.
+    AlreadyHere(K),
+}
+
+/// The one trust decision. A statement the receiver already holds is [`Verdict::AlreadyHere`]
+/// before anything else; otherwise signatures, threshold, repository, expiry and the sequence
+/// floor (against the policy), then the statement's own limits and consistency. A refusal is
+/// the error, with its reason and advice. Pure.
+pub fn judge_head<K>(
+    head: BundleHead,
+    trust: &Trust,
+    holdings: Holdings<K>,
+) -> Result<Verdict<K>, Error> {
+    if let Some(known) = holdings.known {
+        return Ok(Verdict::AlreadyHere(known));
+    }
+    let ctx = VerifyContext {
+        now: trust.now,
+        recorded_sequence: holdings.sequence_floor,
+    };
+    let statement = verify_statement(&head.statement_bytes, &head.signatures, trust.policy, &ctx)
+        .map_err(|refusal| Error::Refused {
+        bundle: head.name.clone(),
+        refusal,
+    })?;
+    check_statement(&head.name, &statement, trust.limits)?;
+    Ok(Verdict::Trusted(head, Box::new(statement)))
+}
+
 /// A bundle whose statement and signatures the trust policy accepted, with the file positioned
 /// at the start of the payload. The payload itself is not checked yet.
 pub struct TrustedHead {
@@ -24,100 +126,36 @@ pub struct TrustedHead {
     pub file: File,
 }
 
-/// Checks a head read from the front of a bundle whose payload may not have arrived yet (an
-/// upload in progress, a file still being copied): header, signatures against the policy,
-/// expiry, sequence and the statement's own consistency and limits. Lets a receiver refuse an
-/// untrusted bundle before it stores a byte of its payload.
-pub fn verify_head_from(
-    reader: &mut impl Read,
-    name: &str,
-    policy: &TrustPolicy,
-    ctx: &VerifyContext,
-    limits: &Limits,
-) -> Result<(BundleHead, Statement), Error> {
-    trust_head(read_head(reader, name, limits)?, policy, ctx, limits)
-}
-
-/// [`verify_head_from`] for a receiver that keeps a sequence floor per repository (see
-/// [`floor_context`]).
-pub fn verify_head_with_floor(
-    reader: &mut impl Read,
-    name: &str,
-    policy: &TrustPolicy,
-    now: u64,
-    limits: &Limits,
-    floor: impl FnOnce(&str) -> Option<u64>,
-) -> Result<(BundleHead, Statement), Error> {
-    let head = read_head(reader, name, limits)?;
-    let ctx = floor_context(&head, now, floor);
-    trust_head(head, policy, &ctx, limits)
-}
-
-/// The context to verify `head` in, with the sequence floor looked up for the repository its
-/// statement names: read before it is trusted, only to pick the floor; the verification that
-/// follows covers it.
-pub fn floor_context(
-    head: &BundleHead,
-    now: u64,
-    floor: impl FnOnce(&str) -> Option<u64>,
-) -> VerifyContext {
-    let repository = Statement::from_canonical_json(&head.statement_bytes)
-        .map(|s| s.target.repository.to_string())
-        .unwrap_or_default();
-    VerifyContext {
-        now,
-        recorded_sequence: floor(&repository),
-    }
-}
-
-/// Decides on a head already read: signatures, expiry and sequence against the policy, then
-/// the statement's limits and consistency. Returns the trusted statement.
-pub fn trust_head(
-    head: BundleHead,
-    policy: &TrustPolicy,
-    ctx: &VerifyContext,
-    limits: &Limits,
-) -> Result<(BundleHead, Statement), Error> {
-    let statement = verify_statement(&head.statement_bytes, &head.signatures, policy, ctx)
-        .map_err(|refusal| Error::Refused {
-            bundle: head.name.clone(),
-            refusal,
-        })?;
-    check_statement(&head.name, &statement, limits)?;
-    Ok((head, statement))
-}
-
-/// Opens a bundle and checks everything that can be checked without reading the payload:
-/// header, signatures against the policy, expiry, sequence, the statement's own consistency and
-/// limits, and that the file has exactly the length it declares.
-pub fn verify_head(
+/// Opens a bundle file, reads its head once, looks up the sequence floor of the repository
+/// it claims (`floor`), judges it, and checks that the file has exactly the length the head
+/// declares. For receivers that keep no record of bundles by statement (`sideload apply`, the
+/// daemon's apply, which only ever sees bundles its intake took).
+pub fn open_trusted(
     path: &Path,
-    policy: &TrustPolicy,
-    ctx: &VerifyContext,
-    limits: &Limits,
+    trust: &Trust,
+    floor: impl FnOnce(&str) -> Result<Option<u64>, Error>,
 ) -> Result<TrustedHead, Error> {
     let mut file = File::open(path).map_err(Error::io("opening bundle", path))?;
-    let (head, statement) = verify_head_from(&mut file, &bundle_name(path), policy, ctx, limits)?;
-    let expected = head.payload_offset() + statement.payload.size;
+    let head = read_head(&mut file, &bundle_name(path), trust.limits)?;
+    let sequence_floor = match Claims::of(&head) {
+        Some(claims) => floor(&claims.repository)?,
+        None => None,
+    };
+    let holdings = Holdings::<Infallible>::floor(sequence_floor);
+    let (head, statement) = match judge_head(head, trust, holdings)? {
+        Verdict::Trusted(head, statement) => (head, *statement),
+        Verdict::AlreadyHere(never) => match never {},
+    };
     let actual = file
         .metadata()
         .map_err(Error::io("reading metadata of bundle", path))?
         .len();
-    if actual < expected {
-        return Err(Error::Truncated {
-            bundle: head.name.clone(),
-            part: "payload",
-            expected: statement.payload.size,
-            available: actual.saturating_sub(head.payload_offset()),
-        });
-    }
-    if actual > expected {
-        return Err(Error::SizeMismatch {
-            bundle: head.name.clone(),
-            expected,
-            actual,
-        });
-    }
+    check_file_length(
+        &head.name,
+        head.payload_offset(),
+        statement.payload.size,
+        actual,
+    )?;
     Ok(TrustedHead {
         head,
         statement,
@@ -125,8 +163,36 @@ pub fn verify_head(
     })
 }
 
-/// Checks the statement's limits and internal consistency (a signed statement can still come
-/// from a buggy builder; the device must not act on one that contradicts itself).
+/// Whether a whole bundle file of `actual` bytes has the length its head declares: shorter is
+/// truncated, longer has bytes nobody signed. Pure.
+pub fn check_file_length(
+    name: &str,
+    payload_offset: u64,
+    payload_size: u64,
+    actual: u64,
+) -> Result<(), Error> {
+    let expected = payload_offset + payload_size;
+    if actual < expected {
+        return Err(Error::Truncated {
+            bundle: name.to_owned(),
+            part: "payload",
+            expected: payload_size,
+            available: actual.saturating_sub(payload_offset),
+        });
+    }
+    if actual > expected {
+        return Err(Error::SizeMismatch {
+            bundle: name.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The last step of [`judge_head`]: the statement's limits and internal consistency (a signed
+/// statement can still come from a buggy builder; the device must not act on one that
+/// contradicts itself). Public for the statement fuzz body.
 pub fn check_statement(name: &str, statement: &Statement, limits: &Limits) -> Result<(), Error> {
     let p = &statement.payload;
     check_limit(name, "payload", p.size, limits.max_payload)?;
@@ -148,23 +214,6 @@ pub fn check_statement(name: &str, statement: &Statement, limits: &Limits) -> Re
         bundle: name.to_owned(),
         reason: format!("statement is inconsistent: {reason}"),
     })
-}
-
-/// Full verification without side effects: [`verify_head`], then one sequential read of the
-/// payload to check its sha256 against the statement.
-pub fn verify_bundle(
-    path: &Path,
-    policy: &TrustPolicy,
-    ctx: &VerifyContext,
-    limits: &Limits,
-) -> Result<Statement, Error> {
-    let TrustedHead {
-        head,
-        statement,
-        mut file,
-    } = verify_head(path, policy, ctx, limits)?;
-    check_payload_digest(&mut file, &head, &statement, path)?;
-    Ok(statement)
 }
 
 /// Hashes the payload from the file and compares it with the statement (one sequential read).
@@ -194,4 +243,175 @@ pub fn check_payload_digest(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sideload_signing::statement::{PayloadCodec, PayloadInfo, Platform, SourceRef, Target};
+    use sideload_signing::{Digest, SigningKey};
+
+    const NOW: u64 = 1_000_000;
+
+    /// A signed head whose statement is consistent (a manifest with no layers) and a policy
+    /// trusting its key for `edge/*`.
+    fn signed_head(sequence: u64) -> (BundleHead, TrustPolicy) {
+        let (key, _) = SigningKey::generate().unwrap();
+        let config = Digest::of_bytes(b"config");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":6}},"layers":[]}}"#
+        );
+        let statement = Statement {
+            format_version: 1,
+            target: Target {
+                repository: "edge/app".parse().unwrap(),
+                tags: vec!["v2".parse().unwrap()],
+                platform: Platform {
+                    os: "linux".into(),
+                    architecture: "amd64".into(),
+                    variant: String::new(),
+                },
+                config_digest: config,
+                layers: Vec::new(),
+                manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                manifest_digest: Digest::of_bytes(manifest.as_bytes()),
+                manifest,
+                source: SourceRef {
+                    reference: "oci:app".into(),
+                    manifest_digest: None,
+                },
+            },
+            requires: Vec::new(),
+            payload: PayloadInfo {
+                size: 10,
+                sha256: Digest::of_bytes(b"payload"),
+                codec: PayloadCodec::Lzma2,
+                window_log: 20,
+                decoded_size: 100,
+                scratch_bytes: 0,
+            },
+            sequence,
+            allow_downgrade: false,
+            created_at: NOW - 10,
+            expires_at: NOW + 3600,
+            ordered_by: String::new(),
+            contact: String::new(),
+        };
+        let bytes = statement.to_canonical_json();
+        let head = BundleHead {
+            name: "app.bundle".into(),
+            signatures: vec![key.sign_statement(&bytes)],
+            statement_bytes: bytes,
+            statement_stored_len: 0,
+            signature_slot: 0,
+        };
+        let entry =
+            sideload_signing::key_entry_toml(&key.public_key(), &["edge/*".parse().unwrap()], None);
+        let policy =
+            TrustPolicy::from_toml(&format!("threshold = 1\n{entry}"), Path::new("p.toml"))
+                .unwrap();
+        (head, policy)
+    }
+
+    fn judge(
+        head: BundleHead,
+        policy: &TrustPolicy,
+        limits: &Limits,
+        holdings: Holdings<&'static str>,
+    ) -> Result<Verdict<&'static str>, Error> {
+        let trust = Trust {
+            policy,
+            limits,
+            now: NOW,
+        };
+        judge_head(head, &trust, holdings)
+    }
+
+    #[test]
+    fn a_signed_consistent_head_is_trusted() {
+        let (head, policy) = signed_head(7);
+        let verdict = judge(head, &policy, &Limits::default(), Holdings::floor(Some(6))).unwrap();
+        match verdict {
+            Verdict::Trusted(head, statement) => {
+                assert_eq!(head.name, "app.bundle");
+                assert_eq!(statement.sequence, 7);
+            }
+            Verdict::AlreadyHere(_) => panic!("nothing was held"),
+        }
+    }
+
+    #[test]
+    fn a_statement_already_held_is_already_here_before_the_floor_is_looked_at() {
+        // The very bundle that set the floor would fail it: a second copy is a duplicate.
+        let (head, policy) = signed_head(7);
+        let holdings = Holdings {
+            known: Some("applied"),
+            sequence_floor: Some(7),
+        };
+        let verdict = judge(head, &policy, &Limits::default(), holdings).unwrap();
+        assert!(matches!(verdict, Verdict::AlreadyHere("applied")));
+    }
+
+    #[test]
+    fn a_sequence_at_or_below_the_floor_is_refused_as_a_rollback() {
+        let (head, policy) = signed_head(7);
+        let err = judge(head, &policy, &Limits::default(), Holdings::floor(Some(7))).unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        assert!(matches!(err, Error::Refused { ref bundle, .. } if bundle == "app.bundle"));
+    }
+
+    #[test]
+    fn a_head_signed_by_another_key_is_refused() {
+        let (head, _) = signed_head(7);
+        let (_, other_policy) = signed_head(7);
+        let err = judge(head, &other_policy, &Limits::default(), Holdings::none()).unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_trusted_statement_over_the_limits_is_refused_after_its_signatures() {
+        let (head, policy) = signed_head(7);
+        let limits = Limits {
+            max_payload: 9,
+            ..Limits::default()
+        };
+        let err = judge(head, &policy, &limits, Holdings::none()).unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        assert!(!matches!(err, Error::Refused { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn claims_name_the_statement_and_its_repository_and_garbage_claims_nothing() {
+        let (head, _) = signed_head(7);
+        let claims = Claims::of(&head).unwrap();
+        assert_eq!(claims.repository, "edge/app");
+        let statement = Statement::from_canonical_json(&head.statement_bytes).unwrap();
+        assert_eq!(claims.statement_digest, statement.digest().to_string());
+        let garbage = BundleHead {
+            statement_bytes: b"{not json".to_vec(),
+            ..head
+        };
+        assert_eq!(Claims::of(&garbage), None);
+    }
+
+    #[test]
+    fn a_whole_bundle_is_exactly_as_long_as_its_head_declares() {
+        assert!(check_file_length("a.bundle", 100, 900, 1000).is_ok());
+        assert!(matches!(
+            check_file_length("a.bundle", 100, 900, 999),
+            Err(Error::Truncated {
+                expected: 900,
+                available: 899,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_file_length("a.bundle", 100, 900, 1001),
+            Err(Error::SizeMismatch {
+                expected: 1000,
+                actual: 1001,
+                ..
+            })
+        ));
+    }
 }

@@ -505,10 +505,15 @@ fn every_truncation_point_is_refused() {
     let f = fixture();
     let bytes = fs::read(&f.bundle).unwrap();
     let path = f.dir.path().join("cut.bundle");
-    let policy = &f.policy;
+    let limits = Limits::default();
+    let trust = sideload_bundle::Trust {
+        policy: &f.policy,
+        limits: &limits,
+        now: f.ctx().now,
+    };
     for len in 0..bytes.len() {
         fs::write(&path, &bytes[..len]).unwrap();
-        let err = match sideload_bundle::verify_head(&path, policy, &f.ctx(), &Limits::default()) {
+        let err = match sideload_bundle::open_trusted(&path, &trust, |_| Ok(None)) {
             Ok(_) => panic!("truncated at {len} of {} accepted", bytes.len()),
             Err(e) => e,
         };

@@ -24,7 +24,7 @@ use sideload_bundle::image::oci_layout::{BlobStore, OciLayoutSource};
 use sideload_bundle::image::{spec, ImageError, ImageSource};
 use sideload_bundle::payload::{read_body_varint, PayloadReader, Record};
 use sideload_bundle::stream::CappedReader;
-use sideload_bundle::{trust_head, Limits};
+use sideload_bundle::{judge_head, Holdings, Limits, Trust};
 use sideload_signing::{
     parse_statement, verify_statement, Digest, Signature, SigningKey, Statement, TrustPolicy,
     VerifyContext,
@@ -88,6 +88,15 @@ fn context() -> VerifyContext {
     }
 }
 
+/// The receiver's side of the trust decision, at [`context`]'s time.
+fn trust(limits: &Limits) -> Trust<'_> {
+    Trust {
+        policy: policy(),
+        limits,
+        now: context().now,
+    }
+}
+
 /// A private scratch directory for the bodies that must touch the disk:
 /// `sideload-fuzz-PID` in /dev/shm (or the temp dir). libFuzzer ends the process with `exit`,
 /// so nothing removes it then; each run removes those of processes that are gone instead.
@@ -124,7 +133,7 @@ pub fn bundle_head(data: &[u8]) {
     assert_eq!(head_len(data), Some(head.payload_offset()));
     assert!(head.statement_bytes.len() <= limits.max_statement as usize);
     assert!(head.signatures.len() <= limits.max_signatures);
-    let _ = trust_head(head, policy(), &context(), &limits);
+    let _ = judge_head(head, &trust(&limits), Holdings::<()>::none());
 }
 
 /// Statement: the strict parse, canonical form, the statement's own checks and the signature
@@ -169,7 +178,7 @@ pub fn signature_slot(data: &[u8]) {
     for signature in &head.signatures {
         let _ = Signature::from_json(&signature.to_json()).expect("a slot signature re-parses");
     }
-    let _ = trust_head(head, policy(), &context(), &limits);
+    let _ = judge_head(head, &trust(&limits), Holdings::<()>::none());
 }
 
 /// Payload records: the record stream as the decoder pulls it, bodies read through the

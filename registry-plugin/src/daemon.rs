@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sideload_bundle::{Error as BundleError, Limits};
+use sideload_bundle::{judge_head, Claims, Error as BundleError, Holdings, Limits, Trust, Verdict};
 use sideload_signing::{Statement, TrustPolicy};
 use tokio::sync::Notify;
 
@@ -178,29 +178,39 @@ impl Daemon {
     pub fn check_head(&self, reader: &mut impl Read, name: &str) -> Result<HeadCheck, BundleError> {
         // read_head checks each declared length against the limits before reading it.
         let head = sideload_bundle::read_head(reader, name, &self.limits)?;
-        if let Ok(unverified) = Statement::from_canonical_json(&head.statement_bytes) {
-            let id = unverified.digest().to_string();
-            if let Some(known) = self.journal.live(&id) {
-                return Ok(HeadCheck::Known(Box::new(known)));
-            }
+        let holdings = match Claims::of(&head) {
+            Some(claims) => self.holdings(&claims)?,
+            None => Holdings::none(),
+        };
+        let trust = Trust {
+            policy: &self.policy,
+            limits: &self.limits,
+            now: crate::journal::now(),
+        };
+        Ok(match judge_head(head, &trust, holdings)? {
+            Verdict::Trusted(head, statement) => HeadCheck::Trusted(head, statement),
+            Verdict::AlreadyHere(known) => HeadCheck::Known(Box::new(known)),
+        })
+    }
+
+    /// What the journal holds for a head's claims: the live record of its statement, else the
+    /// sequence floor of its repository.
+    fn holdings(&self, claims: &Claims) -> Result<Holdings<BundleRecord>, BundleError> {
+        if let Some(known) = self.journal.live(&claims.statement_digest) {
+            return Ok(Holdings {
+                known: Some(known),
+                sequence_floor: None,
+            });
         }
-        let mut journal_error = None;
-        let ctx = sideload_bundle::floor_context(&head, crate::journal::now(), |repo| {
-            self.journal.sequence(repo).unwrap_or_else(|e| {
-                journal_error = Some(e);
-                None
-            })
-        });
-        if let Some(e) = journal_error {
-            return Err(BundleError::Io {
+        let floor = self
+            .journal
+            .sequence(&claims.repository)
+            .map_err(|e| BundleError::Io {
                 what: "reading the journal",
                 path: self.journal_path(),
                 source: std::io::Error::other(e),
-            });
-        }
-        let (head, statement) =
-            sideload_bundle::trust_head(head, &self.policy, &ctx, &self.limits)?;
-        Ok(HeadCheck::Trusted(head, Box::new(statement)))
+            })?;
+        Ok(Holdings::floor(floor))
     }
 
     /// The one intake path. `path` is a whole bundle file already in [`bundles_dir`]
@@ -271,8 +281,13 @@ impl Daemon {
                 })
             })?
             .len();
-        file_length_verdict(name, head.payload_offset(), statement.payload.size, actual)
-            .map_err(refuse)?;
+        sideload_bundle::check_file_length(
+            name,
+            head.payload_offset(),
+            statement.payload.size,
+            actual,
+        )
+        .map_err(refuse)?;
         sideload_bundle::check_payload_digest(&mut file, &head, &statement, path)
             .map_err(refuse)?;
         crash::reached(Step::IntakeChecked);
@@ -333,33 +348,6 @@ impl Daemon {
             }
         }
     }
-}
-
-/// Whether a whole bundle file has exactly the length its head declares (`payload_offset`
-/// plus the statement's payload size): shorter is truncated, longer a size mismatch. Pure.
-pub fn file_length_verdict(
-    name: &str,
-    payload_offset: u64,
-    payload_size: u64,
-    actual: u64,
-) -> Result<(), BundleError> {
-    let expected = payload_offset + payload_size;
-    if actual < expected {
-        return Err(BundleError::Truncated {
-            bundle: name.to_owned(),
-            part: "payload",
-            expected: payload_size,
-            available: actual.saturating_sub(payload_offset),
-        });
-    }
-    if actual > expected {
-        return Err(BundleError::SizeMismatch {
-            bundle: name.to_owned(),
-            expected,
-            actual,
-        });
-    }
-    Ok(())
 }
 
 /// The journal's new record for a checked bundle. Pure.
@@ -754,30 +742,4 @@ pub(crate) fn engine_outcome(loaded: &crate::sink::Loaded) -> String {
         ));
     }
     outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_whole_bundle_is_exactly_as_long_as_its_head_declares() {
-        assert!(file_length_verdict("a.bundle", 100, 900, 1000).is_ok());
-        assert!(matches!(
-            file_length_verdict("a.bundle", 100, 900, 999),
-            Err(BundleError::Truncated {
-                expected: 900,
-                available: 899,
-                ..
-            })
-        ));
-        assert!(matches!(
-            file_length_verdict("a.bundle", 100, 900, 1001),
-            Err(BundleError::SizeMismatch {
-                expected: 1000,
-                actual: 1001,
-                ..
-            })
-        ));
-    }
 }

@@ -19,8 +19,8 @@ use sideload_bundle::apply::{apply_trusted, BaseStore, Output};
 use sideload_bundle::image::compression::{verified_blob, verified_layer};
 use sideload_bundle::image::spec::{self, Parsed};
 use sideload_bundle::image::{ImageError, Layer};
-use sideload_bundle::{verify_head, Limits, NoProgress};
-use sideload_signing::{Digest, Statement, Tag, TrustPolicy, VerifyContext};
+use sideload_bundle::{open_trusted, Limits, NoProgress, Trust};
+use sideload_signing::{Digest, Statement, Tag, TrustPolicy};
 use tokio::runtime::Handle;
 
 use crate::journal::Journal;
@@ -422,16 +422,20 @@ pub async fn rebuild(
         let limits = device.limits.clone();
         let journal = device.journal.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            let statement = peek_statement(&path, &limits)?;
-            let recorded = journal
-                .sequence(statement.target.repository.as_str())
-                .map_err(|e| sideload_bundle::Error::Io {
-                    what: "reading the journal for",
-                    path: path.clone(),
-                    source: io::Error::other(e),
-                })?;
-            let ctx = VerifyContext::at_system_time(recorded);
-            let trusted = verify_head(&path, &policy, &ctx, &limits)?;
+            let trust = Trust {
+                policy: &policy,
+                limits: &limits,
+                now: crate::journal::now(),
+            };
+            let trusted = open_trusted(&path, &trust, |repository| {
+                journal
+                    .sequence(repository)
+                    .map_err(|e| sideload_bundle::Error::Io {
+                        what: "reading the journal for",
+                        path: path.clone(),
+                        source: io::Error::other(e),
+                    })
+            })?;
             let report = apply_trusted(
                 &path,
                 trusted,
@@ -470,17 +474,6 @@ pub async fn rebuild(
         })?;
     drop(staging);
     Ok(statement)
-}
-
-/// Reads the statement without trusting it, to find its repository's sequence floor.
-fn peek_statement(path: &Path, limits: &Limits) -> Result<Statement, sideload_bundle::Error> {
-    let (head, _) = sideload_bundle::open_bundle(path, limits)?;
-    Statement::from_canonical_json(&head.statement_bytes).map_err(|e| {
-        sideload_bundle::Error::CorruptPayload {
-            bundle: head.name.clone(),
-            reason: format!("statement is not valid: {e}"),
-        }
-    })
 }
 
 async fn push_layout(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sideload_bundle::Limits;
+use sideload_bundle::{judge_head, BundleHead, Claims, Holdings, Limits, Trust, Verdict};
 use sideload_signing::{Statement, TrustPolicy, VerifyContext};
 
 use sideload_device_api::{BundleRecord, BundleState, Inventory};
@@ -603,31 +603,30 @@ impl Visit<'_> {
                 Some("check the stick on another machine".into()),
             )
         })?;
-        if let Some(known) = self.known(&mut file, &c.name, &limits).await {
-            return Err(known);
-        }
-        if let Err(e) = std::io::Seek::rewind(&mut file) {
-            return Err(receipt(
-                ReceiptState::Skipped,
-                Some(format!("{}: cannot read it on the stick: {e}", c.name)),
-                None,
-            ));
-        }
-        let (head, statement) = sideload_bundle::verify_head_with_floor(
-            &mut file,
-            &c.name,
-            policy,
-            self.now,
-            &limits,
-            |repo| floors.get(repo).copied(),
-        )
-        .map_err(|e| {
+        let refused = |e: sideload_bundle::Error| {
             receipt(
                 ReceiptState::Refused,
                 Some(e.to_string()),
                 Some(e.advice().into()),
             )
-        })?;
+        };
+        let head = sideload_bundle::read_head(&mut file, &c.name, &limits).map_err(refused)?;
+        let holdings = match Claims::of(&head) {
+            Some(claims) => Holdings {
+                known: self.known(&head, &claims).await,
+                sequence_floor: floors.get(&claims.repository).copied(),
+            },
+            None => Holdings::none(),
+        };
+        let trust = Trust {
+            policy,
+            limits: &limits,
+            now: self.now,
+        };
+        let (head, statement) = match judge_head(head, &trust, holdings).map_err(refused)? {
+            Verdict::Trusted(head, statement) => (head, *statement),
+            Verdict::AlreadyHere(receipt) => return Err(receipt),
+        };
         let total = head.payload_offset() + statement.payload.size;
         if total != c.len {
             let id = statement.digest().to_string();
@@ -644,21 +643,19 @@ impl Visit<'_> {
         Ok(statement)
     }
 
-    /// A bundle the device already has is reported as such, before the sequence floor (which
-    /// it would fail, being the very bundle that set it) is looked at.
-    async fn known(
-        &self,
-        file: &mut std::fs::File,
-        name: &str,
-        limits: &Limits,
-    ) -> Option<Box<Receipt>> {
-        let head = sideload_bundle::read_head(file, name, limits).ok()?;
-        let unverified = Statement::from_canonical_json(&head.statement_bytes).ok()?;
-        let id = unverified.digest().to_string();
-        let record = self.plugin.state(&id).await.ok()??;
+    /// The receipt of a bundle the device already has (applied, or received and not failed),
+    /// asked of the plugin by the head's claimed statement digest. The judgement puts it
+    /// before the sequence floor, which the very bundle that set it would fail.
+    async fn known(&self, head: &BundleHead, claims: &Claims) -> Option<Box<Receipt>> {
+        let record = self.plugin.state(&claims.statement_digest).await.ok()??;
         let state = known_on_device(record.state)?;
-        let r = bare_receipt(name, state, None, None, self.now);
-        Some(Box::new(with_statement(r, &unverified, &id)))
+        let unverified = Statement::from_canonical_json(&head.statement_bytes).ok()?;
+        let r = bare_receipt(&head.name, state, None, None, self.now);
+        Some(Box::new(with_statement(
+            r,
+            &unverified,
+            &claims.statement_digest,
+        )))
     }
 
     /// Hands the trusted bundles over in order; true if any hand-over failed. `handed` gets

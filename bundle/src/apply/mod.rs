@@ -33,7 +33,7 @@ use crate::image::write::OciLayoutWriter;
 use crate::image::{ImageError, ImageSource};
 use crate::limits::Limits;
 use crate::progress::Progress;
-use crate::verify::{check_payload_digest, verify_head, TrustedHead};
+use crate::verify::{check_payload_digest, open_trusted, Trust, TrustedHead};
 
 pub use crate::scratch::BaseStore;
 
@@ -157,11 +157,16 @@ pub fn apply_bundle(
     limits: &Limits,
     progress: &dyn Progress,
 ) -> Result<ApplyReport, Error> {
-    let trusted = verify_head(path, policy, ctx, limits)?;
+    let trust = Trust {
+        policy,
+        limits,
+        now: ctx.now,
+    };
+    let trusted = open_trusted(path, &trust, |_| Ok(ctx.recorded_sequence))?;
     apply_trusted(path, trusted, bases, output, limits, progress)
 }
 
-/// Applies a bundle whose head was already verified by [`verify_head`]: preflight (nothing
+/// Applies a bundle whose head was already verified by [`open_trusted`]: preflight (nothing
 /// missing, room on disk), the payload decoded into a staging directory beside the output, then
 /// the commit (the signed manifest checked and the image moved into place).
 pub fn apply_trusted(

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sideload_bundle::{apply_trusted, verify_bundle, verify_head, ImageSet, Limits, Output};
-use sideload_signing::{parse_statement, TrustPolicy, VerifyContext};
+use sideload_bundle::{
+    apply_trusted, check_payload_digest, open_trusted, ImageSet, Limits, Output, Trust, TrustedHead,
+};
+use sideload_signing::{Statement, TrustPolicy};
 
 use super::{now, open_images, print_json};
 use crate::progress::TermProgress;
@@ -61,8 +63,8 @@ pub struct ApplyArgs {
 /// Runs `sideload verify`: no side effects.
 pub fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let policy = TrustPolicy::load(&args.policy)?;
-    let ctx = context_for(&args.bundle, args.state.as_deref())?;
-    let outcome = verify_bundle(&args.bundle, &policy, &ctx, &Limits::default());
+    let state = load_state(args.state.as_deref())?;
+    let outcome = verify_whole(&args.bundle, &policy, state.as_ref());
     report(
         &args.bundle,
         args.json,
@@ -83,14 +85,15 @@ pub fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
 pub fn run_apply(args: ApplyArgs) -> Result<ExitCode> {
     let policy = TrustPolicy::load(&args.policy)?;
     let output = parse_output(&args.output)?;
-    let mut state = match &args.state {
-        Some(p) => Some(SequenceState::load(p)?),
-        None => None,
-    };
-    let ctx = context_for(&args.bundle, args.state.as_deref())?;
+    let mut state = load_state(args.state.as_deref())?;
     let limits = Limits::default();
+    let trust = Trust {
+        policy: &policy,
+        limits: &limits,
+        now: now(),
+    };
     // Trust first: no base image is opened and no byte of payload read for an untrusted bundle.
-    let trusted = match verify_head(&args.bundle, &policy, &ctx, &limits) {
+    let trusted = match open_trusted(&args.bundle, &trust, floor_in(state.as_ref())) {
         Ok(t) => t,
         Err(e) => return report(&args.bundle, args.json, Err(e)),
     };
@@ -174,25 +177,38 @@ fn report(
     }
 }
 
-/// The verification context: now, and the sequence recorded for the bundle's repository.
-/// Reads the (untrusted) repository name only to look the sequence up.
-fn context_for(bundle: &Path, state: Option<&Path>) -> Result<VerifyContext> {
-    let recorded_sequence = match state {
-        Some(path) => {
-            let state = SequenceState::load(path)?;
-            let (head, _) = sideload_bundle::open_bundle(bundle, &Limits::default())?;
-            match parse_statement(&head.statement_bytes) {
-                Ok(s) => state.get(s.target.repository.as_str()),
-                // verify_statement refuses it with the precise reason.
-                Err(_) => None,
-            }
-        }
-        None => None,
-    };
-    Ok(VerifyContext {
+/// The anti-rollback state of `--state`, when given.
+fn load_state(path: Option<&Path>) -> Result<Option<SequenceState>> {
+    path.map(SequenceState::load).transpose()
+}
+
+/// The sequence floor of a repository as `--state` records it (none without `--state`).
+fn floor_in(
+    state: Option<&SequenceState>,
+) -> impl FnOnce(&str) -> Result<Option<u64>, sideload_bundle::Error> + '_ {
+    move |repository| Ok(state.and_then(|s| s.get(repository)))
+}
+
+/// `verify`'s check without side effects: the head judged, then one read of the payload
+/// against the statement's digest.
+fn verify_whole(
+    bundle: &Path,
+    policy: &TrustPolicy,
+    state: Option<&SequenceState>,
+) -> Result<Statement, sideload_bundle::Error> {
+    let limits = Limits::default();
+    let trust = Trust {
+        policy,
+        limits: &limits,
         now: now(),
-        recorded_sequence,
-    })
+    };
+    let TrustedHead {
+        head,
+        statement,
+        mut file,
+    } = open_trusted(bundle, &trust, floor_in(state))?;
+    check_payload_digest(&mut file, &head, &statement, bundle)?;
+    Ok(statement)
 }
 
 fn parse_output(spec: &str) -> Result<Output> {
