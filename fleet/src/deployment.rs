@@ -22,7 +22,7 @@
 //! `"properties.desired.modules.NAME"` instead of, or beside, `"properties.desired"`.
 
 use jsonc_parser::cst::{CstLeafNode, CstNode, CstObject, CstObjectProp, CstRootNode};
-use jsonc_parser::ParseOptions;
+use jsonc_parser::{ParseOptions, ParseStringErrorKind};
 
 use crate::manifest::{pinning, Pin, Pinning};
 pub use crate::manifest::{Change, ModuleImage, Rewritten};
@@ -48,12 +48,96 @@ pub enum DeploymentError {
         message: String,
     },
     /// JSON, but no `modulesContent.$edgeAgent` with modules (say what was expected).
-    #[error("{file}: {message}")]
+    #[error("{file}: {problem}")]
     NotADeployment {
         /// The file, as the caller named it.
         file: String,
         /// What was expected and not found.
-        message: String,
+        problem: ShapeError,
+    },
+}
+
+/// What is wrong with JSON that is not a deployment manifest: what was found where, and what
+/// was expected instead (the shapes `az iot edge` takes), so that a person can fix the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// The top level is not an object.
+    #[error("the top level is {found}, expected an object with `modulesContent`")]
+    TopLevel {
+        /// What it is instead (`an array`, `null`, …).
+        found: &'static str,
+    },
+    /// Neither `modulesContent` nor `content` at the top level.
+    #[error(
+        "no `modulesContent`: expected {{\"modulesContent\": {{\"$edgeAgent\": …}}}} (az iot edge \
+         set-modules) or {{\"content\": {{\"modulesContent\": …}}}} (az iot edge deployment create)"
+    )]
+    NoModulesContent,
+    /// A `content` without `modulesContent`.
+    #[error(
+        "`content` has no `modulesContent`: expected {{\"content\": {{\"modulesContent\": \
+         {{\"$edgeAgent\": …}}}}}} as `az iot edge deployment create` takes it"
+    )]
+    NoModulesContentInContent,
+    /// `modulesContent` without `$edgeAgent`.
+    #[error(
+        "`modulesContent` has no `$edgeAgent`, so it names no modules: expected \
+         `$edgeAgent.properties.desired` or layered `$edgeAgent.properties.desired.modules.NAME` keys"
+    )]
+    NoEdgeAgent,
+    /// `$edgeAgent` without a single module.
+    #[error(
+        "`$edgeAgent` lists no modules: expected `properties.desired.systemModules` / \
+         `properties.desired.modules`, or layered `properties.desired.modules.NAME` keys"
+    )]
+    NoModules,
+    /// A value on the way to the modules is not an object.
+    #[error("{what} is {found}, expected an object")]
+    NotAnObject {
+        /// Which value, as a path in backquotes (`` `modulesContent` ``).
+        what: String,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// A module's entry is not an object.
+    #[error("module `{module}` is {found}, not an object")]
+    ModuleNotAnObject {
+        /// The module's name.
+        module: String,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// A module without `settings.image`.
+    #[error("module `{module}` has no `settings.image`; the edge agent could not start it either")]
+    NoImage {
+        /// The module's name.
+        module: String,
+    },
+    /// A module whose `settings` is not an object.
+    #[error("module `{module}`: `settings` is {found}, not an object with `image`")]
+    SettingsNotAnObject {
+        /// The module's name.
+        module: String,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// A module whose `settings.image` is not a string.
+    #[error(
+        "module `{module}`: `settings.image` is {found}, not a string; the edge agent could not start it either"
+    )]
+    ImageNotAString {
+        /// The module's name.
+        module: String,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// A module whose `settings.image` string cannot be decoded (a bad escape).
+    #[error("module `{module}`: `settings.image` is not a valid string: {error}")]
+    ImageNotDecodable {
+        /// The module's name.
+        module: String,
+        /// The decoder's complaint.
+        error: ParseStringErrorKind,
     },
 }
 
@@ -249,6 +333,7 @@ struct Module {
 }
 
 impl Manifest {
+    /// Parses `text` (named `file` in messages) and finds its modules.
     fn read(file: &str, text: &str) -> Result<Self, DeploymentError> {
         let body = text.strip_prefix('\u{feff}').unwrap_or(text);
         let bom = text[..text.len() - body.len()].to_string();
@@ -263,91 +348,10 @@ impl Manifest {
                 message: "the file holds no JSON value".to_string(),
             });
         };
-        let fail = |message: String| DeploymentError::NotADeployment {
+        let modules = read_modules(&value).map_err(|problem| DeploymentError::NotADeployment {
             file: file.to_string(),
-            message,
-        };
-        let Some(top) = value.as_object() else {
-            return Err(fail(format!(
-                "the top level is {}, expected an object with `modulesContent`",
-                describe(&value)
-            )));
-        };
-
-        let modules_content = match (top.get("modulesContent"), top.get("content")) {
-            (Some(prop), _) => object_of(&prop, "`modulesContent`").map_err(fail)?,
-            (None, Some(content)) => {
-                let content = object_of(&content, "`content`").map_err(fail)?;
-                let prop = content.get("modulesContent").ok_or_else(|| {
-                    fail(
-                        "`content` has no `modulesContent`: expected {\"content\": {\"modulesContent\": \
-                         {\"$edgeAgent\": …}}} as `az iot edge deployment create` takes it"
-                            .to_string(),
-                    )
-                })?;
-                object_of(&prop, "`content.modulesContent`").map_err(fail)?
-            }
-            (None, None) => {
-                return Err(fail(
-                    "no `modulesContent`: expected {\"modulesContent\": {\"$edgeAgent\": …}} (az iot edge \
-                     set-modules) or {\"content\": {\"modulesContent\": …}} (az iot edge deployment create)"
-                        .to_string(),
-                ))
-            }
-        };
-        let agent = modules_content.get("$edgeAgent").ok_or_else(|| {
-            fail(
-                "`modulesContent` has no `$edgeAgent`, so it names no modules: expected \
-                 `$edgeAgent.properties.desired` or layered `$edgeAgent.properties.desired.modules.NAME` keys"
-                    .to_string(),
-            )
+            problem,
         })?;
-        let agent = object_of(&agent, "`$edgeAgent`").map_err(fail)?;
-
-        let mut modules = Vec::new();
-        for prop in agent.properties() {
-            let Some(key) = prop.decoded_name() else {
-                continue;
-            };
-            let Some(path) = key.strip_prefix("properties.desired") else {
-                continue;
-            };
-            let where_ = format!("`$edgeAgent.{key}`");
-            if path.is_empty() {
-                let desired = object_of(&prop, &where_).map_err(fail)?;
-                for (section, system) in [("systemModules", true), ("modules", false)] {
-                    if let Some(section_prop) = desired.get(section) {
-                        let where_ = format!("`$edgeAgent.properties.desired.{section}`");
-                        collect_section(&section_prop, &where_, system, &mut modules)
-                            .map_err(fail)?;
-                    }
-                }
-            } else if let Some(rest) = path.strip_prefix('.') {
-                match rest.split_once('.') {
-                    None if rest == "systemModules" || rest == "modules" => {
-                        collect_section(&prop, &where_, rest == "systemModules", &mut modules)
-                            .map_err(fail)?;
-                    }
-                    Some(("systemModules", name)) => {
-                        modules.push(Module::read(name, true, &prop).map_err(fail)?)
-                    }
-                    Some(("modules", name)) => {
-                        modules.push(Module::read(name, false, &prop).map_err(fail)?)
-                    }
-                    _ => {} // another desired property, such as the runtime settings
-                }
-            }
-        }
-        if modules.is_empty() {
-            return Err(fail(
-                "`$edgeAgent` lists no modules: expected `properties.desired.systemModules` / \
-                 `properties.desired.modules`, or layered `properties.desired.modules.NAME` keys"
-                    .to_string(),
-            ));
-        }
-        // Stable: system modules first, each group in document order.
-        modules.sort_by_key(|module| !module.system);
-
         Ok(Manifest {
             _root: root,
             bom,
@@ -369,34 +373,36 @@ impl Manifest {
 }
 
 impl Module {
-    fn read(name: &str, system: bool, prop: &CstObjectProp) -> Result<Self, String> {
+    /// The module `name`, a system module or not, from its entry `prop`.
+    fn read(name: &str, system: bool, prop: &CstObjectProp) -> Result<Self, ShapeError> {
+        let module = || name.to_string();
         let object = prop
             .object_value()
-            .ok_or_else(|| format!("module `{name}` is {}, not an object", describe_value(prop)))?;
-        let no_image = || {
-            format!(
-                "module `{name}` has no `settings.image`; the edge agent could not start it either"
-            )
-        };
+            .ok_or_else(|| ShapeError::ModuleNotAnObject {
+                module: module(),
+                found: describe_value(prop),
+            })?;
+        let no_image = || ShapeError::NoImage { module: module() };
         let settings = object.get("settings").ok_or_else(no_image)?;
-        let settings = settings.object_value().ok_or_else(|| {
-            format!(
-                "module `{name}`: `settings` is {}, not an object with `image`",
-                describe_value(&settings)
-            )
-        })?;
+        let settings = settings
+            .object_value()
+            .ok_or_else(|| ShapeError::SettingsNotAnObject {
+                module: module(),
+                found: describe_value(&settings),
+            })?;
         let image_prop = settings.get("image").ok_or_else(no_image)?;
         let image_node = image_prop.value().ok_or_else(no_image)?;
         let image = image_node
             .as_string_lit()
-            .ok_or_else(|| {
-                format!(
-                    "module `{name}`: `settings.image` is {}, not a string; the edge agent could not start it either",
-                    describe(&image_node)
-                )
+            .ok_or_else(|| ShapeError::ImageNotAString {
+                module: module(),
+                found: describe(&image_node),
             })?
             .decoded_value()
-            .map_err(|err| format!("module `{name}`: `settings.image` is not a valid string: {err}"))?;
+            .map_err(|error| ShapeError::ImageNotDecodable {
+                module: module(),
+                error,
+            })?;
         Ok(Module {
             name: name.to_string(),
             system,
@@ -408,13 +414,128 @@ impl Module {
     }
 }
 
+/// Every module of the manifest whose top-level value is `value`: system modules first, each
+/// group in document order.
+fn read_modules(value: &CstNode) -> Result<Vec<Module>, ShapeError> {
+    let Some(top) = value.as_object() else {
+        return Err(ShapeError::TopLevel {
+            found: describe(value),
+        });
+    };
+    let agent = edge_agent(&top)?;
+    let mut modules = Vec::new();
+    for prop in agent.properties() {
+        collect_agent_property(&prop, &mut modules)?;
+    }
+    if modules.is_empty() {
+        return Err(ShapeError::NoModules);
+    }
+    // Stable: system modules first, each group in document order.
+    modules.sort_by_key(|module| !module.system);
+    Ok(modules)
+}
+
+/// The `$edgeAgent` object of `{"modulesContent": …}` or `{"content": {"modulesContent": …}}`.
+fn edge_agent(top: &CstObject) -> Result<CstObject, ShapeError> {
+    let modules_content = match (top.get("modulesContent"), top.get("content")) {
+        (Some(prop), _) => object_of(&prop, "`modulesContent`")?,
+        (None, Some(content)) => {
+            let content = object_of(&content, "`content`")?;
+            let prop = content
+                .get("modulesContent")
+                .ok_or(ShapeError::NoModulesContentInContent)?;
+            object_of(&prop, "`content.modulesContent`")?
+        }
+        (None, None) => return Err(ShapeError::NoModulesContent),
+    };
+    let agent = modules_content
+        .get("$edgeAgent")
+        .ok_or(ShapeError::NoEdgeAgent)?;
+    object_of(&agent, "`$edgeAgent`")
+}
+
+/// What a property of `$edgeAgent` holds, by its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentKey<'a> {
+    /// `properties.desired`: its `systemModules` and `modules` sections, if present.
+    Desired,
+    /// `properties.desired.systemModules` or `properties.desired.modules`, layered: one section.
+    Section {
+        /// `systemModules`.
+        system: bool,
+    },
+    /// `properties.desired.systemModules.NAME` or `properties.desired.modules.NAME`, layered:
+    /// one module.
+    Module {
+        /// The module's name (the rest of the key, dots and all).
+        name: &'a str,
+        /// Under `systemModules`.
+        system: bool,
+    },
+    /// Anything else: another desired property, such as the runtime settings, or not a desired
+    /// property at all. It holds no modules.
+    Other,
+}
+
+impl<'a> AgentKey<'a> {
+    /// Decides by the key alone.
+    fn of(key: &'a str) -> Self {
+        let Some(path) = key.strip_prefix("properties.desired") else {
+            return AgentKey::Other;
+        };
+        if path.is_empty() {
+            return AgentKey::Desired;
+        }
+        let Some(rest) = path.strip_prefix('.') else {
+            return AgentKey::Other;
+        };
+        match rest.split_once('.') {
+            None if rest == "systemModules" || rest == "modules" => AgentKey::Section {
+                system: rest == "systemModules",
+            },
+            Some(("systemModules", name)) => AgentKey::Module { name, system: true },
+            Some(("modules", name)) => AgentKey::Module {
+                name,
+                system: false,
+            },
+            _ => AgentKey::Other,
+        }
+    }
+}
+
+/// Reads the modules that one property of `$edgeAgent` holds (see [`AgentKey`]) into `modules`.
+fn collect_agent_property(
+    prop: &CstObjectProp,
+    modules: &mut Vec<Module>,
+) -> Result<(), ShapeError> {
+    let Some(key) = prop.decoded_name() else {
+        return Ok(());
+    };
+    let where_ = || format!("`$edgeAgent.{key}`");
+    match AgentKey::of(&key) {
+        AgentKey::Desired => {
+            let desired = object_of(prop, &where_())?;
+            for (section, system) in [("systemModules", true), ("modules", false)] {
+                if let Some(section_prop) = desired.get(section) {
+                    let where_ = format!("`$edgeAgent.properties.desired.{section}`");
+                    collect_section(&section_prop, &where_, system, modules)?;
+                }
+            }
+        }
+        AgentKey::Section { system } => collect_section(prop, &where_(), system, modules)?,
+        AgentKey::Module { name, system } => modules.push(Module::read(name, system, prop)?),
+        AgentKey::Other => {}
+    }
+    Ok(())
+}
+
 /// Reads every module of a `systemModules` or `modules` object.
 fn collect_section(
     prop: &CstObjectProp,
     where_: &str,
     system: bool,
     modules: &mut Vec<Module>,
-) -> Result<(), String> {
+) -> Result<(), ShapeError> {
     for module in object_of(prop, where_)?.properties() {
         let Some(name) = module.decoded_name() else {
             continue;
@@ -424,9 +545,12 @@ fn collect_section(
     Ok(())
 }
 
-fn object_of(prop: &CstObjectProp, what: &str) -> Result<CstObject, String> {
-    prop.object_value()
-        .ok_or_else(|| format!("{what} is {}, expected an object", describe_value(prop)))
+/// The object that `prop` (called `what` in messages) holds.
+fn object_of(prop: &CstObjectProp, what: &str) -> Result<CstObject, ShapeError> {
+    prop.object_value().ok_or_else(|| ShapeError::NotAnObject {
+        what: what.to_string(),
+        found: describe_value(prop),
+    })
 }
 
 fn describe_value(prop: &CstObjectProp) -> &'static str {
@@ -1496,6 +1620,58 @@ mod tests {
             r#"{"modulesContent": {"$edgeAgent": {"properties.desired": {"modules": "none"}}}}"#,
             "`$edgeAgent.properties.desired.modules` is a string",
         );
+    }
+
+    #[test]
+    fn what_is_wrong_is_a_typed_problem() {
+        let problem = |text: &str| match images("bad.json", text) {
+            Err(DeploymentError::NotADeployment { problem, .. }) => problem,
+            other => panic!("{text}: expected NotADeployment, got {other:?}"),
+        };
+        assert_eq!(
+            problem("[1, 2]"),
+            ShapeError::TopLevel { found: "an array" }
+        );
+        assert_eq!(
+            problem(r#"{"modulesContent": {"$edgeHub": {}}}"#),
+            ShapeError::NoEdgeAgent
+        );
+        assert_eq!(
+            problem(&manifest_with_module(r#"{"settings": {"image": 5}}"#)),
+            ShapeError::ImageNotAString {
+                module: "m".into(),
+                found: "a number"
+            }
+        );
+    }
+
+    #[test]
+    fn agent_keys_are_told_apart_by_name() {
+        let module = |name, system| AgentKey::Module { name, system };
+        for (key, expected) in [
+            ("properties.desired", AgentKey::Desired),
+            (
+                "properties.desired.systemModules",
+                AgentKey::Section { system: true },
+            ),
+            (
+                "properties.desired.modules",
+                AgentKey::Section { system: false },
+            ),
+            (
+                "properties.desired.systemModules.edgeHub",
+                module("edgeHub", true),
+            ),
+            ("properties.desired.modules.app", module("app", false)),
+            ("properties.desired.modules.a.b", module("a.b", false)),
+            ("properties.desired.runtime", AgentKey::Other),
+            ("properties.desired.runtime.settings", AgentKey::Other),
+            ("properties.desiredX", AgentKey::Other),
+            ("properties.reported", AgentKey::Other),
+            ("$schema", AgentKey::Other),
+        ] {
+            assert_eq!(AgentKey::of(key), expected, "{key}");
+        }
     }
 
     #[test]

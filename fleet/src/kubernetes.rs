@@ -32,7 +32,7 @@
 //! has its rewrite beside it as `NAME.expected.EXT`, compared byte for byte;
 //! `SIDELOAD_BLESS=1` writes them anew, to be reviewed as a diff.
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use saphyr_parser::{Event, Parser, ScalarStyle};
 
 use crate::manifest::{pinning, Change, ModuleImage, Pin, Pinning, Rewritten};
 
@@ -358,37 +358,64 @@ fn parse(file: &str, body: &str) -> Result<(Vec<Document>, usize), KubernetesErr
     let byte =
         |marker: saphyr_parser::Marker| offsets.get(marker.index()).copied().unwrap_or(body.len());
 
-    /// A collection being read: its node so far and, in a mapping, a key waiting for its value.
-    struct Open {
-        node: Node,
-        key: Option<Node>,
+    let mut trees = Trees::default();
+    for event in Parser::new_from_str(body) {
+        let (event, span) = event.map_err(|err| not_yaml(file, trees.count, err))?;
+        trees
+            .take(event, byte(span.start), byte(span.end))
+            .map_err(|too_deep| not_yaml(file, trees.count, too_deep))?;
     }
+    Ok((trees.documents, trees.count))
+}
 
-    let mut documents = Vec::new();
-    let mut count = 0;
-    let mut stack: Vec<Open> = Vec::new();
-    let mut root = None;
-    let parse_error = |count: usize, message: String| KubernetesError::Parse {
+/// [`KubernetesError::Parse`] in the document being read (`count` of them started so far).
+fn not_yaml(file: &str, count: usize, message: impl std::fmt::Display) -> KubernetesError {
+    KubernetesError::Parse {
         file: file.to_string(),
         document: count.max(1),
-        message,
-    };
-    for event in Parser::new_from_str(body) {
-        let (event, span): (Event, Span) =
-            event.map_err(|err| parse_error(count, err.to_string()))?;
-        let (start, end) = (byte(span.start), byte(span.end));
+        message: message.to_string(),
+    }
+}
+
+/// A collection opened more than [`MAX_DEPTH`] levels deep.
+#[derive(Debug, thiserror::Error)]
+#[error("collections nested deeper than {MAX_DEPTH} levels")]
+struct TooDeep;
+
+/// A collection being read: its node so far and, in a mapping, a key waiting for its value.
+struct Open {
+    node: Node,
+    key: Option<Node>,
+}
+
+/// The trees of a stream, built one parser event at a time.
+#[derive(Default)]
+struct Trees {
+    /// The documents that have ended.
+    documents: Vec<Document>,
+    /// How many documents have started (the current one's index).
+    count: usize,
+    /// The collections open in the current document, innermost last.
+    stack: Vec<Open>,
+    /// The current document's root, once read.
+    root: Option<Node>,
+}
+
+impl Trees {
+    /// Takes one event, which spans `start..end` (bytes).
+    fn take(&mut self, event: Event, start: usize, end: usize) -> Result<(), TooDeep> {
         let done = match event {
             Event::DocumentStart(_) => {
-                count += 1;
-                root = None;
-                continue;
+                self.count += 1;
+                self.root = None;
+                return Ok(());
             }
             Event::DocumentEnd => {
-                documents.push(Document {
-                    index: count,
-                    root: root.take(),
+                self.documents.push(Document {
+                    index: self.count,
+                    root: self.root.take(),
                 });
-                continue;
+                return Ok(());
             }
             Event::Scalar(text, style, anchor, tag) => Node {
                 start,
@@ -408,45 +435,65 @@ fn parse(file: &str, body: &str) -> Result<(Vec<Document>, usize), KubernetesErr
                 value: Value::Alias,
             },
             Event::MappingStart(anchor, ref tag) | Event::SequenceStart(anchor, ref tag) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(parse_error(
-                        count,
-                        format!("collections nested deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
-                let value = if matches!(event, Event::MappingStart(..)) {
-                    Value::Mapping {
-                        entries: Vec::new(),
-                        flow: false,
-                    }
-                } else {
-                    Value::Sequence { items: Vec::new() }
-                };
-                stack.push(Open {
-                    node: Node {
-                        start,
-                        end,
-                        anchored: anchor != 0,
-                        tagged: tag.is_some(),
-                        value,
-                    },
-                    key: None,
-                });
-                continue;
+                let mapping = matches!(event, Event::MappingStart(..));
+                return self.open(mapping, anchor != 0, tag.is_some(), start, end);
             }
-            Event::MappingEnd | Event::SequenceEnd => {
-                let mut open = stack.pop().expect("the parser balances collections");
-                open.node.end = end;
-                // A flow collection ends at its bracket; a block one ends on nothing.
-                if let Value::Mapping { flow, .. } = &mut open.node.value {
-                    *flow = end > start;
-                }
-                open.node
-            }
-            Event::StreamStart | Event::StreamEnd | Event::Nothing => continue,
+            Event::MappingEnd | Event::SequenceEnd => self.close(start, end),
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => return Ok(()),
         };
-        match stack.last_mut() {
-            None => root = Some(done),
+        self.attach(done);
+        Ok(())
+    }
+
+    /// Opens a mapping (or else a sequence) whose start event spans `start..end`.
+    fn open(
+        &mut self,
+        mapping: bool,
+        anchored: bool,
+        tagged: bool,
+        start: usize,
+        end: usize,
+    ) -> Result<(), TooDeep> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(TooDeep);
+        }
+        let value = if mapping {
+            Value::Mapping {
+                entries: Vec::new(),
+                flow: false,
+            }
+        } else {
+            Value::Sequence { items: Vec::new() }
+        };
+        self.stack.push(Open {
+            node: Node {
+                start,
+                end,
+                anchored,
+                tagged,
+                value,
+            },
+            key: None,
+        });
+        Ok(())
+    }
+
+    /// Closes the innermost collection, whose end event spans `start..end`, and returns it.
+    fn close(&mut self, start: usize, end: usize) -> Node {
+        let mut open = self.stack.pop().expect("the parser balances collections");
+        open.node.end = end;
+        // A flow collection ends at its bracket; a block one ends on nothing.
+        if let Value::Mapping { flow, .. } = &mut open.node.value {
+            *flow = end > start;
+        }
+        open.node
+    }
+
+    /// Puts a finished node where it belongs: the document's root, a mapping's key or value,
+    /// or a sequence's next item.
+    fn attach(&mut self, done: Node) {
+        match self.stack.last_mut() {
+            None => self.root = Some(done),
             Some(open) => match &mut open.node.value {
                 Value::Mapping { entries, .. } => match open.key.take() {
                     None => open.key = Some(done),
@@ -457,7 +504,6 @@ fn parse(file: &str, body: &str) -> Result<(Vec<Document>, usize), KubernetesErr
             },
         }
     }
-    Ok((documents, count))
 }
 
 /// How a scalar is quoted, so a replacement is quoted the same way.
@@ -1596,6 +1642,41 @@ mod tests {
             refusal("deep.yaml", &deep),
             KubernetesError::Parse { .. }
         ));
+    }
+
+    #[test]
+    fn parsing_builds_one_tree_per_document_at_byte_offsets() {
+        let body = "a: {b: é}\n---\n- [x, y]\n";
+        let (documents, count) = parse("t.yaml", body).unwrap();
+        assert_eq!(count, 2);
+        let indexes: Vec<usize> = documents.iter().map(|d| d.index).collect();
+        assert_eq!(indexes, [1, 2]);
+        let root = documents[0].root.as_ref().unwrap();
+        assert!(matches!(root.value, Value::Mapping { flow: false, .. }));
+        let inner = root.lookup("a").unwrap().unwrap();
+        assert!(matches!(inner.value, Value::Mapping { flow: true, .. }));
+        assert_eq!(&body[inner.start..inner.end], "{b: é}");
+        let b = inner.lookup("b").unwrap().unwrap();
+        assert_eq!((b.scalar(), &body[b.start..b.end]), (Some("é"), "é"));
+        let Value::Sequence { items } = &documents[1].root.as_ref().unwrap().value else {
+            panic!("the second document is a sequence");
+        };
+        assert!(
+            matches!(&items[..], [Node { value: Value::Sequence { items }, .. }] if items.len() == 2)
+        );
+    }
+
+    #[test]
+    fn parsing_refuses_collections_nested_too_deep() {
+        let nested = |levels| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(parse("ok.yaml", &nested(MAX_DEPTH)).is_ok());
+        let Err(err) = parse("deep.yaml", &nested(MAX_DEPTH + 1)) else {
+            panic!("{} levels parsed", MAX_DEPTH + 1);
+        };
+        assert_eq!(
+            err.to_string(),
+            "deep.yaml: document 1: not YAML: collections nested deeper than 128 levels"
+        );
     }
 
     #[test]

@@ -272,90 +272,17 @@ impl Ledger {
         let document = serde_json::to_string(inv).expect("inventory serializes");
         self.conn.transaction(|c| {
             ensure_device(c, &inv.device)?;
-            // Conditional, so that of two ingests racing on PostgreSQL the older inventory
-            // cannot win (the row lock makes the second re-check the condition).
-            let n = c.execute(
-                "UPDATE devices SET inventory_at = $2, inventory = $3, free_bytes = $4,
-                     last_seen = $2
-                 WHERE device_id = $1 AND (inventory_at IS NULL OR inventory_at < $2)",
-                &[
-                    inv.device.as_str().into(),
-                    inv.generated_at.into(),
-                    document.into(),
-                    inv.free_bytes.into(),
-                ],
-            )?;
-            if n == 0 {
+            if !store_if_newer(c, inv, document)? {
                 let known = c.query(
                     "SELECT inventory_at FROM devices WHERE device_id = $1",
                     &[inv.device.as_str().into()],
                 )?;
-                let same = known.first().and_then(|r| r[0].int()) == Some(inv.generated_at as i64);
-                return Ok(if same {
-                    Ingested::Unchanged
-                } else {
-                    Ingested::Older
-                });
+                let known_at = known.first().and_then(|r| r[0].int());
+                return Ok(not_newer(known_at, inv.generated_at));
             }
-            c.execute(
-                "DELETE FROM device_images WHERE device_id = $1",
-                &[inv.device.as_str().into()],
-            )?;
-            for image in &inv.images {
-                c.execute(
-                    "INSERT INTO device_images
-                         (device_id, repository, manifest_digest, config_digest, tags, diff_ids)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (device_id, repository, manifest_digest) DO UPDATE
-                         SET tags = excluded.tags",
-                    &[
-                        inv.device.as_str().into(),
-                        image.repository.as_str().into(),
-                        image.manifest_digest.as_str().into(),
-                        image.config_digest.as_str().into(),
-                        image.tags.join(" ").into(),
-                        image.diff_ids.join(" ").into(),
-                    ],
-                )?;
-            }
-            c.execute(
-                "DELETE FROM device_sequences WHERE device_id = $1",
-                &[inv.device.as_str().into()],
-            )?;
-            for (repo, seq) in &inv.sequences {
-                c.execute(
-                    "INSERT INTO device_sequences (device_id, repository, sequence)
-                     VALUES ($1, $2, $3)",
-                    &[inv.device.as_str().into(), repo.into(), (*seq).into()],
-                )?;
-            }
-            // Transfers whose image is now on the device are done, whatever else was heard.
-            let pending = c.query(
-                "SELECT t.bundle_id, b.manifest_digest, b.repository FROM transfers t
-                     JOIN bundles b ON b.bundle_id = t.bundle_id
-                 WHERE t.device_id = $1 AND t.state IN ('in_transit', 'received')
-                     AND (t.state_at IS NULL OR t.state_at < $2)",
-                &[inv.device.as_str().into(), inv.generated_at.into()],
-            )?;
-            for row in pending {
-                let (bundle, digest, repo) = (row[0].string(), row[1].string(), row[2].string());
-                if inv
-                    .images
-                    .iter()
-                    .any(|i| i.repository == repo && i.manifest_digest == digest)
-                {
-                    set_transfer_state(
-                        c,
-                        &inv.device,
-                        &bundle,
-                        TransferState::Applied,
-                        None,
-                        None,
-                        inv.generated_at,
-                        source,
-                    )?;
-                }
-            }
+            replace_held_images(c, inv)?;
+            replace_sequences(c, inv)?;
+            mark_held_transfers_applied(c, inv, source)?;
             Ok(Ingested::Changed)
         })
     }
@@ -747,6 +674,121 @@ impl Ledger {
     }
 }
 
+/// Stores `inv` (serialized as `document`) as the device's inventory if it is newer than the
+/// one the ledger holds, or the first; says whether it was.
+fn store_if_newer(
+    c: &mut Connection,
+    inv: &Inventory,
+    document: String,
+) -> Result<bool, LedgerError> {
+    // Conditional, so that of two ingests racing on PostgreSQL the older inventory
+    // cannot win (the row lock makes the second re-check the condition).
+    let n = c.execute(
+        "UPDATE devices SET inventory_at = $2, inventory = $3, free_bytes = $4,
+             last_seen = $2
+         WHERE device_id = $1 AND (inventory_at IS NULL OR inventory_at < $2)",
+        &[
+            inv.device.as_str().into(),
+            inv.generated_at.into(),
+            document.into(),
+            inv.free_bytes.into(),
+        ],
+    )?;
+    Ok(n != 0)
+}
+
+/// What an inventory generated at `generated_at` is to the ledger when it was not stored, the
+/// ledger's own being from `known_at`: the same one again, or an older one.
+fn not_newer(known_at: Option<i64>, generated_at: u64) -> Ingested {
+    if known_at == Some(generated_at as i64) {
+        Ingested::Unchanged
+    } else {
+        Ingested::Older
+    }
+}
+
+/// Replaces the images the ledger lists on the device with those of `inv`.
+fn replace_held_images(c: &mut Connection, inv: &Inventory) -> Result<(), LedgerError> {
+    c.execute(
+        "DELETE FROM device_images WHERE device_id = $1",
+        &[inv.device.as_str().into()],
+    )?;
+    for image in &inv.images {
+        c.execute(
+            "INSERT INTO device_images
+                 (device_id, repository, manifest_digest, config_digest, tags, diff_ids)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (device_id, repository, manifest_digest) DO UPDATE
+                 SET tags = excluded.tags",
+            &[
+                inv.device.as_str().into(),
+                image.repository.as_str().into(),
+                image.manifest_digest.as_str().into(),
+                image.config_digest.as_str().into(),
+                image.tags.join(" ").into(),
+                image.diff_ids.join(" ").into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces the device's anti-rollback floors with those of `inv`.
+fn replace_sequences(c: &mut Connection, inv: &Inventory) -> Result<(), LedgerError> {
+    c.execute(
+        "DELETE FROM device_sequences WHERE device_id = $1",
+        &[inv.device.as_str().into()],
+    )?;
+    for (repo, seq) in &inv.sequences {
+        c.execute(
+            "INSERT INTO device_sequences (device_id, repository, sequence)
+             VALUES ($1, $2, $3)",
+            &[inv.device.as_str().into(), repo.into(), (*seq).into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Marks as applied (by `source`, at the inventory's time) the device's transfers in transit
+/// or received, heard of before `inv` was generated, whose image `inv` holds.
+fn mark_held_transfers_applied(
+    c: &mut Connection,
+    inv: &Inventory,
+    source: &str,
+) -> Result<(), LedgerError> {
+    // Transfers whose image is now on the device are done, whatever else was heard.
+    let pending = c.query(
+        "SELECT t.bundle_id, b.manifest_digest, b.repository FROM transfers t
+             JOIN bundles b ON b.bundle_id = t.bundle_id
+         WHERE t.device_id = $1 AND t.state IN ('in_transit', 'received')
+             AND (t.state_at IS NULL OR t.state_at < $2)",
+        &[inv.device.as_str().into(), inv.generated_at.into()],
+    )?;
+    for row in pending {
+        let (bundle, digest, repo) = (row[0].string(), row[1].string(), row[2].string());
+        if holds(inv, &repo, &digest) {
+            set_transfer_state(
+                c,
+                &inv.device,
+                &bundle,
+                TransferState::Applied,
+                None,
+                None,
+                inv.generated_at,
+                source,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `inv` lists the image `repository` at `manifest_digest`.
+fn holds(inv: &Inventory, repository: &str, manifest_digest: &str) -> bool {
+    inv.images
+        .iter()
+        .any(|i| i.repository == repository && i.manifest_digest == manifest_digest)
+}
+
 fn deployment_from(r: Row, devices: Vec<String>) -> Deployment {
     Deployment {
         name: r[0].string(),
@@ -923,4 +965,40 @@ fn migrate_locked(c: &mut Connection) -> Result<(), LedgerError> {
 /// The number of migrations this build knows (the schema version it brings a ledger to).
 pub fn current_schema_version() -> u64 {
     MIGRATIONS.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inventory_not_stored_is_the_same_again_or_older() {
+        assert_eq!(not_newer(Some(100), 100), Ingested::Unchanged);
+        assert_eq!(not_newer(Some(100), 99), Ingested::Older);
+        assert_eq!(not_newer(Some(100), 101), Ingested::Older);
+        assert_eq!(not_newer(None, 100), Ingested::Older);
+    }
+
+    #[test]
+    fn an_inventory_holds_an_image_by_repository_and_digest() {
+        let image = HeldImage {
+            repository: "edge/app".into(),
+            tags: vec!["v2".into()],
+            manifest_digest: "sha256:aa".into(),
+            config_digest: "sha256:cc".into(),
+            diff_ids: vec![],
+        };
+        let inv = Inventory {
+            format: 1,
+            device: "d".into(),
+            generated_at: 1,
+            images: vec![image],
+            sequences: Default::default(),
+            free_bytes: 0,
+            engine: None,
+        };
+        assert!(holds(&inv, "edge/app", "sha256:aa"));
+        assert!(!holds(&inv, "edge/app", "sha256:bb"));
+        assert!(!holds(&inv, "edge/other", "sha256:aa"));
+    }
 }
