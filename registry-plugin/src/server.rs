@@ -21,7 +21,9 @@ use sideload_device_api as api;
 use crate::auth::{Auth, Denied, Scope};
 use crate::daemon::Daemon;
 use crate::request::{self, RequestError, Route, Unrouted};
-use crate::uploads::{Appended, Created, LingeringBody, UploadError, UploadResult, Uploads};
+use crate::uploads::{
+    Appended, BadRequest, Created, LingeringBody, UploadError, UploadResult, Uploads,
+};
 
 /// Response body: streamed from the registry or built here.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -394,14 +396,7 @@ impl Server {
                 Ok((_, held)) => held,
                 Err(e) => return upload_error(e),
             },
-            (None, false) => {
-                return refuse_unread(
-                    req,
-                    upload_error(UploadError::BadRequest(
-                        "PATCH needs an Upload-Offset header (ask HEAD for the current one)".into(),
-                    )),
-                )
-            }
+            (None, false) => return refuse_unread(req, upload_error(BadRequest::NoOffset.into())),
         };
         match self
             .uploads
@@ -693,7 +688,7 @@ fn upload_error(e: UploadError) -> Response<Body> {
     if let Some(held) = e.held() {
         r.headers_mut().insert("upload-offset", held.into());
     }
-    if matches!(e, UploadError::Busy(_)) {
+    if matches!(e, UploadError::Busy) {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }

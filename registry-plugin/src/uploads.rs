@@ -155,8 +155,11 @@ pub enum UploadResult {
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// No such upload (never created, expired, or removed after a refusal).
-    #[error("{0}")]
-    NotFound(String),
+    #[error("no upload {id} on this device")]
+    NotFound {
+        /// The upload ID asked for.
+        id: String,
+    },
     /// The client's offset is not what the device holds; resume from `held`.
     #[error("the device holds {held} bytes of this upload")]
     OffsetMismatch {
@@ -164,26 +167,38 @@ pub enum UploadError {
         held: u64,
     },
     /// The request is malformed.
-    #[error("{0}")]
-    BadRequest(String),
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
     /// More bytes than the bundle's head declares; the excess was dropped and the upload
     /// holds `held` bytes (finish it with PUT).
-    #[error("{message}")]
+    #[error("{bundle}: more bytes than the bundle's head declares ({held})")]
     Overflow {
-        /// What happened.
-        message: String,
-        /// Bytes held.
+        /// The bundle's name.
+        bundle: String,
+        /// Bytes held: the whole bundle.
         held: u64,
     },
-    /// Bigger than `max_bundle_bytes`.
-    #[error("{0}")]
-    TooLarge(String),
-    /// Too many unfinished uploads.
-    #[error("{0}")]
-    TooMany(String),
+    /// Bigger than `uploads.max_bundle_bytes`.
+    #[error("{}the bundle is {size} bytes; this device takes at most {max} (uploads.max_bundle_bytes)", named(.bundle))]
+    TooLarge {
+        /// The bundle's name, once its head was read.
+        bundle: Option<String>,
+        /// Its size, declared or read from its head.
+        size: u64,
+        /// `uploads.max_bundle_bytes`.
+        max: u64,
+    },
+    /// Too many unfinished uploads of trusted bundles.
+    #[error("{bundle}: {max} uploads of trusted bundles are already open (uploads.max_concurrent_uploads); the head is kept: resume after one of them finished")]
+    TooMany {
+        /// The bundle's name.
+        bundle: String,
+        /// `uploads.max_concurrent_uploads`.
+        max: usize,
+    },
     /// Not enough free disk for the rest of the bundle plus the reserve.
-    #[error("{0}")]
-    NoSpace(String),
+    #[error("{0}; {NO_SPACE_ADVICE}")]
+    NoSpace(Shortfall),
     /// The bundle was refused (untrusted, damaged); its bytes are gone.
     #[error("{}", .0.reason)]
     Refused(Refused),
@@ -197,12 +212,87 @@ pub enum UploadError {
         /// More to say after the failure (`; free disk space on the device`), or nothing.
         hint: &'static str,
     },
-    /// The device failed otherwise; a retry may work.
-    #[error("{0}")]
-    Internal(String),
+    /// The intake of a whole upload stopped before it decided (its task panicked or was
+    /// cancelled).
+    #[error("intake stopped: {0}")]
+    IntakeStopped(tokio::task::JoinError),
+    /// The intake could not take the bundle now, for a device-side reason; the bytes went
+    /// back to the upload.
+    #[error("{reason}; the upload is kept: finish it again with PUT")]
+    IntakeDeferred {
+        /// The intake's reason.
+        reason: String,
+    },
+    /// The head could be neither judged nor refused at its boundary (a bug; refused rather
+    /// than looped on).
+    #[error("upload {id}: the head could not be judged at byte {held}")]
+    HeadUnjudged {
+        /// The upload.
+        id: String,
+        /// Bytes held.
+        held: u64,
+    },
     /// Another request is writing this upload and still receiving bytes.
-    #[error("{0}")]
-    Busy(String),
+    #[error("another request is sending bytes of this upload right now")]
+    Busy,
+}
+
+/// How a request to the upload API is malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    /// `Bundle-Digest` is not a sha256 digest.
+    #[error("Bundle-Digest {0:?} is not sha256:<64 lowercase hex digits>")]
+    BundleDigest(String),
+    /// `Upload-Length` contradicts the bundle's head.
+    #[error("{bundle}: Upload-Length said {declared} bytes but the bundle's head says {total}")]
+    LengthMismatch {
+        /// The bundle's name.
+        bundle: String,
+        /// What `Upload-Length` said.
+        declared: u64,
+        /// What the head declares.
+        total: u64,
+    },
+    /// Bytes sent again over what the device holds are not the same bytes.
+    #[error("{bundle}: the bytes sent from offset {at} differ from those the device holds; the upload belongs to another file")]
+    OtherFile {
+        /// The bundle's name.
+        bundle: String,
+        /// Where the resent bytes start.
+        at: u64,
+    },
+    /// A PATCH without `Upload-Offset`.
+    #[error("PATCH needs an Upload-Offset header (ask HEAD for the current one)")]
+    NoOffset,
+}
+
+/// What the API advises, in its message, when the disk cannot hold a bundle.
+const NO_SPACE_ADVICE: &str = "free disk space on the device (waiting bundles: DELETE /sideload/v1/admin/bundles/ID), then resume the upload; or send a smaller bundle";
+
+/// Why the disk cannot take a bundle: what it needs and what it has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{bundle}: the device needs {needed} bytes free to take this bundle ({receive} still to receive, {apply} to apply it, {reserve} kept free by uploads.free_disk_reserve_bytes) and has {available}")]
+pub struct Shortfall {
+    /// The bundle's name.
+    pub bundle: String,
+    /// Bytes free it needs.
+    pub needed: u64,
+    /// Bytes still to receive.
+    pub receive: u64,
+    /// Bytes its apply needs.
+    pub apply: u64,
+    /// `uploads.free_disk_reserve_bytes`.
+    pub reserve: u64,
+    /// Bytes free.
+    pub available: u64,
+}
+
+/// `NAME: ` when the bundle's name is known, else nothing.
+fn named(bundle: &Option<String>) -> String {
+    bundle
+        .as_ref()
+        .map(|b| format!("{b}: "))
+        .unwrap_or_default()
 }
 
 impl UploadError {
@@ -218,48 +308,57 @@ impl UploadError {
     /// The stable code the API answers with.
     pub fn code(&self) -> &str {
         match self {
-            UploadError::NotFound(_) => "unknown_upload",
+            UploadError::NotFound { .. } => "unknown_upload",
             UploadError::OffsetMismatch { .. } => "offset_mismatch",
             UploadError::BadRequest(_) => "bad_request",
             UploadError::Overflow { .. } => "overflow",
-            UploadError::TooLarge(_) => "too_large",
-            UploadError::TooMany(_) => "too_many_uploads",
+            UploadError::TooLarge { .. } => "too_large",
+            UploadError::TooMany { .. } => "too_many_uploads",
             UploadError::NoSpace(_) => "insufficient_storage",
             UploadError::Refused(r) => &r.code,
-            UploadError::Io { .. } | UploadError::Internal(_) => "internal",
-            UploadError::Busy(_) => "upload_busy",
+            UploadError::Io { .. }
+            | UploadError::IntakeStopped(_)
+            | UploadError::IntakeDeferred { .. }
+            | UploadError::HeadUnjudged { .. } => "internal",
+            UploadError::Busy => "upload_busy",
         }
     }
 
     /// What the client should do.
     pub fn advice(&self) -> &str {
         match self {
-            UploadError::NotFound(_) => "start a new upload with POST /sideload/v1/uploads",
+            UploadError::NotFound { .. } => "start a new upload with POST /sideload/v1/uploads",
             UploadError::OffsetMismatch { .. } => "resume from the Upload-Offset this answer carries",
             UploadError::BadRequest(_) => "see docs/upload-api.md",
             UploadError::Overflow { .. } => "the excess was dropped; finish the upload with PUT, and check the client: it sent more than the bundle",
-            UploadError::TooLarge(_) => "raise uploads.max_bundle_bytes on the device or send a smaller bundle",
-            UploadError::TooMany(_) => "retry later",
+            UploadError::TooLarge { .. } => "raise uploads.max_bundle_bytes on the device or send a smaller bundle",
+            UploadError::TooMany { .. } => "retry later",
             UploadError::NoSpace(_) => "free disk space on the device",
             UploadError::Refused(r) => &r.advice,
-            UploadError::Io { .. } | UploadError::Internal(_) => {
+            UploadError::Io { .. }
+            | UploadError::IntakeStopped(_)
+            | UploadError::IntakeDeferred { .. }
+            | UploadError::HeadUnjudged { .. } => {
                 "retry; if it repeats, check the device's disk and logs"
             }
-            UploadError::Busy(_) => "retry after Retry-After seconds; a request that stops receiving bytes gives the upload up",
+            UploadError::Busy => "retry after Retry-After seconds; a request that stops receiving bytes gives the upload up",
         }
     }
 
     /// The HTTP status the API answers with.
     pub fn status(&self) -> u16 {
         match self {
-            UploadError::NotFound(_) => 404,
-            UploadError::OffsetMismatch { .. } | UploadError::Busy(_) => 409,
+            UploadError::NotFound { .. } => 404,
+            UploadError::OffsetMismatch { .. } | UploadError::Busy => 409,
             UploadError::BadRequest(_) | UploadError::Overflow { .. } => 400,
-            UploadError::TooLarge(_) => 413,
-            UploadError::TooMany(_) => 429,
+            UploadError::TooLarge { .. } => 413,
+            UploadError::TooMany { .. } => 429,
             UploadError::NoSpace(_) => 507,
             UploadError::Refused(r) => r.refusal().status(),
-            UploadError::Io { .. } | UploadError::Internal(_) => 500,
+            UploadError::Io { .. }
+            | UploadError::IntakeStopped(_)
+            | UploadError::IntakeDeferred { .. }
+            | UploadError::HeadUnjudged { .. } => 500,
         }
     }
 
@@ -431,11 +530,7 @@ impl Session {
         } else {
             tokio::time::timeout(TAKEOVER_WAIT, self.meta.lock())
                 .await
-                .map_err(|_| {
-                    UploadError::Busy(
-                        "another request is sending bytes of this upload right now".into(),
-                    )
-                })?
+                .map_err(|_| UploadError::Busy)?
         };
         Ok((guard, claims, mine))
     }
@@ -494,7 +589,7 @@ impl Uploads {
         self.table()
             .get(id)
             .cloned()
-            .ok_or_else(|| UploadError::NotFound(format!("no upload {id} on this device")))
+            .ok_or_else(|| UploadError::NotFound { id: id.to_owned() })
     }
 
     /// Unix seconds of an upload's last activity: its last saved change, or now while a
@@ -611,9 +706,7 @@ impl Uploads {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             {
-                return Err(UploadError::BadRequest(format!(
-                    "Bundle-Digest {d:?} is not sha256:<64 lowercase hex digits>"
-                )));
+                return Err(BadRequest::BundleDigest(d.clone()).into());
             }
             if let Ok(Some(b)) = daemon.journal.by_file_digest(d) {
                 if b.state.is_live() {
@@ -636,10 +729,11 @@ impl Uploads {
         let limits = &daemon.config.uploads;
         if let Some(len) = length {
             if len > limits.max_bundle_bytes {
-                return Err(UploadError::TooLarge(format!(
-                    "the bundle is {len} bytes; this device takes at most {} (uploads.max_bundle_bytes)",
-                    limits.max_bundle_bytes
-                )));
+                return Err(UploadError::TooLarge {
+                    bundle: None,
+                    size: len,
+                    max: limits.max_bundle_bytes,
+                });
             }
         }
         // A declared length must fit with the reserve. Without one, a disk with no room for
@@ -663,7 +757,7 @@ impl Uploads {
         ) {
             tracing::info!(upload = %victim, %client, "unchecked upload evicted to make room for a new one");
             match self.delete(&victim).await {
-                Ok(()) | Err(UploadError::NotFound(_)) => {}
+                Ok(()) | Err(UploadError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -712,20 +806,24 @@ impl Uploads {
         let Some(needed) = space_shortfall(available, receive, apply, reserve) else {
             return Ok(());
         };
-        let reason = format!(
-            "{name}: the device needs {needed} bytes free to take this bundle ({receive} still to receive, {apply} to apply it, {reserve} kept free by uploads.free_disk_reserve_bytes) and has {available}"
-        );
-        let advice = "free disk space on the device (waiting bundles: DELETE /sideload/v1/admin/bundles/ID), then resume the upload; or send a smaller bundle";
+        let shortfall = Shortfall {
+            bundle: name.to_owned(),
+            needed,
+            receive,
+            apply,
+            reserve,
+            available,
+        };
         let refused = Refused {
             bundle: name.to_owned(),
             code: "insufficient_storage".into(),
-            reason: reason.clone(),
-            advice: advice.into(),
+            reason: shortfall.to_string(),
+            advice: NO_SPACE_ADVICE.into(),
             permanent: false,
             verified,
         };
         daemon.refusal(name, name, &refused);
-        Err(UploadError::NoSpace(format!("{reason}; {advice}")))
+        Err(UploadError::NoSpace(shortfall))
     }
 
     /// Status of one upload: bytes held, total once known, result once finished. Answers at
@@ -883,7 +981,7 @@ impl Uploads {
                     UploadError::Refused(Refused {
                         permanent: true,
                         ..
-                    }) | UploadError::TooLarge(_)
+                    }) | UploadError::TooLarge { .. }
                         | UploadError::BadRequest(_)
                 ) {
                     self.remove(&meta.id);
@@ -942,23 +1040,26 @@ impl Uploads {
         let total = head.payload_offset() + statement.payload.size;
         let max = daemon.config.uploads.max_bundle_bytes;
         if total > max {
-            return Err(UploadError::TooLarge(format!(
-                "{}: the bundle is {total} bytes; this device takes at most {max} (uploads.max_bundle_bytes)",
-                meta.name
-            )));
+            return Err(UploadError::TooLarge {
+                bundle: Some(meta.name.clone()),
+                size: total,
+                max,
+            });
         }
         if let Some(declared) = meta.declared_length.filter(|&d| d != total) {
-            return Err(UploadError::BadRequest(format!(
-                "{}: Upload-Length said {declared} bytes but the bundle's head says {total}",
-                meta.name
-            )));
+            return Err(BadRequest::LengthMismatch {
+                bundle: meta.name.clone(),
+                declared,
+                total,
+            }
+            .into());
         }
         let max = daemon.config.uploads.max_concurrent_uploads;
         if self.trusted_active(&meta.id) >= max {
-            return Err(UploadError::TooMany(format!(
-                "{}: {max} uploads of trusted bundles are already open (uploads.max_concurrent_uploads); the head is kept: resume after one of them finished",
-                meta.name
-            )));
+            return Err(UploadError::TooMany {
+                bundle: meta.name.clone(),
+                max,
+            });
         }
         let apply = sideload_bundle::apply::space_needed(&statement, 1).unwrap_or(u64::MAX);
         let reserve = daemon.config.uploads.free_disk_reserve_bytes;
@@ -1012,7 +1113,7 @@ impl Uploads {
                     verified: true,
                 };
                 d.refusal(&name, &name, &r);
-                return Ok(UploadResult::Refused(r));
+                return Ok::<_, UploadError>(UploadResult::Refused(r));
             }
             Ok(match d.intake(&incoming, &name, "upload", Some(digest.to_string())) {
                 Ok(Intake::Queued { bundle }) => UploadResult::Accepted {
@@ -1027,7 +1128,7 @@ impl Uploads {
             })
         })
         .await
-        .map_err(|e| UploadError::Internal(format!("intake stopped: {e}")))??;
+        .map_err(UploadError::IntakeStopped)??;
         if let UploadResult::Refused(r) = &result {
             if !r.permanent {
                 // A device-side problem: the bytes go back to the upload, which a later PUT
@@ -1039,10 +1140,9 @@ impl Uploads {
                     .file_name(),
                 );
                 if std::fs::rename(&incoming, self.part(&meta.id)).is_ok() {
-                    return Err(UploadError::Internal(format!(
-                        "{}; the upload is kept: finish it again with PUT",
-                        r.reason
-                    )));
+                    return Err(UploadError::IntakeDeferred {
+                        reason: r.reason.clone(),
+                    });
                 }
             }
         }
@@ -1351,9 +1451,11 @@ impl<'a> Receiving<'a> {
             .map(|f| std::os::unix::fs::FileExt::read_exact_at(f, &mut have, at))
             .is_some_and(|r| r.is_ok() && have == data[..n]);
         if !same {
-            return Err(UploadError::BadRequest(format!(
-                "{name}: the bytes sent from offset {at} differ from those the device holds; the upload belongs to another file"
-            )));
+            return Err(BadRequest::OtherFile {
+                bundle: name.to_owned(),
+                at,
+            }
+            .into());
         }
         self.overlap -= n as u64;
         self.skipped += n as u64;
@@ -1388,10 +1490,7 @@ impl<'a> Receiving<'a> {
             if piece.overflow {
                 let total = meta.total_length.unwrap_or(self.held);
                 return Took::Stop(UploadError::Overflow {
-                    message: format!(
-                        "{}: more bytes than the bundle's head declares ({total})",
-                        meta.name
-                    ),
+                    bundle: meta.name.clone(),
                     held: total,
                 });
             }
@@ -1426,10 +1525,10 @@ impl<'a> Receiving<'a> {
         if piece == 0 && meta.total_length.is_none() {
             // Cannot happen (at its boundary the head is either judged or refused); refuse
             // rather than loop.
-            return Some(Took::Stop(UploadError::Internal(format!(
-                "upload {}: the head could not be judged at byte {}",
-                self.id, self.held
-            ))));
+            return Some(Took::Stop(UploadError::HeadUnjudged {
+                id: self.id.to_owned(),
+                held: self.held,
+            }));
         }
         None
     }
