@@ -1022,11 +1022,10 @@ pub fn analyse_zlib<R: Read>(
     }
 }
 
+/// One pass of [`analyse_zlib`] over a blob: races `levels`, each ending its stream with
+/// `ending`.
 fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<ZlibPass, RecipeError> {
-    let mut blob = blob;
-    // The blob's bytes read but not yet inflated, from `at` on.
-    let mut input = Vec::with_capacity(ANALYSE_STEP);
-    let header = read_header(&mut blob, &mut input)?;
+    let (header, mut race) = RaceInput::open(blob)?;
     let mut candidates: Vec<ZlibCandidate> = levels
         .iter()
         .map(|&level| ZlibCandidate {
@@ -1035,86 +1034,171 @@ fn zlib_pass(blob: impl Read, levels: &[u32], ending: ZlibEnding) -> Result<Zlib
             matcher: Matcher::default(),
         })
         .collect();
-    let mut inflate = Decompress::new(false);
-    let mut sums = PlainSums::new();
-    // The blob's deflate bytes from stream offset `window_at` on: what the levels still in
-    // the race have not all matched yet.
-    let mut window: Vec<u8> = Vec::new();
-    let mut window_at = 0u64;
-    let mut plain = vec![0u8; 256 << 10];
     let mut buf = vec![0u8; ZLIB_BUF];
-    let mut at = 0usize;
     loop {
-        if at == input.len() {
-            input.clear();
-            at = 0;
-            if !fill(&mut blob, &mut input, ANALYSE_STEP)? && input.is_empty() {
-                return Err(RecipeError::NotRecreatable(
-                    "the deflate stream is truncated".into(),
-                ));
-            }
+        race.refill()?;
+        let (made, end) = race.inflate_step(None)?;
+        let plain = &race.plain[..made];
+        candidates.retain_mut(|c| c.feed(plain, None, &mut buf, &race.window, race.window_at));
+        if end {
+            return zlib_pass_end(race, candidates, &mut buf, header, ending);
         }
-        let in0 = inflate.total_in();
-        let out0 = inflate.total_out();
-        let status = inflate
-            .decompress(&input[at..], &mut plain, FlushDecompress::None)
+        // A level whose output lags far behind the blob is not the one (zlib holds back at
+        // most one block), and keeping the blob's bytes for it would grow the window.
+        if !race.drop_laggards(&mut candidates, |c| c.matcher.matched) {
+            return Ok(ZlibPass::NoLevel);
+        }
+    }
+}
+
+/// The end of a [`zlib_pass`], once the blob's stream is inflated: each level still in the
+/// race ends its stream with `ending`, and the first whose stream is the blob's, to its last
+/// byte, wins. Those that wrote all of it but its end are kept for the other ending.
+fn zlib_pass_end<R: Read>(
+    race: RaceInput<R>,
+    mut candidates: Vec<ZlibCandidate>,
+    buf: &mut [u8],
+    header: Vec<u8>,
+    ending: ZlibEnding,
+) -> Result<ZlibPass, RecipeError> {
+    let stream_len = race.inflate.total_in();
+    let mut end_differs = Vec::new();
+    candidates.retain_mut(|c| {
+        let fits = c.feed(&[], Some(ending), buf, &race.window, race.window_at)
+            && c.matcher.matched == stream_len
+            && c.matcher.ahead.is_empty();
+        if !fits {
+            end_differs.push(c.level);
+        }
+        fits
+    });
+    let Some(found) = candidates.first() else {
+        return Ok(if end_differs.is_empty() {
+            ZlibPass::NoLevel
+        } else {
+            ZlibPass::EndDiffers(end_differs)
+        });
+    };
+    let (plain_digest, trailer, plain_len) = race.finish()?;
+    Ok(ZlibPass::Found(Analysis {
+        recipe: GzipRecipe {
+            header,
+            deflate: DeflateRecipe::Zlib {
+                level: found.level as u8,
+                ending,
+                plain_len,
+            },
+            trailer,
+        },
+        plain_digest,
+        plain_len,
+    }))
+}
+
+/// The inflating side of a race over a gzip blob ([`zlib_pass`], [`race_writers`]): the
+/// blob read a step at a time, its deflate stream inflated and the plain text hashed, and
+/// the window of stream bytes the racers compare their output with.
+struct RaceInput<R> {
+    blob: R,
+    /// The blob's bytes read but not yet inflated, from `at` on.
+    input: Vec<u8>,
+    at: usize,
+    inflate: Decompress,
+    sums: PlainSums,
+    /// The blob's deflate bytes from stream offset `window_at` on: what the racers still in
+    /// the race have not all matched yet.
+    window: Vec<u8>,
+    window_at: u64,
+    /// The plain text of the last [`RaceInput::inflate_step`].
+    plain: Vec<u8>,
+}
+
+impl<R: Read> RaceInput<R> {
+    /// Reads the blob's gzip header; returns it and the race's input, holding what was read
+    /// past the header.
+    fn open(mut blob: R) -> Result<(Vec<u8>, Self), RecipeError> {
+        let mut input = Vec::with_capacity(ANALYSE_STEP);
+        let header = read_header(&mut blob, &mut input)?;
+        let race = RaceInput {
+            blob,
+            input,
+            at: 0,
+            inflate: Decompress::new(false),
+            sums: PlainSums::new(),
+            window: Vec::new(),
+            window_at: 0,
+            plain: vec![0u8; 256 << 10],
+        };
+        Ok((header, race))
+    }
+
+    /// Reads the next step of the blob once all that was read is inflated; whether it did.
+    fn refill(&mut self) -> Result<bool, RecipeError> {
+        if self.at != self.input.len() {
+            return Ok(false);
+        }
+        self.input.clear();
+        self.at = 0;
+        if !fill(&mut self.blob, &mut self.input, ANALYSE_STEP)? && self.input.is_empty() {
+            return Err(RecipeError::NotRecreatable(
+                "the deflate stream is truncated".into(),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Inflates what was read (no more than `limit` bytes of it) into `plain`; the bytes
+    /// inflated join the window, the plain text the sums. Returns how much plain text was
+    /// made and whether the stream ended.
+    fn inflate_step(&mut self, limit: Option<u64>) -> Result<(usize, bool), RecipeError> {
+        let stop = limit.map_or(self.input.len(), |n| {
+            self.input.len().min(self.at + n as usize)
+        });
+        let in0 = self.inflate.total_in();
+        let out0 = self.inflate.total_out();
+        let status = self
+            .inflate
+            .decompress(
+                &self.input[self.at..stop],
+                &mut self.plain,
+                FlushDecompress::None,
+            )
             .map_err(|e| RecipeError::NotRecreatable(format!("not a deflate stream: {e}")))?;
-        let used = (inflate.total_in() - in0) as usize;
-        let made = (inflate.total_out() - out0) as usize;
-        if used == 0 && made == 0 && status != Status::StreamEnd {
+        let used = (self.inflate.total_in() - in0) as usize;
+        let made = (self.inflate.total_out() - out0) as usize;
+        if used == 0 && made == 0 && status != Status::StreamEnd && self.at < stop {
             return Err(RecipeError::NotRecreatable(
                 "the deflate stream does not decode".into(),
             ));
         }
-        window.extend_from_slice(&input[at..at + used]);
-        at += used;
-        sums.update(&plain[..made]);
-        candidates.retain_mut(|c| c.feed(&plain[..made], None, &mut buf, &window, window_at));
-        if status == Status::StreamEnd {
-            let stream_len = inflate.total_in();
-            let mut end_differs = Vec::new();
-            candidates.retain_mut(|c| {
-                let fits = c.feed(&[], Some(ending), &mut buf, &window, window_at)
-                    && c.matcher.matched == stream_len
-                    && c.matcher.ahead.is_empty();
-                if !fits {
-                    end_differs.push(c.level);
-                }
-                fits
-            });
-            let Some(found) = candidates.first() else {
-                return Ok(if end_differs.is_empty() {
-                    ZlibPass::NoLevel
-                } else {
-                    ZlibPass::EndDiffers(end_differs)
-                });
-            };
-            let plain_len = inflate.total_out();
-            let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
-            let (plain_digest, trailer) = sums.finish(trailer, plain_len);
-            return Ok(ZlibPass::Found(Analysis {
-                recipe: GzipRecipe {
-                    header,
-                    deflate: DeflateRecipe::Zlib {
-                        level: found.level as u8,
-                        ending,
-                        plain_len,
-                    },
-                    trailer,
-                },
-                plain_digest,
-                plain_len,
-            }));
-        }
-        // A level whose output lags far behind the blob is not the one (zlib holds back at
-        // most one block), and keeping the blob's bytes for it would grow the window.
-        let read_so_far = window_at + window.len() as u64;
-        candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
-        let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
-            return Ok(ZlibPass::NoLevel);
+        self.window
+            .extend_from_slice(&self.input[self.at..self.at + used]);
+        self.at += used;
+        self.sums.update(&self.plain[..made]);
+        Ok((made, status == Status::StreamEnd))
+    }
+
+    /// After a step: drops the racers whose output (`matched` bytes of the stream) lags too
+    /// far behind what was read, then the window's bytes every racer left has matched.
+    /// Whether any racer is left.
+    fn drop_laggards<C>(&mut self, racers: &mut Vec<C>, matched: impl Fn(&C) -> u64) -> bool {
+        let read_so_far = self.window_at + self.window.len() as u64;
+        racers.retain(|c| read_so_far - matched(c) <= MAX_ZLIB_LAG as u64);
+        let Some(slowest) = racers.iter().map(&matched).min() else {
+            return false;
         };
-        window.drain(..(slowest - window_at) as usize);
-        window_at = slowest;
+        self.window.drain(..(slowest - self.window_at) as usize);
+        self.window_at = slowest;
+        true
+    }
+
+    /// After the stream's end: reads the gzip trailer. Returns the plain text's digest, the
+    /// trailer and the plain text's length.
+    fn finish(mut self) -> Result<(Digest, Trailer, u64), RecipeError> {
+        let trailer = read_trailer(&mut self.blob, self.input[self.at..].to_vec())?;
+        let plain_len = self.inflate.total_out();
+        let (plain_digest, trailer) = self.sums.finish(trailer, plain_len);
+        Ok((plain_digest, trailer, plain_len))
     }
 }
 
@@ -1331,9 +1415,7 @@ fn race_writers<K: Copy, W: RacingWriter>(
     blob: impl Read,
     writers: Vec<(K, W)>,
 ) -> Result<Option<RaceWin<K>>, RecipeError> {
-    let mut blob = blob;
-    let mut input = Vec::with_capacity(ANALYSE_STEP);
-    let header = read_header(&mut blob, &mut input)?;
+    let (header, mut race) = RaceInput::open(blob)?;
     let mut candidates: Vec<Candidate<K, W>> = writers
         .into_iter()
         .map(|(key, writer)| Candidate {
@@ -1345,81 +1427,46 @@ fn race_writers<K: Copy, W: RacingWriter>(
         .collect();
     let mut marks = FlushMarks::default();
     if W::FLUSHABLE {
-        marks.scan(&input);
+        marks.scan(&race.input);
     }
-    let mut inflate = Decompress::new(false);
-    let mut sums = PlainSums::new();
-    // The blob's deflate bytes from stream offset `window_at` on.
-    let mut window: Vec<u8> = Vec::new();
-    let mut window_at = 0u64;
-    let mut plain = vec![0u8; 256 << 10];
-    let mut at = 0usize;
     loop {
-        if at == input.len() {
-            input.clear();
-            at = 0;
-            if !fill(&mut blob, &mut input, ANALYSE_STEP)? && input.is_empty() {
-                return Err(RecipeError::NotRecreatable(
-                    "the deflate stream is truncated".into(),
-                ));
-            }
-            if W::FLUSHABLE {
-                marks.scan(&input);
-            }
+        if race.refill()? && W::FLUSHABLE {
+            marks.scan(&race.input);
         }
         // Inflate no further than the next mark, so the plain text there is known.
-        let next_mark = marks.ahead.front().map(|&m| m - inflate.total_in());
-        let stop = next_mark.map_or(input.len(), |n| input.len().min(at + n as usize));
-        let in0 = inflate.total_in();
-        let out0 = inflate.total_out();
-        let status = inflate
-            .decompress(&input[at..stop], &mut plain, FlushDecompress::None)
-            .map_err(|e| RecipeError::NotRecreatable(format!("not a deflate stream: {e}")))?;
-        let used = (inflate.total_in() - in0) as usize;
-        let made = (inflate.total_out() - out0) as usize;
-        if used == 0 && made == 0 && status != Status::StreamEnd && at < stop {
-            return Err(RecipeError::NotRecreatable(
-                "the deflate stream does not decode".into(),
-            ));
-        }
-        window.extend_from_slice(&input[at..at + used]);
-        at += used;
-        sums.update(&plain[..made]);
-        let end = status == Status::StreamEnd;
-        candidates.retain_mut(|c| c.feed(&plain[..made], end, &window, window_at));
+        let next_mark = marks.ahead.front().map(|&m| m - race.inflate.total_in());
+        let (made, end) = race.inflate_step(next_mark)?;
+        let plain = &race.plain[..made];
+        candidates.retain_mut(|c| c.feed(plain, end, &race.window, race.window_at));
         if end {
-            let stream_len = inflate.total_in();
+            let stream_len = race.inflate.total_in();
             let Some(found) = candidates
                 .into_iter()
                 .find(|c| c.matcher.matched == stream_len && c.matcher.ahead.is_empty())
             else {
                 return Ok(None);
             };
-            let trailer = read_trailer(&mut blob, input[at..].to_vec())?;
-            let (plain_digest, trailer) = sums.finish(trailer, inflate.total_out());
+            let (plain_digest, trailer, plain_len) = race.finish()?;
             return Ok(Some(RaceWin {
                 key: found.key,
                 flushes: found.flushes,
                 header,
                 trailer,
                 plain_digest,
-                plain_len: inflate.total_out(),
+                plain_len,
             }));
         }
         // At a mark, once everything before it is inflated (the output did not fill `plain`).
-        if marks.ahead.front() == Some(&inflate.total_in()) && made < plain.len() {
+        if marks.ahead.front() == Some(&race.inflate.total_in()) && made < race.plain.len() {
             marks.ahead.pop_front();
-            fork_flushed(&mut candidates, inflate.total_out(), &window, window_at);
+            let plain_at = race.inflate.total_out();
+            fork_flushed(&mut candidates, plain_at, &race.window, race.window_at);
         }
         // Go holds back at most one window of input and pgzip one block, so a candidate far
         // behind is not the one.
-        let read_so_far = window_at + window.len() as u64;
-        candidates.retain(|c| read_so_far - c.matcher.matched <= MAX_ZLIB_LAG as u64);
-        let Some(slowest) = candidates.iter().map(|c| c.matcher.matched).min() else {
+        if !race.drop_laggards(&mut candidates, |c| c.matcher.matched) {
             return Ok(None);
-        };
-        window.drain(..(slowest - window_at) as usize);
-        window_at = slowest;
+        }
     }
 }
 

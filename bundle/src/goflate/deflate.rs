@@ -244,7 +244,8 @@ impl Compressor {
         self.window_end = 0;
     }
 
-    /// `deflate` (levels 2 to 9).
+    /// `deflate` (levels 2 to 9): Go's loop over the window, a literal or a match a step,
+    /// until too little lookahead is left (or, on a flush, none).
     fn deflate(&mut self) {
         let Mode::Chains(c) = &mut self.mode else {
             unreachable!("deflate without hash chains");
@@ -258,8 +259,6 @@ impl Compressor {
             return;
         }
         c.max_insert_index = window_end as isize - (MIN_MATCH_LENGTH as isize - 1);
-        let p = c.params;
-        let greedy = p.fast_skip_hashing != SKIP_NEVER;
         loop {
             let lookahead = window_end - c.index;
             if lookahead < MIN_LOOKAHEAD {
@@ -267,102 +266,166 @@ impl Compressor {
                     break;
                 }
                 if lookahead == 0 {
-                    if c.byte_available {
-                        tokens.push(literal_token(window[c.index - 1]));
-                        c.byte_available = false;
-                    }
-                    if !tokens.is_empty() {
-                        write_block(c, w, window, tokens, c.index);
-                        tokens.clear();
-                    }
+                    c.flush_tokens(window, tokens, w);
                     break;
                 }
             }
-            if (c.index as isize) < c.max_insert_index {
-                let hash = hash4(&window[c.index..]);
-                let hh = &mut c.hash_head[(hash & HASH_MASK) as usize];
-                c.chain_head = *hh as isize;
-                c.hash_prev[c.index & WINDOW_MASK] = c.chain_head as u32;
-                *hh = (c.index as isize + c.hash_offset) as u32;
-            }
+            c.insert_index(window);
             let prev_length = c.length;
             let prev_offset = c.offset;
             c.length = MIN_MATCH_LENGTH - 1;
             c.offset = 0;
-            let min_index = (c.index as isize - WINDOW_SIZE as isize).max(0);
-
-            if c.chain_head - c.hash_offset >= min_index
-                && (greedy && lookahead > MIN_MATCH_LENGTH - 1
-                    || !greedy && lookahead > prev_length && prev_length < p.lazy)
-            {
-                if let Some((length, offset)) = find_match(
-                    c,
-                    window,
-                    c.index,
-                    c.chain_head - c.hash_offset,
-                    MIN_MATCH_LENGTH - 1,
-                    lookahead,
-                ) {
-                    c.length = length;
-                    c.offset = offset;
-                }
-            }
-            if greedy && c.length >= MIN_MATCH_LENGTH
-                || !greedy && prev_length >= MIN_MATCH_LENGTH && c.length <= prev_length
-            {
-                // There was a match at the previous step, and the current match is not
-                // better: output the previous match (or, greedy, the current one).
-                if greedy {
-                    tokens.push(match_token((c.length - 3) as u32, (c.offset - 1) as u32));
-                } else {
-                    tokens.push(match_token(
-                        (prev_length - 3) as u32,
-                        (prev_offset - 1) as u32,
-                    ));
-                }
-                if c.length <= p.fast_skip_hashing {
-                    let new_index = if greedy {
-                        c.index + c.length
-                    } else {
-                        c.index + prev_length - 1
-                    };
-                    let mut index = c.index + 1;
-                    while index < new_index {
-                        if (index as isize) < c.max_insert_index {
-                            let hash = hash4(&window[index..]);
-                            let hh = &mut c.hash_head[(hash & HASH_MASK) as usize];
-                            c.hash_prev[index & WINDOW_MASK] = *hh;
-                            *hh = (index as isize + c.hash_offset) as u32;
-                        }
-                        index += 1;
-                    }
-                    c.index = index;
-                    if !greedy {
-                        c.byte_available = false;
-                        c.length = MIN_MATCH_LENGTH - 1;
-                    }
-                } else {
-                    // Greedy, long match: skip it without hashing.
-                    c.index += c.length;
-                }
-                if tokens.len() == MAX_FLATE_BLOCK_TOKENS {
-                    write_block(c, w, window, tokens, c.index);
-                    tokens.clear();
-                }
+            c.search(window, lookahead, prev_length);
+            if c.emits_match(prev_length) {
+                c.emit_match(window, tokens, w, prev_length, prev_offset);
             } else {
-                if greedy || c.byte_available {
-                    let i = if greedy { c.index } else { c.index - 1 };
-                    tokens.push(literal_token(window[i]));
-                    if tokens.len() == MAX_FLATE_BLOCK_TOKENS {
-                        write_block(c, w, window, tokens, i + 1);
-                        tokens.clear();
-                    }
-                }
-                c.index += 1;
-                if !greedy {
-                    c.byte_available = true;
-                }
+                c.emit_literal(window, tokens, w);
             }
+        }
+    }
+}
+
+impl Chains {
+    /// Levels 2 and 3: greedy matching (Go: `fastSkipHashing != skipNever`).
+    fn greedy(&self) -> bool {
+        self.params.fast_skip_hashing != SKIP_NEVER
+    }
+
+    /// The end of a flush in `deflate`: the pending literal (lazy matching), then the block of
+    /// all tokens so far.
+    fn flush_tokens(&mut self, window: &[u8], tokens: &mut Vec<Token>, w: &mut HuffmanBitWriter) {
+        if self.byte_available {
+            // There is still one pending token that needs to be flushed
+            tokens.push(literal_token(window[self.index - 1]));
+            self.byte_available = false;
+        }
+        if !tokens.is_empty() {
+            write_block(self, w, window, tokens, self.index);
+            tokens.clear();
+        }
+    }
+
+    /// "Update the hash": put the string at `index` at the head of its hash chain, keeping
+    /// the old head (where `search` starts) in `chain_head`.
+    fn insert_index(&mut self, window: &[u8]) {
+        if (self.index as isize) < self.max_insert_index {
+            let hash = hash4(&window[self.index..]);
+            let hh = &mut self.hash_head[(hash & HASH_MASK) as usize];
+            self.chain_head = *hh as isize;
+            self.hash_prev[self.index & WINDOW_MASK] = self.chain_head as u32;
+            *hh = (self.index as isize + self.hash_offset) as u32;
+        }
+    }
+
+    /// `deflate`'s call of `findMatch`, when the chain reaches into the window and a match
+    /// could help: greedy, whenever a match fits the lookahead; lazy, when it could beat the
+    /// previous step's match and that one is shorter than `lazy`. Sets `length` and `offset`.
+    fn search(&mut self, window: &[u8], lookahead: usize, prev_length: usize) {
+        let min_index = (self.index as isize - WINDOW_SIZE as isize).max(0);
+        let greedy = self.greedy();
+        if self.chain_head - self.hash_offset >= min_index
+            && (greedy && lookahead > MIN_MATCH_LENGTH - 1
+                || !greedy && lookahead > prev_length && prev_length < self.params.lazy)
+        {
+            if let Some((length, offset)) = find_match(
+                self,
+                window,
+                self.index,
+                self.chain_head - self.hash_offset,
+                MIN_MATCH_LENGTH - 1,
+                lookahead,
+            ) {
+                self.length = length;
+                self.offset = offset;
+            }
+        }
+    }
+
+    /// Whether this step outputs a match: greedy, the one just found; lazy, the previous
+    /// step's, when the one just found is not better.
+    fn emits_match(&self, prev_length: usize) -> bool {
+        if self.greedy() {
+            self.length >= MIN_MATCH_LENGTH
+        } else {
+            prev_length >= MIN_MATCH_LENGTH && self.length <= prev_length
+        }
+    }
+
+    /// `deflate`'s match branch: the match token (greedy, this step's; lazy, the previous
+    /// step's), then the window position moves past the match, hashing the strings it covers
+    /// unless a greedy match is longer than `fast_skip_hashing`.
+    fn emit_match(
+        &mut self,
+        window: &[u8],
+        tokens: &mut Vec<Token>,
+        w: &mut HuffmanBitWriter,
+        prev_length: usize,
+        prev_offset: usize,
+    ) {
+        let greedy = self.greedy();
+        // There was a match at the previous step, and the current match is not better:
+        // output the previous match (or, greedy, the current one).
+        let (length, offset) = if greedy {
+            (self.length, self.offset)
+        } else {
+            (prev_length, prev_offset)
+        };
+        tokens.push(match_token((length - 3) as u32, (offset - 1) as u32));
+        if self.length <= self.params.fast_skip_hashing {
+            let new_index = if greedy {
+                self.index + self.length
+            } else {
+                self.index + prev_length - 1
+            };
+            self.insert_up_to(window, new_index);
+            if !greedy {
+                self.byte_available = false;
+                self.length = MIN_MATCH_LENGTH - 1;
+            }
+        } else {
+            // Greedy, long match: skip it without hashing.
+            self.index += self.length;
+        }
+        if tokens.len() == MAX_FLATE_BLOCK_TOKENS {
+            // The block includes the current character
+            write_block(self, w, window, tokens, self.index);
+            tokens.clear();
+        }
+    }
+
+    /// Insert the strings after `index` up to `new_index` (a match's extent) into the hash
+    /// chains, and move `index` there; `index` itself is already inserted, and strings too
+    /// close to the window's end are not.
+    fn insert_up_to(&mut self, window: &[u8], new_index: usize) {
+        let mut index = self.index + 1;
+        while index < new_index {
+            if (index as isize) < self.max_insert_index {
+                let hash = hash4(&window[index..]);
+                // The string's chain points to the previous head with the same hash.
+                let hh = &mut self.hash_head[(hash & HASH_MASK) as usize];
+                self.hash_prev[index & WINDOW_MASK] = *hh;
+                *hh = (index as isize + self.hash_offset) as u32;
+            }
+            index += 1;
+        }
+        self.index = index;
+    }
+
+    /// `deflate`'s literal branch: greedy, the byte at `index`; lazy, the byte before it if
+    /// still pending (and the byte at `index` becomes pending). Moves on one byte.
+    fn emit_literal(&mut self, window: &[u8], tokens: &mut Vec<Token>, w: &mut HuffmanBitWriter) {
+        let greedy = self.greedy();
+        if greedy || self.byte_available {
+            let i = if greedy { self.index } else { self.index - 1 };
+            tokens.push(literal_token(window[i]));
+            if tokens.len() == MAX_FLATE_BLOCK_TOKENS {
+                write_block(self, w, window, tokens, i + 1);
+                tokens.clear();
+            }
+        }
+        self.index += 1;
+        if !greedy {
+            self.byte_available = true;
         }
     }
 }

@@ -780,112 +780,162 @@ pub(super) fn analyse(blob: impl Read) -> Result<Analysis, RecipeError> {
     };
     // What is read past the header is the stream's first bytes.
     let header = read_header(&mut input.blob, &mut input.buf)?;
-    let mut scan = Scan::default();
-    let mut hasher = PlainSums::new();
-    let mut plain_len = 0u64;
-    let mut chunks: Vec<RecipeChunk> = Vec::new();
-    let mut run: Option<Run> = None;
-    // Blocks the next call may cover, while a failure is being narrowed down.
-    let mut limit: Option<usize> = None;
-    let mut unmodelled = 0u32;
-    let mut last_end = 0u64;
+    let mut a = Analyser {
+        input,
+        scan: Scan::default(),
+        hasher: PlainSums::new(),
+        plain_len: 0,
+        chunks: Vec::new(),
+        run: None,
+        limit: None,
+        unmodelled: 0,
+        last_end: 0,
+    };
     loop {
-        scan.fill(&mut input)?;
-        let Some(first) = scan.blocks.front().copied() else {
+        a.scan.fill(&mut a.input)?;
+        let Some(first) = a.scan.blocks.front().copied() else {
             break;
         };
         if first.refusal.is_none() {
-            // As before verbatim chunks, preflate gets a step of compressed bytes at a time.
-            let step_end = first.start / 8 + ANALYSE_STEP as u64;
-            let good = scan
-                .blocks
-                .iter()
-                .take_while(|b| b.refusal.is_none() && b.end.div_ceil(8) <= step_end)
-                .count()
-                .max(1);
-            let n = limit.map_or(good, |l| l.min(good));
-            let live = run.get_or_insert_with(|| match first.start {
-                0 => Run::new(None),
-                at => Run::new(Some(run_prefix(scan.window(), (at % 8) as u8))),
-            });
-            match live.feed(&input, &scan, n) {
-                Ok(made) => {
-                    let body = match (live.restarted, live.chunks) {
-                        (true, 1) => {
-                            let align = (first.start % 8) as u8;
-                            let byte = input.bytes(first.start / 8, first.start / 8 + 1)[0];
-                            ChunkBody::Restart {
-                                corrections: made.corrections,
-                                align,
-                                lead: byte & ((1u16 << align) - 1) as u8,
-                            }
-                        }
-                        _ => ChunkBody::Preflate(made.corrections),
-                    };
-                    last_end = scan.blocks[made.blocks - 1].end;
-                    let len = scan.pop(made.blocks, &mut hasher);
-                    plain_len += len;
-                    chunks.push(RecipeChunk {
-                        plain_len: len,
-                        body,
-                    });
-                    unmodelled = 0;
-                    limit = limit.map(|l| l * 2).filter(|&l| l < 1 << 16);
-                }
-                Err(why) if n > 1 => {
-                    tracing::debug!(blocks = n, why, "preflate failed; narrowing down");
-                    run = None;
-                    limit = Some(n / 2);
-                    continue;
-                }
-                Err(why) => {
-                    unmodelled += 1;
-                    if unmodelled > MAX_UNMODELLED {
-                        return Err(RecipeError::NotRecreatable(format!("preflate: {why}")));
-                    }
-                    tracing::debug!(why, "preflate failed on one block; kept verbatim");
-                    run = None;
-                    limit = Some(1);
-                    last_end = raw(
-                        &mut scan,
-                        &input,
-                        1,
-                        &mut chunks,
-                        &mut hasher,
-                        &mut plain_len,
-                    )?;
-                }
+            if !a.preflate_chunk(first)? {
+                // Narrowing a failure down: try again with fewer blocks.
+                continue;
             }
         } else {
-            run = None;
-            let n = raw_extent(&scan.blocks);
-            last_end = raw(
-                &mut scan,
-                &input,
-                n,
-                &mut chunks,
-                &mut hasher,
-                &mut plain_len,
-            )?;
+            a.run = None;
+            let n = raw_extent(&a.scan.blocks);
+            a.raw_chunk(n)?;
         }
-        input.drop_before(last_end / 8);
+        a.input.drop_before(a.last_end / 8);
     }
-    debug_assert!(scan.done, "the scan stops only at the final block");
-    let stream_end = last_end.div_ceil(8);
-    let rest = input
-        .bytes(stream_end, input.base + input.buf.len() as u64)
-        .to_vec();
-    let trailer = read_trailer(&mut input.blob, rest)?;
-    let (plain_digest, trailer) = hasher.finish(trailer, plain_len);
-    Ok(Analysis {
-        recipe: GzipRecipe {
-            header,
-            deflate: DeflateRecipe::Preflate(chunks),
-            trailer,
-        },
-        plain_digest,
-        plain_len,
-    })
+    debug_assert!(a.scan.done, "the scan stops only at the final block");
+    a.finish(header)
+}
+
+/// [`analyse`]'s state between chunks.
+struct Analyser<R> {
+    input: Input<R>,
+    scan: Scan,
+    hasher: PlainSums,
+    /// Plain text in `chunks`.
+    plain_len: u64,
+    chunks: Vec<RecipeChunk>,
+    /// The live preflate run, if any.
+    run: Option<Run>,
+    /// Blocks the next call may cover, while a failure is being narrowed down.
+    limit: Option<usize>,
+    /// Blocks in a row preflate failed on alone, kept verbatim.
+    unmodelled: u32,
+    /// Where the last chunk ends (a bit position in the stream).
+    last_end: u64,
+}
+
+impl<R: Read> Analyser<R> {
+    /// Gives preflate the waiting blocks from `first` on (one that preflate can parse), up to
+    /// a step of compressed bytes and the narrowing `limit`, and makes what it covered a chunk.
+    /// When preflate fails, the run is dropped and the failure narrowed down (halving the
+    /// blocks, `Ok(false)`: nothing was made) until a single block fails, which is then kept
+    /// verbatim, unless too many did in a row. `Ok(true)`: a chunk was made.
+    fn preflate_chunk(&mut self, first: ScannedBlock) -> Result<bool, RecipeError> {
+        // As before verbatim chunks, preflate gets a step of compressed bytes at a time.
+        let step_end = first.start / 8 + ANALYSE_STEP as u64;
+        let good = self
+            .scan
+            .blocks
+            .iter()
+            .take_while(|b| b.refusal.is_none() && b.end.div_ceil(8) <= step_end)
+            .count()
+            .max(1);
+        let n = self.limit.map_or(good, |l| l.min(good));
+        let scan = &self.scan;
+        let live = self.run.get_or_insert_with(|| match first.start {
+            0 => Run::new(None),
+            at => Run::new(Some(run_prefix(scan.window(), (at % 8) as u8))),
+        });
+        match live.feed(&self.input, &self.scan, n) {
+            Ok(made) => {
+                let restart = live.restarted && live.chunks == 1;
+                self.push_preflate_chunk(first, made, restart);
+                self.unmodelled = 0;
+                self.limit = self.limit.map(|l| l * 2).filter(|&l| l < 1 << 16);
+            }
+            Err(why) if n > 1 => {
+                tracing::debug!(blocks = n, why, "preflate failed; narrowing down");
+                self.run = None;
+                self.limit = Some(n / 2);
+                return Ok(false);
+            }
+            Err(why) => {
+                self.unmodelled += 1;
+                if self.unmodelled > MAX_UNMODELLED {
+                    return Err(RecipeError::NotRecreatable(format!("preflate: {why}")));
+                }
+                tracing::debug!(why, "preflate failed on one block; kept verbatim");
+                self.run = None;
+                self.limit = Some(1);
+                self.raw_chunk(1)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes the blocks preflate covered (from `first` on) a chunk of its corrections: a
+    /// restart chunk (with the first block's bit alignment and the bits before it in its
+    /// byte) when it is a restarted run's first.
+    fn push_preflate_chunk(&mut self, first: ScannedBlock, made: Made, restart: bool) {
+        let body = if restart {
+            let align = (first.start % 8) as u8;
+            let byte = self.input.bytes(first.start / 8, first.start / 8 + 1)[0];
+            ChunkBody::Restart {
+                corrections: made.corrections,
+                align,
+                lead: byte & ((1u16 << align) - 1) as u8,
+            }
+        } else {
+            ChunkBody::Preflate(made.corrections)
+        };
+        self.last_end = self.scan.blocks[made.blocks - 1].end;
+        let len = self.scan.pop(made.blocks, &mut self.hasher);
+        self.plain_len += len;
+        self.chunks.push(RecipeChunk {
+            plain_len: len,
+            body,
+        });
+    }
+
+    /// Makes the first `n` waiting blocks a raw chunk ([`raw`]).
+    fn raw_chunk(&mut self, n: usize) -> Result<(), RecipeError> {
+        self.last_end = raw(
+            &mut self.scan,
+            &self.input,
+            n,
+            &mut self.chunks,
+            &mut self.hasher,
+            &mut self.plain_len,
+        )?;
+        Ok(())
+    }
+
+    /// After the final block: reads the gzip trailer (what follows the stream's last byte)
+    /// and completes the recipe.
+    fn finish(mut self, header: Vec<u8>) -> Result<Analysis, RecipeError> {
+        let stream_end = self.last_end.div_ceil(8);
+        let rest = self
+            .input
+            .bytes(stream_end, self.input.base + self.input.buf.len() as u64)
+            .to_vec();
+        let trailer = read_trailer(&mut self.input.blob, rest)?;
+        let (plain_digest, trailer) = self.hasher.finish(trailer, self.plain_len);
+        Ok(Analysis {
+            recipe: GzipRecipe {
+                header,
+                deflate: DeflateRecipe::Preflate(self.chunks),
+                trailer,
+            },
+            plain_digest,
+            plain_len: self.plain_len,
+        })
+    }
 }
 
 /// `bits` bits of `bytes` from bit `from` on, as bytes (the last one zero-padded).

@@ -487,42 +487,9 @@ fn read_with_manifest_json(
     let mut layers = Vec::with_capacity(entry.layers.len());
     let mut spans = Vec::with_capacity(entry.layers.len());
     for (i, (layer_name, diff_id)) in entry.layers.iter().zip(&spec.rootfs.diff_ids).enumerate() {
-        let span = archive
-            .index
-            .lookup(layer_name)
-            .ok_or_else(|| ImageError::MissingEntry {
-                image: reference.to_owned(),
-                referrer: MANIFEST_FILE.to_owned(),
-                entry: layer_name.clone(),
-            })?;
-        let read_err = |source| ImageError::Read {
-            image: reference.to_owned(),
-            what: format!("layer {i} (entry {layer_name:?})"),
-            source,
-        };
-        let (kind, _) = compression::sniff(archive.open_span(span)).map_err(read_err)?;
-        let media_type = match kind {
-            Compression::None => media_types::DOCKER_LAYER_TAR,
-            Compression::Gzip => media_types::DOCKER_LAYER_GZIP,
-            Compression::Zstd => media_types::OCI_LAYER_ZSTD,
-        };
-        let blob_digest = match (digest_in_name(layer_name), kind) {
-            (Some(d), _) => d,
-            (None, Compression::None) => diff_id.clone(),
-            // A compressed layer under a name that carries no digest: hash it (streaming).
-            (None, _) => {
-                digest_of_reader(archive.open_span(span))
-                    .map_err(read_err)?
-                    .0
-            }
-        };
+        let (layer, span) = manifest_json_layer(archive, i, layer_name, diff_id, reference)?;
         spans.push(span);
-        layers.push(Layer {
-            diff_id: diff_id.clone(),
-            blob_digest,
-            media_type: media_type.to_owned(),
-            blob_size: span.size,
-        });
+        layers.push(layer);
     }
     let image = Image {
         reference: reference.to_owned(),
@@ -534,6 +501,54 @@ fn read_with_manifest_json(
         layers,
     };
     Ok((image, spans))
+}
+
+/// Layer `i` of a `manifest.json` image, the archive entry `layer_name` with `diff_id`, and
+/// its span: the media type from its sniffed compression, the blob digest from its name
+/// (Docker ≥ 25 names blobs by digest), from `diff_id` when uncompressed, else hashed.
+fn manifest_json_layer(
+    archive: &DockerArchive,
+    i: usize,
+    layer_name: &str,
+    diff_id: &Digest,
+    reference: &str,
+) -> Result<(Layer, EntrySpan), ImageError> {
+    let span = archive
+        .index
+        .lookup(layer_name)
+        .ok_or_else(|| ImageError::MissingEntry {
+            image: reference.to_owned(),
+            referrer: MANIFEST_FILE.to_owned(),
+            entry: layer_name.to_owned(),
+        })?;
+    let read_err = |source| ImageError::Read {
+        image: reference.to_owned(),
+        what: format!("layer {i} (entry {layer_name:?})"),
+        source,
+    };
+    let (kind, _) = compression::sniff(archive.open_span(span)).map_err(read_err)?;
+    let media_type = match kind {
+        Compression::None => media_types::DOCKER_LAYER_TAR,
+        Compression::Gzip => media_types::DOCKER_LAYER_GZIP,
+        Compression::Zstd => media_types::OCI_LAYER_ZSTD,
+    };
+    let blob_digest = match (digest_in_name(layer_name), kind) {
+        (Some(d), _) => d,
+        (None, Compression::None) => diff_id.clone(),
+        // A compressed layer under a name that carries no digest: hash it (streaming).
+        (None, _) => {
+            digest_of_reader(archive.open_span(span))
+                .map_err(read_err)?
+                .0
+        }
+    };
+    let layer = Layer {
+        diff_id: diff_id.clone(),
+        blob_digest,
+        media_type: media_type.to_owned(),
+        blob_size: span.size,
+    };
+    Ok((layer, span))
 }
 
 /// The image of the embedded OCI layout whose config is `config_digest`, if any.

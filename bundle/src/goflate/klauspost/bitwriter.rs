@@ -396,98 +396,134 @@ impl HuffmanBitWriter {
         if sync {
             tokens.add_eob();
         }
+        self.end_unreusable_block(tokens, eof);
+        let (num_literals, num_offsets) = self.index_tokens(tokens, !sync);
+        let stored_size = Self::stored_size(input);
+        let extra_bits = if stored_size.is_some() || self.last_header > 0 {
+            self.extra_bit_size()
+        } else {
+            0
+        };
+        let block = DynamicBlock {
+            input,
+            stored_size,
+            extra_bits,
+            eof,
+            sync,
+        };
+        if self.last_header > 0 && self.write_cheaper_than_reuse(tokens, &block) {
+            return;
+        }
+        // We want a new block/table
+        if self.last_header == 0
+            && self.write_cheaper_than_new_table(tokens, &block, num_literals, num_offsets)
+        {
+            return;
+        }
+        if sync {
+            self.last_header = 0;
+        }
+        self.write_tokens(tokens.slice(), Table::Dynamic);
+    }
+
+    /// `writeBlockDynamic`'s first checks: end the open block (write the EOB it owes) when its
+    /// table cannot serve `tokens`: it is a Huffman-only table, this block is the last, or
+    /// `tokens` use codes it lacks (`canReuse`; `fillReuse` is false in 1.15.12).
+    fn end_unreusable_block(&mut self, tokens: &Tokens, eof: bool) {
         // We cannot reuse pure huffman table, and must mark as EOF.
         if (self.last_huff_man || eof) && self.last_header > 0 {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
             self.last_header = 0;
             self.last_huff_man = false;
         }
-        // fillReuse is false in 1.15.12.
         if self.last_header > 0 && !self.can_reuse(tokens) {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
             self.last_header = 0;
         }
-        let (num_literals, num_offsets) = self.index_tokens(tokens, !sync);
-        let mut extra_bits = 0;
-        let ssize = Self::stored_size(input);
-        if ssize.is_some() || self.last_header > 0 {
-            extra_bits = self.extra_bit_size();
-        }
-        let stored_fits = |size: i32| ssize.is_some_and(|s| s <= size);
+    }
 
-        if self.last_header > 0 {
-            // Estimate size for using a new table.
-            let mut new_size = self.last_header + tokens.estimated_bits();
-            new_size += i32::from(self.literal_encoding.codes[END_BLOCK_MARKER].len())
-                + (new_size >> self.log_new_table_penalty);
-            let reuse_size = self.dynamic_reuse_size() + extra_bits;
-            let size = if new_size < reuse_size {
-                // Write the EOB we owe.
-                self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
-                self.last_header = 0;
-                new_size
-            } else {
-                reuse_size
-            };
-            if tokens.n < MAX_PREDEFINED_TOKENS {
-                let pre_size = self.fixed_size(extra_bits) + 7;
-                if pre_size < size {
-                    // Check if we get a reasonable size decrease.
-                    if stored_fits(size) {
-                        self.write_stored(input.unwrap_or_default(), eof);
-                        return;
-                    }
-                    self.write_fixed_header(eof);
-                    if !sync {
-                        tokens.add_eob();
-                    }
-                    self.write_tokens(tokens.slice(), Table::Fixed);
-                    return;
-                }
-            }
-            // Check if we get a reasonable size decrease.
-            if stored_fits(size) {
-                self.write_stored(input.unwrap_or_default(), eof);
-                return;
-            }
-        }
-
-        // We want a new block/table
-        if self.last_header == 0 {
-            self.literal_freq[END_BLOCK_MARKER] = 1;
-            self.generate();
-            self.generate_codegen(num_literals, num_offsets, false);
-            self.codegen_encoding.generate(&self.codegen_freq, 7);
-            let (size, num_codegens) = self.dynamic_size(extra_bits);
-            if tokens.n < MAX_PREDEFINED_TOKENS {
-                let pre_size = self.fixed_size(extra_bits);
-                if pre_size <= size {
-                    if stored_fits(pre_size) {
-                        self.write_stored(input.unwrap_or_default(), eof);
-                        return;
-                    }
-                    self.write_fixed_header(eof);
-                    if !sync {
-                        tokens.add_eob();
-                    }
-                    self.write_tokens(tokens.slice(), Table::Fixed);
-                    return;
-                }
-            }
-            if stored_fits(size) {
-                self.write_stored(input.unwrap_or_default(), eof);
-                return;
-            }
-            self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
-            if !sync {
-                self.last_header = self.header_size().0;
-            }
-            self.last_huff_man = false;
-        }
-        if sync {
+    /// `writeBlockDynamic`'s "Check if we should reuse" branch, with a table open: estimates
+    /// a new table against reusing it (ending the open block if the new one wins), then writes
+    /// the block fixed or stored if either is clearly smaller. Whether the block is written.
+    fn write_cheaper_than_reuse(&mut self, tokens: &mut Tokens, block: &DynamicBlock) -> bool {
+        // Estimate size for using a new table.
+        let mut new_size = self.last_header + tokens.estimated_bits();
+        new_size += i32::from(self.literal_encoding.codes[END_BLOCK_MARKER].len())
+            + (new_size >> self.log_new_table_penalty);
+        let reuse_size = self.dynamic_reuse_size() + block.extra_bits;
+        let size = if new_size < reuse_size {
+            // Write the EOB we owe.
+            self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
             self.last_header = 0;
+            new_size
+        } else {
+            reuse_size
+        };
+        if tokens.n < MAX_PREDEFINED_TOKENS {
+            let pre_size = self.fixed_size(block.extra_bits) + 7;
+            if pre_size < size {
+                // Check if we get a reasonable size decrease.
+                if block.stored_fits(size) {
+                    self.write_stored(block.input.unwrap_or_default(), block.eof);
+                } else {
+                    self.write_fixed_block(tokens, block);
+                }
+                return true;
+            }
         }
-        self.write_tokens(tokens.slice(), Table::Dynamic);
+        // Check if we get a reasonable size decrease.
+        if block.stored_fits(size) {
+            self.write_stored(block.input.unwrap_or_default(), block.eof);
+            return true;
+        }
+        false
+    }
+
+    /// `writeBlockDynamic`'s "We want a new block/table" branch: builds the table, then writes
+    /// the block fixed or stored if that is no larger; otherwise writes the dynamic header
+    /// (the tokens are still to follow). Whether the block is written.
+    fn write_cheaper_than_new_table(
+        &mut self,
+        tokens: &mut Tokens,
+        block: &DynamicBlock,
+        num_literals: usize,
+        num_offsets: usize,
+    ) -> bool {
+        self.literal_freq[END_BLOCK_MARKER] = 1;
+        self.generate();
+        self.generate_codegen(num_literals, num_offsets, false);
+        self.codegen_encoding.generate(&self.codegen_freq, 7);
+        let (size, num_codegens) = self.dynamic_size(block.extra_bits);
+        if tokens.n < MAX_PREDEFINED_TOKENS {
+            let pre_size = self.fixed_size(block.extra_bits);
+            if pre_size <= size {
+                if block.stored_fits(pre_size) {
+                    self.write_stored(block.input.unwrap_or_default(), block.eof);
+                } else {
+                    self.write_fixed_block(tokens, block);
+                }
+                return true;
+            }
+        }
+        if block.stored_fits(size) {
+            self.write_stored(block.input.unwrap_or_default(), block.eof);
+            return true;
+        }
+        self.write_dynamic_header(num_literals, num_offsets, num_codegens, block.eof);
+        if !block.sync {
+            self.last_header = self.header_size().0;
+        }
+        self.last_huff_man = false;
+        false
+    }
+
+    /// `tokens` as a block with the fixed codes (the EOB is added unless `sync` added it).
+    fn write_fixed_block(&mut self, tokens: &mut Tokens, block: &DynamicBlock) {
+        self.write_fixed_header(block.eof);
+        if !block.sync {
+            tokens.add_eob();
+        }
+        self.write_tokens(tokens.slice(), Table::Fixed);
     }
 
     /// `indexTokens`: copy the histograms; the number of literal/length and offset codes.
@@ -654,4 +690,25 @@ impl HuffmanBitWriter {
 enum Table {
     Fixed,
     Dynamic,
+}
+
+/// What `writeBlockDynamic` weighs its encodings with, besides the tokens.
+struct DynamicBlock<'a> {
+    /// The input the tokens cover, when the block may be stored.
+    input: Option<&'a [u8]>,
+    /// `storedSize`: the block's size stored, in bits (`None`: it cannot be stored).
+    stored_size: Option<i32>,
+    /// `extraBitSize`: the length and offset extra bits, which every encoding pays.
+    extra_bits: i32,
+    /// The block is the stream's last (BFINAL).
+    eof: bool,
+    /// The block ends here (a flush or `eof`).
+    sync: bool,
+}
+
+impl DynamicBlock<'_> {
+    /// `storable && ssize <= size`: the block can be stored in at most `size` bits.
+    fn stored_fits(&self, size: i32) -> bool {
+        self.stored_size.is_some_and(|s| s <= size)
+    }
 }

@@ -130,6 +130,33 @@ struct TableEntryPrev {
     prev: i32,
 }
 
+/// `inputMargin` of level 5: the search stops this many bytes before the end of the input.
+const L5_INPUT_MARGIN: i32 = 12 - 1;
+/// `skipLog` of level 5: the search's step grows by one per this many bytes without a match.
+const L5_SKIP_LOG: i32 = 6;
+/// `doEvery` of level 5: the search's smallest step.
+const L5_DO_EVERY: i32 = 1;
+
+/// A match level 5's search found: the `l` bytes at `s` equal those at `t` (`l == 0`: the
+/// first 4 do, the rest is not measured yet). `next_s` is where the search would have looked
+/// next (Go's `nextS`).
+#[derive(Clone, Copy)]
+struct Match {
+    s: i32,
+    t: i32,
+    l: i32,
+    next_s: i32,
+}
+
+/// The position level 5's search looks at after the current one (Go's `nextS`, `next`,
+/// `nextHashS` and `nextHashL`).
+struct Lookahead {
+    s: i32,
+    cv: u64,
+    hash_s: usize,
+    hash_l: usize,
+}
+
 /// `fastEncL5`: a 4-byte hash table and a 7-byte hash table keeping two candidates.
 pub(crate) struct FastEncL5 {
     gen: FastGen,
@@ -187,8 +214,7 @@ impl FastEncL5 {
     }
 
     fn encode(&mut self, dst: &mut Tokens, src: &[u8]) {
-        const INPUT_MARGIN: i32 = 12 - 1;
-        const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
+        const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + L5_INPUT_MARGIN as usize;
         self.rebase();
         let s0 = self.gen.add_block(src);
         if src.len() < MIN_NON_LITERAL_BLOCK_SIZE {
@@ -203,186 +229,30 @@ impl FastEncL5 {
         self.gen.hist = hist;
     }
 
-    fn encode_hist(&mut self, dst: &mut Tokens, src: &[u8], mut s: i32) {
-        const INPUT_MARGIN: i32 = 12 - 1;
-        const SKIP_LOG: i32 = 6;
-        const DO_EVERY: i32 = 1;
+    /// The body of `fastEncL5.Encode` after `addBlock`: tokens for `src[s..]`, matched against
+    /// all of `src` (the history). Go's outer loop, split along its phases: the search for a
+    /// match ([`Self::find_match`]), extending it ([`Self::extend_match`]), emitting it, and
+    /// indexing the bytes it covered ([`Self::index_match`]); then `emitRemainder`.
+    fn encode_hist(&mut self, dst: &mut Tokens, src: &[u8], s: i32) {
+        let s_limit = src.len() as i32 - L5_INPUT_MARGIN;
         let mut next_emit = s;
-        let s_limit = src.len() as i32 - INPUT_MARGIN;
+        let mut s = s;
         let mut cv = load6432(src, s);
-        'outer: loop {
-            let mut next_s = s;
-            let mut l: i32 = 0;
-            let mut t: i32;
-            loop {
-                let mut next_hash_s = hash4(cv);
-                let mut next_hash_l = hash7(cv);
-                s = next_s;
-                next_s = s + DO_EVERY + ((s - next_emit) >> SKIP_LOG);
-                if next_s > s_limit {
-                    break 'outer;
-                }
-                let cur = self.gen.cur;
-                let s_candidate = self.table[next_hash_s];
-                let mut l_candidate = self.b_table[next_hash_l];
-                let next = load6432(src, next_s);
-                let entry = s + cur;
-                self.table[next_hash_s] = entry;
-                self.put_long(next_hash_l, entry);
-
-                next_hash_s = hash4(next);
-                next_hash_l = hash7(next);
-
-                t = l_candidate.cur - cur;
-                if s - t < MAX_MATCH_OFFSET {
-                    if cv as u32 == load3232(src, l_candidate.cur - cur) {
-                        // Store the next match
-                        self.table[next_hash_s] = next_s + cur;
-                        self.put_long(next_hash_l, next_s + cur);
-
-                        let t2 = l_candidate.prev - cur;
-                        if s - t2 < MAX_MATCH_OFFSET && cv as u32 == load3232(src, t2) {
-                            l = self.gen.matchlen(s + 4, t + 4, src) + 4;
-                            let ml1 = self.gen.matchlen(s + 4, t2 + 4, src) + 4;
-                            if ml1 > l {
-                                t = t2;
-                                l = ml1;
-                                break;
-                            }
-                        }
-                        break;
-                    }
-                    t = l_candidate.prev - cur;
-                    if s - t < MAX_MATCH_OFFSET && cv as u32 == load3232(src, t) {
-                        // Store the next match
-                        self.table[next_hash_s] = next_s + cur;
-                        self.put_long(next_hash_l, next_s + cur);
-                        break;
-                    }
-                }
-
-                t = s_candidate - cur;
-                if s - t < MAX_MATCH_OFFSET && cv as u32 == load3232(src, t) {
-                    // Found a 4 match...
-                    l = self.gen.matchlen(s + 4, t + 4, src) + 4;
-                    l_candidate = self.b_table[next_hash_l];
-
-                    // Store the next match
-                    self.table[next_hash_s] = next_s + cur;
-                    self.put_long(next_hash_l, next_s + cur);
-
-                    // If the next long is a candidate, use that...
-                    let mut t2 = l_candidate.cur - cur;
-                    if next_s - t2 < MAX_MATCH_OFFSET {
-                        if load3232(src, t2) == next as u32 {
-                            let ml = self.gen.matchlen(next_s + 4, t2 + 4, src) + 4;
-                            if ml > l {
-                                t = t2;
-                                s = next_s;
-                                l = ml;
-                                break;
-                            }
-                        }
-                        // If the previous long is a candidate, use that...
-                        t2 = l_candidate.prev - cur;
-                        if next_s - t2 < MAX_MATCH_OFFSET && load3232(src, t2) == next as u32 {
-                            let ml = self.gen.matchlen(next_s + 4, t2 + 4, src) + 4;
-                            if ml > l {
-                                t = t2;
-                                s = next_s;
-                                l = ml;
-                                break;
-                            }
-                        }
-                    }
-                    break;
-                }
-                cv = next;
+        while let Some(mut m) = self.find_match(src, s, cv, next_emit, s_limit) {
+            self.extend_match(src, &mut m, next_emit, s_limit);
+            if next_emit < m.s {
+                dst.emit_literals(&src[next_emit as usize..m.s as usize]);
             }
-
-            // A 4-byte match has been found. Extend it as far as it goes.
-            if l == 0 {
-                l = self.gen.matchlen_long(s + 4, t + 4, src) + 4;
-            } else if l == MAX_MATCH_LENGTH {
-                l += self.gen.matchlen_long(s + l, t + l, src);
-            }
-
-            // Try to locate a better match by checking the end of best match...
-            let s_at = s + l;
-            if l < 30 && s_at < s_limit {
-                // Allow some bytes at the beginning to mismatch.
-                const SKIP_BEGINNING: i32 = 2;
-                let e_long = self.b_table[hash7(load6432(src, s_at))].cur;
-                let t2 = e_long - self.gen.cur - l + SKIP_BEGINNING;
-                let s2 = s + SKIP_BEGINNING;
-                let off = s2 - t2;
-                if t2 >= 0 && off < MAX_MATCH_OFFSET && off > 0 {
-                    let l2 = self.gen.matchlen_long(s2, t2, src);
-                    if l2 > l {
-                        t = t2;
-                        l = l2;
-                        s = s2;
-                    }
-                }
-            }
-
-            // Extend backwards
-            while t > 0 && s > next_emit && src[t as usize - 1] == src[s as usize - 1] {
-                s -= 1;
-                t -= 1;
-                l += 1;
-            }
-            if next_emit < s {
-                dst.emit_literals(&src[next_emit as usize..s as usize]);
-            }
-            dst.add_match_long(l, (s - t - BASE_MATCH_OFFSET) as u32);
-            s += l;
+            dst.add_match_long(m.l, (m.s - m.t - BASE_MATCH_OFFSET) as u32);
+            s = m.s + m.l;
             next_emit = s;
-            if next_s >= s {
-                s = next_s + 1;
+            if m.next_s >= s {
+                s = m.next_s + 1;
             }
             if s >= s_limit {
-                break 'outer;
+                break;
             }
-
-            // Store every 3rd hash in-between.
-            let cur = self.gen.cur;
-            const HASH_EVERY: i32 = 3;
-            let mut i = s - l + 1;
-            if i < s - 1 {
-                let mut cv = load6432(src, i);
-                let mut t = i + cur;
-                self.table[hash4(cv)] = t;
-                self.put_long(hash7(cv), t);
-
-                // Do an long at i+1
-                cv >>= 8;
-                t += 1;
-                self.put_long(hash7(cv), t);
-
-                // We only have enough bits for a short entry at i+2
-                cv >>= 8;
-                t += 1;
-                self.table[hash4(cv)] = t;
-
-                // Skip one - otherwise we risk hitting 's'
-                i += 4;
-                while i < s - 1 {
-                    let cv = load6432(src, i);
-                    let t = i + cur;
-                    self.put_long(hash7(cv), t);
-                    self.table[hash4(cv >> 8)] = t + 1;
-                    i += HASH_EVERY;
-                }
-            }
-
-            // We could immediately start working at s now, but to improve
-            // compression we first update the hash table at s-1 and at s.
-            let x = load6432(src, s - 1);
-            let o = cur + s - 1;
-            self.table[hash4(x)] = o;
-            self.put_long(hash7(x), o);
-            cv = x >> 8;
+            cv = self.index_match(src, s, m.l);
         }
 
         // emitRemainder
@@ -393,5 +263,244 @@ impl FastEncL5 {
             }
             dst.emit_literals(&src[next_emit as usize..]);
         }
+    }
+
+    /// Go's inner search loop: step through `src` from `s` (skipping faster the longer nothing
+    /// matched since `next_emit`), indexing each position, until a candidate from either table
+    /// holds the 4 bytes at the position. `cv` holds the 8 bytes at `s`. `None` (Go's
+    /// `goto emitRemainder`) when the search passes `s_limit`.
+    #[inline]
+    fn find_match(
+        &mut self,
+        src: &[u8],
+        s: i32,
+        mut cv: u64,
+        next_emit: i32,
+        s_limit: i32,
+    ) -> Option<Match> {
+        let mut next_s = s;
+        loop {
+            let hash_s = hash4(cv);
+            let hash_l = hash7(cv);
+            let s = next_s;
+            next_s = s + L5_DO_EVERY + ((s - next_emit) >> L5_SKIP_LOG);
+            if next_s > s_limit {
+                return None;
+            }
+            // Fetch a short+long candidate
+            let s_candidate = self.table[hash_s];
+            let l_candidate = self.b_table[hash_l];
+            let next = load6432(src, next_s);
+            let entry = s + self.gen.cur;
+            self.table[hash_s] = entry;
+            self.put_long(hash_l, entry);
+
+            let ahead = Lookahead {
+                s: next_s,
+                cv: next,
+                hash_s: hash4(next),
+                hash_l: hash7(next),
+            };
+            if let Some(m) = self.long_candidate_match(src, s, cv, l_candidate, &ahead) {
+                return Some(m);
+            }
+            if let Some(m) = self.short_candidate_match(src, s, cv, s_candidate, &ahead) {
+                return Some(m);
+            }
+            cv = next;
+        }
+    }
+
+    /// The search loop's checks of the long table's entry (`lCandidate`, its newest and its
+    /// previous position) for the 4 bytes `cv` at `s`. On a hit the next position is indexed
+    /// too, and when both entries hit, the longer match wins.
+    #[inline(always)]
+    fn long_candidate_match(
+        &mut self,
+        src: &[u8],
+        s: i32,
+        cv: u64,
+        l_candidate: TableEntryPrev,
+        ahead: &Lookahead,
+    ) -> Option<Match> {
+        let cur = self.gen.cur;
+        let mut m = Match {
+            s,
+            t: l_candidate.cur - cur,
+            l: 0,
+            next_s: ahead.s,
+        };
+        if s - m.t >= MAX_MATCH_OFFSET {
+            return None;
+        }
+        if cv as u32 == load3232(src, m.t) {
+            self.store_lookahead(ahead);
+            let t2 = l_candidate.prev - cur;
+            if s - t2 < MAX_MATCH_OFFSET && cv as u32 == load3232(src, t2) {
+                m.l = self.gen.matchlen(s + 4, m.t + 4, src) + 4;
+                let ml1 = self.gen.matchlen(s + 4, t2 + 4, src) + 4;
+                if ml1 > m.l {
+                    m.t = t2;
+                    m.l = ml1;
+                }
+            }
+            return Some(m);
+        }
+        m.t = l_candidate.prev - cur;
+        if s - m.t < MAX_MATCH_OFFSET && cv as u32 == load3232(src, m.t) {
+            self.store_lookahead(ahead);
+            return Some(m);
+        }
+        None
+    }
+
+    /// The search loop's check of the short table's entry (`sCandidate`) for the 4 bytes `cv`
+    /// at `s`. On a hit ("Found a 4 match...") the next position is indexed, and a longer
+    /// match starting there, from the long table's entry for it, is preferred.
+    #[inline(always)]
+    fn short_candidate_match(
+        &mut self,
+        src: &[u8],
+        s: i32,
+        cv: u64,
+        s_candidate: i32,
+        ahead: &Lookahead,
+    ) -> Option<Match> {
+        let cur = self.gen.cur;
+        let t = s_candidate - cur;
+        if s - t >= MAX_MATCH_OFFSET || cv as u32 != load3232(src, t) {
+            return None;
+        }
+        let m = Match {
+            s,
+            t,
+            l: self.gen.matchlen(s + 4, t + 4, src) + 4,
+            next_s: ahead.s,
+        };
+        // Read before storing the next match, which overwrites it.
+        let l_candidate = self.b_table[ahead.hash_l];
+        self.store_lookahead(ahead);
+
+        // If the next long is a candidate, use that...
+        let t2 = l_candidate.cur - cur;
+        if ahead.s - t2 < MAX_MATCH_OFFSET {
+            if load3232(src, t2) == ahead.cv as u32 {
+                let ml = self.gen.matchlen(ahead.s + 4, t2 + 4, src) + 4;
+                if ml > m.l {
+                    return Some(Match {
+                        s: ahead.s,
+                        t: t2,
+                        l: ml,
+                        ..m
+                    });
+                }
+            }
+            // If the previous long is a candidate, use that...
+            let t2 = l_candidate.prev - cur;
+            if ahead.s - t2 < MAX_MATCH_OFFSET && load3232(src, t2) == ahead.cv as u32 {
+                let ml = self.gen.matchlen(ahead.s + 4, t2 + 4, src) + 4;
+                if ml > m.l {
+                    return Some(Match {
+                        s: ahead.s,
+                        t: t2,
+                        l: ml,
+                        ..m
+                    });
+                }
+            }
+        }
+        Some(m)
+    }
+
+    /// "Store the next match": index the search's next position in both tables.
+    #[inline(always)]
+    fn store_lookahead(&mut self, ahead: &Lookahead) {
+        let entry = ahead.s + self.gen.cur;
+        self.table[ahead.hash_s] = entry;
+        self.put_long(ahead.hash_l, entry);
+    }
+
+    /// After the search: measure a match known only to 4 bytes (or cut at 258), look for a
+    /// longer one ending where it ends ("Try to locate a better match by checking the end of
+    /// best match"), then extend it backwards over bytes not yet emitted.
+    #[inline]
+    fn extend_match(&self, src: &[u8], m: &mut Match, next_emit: i32, s_limit: i32) {
+        if m.l == 0 {
+            // Extend the 4-byte match as long as possible.
+            m.l = self.gen.matchlen_long(m.s + 4, m.t + 4, src) + 4;
+        } else if m.l == MAX_MATCH_LENGTH {
+            m.l += self.gen.matchlen_long(m.s + m.l, m.t + m.l, src);
+        }
+
+        // Try to locate a better match by checking the end of best match...
+        let s_at = m.s + m.l;
+        if m.l < 30 && s_at < s_limit {
+            // Allow some bytes at the beginning to mismatch; Extend backwards picks them up
+            // again if they match after all.
+            const SKIP_BEGINNING: i32 = 2;
+            let e_long = self.b_table[hash7(load6432(src, s_at))].cur;
+            let t2 = e_long - self.gen.cur - m.l + SKIP_BEGINNING;
+            let s2 = m.s + SKIP_BEGINNING;
+            let off = s2 - t2;
+            if t2 >= 0 && off < MAX_MATCH_OFFSET && off > 0 {
+                let l2 = self.gen.matchlen_long(s2, t2, src);
+                if l2 > m.l {
+                    m.t = t2;
+                    m.l = l2;
+                    m.s = s2;
+                }
+            }
+        }
+
+        // Extend backwards
+        while m.t > 0 && m.s > next_emit && src[m.t as usize - 1] == src[m.s as usize - 1] {
+            m.s -= 1;
+            m.t -= 1;
+            m.l += 1;
+        }
+    }
+
+    /// After emitting a match of length `l` that the search resumes behind at `s`: "Store
+    /// every 3rd hash in-between", then index `s - 1` and `s` ("to improve compression").
+    /// Returns the 8 bytes at `s`, the search's next `cv`.
+    #[inline]
+    fn index_match(&mut self, src: &[u8], s: i32, l: i32) -> u64 {
+        let cur = self.gen.cur;
+        const HASH_EVERY: i32 = 3;
+        let mut i = s - l + 1;
+        if i < s - 1 {
+            let mut cv = load6432(src, i);
+            let mut t = i + cur;
+            self.table[hash4(cv)] = t;
+            self.put_long(hash7(cv), t);
+
+            // Do an long at i+1
+            cv >>= 8;
+            t += 1;
+            self.put_long(hash7(cv), t);
+
+            // We only have enough bits for a short entry at i+2
+            cv >>= 8;
+            t += 1;
+            self.table[hash4(cv)] = t;
+
+            // Skip one - otherwise we risk hitting 's'
+            i += 4;
+            while i < s - 1 {
+                let cv = load6432(src, i);
+                let t = i + cur;
+                self.put_long(hash7(cv), t);
+                self.table[hash4(cv >> 8)] = t + 1;
+                i += HASH_EVERY;
+            }
+        }
+
+        // We could immediately start working at s now, but to improve
+        // compression we first update the hash table at s-1 and at s.
+        let x = load6432(src, s - 1);
+        let o = cur + s - 1;
+        self.table[hash4(x)] = o;
+        self.put_long(hash7(x), o);
+        x >> 8
     }
 }
