@@ -23,14 +23,63 @@ pub fn build_manifest(
     serde_json::to_vec(&manifest).expect("manifest serializes")
 }
 
+/// How a statement's embedded manifest contradicts the rest of the statement.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestInconsistency {
+    /// The template's holes cannot be filled.
+    #[error("embedded manifest template: {0}")]
+    Template(template::FillError),
+    /// The manifest does not hash to the statement's manifest digest.
+    #[error("embedded manifest hashes to {actual}, the statement says {stated}")]
+    Digest {
+        /// What it hashes to.
+        actual: Digest,
+        /// What the statement says.
+        stated: Digest,
+    },
+    /// The manifest is not an image manifest.
+    #[error("embedded manifest is not an image manifest: {0}")]
+    NotAManifest(serde_json::Error),
+    /// The manifest names another config.
+    #[error("manifest names config {named}, the statement says {stated}")]
+    Config {
+        /// The config the manifest names.
+        named: Digest,
+        /// The statement's config.
+        stated: Digest,
+    },
+    /// Layer counts differ.
+    #[error("manifest has {manifest} layers, the statement {statement}")]
+    LayerCount {
+        /// Layers in the manifest.
+        manifest: usize,
+        /// Layers in the statement.
+        statement: usize,
+    },
+    /// A layer descriptor is not the blob the statement's layer stores.
+    #[error("manifest layer {index} is {named} ({named_size} bytes), the statement's layer stores {stored} ({stored_size} bytes)")]
+    Layer {
+        /// The layer's index.
+        index: usize,
+        /// The manifest's blob digest.
+        named: Digest,
+        /// The manifest's blob size.
+        named_size: u64,
+        /// The statement's blob digest.
+        stored: Digest,
+        /// The statement's blob size.
+        stored_size: u64,
+    },
+}
+
 /// Checks that a statement's embedded manifest is consistent with the rest of the statement:
 /// its digest, its config, and one layer descriptor per target layer with the blob digest and
-/// size the layer's storage gives. Returns a description of the first inconsistency.
+/// size the layer's storage gives. Returns the first inconsistency.
 ///
 /// A template (format version 9) is checked with a stand-in digest in each hole: each layer
 /// whose blob the device derives must be described by its own holes. Its digest can only be
 /// checked once the device has filled it (`apply`).
-pub fn check_statement_manifest(target: &Target) -> Result<(), String> {
+pub fn check_statement_manifest(target: &Target) -> Result<(), ManifestInconsistency> {
     let text = if target.has_manifest_template() {
         template::fill(&target.manifest, |hole| {
             Some(match hole {
@@ -38,39 +87,41 @@ pub fn check_statement_manifest(target: &Target) -> Result<(), String> {
                 Hole::Size(_) => "0".into(),
             })
         })
-        .map_err(|e| format!("embedded manifest template: {e}"))?
+        .map_err(ManifestInconsistency::Template)?
     } else {
         let actual = Digest::of_bytes(target.manifest.as_bytes());
         if actual != target.manifest_digest {
-            return Err(format!(
-                "embedded manifest hashes to {actual}, the statement says {}",
-                target.manifest_digest
-            ));
+            return Err(ManifestInconsistency::Digest {
+                actual,
+                stated: target.manifest_digest.clone(),
+            });
         }
         target.manifest.clone()
     };
-    let manifest: ManifestSpec = serde_json::from_str(&text)
-        .map_err(|e| format!("embedded manifest is not an image manifest: {e}"))?;
+    let manifest: ManifestSpec =
+        serde_json::from_str(&text).map_err(ManifestInconsistency::NotAManifest)?;
     if manifest.config.digest != target.config_digest {
-        return Err(format!(
-            "manifest names config {}, the statement says {}",
-            manifest.config.digest, target.config_digest
-        ));
+        return Err(ManifestInconsistency::Config {
+            named: manifest.config.digest,
+            stated: target.config_digest.clone(),
+        });
     }
     if manifest.layers.len() != target.layers.len() {
-        return Err(format!(
-            "manifest has {} layers, the statement {}",
-            manifest.layers.len(),
-            target.layers.len()
-        ));
+        return Err(ManifestInconsistency::LayerCount {
+            manifest: manifest.layers.len(),
+            statement: target.layers.len(),
+        });
     }
-    for (i, (desc, layer)) in manifest.layers.iter().zip(&target.layers).enumerate() {
-        let (digest, size) = layer.storage.blob(layer).unwrap_or((stand_in(i), 0));
-        if desc.digest != digest || desc.size != size {
-            return Err(format!(
-                "manifest layer {i} is {} ({} bytes), the statement's layer stores {digest} ({size} bytes)",
-                desc.digest, desc.size
-            ));
+    for (index, (desc, layer)) in manifest.layers.iter().zip(&target.layers).enumerate() {
+        let (stored, stored_size) = layer.storage.blob(layer).unwrap_or((stand_in(index), 0));
+        if desc.digest != stored || desc.size != stored_size {
+            return Err(ManifestInconsistency::Layer {
+                index,
+                named: desc.digest.clone(),
+                named_size: desc.size,
+                stored,
+                stored_size,
+            });
         }
     }
     Ok(())

@@ -91,7 +91,8 @@ impl Daemon {
             }
             match self.offer_again(b).await {
                 Ok(()) => backoff.done(&b.id),
-                Err(outcome) => {
+                Err(failed) => {
+                    let outcome = failed.to_string();
                     backoff.failed(&b.id, base, Instant::now());
                     if b.engine.as_deref() != Some(outcome.as_str()) {
                         let _ = self.journal.set_engine(&b.id, &outcome);
@@ -102,7 +103,7 @@ impl Daemon {
     }
 
     /// One try for `b`: `Err` carries the outcome to record.
-    async fn offer_again(&self, b: &BundleRecord) -> Result<(), String> {
+    async fn offer_again(&self, b: &BundleRecord) -> Result<(), OfferFailed> {
         let (Some(engine), Some(settings)) = (&self.engine, &self.config.engine) else {
             return Ok(());
         };
@@ -115,7 +116,7 @@ impl Daemon {
                 );
                 return Ok(());
             }
-            Err(e) => return Err(format!("failed: cannot read the registry: {e}")),
+            Err(e) => return Err(OfferFailed::Registry(e)),
         };
         let (Ok(repository), Ok(digest)) = (b.repository.parse(), b.manifest_digest.parse()) else {
             return Ok(());
@@ -134,7 +135,7 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::debug!(bundle = %b.name, error = %e, "the engine still does not take the image");
-                Err(format!("failed (retrying): {e}; {}", e.advice()))
+                Err(OfferFailed::Engine(e))
             }
         }
     }
@@ -170,6 +171,18 @@ impl Daemon {
             .and_then(|v| v["config"]["digest"].as_str()?.parse().ok());
         Ok(config.map(|c| (c, tags)))
     }
+}
+
+/// Why a retry of an engine load did not take; its text is the engine outcome the journal
+/// records.
+#[derive(Debug, thiserror::Error)]
+enum OfferFailed {
+    /// The local registry could not say whether the image is still current.
+    #[error("failed: cannot read the registry: {0}")]
+    Registry(crate::upstream::UpstreamError),
+    /// The engine refused the image again.
+    #[error("failed (retrying): {0}; {advice}", advice = .0.advice())]
+    Engine(crate::sink::SinkError),
 }
 
 #[cfg(test)]

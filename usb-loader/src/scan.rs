@@ -92,6 +92,76 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Why an entry named like a bundle (or nearly) is skipped: the reason its [`Skipped`] entry
+/// and the receipt carry.
+#[derive(Debug, thiserror::Error)]
+pub enum Skip {
+    /// Nearly a bundle name, or a bundle name the device does not take.
+    #[error("{0}")]
+    Name(&'static str),
+    /// The name's bytes are not UTF-8.
+    #[error("name is not valid UTF-8")]
+    NameNotUtf8,
+    /// The scan ran out of time before this entry.
+    #[error("not checked: the scan's time limit ({secs} s) ran out; it stays on the stick for another visit")]
+    TimeUp {
+        /// The limit, in seconds.
+        secs: u64,
+    },
+    /// Gone between the listing and its `lstat`.
+    #[error("vanished during the scan")]
+    Vanished,
+    /// Not a regular file (`what` it is instead).
+    #[error("is {0}")]
+    NotAFile(&'static str),
+    /// Larger than `max_bundle_bytes`.
+    #[error("is {len} bytes, over the limit max_bundle_bytes = {max}")]
+    TooLarge {
+        /// Its length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Its first bytes could not be read.
+    #[error("cannot read its header: {0}")]
+    Unreadable(io::Error),
+    /// Shorter than a bundle header.
+    #[error("too short to be a bundle ({len} bytes; a bundle starts with a {HEADER_LEN}-byte header)", HEADER_LEN = sideload_bundle::container::HEADER_LEN)]
+    TooShort {
+        /// Its length.
+        len: u64,
+    },
+    /// No bundle magic.
+    #[error("not a bundle: it does not start with the bundle header (SIDELOAD)")]
+    NotABundle,
+    /// A container version this build does not read.
+    #[error("bundle container version {0}, this device reads versions {lo} to {hi}: update the device's sideload, or build the bundle with this device's version", lo = sideload_bundle::container::CONTAINER_VERSION_PLAIN_STATEMENT, hi = sideload_bundle::container::CONTAINER_VERSION)]
+    Version(u16),
+    /// Flags or reserved bytes set.
+    #[error("damaged bundle header (flags or reserved bytes set): copy it again")]
+    DamagedHeader,
+    /// Head lengths over the limits.
+    #[error("its header declares a {statement_len}-byte statement and a {slot_len}-byte signature slot, over the limits ({max_statement} and {max_slot})")]
+    HeadOverLimits {
+        /// Declared statement length.
+        statement_len: u32,
+        /// Declared signature slot length.
+        slot_len: u32,
+        /// `max_statement`.
+        max_statement: u32,
+        /// `max_signature_slot`.
+        max_slot: u32,
+    },
+    /// Shorter than the head its header declares.
+    #[error("truncated: its header declares a {head_len}-byte head, the file has {len} bytes; copy it again")]
+    Truncated {
+        /// The declared head length.
+        head_len: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
 /// The result of scanning a folder; keeps the folder open for [`Scan::open`]. Drop it (and the
 /// files it opened) before unmounting, or the unmount ends in a lazy detach.
 pub struct Scan {
@@ -231,44 +301,36 @@ fn classify_name(name: &[u8]) -> NameClass {
 /// container version this build reads, zero flags and reserved bytes, head lengths within
 /// `limits`, and a file long enough for the head it declares. Returns the candidate facts.
 /// Pure: the full check (statement, signatures) comes later.
-fn check_header(name: &str, header: &[u8], len: u64, limits: &Limits) -> Result<Candidate, String> {
+fn check_header(name: &str, header: &[u8], len: u64, limits: &Limits) -> Result<Candidate, Skip> {
     use sideload_bundle::container::{
         CONTAINER_VERSION, CONTAINER_VERSION_PLAIN_STATEMENT, HEADER_LEN, MAGIC,
     };
     if len < HEADER_LEN {
-        return Err(format!(
-            "too short to be a bundle ({len} bytes; a bundle starts with a {HEADER_LEN}-byte header)"
-        ));
+        return Err(Skip::TooShort { len });
     }
     if header.len() < HEADER_LEN as usize || header[..8] != MAGIC {
-        return Err("not a bundle: it does not start with the bundle header (SIDELOAD)".into());
+        return Err(Skip::NotABundle);
     }
     let version = u16::from_be_bytes([header[8], header[9]]);
     if version != CONTAINER_VERSION && version != CONTAINER_VERSION_PLAIN_STATEMENT {
-        return Err(format!(
-            "bundle container version {version}, this device reads versions \
-             {CONTAINER_VERSION_PLAIN_STATEMENT} to {CONTAINER_VERSION}: update the device's \
-             sideload, or build the bundle with this device's version"
-        ));
+        return Err(Skip::Version(version));
     }
     if header[10..12] != [0, 0] || header[20..32].iter().any(|&b| b != 0) {
-        return Err("damaged bundle header (flags or reserved bytes set): copy it again".into());
+        return Err(Skip::DamagedHeader);
     }
     let statement_len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
     let slot_len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
     if statement_len > limits.max_statement || slot_len > limits.max_signature_slot {
-        return Err(format!(
-            "its header declares a {statement_len}-byte statement and a {slot_len}-byte \
-             signature slot, over the limits ({} and {})",
-            limits.max_statement, limits.max_signature_slot
-        ));
+        return Err(Skip::HeadOverLimits {
+            statement_len,
+            slot_len,
+            max_statement: limits.max_statement,
+            max_slot: limits.max_signature_slot,
+        });
     }
     let head_len = HEADER_LEN + u64::from(statement_len) + u64::from(slot_len);
     if len < head_len {
-        return Err(format!(
-            "truncated: its header declares a {head_len}-byte head, the file has {len} bytes; \
-             copy it again"
-        ));
+        return Err(Skip::Truncated { head_len, len });
     }
     Ok(Candidate {
         name: name.to_owned(),
@@ -313,17 +375,15 @@ pub fn scan(dir: &Path, limits: &ScanLimits) -> Result<Scan, ScanError> {
             break;
         }
         seen += 1;
-        let checked: Result<Candidate, String> = match classify_name(bytes) {
+        let checked: Result<Candidate, Skip> = match classify_name(bytes) {
             NameClass::Other => {
                 result.ignored += 1;
                 continue;
             }
-            NameClass::LookAlike(reason) => Err(reason.to_owned()),
-            NameClass::Bundle if started.elapsed() > limits.max_time => Err(format!(
-                "not checked: the scan's time limit ({} s) ran out; it stays on the stick for \
-                 another visit",
-                limits.max_time.as_secs()
-            )),
+            NameClass::LookAlike(reason) => Err(Skip::Name(reason)),
+            NameClass::Bundle if started.elapsed() > limits.max_time => Err(Skip::TimeUp {
+                secs: limits.max_time.as_secs(),
+            }),
             NameClass::Bundle => match check_entry(&folder, raw, limits) {
                 Ok(candidate) => Ok(candidate),
                 Err(EntryError::Skip(reason)) => Err(reason),
@@ -338,7 +398,7 @@ pub fn scan(dir: &Path, limits: &ScanLimits) -> Result<Scan, ScanError> {
         };
         match checked {
             Ok(candidate) => result.candidates.push(candidate),
-            Err(reason) => result.skip(bytes, reason, limits),
+            Err(reason) => result.skip(bytes, reason.to_string(), limits),
         }
     }
     drop(entries);
@@ -377,7 +437,7 @@ fn open_folder(dir: &Path) -> Result<Option<OwnedFd>, ScanError> {
 /// Why one bundle-named entry is not a candidate.
 enum EntryError {
     /// Skipped, with the reason for the receipt.
-    Skip(String),
+    Skip(Skip),
     /// `lstat` failed for another reason than the entry vanishing: the stick is failing.
     Stat(io::Error),
 }
@@ -388,12 +448,12 @@ fn check_entry(
     raw: &std::ffi::CStr,
     limits: &ScanLimits,
 ) -> Result<Candidate, EntryError> {
-    let skip = |reason: &str| EntryError::Skip(reason.to_owned());
-    let name = std::str::from_utf8(raw.to_bytes()).map_err(|_| skip("name is not valid UTF-8"))?;
-    check_bundle_name(name).map_err(skip)?;
+    let name =
+        std::str::from_utf8(raw.to_bytes()).map_err(|_| EntryError::Skip(Skip::NameNotUtf8))?;
+    check_bundle_name(name).map_err(|reason| EntryError::Skip(Skip::Name(reason)))?;
     let stat = match rustix::fs::statat(folder, raw, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
-        Err(Errno::NOENT) => return Err(skip("vanished during the scan")),
+        Err(Errno::NOENT) => return Err(EntryError::Skip(Skip::Vanished)),
         Err(e) => return Err(EntryError::Stat(e.into())),
     };
     let what = match FileType::from_raw_mode(stat.st_mode) {
@@ -406,14 +466,14 @@ fn check_entry(
         FileType::Unknown => Some("not a regular file"),
     };
     if let Some(what) = what {
-        return Err(EntryError::Skip(format!("is {what}")));
+        return Err(EntryError::Skip(Skip::NotAFile(what)));
     }
     let len = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
     if len > limits.max_bundle_bytes {
-        return Err(EntryError::Skip(format!(
-            "is {len} bytes, over the limit max_bundle_bytes = {}",
-            limits.max_bundle_bytes
-        )));
+        return Err(EntryError::Skip(Skip::TooLarge {
+            len,
+            max: limits.max_bundle_bytes,
+        }));
     }
     let mut header = Vec::with_capacity(32);
     if len >= sideload_bundle::container::HEADER_LEN {
@@ -422,7 +482,7 @@ fn check_entry(
                 .read_to_end(&mut header)
         });
         if let Err(e) = read {
-            return Err(EntryError::Skip(format!("cannot read its header: {e}")));
+            return Err(EntryError::Skip(Skip::Unreadable(e)));
         }
     }
     check_header(name, &header, len, &limits.engine).map_err(EntryError::Skip)
@@ -595,8 +655,11 @@ mod tests {
         let good = bundle_like(10, 20);
         let c = check_header("a.bundle", &good[..32], 62, &limits).unwrap();
         assert_eq!((c.head_len, c.statement_len, c.slot_len), (62, 10, 20));
-        let reason =
-            |header: &[u8], len: u64| check_header("a.bundle", header, len, &limits).unwrap_err();
+        let reason = |header: &[u8], len: u64| {
+            check_header("a.bundle", header, len, &limits)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(reason(&[], 0).contains("too short"));
         assert!(reason(&[0; 32], 100).contains("not a bundle"));
         let mut v9 = good.clone();
