@@ -101,7 +101,7 @@ fn check_settings(
         return Err(refuse());
     }
     sideload_registry_plugin::auth::Auth::load(&config.auth).map_err(|e| {
-        print_error(&e.context(format!("{}: [auth]", config_path.display())));
+        print_error(&anyhow::Error::from(e).context(format!("{}: [auth]", config_path.display())));
         refuse()
     })
 }
