@@ -53,7 +53,9 @@ fn main() -> std::process::ExitCode {
     let tls = match sideload_registry_plugin::tls::prepare(&config) {
         Ok(t) => t,
         Err(e) => {
-            print_error(&e.context(format!("{}: [tls]", config_path.display())));
+            print_error(
+                &anyhow::Error::from(e).context(format!("{}: [tls]", config_path.display())),
+            );
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -129,7 +131,9 @@ fn print_check(
             }
         }
         Err(e) => {
-            print_error(&e.context(format!("{}: [tls]", config_path.display())));
+            print_error(
+                &anyhow::Error::from(e).context(format!("{}: [tls]", config_path.display())),
+            );
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
