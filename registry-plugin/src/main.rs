@@ -70,6 +70,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(sideload_registry_plugin::run(config, prepared)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Through anyhow for `{:#}`: the message and its causes on one log line.
+            let e = anyhow::Error::from(e);
             tracing::error!("{e:#}");
             print_error(&e);
             std::process::ExitCode::FAILURE
