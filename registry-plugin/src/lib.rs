@@ -85,9 +85,9 @@ pub enum RunError {
     TrustPolicy {
         /// `trust_policy`.
         path: PathBuf,
-        /// Why.
+        /// Why (boxed: the policy's error is large, and every other variant is small).
         #[source]
-        source: PolicyError,
+        source: Box<PolicyError>,
     },
     /// The journal cannot be opened, created or migrated.
     #[error("cannot open the journal in {}", dir.display())]
@@ -226,7 +226,7 @@ async fn start(
     let policy =
         TrustPolicy::load(&config.trust_policy).map_err(|source| RunError::TrustPolicy {
             path: config.trust_policy.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let journal = journal::Journal::open(&data.join("journal.sqlite")).map_err(|source| {
         RunError::Journal {
@@ -311,5 +311,45 @@ async fn wait_for_registry(
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `main` prints: the message, then each cause not yet said.
+    fn lines(e: &RunError) -> Vec<String> {
+        sideload_signing::report::cause_lines(e)
+    }
+
+    #[test]
+    fn a_wrapped_cause_gets_a_line_of_its_own_and_a_quoted_one_does_not() {
+        let missing = std::path::Path::new("/nonexistent/sideload/trust.toml");
+        let policy = TrustPolicy::load(missing).err().unwrap();
+        let policy_text = policy.to_string();
+        let e = RunError::TrustPolicy {
+            path: missing.to_owned(),
+            source: Box::new(policy),
+        };
+        let said = lines(&e);
+        assert_eq!(
+            said[0],
+            "cannot load the trust policy /nonexistent/sideload/trust.toml (make one with `sideload-sign pubkey KEY.pub`)"
+        );
+        assert_eq!(said[1], policy_text);
+
+        let e = RunError::RegistryDown {
+            timeout_secs: 1,
+            cause: UpstreamError {
+                url: "http://127.0.0.1:9/v2/".into(),
+                what: "ping".into(),
+                detail: "refused".into(),
+            },
+        };
+        assert_eq!(
+            lines(&e),
+            ["the local registry does not answer after 1 s: local registry http://127.0.0.1:9/v2/: ping: refused; start it (systemctl start docker-registry) and check registry.url"]
+        );
     }
 }
