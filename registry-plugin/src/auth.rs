@@ -4,9 +4,8 @@
 //! it, and by default neither do clients on the device itself (loopback).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail};
 use hyper::header::HeaderValue;
 
 use crate::config::AuthConfig;
@@ -39,6 +38,33 @@ pub enum Denied {
     NotLocal,
 }
 
+/// Why the upload token file (`auth.upload_token_file`) cannot be used. A configuration error:
+/// the daemon does not start. Each message names the file and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file cannot be read.
+    #[error("cannot read auth.upload_token_file {}: {cause}; create it with the token (e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`) or remove the setting", path.display())]
+    Read {
+        /// The token file.
+        path: PathBuf,
+        /// Why it cannot be read (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The file holds nothing but white space.
+    #[error("auth.upload_token_file {} is empty; put the token in it (e.g. `openssl rand -hex 32 > FILE`)", path.display())]
+    Empty {
+        /// The token file.
+        path: PathBuf,
+    },
+    /// The token has spaces or bytes outside printable ASCII, which a `Bearer` header cannot
+    /// carry.
+    #[error("the token in auth.upload_token_file {} has spaces or characters an HTTP header cannot carry; use printable ASCII only (e.g. `openssl rand -hex 32`)", path.display())]
+    NotHeaderSafe {
+        /// The token file.
+        path: PathBuf,
+    },
+}
+
 /// The loaded `[auth]` settings. Holds only the token's SHA-256, never the token, so it
 /// cannot end up in a log or a debug dump.
 pub struct Auth {
@@ -59,7 +85,7 @@ impl Auth {
 
     /// Reads the token file, if one is configured. An unreadable or empty file, or one whose
     /// token an HTTP header cannot carry, is a configuration error naming the file.
-    pub fn load(config: &AuthConfig) -> anyhow::Result<Auth> {
+    pub fn load(config: &AuthConfig) -> Result<Auth, TokenFileError> {
         let token_digest = match &config.upload_token_file {
             None => None,
             Some(path) => Some(digest(&read_token(path)?)),
@@ -135,25 +161,21 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        anyhow!(
-            "cannot read auth.upload_token_file {}: {e}; create it with the token (e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`) or remove the setting",
-            path.display()
-        )
+fn read_token(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+    let bytes = std::fs::read(path).map_err(|cause| TokenFileError::Read {
+        path: path.to_owned(),
+        cause,
     })?;
     let token = bytes.trim_ascii();
     if token.is_empty() {
-        bail!(
-            "auth.upload_token_file {} is empty; put the token in it (e.g. `openssl rand -hex 32 > FILE`)",
-            path.display()
-        );
+        return Err(TokenFileError::Empty {
+            path: path.to_owned(),
+        });
     }
     if !token.iter().all(|b| b.is_ascii_graphic()) {
-        bail!(
-            "the token in auth.upload_token_file {} has spaces or characters an HTTP header cannot carry; use printable ASCII only (e.g. `openssl rand -hex 32`)",
-            path.display()
-        );
+        return Err(TokenFileError::NotHeaderSafe {
+            path: path.to_owned(),
+        });
     }
     if token.len() < 16 {
         tracing::warn!(file = %path.display(), "the upload token is shorter than 16 characters; a longer one is harder to guess");

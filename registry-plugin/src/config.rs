@@ -229,13 +229,38 @@ impl Default for InboxConfig {
     }
 }
 
+/// Why the config file cannot be used. A configuration error: the daemon does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {}: {cause}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why it cannot be read (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The file is not TOML, or holds a setting that is unknown or of the wrong type.
+    #[error("config {} is not valid: {cause}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's complaint, with the line and column (quoted in the message).
+        cause: toml::de::Error,
+    },
+}
+
 impl Config {
     /// Reads and checks the config file.
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|cause| ConfigError::Invalid {
+            path: path.to_owned(),
+            cause,
+        })?;
         config.fill_defaults();
         Ok(config)
     }

@@ -38,17 +38,19 @@ pub mod tls;
 pub mod uploads;
 pub mod upstream;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use sideload_signing::TrustPolicy;
+use sideload_signing::{PolicyError, TrustPolicy};
 
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::daemon::{Daemon, Metrics};
-use crate::listen::Listener;
+use crate::listen::{ListenError, Listener};
+use crate::recover::RecoverError;
 use crate::server::Server;
+use crate::upstream::UpstreamError;
 
 /// What start-up reads besides the config file: the TLS certificate and key
 /// ([`tls::prepare`]) and the upload token ([`Auth::load`]). The binary loads them before the
@@ -61,10 +63,79 @@ pub struct Prepared {
     pub auth: Auth,
 }
 
+/// Why the daemon could not start, or stopped with an error. Each is a runtime failure (the
+/// binary exits 1 and systemd restarts it); settings it cannot run with are refused before
+/// [`run`] by the binary (exit 64, no restart).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory cannot be created.
+    #[error("cannot create data directory {}", path.display())]
+    DataDir {
+        /// `data_dir`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `[events]` section names a receiver that cannot work.
+    #[error("the [events] section of the config is not valid")]
+    Events(#[source] std::io::Error),
+    /// The trust policy cannot be read or is not valid.
+    #[error("cannot load the trust policy {} (make one with `sideload-sign pubkey KEY.pub`)", path.display())]
+    TrustPolicy {
+        /// `trust_policy`.
+        path: PathBuf,
+        /// Why (boxed: the policy's error is large, and every other variant is small).
+        #[source]
+        source: Box<PolicyError>,
+    },
+    /// The journal cannot be opened, created or migrated.
+    #[error("cannot open the journal in {}", dir.display())]
+    Journal {
+        /// The data directory that holds it.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The event spool (`DATA_DIR/events`) cannot be opened.
+    #[error("cannot open the event spool")]
+    EventSpool(#[source] std::io::Error),
+    /// The upload directory (`DATA_DIR/uploads`) cannot be opened.
+    #[error("cannot open the upload directory")]
+    Uploads(#[source] std::io::Error),
+    /// The local registry did not answer within `registry.startup_timeout_secs`.
+    #[error("the local registry does not answer after {timeout_secs} s: {cause}; start it (systemctl start docker-registry) and check registry.url")]
+    RegistryDown {
+        /// `registry.startup_timeout_secs`.
+        timeout_secs: u64,
+        /// The last ping's failure (quoted in the message, so not a source).
+        cause: UpstreamError,
+    },
+    /// What a crash left could not be recovered.
+    #[error("cannot recover the journal's interrupted work")]
+    Recover(#[source] RecoverError),
+    /// An inbox folder (`inbox.dir`, `inbox.quarantine_dir`) cannot be created.
+    #[error("cannot create inbox folder {} (inbox.dir, inbox.quarantine_dir)", path.display())]
+    InboxDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener (`listen`, `tls.listen`) cannot be opened.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The SIGTERM handler cannot be installed.
+    #[error(transparent)]
+    Signals(std::io::Error),
+}
+
 /// Runs the daemon until SIGTERM or SIGINT: checks the registry, recovers what a crash left,
 /// listens, tells systemd it is ready, and on a stop request stops taking connections, lets
 /// requests and the current apply finish, and returns.
-pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
+pub async fn run(config: Config, prepared: Prepared) -> Result<(), RunError> {
     let (daemon, uploads, events) = start(config).await?;
     let Prepared { tls, auth } = prepared;
     if auth.enabled() && !daemon.config.listen.ip().to_canonical().is_loopback() {
@@ -109,7 +180,8 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Signals)?;
     loop {
         tokio::select! {
             _ = listener.accept_one(&server, &graceful, &stop_rx) => {}
@@ -144,26 +216,27 @@ pub async fn run(config: Config, prepared: Prepared) -> anyhow::Result<()> {
 /// recovers what a crash left and makes the inbox folders: everything before a port is bound.
 async fn start(
     config: Config,
-) -> anyhow::Result<(Arc<Daemon>, uploads::Uploads, events::EventSpool)> {
+) -> Result<(Arc<Daemon>, uploads::Uploads, events::EventSpool), RunError> {
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("cannot create data directory {}", data.display()))?;
-    config
-        .events
-        .check()
-        .context("the [events] section of the config is not valid")?;
-    let policy = TrustPolicy::load(&config.trust_policy).with_context(|| {
-        format!(
-            "cannot load the trust policy {} (make one with `sideload-sign pubkey KEY.pub`)",
-            config.trust_policy.display()
-        )
+    std::fs::create_dir_all(data).map_err(|source| RunError::DataDir {
+        path: data.clone(),
+        source,
     })?;
-    let journal = journal::Journal::open(&data.join("journal.sqlite"))
-        .with_context(|| format!("cannot open the journal in {}", data.display()))?;
+    config.events.check().map_err(RunError::Events)?;
+    let policy =
+        TrustPolicy::load(&config.trust_policy).map_err(|source| RunError::TrustPolicy {
+            path: config.trust_policy.clone(),
+            source: Box::new(source),
+        })?;
+    let journal = journal::Journal::open(&data.join("journal.sqlite")).map_err(|source| {
+        RunError::Journal {
+            dir: data.clone(),
+            source,
+        }
+    })?;
     let events = events::EventSpool::open(&data.join("events"), config.events.clone())
-        .with_context(|| "cannot open the event spool")?;
-    let uploads = uploads::Uploads::open(config.uploads_dir())
-        .with_context(|| "cannot open the upload directory")?;
+        .map_err(RunError::EventSpool)?;
+    let uploads = uploads::Uploads::open(config.uploads_dir()).map_err(RunError::Uploads)?;
     let upstream = upstream::Upstream::new(&config.registry.url);
     wait_for_registry(&upstream, config.registry.startup_timeout_secs).await?;
     let engine = config.engine.as_ref().map(sink::Sink::new);
@@ -180,9 +253,7 @@ async fn start(
         ballast: ballast::Ballast::new(data),
         config,
     });
-    daemon
-        .recover()
-        .context("cannot recover the journal's interrupted work")?;
+    daemon.recover().map_err(RunError::Recover)?;
     uploads.settle(&daemon);
     daemon.ballast.ensure();
     make_inbox_dirs(&daemon)?;
@@ -191,15 +262,11 @@ async fn start(
 
 /// The inbox and quarantine folders, made before the daemon reports ready, so a delivery
 /// right after start has a place.
-fn make_inbox_dirs(daemon: &Daemon) -> anyhow::Result<()> {
+fn make_inbox_dirs(daemon: &Daemon) -> Result<(), RunError> {
     if daemon.config.inbox.enabled {
         for dir in [daemon.config.inbox_dir(), daemon.config.quarantine_dir()] {
-            std::fs::create_dir_all(&dir).with_context(|| {
-                format!(
-                    "cannot create inbox folder {} (inbox.dir, inbox.quarantine_dir)",
-                    dir.display()
-                )
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| RunError::InboxDir { path: dir, source })?;
         }
     }
     Ok(())
@@ -227,17 +294,62 @@ fn spawn_expiry(
     })
 }
 
-async fn wait_for_registry(upstream: &upstream::Upstream, timeout_secs: u64) -> anyhow::Result<()> {
+/// Pings the local registry every 200 ms until it answers, for at most `timeout_secs`.
+async fn wait_for_registry(
+    upstream: &upstream::Upstream,
+    timeout_secs: u64,
+) -> Result<(), RunError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
     loop {
         match upstream.ping().await {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "the local registry does not answer after {timeout_secs} s: {e}; start it (systemctl start docker-registry) and check registry.url"
-                )
+            Err(cause) if tokio::time::Instant::now() >= deadline => {
+                return Err(RunError::RegistryDown {
+                    timeout_secs,
+                    cause,
+                })
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `main` prints: the message, then each cause not yet said.
+    fn lines(e: &RunError) -> Vec<String> {
+        sideload_signing::report::cause_lines(e)
+    }
+
+    #[test]
+    fn a_wrapped_cause_gets_a_line_of_its_own_and_a_quoted_one_does_not() {
+        let missing = std::path::Path::new("/nonexistent/sideload/trust.toml");
+        let policy = TrustPolicy::load(missing).err().unwrap();
+        let policy_text = policy.to_string();
+        let e = RunError::TrustPolicy {
+            path: missing.to_owned(),
+            source: Box::new(policy),
+        };
+        let said = lines(&e);
+        assert_eq!(
+            said[0],
+            "cannot load the trust policy /nonexistent/sideload/trust.toml (make one with `sideload-sign pubkey KEY.pub`)"
+        );
+        assert_eq!(said[1], policy_text);
+
+        let e = RunError::RegistryDown {
+            timeout_secs: 1,
+            cause: UpstreamError {
+                url: "http://127.0.0.1:9/v2/".into(),
+                what: "ping".into(),
+                detail: "refused".into(),
+            },
+        };
+        assert_eq!(
+            lines(&e),
+            ["the local registry does not answer after 1 s: local registry http://127.0.0.1:9/v2/: ping: refused; start it (systemctl start docker-registry) and check registry.url"]
+        );
     }
 }

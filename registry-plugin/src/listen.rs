@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +17,26 @@ use crate::server::{Peer, Server};
 
 /// A client that opens a connection and sends no request head within this time is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a listener could not be opened. A runtime failure (the daemon exits 1): the address may
+/// be free at the next start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The address cannot be bound (in use, not on this host, a privileged port).
+    #[error("cannot listen on {addr} ({setting})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The config key that names it (`listen`, `tls.listen`).
+        setting: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound socket cannot tell its own address.
+    #[error(transparent)]
+    LocalAddr(std::io::Error),
+}
 
 /// One bound listener; with an acceptor, its connections speak TLS.
 pub struct Listener {
@@ -32,11 +51,15 @@ impl Listener {
         addr: SocketAddr,
         tls: Option<TlsAcceptor>,
         setting: &str,
-    ) -> anyhow::Result<Listener> {
+    ) -> Result<Listener, ListenError> {
         let tcp = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen on {addr} ({setting})"))?;
-        let local = tcp.local_addr()?;
+            .map_err(|source| ListenError::Bind {
+                addr,
+                setting: setting.to_owned(),
+                source,
+            })?;
+        let local = tcp.local_addr().map_err(ListenError::LocalAddr)?;
         Ok(Listener { tcp, tls, local })
     }
 

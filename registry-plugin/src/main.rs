@@ -53,7 +53,9 @@ fn main() -> std::process::ExitCode {
     let tls = match sideload_registry_plugin::tls::prepare(&config) {
         Ok(t) => t,
         Err(e) => {
-            print_error(&e.context(format!("{}: [tls]", config_path.display())));
+            print_error(
+                &anyhow::Error::from(e).context(format!("{}: [tls]", config_path.display())),
+            );
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -68,6 +70,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(sideload_registry_plugin::run(config, prepared)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Through anyhow for `{:#}`: the message and its causes on one log line.
+            let e = anyhow::Error::from(e);
             tracing::error!("{e:#}");
             print_error(&e);
             std::process::ExitCode::FAILURE
@@ -101,7 +105,7 @@ fn check_settings(
         return Err(refuse());
     }
     sideload_registry_plugin::auth::Auth::load(&config.auth).map_err(|e| {
-        print_error(&e.context(format!("{}: [auth]", config_path.display())));
+        print_error(&anyhow::Error::from(e).context(format!("{}: [auth]", config_path.display())));
         refuse()
     })
 }
@@ -129,7 +133,9 @@ fn print_check(
             }
         }
         Err(e) => {
-            print_error(&e.context(format!("{}: [tls]", config_path.display())));
+            print_error(
+                &anyhow::Error::from(e).context(format!("{}: [tls]", config_path.display())),
+            );
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -45,9 +45,21 @@ pub fn stored_file(state: Option<State>) -> StoredFile {
     }
 }
 
+/// What stopped start-up recovery. A runtime failure (the daemon exits 1 and is restarted); the
+/// next start takes recovery up again where it stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// A file or folder could not be removed, read or moved back.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The journal could not be read or updated.
+    #[error(transparent)]
+    Journal(#[from] rusqlite::Error),
+}
+
 impl Daemon {
     /// On start: recovers what a crash at any step left (see the module doc).
-    pub fn recover(&self) -> anyhow::Result<()> {
+    pub fn recover(&self) -> Result<(), RecoverError> {
         let staging = self.config.data_dir.join("staging");
         if staging.exists() {
             std::fs::remove_dir_all(&staging)?;
@@ -80,7 +92,7 @@ impl Daemon {
 
     /// Stored bundles (`bundles/HEX.bundle`) against their journal rows. Returns the ids
     /// taken in again (and announced so).
-    fn recover_stored(&self) -> anyhow::Result<Vec<String>> {
+    fn recover_stored(&self) -> Result<Vec<String>, RecoverError> {
         let mut taken_again = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.bundles_dir()) else {
             return Ok(taken_again);

@@ -3,13 +3,13 @@
 //! uses. Clients that cannot get a certificate from a CA onto the device pin the leaf
 //! certificate by its digest ([`pin`]), which the daemon logs at every start.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsAcceptor;
 
@@ -42,6 +42,159 @@ pub enum Checked {
     WillGenerate,
 }
 
+/// What a certificate file must hold, said after every complaint about one.
+const CHAIN_FORMAT: &str =
+    "it must hold the certificate chain as `-----BEGIN CERTIFICATE-----` blocks, leaf first";
+
+/// What a key file must hold, said after every complaint about one.
+const KEY_FORMAT: &str = "it must hold the leaf certificate's key as PEM (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`)";
+
+/// Said after a missing certificate or key file when the daemon would not make one.
+const GENERATE_HINT: &str = "; point tls.cert_file and tls.key_file at your certificate and key (PEM), or set tls.self_signed = true to have the daemon make a pair";
+
+/// Said after every failure to write a self-signed pair.
+const WRITE_ADVICE: &str = "make the directory writable, or point tls.cert_file and tls.key_file into the data directory (the default, DATA_DIR/tls/), which the systemd unit can write";
+
+/// Why `[tls]` cannot be used. Every one is a configuration error (the daemon does not start)
+/// and names the file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `tls.listen` is the plain listener's address.
+    #[error("tls.listen {listen} is also the plain listen address; give the TLS listener its own port (e.g. 5443)")]
+    SameListen {
+        /// The address both name.
+        listen: SocketAddr,
+    },
+    /// With `tls.self_signed`, one file of the pair exists and the other does not: neither is
+    /// made, so a certificate clients pinned is never replaced by accident.
+    #[error("tls.self_signed: {} exists but {} does not, and a pair is made only when both are missing; restore {}, or remove {} to have a new pair made (clients then need the new pin)", there.display(), gone.display(), gone.display(), there.display())]
+    HalfPair {
+        /// The file that exists.
+        there: PathBuf,
+        /// The file that does not.
+        gone: PathBuf,
+    },
+    /// Whether a file exists cannot be told (permissions and the like); it is not taken as
+    /// missing, so a file the daemon cannot see is never overwritten.
+    #[error("cannot look at {}: {cause}", path.display())]
+    LookAt {
+        /// The file.
+        path: PathBuf,
+        /// Why (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The certificate or key file does not exist.
+    #[error("{setting} {} does not exist{}", path.display(), if *self_signed { "" } else { GENERATE_HINT })]
+    Missing {
+        /// `tls.cert_file` or `tls.key_file`.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// `tls.self_signed` is on (then the hint to turn it on is left out).
+        self_signed: bool,
+    },
+    /// The certificate or key file cannot be read.
+    #[error("cannot read {setting} {}: {cause}", path.display())]
+    Read {
+        /// `tls.cert_file` or `tls.key_file`.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The certificate file is not PEM.
+    #[error("tls.cert_file {} is not valid PEM: {cause}; {CHAIN_FORMAT}", path.display())]
+    CertificatePem {
+        /// The file.
+        path: PathBuf,
+        /// The PEM parser's complaint (quoted in the message).
+        cause: pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls.cert_file {} holds no certificate; {CHAIN_FORMAT}", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no private key.
+    #[error("tls.key_file {}: it holds no private key; {KEY_FORMAT}", path.display())]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file is not PEM.
+    #[error("tls.key_file {}: it is not valid PEM ({cause}); {KEY_FORMAT}", path.display())]
+    KeyPem {
+        /// The file.
+        path: PathBuf,
+        /// The PEM parser's complaint (quoted in the message).
+        cause: pem::Error,
+    },
+    /// The TLS library offers no protocol version this daemon accepts (a build problem).
+    #[error("the TLS library has no usable protocol version")]
+    NoProtocolVersion(#[source] rustls::Error),
+    /// The key does not go with the leaf certificate, or the pair is of a kind the TLS library
+    /// does not take.
+    #[error("cannot use tls.key_file {} with tls.cert_file {}: {cause}; the key must be the private key of the first (leaf) certificate in the chain", key.display(), cert.display())]
+    KeyNotForCertificate {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+        /// The TLS library's complaint (quoted in the message).
+        cause: rustls::Error,
+    },
+    /// A `tls.subject_alt_names` entry is neither a host name nor an IP address.
+    #[error("tls.subject_alt_names: {name:?} is neither a host name nor an IP address; list names clients use to reach the device, e.g. [\"device.example\", \"192.168.1.20\"]")]
+    BadSubjectAltName {
+        /// The entry.
+        name: String,
+    },
+    /// The certificate maker refused the names for a self-signed certificate.
+    #[error("tls.subject_alt_names: {cause}")]
+    SubjectAltNames {
+        /// Its complaint (quoted in the message).
+        cause: rcgen::Error,
+    },
+    /// No key could be made for a self-signed certificate.
+    #[error("cannot make a key for the self-signed certificate: {cause}")]
+    MakeKey {
+        /// Why (quoted in the message).
+        cause: rcgen::Error,
+    },
+    /// The self-signed certificate could not be made.
+    #[error("cannot make the self-signed certificate: {cause}")]
+    MakeCertificate {
+        /// Why (quoted in the message).
+        cause: rcgen::Error,
+    },
+    /// The folder of a file to make for `tls.self_signed` cannot be created.
+    #[error("cannot create {} for tls.self_signed: {cause}; {WRITE_ADVICE}", dir.display())]
+    CreateDir {
+        /// The folder.
+        dir: PathBuf,
+        /// Why (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The made key cannot be written.
+    #[error("cannot write tls.key_file {}: {cause}; {WRITE_ADVICE}", path.display())]
+    WriteKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The made certificate cannot be written (the key written before it is taken back).
+    #[error("cannot write tls.cert_file {}: {cause}; {WRITE_ADVICE}", path.display())]
+    WriteCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+}
+
 /// `sha256:HEX` over a certificate's DER: a pin that survives nothing but the same
 /// certificate, so a client pinning it needs no CA.
 pub fn pin(der: &[u8]) -> String {
@@ -52,7 +205,7 @@ pub fn pin(der: &[u8]) -> String {
 
 /// Checks `[tls]` for `--check-config`: the files load and match, or will be generated.
 /// `None` when there is no `[tls]` section.
-pub fn check(config: &Config) -> anyhow::Result<Option<Checked>> {
+pub fn check(config: &Config) -> Result<Option<Checked>, TlsError> {
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
@@ -69,7 +222,7 @@ pub fn check(config: &Config) -> anyhow::Result<Option<Checked>> {
 /// Loads the certificate and key of `[tls]`, first making a self-signed pair when
 /// `self_signed` is on and both files are missing. `None` when there is no `[tls]` section.
 /// Every error names the file or setting and is a configuration error.
-pub fn prepare(config: &Config) -> anyhow::Result<Option<Tls>> {
+pub fn prepare(config: &Config) -> Result<Option<Tls>, TlsError> {
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
@@ -93,20 +246,17 @@ pub fn prepare(config: &Config) -> anyhow::Result<Option<Tls>> {
     }))
 }
 
-fn check_listen(config: &Config, tls: &TlsConfig) -> anyhow::Result<()> {
+fn check_listen(config: &Config, tls: &TlsConfig) -> Result<(), TlsError> {
     // Port 0 (the OS picks) on both is two different ports.
     if tls.listen == config.listen && tls.listen.port() != 0 {
-        bail!(
-            "tls.listen {} is also the plain listen address; give the TLS listener its own port (e.g. 5443)",
-            tls.listen
-        );
+        return Err(TlsError::SameListen { listen: tls.listen });
     }
     Ok(())
 }
 
 /// With `self_signed`: true if both files are missing (make a pair), false if both exist
 /// (load them); half a pair is an error, never overwritten.
-fn to_generate(cert: &Path, key: &Path) -> anyhow::Result<bool> {
+fn to_generate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     match (missing(cert)?, missing(key)?) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
@@ -116,24 +266,24 @@ fn to_generate(cert: &Path, key: &Path) -> anyhow::Result<bool> {
             } else {
                 (key, cert)
             };
-            bail!(
-                "tls.self_signed: {} exists but {} does not, and a pair is made only when both are missing; restore {}, or remove {} to have a new pair made (clients then need the new pin)",
-                there.display(),
-                gone.display(),
-                gone.display(),
-                there.display()
-            )
+            Err(TlsError::HalfPair {
+                there: there.to_owned(),
+                gone: gone.to_owned(),
+            })
         }
     }
 }
 
 /// True if `path` does not exist; other errors (permissions) are reported, not taken as
 /// "missing", so a file the daemon cannot see is never overwritten.
-fn missing(path: &Path) -> anyhow::Result<bool> {
+fn missing(path: &Path) -> Result<bool, TlsError> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(anyhow!("cannot look at {}: {e}", path.display())),
+        Err(cause) => Err(TlsError::LookAt {
+            path: path.to_owned(),
+            cause,
+        }),
     }
 }
 
@@ -142,47 +292,44 @@ fn load(
     tls: &TlsConfig,
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<(rustls::ServerConfig, String)> {
+) -> Result<(rustls::ServerConfig, String), TlsError> {
     // With self_signed, missing files were dealt with before (made, or half a pair refused).
-    let generate_hint = if tls.self_signed {
-        ""
-    } else {
-        "; point tls.cert_file and tls.key_file at your certificate and key (PEM), or set tls.self_signed = true to have the daemon make a pair"
-    };
-    let read = |path: &Path, what: &str| {
-        std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow!("{what} {} does not exist{generate_hint}", path.display())
-            }
-            _ => anyhow!("cannot read {what} {}: {e}", path.display()),
+    let read = |path: &Path, setting: &'static str| {
+        std::fs::read(path).map_err(|cause| match cause.kind() {
+            std::io::ErrorKind::NotFound => TlsError::Missing {
+                setting,
+                path: path.to_owned(),
+                self_signed: tls.self_signed,
+            },
+            _ => TlsError::Read {
+                setting,
+                path: path.to_owned(),
+                cause,
+            },
         })
     };
     let cert_pem = read(cert, "tls.cert_file")?;
     let key_pem = read(key, "tls.key_file")?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            anyhow!(
-                "tls.cert_file {} is not valid PEM: {e}; it must hold the certificate chain as `-----BEGIN CERTIFICATE-----` blocks, leaf first",
-                cert.display()
-            )
+        .map_err(|cause| TlsError::CertificatePem {
+            path: cert.to_owned(),
+            cause,
         })?;
     let Some(leaf) = chain.first() else {
-        bail!(
-            "tls.cert_file {} holds no certificate; it must hold the certificate chain as `-----BEGIN CERTIFICATE-----` blocks, leaf first",
-            cert.display()
-        );
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
     };
     let pin = pin(leaf);
-    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => "it holds no private key".to_owned(),
-            e => format!("it is not valid PEM ({e})"),
-        };
-        anyhow!(
-            "tls.key_file {}: {why}; it must hold the leaf certificate's key as PEM (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`)",
-            key.display()
-        )
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey {
+            path: key.to_owned(),
+        },
+        cause => TlsError::KeyPem {
+            path: key.to_owned(),
+            cause,
+        },
     })?;
     if let Ok(meta) = std::fs::metadata(key) {
         if meta.permissions().mode() & 0o077 != 0 {
@@ -193,15 +340,13 @@ fn load(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("the TLS library has no usable protocol version")?
+        .map_err(TlsError::NoProtocolVersion)?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
-        .map_err(|e| {
-            anyhow!(
-                "cannot use tls.key_file {} with tls.cert_file {}: {e}; the key must be the private key of the first (leaf) certificate in the chain",
-                key.display(),
-                cert.display()
-            )
+        .map_err(|cause| TlsError::KeyNotForCertificate {
+            key: key.to_owned(),
+            cert: cert.to_owned(),
+            cause,
         })?;
     // The daemon speaks HTTP/1.1 only; a client offering just h2 is refused in the handshake.
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -210,7 +355,7 @@ fn load(
 
 /// The names a generated certificate is valid for: the device id (when it is a valid host
 /// name or address), `localhost`, and `tls.subject_alt_names`.
-fn names(config: &Config, tls: &TlsConfig) -> anyhow::Result<Vec<String>> {
+fn names(config: &Config, tls: &TlsConfig) -> Result<Vec<String>, TlsError> {
     let mut names = Vec::new();
     if ServerName::try_from(config.device_id.as_str()).is_ok() {
         names.push(config.device_id.clone());
@@ -221,9 +366,7 @@ fn names(config: &Config, tls: &TlsConfig) -> anyhow::Result<Vec<String>> {
     names.push("localhost".to_owned());
     for name in &tls.subject_alt_names {
         if ServerName::try_from(name.as_str()).is_err() {
-            bail!(
-                "tls.subject_alt_names: {name:?} is neither a host name nor an IP address; list names clients use to reach the device, e.g. [\"device.example\", \"192.168.1.20\"]"
-            );
+            return Err(TlsError::BadSubjectAltName { name: name.clone() });
         }
         if !names.contains(name) {
             names.push(name.clone());
@@ -234,45 +377,45 @@ fn names(config: &Config, tls: &TlsConfig) -> anyhow::Result<Vec<String>> {
 
 /// Makes a self-signed certificate and key; the key is written 0600, both through a
 /// temporary file so a crash never leaves half a file behind.
-fn generate(config: &Config, tls: &TlsConfig, cert: &Path, key: &Path) -> anyhow::Result<()> {
+fn generate(config: &Config, tls: &TlsConfig, cert: &Path, key: &Path) -> Result<(), TlsError> {
     let names = names(config, tls)?;
     let mut params = rcgen::CertificateParams::new(names.clone())
-        .map_err(|e| anyhow!("tls.subject_alt_names: {e}"))?;
+        .map_err(|cause| TlsError::SubjectAltNames { cause })?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(
         rcgen::DnType::CommonName,
         format!("sideload device {}", config.device_id),
     );
     params.distinguished_name = dn;
-    let key_pair = rcgen::KeyPair::generate()
-        .map_err(|e| anyhow!("cannot make a key for the self-signed certificate: {e}"))?;
+    let key_pair = rcgen::KeyPair::generate().map_err(|cause| TlsError::MakeKey { cause })?;
     let certificate = params
         .self_signed(&key_pair)
-        .map_err(|e| anyhow!("cannot make the self-signed certificate: {e}"))?;
-    let advice = "make the directory writable, or point tls.cert_file and tls.key_file into the data directory (the default, DATA_DIR/tls/), which the systemd unit can write";
+        .map_err(|cause| TlsError::MakeCertificate { cause })?;
     for path in [cert, key] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| {
-                    anyhow!(
-                        "cannot create {} for tls.self_signed: {e}; {advice}",
-                        dir.display()
-                    )
+                .map_err(|cause| TlsError::CreateDir {
+                    dir: dir.to_owned(),
+                    cause,
                 })?;
         }
     }
-    write_new(key, key_pair.serialize_pem().as_bytes(), 0o600)
-        .map_err(|e| anyhow!("cannot write tls.key_file {}: {e}; {advice}", key.display()))?;
-    if let Err(e) = write_new(cert, certificate.pem().as_bytes(), 0o644) {
+    write_new(key, key_pair.serialize_pem().as_bytes(), 0o600).map_err(|cause| {
+        TlsError::WriteKey {
+            path: key.to_owned(),
+            cause,
+        }
+    })?;
+    if let Err(cause) = write_new(cert, certificate.pem().as_bytes(), 0o644) {
         // A key without its certificate would stop the next start; take it back.
         let _ = std::fs::remove_file(key);
-        bail!(
-            "cannot write tls.cert_file {}: {e}; {advice}",
-            cert.display()
-        );
+        return Err(TlsError::WriteCertificate {
+            path: cert.to_owned(),
+            cause,
+        });
     }
     tracing::debug!(names = ?names, "self-signed certificate names");
     Ok(())

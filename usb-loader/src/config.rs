@@ -67,16 +67,54 @@ impl Default for Config {
     }
 }
 
+/// Why the config file cannot be used. A configuration error: the loader exits 64 without
+/// touching the stick.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read (or, named explicitly, does not exist).
+    #[error("cannot read config {}: {cause}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why it cannot be read (quoted in the message, so not a source).
+        cause: std::io::Error,
+    },
+    /// The file is not TOML, or holds a setting that is unknown or of the wrong type.
+    #[error("config {} is not valid: {cause}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's complaint, with the line and column (quoted in the message).
+        cause: toml::de::Error,
+    },
+    /// `folder` is empty, has a `/` or starts with a dot: the loader looks in exactly one
+    /// plain folder at the top of the stick.
+    #[error("config {}: folder {folder:?} must be one plain folder name", path.display())]
+    BadFolder {
+        /// The config file.
+        path: PathBuf,
+        /// The refused `folder` setting.
+        folder: String,
+    },
+}
+
 impl Config {
     /// Reads the config file; a missing file at the default path means all defaults.
-    pub fn load(path: &Path, must_exist: bool) -> anyhow::Result<Config> {
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
-            Err(e) => anyhow::bail!("cannot read config {}: {e}", path.display()),
+            Err(cause) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    cause,
+                })
+            }
         };
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|cause| ConfigError::Invalid {
+            path: path.to_owned(),
+            cause,
+        })?;
         if config.device_id.is_empty() {
             config.device_id = std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -86,11 +124,10 @@ impl Config {
         }
         if config.folder.is_empty() || config.folder.contains('/') || config.folder.starts_with('.')
         {
-            anyhow::bail!(
-                "config {}: folder {:?} must be one plain folder name",
-                path.display(),
-                config.folder
-            );
+            return Err(ConfigError::BadFolder {
+                path: path.to_owned(),
+                folder: config.folder,
+            });
         }
         Ok(config)
     }

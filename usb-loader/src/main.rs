@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&args.config, explicit) {
         Ok(c) => c,
         Err(e) => {
-            print_error(&e);
+            print_error(&anyhow::Error::from(e));
             return ExitCode::from(EXIT_USAGE);
         }
     };
