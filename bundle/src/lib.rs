@@ -70,6 +70,6 @@ pub use exact::{ExactOptions, Exactness};
 pub use limits::Limits;
 pub use progress::{NoProgress, Progress};
 pub use verify::{
-    check_file_length, check_payload_digest, judge_head, open_trusted, Claims, Holdings, Trust,
-    TrustedHead, Verdict,
+    check_file_length, check_payload, check_payload_digest, digest_bundle_file, judge_head,
+    open_trusted, BundleDigests, Claims, Holdings, Trust, TrustedHead, Verdict,
 };

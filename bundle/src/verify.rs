@@ -11,11 +11,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use sideload_signing::{verify_statement, Statement, TrustPolicy, VerifyContext};
+use sideload_signing::{verify_statement, Digest, Statement, TrustPolicy, VerifyContext};
 
 use crate::container::{bundle_name, check_limit, read_head, BundleHead};
 use crate::error::Error;
-use crate::image::digest_reader::digest_of_reader;
+use crate::image::digest_reader::{digest_of_reader, Sha256};
 use crate::limits::Limits;
 use crate::manifest::check_statement_manifest;
 
@@ -225,21 +225,77 @@ pub fn check_payload_digest(
 ) -> Result<(), Error> {
     file.seek(SeekFrom::Start(head.payload_offset()))
         .map_err(Error::io("reading bundle", path))?;
-    let (actual, len) = digest_of_reader(file.take(statement.payload.size))
+    let (payload, payload_len) = digest_of_reader(file.take(statement.payload.size))
         .map_err(Error::io("reading bundle", path))?;
-    if len != statement.payload.size {
+    check_payload(&head.name, statement, &payload, payload_len)
+}
+
+/// The sha256 of a whole bundle file and of its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleDigests {
+    /// The whole file's: what a client declares as `Bundle-Digest`.
+    pub file: Digest,
+    /// The payload's, for [`check_payload`].
+    pub payload: Digest,
+    /// Payload bytes hashed.
+    pub payload_len: u64,
+}
+
+/// Hashes a whole bundle file and, in the same sequential read, its payload: a receiver that
+/// records the file's digest (what clients declare) and checks the payload reads the bundle
+/// once.
+pub fn digest_bundle_file(
+    file: &mut File,
+    head: &BundleHead,
+    path: &Path,
+) -> Result<BundleDigests, Error> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(Error::io("reading bundle", path))?;
+    let offset = head.payload_offset();
+    let (mut whole, mut payload) = (Sha256::new(), Sha256::new());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("reading bundle", path)(e)),
+        };
+        let at = whole.count();
+        whole.update(&buf[..n]);
+        if at + n as u64 > offset {
+            let start = offset.saturating_sub(at) as usize;
+            payload.update(&buf[start..n]);
+        }
+    }
+    Ok(BundleDigests {
+        file: whole.finish(),
+        payload_len: payload.count(),
+        payload: payload.finish(),
+    })
+}
+
+/// Whether `payload_len` bytes of payload hashing to `payload` are the payload the statement
+/// signs: all of it, and the same bytes. Pure.
+pub fn check_payload(
+    name: &str,
+    statement: &Statement,
+    payload: &Digest,
+    payload_len: u64,
+) -> Result<(), Error> {
+    if payload_len != statement.payload.size {
         return Err(Error::Truncated {
-            bundle: head.name.clone(),
+            bundle: name.to_owned(),
             part: "payload",
             expected: statement.payload.size,
-            available: len,
+            available: payload_len,
         });
     }
-    if actual != statement.payload.sha256 {
+    if *payload != statement.payload.sha256 {
         return Err(Error::PayloadDigestMismatch {
-            bundle: head.name.clone(),
+            bundle: name.to_owned(),
             expected: statement.payload.sha256.clone(),
-            actual,
+            actual: payload.clone(),
         });
     }
     Ok(())
@@ -412,6 +468,43 @@ mod tests {
                 actual: 1001,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn one_read_gives_the_file_digest_and_the_payload_digest() {
+        let (head, _) = signed_head(7);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.bundle");
+        let offset = head.payload_offset() as usize;
+        let mut bytes = vec![7u8; offset];
+        bytes.extend((0..3_000_000u32).map(|i| (i % 251) as u8));
+        std::fs::write(&path, &bytes).unwrap();
+        let mut file = File::open(&path).unwrap();
+        let digests = digest_bundle_file(&mut file, &head, &path).unwrap();
+        assert_eq!(digests.file, Digest::of_bytes(&bytes));
+        assert_eq!(digests.payload, Digest::of_bytes(&bytes[offset..]));
+        assert_eq!(digests.payload_len, 3_000_000);
+    }
+
+    #[test]
+    fn a_payload_is_checked_for_its_length_then_its_digest() {
+        let (head, _) = signed_head(7);
+        let statement = Statement::from_canonical_json(&head.statement_bytes).unwrap();
+        let right = statement.payload.sha256.clone();
+        assert!(check_payload("b", &statement, &right, 10).is_ok());
+        assert!(matches!(
+            check_payload("b", &statement, &right, 9),
+            Err(Error::Truncated {
+                expected: 10,
+                available: 9,
+                ..
+            })
+        ));
+        let wrong = Digest::of_bytes(b"other");
+        assert!(matches!(
+            check_payload("b", &statement, &wrong, 10),
+            Err(Error::PayloadDigestMismatch { .. })
         ));
     }
 }

@@ -214,19 +214,21 @@ impl Daemon {
     }
 
     /// The one intake path. `path` is a whole bundle file already in [`bundles_dir`]
-    /// (moved there by the caller, so it is the daemon's own copy). Checks the head and the
-    /// payload digest, drops duplicates, and queues the rest. On a permanent refusal the file
-    /// is removed (quarantining an inbox file is the inbox's job); after a device-side error
-    /// it stays at `path` for the caller to put back and retry.
-    /// Blocking: hashes the whole payload; call from a blocking thread.
+    /// (moved there by the caller, so it is the daemon's own copy). Checks the head, then in
+    /// one read of the file its digest against `declared` (the `Bundle-Digest` a client
+    /// declared, `file_digest_mismatch` otherwise) and the payload's against the statement;
+    /// drops duplicates, and queues the rest with its file digest. On a permanent refusal the
+    /// file is removed (quarantining an inbox file is the inbox's job); after a device-side
+    /// error it stays at `path` for the caller to put back and retry.
+    /// Blocking: hashes the whole file; call from a blocking thread.
     pub fn intake(
         &self,
         path: &Path,
         name: &str,
         source: &str,
-        file_digest: Option<String>,
+        declared: Option<&str>,
     ) -> Result<Intake, Refused> {
-        let result = self.intake_inner(path, name, source, file_digest);
+        let result = self.intake_inner(path, name, source, declared);
         match &result {
             Ok(Intake::Queued { bundle }) => {
                 self.announce(bundle, "queued", None, None);
@@ -255,7 +257,7 @@ impl Daemon {
         path: &Path,
         name: &str,
         source: &str,
-        file_digest: Option<String>,
+        declared: Option<&str>,
     ) -> Result<Intake, Refused> {
         let refuse = |e: BundleError| Refused::from_error(name, &e);
         let mut file = std::fs::File::open(path).map_err(|e| {
@@ -288,10 +290,15 @@ impl Daemon {
             actual,
         )
         .map_err(refuse)?;
-        sideload_bundle::check_payload_digest(&mut file, &head, &statement, path)
+        let digests =
+            sideload_bundle::digest_bundle_file(&mut file, &head, path).map_err(refuse)?;
+        if let Some(declared) = declared.filter(|d| *d != digests.file.as_str()) {
+            return Err(file_digest_mismatch(name, declared, &digests.file));
+        }
+        sideload_bundle::check_payload(name, &statement, &digests.payload, digests.payload_len)
             .map_err(refuse)?;
         crash::reached(Step::IntakeChecked);
-        let new = new_bundle(&statement, name, source, file_digest);
+        let new = new_bundle(&statement, name, source, Some(digests.file.to_string()));
         self.store_and_enqueue(path, &new, refuse)
     }
 
@@ -347,6 +354,22 @@ impl Daemon {
                 }))
             }
         }
+    }
+}
+
+/// The refusal of a whole file that does not hash to the `Bundle-Digest` its client
+/// declared. Pure.
+fn file_digest_mismatch(name: &str, declared: &str, actual: &sideload_signing::Digest) -> Refused {
+    Refused {
+        bundle: name.to_owned(),
+        code: "file_digest_mismatch".into(),
+        reason: format!(
+            "{name}: the uploaded bytes hash to {actual}, the client declared {declared}"
+        ),
+        advice: "the copy was damaged on the way: upload the bundle again".into(),
+        permanent: true,
+        // Only a bundle whose head was trusted gets this far.
+        verified: true,
     }
 }
 

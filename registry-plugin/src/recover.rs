@@ -142,11 +142,7 @@ impl Daemon {
             }
         };
         tracing::warn!(bundle = %name, %id, "a stored bundle has no journal entry (a crash during intake); taken in again");
-        let digest = std::fs::File::open(path)
-            .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
-            .map(|(d, _)| d.to_string())
-            .ok();
-        if let Err(r) = self.intake(path, &name, source, digest) {
+        if let Err(r) = self.intake(path, &name, source, None) {
             tracing::warn!(bundle = %name, reason = %r.reason, "the recovered bundle was not taken");
         }
     }

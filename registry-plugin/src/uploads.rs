@@ -1098,24 +1098,7 @@ impl Uploads {
         let name = meta.name.clone();
         let expected = meta.expected_digest.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let (digest, _) = std::fs::File::open(&incoming)
-                .and_then(sideload_bundle::image::digest_reader::digest_of_reader)
-                .map_err(|e| UploadError::io("cannot read the upload", e))?;
-            if let Some(expected) = expected.filter(|e| e != digest.as_str()) {
-                let _ = std::fs::remove_file(&incoming);
-                let r = Refused {
-                    bundle: name.clone(),
-                    code: "file_digest_mismatch".into(),
-                    reason: format!("{name}: the uploaded bytes hash to {digest}, the client declared {expected}"),
-                    advice: "the copy was damaged on the way: upload the bundle again".into(),
-                    permanent: true,
-                    // Only an upload whose head was trusted gets this far.
-                    verified: true,
-                };
-                d.refusal(&name, &name, &r);
-                return Ok::<_, UploadError>(UploadResult::Refused(r));
-            }
-            Ok(match d.intake(&incoming, &name, "upload", Some(digest.to_string())) {
+            match d.intake(&incoming, &name, "upload", expected.as_deref()) {
                 Ok(Intake::Queued { bundle }) => UploadResult::Accepted {
                     bundle: bundle.id,
                     intake: ApiIntake::Queued,
@@ -1125,10 +1108,10 @@ impl Uploads {
                     intake: ApiIntake::Duplicate,
                 },
                 Err(r) => UploadResult::Refused(r),
-            })
+            }
         })
         .await
-        .map_err(UploadError::IntakeStopped)??;
+        .map_err(UploadError::IntakeStopped)?;
         if let UploadResult::Refused(r) = &result {
             if !r.permanent {
                 // A device-side problem: the bytes go back to the upload, which a later PUT

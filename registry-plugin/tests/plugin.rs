@@ -245,6 +245,47 @@ fn cut_uploads_resume_across_a_restart_without_resending_a_byte() {
 }
 
 #[test]
+fn an_upload_that_is_not_the_file_its_client_declared_is_refused_and_nothing_is_queued() {
+    let registry = Registry::start();
+    seed_v1(&registry);
+    let daemon = Daemon::start(&registry, DaemonOptions::default());
+    let path = bundle(BundleSpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+    // A well-formed digest of other bytes: the client's copy was not this file.
+    let declared = format!("sha256:{}", sha256_hex(b"another file"));
+    let id = daemon.create_upload(&path, &[("Bundle-Digest", declared.clone())]);
+    let r = daemon.request(
+        "PATCH",
+        &format!("/sideload/v1/uploads/{id}"),
+        &[("Upload-Offset", "0".to_string())],
+        &bytes,
+    );
+    assert!(r.status >= 400, "{} {}", r.status, r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "file_digest_mismatch",
+        "{}",
+        r.text()
+    );
+    let reason = r.json()["error"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(reason.contains(&declared), "{reason}");
+    let r = daemon.request(
+        "GET",
+        &format!("/sideload/v1/bundles/{}", bundle_id(&path)),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404, "nothing queued: {}", r.text());
+    let left: Vec<_> = std::fs::read_dir(daemon.data_dir.join("bundles"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn a_resuming_client_takes_over_from_its_dead_connection_at_once() {
     // Default read_timeout_secs (120): without take-over the stalled request would hold the
     // upload for two minutes after the link died.
@@ -892,6 +933,16 @@ fn inbox_takes_whole_files_only_quarantines_bad_ones_and_events_survive_an_outag
     assert_eq!(status["bundle"]["state"], "applied");
     assert_eq!(status["bundle"]["source"], "inbox");
     assert!(!target.exists());
+    // Intake recorded its file digest, from the same read that checked its payload: an upload
+    // of the same file is known before a byte is sent.
+    let r = daemon.request(
+        "POST",
+        "/sideload/v1/uploads",
+        &[("Bundle-Digest", format!("sha256:{}", sha256_hex(&bytes)))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "known");
 
     // Garbage and an untrusted bundle end in quarantine with their reasons.
     std::fs::write(
