@@ -4,6 +4,9 @@
 # crash, a hang over 1 s or an allocation over the limits.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default: 60 s, every target)
+#   scripts/fuzz.sh --build-only                           (builds every target, runs none:
+#                                                           CI builds them at idle priority
+#                                                           while the tests run)
 #
 # Environment:
 #   FUZZ_SANITIZER   address (default): cargo-fuzz's build (AddressSanitizer, one codegen unit;
@@ -30,6 +33,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
+build_only=false
+if [ "${1:-}" = --build-only ]; then
+    build_only=true
+    shift
+fi
 seconds=${1:-60}
 shift || true
 jobs=${FUZZ_JOBS:-1}
@@ -77,6 +85,10 @@ none)
     ;;
 esac
 bin_dir="$target_dir/$host/release"
+if $build_only; then
+    echo "fuzz: built; nothing run (--build-only)"
+    exit 0
+fi
 
 run_one() {
     local t=$1
