@@ -5,11 +5,11 @@
 # Package metadata: [package.metadata.deb] in registry-plugin/Cargo.toml and cli/Cargo.toml;
 # maintainer scripts in packaging/device/.
 #
-#   scripts/deb.sh                 release build, meant to be reproducible (the same commit and
-#                                  toolchain should give the same .deb bytes: mtimes from
-#                                  SOURCE_DATE_EPOCH, which defaults to the commit's time; paths
-#                                  remapped, so the checkout and target directory do not
-#                                  matter); not yet checked by building twice
+#   scripts/deb.sh                 release build, reproducible: the same commit and toolchain
+#                                  give the same .deb bytes (mtimes from SOURCE_DATE_EPOCH, which
+#                                  defaults to the commit's time; paths remapped, so the checkout
+#                                  and target directory do not matter); scripts/deb-repro.sh
+#                                  checks it by building twice
 #   scripts/deb.sh --profile dev   from the debug build the tests already made (CI: the package's
 #                                  layout and install are tested without a second, release, build)
 #   scripts/deb.sh --tool-only     only installs cargo-deb (CI does it while the tests run)
